@@ -1,0 +1,5 @@
+import sys
+
+from kakuremichi.cli import main
+
+sys.exit(main())
