@@ -1,0 +1,92 @@
+"""Cryptokey routing: the AllowedIPs table mapping IP prefixes to peers (whitepaper §2).
+
+One dict per (family, prefix length) keyed by the address's top bits: a lookup is a handful of C-level
+dict probes, longest prefix first, instead of a Python-level trie walk.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Generic, Iterable, TypeVar
+
+T = TypeVar("T")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class AllowedIPs(Generic[T]):
+    def __init__(self) -> None:
+        # family bits (32/128) -> prefix length -> top bits -> owner
+        self._tables: dict[int, dict[int, dict[int, T]]] = {32: {}, 128: {}}
+        self._lengths: dict[int, list[int]] = {32: [], 128: []}
+
+    def insert(self, network: Network | str, owner: T) -> None:
+        """Route `network` to `owner`; an identical prefix owned by someone else moves over, as in `wg set`."""
+        net = ipaddress.ip_network(network, strict=False)
+        bits = net.max_prefixlen
+        by_len = self._tables[bits]
+        table = by_len.setdefault(net.prefixlen, {})
+        table[int(net.network_address) >> (bits - net.prefixlen)] = owner
+        self._lengths[bits] = sorted(by_len, reverse=True)
+
+    def remove_owner(self, owner: T) -> None:
+        for bits, by_len in self._tables.items():
+            for plen in list(by_len):
+                table = by_len[plen]
+                for key in [k for k, v in table.items() if v is owner]:
+                    del table[key]
+                if not table:
+                    del by_len[plen]
+            self._lengths[bits] = sorted(by_len, reverse=True)
+
+    def replace(self, owner: T, networks: Iterable[Network | str]) -> None:
+        self.remove_owner(owner)
+        for net in networks:
+            self.insert(net, owner)
+
+    def networks_of(self, owner: T) -> list[Network]:
+        out: list[Network] = []
+        for bits, by_len in self._tables.items():
+            cls = ipaddress.IPv4Network if bits == 32 else ipaddress.IPv6Network
+            for plen, table in by_len.items():
+                out += [cls((key << (bits - plen), plen)) for key, v in table.items() if v is owner]
+        return out
+
+    def lookup(self, address: bytes | memoryview) -> T | None:
+        """The owner of the longest prefix containing `address` (4 or 16 raw bytes)."""
+        bits = 32 if len(address) == 4 else 128
+        value = int.from_bytes(address, "big")
+        by_len = self._tables[bits]
+        for plen in self._lengths[bits]:
+            owner = by_len[plen].get(value >> (bits - plen))
+            if owner is not None:
+                return owner
+        return None
+
+
+def packet_source(packet: bytes | memoryview) -> bytes | memoryview | None:
+    """The source address of an IPv4/IPv6 packet, or None if it is too short to be one."""
+    version = packet[0] >> 4
+    if version == 4 and len(packet) >= 20:
+        return packet[12:16]
+    if version == 6 and len(packet) >= 40:
+        return packet[8:24]
+    return None
+
+
+def packet_destination(packet: bytes | memoryview) -> bytes | memoryview | None:
+    version = packet[0] >> 4
+    if version == 4 and len(packet) >= 20:
+        return packet[16:20]
+    if version == 6 and len(packet) >= 40:
+        return packet[24:40]
+    return None
+
+
+def packet_length(packet: bytes | memoryview) -> int:
+    """Length the IP header claims (so transport padding can be stripped); 0 if not an IP packet."""
+    version = packet[0] >> 4
+    if version == 4 and len(packet) >= 20:
+        return int.from_bytes(packet[2:4], "big")
+    if version == 6 and len(packet) >= 40:
+        return 40 + int.from_bytes(packet[4:6], "big")
+    return 0

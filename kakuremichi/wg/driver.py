@@ -1,0 +1,185 @@
+"""Runs a sans-IO `Device` on a real UDP socket under Trio.
+
+The receive loop drains the socket with non-blocking `recvfrom_into` into one reused buffer until
+EAGAIN (or a batch limit, to stay fair to other tasks), feeds each datagram to the device, hands the
+decrypted packets to the attached network stack in one call, flushes the device's datagrams, and only
+then awaits readability: one await per batch, not per packet. Timers are a single cancel scope whose
+deadline tracks `device.next_deadline()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+from collections import deque
+from typing import Callable
+
+import trio
+
+from kakuremichi.wg.device import Device
+
+log = logging.getLogger("kakuremichi.wg")
+
+BATCH = 128  # datagrams handled per wake-up before yielding to other tasks
+SOCKET_BUFFER = 4 << 20
+MAX_BACKLOG = 4096  # datagrams waiting for the socket to become writable before we drop (like a NIC)
+
+PacketReceiver = Callable[[list], None]
+
+
+class WireGuardInterface:
+    """A WireGuard interface without a kernel: a Device, a UDP socket, and the IP-packet link above it.
+
+    The link side follows the netstack contract: `mtu`, `send_packets(list)` (synchronous, never blocks,
+    may drop under pressure) and `attach(receiver)` where `receiver(list_of_packets)` gets what arrives.
+    """
+
+    def __init__(self, device: Device, *, listen_host: str = "0.0.0.0", listen_port: int = 0) -> None:
+        self.device = device
+        family = socket.AF_INET6 if ":" in listen_host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        if family == socket.AF_INET6:
+            self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+            except OSError:
+                pass
+        try:
+            self.sock.bind((listen_host, listen_port))
+        except OSError as exc:
+            self.sock.close()
+            raise OSError(exc.errno, f"cannot listen for WireGuard on UDP {listen_host}:{listen_port}: "
+                                     f"{exc.strerror} (choose another --listen-port)") from exc
+        self.sock.setblocking(False)
+        self._receiver: PacketReceiver | None = None
+        self._backlog: deque = deque()
+        self._writable = trio.Event()
+        self._timer_scope: trio.CancelScope | None = None
+        self.send_errors = 0
+
+    @property
+    def mtu(self) -> int:
+        return self.device.mtu
+
+    @property
+    def listen_port(self) -> int:
+        return self.sock.getsockname()[1]
+
+    def attach(self, receiver: PacketReceiver) -> None:
+        self._receiver = receiver
+
+    def send_packets(self, packets) -> None:
+        device = self.device
+        for packet in packets:
+            device.send_packet(packet)
+        self.flush()
+
+    def flush(self) -> None:
+        """Send what the device produced and move the timer wake-up earlier if needed.
+
+        Call after changing the device directly (adding peers, sending a keepalive).
+        """
+        device = self.device
+        if device.outgoing:
+            out, device.outgoing = device.outgoing, []
+            self._send(out)
+        if device.incoming and self._receiver is not None:
+            packets, device.incoming = device.incoming, []
+            self._receiver(packets)
+        device.incoming.clear()
+        scope = self._timer_scope
+        if scope is not None:
+            deadline = device.next_deadline()
+            if deadline is not None:
+                when = trio.current_time() + (deadline - device.clock())
+                if when < scope.deadline:
+                    scope.deadline = when
+
+    def _send(self, datagrams) -> None:
+        backlog = self._backlog
+        if backlog:
+            backlog.extend(datagrams)
+            self._trim_backlog()
+            return
+        sendto = self.sock.sendto
+        for i, (datagram, endpoint) in enumerate(datagrams):
+            try:
+                sendto(datagram, endpoint)
+            except BlockingIOError:
+                backlog.extend(datagrams[i:])
+                self._trim_backlog()
+                self._writable.set()
+                return
+            except OSError as exc:  # unreachable endpoint, bad address: the peer's problem, not ours
+                self.send_errors += 1
+                log.debug("udp send failed", extra={"fields": {"endpoint": endpoint, "error": exc.strerror}})
+
+    def _trim_backlog(self) -> None:
+        while len(self._backlog) > MAX_BACKLOG:
+            self._backlog.popleft()
+            self.device.dropped["udp_backlog_full"] += 1
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._receive_loop)
+                nursery.start_soon(self._timer_loop)
+                nursery.start_soon(self._backlog_loop)
+                task_status.started(self)
+        finally:
+            self.sock.close()
+
+    async def _receive_loop(self) -> None:
+        sock = self.sock
+        device = self.device
+        buffer = bytearray(65536)
+        view = memoryview(buffer)
+        recvfrom_into = sock.recvfrom_into
+        receive = device.receive_datagram
+        while True:
+            drained = False
+            for _ in range(BATCH):
+                try:
+                    size, source = recvfrom_into(buffer)
+                except BlockingIOError:
+                    drained = True
+                    break
+                except OSError:
+                    continue  # ICMP port-unreachable surfaced on the socket: nothing to read
+                receive(view[:size], source)
+            self.flush()
+            if drained:
+                await trio.lowlevel.wait_readable(sock)
+            else:
+                await trio.lowlevel.checkpoint()
+
+    async def _timer_loop(self) -> None:
+        device = self.device
+        while True:
+            deadline = device.next_deadline()
+            when = math.inf if deadline is None else trio.current_time() + (deadline - device.clock())
+            with trio.CancelScope(deadline=when) as self._timer_scope:
+                await trio.sleep_forever()
+            self._timer_scope = None
+            device.tick()
+            self.flush()
+
+    async def _backlog_loop(self) -> None:
+        backlog = self._backlog
+        while True:
+            await self._writable.wait()
+            self._writable = trio.Event()
+            while backlog:
+                await trio.lowlevel.wait_writable(self.sock)
+                while backlog:
+                    datagram, endpoint = backlog[0]
+                    try:
+                        self.sock.sendto(datagram, endpoint)
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        self.send_errors += 1
+                    backlog.popleft()

@@ -1,0 +1,55 @@
+"""Everything a device remembers about one peer: its keys, endpoint, sessions, handshake and timers."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from kakuremichi.wg.cookie import CookieJar
+from kakuremichi.wg.noise import HandshakeState
+from kakuremichi.wg.session import Session
+
+Endpoint = tuple  # (host, port) as the socket module gives and takes them
+
+TIMER_NAMES = ("retransmit_handshake", "send_keepalive", "new_handshake", "zero_keys", "persistent_keepalive")
+
+
+@dataclass
+class PeerStats:
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    last_handshake: float | None = None  # wall-clock time, for `wg show`-like status
+
+
+@dataclass(eq=False)
+class Peer:
+    public_key: bytes
+    preshared_key: bytes
+    static_static: bytes  # DH(our static, their static), fixed for the peer's lifetime
+    cookies: CookieJar
+    endpoint: Endpoint | None = None
+    persistent_keepalive: float = 0.0
+
+    handshake: HandshakeState | None = None  # our initiation awaiting a response
+    latest_timestamp: bytes = bytes(12)  # newest TAI64N accepted from this peer (replay protection)
+    last_initiation_consumed: float = float("-inf")
+    last_initiation_sent: float = float("-inf")
+    handshake_attempts: int = 0
+    sent_last_minute_handshake: bool = False
+    need_another_keepalive: bool = False
+
+    current: Session | None = None
+    previous: Session | None = None
+    next: Session | None = None
+    staged: deque = field(default_factory=lambda: deque(maxlen=128))
+
+    # timer deadlines (None = not pending) and the earliest heap entry armed for each
+    deadlines: dict = field(default_factory=lambda: dict.fromkeys(TIMER_NAMES))
+    armed: dict = field(default_factory=lambda: dict.fromkeys(TIMER_NAMES))
+    stats: PeerStats = field(default_factory=PeerStats)
+
+    def pending(self, timer: str) -> bool:
+        return self.deadlines[timer] is not None
+
+    def sessions(self) -> list[Session]:
+        return [s for s in (self.current, self.previous, self.next) if s is not None]
