@@ -183,3 +183,24 @@ class WireGuardInterface:
                     except OSError:
                         self.send_errors += 1
                     backlog.popleft()
+
+
+async def resolve_endpoint(host: str, port: int, family: int = socket.AF_INET) -> tuple[str, int]:
+    """Resolve a peer endpoint once, up front: the hot path must never do DNS."""
+    try:
+        infos = await trio.socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        raise OSError(f"cannot resolve endpoint {host}:{port}: {exc.strerror}") from exc
+    return infos[0][4][:2]
+
+
+async def interface_from_config(config) -> WireGuardInterface:
+    """A WireGuardInterface with the device, peers and listen port a wg-quick file describes."""
+    device = Device(config.private_key, mtu=config.mtu)
+    interface = WireGuardInterface(device, listen_port=config.listen_port or 0)
+    for peer in config.peers:
+        endpoint = await resolve_endpoint(*peer.endpoint) if peer.endpoint else None
+        device.add_peer(peer.public_key, preshared_key=peer.preshared_key, endpoint=endpoint,
+                        allowed_ips=[str(n) for n in peer.allowed_ips],
+                        persistent_keepalive=peer.persistent_keepalive)
+    return interface

@@ -1,0 +1,1 @@
+"""A minimal userspace IPv4 stack (ICMP, UDP, TCP) on the decrypted side of a WireGuard device."""
