@@ -46,7 +46,9 @@ def run(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess
 class KernelWireGuardPeer:
     """A namespace with a veth link to us and a wireguard-go interface (uniquely named) configured by `wg set`."""
 
-    def __init__(self, tunnel_address: str = "10.77.0.2/24", mtu: int = 1420) -> None:
+    def __init__(self, tunnel_address: str = "10.77.0.2/24", mtu: int = 1420,
+                 link_to: "KernelWireGuardPeer | None" = None) -> None:
+        """`link_to`: put the other veth end in that peer's namespace instead of ours (kernel to kernel)."""
         n = next(_counter)
         pid = os.getpid()
         self.name = f"kmwg{pid}-{n}"
@@ -59,6 +61,7 @@ class KernelWireGuardPeer:
         self.tunnel_address = tunnel_address
         self.tunnel_ip = tunnel_address.split("/")[0]
         self.mtu = mtu
+        self.link_to = link_to
         self.private_key = keys.generate_private()
         self.public_key = keys.public_from_private(self.private_key)
         self.listen_port = 51820
@@ -71,8 +74,11 @@ class KernelWireGuardPeer:
         try:
             run("ip", "link", "add", self.veth_host, "type", "veth", "peer", "name", self.veth_ns)
             run("ip", "link", "set", self.veth_ns, "netns", self.name)
-            run("ip", "addr", "add", f"{self.host_ip}/30", "dev", self.veth_host)
-            run("ip", "link", "set", self.veth_host, "up")
+            host_side = self.link_to.exec if self.link_to else run
+            if self.link_to:
+                run("ip", "link", "set", self.veth_host, "netns", self.link_to.name)
+            host_side("ip", "addr", "add", f"{self.host_ip}/30", "dev", self.veth_host)
+            host_side("ip", "link", "set", self.veth_host, "up")
             self.exec("ip", "addr", "add", f"{self.ns_ip}/30", "dev", self.veth_ns)
             self.exec("ip", "link", "set", self.veth_ns, "up")
             self.exec("ip", "link", "set", "lo", "up")
