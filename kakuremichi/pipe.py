@@ -1,0 +1,41 @@
+"""Joining two byte streams both ways, the core of every forwarder (agent, `wg forward`/`expose`).
+
+Each direction runs until EOF and then half-closes the other side (`send_eof`), so protocols that
+finish a request with a shutdown still work; when one direction fails, the whole pipe ends and
+both streams are closed, so nothing is left half-open.
+"""
+
+from __future__ import annotations
+
+import trio
+
+CHUNK = 65536
+
+
+async def splice(a: trio.abc.Stream, b: trio.abc.Stream, chunk: int = CHUNK) -> tuple[int, int]:
+    """Copy a→b and b→a until both directions finish; returns (bytes a→b, bytes b→a)."""
+    counts = [0, 0]
+
+    async def one_way(src: trio.abc.Stream, dst: trio.abc.Stream, slot: int) -> None:
+        while True:
+            data = await src.receive_some(chunk)
+            if not data:
+                break
+            await dst.send_all(data)
+            counts[slot] += len(data)
+        if isinstance(dst, trio.abc.HalfCloseableStream):
+            await dst.send_eof()
+        else:
+            await dst.aclose()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one_way, a, b, 0)
+            nursery.start_soon(one_way, b, a, 1)
+    except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass  # one side reset or vanished: the other gets closed below
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(a)
+            await trio.aclose_forcefully(b)
+    return counts[0], counts[1]
