@@ -1,0 +1,55 @@
+"""An h11 state machine bound to a Trio stream: the one place bytes meet HTTP events.
+
+Both sides of the proxy use it — the client connection (h11 SERVER role) and each upstream
+connection to an agent (h11 CLIENT role). Bytes are fed to h11 one chunk at a time and only when it
+asks for more, so memory stays bounded by the chunk size plus the header limit.
+"""
+
+from __future__ import annotations
+
+import h11
+import trio
+
+CHUNK = 65536
+DEFAULT_MAX_HEADER_BYTES = 65536
+
+# What a dead or reset peer raises from a Trio stream, whichever transport sits underneath.
+STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+class HttpConnection:
+    """`next_event()`/`send()` over `stream`; `bytes_received` tells whether the peer said anything yet in this cycle."""
+
+    def __init__(self, stream: trio.abc.Stream, role: type[h11.CLIENT] | type[h11.SERVER],
+                 max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(role, max_incomplete_event_size=max_header_bytes)
+        self.bytes_received = 0
+
+    async def next_event(self) -> h11.Event | type[h11.PAUSED]:
+        """Next event from the peer; EOF shows up as h11.ConnectionClosed (or RemoteProtocolError)."""
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            data = await self.stream.receive_some(CHUNK)
+            self.bytes_received += len(data)
+            self.h11.receive_data(data)
+
+    async def send(self, event: h11.Event) -> None:
+        data = self.h11.send(event)
+        if data:
+            await self.stream.send_all(data)
+
+    def start_next_cycle(self) -> None:
+        """Begin the next request/response on a kept-alive connection."""
+        self.h11.start_next_cycle()
+        self.bytes_received = 0
+
+    @property
+    def reusable(self) -> bool:
+        """Both sides finished a message cleanly and nobody asked to close: keep-alive may go on."""
+        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.stream)

@@ -1,0 +1,113 @@
+"""Headers a reverse proxy must rewrite: hop-by-hop ones removed, X-Forwarded-* and Forwarded added.
+
+A client can send any X-Forwarded-For it likes, so the incoming chain is only kept when the peer is
+a configured trusted proxy (a load balancer in front of the gateway); otherwise the gateway's own
+view of the client replaces it. X-Real-IP is the client address alone — never `ip:port`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+Headers = list[tuple[bytes, bytes]]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# RFC 9110 §7.6.1 connection-specific fields, plus the de-facto ones proxies also drop.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+_CLIENT_SET = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"x-real-ip", b"forwarded"}
+)
+
+
+@dataclass(frozen=True)
+class ForwardingPolicy:
+    """Which peers may hand us an existing forwarding chain (CIDRs of load balancers in front)."""
+
+    trusted_proxies: tuple[IPNetwork, ...] = field(default=())
+
+    @classmethod
+    def from_strings(cls, cidrs: Iterable[str]) -> ForwardingPolicy:
+        return cls(tuple(ipaddress.ip_network(c.strip(), strict=False) for c in cidrs if c.strip()))
+
+    def trusts(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in net for net in self.trusted_proxies)
+
+
+def connection_tokens(headers: Headers) -> set[bytes]:
+    """Lower-cased tokens of every Connection header (names of extra hop-by-hop fields, `upgrade`, …)."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return tokens
+
+
+def strip_hop_by_hop(headers: Headers, *, keep: Iterable[bytes] = ()) -> Headers:
+    """Drop hop-by-hop fields (and those named in Connection) except the ones in `keep`."""
+    drop = (HOP_BY_HOP | connection_tokens(headers)) - set(keep)
+    return [(n, v) for n, v in headers if n not in drop]
+
+
+def _forwarded_node(ip: str) -> str:
+    """RFC 7239 §6 node: IPv6 addresses are bracketed and quoted."""
+    return f'"[{ip}]"' if ":" in ip else ip
+
+
+def _forwarded_token(value: str) -> str:
+    """RFC 7239 values are tokens or quoted strings; quote anything that is not a plain token."""
+    if value and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def client_ip(peer_ip: str, headers: Headers, policy: ForwardingPolicy) -> str:
+    """The original client: the right-most untrusted hop of a chain handed to us by trusted proxies."""
+    if not policy.trusts(peer_ip):
+        return peer_ip
+    chain = [h.strip() for name, value in headers if name == b"x-forwarded-for"
+             for h in value.decode("latin-1").split(",") if h.strip()]
+    for hop in reversed(chain):
+        if not policy.trusts(hop):
+            return hop
+    return chain[0] if chain else peer_ip
+
+
+def forwarded_headers(
+    headers: Headers, *, peer_ip: str, host: str, scheme: str, policy: ForwardingPolicy
+) -> Headers:
+    """Request headers as sent upstream: incoming forwarding fields kept only from trusted peers."""
+    trusted = policy.trusts(peer_ip)
+    out = [(n, v) for n, v in headers if trusted or n not in _CLIENT_SET]
+    first = {n: v for n, v in reversed(out) if n in _CLIENT_SET}
+    out = [(n, v) for n, v in out if n not in (b"x-forwarded-for", b"x-real-ip", b"forwarded")]
+
+    chain = [v for n, v in headers if trusted and n == b"x-forwarded-for"]
+    out.append((b"x-forwarded-for", b", ".join(chain + [peer_ip.encode()])))
+    out.append((b"x-real-ip", client_ip(peer_ip, headers, policy).encode()))
+    if b"x-forwarded-host" not in first:
+        out.append((b"x-forwarded-host", host.encode()))
+    if b"x-forwarded-proto" not in first:
+        out.append((b"x-forwarded-proto", scheme.encode()))
+
+    element = f"for={_forwarded_node(peer_ip)};host={_forwarded_token(host)};proto={scheme}"
+    previous = [v for n, v in headers if trusted and n == b"forwarded"]
+    out.append((b"forwarded", b", ".join(previous + [element.encode()])))
+    return out

@@ -1,0 +1,69 @@
+"""The public HTTP and HTTPS listeners: accept TCP, unwrap TLS, hand each connection to the proxy.
+
+A failure in one connection must never take the listener down, so each handler logs what escaped
+the proxy and closes only its own connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+
+import trio
+
+from kakuremichi.gateway.connection import STREAM_ERRORS
+from kakuremichi.gateway.proxy import Proxy
+from kakuremichi.logs import log
+
+logger = logging.getLogger("kakuremichi.gateway.listeners")
+
+
+def _peer_ip(stream: trio.SocketStream) -> str:
+    try:
+        return stream.socket.getpeername()[0]
+    except OSError:
+        return "-"
+
+
+async def _guarded(proxy: Proxy, stream: trio.abc.Stream, scheme: str, peer_ip: str) -> None:
+    try:
+        await proxy.serve(stream, scheme=scheme, peer_ip=peer_ip)
+    except Exception:
+        logger.exception("connection handler failed", extra={"fields": {"client": peer_ip, "scheme": scheme}})
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def serve_http(proxy: Proxy, port: int, host: str | None = None, *,
+                     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED) -> None:
+    """Plain HTTP on `host:port` (all interfaces when host is None); started() gets the listeners."""
+    listeners = await trio.open_tcp_listeners(port, host=host)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        await _guarded(proxy, stream, "http", _peer_ip(stream))
+
+    task_status.started(listeners)
+    await trio.serve_listeners(handle, listeners)
+
+
+async def serve_https(proxy: Proxy, context: ssl.SSLContext, port: int, host: str | None = None, *,
+                      handshake_timeout: float = 10.0,
+                      task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED) -> None:
+    """HTTPS on `host:port`; `context` picks each connection's certificate by SNI (see tls.py)."""
+    listeners = await trio.open_tcp_listeners(port, host=host)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        peer_ip = _peer_ip(stream)
+        tls_stream = trio.SSLStream(stream, context, server_side=True, https_compatible=True)
+        try:
+            with trio.fail_after(handshake_timeout):
+                await tls_stream.do_handshake()
+        except (trio.TooSlowError, *STREAM_ERRORS) as exc:
+            log(logger, logging.DEBUG, "TLS handshake failed", client=peer_ip,
+                error=str(exc.__cause__ or exc) or type(exc).__name__)
+            await trio.aclose_forcefully(tls_stream)
+            return
+        await _guarded(proxy, tls_stream, "https", peer_ip)
+
+    task_status.started(listeners)
+    await trio.serve_listeners(handle, listeners)

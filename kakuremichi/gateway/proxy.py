@@ -1,0 +1,384 @@
+"""The HTTP/1.1 reverse proxy: one client connection in, requests routed by Host to agents.
+
+Bodies stream both ways chunk by chunk (request body pumped to the agent while its response is
+relayed back), so memory per exchange is bounded whatever the body size. An Upgrade answered with
+101 turns the exchange into a plain byte pipe (WebSocket). The gateway answers by itself only what no
+agent can: unknown host (404), agent unreachable (502), agent too slow (504), malformed request (400),
+ACME challenges and HTTPS redirects.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import h11
+import trio
+
+from kakuremichi.gateway import errorpages
+from kakuremichi.gateway.accesslog import AccessRecord
+from kakuremichi.gateway.challenges import ChallengeStore
+from kakuremichi.gateway.connection import CHUNK, DEFAULT_MAX_HEADER_BYTES, STREAM_ERRORS, HttpConnection
+from kakuremichi.gateway.errorpages import GatewayError
+from kakuremichi.gateway.forwarding import (
+    ForwardingPolicy,
+    client_ip,
+    connection_tokens,
+    forwarded_headers,
+    strip_hop_by_hop,
+)
+from kakuremichi.gateway.hostname import InvalidHost, normalize_host
+from kakuremichi.gateway.routes import Route, RouteTable, TlsMode
+from kakuremichi.gateway.upstream import DialFailed, DialTimeout, UpstreamConnection, UpstreamPool
+from kakuremichi.logs import log
+from kakuremichi.pipe import splice
+
+logger = logging.getLogger("kakuremichi.gateway.proxy")
+_DISCARD_LIMIT = 1 << 20  # request body bytes read away after answering early, to keep the connection
+
+
+@dataclass
+class ProxySettings:
+    """Limits and policies of the public listeners."""
+
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    client_timeout: float = 60.0  # longest silence from a client, between requests or mid-body
+    upstream_timeout: float = 60.0  # longest wait for the agent's response head, or between body chunks
+    https_port: int = 443  # where force_https redirects point
+    forwarding: ForwardingPolicy = field(default_factory=ForwardingPolicy)
+
+
+class _Abort(Exception):
+    """The exchange broke after the response started: nothing more can be said, close the connection."""
+
+
+class _Stale(Exception):
+    """A pooled upstream connection turned out dead before answering; the request may be replayed."""
+
+
+class Proxy:
+    """Shared state of all client connections: routes, upstream pool, challenges, settings."""
+
+    def __init__(self, routes: RouteTable, pool: UpstreamPool, settings: ProxySettings | None = None,
+                 challenges: ChallengeStore | None = None) -> None:
+        self.routes = routes
+        self.pool = pool
+        self.settings = settings or ProxySettings()
+        self.challenges = challenges
+
+    async def serve(self, stream: trio.abc.Stream, *, scheme: str, peer_ip: str) -> None:
+        """Serve one client connection (already TLS-unwrapped for https) until it closes or idles out."""
+        client = HttpConnection(stream, h11.SERVER, self.settings.max_header_bytes)
+        try:
+            while True:
+                record = AccessRecord(client=peer_ip, scheme=scheme)
+                try:
+                    with trio.fail_after(self.settings.client_timeout):
+                        event = await client.next_event()
+                except h11.RemoteProtocolError as exc:
+                    if client.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                        record.error = "bad_request"
+                        error = errorpages.bad_request(f"Malformed request: {exc}.", exc.error_status_hint)
+                        await self._answer(client, error, b"", record)
+                        record.emit()
+                        await _linger(client.stream)
+                    return
+                if not isinstance(event, h11.Request):
+                    return  # ConnectionClosed: the client is done
+                await self._handle(client, event, scheme, peer_ip, record)
+                if not client.reusable:
+                    return
+                client.start_next_cycle()
+        except (trio.TooSlowError, *STREAM_ERRORS):
+            pass  # idle or vanished client: just close
+        finally:
+            await client.aclose()
+
+    async def _handle(self, client: HttpConnection, request: h11.Request, scheme: str, peer_ip: str,
+                      record: AccessRecord) -> None:
+        record.method = request.method.decode("ascii", "replace")
+        record.set_target(request.target)
+        record.client = client_ip(peer_ip, request.headers, self.settings.forwarding)
+        try:
+            if sum(len(n) + len(v) + 4 for n, v in request.headers) > self.settings.max_header_bytes:
+                raise errorpages.bad_request("Request headers are too large.", 431)
+            raw_host, target = _host_and_target(request)
+            try:
+                host = normalize_host(raw_host)
+            except InvalidHost as exc:
+                raise errorpages.bad_request(f"Invalid Host header: {exc}.") from None
+            record.host = host
+            if request.method == b"CONNECT":
+                raise errorpages.method_not_allowed("CONNECT")
+            if scheme == "http" and self.challenges is not None:
+                answer = self.challenges.answer(target, host)
+                if answer is not None:
+                    await self._respond(client, 200, [(b"content-type", b"text/plain")], answer, record)
+                    return
+            route = self.routes.lookup(host)
+            if route is None:
+                raise errorpages.unknown_host(host)
+            if scheme == "http" and route.force_https and route.tls is not TlsMode.OFF:
+                await self._redirect(client, host, target, record)
+                return
+            forward_host = raw_host if raw_host.isascii() else host
+            upstream_request = h11.Request(
+                method=request.method, target=target,
+                headers=self._upstream_headers(request, forward_host, scheme, peer_ip))
+            with self.routes.hold(route) as scope:
+                await self._exchange(client, upstream_request, route, host, record)
+            if scope.cancelled_caught:
+                record.error = "route_withdrawn"
+                if client.h11.our_state is h11.SEND_RESPONSE:
+                    raise errorpages.unknown_host(host)
+                raise _Abort()
+        except GatewayError as error:
+            record.error = record.error or error.code
+            if client.h11.our_state is not h11.SEND_RESPONSE:
+                raise _Abort() from None
+            accept = b", ".join(v for n, v in request.headers if n == b"accept")
+            await self._answer(client, error, accept, record)
+        except _Abort:
+            client.h11.send_failed()
+        finally:
+            record.emit()
+
+    def _upstream_headers(self, request: h11.Request, host: str, scheme: str, peer_ip: str):
+        keep = []
+        if any(n == b"transfer-encoding" for n, _ in request.headers):
+            keep.append(b"transfer-encoding")  # h11 only accepted chunked; the agent must see the framing
+        upgrade = b"upgrade" in connection_tokens(request.headers)
+        if upgrade:
+            keep.append(b"upgrade")
+        headers = strip_hop_by_hop(list(request.headers), keep=keep)
+        if upgrade:
+            headers.append((b"connection", b"upgrade"))
+        if not any(n == b"host" for n, _ in headers):
+            headers.insert(0, (b"host", host.encode()))
+        return forwarded_headers(headers, peer_ip=peer_ip, host=host, scheme=scheme,
+                                 policy=self.settings.forwarding)
+
+    async def _exchange(self, client: HttpConnection, request: h11.Request, route: Route, host: str,
+                        record: AccessRecord) -> None:
+        """Send the request to the route's agent and relay its answer; a pooled connection found dead
+        before answering a body-less request is replaced once by a fresh one."""
+        has_body = _declares_body(request)
+        if not has_body:
+            await self._client_event(client)  # the EndOfMessage h11 has ready for body-less requests
+        record.upstream = f"{route.address}:{route.port}"
+        for attempt in (0, 1):
+            upstream = await self._acquire(route, host, fresh=attempt > 0)
+            record.reused = upstream.reused
+            try:
+                await self._relay(client, upstream, request, has_body, host, record)
+                return
+            except _Stale:
+                pass
+            finally:
+                await self.pool.release(upstream)
+        raise errorpages.agent_unreachable(host)
+
+    async def _acquire(self, route: Route, host: str, *, fresh: bool) -> UpstreamConnection:
+        try:
+            return await self.pool.acquire(route, fresh=fresh)
+        except DialTimeout as exc:
+            log(logger, logging.WARNING, "agent connect timed out", host=host, error=str(exc))
+            raise errorpages.upstream_timeout(host) from None
+        except DialFailed as exc:
+            log(logger, logging.WARNING, "agent unreachable", host=host, error=str(exc))
+            raise errorpages.agent_unreachable(host) from None
+
+    async def _relay(self, client: HttpConnection, upstream: UpstreamConnection, request: h11.Request,
+                     has_body: bool, host: str, record: AccessRecord) -> None:
+        failure: BaseException | None = None
+        try:
+            await self._upstream_send(upstream, request)
+            if not has_body:
+                await self._upstream_send(upstream, h11.EndOfMessage())
+        except _Abort:
+            raise (_Stale() if upstream.reused and not has_body else errorpages.agent_unreachable(host))
+        async with trio.open_nursery() as nursery:
+            if has_body:
+                nursery.start_soon(self._pump_request_body, client, upstream, record, nursery.cancel_scope)
+            try:
+                await self._relay_response(client, upstream, host, has_body, record)
+            except (GatewayError, _Abort, _Stale) as exc:
+                failure = exc
+            nursery.cancel_scope.cancel()  # an early answer leaves no use for the rest of the upload
+        if failure is not None:
+            raise failure
+
+    async def _relay_response(self, client: HttpConnection, upstream: UpstreamConnection, host: str,
+                              has_body: bool, record: AccessRecord) -> None:
+        while True:
+            try:
+                with trio.fail_after(self.settings.upstream_timeout):
+                    event = await upstream.next_event()
+            except trio.TooSlowError:
+                raise errorpages.upstream_timeout(host) from None
+            except (h11.RemoteProtocolError, *STREAM_ERRORS) as exc:
+                if upstream.reused and upstream.bytes_received == 0 and not has_body:
+                    raise _Stale() from None
+                log(logger, logging.WARNING, "agent answered badly", host=host, error=str(exc))
+                raise errorpages.agent_unreachable(host) from None
+            if isinstance(event, h11.InformationalResponse) and event.status_code == 101:
+                await self._switch_protocols(client, upstream, event, record)
+                return
+            if not isinstance(event, h11.InformationalResponse):
+                break
+            await self._client_send(client, event)  # 100 Continue, 103 Early Hints
+        if not isinstance(event, h11.Response):
+            raise errorpages.agent_unreachable(host)
+        record.status = event.status_code
+        await self._client_send(client, h11.Response(
+            status_code=event.status_code, reason=event.reason,
+            headers=strip_hop_by_hop(list(event.headers), keep=[b"content-length"])))
+        while True:
+            try:
+                with trio.fail_after(self.settings.upstream_timeout):
+                    event = await upstream.next_event()
+            except (trio.TooSlowError, h11.RemoteProtocolError, *STREAM_ERRORS):
+                raise _Abort() from None  # mid-body: truncation must show, so the client connection dies
+            if isinstance(event, h11.Data):
+                record.bytes_out += len(event.data)
+                await self._client_send(client, h11.Data(data=event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                await self._client_send(client, h11.EndOfMessage())
+                return
+
+    async def _pump_request_body(self, client: HttpConnection, upstream: UpstreamConnection,
+                                 record: AccessRecord, scope: trio.CancelScope) -> None:
+        """Client body → agent. A client failure aborts the exchange; an agent that stops reading
+        just ends the pump (it may already be answering, e.g. 413)."""
+        while True:
+            try:
+                event = await self._client_event(client)
+            except _Abort:
+                scope.cancel()
+                client.h11.send_failed()
+                return
+            try:
+                if isinstance(event, h11.Data):
+                    record.bytes_in += len(event.data)
+                    await self._upstream_send(upstream, h11.Data(data=event.data))
+                else:
+                    await self._upstream_send(upstream, h11.EndOfMessage())
+                    return
+            except _Abort:
+                return
+
+    async def _switch_protocols(self, client: HttpConnection, upstream: UpstreamConnection,
+                                event: h11.InformationalResponse, record: AccessRecord) -> None:
+        """101 from the agent: answer the client likewise, then splice raw bytes until either side ends."""
+        record.status = 101
+        headers = strip_hop_by_hop(list(event.headers), keep=[b"upgrade"]) + [(b"connection", b"upgrade")]
+        await self._client_send(client, h11.InformationalResponse(
+            status_code=101, reason=event.reason, headers=headers))
+        early_up, _ = client.h11.trailing_data
+        early_down, _ = upstream.h11.trailing_data
+        try:
+            if early_down:
+                await client.stream.send_all(early_down)
+            if early_up:
+                await upstream.stream.send_all(early_up)
+        except STREAM_ERRORS:
+            return
+        bytes_up, bytes_down = await splice(client.stream, upstream.stream)
+        record.bytes_in += len(early_up) + bytes_up
+        record.bytes_out += len(early_down) + bytes_down
+
+    async def _client_event(self, client: HttpConnection):
+        try:
+            with trio.fail_after(self.settings.client_timeout):
+                event = await client.next_event()
+        except (trio.TooSlowError, h11.RemoteProtocolError, *STREAM_ERRORS):
+            raise _Abort() from None
+        if not isinstance(event, (h11.Data, h11.EndOfMessage)):
+            raise _Abort()
+        return event
+
+    async def _client_send(self, client: HttpConnection, event: h11.Event) -> None:
+        try:
+            with trio.fail_after(self.settings.client_timeout):
+                await client.send(event)
+        except (trio.TooSlowError, h11.LocalProtocolError, *STREAM_ERRORS):
+            raise _Abort() from None
+
+    async def _upstream_send(self, upstream: UpstreamConnection, event: h11.Event) -> None:
+        try:
+            with trio.fail_after(self.settings.upstream_timeout):
+                await upstream.send(event)
+        except (trio.TooSlowError, h11.LocalProtocolError, *STREAM_ERRORS):
+            raise _Abort() from None
+
+    async def _respond(self, client: HttpConnection, status: int, headers, body: bytes,
+                       record: AccessRecord) -> None:
+        """A complete response from the gateway itself; the unread request body is drained if small."""
+        record.status = status
+        headers = list(headers) + [(b"content-length", str(len(body)).encode())]
+        await self._client_send(client, h11.Response(status_code=status, headers=headers))
+        if body:
+            await self._client_send(client, h11.Data(data=body))
+        await self._client_send(client, h11.EndOfMessage())
+        await self._discard_request_body(client)
+
+    async def _answer(self, client: HttpConnection, error: GatewayError, accept: bytes,
+                      record: AccessRecord) -> None:
+        response, body = errorpages.response(error, accept)
+        record.status = error.status
+        try:
+            await self._client_send(client, response)
+            await self._client_send(client, h11.Data(data=body))
+            await self._client_send(client, h11.EndOfMessage())
+            await self._discard_request_body(client)
+        except _Abort:
+            client.h11.send_failed()
+
+    async def _redirect(self, client: HttpConnection, host: str, target: bytes, record: AccessRecord) -> None:
+        port = "" if self.settings.https_port == 443 else f":{self.settings.https_port}"
+        location = f"https://{host}{port}".encode() + target
+        await self._respond(client, 308, [(b"location", location), (b"content-type", b"text/plain")],
+                            b"Redirecting to " + location + b"\n", record)
+
+    async def _discard_request_body(self, client: HttpConnection) -> None:
+        """Read away a small unread request body so the connection can serve the next request."""
+        if client.h11.client_is_waiting_for_100_continue:
+            return  # it won't send the body now that it has its answer; the connection just closes
+        read = 0
+        with trio.move_on_after(1):
+            while client.h11.their_state is h11.SEND_BODY and read <= _DISCARD_LIMIT:
+                event = await self._client_event(client)
+                if isinstance(event, h11.Data):
+                    read += len(event.data)
+
+
+async def _linger(stream: trio.abc.Stream) -> None:
+    """Read away what a rejected client is still sending before closing: closing with unread data
+    makes the kernel reset the connection, and the client would lose the error response."""
+    read = 0
+    with trio.move_on_after(1):
+        while read <= _DISCARD_LIMIT and (data := await stream.receive_some(CHUNK)):
+            read += len(data)
+
+
+def _declares_body(request: h11.Request) -> bool:
+    for name, value in request.headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
+def _host_and_target(request: h11.Request) -> tuple[str, bytes]:
+    """Host and origin-form target; an absolute-form target's authority overrides Host (RFC 9112 §3.2.2)."""
+    target = request.target
+    if target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
+        parts = urlsplit(target.decode("latin-1"))
+        origin = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return parts.netloc.rpartition("@")[2], origin.encode("latin-1")
+    hosts = [v for n, v in request.headers if n == b"host"]
+    if len(hosts) != 1:
+        raise errorpages.bad_request("Exactly one Host header is required.")
+    if not target.startswith(b"/") and target != b"*":
+        raise errorpages.bad_request("Unsupported request target.")
+    return hosts[0].decode("latin-1"), target

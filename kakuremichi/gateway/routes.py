@@ -1,0 +1,105 @@
+"""The route table: which agent serves which domain, swapped atomically when control pushes config.
+
+Every exchange in flight holds its route (`RouteTable.hold`); when a new config withdraws a route,
+disables it or points it elsewhere, only the exchanges holding that route are cancelled. Everything
+else — other domains, and domains whose upstream did not change — keeps running untouched.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import trio
+
+from kakuremichi.gateway.hostname import normalize_host, wildcard_parent
+
+
+class TlsMode(str, enum.Enum):
+    """Where a route's certificate comes from."""
+
+    ACME = "acme"  # obtained and renewed by this gateway over ACME HTTP-01
+    CUSTOM = "custom"  # brought by the user, installed into the certificate store
+    SELF_SIGNED = "self-signed"  # development: generated locally, browsers will warn
+    OFF = "off"  # plain HTTP only
+
+
+@dataclass(frozen=True)
+class Route:
+    """One public domain and the tunnel endpoint (agent address inside the tunnel subnet) behind it."""
+
+    domain: str
+    address: str
+    port: int
+    enabled: bool = True
+    force_https: bool = False
+    tls: TlsMode = TlsMode.ACME
+    tunnel_id: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "domain", normalize_host(self.domain, allow_wildcard=True))
+        object.__setattr__(self, "tls", TlsMode(self.tls))
+        if not 0 < self.port < 65536:
+            raise ValueError(f"route {self.domain}: port {self.port} out of range")
+
+    @property
+    def upstream(self) -> tuple[str, int]:
+        """Where requests go; routes sharing it share pooled upstream connections."""
+        return self.address, self.port
+
+
+class RouteTable:
+    """Domain → Route, replaced as a whole; lookups see either the old or the new table, never a mix."""
+
+    def __init__(self, routes: Iterable[Route] = ()) -> None:
+        self._routes: dict[str, Route] = {}
+        self._holders: dict[Route, set[trio.CancelScope]] = {}
+        self.replace(routes)
+
+    def lookup(self, host: str) -> Route | None:
+        """The enabled route for a normalised host: exact name first, then a `*.parent` wildcard."""
+        route = self._routes.get(host)
+        if route is None:
+            parent = wildcard_parent(host)
+            route = self._routes.get(parent) if parent else None
+        return route if route is not None and route.enabled else None
+
+    def replace(self, routes: Iterable[Route]) -> None:
+        """Install a new table; exchanges on withdrawn, disabled or re-targeted routes are cancelled."""
+        table: dict[str, Route] = {}
+        for route in routes:
+            if route.domain in table:
+                raise ValueError(f"duplicate route for {route.domain}")
+            table[route.domain] = route
+        self._routes = table
+        for route, scopes in list(self._holders.items()):
+            if not self._still_served(route):
+                for scope in scopes:
+                    scope.cancel()
+
+    def _still_served(self, route: Route) -> bool:
+        new = self._routes.get(route.domain)
+        return new is not None and new.enabled and new.upstream == route.upstream
+
+    @contextmanager
+    def hold(self, route: Route) -> Iterator[trio.CancelScope]:
+        """Run an exchange under a cancel scope that a config change withdrawing `route` cancels."""
+        with trio.CancelScope() as scope:
+            if not self._still_served(route):
+                scope.cancel()
+            scopes = self._holders.setdefault(route, set())
+            scopes.add(scope)
+            try:
+                yield scope
+            finally:
+                scopes.discard(scope)
+                if not scopes:
+                    del self._holders[route]
+
+    def __iter__(self) -> Iterator[Route]:
+        return iter(list(self._routes.values()))
+
+    def __len__(self) -> int:
+        return len(self._routes)

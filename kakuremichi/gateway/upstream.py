@@ -1,0 +1,132 @@
+"""Connections to agents: dialled through an injected `dial`, kept alive in a small pool per upstream.
+
+`dial(route)` is the only thing the proxy knows about the tunnel: it returns a connected
+trio.abc.Stream to the route's agent (the daemon passes the netstack's TCP connect, tests pass
+trio.open_tcp_stream) and raises OSError / trio.BrokenResourceError when the agent can't be reached.
+
+A tunnel connect costs a WireGuard round trip and a TCP handshake, so idle connections are kept for
+the next request. While idle, each is watched: if the agent closes it (or sends anything unasked),
+it leaves the pool at once instead of failing the next request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import h11
+import trio
+
+from kakuremichi.gateway.connection import DEFAULT_MAX_HEADER_BYTES, STREAM_ERRORS, HttpConnection
+from kakuremichi.gateway.routes import Route
+
+Dial = Callable[[Route], Awaitable[trio.abc.Stream]]
+
+
+class DialFailed(Exception):
+    """The agent could not be reached (refused, unroutable, tunnel down)."""
+
+
+class DialTimeout(Exception):
+    """The agent did not accept the connection within the connect timeout."""
+
+
+@dataclass
+class PoolLimits:
+    connect_timeout: float = 10.0
+    idle_timeout: float = 30.0  # drop idle connections before the agent's server would
+    max_idle_per_upstream: int = 16
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+
+
+class UpstreamConnection(HttpConnection):
+    """An HTTP/1.1 client connection to one agent endpoint; `reused` is true when it came from the pool."""
+
+    def __init__(self, stream: trio.abc.Stream, key: tuple[str, int], max_header_bytes: int) -> None:
+        super().__init__(stream, h11.CLIENT, max_header_bytes)
+        self.key = key
+        self.reused = False
+        self._watch: trio.CancelScope | None = None
+
+
+class UpstreamPool:
+    """Dials agents and keeps idle keep-alive connections; made by `open_upstream_pool`."""
+
+    def __init__(self, dial: Dial, nursery: trio.Nursery, limits: PoolLimits) -> None:
+        self._dial = dial
+        self._nursery = nursery
+        self.limits = limits
+        self._idle: dict[tuple[str, int], list[UpstreamConnection]] = {}
+        self._closed = False
+
+    def idle_count(self, key: tuple[str, int]) -> int:
+        return len(self._idle.get(key, ()))
+
+    async def acquire(self, route: Route, *, fresh: bool = False) -> UpstreamConnection:
+        """A connection to `route.upstream`: an idle pooled one unless `fresh`, else a new dial."""
+        idle = self._idle.get(route.upstream)
+        if idle and not fresh:
+            conn = self._take(idle.pop())
+            conn._watch.cancel()
+            conn._watch = None
+            conn.reused = True
+            return conn
+        try:
+            with trio.fail_after(self.limits.connect_timeout):
+                stream = await self._dial(route)
+        except trio.TooSlowError:
+            raise DialTimeout(f"connect to {route.address}:{route.port} timed out") from None
+        except STREAM_ERRORS as exc:
+            raise DialFailed(f"connect to {route.address}:{route.port} failed: {exc}") from exc
+        return UpstreamConnection(stream, route.upstream, self.limits.max_header_bytes)
+
+    async def release(self, conn: UpstreamConnection) -> None:
+        """Return a connection after an exchange: pooled when it can carry another request, else closed."""
+        if (self._closed or not conn.reusable
+                or self.idle_count(conn.key) >= self.limits.max_idle_per_upstream):
+            await conn.aclose()
+            return
+        conn.start_next_cycle()
+        conn._watch = trio.CancelScope(deadline=trio.current_time() + self.limits.idle_timeout)
+        self._idle.setdefault(conn.key, []).append(conn)
+        self._nursery.start_soon(self._watch_idle, conn, conn._watch)
+
+    def _take(self, conn: UpstreamConnection) -> UpstreamConnection:
+        idle = self._idle.get(conn.key, [])
+        if conn in idle:
+            idle.remove(conn)
+        if not idle:
+            self._idle.pop(conn.key, None)
+        return conn
+
+    async def _watch_idle(self, conn: UpstreamConnection, scope: trio.CancelScope) -> None:
+        """Wait on an idle connection; anything but being picked up (EOF, data, timeout) retires it."""
+        with scope:
+            try:
+                await conn.stream.receive_some(1)
+            except STREAM_ERRORS:
+                pass
+        if scope.cancelled_caught and conn._watch is not scope:
+            return  # picked up by acquire(): in use now
+        await self._take(conn).aclose()
+
+    async def _close_idle(self) -> None:
+        self._closed = True
+        for conns in list(self._idle.values()):
+            for conn in conns:
+                await conn.aclose()
+        self._idle.clear()
+
+
+@asynccontextmanager
+async def open_upstream_pool(dial: Dial, limits: PoolLimits | None = None) -> AsyncIterator[UpstreamPool]:
+    """A pool whose idle-connection watchers live as long as the `async with` block."""
+    async with trio.open_nursery() as nursery:
+        pool = UpstreamPool(dial, nursery, limits or PoolLimits())
+        try:
+            yield pool
+        finally:
+            nursery.cancel_scope.cancel()
+            with trio.CancelScope(shield=True):
+                await pool._close_idle()

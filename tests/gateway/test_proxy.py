@@ -1,0 +1,303 @@
+"""The reverse proxy end to end over real loopback sockets: client → gateway → real local app."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+from functools import partial
+
+import httpx
+import trio
+import trio_websocket
+
+from kakuremichi.gateway.forwarding import ForwardingPolicy
+from kakuremichi.gateway.proxy import ProxySettings
+from kakuremichi.gateway.routes import Route, RouteTable
+from tests.gateway.app import BLOCK, payload_sha256, start_app
+from tests.gateway.conftest import start_gateway
+
+
+def headers_of(response: httpx.Response) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name, value in response.json()["headers"]:
+        out.setdefault(name, []).append(value)
+    return out
+
+
+async def raw_exchange(port: int, request: bytes) -> bytes:
+    """Send raw bytes, read until the gateway closes (for requests no well-behaved client makes)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(request)
+        await stream.send_eof()
+        answer = b""
+        with trio.fail_after(10):
+            while chunk := await stream.receive_some():
+                answer += chunk
+    return answer
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_routes_by_normalised_host(nursery):
+    one, two = await start_app(nursery, "one"), await start_app(nursery, "two")
+    gw = await start_gateway(nursery, RouteTable([Route("one.test", "127.0.0.1", one),
+                                                  Route("Two.Test.", "127.0.0.1", two)]))
+    async with httpx.AsyncClient(base_url=gw.url) as client:
+        for host, app in [("one.test", "one"), ("ONE.test:8080", "one"), ("two.test.", "two"),
+                          ("two.TEST", "two")]:
+            response = await client.get("/x?q=1", headers={"host": host})
+            assert response.status_code == 200, host
+            assert response.json()["app"] == app
+            assert response.json()["path"] == "/x" and response.json()["query"] == "q=1"
+
+
+async def test_unknown_and_disabled_host_get_404_page_or_json(nursery, app_port):
+    gw = await start_gateway(nursery, RouteTable([Route("off.test", "127.0.0.1", app_port, enabled=False)]))
+    async with httpx.AsyncClient(base_url=gw.url) as client:
+        page = await client.get("/", headers={"host": "nowhere.test", "accept": "text/html,*/*"})
+        assert page.status_code == 404
+        assert page.headers["content-type"].startswith("text/html")
+        assert "nowhere.test" in page.text
+        api = await client.get("/", headers={"host": "off.test", "accept": "application/json"})
+        assert api.status_code == 404
+        assert api.json()["code"] == "unknown_host"
+        # The connection survives a POST answered early: its body was read away.
+        posted = await client.post("/", content=b"x" * 1000, headers={"host": "nowhere.test"})
+        assert posted.status_code == 404
+        again = await client.get("/", headers={"host": "nowhere.test"})
+        assert again.status_code == 404
+
+
+async def test_agent_unreachable_is_502(nursery):
+    gw = await start_gateway(nursery, RouteTable([Route("dead.test", "127.0.0.1", closed_port())]))
+    async with httpx.AsyncClient(base_url=gw.url) as client:
+        response = await client.get("/", headers={"host": "dead.test", "accept": "application/json"})
+    assert response.status_code == 502
+    assert response.json()["code"] == "agent_unreachable"
+
+
+async def test_slow_agent_is_504(nursery, app_port):
+    gw = await start_gateway(nursery, RouteTable([Route("app.test", "127.0.0.1", app_port)]),
+                             settings=ProxySettings(upstream_timeout=0.3))
+    async with httpx.AsyncClient(base_url=gw.url, headers={"host": "app.test"}) as client:
+        response = await client.get("/slow?delay=5")
+        assert response.status_code == 504
+        assert "took too long" in response.text
+        assert (await client.get("/slow?delay=0")).status_code == 200
+
+
+async def test_agent_connect_timeout_is_504(nursery):
+    async def blackhole(route):
+        await trio.sleep_forever()
+
+    from kakuremichi.gateway.upstream import PoolLimits
+    gw = await start_gateway(nursery, RouteTable([Route("app.test", "10.0.0.1", 80)]), dial=blackhole,
+                             limits=PoolLimits(connect_timeout=0.2))
+    async with httpx.AsyncClient(base_url=gw.url) as client:
+        response = await client.get("/", headers={"host": "app.test", "accept": "application/json"})
+    assert response.status_code == 504
+    assert response.json()["code"] == "upstream_timeout"
+
+
+async def test_malformed_requests_get_400(gateway):
+    assert (await raw_exchange(gateway.port, b"GARBAGE\r\n\r\n")).startswith(b"HTTP/1.1 400 ")
+    bad_host = await raw_exchange(gateway.port, b"GET / HTTP/1.1\r\nHost: exa mple/..\r\nConnection: close\r\n\r\n")
+    assert bad_host.startswith(b"HTTP/1.1 400 ")
+    assert b"Invalid Host" in bad_host
+    huge = b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n"
+    assert (await raw_exchange(gateway.port, huge)).startswith(b"HTTP/1.1 431 ")
+    no_host = await raw_exchange(gateway.port, b"GET / HTTP/1.0\r\n\r\n")
+    assert no_host.startswith(b"HTTP/1.1 400 ")
+
+
+async def test_forwarding_headers_replace_untrusted_chain(client):
+    response = await client.get("/", headers={"x-forwarded-for": "6.6.6.6", "x-real-ip": "6.6.6.6",
+                                              "forwarded": "for=6.6.6.6", "x-forwarded-proto": "https"})
+    headers = headers_of(response)
+    assert headers["x-forwarded-for"] == ["127.0.0.1"]
+    assert headers["x-real-ip"] == ["127.0.0.1"]  # no port, unlike the original gateway
+    assert headers["x-forwarded-host"] == ["app.test"]
+    assert headers["x-forwarded-proto"] == ["http"]
+    assert headers["forwarded"] == ["for=127.0.0.1;host=app.test;proto=http"]
+    assert headers["host"] == ["app.test"]
+
+
+async def test_forwarding_headers_extend_trusted_chain(nursery, app_port):
+    settings = ProxySettings(forwarding=ForwardingPolicy.from_strings(["127.0.0.0/8"]))
+    gw = await start_gateway(nursery, RouteTable([Route("app.test", "127.0.0.1", app_port)]), settings=settings)
+    async with httpx.AsyncClient(base_url=gw.url) as client:
+        response = await client.get("/", headers={"host": "app.test", "x-forwarded-for": "203.0.113.9",
+                                                  "forwarded": 'for="[2001:db8::1]"',
+                                                  "x-forwarded-proto": "https"})
+    headers = headers_of(response)
+    assert headers["x-forwarded-for"] == ["203.0.113.9, 127.0.0.1"]
+    assert headers["x-real-ip"] == ["203.0.113.9"]
+    assert headers["x-forwarded-proto"] == ["https"]
+    assert headers["forwarded"] == ['for="[2001:db8::1]", for=127.0.0.1;host=app.test;proto=http']
+
+
+async def test_keep_alive_reuses_one_agent_connection(gateway, client):
+    ports = {(await client.get("/")).json()["peer_port"] for _ in range(5)}
+    assert len(ports) == 1
+    await idle_connections(gateway, ("127.0.0.1", gateway.routes.lookup("app.test").port), 1)
+
+
+async def idle_connections(gateway, key, count):
+    """Wait until the pool holds `count` idle connections to `key` (release follows the response)."""
+    with trio.fail_after(5):
+        while gateway.proxy.pool.idle_count(key) != count:
+            await trio.sleep(0.01)
+    return gateway.proxy.pool._idle.get(key, [])
+
+
+async def test_pooled_connection_closed_by_agent_while_idle_is_dropped(nursery):
+    port = await start_app(nursery, "app")
+    gw = await start_gateway(nursery, RouteTable([Route("app.test", "127.0.0.1", port)]))
+    async with httpx.AsyncClient(base_url=gw.url, headers={"host": "app.test"}) as client:
+        first = (await client.get("/")).json()["peer_port"]
+        (conn,) = await idle_connections(gw, ("127.0.0.1", port), 1)
+        await conn.stream.aclose()  # as if the agent's server had timed it out
+        await idle_connections(gw, ("127.0.0.1", port), 0)
+        second = await client.get("/")
+        assert second.status_code == 200
+        assert second.json()["peer_port"] != first
+
+
+async def test_request_on_connection_the_agent_just_closed_is_replayed(nursery):
+    """The agent drops a kept-alive connection just as the next request goes out on it."""
+    connections = []
+
+    async def answer_once(stream):
+        connections.append(stream)
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await stream.receive_some()
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await stream.receive_some()  # the next request: closed unanswered, like a server timing out
+        await stream.aclose()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, answer_once, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    gw = await start_gateway(nursery, RouteTable([Route("app.test", "127.0.0.1", port)]))
+    async with httpx.AsyncClient(base_url=gw.url, headers={"host": "app.test"}) as client:
+        assert (await client.get("/")).text == "ok"
+        await idle_connections(gw, ("127.0.0.1", port), 1)
+        response = await client.get("/")
+        assert response.status_code == 200 and response.text == "ok"
+    assert len(connections) == 2
+
+
+async def test_large_bodies_stream_both_ways_with_bounded_memory(client):
+    size = 50 * 1024 * 1024
+
+    async def body():
+        for _ in range(size // len(BLOCK)):
+            yield BLOCK
+
+    peak = [0]
+
+    async def watch_rss():
+        while True:
+            peak[0] = max(peak[0], rss())
+            await trio.sleep(0.05)
+
+    base = rss()
+    async with trio.open_nursery() as watcher:
+        watcher.start_soon(watch_rss)
+        upload = await client.post("/upload", content=body())  # chunked request body
+        assert upload.json() == {"length": size, "sha256": hashlib.sha256(BLOCK * (size // len(BLOCK))).hexdigest()}
+        for chunked in ("", "1"):
+            digest, length = hashlib.sha256(), 0
+            async with client.stream("GET", f"/download?size={size}&chunked={chunked}") as response:
+                assert response.status_code == 200
+                assert ("content-length" in response.headers) == (not chunked)
+                async for chunk in response.aiter_raw():
+                    digest.update(chunk)
+                    length += len(chunk)
+            assert length == size
+            assert digest.hexdigest() == payload_sha256(size)
+        watcher.cancel_scope.cancel()
+    assert peak[0] - base < 30 * 1024 * 1024, "a 50 MB body must not be buffered"
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+async def test_hundred_concurrent_requests(gateway):
+    async with httpx.AsyncClient(base_url=gateway.url, headers={"host": "app.test"},
+                                 limits=httpx.Limits(max_connections=100)) as client:
+        results = {}
+
+        async def one(i):
+            response = await client.get(f"/item/{i}")
+            results[i] = response.json()["path"]
+
+        async with trio.open_nursery() as nursery:
+            for i in range(100):
+                nursery.start_soon(one, i)
+    assert results == {i: f"/item/{i}" for i in range(100)}
+
+
+async def test_websocket_echo_through_proxy(gateway):
+    async with trio.open_nursery() as nursery:
+        stream = await trio.open_tcp_stream("127.0.0.1", gateway.port)
+        ws = await trio_websocket.wrap_client_stream(nursery, stream, "app.test", "/ws")
+        for message in ["hello", "x" * 100_000, "done"]:
+            await ws.send_message(message)
+            assert await ws.get_message() == message
+        await ws.send_message(b"\x00\x01binary")
+        assert await ws.get_message() == b"\x00\x01binary"
+        await ws.aclose()
+
+
+async def test_route_swap_keeps_unaffected_exchanges_and_cuts_withdrawn_ones(nursery):
+    one, two = await start_app(nursery, "one"), await start_app(nursery, "two")
+    keep = Route("keep.test", "127.0.0.1", one)
+    moved = Route("moved.test", "127.0.0.1", one)
+    gw = await start_gateway(nursery, RouteTable([keep, moved]))
+    size = 20 * 1024 * 1024
+    done = {}
+
+    async def slow_download(client):
+        digest, length = hashlib.sha256(), 0
+        async with client.stream("GET", f"/download?size={size}") as response:
+            async for chunk in response.aiter_raw():
+                digest.update(chunk)
+                length += len(chunk)
+                await trio.sleep(0.001)  # a slow reader keeps the exchange in flight across the swap
+        done["download"] = (length, digest.hexdigest())
+
+    async with httpx.AsyncClient(base_url=gw.url, headers={"host": "keep.test"}) as client, \
+            trio.open_nursery() as inner:
+        stream = await trio.open_tcp_stream("127.0.0.1", gw.port)
+        ws = await trio_websocket.wrap_client_stream(inner, stream, "moved.test", "/ws")
+        await ws.send_message("before")
+        assert await ws.get_message() == "before"
+        inner.start_soon(slow_download, client)
+        await trio.sleep(0.2)
+        gw.routes.replace([keep, Route("moved.test", "127.0.0.1", two)])
+        with trio.fail_after(5):
+            try:
+                await ws.send_message("after")
+                await ws.get_message()
+                raise AssertionError("the WebSocket of a re-targeted route must be cut")
+            except trio_websocket.ConnectionClosed:
+                pass
+        moved_now = await client.get("/", headers={"host": "moved.test"})
+        assert moved_now.json()["app"] == "two"
+    assert done["download"] == (size, payload_sha256(size))
+
+
+async def test_expect_100_continue_and_early_answer(client, gateway):
+    answer = await raw_exchange(gateway.port, b"POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\n"
+                                              b"Expect: 100-continue\r\nConnection: close\r\n\r\nhello")
+    assert b'"length": 5' in answer
+    assert json.loads(answer.split(b"\r\n\r\n")[-1])["length"] == 5
