@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 
 import httpx
 import pytest
 import trio
+from cryptography import x509
 
 from kakuremichi.gateway.challenges import ChallengeStore
-from kakuremichi.gateway.listeners import serve_http
+from kakuremichi.gateway.listeners import serve_http, serve_https
 from kakuremichi.gateway.proxy import Proxy, ProxySettings
 from kakuremichi.gateway.routes import Route, RouteTable
 from kakuremichi.gateway.upstream import PoolLimits, open_upstream_pool
@@ -23,6 +25,7 @@ async def tcp_dial(route: Route) -> trio.abc.Stream:
 class Gateway:
     proxy: Proxy
     port: int
+    https_port: int | None = None
 
     @property
     def url(self) -> str:
@@ -35,12 +38,18 @@ class Gateway:
 
 async def start_gateway(nursery: trio.Nursery, routes: RouteTable, *, dial=tcp_dial,
                         settings: ProxySettings | None = None, limits: PoolLimits | None = None,
-                        challenges: ChallengeStore | None = None) -> Gateway:
+                        challenges: ChallengeStore | None = None, tls_context=None,
+                        http_port: int = 0) -> Gateway:
+    """A gateway on 127.0.0.1: HTTP always, HTTPS too when given a TLS context."""
     async def run(task_status=trio.TASK_STATUS_IGNORED):
         async with open_upstream_pool(dial, limits) as pool, trio.open_nursery() as inner:
             proxy = Proxy(routes, pool, settings, challenges)
-            listeners = await inner.start(serve_http, proxy, 0, "127.0.0.1")
-            task_status.started(Gateway(proxy, listeners[0].socket.getsockname()[1]))
+            listeners = await inner.start(serve_http, proxy, http_port, "127.0.0.1")
+            gateway = Gateway(proxy, listeners[0].socket.getsockname()[1])
+            if tls_context is not None:
+                listeners = await inner.start(serve_https, proxy, tls_context, 0, "127.0.0.1")
+                gateway.https_port = listeners[0].socket.getsockname()[1]
+            task_status.started(gateway)
 
     return await nursery.start(run)
 
@@ -59,3 +68,14 @@ async def gateway(nursery, app_port):
 async def client(gateway):
     async with httpx.AsyncClient(base_url=gateway.url, headers={"host": "app.test"}, timeout=30) as c:
         yield c
+
+
+async def tls_handshake(port: int, server_name: str, context: ssl.SSLContext) -> trio.SSLStream:
+    """A completed client handshake with `server_name` as SNI (and as the name verified)."""
+    stream = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", port), context, server_hostname=server_name)
+    await stream.do_handshake()
+    return stream
+
+
+def peer_certificate(stream: trio.SSLStream) -> x509.Certificate:
+    return x509.load_der_x509_certificate(stream.getpeercert(binary_form=True))

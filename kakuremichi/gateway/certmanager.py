@@ -1,0 +1,190 @@
+"""Keeps every HTTPS route's certificate present and fresh, and the SNI selector in step with it.
+
+Per route TLS mode: `acme` certificates are ordered over HTTP-01 and renewed at 2/3 of their
+lifetime, with exponential backoff (and jitter, so gateways don't hammer a CA in step) when the CA
+fails; `custom` ones are installed by the user or control; `self-signed` ones are made locally.
+Certificates obtained here are announced to `observers` so the daemon can hand them to the other
+gateways through control, which install them with `install()` — every gateway serves the same one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from kakuremichi.gateway.acmeclient import AcmeClient, AcmeError, AcmeSettings
+from kakuremichi.gateway.certstore import CertificateError, CertStore, StoredCertificate, covers, write_private
+from kakuremichi.gateway.challenges import Challenge, ChallengeStore
+from kakuremichi.gateway.routes import Route, TlsMode
+from kakuremichi.gateway.selfsigned import make_self_signed
+from kakuremichi.gateway.tls import CertificateSelector
+from kakuremichi.logs import log
+
+logger = logging.getLogger("kakuremichi.gateway.certs")
+FALLBACK_NAME = "kakuremichi.invalid"
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+@dataclass(frozen=True)
+class RenewalPolicy:
+    fraction: float = 2 / 3  # renew once this much of the validity has passed
+    retry_initial: float = 60.0  # seconds after a first failure; doubles per failure
+    retry_max: float = 6 * 3600.0
+    jitter: float = 0.1  # ± fraction of each retry delay
+
+
+@dataclass
+class DomainState:
+    """What the manager knows about one ACME domain (exposed for status pages and tests)."""
+
+    failures: int = 0
+    retry_at: datetime.datetime | None = None
+    last_error: str = ""
+    history: list[float] = field(default_factory=list)  # retry delays chosen, newest last
+
+
+class CertificateManager:
+    """Owns the certificate side of the HTTPS listener: `context` is what it wraps connections with."""
+
+    def __init__(self, store: CertStore, challenges: ChallengeStore, acme: AcmeSettings | None = None,
+                 policy: RenewalPolicy | None = None) -> None:
+        self.store = store
+        self.challenges = challenges
+        self.acme = acme
+        self.policy = policy or RenewalPolicy()
+        self.selector = CertificateSelector(self._fallback())
+        self.states: dict[str, DomainState] = {}
+        self.observers: list[Callable[[str, bytes, bytes], None]] = []
+        self._routes: dict[str, Route] = {}
+        self._client: AcmeClient | None = None
+        self._lock = trio.Lock()
+        self._wake = trio.Event()
+
+    @property
+    def context(self):
+        return self.selector.context
+
+    def _fallback(self) -> Path:
+        path = self.store.root / "certs" / "_fallback.pem"
+        if not path.exists():
+            cert_pem, key_pem = make_self_signed(FALLBACK_NAME, days=3650)
+            write_private(path, key_pem + cert_pem)
+        return path
+
+    def update_routes(self, routes: Iterable[Route]) -> None:
+        """Follow a new route table: install what is on disk, make self-signed ones, schedule ACME."""
+        self._routes = {r.domain: r for r in routes if r.tls is not TlsMode.OFF}
+        for domain in self.selector.domains() - set(self._routes):
+            self.selector.remove(domain)
+        for domain, route in self._routes.items():
+            stored = self._usable(domain)
+            if stored is None and route.tls is TlsMode.SELF_SIGNED:
+                stored = self.store.save(domain, *make_self_signed(domain))
+            if stored is not None:
+                self.selector.install(domain, stored.path)
+            elif route.tls is TlsMode.CUSTOM:
+                log(logger, logging.WARNING, "no certificate installed for custom-TLS route", domain=domain)
+            elif route.tls is TlsMode.ACME and (self.acme is None or domain.startswith("*.")):
+                log(logger, logging.WARNING, "route wants an ACME certificate this gateway cannot get "
+                    "(no ACME directory configured, or a wildcard, which needs DNS-01)", domain=domain)
+        self.states = {d: self.states.get(d, DomainState()) for d in self._acme_domains()}
+        self._wake.set()
+
+    def install(self, domain: str, chain_pem: bytes, key_pem: bytes) -> StoredCertificate:
+        """Store and serve a certificate brought by the user or another gateway (raises CertificateError)."""
+        stored = self.store.save(domain, chain_pem, key_pem)
+        self.selector.install(stored.domain, stored.path)
+        log(logger, logging.INFO, "certificate installed", domain=stored.domain, not_after=stored.not_after,
+            issuer=stored.issuer)
+        self._wake.set()  # a certificate from another gateway may postpone our own renewal
+        return stored
+
+    def _usable(self, domain: str) -> StoredCertificate | None:
+        stored = self.store.load(domain)
+        if stored is None or stored.not_after <= utcnow() or not covers(stored.names, domain):
+            return None
+        return stored
+
+    def _acme_domains(self) -> list[str]:
+        if self.acme is None:
+            return []
+        return [d for d, r in self._routes.items() if r.tls is TlsMode.ACME and not d.startswith("*.")]
+
+    def due(self, domain: str) -> datetime.datetime:
+        """When `domain` needs an ACME attempt: now if it has no usable certificate, else at renewal time
+        — or later, when the last attempt failed and its backoff has not run out."""
+        state = self.states.get(domain) or DomainState()
+        if state.retry_at is not None:
+            return state.retry_at
+        stored = self._usable(domain)
+        return utcnow() if stored is None else stored.renewal_due(self.policy.fraction)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Issue and renew ACME certificates as they come due, one at a time, until cancelled."""
+        task_status.started()
+        while True:
+            self._wake = trio.Event()
+            pending = sorted((self.due(d), d) for d in self._acme_domains())
+            if pending and pending[0][0] <= utcnow():
+                await self._attempt(pending[0][1])
+                continue
+            wait = (pending[0][0] - utcnow()).total_seconds() if pending else math.inf
+            with trio.move_on_after(wait):
+                await self._wake.wait()
+
+    async def _attempt(self, domain: str) -> None:
+        state = self.states[domain]
+        try:
+            await self.obtain(domain)
+        except (AcmeError, CertificateError) as exc:
+            state.failures += 1
+            delay = min(self.policy.retry_max, self.policy.retry_initial * 2 ** (state.failures - 1))
+            delay *= 1 + random.uniform(-self.policy.jitter, self.policy.jitter)
+            state.retry_at = utcnow() + datetime.timedelta(seconds=delay)
+            state.last_error = str(exc)
+            state.history.append(delay)
+            log(logger, logging.WARNING, "certificate request failed; will retry", domain=domain,
+                attempt=state.failures, retry_in_s=round(delay, 1), error=str(exc))
+        else:
+            state.failures, state.retry_at, state.last_error = 0, None, ""
+
+    async def obtain(self, domain: str) -> StoredCertificate:
+        """Order a certificate for `domain` now (also a forced renewal) with a fresh key, then serve it."""
+        if self.acme is None:
+            raise AcmeError("no ACME directory configured")
+        async with self._lock:
+            key = ec.generate_private_key(ec.SECP256R1())
+            key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption())
+            if self._client is None:
+                account_key = await trio.to_thread.run_sync(self.store.account_key, self.acme.directory_url)
+                self._client = AcmeClient(self.acme, account_key)
+            log(logger, logging.INFO, "requesting certificate", domain=domain, directory=self.acme.directory_url)
+
+            def publish(token: str, key_authorization: str) -> None:
+                trio.from_thread.run_sync(self.challenges.add, Challenge(domain, token, key_authorization))
+
+            def withdraw(token: str) -> None:
+                trio.from_thread.run_sync(self.challenges.remove, token)
+
+            chain_pem = await trio.to_thread.run_sync(self._client.issue, domain, key_pem, publish, withdraw,
+                                                      abandon_on_cancel=True)
+            stored = self.store.save(domain, chain_pem, key_pem)
+            self.selector.install(domain, stored.path)
+        log(logger, logging.INFO, "certificate issued", domain=domain, not_after=stored.not_after,
+            serial=format(stored.serial, "x"), issuer=stored.issuer)
+        for observer in self.observers:
+            observer(domain, chain_pem, key_pem)
+        return stored

@@ -1,0 +1,147 @@
+"""Certificates and keys on disk: one PEM per domain holding its private key and full chain.
+
+Key and chain live in one file so that replacing it (write to a temporary file, then rename) swaps
+both at once: a reader never sees a new chain with an old key. Files are 0600 and the directory
+0700 because they hold private keys.
+
+Layout under the state directory:
+    certs/<domain>.pem                 private key + leaf + intermediates (wildcards as _wildcard.<parent>)
+    acme/<directory-hash>.key.pem      ACME account key for one CA directory URL
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtensionOID
+
+from kakuremichi.gateway.hostname import normalize_host
+
+PRIVATE_MODE = 0o600
+
+
+class CertificateError(ValueError):
+    """A certificate/key pair that can't be served (mismatched key, wrong names, unparsable PEM)."""
+
+
+@dataclass(frozen=True)
+class StoredCertificate:
+    domain: str
+    path: Path
+    names: tuple[str, ...]
+    not_before: datetime.datetime
+    not_after: datetime.datetime
+    serial: int
+    issuer: str
+
+    def renewal_due(self, fraction: float) -> datetime.datetime:
+        """When `fraction` of the validity period has passed (2/3: renew with a third left)."""
+        return self.not_before + (self.not_after - self.not_before) * fraction
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Atomically replace `path` with `data`, readable by the owner only from its first byte on."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_MODE)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, PRIVATE_MODE)  # O_CREAT's mode does not apply to a file left over from a crash
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _names(cert: x509.Certificate) -> tuple[str, ...]:
+    try:
+        san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(n.lower() for n in san.get_values_for_type(x509.DNSName))
+
+
+def covers(names: tuple[str, ...], domain: str) -> bool:
+    parent = domain.partition(".")[2]
+    return domain in names or (bool(parent) and f"*.{parent}" in names)
+
+
+class CertStore:
+    """The state directory's certificate half; safe to share between gateways on one host."""
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.root = Path(directory)
+        for sub in (self.root, self.root / "certs", self.root / "acme"):
+            sub.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(sub, 0o700)
+
+    def path(self, domain: str) -> Path:
+        return self.root / "certs" / (domain.replace("*", "_wildcard") + ".pem")
+
+    def save(self, domain: str, chain_pem: bytes, key_pem: bytes) -> StoredCertificate:
+        """Check that the pair is usable for `domain`, then store it atomically."""
+        domain = normalize_host(domain, allow_wildcard=True)
+        try:
+            chain = x509.load_pem_x509_certificates(chain_pem)
+            key = serialization.load_pem_private_key(key_pem, password=None)
+        except ValueError as exc:
+            raise CertificateError(f"{domain}: unreadable certificate or key ({exc})") from None
+        leaf = chain[0]
+        if leaf.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo) != \
+                key.public_key().public_bytes(serialization.Encoding.DER,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo):
+            raise CertificateError(f"{domain}: the private key does not belong to the certificate")
+        if not covers(_names(leaf), domain):
+            raise CertificateError(f"{domain}: the certificate is for {', '.join(_names(leaf)) or 'no DNS name'}")
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        chain_text = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
+        write_private(self.path(domain), key_pem + chain_text)
+        return self._describe(domain, self.path(domain), leaf)
+
+    def load(self, domain: str) -> StoredCertificate | None:
+        path = self.path(domain)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            leaf = x509.load_pem_x509_certificates(data)[0]
+        except ValueError:
+            return None
+        return self._describe(domain, path, leaf)
+
+    def _describe(self, domain: str, path: Path, leaf: x509.Certificate) -> StoredCertificate:
+        return StoredCertificate(domain, path, _names(leaf), leaf.not_valid_before_utc, leaf.not_valid_after_utc,
+                                 leaf.serial_number, leaf.issuer.rfc4514_string())
+
+    def read_pair(self, domain: str) -> tuple[bytes, bytes]:
+        """(chain PEM, key PEM) of a stored certificate, e.g. to hand it to the other gateways."""
+        data = self.path(domain).read_bytes()
+        marker = b"-----BEGIN CERTIFICATE-----"
+        split = data.index(marker)
+        return data[split:], data[:split]
+
+    def account_key(self, directory_url: str) -> bytes:
+        """The PEM account key for a CA directory, made on first use (RSA 2048, what every CA takes)."""
+        digest = hashlib.sha256(directory_url.encode()).hexdigest()[:16]
+        path = self.root / "acme" / f"{digest}.key.pem"
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            pass
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        write_private(path, pem)
+        return pem
