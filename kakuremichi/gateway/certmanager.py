@@ -68,6 +68,7 @@ class CertificateManager:
         self.states: dict[str, DomainState] = {}
         self.observers: list[Callable[[str, bytes, bytes], None]] = []
         self._routes: dict[str, Route] = {}
+        self._served: dict[str, int] = {}  # domain → serial of the certificate SNI hands out
         self._client: AcmeClient | None = None
         self._lock = trio.Lock()
         self._wake = trio.Event()
@@ -86,14 +87,17 @@ class CertificateManager:
     def update_routes(self, routes: Iterable[Route]) -> None:
         """Follow a new route table: install what is on disk, make self-signed ones, schedule ACME."""
         self._routes = {r.domain: r for r in routes if r.tls is not TlsMode.OFF}
-        for domain in self.selector.domains() - set(self._routes):
+        for domain in set(self._served) - set(self._routes):
             self.selector.remove(domain)
+            del self._served[domain]
         for domain, route in self._routes.items():
+            if domain in self._served:
+                continue
             stored = self._usable(domain)
             if stored is None and route.tls is TlsMode.SELF_SIGNED:
                 stored = self.store.save(domain, *make_self_signed(domain))
             if stored is not None:
-                self.selector.install(domain, stored.path)
+                self._serve(stored)
             elif route.tls is TlsMode.CUSTOM:
                 log(logger, logging.WARNING, "no certificate installed for custom-TLS route", domain=domain)
             elif route.tls is TlsMode.ACME and (self.acme is None or domain.startswith("*.")):
@@ -105,11 +109,16 @@ class CertificateManager:
     def install(self, domain: str, chain_pem: bytes, key_pem: bytes) -> StoredCertificate:
         """Store and serve a certificate brought by the user or another gateway (raises CertificateError)."""
         stored = self.store.save(domain, chain_pem, key_pem)
-        self.selector.install(stored.domain, stored.path)
+        self._serve(stored)
         log(logger, logging.INFO, "certificate installed", domain=stored.domain, not_after=stored.not_after,
             issuer=stored.issuer)
         self._wake.set()  # a certificate from another gateway may postpone our own renewal
         return stored
+
+    def _serve(self, stored: StoredCertificate) -> None:
+        """Hand a stored certificate to SNI (building its SSLContext once, not on every config push)."""
+        self.selector.install(stored.domain, stored.path)
+        self._served[stored.domain] = stored.serial
 
     def _usable(self, domain: str) -> StoredCertificate | None:
         stored = self.store.load(domain)
@@ -182,7 +191,7 @@ class CertificateManager:
             chain_pem = await trio.to_thread.run_sync(self._client.issue, domain, key_pem, publish, withdraw,
                                                       abandon_on_cancel=True)
             stored = self.store.save(domain, chain_pem, key_pem)
-            self.selector.install(domain, stored.path)
+            self._serve(stored)
         log(logger, logging.INFO, "certificate issued", domain=domain, not_after=stored.not_after,
             serial=format(stored.serial, "x"), issuer=stored.issuer)
         for observer in self.observers:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,14 +49,13 @@ class StoredCertificate:
 
 def write_private(path: Path, data: bytes) -> None:
     """Atomically replace `path` with `data`, readable by the owner only from its first byte on."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_MODE)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_MODE)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, PRIVATE_MODE)  # O_CREAT's mode does not apply to a file left over from a crash
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -198,9 +198,11 @@ class Proxy:
                 await self._upstream_send(upstream, h11.EndOfMessage())
         except _Abort:
             raise (_Stale() if upstream.reused and not has_body else errorpages.agent_unreachable(host))
+        if not has_body:
+            await self._relay_response(client, upstream, host, has_body, record)
+            return
         async with trio.open_nursery() as nursery:
-            if has_body:
-                nursery.start_soon(self._pump_request_body, client, upstream, record, nursery.cancel_scope)
+            nursery.start_soon(self._pump_request_body, client, upstream, record, nursery.cancel_scope)
             try:
                 await self._relay_response(client, upstream, host, has_body, record)
             except (GatewayError, _Abort, _Stale) as exc:

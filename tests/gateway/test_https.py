@@ -10,12 +10,14 @@ import httpx
 import pytest
 import trio
 
-from kakuremichi.gateway.certmanager import FALLBACK_NAME, CertificateManager
+from kakuremichi.gateway.acmeclient import AcmeSettings
+from kakuremichi.gateway.certmanager import FALLBACK_NAME, CertificateManager, RenewalPolicy
 from kakuremichi.gateway.certstore import CertificateError, CertStore
 from kakuremichi.gateway.challenges import Challenge, ChallengeStore
 from kakuremichi.gateway.proxy import ProxySettings
 from kakuremichi.gateway.routes import Route, RouteTable, TlsMode
 from tests.gateway.conftest import peer_certificate, start_gateway, tls_handshake
+from tests.gateway.pebble import free_port
 from tests.gateway.testca import TestCA
 
 
@@ -119,3 +121,19 @@ async def test_route_removal_drops_its_certificate_from_sni(nursery, store, app_
     assert manager.selector.domains() == {"dev.test"}
     manager.update_routes([])
     assert manager.selector.domains() == set()
+
+
+async def test_renewal_is_due_at_two_thirds_and_failures_back_off(store, app_port):
+    manager = CertificateManager(store, ChallengeStore(),
+                                 AcmeSettings(directory_url=f"https://127.0.0.1:{free_port()}/dir"),
+                                 RenewalPolicy(retry_initial=10, jitter=0))
+    route = Route("acme.test", "127.0.0.1", app_port, tls=TlsMode.ACME)
+    manager.update_routes([route])
+    ca = TestCA()
+    stored = manager.install("acme.test", *ca.issue("acme.test"))  # e.g. handed over by another gateway
+    assert manager.due("acme.test") == stored.not_before + (stored.not_after - stored.not_before) * 2 / 3
+    for expected in (10, 20, 40):
+        await manager._attempt("acme.test")  # nothing listens at the directory URL
+        assert manager.states["acme.test"].history[-1] == expected
+    assert "unavailable" in manager.states["acme.test"].last_error
+    assert manager.due("acme.test") == manager.states["acme.test"].retry_at

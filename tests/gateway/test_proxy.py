@@ -14,6 +14,7 @@ import trio_websocket
 from kakuremichi.gateway.forwarding import ForwardingPolicy
 from kakuremichi.gateway.proxy import ProxySettings
 from kakuremichi.gateway.routes import Route, RouteTable
+from kakuremichi.gateway.upstream import PoolLimits
 from tests.gateway.app import BLOCK, payload_sha256, start_app
 from tests.gateway.conftest import start_gateway
 
@@ -96,7 +97,6 @@ async def test_agent_connect_timeout_is_504(nursery):
     async def blackhole(route):
         await trio.sleep_forever()
 
-    from kakuremichi.gateway.upstream import PoolLimits
     gw = await start_gateway(nursery, RouteTable([Route("app.test", "10.0.0.1", 80)]), dial=blackhole,
                              limits=PoolLimits(connect_timeout=0.2))
     async with httpx.AsyncClient(base_url=gw.url) as client:
