@@ -26,7 +26,7 @@ class AccessRecord:
     status: int = 0  # 0: no response could be sent (client gone, or aborted mid-stream)
     bytes_in: int = 0
     bytes_out: int = 0
-    upstream: str = "-"
+    upstream: str = ""
     reused: bool = False
     error: str = ""
     started: float = field(default_factory=trio.current_time)
