@@ -193,6 +193,53 @@ async def test_request_on_connection_the_agent_just_closed_is_replayed(nursery):
     assert len(connections) == 2
 
 
+async def test_close_delimited_response_from_an_http10_agent(nursery):
+    body = BLOCK * 20
+
+    async def http10_server(stream):
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await stream.receive_some()
+        await stream.send_all(b"HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n")
+        for i in range(0, len(body), 4096):
+            await stream.send_all(body[i:i + 4096])
+        await stream.aclose()  # the end of the body is the end of the connection
+
+    listeners = await nursery.start(partial(trio.serve_tcp, http10_server, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    gw = await start_gateway(nursery, RouteTable([Route("old.test", "127.0.0.1", port)]))
+    async with httpx.AsyncClient(base_url=gw.url, headers={"host": "old.test"}) as client:
+        for _ in range(2):  # the client connection stays usable; the agent's could not be
+            response = await client.get("/")
+            assert response.headers["transfer-encoding"] == "chunked"
+            assert hashlib.sha256(response.content).digest() == hashlib.sha256(body).digest()
+
+
+async def test_client_leaving_mid_download_closes_the_agent_connection(nursery):
+    closed = trio.Event()
+
+    async def endless(stream):
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await stream.receive_some()
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        try:
+            while True:
+                await stream.send_all(b"1000\r\n" + b"x" * 4096 + b"\r\n")
+        except trio.BrokenResourceError:
+            closed.set()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, endless, 0, host="127.0.0.1"))
+    gw = await start_gateway(nursery, RouteTable([Route("app.test", "127.0.0.1",
+                                                        listeners[0].socket.getsockname()[1])]))
+    stream = await trio.open_tcp_stream("127.0.0.1", gw.port)
+    await stream.send_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+    assert (await stream.receive_some()).startswith(b"HTTP/1.1 200 ")
+    await stream.aclose()
+    with trio.fail_after(5):
+        await closed.wait()
+
+
 async def test_large_bodies_stream_both_ways_with_bounded_memory(client):
     size = 50 * 1024 * 1024
 
@@ -301,3 +348,19 @@ async def test_expect_100_continue_and_early_answer(client, gateway):
                                               b"Expect: 100-continue\r\nConnection: close\r\n\r\nhello")
     assert b'"length": 5' in answer
     assert json.loads(answer.split(b"\r\n\r\n")[-1])["length"] == 5
+
+
+async def test_idle_client_connections_are_closed(nursery, app_port):
+    gw = await start_gateway(nursery, RouteTable([Route("app.test", "127.0.0.1", app_port)]),
+                             settings=ProxySettings(client_timeout=0.2))
+    stream = await trio.open_tcp_stream("127.0.0.1", gw.port)
+    await stream.send_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+    answer = b""
+    with trio.fail_after(5):
+        while chunk := await stream.receive_some():
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 ")  # answered, then closed once idle: EOF ended the loop
+    slow = await trio.open_tcp_stream("127.0.0.1", gw.port)
+    await slow.send_all(b"GET / HTTP/1.1\r\nHost: app")  # a head that never completes
+    with trio.fail_after(5):
+        assert await slow.receive_some() == b""
