@@ -48,10 +48,6 @@ def method_not_allowed(method: str) -> GatewayError:
                         f"{method} is not supported by this gateway.")
 
 
-def not_found(path: str) -> GatewayError:
-    return GatewayError(404, "not_found", "Not found", f"{path} is not known here.")
-
-
 def _prefers_json(accept: bytes) -> bool:
     """True when the client ranks application/json above text/html (RFC 9110 q-values)."""
     best = {b"json": -1.0, b"html": -1.0}

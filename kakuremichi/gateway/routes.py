@@ -100,6 +100,3 @@ class RouteTable:
 
     def __iter__(self) -> Iterator[Route]:
         return iter(list(self._routes.values()))
-
-    def __len__(self) -> int:
-        return len(self._routes)
