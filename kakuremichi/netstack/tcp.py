@@ -247,7 +247,8 @@ class Connection:
         self.recover = iss
         self.rexmit_next = iss
         self.bytes_acked = 0
-        self.srtt = self.rttvar = 0.0
+        self.srtt: float | None = None  # no RTT measured yet
+        self.rttvar = 0.0
         self.rto = config.initial_rto
         self.backoff = self.retries = 0
         self.rtt_seq: int | None = None
@@ -661,7 +662,7 @@ class Connection:
 
     def _sample_rtt(self, rtt: float) -> None:
         """RFC 6298 §2."""
-        if self.srtt == 0.0:
+        if self.srtt is None:
             self.srtt, self.rttvar = rtt, rtt / 2
         else:
             self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
