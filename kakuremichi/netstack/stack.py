@@ -1,0 +1,391 @@
+"""The sans-IO IPv4 host: packets and a clock in, packets and wake-ups out.
+
+`Stack` owns the local addresses, the TCP connection table, listeners (with bounded accept and SYN
+queues), UDP ports, IPv4 reassembly, ICMP, and one timer heap for every connection. It never blocks and
+never looks at a real clock: the caller passes `now` and drains `outgoing` (packets to put on the link)
+and `changed` (connections, listeners and UDP ports whose users should wake up) after each call.
+Batching falls out of this shape: a whole batch of received packets produces one list of replies, and
+the ACKs owed to a connection leave once per batch (or ride on its data).
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import itertools
+import os
+import random
+from collections import Counter, deque
+from typing import Iterable, Protocol
+
+from kakuremichi.netstack import icmp, ipv4, tcp, udp
+from kakuremichi.netstack.tcp import ACK, RST, SYN, Config, Connection, State
+
+EPHEMERAL_PORTS = range(49152, 65536)
+DEFAULT_BACKLOG = 128
+MAX_TIME_WAIT = 4096  # like Linux's tcp_max_tw_buckets: beyond it the oldest TIME_WAIT goes early
+ICMP_ERRORS_PER_SECOND = 100
+
+
+class Host(Protocol):
+    """What a Connection needs from its stack."""
+
+    outgoing: list
+    dirty: set
+    changed: set
+
+    def closed(self, connection: Connection) -> None: ...
+
+    def schedule(self, connection: Connection) -> None: ...
+
+
+class Listener:
+    """A listening port: handshakes finish in the SYN queue, then wait in the accept queue for the user."""
+
+    def __init__(self, address: int, port: int, backlog: int) -> None:
+        self.address = address  # 0: every local address
+        self.port = port
+        self.backlog = backlog
+        self.syn_backlog = max(2 * backlog, 64)
+        self.queue: deque[Connection] = deque()
+        self.half_open: dict[tuple, Connection] = {}
+        self.closed = False
+        self.user = None  # for the layer above (its wait queue)
+
+    def can_accept(self) -> bool:
+        return len(self.queue) < self.backlog and not self.closed
+
+    def established(self, connection: Connection) -> None:
+        self.half_open.pop(connection.key, None)
+        self.queue.append(connection)
+        connection.listener = None
+
+    def accept(self) -> Connection | None:
+        return self.queue.popleft() if self.queue else None
+
+
+class Stack:
+    """An IPv4 host with TCP, UDP and ICMP for `addresses` on a link of `mtu` bytes."""
+
+    def __init__(self, addresses: Iterable, mtu: int, config: Config | None = None, *,
+                 secret: bytes | None = None) -> None:
+        self.addresses: list[int] = []  # ordered: the first is the default source
+        self._address_set: set[int] = set()
+        for address in addresses:
+            self.add_address(address)
+        self.mtu = mtu
+        self.config = config or Config()
+        self.secret = secret or os.urandom(16)
+        self.outgoing: list[bytes] = []
+        self.dirty: set[Connection] = set()
+        self.changed: set = set()
+        self.connections: dict[tuple, Connection] = {}
+        self.listeners: dict[tuple[int, int], Listener] = {}
+        self.udp_ports: dict[tuple[int, int], udp.Endpoint] = {}
+        self.reassembler = ipv4.Reassembler()
+        self.drops: Counter[str] = Counter()
+        self._timers: list = []
+        self._timer_order = itertools.count()
+        self._time_wait: dict[tuple, Connection] = {}
+        self._random = random.Random(int.from_bytes(os.urandom(8), "big"))
+        self._ip_ident = self._random.randrange(0x10000)
+        self._icmp_budget = float(ICMP_ERRORS_PER_SECOND)
+        self._icmp_stamp = 0.0
+
+    # ------------------------------------------------------------------ addresses
+    def add_address(self, address) -> None:
+        value = ipv4.address(address)
+        if value not in self._address_set:
+            self._address_set.add(value)
+            self.addresses.append(value)
+
+    def remove_address(self, address) -> None:
+        """Stop answering for `address`; its connections are reset, every other one carries on."""
+        value = ipv4.address(address)
+        if value not in self._address_set:
+            return
+        self._address_set.discard(value)
+        self.addresses.remove(value)
+        for connection in [c for c in self.connections.values() if c.local[0] == value]:
+            connection.error = connection.error or tcp.os_error(errno.EADDRNOTAVAIL, "local address removed")
+            connection.abort()
+        for key in [k for k in self.listeners if k[0] == value]:
+            self.close_listener(self.listeners[key])
+        for key in [k for k in self.udp_ports if k[0] == value]:
+            self.udp_close(self.udp_ports[key])
+
+    # ------------------------------------------------------------------ inbound
+    def receive(self, packets: Iterable[bytes | memoryview], now: float) -> None:
+        """Process a batch of IPv4 packets from the link; replies collect in `outgoing`."""
+        local = self._address_set
+        for packet in packets:
+            try:
+                datagram = ipv4.parse(packet)
+                if datagram.destination not in local:
+                    self.drops["not-for-us"] += 1
+                    continue
+                source = datagram.source
+                if source == 0 or source >= 0xE0000000 or source in local:
+                    self.drops["bad-source"] += 1  # multicast, broadcast, unspecified or spoofed as us
+                    continue
+                if datagram.fragment:
+                    datagram = self.reassembler.add(datagram, now)
+                    if datagram is None:
+                        continue
+                protocol = datagram.protocol
+                if protocol == ipv4.PROTO_TCP:
+                    self._receive_tcp(datagram, now)
+                elif protocol == ipv4.PROTO_UDP:
+                    self._receive_udp(datagram, now)
+                elif protocol == ipv4.PROTO_ICMP:
+                    self._receive_icmp(datagram)
+                else:
+                    self.drops["protocol"] += 1
+                    self._icmp_error(datagram, 2, now)  # protocol unreachable
+            except ipv4.Malformed as exc:
+                self.drops[exc.args[0]] += 1
+        self._flush(now)
+
+    def _receive_tcp(self, datagram: ipv4.Datagram, now: float) -> None:
+        segment = tcp.parse(datagram)
+        key = (datagram.source, segment.source_port, datagram.destination, segment.destination_port)
+        connection = self.connections.get(key)
+        if connection is not None:
+            if (connection.state == State.TIME_WAIT and segment.flags & (SYN | ACK | RST) == SYN
+                    and (segment.seq - connection.rcv_nxt) & tcp.MASK < tcp.HALF):
+                connection.terminate(None)  # a new incarnation may reuse the pair (RFC 9293 §3.6.1)
+            else:
+                connection.on_segment(segment, now)
+                self.dirty.add(connection)
+                return
+        listener = self.listeners.get((datagram.destination, segment.destination_port)) or self.listeners.get(
+            (0, segment.destination_port))
+        flags = segment.flags
+        if listener is not None and flags & (SYN | ACK | RST) == SYN:
+            self._passive_open(listener, key, segment, now)
+        elif not flags & RST:
+            self.drops["tcp-no-connection"] += 1
+            self.outgoing.append(tcp.build_reset(datagram.destination, datagram.source, segment))
+
+    def _passive_open(self, listener: Listener, key: tuple, segment: tcp.Segment, now: float) -> None:
+        if len(listener.half_open) >= listener.syn_backlog:
+            self.drops["syn-queue-full"] += 1
+            oldest = next(iter(listener.half_open.values()))
+            oldest.terminate(None)  # SYN flood: the oldest half-open connection makes room, silently
+        local, remote = (key[2], key[3]), (key[0], key[1])
+        iss = tcp.initial_sequence(self.secret, local, remote, now)
+        connection = Connection(self, self.config, local, remote, iss, self.mtu, now)
+        connection.listener = listener
+        listener.half_open[key] = connection
+        self.connections[key] = connection
+        connection.accept(segment, now)
+        self.dirty.add(connection)
+
+    def _receive_udp(self, datagram: ipv4.Datagram, now: float) -> None:
+        message = udp.parse(datagram)
+        endpoint = self.udp_ports.get((datagram.destination, message.destination_port)) or self.udp_ports.get(
+            (0, message.destination_port))
+        if endpoint is None:
+            self.drops["udp-no-port"] += 1
+            self._icmp_error(datagram, icmp.PORT_UNREACHABLE, now)
+        elif endpoint.deliver(message):
+            self.changed.add(endpoint)
+        else:
+            self.drops["udp-queue-full"] += 1
+
+    def _receive_icmp(self, datagram: ipv4.Datagram) -> None:
+        reply = icmp.answer_echo(datagram)
+        if reply is not None:
+            self.outgoing.append(reply)
+            return
+        error = icmp.parse_error(datagram)
+        if error is None or error.protocol != ipv4.PROTO_TCP:
+            self.drops["icmp-ignored"] += 1
+            return
+        connection = self.connections.get((error.destination, error.destination_port, error.source,
+                                           error.source_port))
+        if connection is None:
+            return
+        if error.code == icmp.FRAGMENTATION_NEEDED and error.mtu:
+            mss = max(error.mtu - ipv4.HEADER_LEN - tcp.HEADER_LEN, tcp.MIN_MSS)
+            if mss < connection.snd_mss:
+                connection.snd_mss = mss  # path MTU discovery (RFC 1191)
+        elif connection.state == State.SYN_SENT and error.code in (2, icmp.PORT_UNREACHABLE):
+            connection.terminate(tcp.os_error(errno.ECONNREFUSED, "connection refused (ICMP unreachable)"))
+
+    def _icmp_error(self, datagram: ipv4.Datagram, code: int, now: float) -> None:
+        """An ICMP unreachable, token-bucket limited so that a flood cannot turn us into an amplifier."""
+        self._icmp_budget = min(ICMP_ERRORS_PER_SECOND,
+                                self._icmp_budget + (now - self._icmp_stamp) * ICMP_ERRORS_PER_SECOND)
+        self._icmp_stamp = now
+        if self._icmp_budget >= 1:
+            self._icmp_budget -= 1
+            self.outgoing.append(icmp.unreachable(datagram, code))
+
+    # ------------------------------------------------------------------ TCP user calls
+    def connect(self, address, port: int, now: float, *, local_address=None) -> Connection:
+        """Active open to `address:port` from an ephemeral port; the SYN is queued at once."""
+        remote = (ipv4.address(address), port)
+        source = ipv4.address(local_address) if local_address is not None else self._default_source()
+        if source not in self._address_set:
+            raise OSError(errno.EADDRNOTAVAIL, f"{tcp.ipv4_str(source)} is not one of this stack's addresses")
+        local_port = self._ephemeral_port(source, remote)
+        local = (source, local_port)
+        connection = Connection(self, self.config, local, remote,
+                                tcp.initial_sequence(self.secret, local, remote, now), self.mtu, now)
+        self.connections[connection.key] = connection
+        connection.connect(now)
+        self.dirty.add(connection)
+        return connection
+
+    def _default_source(self) -> int:
+        if not self.addresses:
+            raise OSError(errno.EADDRNOTAVAIL, "the stack has no address")
+        return self.addresses[0]
+
+    def _ephemeral_port(self, source: int, remote: tuple[int, int]) -> int:
+        """A random free port (RFC 6056): unique for this 4-tuple and not a listening port."""
+        span = len(EPHEMERAL_PORTS)
+        start = self._random.randrange(span)
+        for i in range(span):
+            port = EPHEMERAL_PORTS[(start + i) % span]
+            if ((remote[0], remote[1], source, port) not in self.connections
+                    and (source, port) not in self.listeners and (0, port) not in self.listeners):
+                return port
+        raise OSError(errno.EADDRNOTAVAIL, "no free local port for this destination")
+
+    def listen(self, port: int, *, address=None, backlog: int = DEFAULT_BACKLOG) -> Listener:
+        local = ipv4.address(address) if address is not None else 0
+        if local and local not in self._address_set:
+            raise OSError(errno.EADDRNOTAVAIL, f"{tcp.ipv4_str(local)} is not one of this stack's addresses")
+        if not 0 < port < 65536:
+            raise ValueError(f"port must be 1-65535, not {port}")
+        if (local, port) in self.listeners or (0, port) in self.listeners:
+            raise OSError(errno.EADDRINUSE, f"TCP port {port} is already listening")
+        listener = self.listeners[(local, port)] = Listener(local, port, max(backlog, 1))
+        return listener
+
+    def close_listener(self, listener: Listener) -> None:
+        """Stop listening: half-open handshakes vanish, never-accepted connections are reset."""
+        if self.listeners.get((listener.address, listener.port)) is listener:
+            del self.listeners[(listener.address, listener.port)]
+        listener.closed = True
+        for connection in list(listener.half_open.values()):
+            connection.terminate(None)
+        while listener.queue:
+            listener.queue.popleft().abort()
+        self.changed.add(listener)
+
+    # ------------------------------------------------------------------ UDP
+    def udp_bind(self, port: int = 0, *, address=None,
+                 queue_bytes: int = udp.DEFAULT_QUEUE_BYTES) -> udp.Endpoint:
+        local = ipv4.address(address) if address is not None else 0
+        if local and local not in self._address_set:
+            raise OSError(errno.EADDRNOTAVAIL, f"{tcp.ipv4_str(local)} is not one of this stack's addresses")
+        if port == 0:
+            span = len(EPHEMERAL_PORTS)
+            start = self._random.randrange(span)
+            port = next((EPHEMERAL_PORTS[(start + i) % span] for i in range(span)
+                         if (local, EPHEMERAL_PORTS[(start + i) % span]) not in self.udp_ports
+                         and (0, EPHEMERAL_PORTS[(start + i) % span]) not in self.udp_ports), 0)
+            if not port:
+                raise OSError(errno.EADDRINUSE, "no free UDP port")
+        elif (local, port) in self.udp_ports or (0, port) in self.udp_ports:
+            raise OSError(errno.EADDRINUSE, f"UDP port {port} is already bound")
+        endpoint = self.udp_ports[(local, port)] = udp.Endpoint(local, port, queue_bytes)
+        return endpoint
+
+    def udp_send(self, endpoint: udp.Endpoint, payload: bytes | memoryview, address, port: int) -> None:
+        """Queue one datagram, fragmented if it exceeds the MTU."""
+        if endpoint.closed:
+            raise OSError(errno.EBADF, "UDP socket is closed")
+        if len(payload) > udp.MAX_PAYLOAD:
+            raise OSError(errno.EMSGSIZE, f"UDP payload of {len(payload)} bytes exceeds {udp.MAX_PAYLOAD}")
+        destination = ipv4.address(address)
+        source = endpoint.address or self._default_source()
+        message = udp.build(source, endpoint.port, destination, port, payload)
+        self._ip_ident = (self._ip_ident + 1) & 0xFFFF
+        self.outgoing.extend(ipv4.fragment(source, destination, ipv4.PROTO_UDP, message, self.mtu,
+                                           ident=self._ip_ident))
+
+    def udp_close(self, endpoint: udp.Endpoint) -> None:
+        if self.udp_ports.get((endpoint.address, endpoint.port)) is endpoint:
+            del self.udp_ports[(endpoint.address, endpoint.port)]
+        endpoint.closed = True
+        self.changed.add(endpoint)
+
+    # ------------------------------------------------------------------ timers and output
+    def schedule(self, connection: Connection) -> None:
+        """Make sure the timer heap holds an entry no later than the connection's deadline."""
+        deadline = connection.deadline
+        if deadline is None:
+            return
+        queued = connection.queued_deadline
+        if queued is not None and queued <= deadline:
+            return
+        connection.queued_deadline = deadline
+        heapq.heappush(self._timers, (deadline, next(self._timer_order), connection))
+
+    def closed(self, connection: Connection) -> None:
+        if self.connections.get(connection.key) is connection:
+            del self.connections[connection.key]
+        self._time_wait.pop(connection.key, None)
+        if connection.listener is not None:
+            connection.listener.half_open.pop(connection.key, None)
+        self.dirty.discard(connection)
+
+    def poll(self, now: float) -> None:
+        """Fire due timers and send whatever user calls queued."""
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            deadline, _, connection = heapq.heappop(timers)
+            if connection.queued_deadline != deadline:
+                continue  # superseded by an earlier entry
+            connection.queued_deadline = None
+            if connection.state == State.CLOSED:
+                continue
+            if connection.deadline is not None and connection.deadline <= now:
+                connection.on_timer(now)
+                self._track_time_wait(connection)
+            else:
+                self.schedule(connection)
+        if len(timers) > 4 * len(self.connections) + 64:
+            self._compact_timers()
+        if self.reassembler:
+            self.reassembler.expire(now)
+        self._flush(now)
+
+    def _compact_timers(self) -> None:
+        live = [entry for entry in self._timers
+                if entry[2].state != State.CLOSED and entry[2].queued_deadline == entry[0]]
+        heapq.heapify(live)
+        self._timers = live
+
+    def _flush(self, now: float) -> None:
+        dirty, self.dirty = self.dirty, set()
+        for connection in dirty:
+            connection.flush(now)
+            self._track_time_wait(connection)
+
+    def _track_time_wait(self, connection: Connection) -> None:
+        if connection.state == State.TIME_WAIT and connection.key not in self._time_wait:
+            self._time_wait[connection.key] = connection
+            if len(self._time_wait) > MAX_TIME_WAIT:
+                next(iter(self._time_wait.values())).terminate(None)
+
+    def next_deadline(self) -> float | None:
+        """When `poll` must run next, or None if no timer is pending."""
+        deadline = self._timers[0][0] if self._timers else None
+        if self.reassembler:
+            other = self.reassembler.next_deadline()
+            if other is not None and (deadline is None or other < deadline):
+                deadline = other
+        return deadline
+
+    def take_outgoing(self) -> list[bytes]:
+        packets, self.outgoing = self.outgoing, []
+        return packets
+
+    def take_changed(self) -> set:
+        changed, self.changed = self.changed, set()
+        return changed

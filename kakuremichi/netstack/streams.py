@@ -1,0 +1,239 @@
+"""Trio faces of the sans-IO stack: TCP streams and listeners, UDP sockets.
+
+Each object wraps one core object (Connection, Listener, udp.Endpoint) and parks on a ParkingLot that the
+NetStack unparks when the core reports a change. Nothing here touches packets: calls only move bytes in
+and out of the core's bounded buffers and ask the NetStack to flush, so a slow reader shrinks the TCP
+window and a slow peer makes `send_all` wait.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import trio
+
+from kakuremichi.netstack.tcp import Connection, State, ipv4_str
+
+if TYPE_CHECKING:
+    from kakuremichi.netstack.stack import Listener
+    from kakuremichi.netstack.trio_stack import NetStack
+    from kakuremichi.netstack.udp import Endpoint
+
+DEFAULT_RECEIVE_SIZE = 65536
+
+
+class _Waiters:
+    __slots__ = ("read", "write")
+
+    def __init__(self) -> None:
+        self.read = trio.lowlevel.ParkingLot()
+        self.write = trio.lowlevel.ParkingLot()
+
+    def wake(self) -> None:
+        self.read.unpark_all()
+        self.write.unpark_all()
+
+
+class TcpStream(trio.abc.HalfCloseableStream):
+    """A TCP connection of the userspace stack, usable wherever Trio expects a stream."""
+
+    def __init__(self, netstack: NetStack, connection: Connection) -> None:
+        self._netstack = netstack
+        self.connection = connection
+        if connection.user is None:
+            connection.user = _Waiters()
+        self._waiters: _Waiters = connection.user
+        self._closed = False
+        self._sending = False
+        self._receiving = False
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        return ipv4_str(self.connection.local[0]), self.connection.local[1]
+
+    @property
+    def remote_address(self) -> tuple[str, int]:
+        return ipv4_str(self.connection.remote[0]), self.connection.remote[1]
+
+    @property
+    def nodelay(self) -> bool:
+        return self.connection.nodelay
+
+    @nodelay.setter
+    def nodelay(self, value: bool) -> None:
+        """False turns on Nagle's algorithm (small writes coalesce while one is unacknowledged)."""
+        self.connection.nodelay = value
+
+    def set_keepalive(self, idle: float | None, interval: float = 75.0, count: int = 9) -> None:
+        """Probe an idle peer after `idle` seconds and reset the connection after `count` silent probes."""
+        self.connection.config = replace(self.connection.config, keepalive_idle=idle,
+                                         keepalive_interval=interval, keepalive_count=count)
+        self._netstack.kick()
+
+    def _broken(self) -> trio.BrokenResourceError:
+        error = self.connection.error or OSError(errno.ENOTCONN, "connection closed")
+        return trio.BrokenResourceError(f"TCP connection broken: {error}")
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        self._sending = True
+        try:
+            await trio.lowlevel.checkpoint()
+            view = memoryview(data).cast("B")
+            sent, total = 0, len(view)
+            connection = self.connection
+            while True:
+                if self._closed:
+                    raise trio.ClosedResourceError("stream was closed")
+                if connection.error is not None or connection.state == State.CLOSED:
+                    raise self._broken() from connection.error
+                if sent >= total:
+                    return
+                try:
+                    count = connection.send(view[sent:])
+                except OSError as exc:
+                    raise self._broken() from exc
+                if count:
+                    sent += count
+                    self._netstack.kick()
+                else:
+                    await self._waiters.write.park()
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        await trio.lowlevel.checkpoint()
+        while not self._closed and self.connection.send_space <= 0 and self.connection.error is None \
+                and self.connection.state != State.CLOSED:
+            await self._waiters.write.park()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if max_bytes is None:
+            max_bytes = DEFAULT_RECEIVE_SIZE
+        elif max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this stream")
+        self._receiving = True
+        try:
+            await trio.lowlevel.checkpoint()
+            connection = self.connection
+            while True:
+                if self._closed:
+                    raise trio.ClosedResourceError("stream was closed")
+                data = connection.receive(max_bytes)
+                if data:
+                    self._netstack.kick()
+                    return data
+                if connection.eof_received:
+                    return b""
+                if connection.error is not None or connection.state == State.CLOSED:
+                    raise self._broken() from connection.error
+                await self._waiters.read.park()
+        finally:
+            self._receiving = False
+
+    async def send_eof(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        await trio.lowlevel.checkpoint()
+        if self._closed:
+            raise trio.ClosedResourceError("stream was closed")
+        self.connection.shutdown()
+        self._netstack.kick()
+
+    async def aclose(self) -> None:
+        """Close both directions: FIN after queued data, or RST if received data was left unread."""
+        if not self._closed:
+            self._closed = True
+            self.connection.close()
+            self._netstack.kick()
+            self._waiters.wake()
+        await trio.lowlevel.checkpoint()
+
+    def abort(self) -> None:
+        """Reset the connection at once (RST), discarding anything queued."""
+        self._closed = True
+        self.connection.abort()
+        self._netstack.kick()
+        self._waiters.wake()
+
+
+class TcpListener(trio.abc.Listener[TcpStream]):
+    """Accepts connections that completed their handshake on a listening port."""
+
+    def __init__(self, netstack: NetStack, listener: Listener) -> None:
+        self._netstack = netstack
+        self.listener = listener
+        listener.user = trio.lowlevel.ParkingLot()
+
+    @property
+    def port(self) -> int:
+        return self.listener.port
+
+    async def accept(self) -> TcpStream:
+        await trio.lowlevel.checkpoint()
+        while True:
+            if self.listener.closed:
+                raise trio.ClosedResourceError("listener was closed")
+            connection = self.listener.accept()
+            if connection is not None:
+                self._netstack.kick()  # the accept queue has room again
+                return TcpStream(self._netstack, connection)
+            await self.listener.user.park()
+
+    async def aclose(self) -> None:
+        if not self.listener.closed:
+            self._netstack.close_listener(self.listener)
+        await trio.lowlevel.checkpoint()
+
+
+class UdpSocket:
+    """A bound UDP port: `sendto` never blocks (the link may drop, as a NIC would), `recvfrom` waits."""
+
+    def __init__(self, netstack: NetStack, endpoint: Endpoint) -> None:
+        self._netstack = netstack
+        self.endpoint = endpoint
+        endpoint.user = trio.lowlevel.ParkingLot()
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        address = self.endpoint.address or self._netstack.core.addresses[0]
+        return ipv4_str(address), self.endpoint.port
+
+    async def sendto(self, data: bytes | bytearray | memoryview, address: tuple[str, int]) -> None:
+        await trio.lowlevel.checkpoint()
+        if self.endpoint.closed:
+            raise trio.ClosedResourceError("UDP socket was closed")
+        self._netstack.udp_send(self.endpoint, data, address)
+
+    async def recvfrom(self) -> tuple[bytes, tuple[str, int]]:
+        """The next datagram and its sender."""
+        await trio.lowlevel.checkpoint()
+        while True:
+            if self.endpoint.closed:
+                raise trio.ClosedResourceError("UDP socket was closed")
+            item = self.endpoint.pop()
+            if item is not None:
+                data, (source, port), _ = item
+                return data, (ipv4_str(source), port)
+            await self.endpoint.user.park()
+
+    def close(self) -> None:
+        self._netstack.core.udp_close(self.endpoint)
+        self.endpoint.user.unpark_all()
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    def __enter__(self) -> UdpSocket:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,990 @@
+"""TCP (RFC 9293): one sans-IO state machine per connection, fed segments and a clock, emitting packets.
+
+What it implements, and where from:
+- the state machine and segment-arrival rules of RFC 9293 §3.10, with RFC 5961's challenge ACKs for
+  in-window RSTs and SYNs;
+- MSS (derived from the link MTU), window scaling (RFC 7323) and SACK (RFC 2018): SACK blocks are sent
+  for out-of-order data and, when sending, used to retransmit only the holes during recovery;
+- the retransmission timer of RFC 6298 (Karn's rule, exponential backoff), fast retransmit and NewReno
+  recovery (RFC 5681/6582), initial window of RFC 6928;
+- delayed ACKs (at least every second full segment, or after `delayed_ack`), receiver and sender silly
+  window avoidance, Nagle in Minshall's form when `nodelay` is off, zero-window probing, keepalive,
+  TIME_WAIT, FIN/half-close, and an RST wherever the RFC calls for one.
+
+Sequence numbers are kept "unwrapped" as unbounded ints (32-bit values from the wire are expanded next to
+the variable they compare against), so every comparison is a plain `<`. Packets are built from a per
+connection header template with the checksums summed as integers (see checksum.py), so a data segment
+costs one struct.pack and one join.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+from kakuremichi.netstack import ipv4
+from kakuremichi.netstack.checksum import finish, partial, pseudo_header, verify
+
+if TYPE_CHECKING:
+    from kakuremichi.netstack.stack import Host
+
+FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+MASK = 0xFFFFFFFF
+HALF = 0x80000000
+HEADER_LEN = 20
+MIN_MSS = 88  # a peer announcing less would make us send floods of tiny segments
+DEFAULT_MSS = 536  # RFC 9293 §3.7.1, when the peer sends no MSS option
+MAX_WSCALE = 14
+MAX_SACKED_RANGES = 32
+MAX_OUT_OF_ORDER = 64
+
+_HEADERS = struct.Struct("!HHHHHHIIHHIIHHHH")  # IPv4 + TCP, no options
+_TCP = struct.Struct("!HHIIHHHH")
+_IP_CONSTANT = 0x4500 + 0x4000 + (ipv4.DEFAULT_TTL << 8 | ipv4.PROTO_TCP)
+_NOP_NOP_SACK = b"\x01\x01\x05"
+
+
+class State(enum.IntEnum):
+    CLOSED = 0
+    SYN_SENT = 1
+    SYN_RECEIVED = 2
+    ESTABLISHED = 3
+    FIN_WAIT_1 = 4
+    FIN_WAIT_2 = 5
+    CLOSE_WAIT = 6
+    CLOSING = 7
+    LAST_ACK = 8
+    TIME_WAIT = 9
+
+
+CLOSED, SYN_SENT, SYN_RECEIVED, ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, CLOSE_WAIT, CLOSING, LAST_ACK, TIME_WAIT = State
+_CAN_RECEIVE = (ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2)  # states where segment text is accepted
+_USER_SEND = (SYN_SENT, SYN_RECEIVED, ESTABLISHED, CLOSE_WAIT)  # states where the user may queue data
+
+
+@dataclass
+class Config:
+    """Tunables; the defaults suit a WireGuard tunnel (tens of ms RTT, MTU 1420)."""
+
+    receive_buffer: int = 256 * 1024
+    send_buffer: int = 256 * 1024
+    initial_rto: float = 1.0
+    min_rto: float = 0.2  # RFC 6298 says 1 s; every major stack uses ~200 ms
+    max_rto: float = 60.0
+    syn_retries: int = 6
+    synack_retries: int = 5
+    data_retries: int = 15
+    delayed_ack: float = 0.04
+    msl: float = 30.0  # TIME_WAIT lasts 2 MSL
+    keepalive_idle: float | None = None  # RFC 1122: keepalive off unless asked for
+    keepalive_interval: float = 75.0
+    keepalive_count: int = 9
+    nodelay: bool = True  # like trio.SocketStream; False enables Nagle (Minshall's variant)
+    sack: bool = True
+    window_scaling: bool = True
+
+
+class Segment(NamedTuple):
+    """A validated incoming TCP segment; option fields are None when absent."""
+
+    source_port: int
+    destination_port: int
+    seq: int
+    ack: int
+    flags: int
+    window: int
+    mss: int | None
+    wscale: int | None
+    sack_permitted: bool
+    sack_blocks: tuple[tuple[int, int], ...]
+    payload: memoryview
+
+
+def parse(datagram: ipv4.Datagram) -> Segment:
+    """Validate one TCP segment (length, checksum, options); raises ipv4.Malformed."""
+    data = datagram.payload
+    size = len(data)
+    if size < HEADER_LEN:
+        raise ipv4.Malformed("truncated")
+    sport, dport, seq, ack, offflags, window, _, _ = _TCP.unpack_from(data)
+    header_len = (offflags >> 12) << 2
+    if header_len < HEADER_LEN or header_len > size:
+        raise ipv4.Malformed("bad-length")
+    if not verify(pseudo_header(datagram.source, datagram.destination, ipv4.PROTO_TCP, size) + partial(data)):
+        raise ipv4.Malformed("bad-checksum")
+    if header_len == HEADER_LEN:
+        return Segment(sport, dport, seq, ack, offflags & 0x3F, window, None, None, False, (), data[HEADER_LEN:])
+    mss, wscale, sack_ok, blocks = _parse_options(data[HEADER_LEN:header_len])
+    return Segment(sport, dport, seq, ack, offflags & 0x3F, window, mss, wscale, sack_ok, blocks,
+                   data[header_len:])
+
+
+def _parse_options(options: memoryview) -> tuple[int | None, int | None, bool, tuple]:
+    mss = wscale = None
+    sack_ok = False
+    blocks: tuple = ()
+    i, end = 0, len(options)
+    while i < end:
+        kind = options[i]
+        if kind == 0:
+            break
+        if kind == 1:
+            i += 1
+            continue
+        if i + 1 >= end or options[i + 1] < 2 or i + options[i + 1] > end:
+            raise ipv4.Malformed("bad-options")
+        length = options[i + 1]
+        if kind == 2:
+            if length != 4:
+                raise ipv4.Malformed("bad-options")
+            mss = int.from_bytes(options[i + 2:i + 4], "big")
+        elif kind == 3:
+            if length != 3:
+                raise ipv4.Malformed("bad-options")
+            wscale = min(options[i + 2], MAX_WSCALE)  # RFC 7323 §2.3: clamp and carry on
+        elif kind == 4:
+            if length != 2:
+                raise ipv4.Malformed("bad-options")
+            sack_ok = True
+        elif kind == 5:
+            if (length - 2) % 8:
+                raise ipv4.Malformed("bad-options")
+            words = struct.unpack_from(f"!{(length - 2) // 4}I", options, i + 2)
+            blocks = tuple(zip(words[::2], words[1::2]))
+        i += length
+    return mss, wscale, sack_ok, blocks
+
+
+def build_reset(source: int, destination: int, segment: Segment) -> bytes:
+    """The RST answering `segment` when no connection owns it (RFC 9293 §3.10.7.1)."""
+    if segment.flags & ACK:
+        seq, ack, flags = segment.ack, 0, RST
+    else:
+        seq = 0
+        ack = (segment.seq + len(segment.payload) + (segment.flags & SYN and 1) + (segment.flags & FIN)) & MASK
+        flags = RST | ACK
+    return _raw_segment(source, destination, segment.destination_port, segment.source_port, seq, ack, flags)
+
+
+def _raw_segment(source: int, destination: int, sport: int, dport: int, seq: int, ack: int, flags: int,
+                 window: int = 0) -> bytes:
+    offflags = HEADER_LEN << 10 | flags
+    total = pseudo_header(source, destination, ipv4.PROTO_TCP, HEADER_LEN) + sport + dport + seq + ack + offflags
+    header = _TCP.pack(sport, dport, seq, ack, offflags, window, finish(total + window), 0)
+    return ipv4.build(source, destination, ipv4.PROTO_TCP, header)
+
+
+def initial_sequence(secret: bytes, local: tuple[int, int], remote: tuple[int, int], now: float) -> int:
+    """RFC 6528: a keyed hash of the 4-tuple plus a 4 µs clock, so ISNs are unguessable yet monotonic."""
+    import hashlib
+
+    digest = hashlib.blake2s(struct.pack("!IHIH", *local, *remote), key=secret, digest_size=4).digest()
+    return (int.from_bytes(digest, "big") + int(now * 250_000)) & MASK
+
+
+def os_error(code: int, message: str) -> OSError:
+    """The OSError subclass Python raises for `code`, so callers can catch ConnectionResetError etc."""
+    cls = {errno.ECONNREFUSED: ConnectionRefusedError, errno.ECONNRESET: ConnectionResetError,
+           errno.ETIMEDOUT: TimeoutError, errno.ECONNABORTED: ConnectionAbortedError}.get(code, OSError)
+    return cls(code, message)
+
+
+class Connection:
+    """One TCP connection. The host (the stack) routes segments in and collects packets and events out.
+
+    User side: `send`, `receive`, `shutdown` (half-close), `close`, `abort`; `error`, `eof_received`,
+    `send_space`, `readable`. After any call the host must `flush` the connection (the stack does it
+    once per batch) so that ACKs and data leave together.
+    """
+
+    __slots__ = (
+        "host", "config", "local", "remote", "key", "state", "error", "listener", "orphaned",
+        # send side
+        "iss", "snd_una", "snd_nxt", "snd_max", "snd_wnd", "snd_wl1", "snd_wl2", "max_snd_wnd", "snd_wscale",
+        "snd_mss", "snd_buf", "buf_start", "fin_queued", "sack_ok", "sacked", "nodelay",
+        # congestion control
+        "cwnd", "ssthresh", "dupacks", "in_recovery", "recover", "rexmit_next", "bytes_acked",
+        # RTT and timers
+        "srtt", "rttvar", "rto", "backoff", "retries", "rtt_seq", "rtt_time", "timer_rto", "persisting",
+        "timer_ack", "timer_idle", "last_heard", "probes", "deadline",
+        # receive side
+        "irs", "rcv_nxt", "rcv_adv", "rcv_wscale", "rcv_mss", "rcv_buf", "rcv_cap", "ooo", "fin_at",
+        "eof_received", "ack_now", "unacked", "last_ooo",
+        # heap bookkeeping
+        "queued_deadline", "user",
+    )
+
+    def __init__(self, host: Host, config: Config, local: tuple[int, int], remote: tuple[int, int], iss: int,
+                 mtu: int, now: float) -> None:
+        self.host = host
+        self.config = config
+        self.local = local
+        self.remote = remote
+        self.key = (remote[0], remote[1], local[0], local[1])
+        self.state = CLOSED
+        self.error: OSError | None = None
+        self.listener = None
+        self.orphaned = False
+        self.iss = iss
+        self.snd_una = self.snd_nxt = self.snd_max = iss
+        self.snd_wnd = self.snd_wl1 = self.snd_wl2 = self.max_snd_wnd = 0
+        self.snd_wscale = 0
+        self.rcv_mss = max(mtu - ipv4.HEADER_LEN - HEADER_LEN, MIN_MSS)
+        self.snd_mss = min(DEFAULT_MSS, self.rcv_mss)
+        self.snd_buf = bytearray()
+        self.buf_start = iss + 1
+        self.fin_queued = False
+        self.sack_ok = False
+        self.sacked: list[list[int]] = []
+        self.nodelay = config.nodelay
+        self.cwnd = self.ssthresh = 0
+        self.dupacks = 0
+        self.in_recovery = False
+        self.recover = iss
+        self.rexmit_next = iss
+        self.bytes_acked = 0
+        self.srtt: float | None = None  # no RTT measured yet
+        self.rttvar = 0.0
+        self.rto = config.initial_rto
+        self.backoff = self.retries = 0
+        self.rtt_seq: int | None = None
+        self.rtt_time = 0.0
+        self.timer_rto: float | None = None
+        self.persisting = False
+        self.timer_ack: float | None = None
+        self.timer_idle: float | None = None
+        self.last_heard = now
+        self.probes = 0
+        self.deadline: float | None = None
+        self.irs = 0
+        self.rcv_nxt = self.rcv_adv = 0
+        self.rcv_cap = config.receive_buffer
+        self.rcv_wscale = 0
+        if config.window_scaling:
+            while self.rcv_wscale < MAX_WSCALE and (0xFFFF << self.rcv_wscale) < self.rcv_cap:
+                self.rcv_wscale += 1
+        self.rcv_buf = bytearray()
+        self.ooo: list[list] = []  # sorted, disjoint [start, bytearray] runs above rcv_nxt
+        self.fin_at: int | None = None  # sequence number of the peer's FIN once seen (in or out of order)
+        self.eof_received = False
+        self.ack_now = False
+        self.unacked = 0
+        self.last_ooo: int | None = None  # start of the run most recently changed, reported first in SACK
+        self.queued_deadline: float | None = None
+        self.user = None  # for the layer above (its wait queues)
+
+    def __repr__(self) -> str:
+        return (f"<tcp {ipv4_str(self.local[0])}:{self.local[1]} -> {ipv4_str(self.remote[0])}:{self.remote[1]}"
+                f" {self.state.name}>")
+
+    # ------------------------------------------------------------------ opening
+    def connect(self, now: float) -> None:
+        """Active open: send a SYN."""
+        self.state = SYN_SENT
+        self._send_syn(now)
+
+    def accept(self, segment: Segment, now: float) -> None:
+        """Passive open from a listener's SYN: answer with SYN-ACK and wait in SYN_RECEIVED."""
+        self.state = SYN_RECEIVED
+        self._take_syn_options(segment)
+        self._send_syn(now)
+
+    def _take_syn_options(self, segment: Segment) -> None:
+        self.irs = segment.seq
+        self.rcv_nxt = segment.seq + 1
+        self.rcv_adv = self.rcv_nxt + min(self.rcv_cap, 0xFFFF)
+        self.snd_mss = max(MIN_MSS, min(segment.mss or DEFAULT_MSS, self.rcv_mss))
+        if segment.wscale is not None and self.config.window_scaling:
+            self.snd_wscale = segment.wscale
+        else:
+            self.rcv_wscale = 0
+        self.sack_ok = segment.sack_permitted and self.config.sack
+        self.snd_wnd = self.max_snd_wnd = segment.window  # never scaled in a SYN
+        self.snd_wl1, self.snd_wl2 = segment.seq, segment.ack
+        self.cwnd = min(10 * self.snd_mss, max(2 * self.snd_mss, 14600))
+        self.ssthresh = 1 << 30
+
+    def _send_syn(self, now: float) -> None:
+        options = struct.pack("!BBH", 2, 4, self.rcv_mss)
+        if self.state == SYN_SENT:
+            if self.config.sack:
+                options += b"\x01\x01\x04\x02"
+            if self.config.window_scaling:
+                options += bytes((1, 3, 3, self.rcv_wscale))
+            self._emit(self.iss, SYN, b"", options)
+        else:
+            if self.sack_ok:
+                options += b"\x01\x01\x04\x02"
+            if self.snd_wscale or self.rcv_wscale:
+                options += bytes((1, 3, 3, self.rcv_wscale))
+            self._emit(self.iss, SYN | ACK, b"", options)
+        self.snd_nxt = self.snd_max = self.iss + 1
+        if self.rtt_seq is None and not self.retries:
+            self.rtt_seq, self.rtt_time = self.iss, now
+        self._arm_rto(now)
+
+    # ------------------------------------------------------------------ user calls
+    @property
+    def send_space(self) -> int:
+        if self.fin_queued or self.state not in _USER_SEND:
+            return 0
+        return max(self.config.send_buffer - len(self.snd_buf), 0)
+
+    @property
+    def readable(self) -> bool:
+        return bool(self.rcv_buf) or self.eof_received or self.error is not None
+
+    def send(self, data: bytes | bytearray | memoryview) -> int:
+        """Queue as much of `data` as the send buffer takes; returns how much."""
+        if self.fin_queued or self.state not in _USER_SEND:
+            raise self.error or os_error(errno.EPIPE, "connection closed for sending")
+        room = self.config.send_buffer - len(self.snd_buf)
+        if room <= 0:
+            return 0
+        chunk = data[:room]
+        self.snd_buf += chunk
+        self.host.dirty.add(self)
+        return len(chunk)
+
+    def receive(self, max_bytes: int) -> bytearray:
+        """Take up to `max_bytes` of in-order data (empty at EOF or when nothing waits)."""
+        buf = self.rcv_buf
+        if len(buf) <= max_bytes:
+            data, self.rcv_buf = buf, bytearray()
+        else:
+            data = buf[:max_bytes]
+            del buf[:max_bytes]
+        if data and self.state in _CAN_RECEIVE:
+            # Window update when the window we advertised has become small and reading doubled it.
+            advertised = self.rcv_adv - self.rcv_nxt
+            opened = self.rcv_cap - len(self.rcv_buf)
+            if 2 * advertised <= self.rcv_cap and opened >= 2 * advertised + self.rcv_mss:
+                self.ack_now = True
+                self.host.dirty.add(self)
+        return data
+
+    def shutdown(self) -> None:
+        """Half-close: a FIN follows the data already queued."""
+        if self.fin_queued or self.state in (CLOSED, TIME_WAIT):
+            return
+        if self.state == SYN_SENT:
+            self.terminate(None)
+            return
+        self.fin_queued = True
+        self.host.dirty.add(self)
+
+    def close(self) -> None:
+        """Full close by the user: FIN, or RST if unread data would otherwise be silently lost (RFC 2525)."""
+        self.orphaned = True
+        if self.rcv_buf and self.state not in (CLOSED, TIME_WAIT):
+            self.abort()
+            return
+        self.shutdown()
+
+    def abort(self) -> None:
+        """Reset the connection now."""
+        if self.state in (SYN_RECEIVED, ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, CLOSE_WAIT):
+            self._emit(self.snd_nxt, RST | ACK)
+        self.terminate(self.error or os_error(errno.ECONNABORTED, "connection aborted"))
+
+    # ------------------------------------------------------------------ segment arrival (RFC 9293 §3.10.7)
+    def on_segment(self, seg: Segment, now: float) -> None:
+        if self.state == SYN_SENT:
+            self._on_segment_syn_sent(seg, now)
+            return
+        flags = seg.flags
+        payload = seg.payload
+        seq = self.rcv_nxt + ((seg.seq - self.rcv_nxt + HALF) & MASK) - HALF
+        if self.state == TIME_WAIT:
+            self._on_segment_time_wait(seg, seq, now)
+            return
+        if self.state == SYN_RECEIVED and flags & (SYN | ACK) == SYN and seq == self.irs:
+            self._send_syn(now)  # our SYN-ACK was lost and the peer repeats its SYN
+            return
+        length = len(payload) + (flags & SYN and 1) + (flags & FIN)
+        window = self.rcv_adv - self.rcv_nxt + (1 << self.rcv_wscale)  # rounding slack of the scaled window
+        # 1. sequence number check
+        if length == 0:
+            ok = seq == self.rcv_nxt if window <= 0 else self.rcv_nxt <= seq < self.rcv_nxt + window
+        elif window <= 0:
+            ok = False
+        else:
+            end = seq + length - 1
+            ok = (self.rcv_nxt <= seq < self.rcv_nxt + window) or (self.rcv_nxt <= end < self.rcv_nxt + window)
+        if not ok:
+            if not flags & RST:
+                self._send_ack()
+                if window <= 0 and seq == self.rcv_nxt and flags & ACK:
+                    self._process_ack(seg, now)  # a zero window still takes ACKs (RFC 9293 §3.10.7.4)
+            return
+        self.last_heard = now
+        self.probes = 0
+        # 2. RST (RFC 5961 §3: only an exact match resets; in-window gets a challenge ACK)
+        if flags & RST:
+            if seq != self.rcv_nxt:
+                self._send_ack()
+            elif self.state == SYN_RECEIVED and self.listener is not None:
+                self.terminate(None)  # back to LISTEN: the listener never saw this one
+            elif self.state in (CLOSING, LAST_ACK, TIME_WAIT):
+                self.terminate(None)
+            else:
+                self.terminate(os_error(errno.ECONNRESET, "connection reset by peer"))
+            return
+        # 4. SYN in a synchronized state: challenge ACK (RFC 5961 §4)
+        if flags & SYN:
+            self._send_ack()
+            return
+        # 5. ACK
+        if not flags & ACK:
+            return
+        if self.state == SYN_RECEIVED:
+            ack = self._unwrap_ack(seg.ack)
+            if not self.snd_una < ack <= self.snd_max:
+                self.host.outgoing.append(build_reset(self.local[0], self.remote[0], seg))
+                return
+            if self.listener is not None and not self.listener.can_accept():
+                return  # accept queue full: act as if the ACK was lost; the peer will retransmit
+            self.state = ESTABLISHED
+            self.snd_wnd = seg.window << self.snd_wscale
+            self.snd_wl1, self.snd_wl2 = seq, ack
+            if self.listener is not None:
+                self.host.changed.add(self.listener)
+                self.listener.established(self)
+            self._notify()
+        if not self._process_ack(seg, now):
+            return
+        # 7. segment text
+        if payload or flags & FIN:
+            if seq < self.rcv_nxt:  # trim what we already have
+                cut = self.rcv_nxt - seq
+                payload = payload[cut:]
+                seq = self.rcv_nxt
+            limit = self.rcv_adv + (1 << self.rcv_wscale)
+            if seq + len(payload) > limit:
+                payload = payload[:max(limit - seq, 0)]
+                flags &= ~FIN
+            if payload and self.state in _CAN_RECEIVE:  # (text after the peer's FIN is ignored)
+                if self.orphaned:
+                    self.abort()  # nobody will ever read it: tell the peer, as Linux does
+                    return
+                self._receive_text(seq, payload, now)
+            if flags & FIN:
+                self._receive_fin(seq + len(payload), now)
+
+    def _on_segment_time_wait(self, seg: Segment, seq: int, now: float) -> None:
+        """Only a retransmitted FIN is expected; an exact RST ends TIME_WAIT early (RFC 9293)."""
+        if seg.flags & RST:
+            if seq == self.rcv_nxt:
+                self.terminate(None)
+        elif seg.flags & FIN or seg.payload:
+            self._send_ack()
+            if seg.flags & FIN:
+                self.timer_idle = now + 2 * self.config.msl
+
+    def _on_segment_syn_sent(self, seg: Segment, now: float) -> None:
+        flags = seg.flags
+        if flags & ACK:
+            ack = self._unwrap_ack(seg.ack)
+            if not self.iss < ack <= self.snd_max:
+                if not flags & RST:
+                    self.host.outgoing.append(build_reset(self.local[0], self.remote[0], seg))
+                return
+            if flags & RST:
+                self.terminate(os_error(errno.ECONNREFUSED, "connection refused"))
+                return
+        elif flags & RST:
+            return
+        if not flags & SYN:
+            return
+        self._take_syn_options(seg)
+        if flags & ACK:
+            self.state = ESTABLISHED
+            self._ack_advanced(self._unwrap_ack(seg.ack), now)
+            self.ack_now = True
+            self.host.dirty.add(self)
+            self._notify()
+        else:  # simultaneous open
+            self.state = SYN_RECEIVED
+            self.timer_rto = None
+            self._send_syn(now)
+
+    def _unwrap_ack(self, ack: int) -> int:
+        return self.snd_una + ((ack - self.snd_una + HALF) & MASK) - HALF
+
+    def _process_ack(self, seg: Segment, now: float) -> bool:
+        """ACK field processing for synchronized states; False if the segment must be dropped."""
+        ack = self._unwrap_ack(seg.ack)
+        if ack > self.snd_max:
+            self._send_ack()  # acks something we never sent
+            return False
+        if ack < self.snd_una - max(self.max_snd_wnd, 0xFFFF):
+            return False  # too old to be anything but a blind injection (RFC 5961 §5)
+        seq = self.rcv_nxt + ((seg.seq - self.rcv_nxt + HALF) & MASK) - HALF
+        window = seg.window << self.snd_wscale
+        if seg.sack_blocks and self.sack_ok:
+            self._take_sack(seg.sack_blocks)
+        if ack > self.snd_una:
+            self._ack_advanced(ack, now)
+        elif (ack == self.snd_una and self.snd_max > self.snd_una and not seg.payload
+              and not seg.flags & (SYN | FIN) and window == self.snd_wnd):
+            self._duplicate_ack(now)
+        if self.snd_wl1 < seq or (self.snd_wl1 == seq and self.snd_wl2 <= ack):
+            if window > self.snd_wnd:
+                self.host.dirty.add(self)
+            self.snd_wnd = window
+            self.snd_wl1, self.snd_wl2 = seq, ack
+            if window > self.max_snd_wnd:
+                self.max_snd_wnd = window
+            if window and self.persisting:
+                self.persisting = False
+                self.timer_rto = None
+                self.backoff = 0
+                self.host.dirty.add(self)
+        state = self.state
+        fin_acked = self.fin_queued and self.snd_una > self.buf_start  # buffer empty and FIN covered
+        if state == FIN_WAIT_1 and fin_acked:
+            self.state = FIN_WAIT_2
+            if self.orphaned:
+                self.timer_idle = now + 2 * self.config.msl  # don't wait forever for a FIN nobody reads
+        elif state == CLOSING and fin_acked:
+            self._enter_time_wait(now)
+        elif state == LAST_ACK and fin_acked:
+            self.terminate(None)
+            return False
+        return True
+
+    def _ack_advanced(self, ack: int, now: float) -> None:
+        acked = ack - self.snd_una
+        removable = min(ack, self.buf_start + len(self.snd_buf)) - self.buf_start
+        if removable > 0:
+            del self.snd_buf[:removable]
+            self.buf_start += removable
+            self._notify()
+        self.snd_una = ack
+        if self.snd_nxt < ack:
+            self.snd_nxt = ack
+        if self.rtt_seq is not None and ack > self.rtt_seq:
+            self._sample_rtt(now - self.rtt_time)
+            self.rtt_seq = None
+        self.retries = 0
+        self.backoff = 0
+        if self.sacked:
+            while self.sacked and self.sacked[0][1] <= ack:
+                self.sacked.pop(0)
+            if self.sacked and self.sacked[0][0] < ack:
+                self.sacked[0][0] = ack
+        mss = self.snd_mss
+        if self.in_recovery:
+            if ack >= self.recover:  # full ACK: leave recovery (RFC 6582 §3.2 step 3)
+                self.in_recovery = False
+                self.cwnd = min(self.ssthresh, max(self.snd_max - ack, mss) + mss)
+                self.dupacks = 0
+            else:  # partial ACK: repair the next hole now
+                self.cwnd = max(self.cwnd - acked + (mss if acked >= mss else 0), mss)
+                self._retransmit_hole(now)
+        else:
+            self.dupacks = 0
+            if self.cwnd < self.ssthresh:
+                self.cwnd += acked  # slow start, counting bytes (stretch ACKs included)
+            else:
+                self.bytes_acked += acked
+                if self.bytes_acked >= self.cwnd:
+                    self.bytes_acked -= self.cwnd
+                    self.cwnd += mss
+            self.cwnd = min(self.cwnd, 2 * self.config.send_buffer + 4 * mss)
+        if self.snd_una >= self.snd_max:
+            self.timer_rto = None
+        else:
+            self._arm_rto(now)
+        self.host.dirty.add(self)
+
+    def _duplicate_ack(self, now: float) -> None:
+        self.dupacks += 1
+        mss = self.snd_mss
+        if self.in_recovery:
+            if not self._retransmit_hole(now):
+                self.cwnd += mss  # a segment left the network: let a new one in
+            self.host.dirty.add(self)
+        elif self.dupacks == 3 and self.snd_una >= self.recover:  # RFC 6582 §3.2 step 1
+            flight = self.snd_max - self.snd_una
+            self.ssthresh = max(flight // 2, 2 * mss)
+            self.recover = self.snd_max
+            self.in_recovery = True
+            self.rexmit_next = self.snd_una
+            self._retransmit_hole(now)
+            self.cwnd = self.ssthresh + 3 * mss
+            self.host.dirty.add(self)
+
+    def _take_sack(self, blocks: tuple[tuple[int, int], ...]) -> None:
+        una, top = self.snd_una, self.snd_max
+        for left, right in blocks:
+            left = una + ((left - una + HALF) & MASK) - HALF
+            right = una + ((right - una + HALF) & MASK) - HALF
+            if not una <= left < right <= top:
+                continue  # stale, D-SACK or bogus: ignore
+            runs = self.sacked
+            i = 0
+            while i < len(runs) and runs[i][1] < left:
+                i += 1
+            j = i
+            while j < len(runs) and runs[j][0] <= right:
+                left, right = min(left, runs[j][0]), max(right, runs[j][1])
+                j += 1
+            runs[i:j] = [[left, right]]
+        if len(self.sacked) > MAX_SACKED_RANGES:
+            del self.sacked[MAX_SACKED_RANGES:]
+
+    def _retransmit_hole(self, now: float) -> bool:
+        """Resend the first never-retransmitted hole below the highest SACKed byte (or at snd_una)."""
+        start = max(self.snd_una, self.rexmit_next)
+        limit = self.sacked[-1][1] if self.sacked else self.snd_una + 1
+        for left, right in self.sacked:
+            if start < left:
+                break
+            if start < right:
+                start = right
+        if start >= limit or start >= self.snd_max:
+            return False
+        end = min(start + self.snd_mss, self.snd_max)
+        for left, _ in self.sacked:
+            if left > start:
+                end = min(end, left)
+                break
+        self._send_range(start, end - start)
+        self.rexmit_next = end
+        if self.rtt_seq is not None and self.rtt_seq >= start:
+            self.rtt_seq = None  # Karn: no sample from retransmitted data
+        return True
+
+    def _sample_rtt(self, rtt: float) -> None:
+        """RFC 6298 §2."""
+        if self.srtt is None:
+            self.srtt, self.rttvar = rtt, rtt / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+        self.rto = min(max(self.srtt + max(0.001, 4 * self.rttvar), self.config.min_rto), self.config.max_rto)
+
+    def _receive_text(self, seq: int, payload: memoryview, now: float) -> None:
+        if seq == self.rcv_nxt:
+            self.rcv_buf += payload
+            self.rcv_nxt += len(payload)
+            if self.ooo:
+                self._drain_out_of_order()
+                self.ack_now = True  # a hole got filled: tell the sender at once (RFC 5681 §4.2)
+            self.unacked += len(payload)
+            if self.unacked >= 2 * self.rcv_mss:
+                self.ack_now = True
+            elif self.timer_ack is None:
+                self.timer_ack = now + self.config.delayed_ack
+            self.host.dirty.add(self)
+            self._notify()
+        else:
+            self._store_out_of_order(seq, payload)
+            self._send_ack()  # an immediate duplicate ACK with SACK feeds the sender's fast retransmit
+
+    def _store_out_of_order(self, seq: int, payload: memoryview) -> None:
+        end = seq + len(payload)
+        runs = self.ooo
+        i = 0
+        while i < len(runs) and runs[i][0] + len(runs[i][1]) < seq:
+            i += 1
+        j = i
+        start, data = seq, bytearray(payload)
+        while j < len(runs) and runs[j][0] <= end:
+            run_start, run = runs[j]
+            run_end = run_start + len(run)
+            if run_start < start:
+                data[0:0] = run[:start - run_start]
+                start = run_start
+            if run_end > end:
+                data += run[end - run_start:]
+                end = run_end
+            j += 1
+        if j - i == 0 and len(runs) >= MAX_OUT_OF_ORDER:
+            return  # too fragmented to keep: the sender will retransmit
+        runs[i:j] = [[start, data]]
+        self.last_ooo = start
+
+    def _drain_out_of_order(self) -> None:
+        runs = self.ooo
+        while runs and runs[0][0] <= self.rcv_nxt:
+            start, data = runs.pop(0)
+            skip = self.rcv_nxt - start
+            if skip < len(data):
+                self.rcv_buf += memoryview(data)[skip:]
+                self.rcv_nxt = start + len(data)
+        if self.fin_at is not None and self.fin_at == self.rcv_nxt and not self.eof_received:
+            self._receive_fin(self.rcv_nxt, self.last_heard)
+
+    def _receive_fin(self, fin_seq: int, now: float) -> None:
+        if self.eof_received:
+            return
+        if fin_seq != self.rcv_nxt:
+            self.fin_at = fin_seq  # out of order: applied when the gap fills
+            self._send_ack()
+            return
+        self.rcv_nxt += 1
+        self.eof_received = True
+        self.fin_at = fin_seq
+        self.ack_now = True
+        self.host.dirty.add(self)
+        self._notify()
+        state = self.state
+        if state in (SYN_RECEIVED, ESTABLISHED):
+            self.state = CLOSE_WAIT
+        elif state == FIN_WAIT_1:
+            if self.snd_una > self.buf_start:
+                self._enter_time_wait(now)
+            else:
+                self.state = CLOSING
+        elif state == FIN_WAIT_2:
+            self._enter_time_wait(now)
+
+    def _enter_time_wait(self, now: float) -> None:
+        self.state = TIME_WAIT
+        self.timer_rto = self.timer_ack = None
+        self.timer_idle = now + 2 * self.config.msl
+        self.snd_buf = bytearray()
+        self.rcv_buf = bytearray() if self.orphaned else self.rcv_buf
+        self.ooo = []
+        self.sacked = []
+        self._notify()
+        self._update_deadline()
+
+    def terminate(self, error: OSError | None) -> None:
+        """Move to CLOSED; the host drops the connection from its table."""
+        if self.state == CLOSED:
+            return
+        self.state = CLOSED
+        if error is not None and self.error is None:
+            self.error = error
+        self.timer_rto = self.timer_ack = self.timer_idle = None
+        self.deadline = None
+        self.snd_buf = bytearray()
+        self.ooo = []
+        self.sacked = []
+        self.host.closed(self)
+        self._notify()
+
+    def _notify(self) -> None:
+        self.host.changed.add(self)
+
+    # ------------------------------------------------------------------ output
+    def flush(self, now: float) -> None:
+        """Send what the windows allow, and an ACK if one is owed and no data segment carried it."""
+        state = self.state
+        if state in (ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, CLOSING, LAST_ACK):
+            self._send_data(now)
+        if self.ack_now or self.unacked >= 2 * self.rcv_mss:
+            if state not in (CLOSED, SYN_SENT):
+                self._send_ack()
+        self._update_deadline()
+
+    def _send_data(self, now: float) -> None:
+        mss = self.snd_mss
+        buf_len = len(self.snd_buf)
+        data_end = self.buf_start + buf_len
+        window_end = self.snd_una + min(self.snd_wnd, self.cwnd)
+        sent_any = False
+        view = memoryview(self.snd_buf)
+        try:
+            while True:
+                nxt = self.snd_nxt
+                available = data_end - nxt
+                room = window_end - nxt
+                if available > 0 and room > 0:
+                    size = min(available, mss, room)
+                    if size < mss and size < available:
+                        # Sender SWS avoidance (RFC 9293 §3.8.6.2.1): wait for a fuller window unless it
+                        # is at least half the largest the peer offered, or nothing is in flight.
+                        if not (size >= self.max_snd_wnd // 2 or nxt == self.snd_una):
+                            break
+                    if size < mss and not self.nodelay and nxt > self.snd_una and self._small_in_flight():
+                        break  # Nagle/Minshall: one small segment in flight at a time
+                    offset = nxt - self.buf_start
+                    last = nxt + size == data_end
+                    fin = self.fin_queued and last
+                    self._emit(nxt, ACK | (PSH if last else 0) | (FIN if fin else 0),
+                               view[offset:offset + size])
+                    self.snd_nxt = nxt + size + (1 if fin else 0)
+                    if self.snd_nxt > self.snd_max:
+                        if self.rtt_seq is None:
+                            self.rtt_seq, self.rtt_time = nxt, now
+                        self.snd_max = self.snd_nxt
+                        if fin:
+                            self._fin_sent()
+                    sent_any = True
+                elif self.fin_queued and nxt == data_end:  # all data out, FIN not (or no longer) sent
+                    self._emit(nxt, ACK | FIN)
+                    self.snd_nxt = nxt + 1
+                    if self.snd_nxt > self.snd_max:
+                        self.snd_max = self.snd_nxt
+                        self._fin_sent()
+                    sent_any = True
+                else:
+                    break
+        finally:
+            view.release()
+        if sent_any:
+            if self.timer_rto is None or self.persisting:
+                self.persisting = False
+                self._arm_rto(now)
+        elif (self.snd_wnd == 0 and data_end > self.snd_nxt and self.snd_una == self.snd_max
+              and self.timer_rto is None):
+            self.persisting = True  # zero window with data waiting: probe it
+            self.timer_rto = now + self._backed_off_rto()
+
+    def _small_in_flight(self) -> bool:
+        """Minshall's rule: is the last segment sent (below snd_max) still unacknowledged and small?"""
+        return (self.snd_max - self.snd_una) % self.snd_mss != 0
+
+    def _fin_sent(self) -> None:
+        if self.state == ESTABLISHED:
+            self.state = FIN_WAIT_1
+        elif self.state == CLOSE_WAIT:
+            self.state = LAST_ACK
+
+    def _send_range(self, start: int, size: int) -> None:
+        """Retransmit [start, start+size) of what was sent before (data and/or FIN)."""
+        data_end = self.buf_start + len(self.snd_buf)
+        offset = start - self.buf_start
+        payload_size = max(min(size, data_end - start), 0)
+        fin = self.fin_queued and start + payload_size == data_end and self.snd_max > data_end
+        with memoryview(self.snd_buf) as view:
+            self._emit(start, ACK | (FIN if fin else 0) | (PSH if payload_size else 0),
+                       view[offset:offset + payload_size])
+
+    def _send_ack(self) -> None:
+        if self.state in (CLOSED, SYN_SENT):
+            return
+        self._emit(self.snd_nxt, ACK, b"", self._sack_option() if self.ooo and self.sack_ok else b"")
+
+    def _sack_option(self) -> bytes:
+        """Up to four SACK blocks, the most recently changed first (RFC 2018 §4)."""
+        runs = sorted(self.ooo, key=lambda run: run[0] != self.last_ooo)[:4]
+        edges = []
+        for start, data in runs:
+            edges += ((start & MASK), ((start + len(data)) & MASK))
+        return _NOP_NOP_SACK + bytes((2 + 4 * len(edges),)) + struct.pack(f"!{len(edges)}I", *edges)
+
+    def _advertise(self) -> int:
+        """The window field: the right edge moves only by useful amounts (receiver SWS avoidance)."""
+        free = self.rcv_cap - len(self.rcv_buf)
+        edge = self.rcv_nxt + max(free, 0)
+        if edge - self.rcv_adv >= min(self.rcv_cap >> 1, self.rcv_mss):
+            self.rcv_adv = edge
+        window = max(self.rcv_adv - self.rcv_nxt, 0)
+        return min((window + (1 << self.rcv_wscale) - 1) >> self.rcv_wscale, 0xFFFF)
+
+    def _emit(self, seq: int, flags: int, payload: bytes | memoryview = b"", options: bytes = b"") -> None:
+        if flags & ACK:
+            ack = self.rcv_nxt & MASK
+            self.ack_now = False
+            self.unacked = 0
+            self.timer_ack = None
+        else:
+            ack = 0
+        window = min(self.rcv_cap, 0xFFFF) if flags & SYN else self._advertise()
+        seq &= MASK
+        header_len = HEADER_LEN + len(options)
+        tcp_len = header_len + len(payload)
+        total = ipv4.HEADER_LEN + tcp_len
+        offflags = header_len << 10 | flags
+        src, sport = self.local
+        dst, dport = self.remote
+        check = finish(pseudo_header(src, dst, ipv4.PROTO_TCP, tcp_len) + sport + dport + seq + ack + offflags
+                       + window + (partial(options) if options else 0) + (partial(payload) if payload else 0))
+        header = _HEADERS.pack(0x4500, total, 0, 0x4000, ipv4.DEFAULT_TTL << 8 | ipv4.PROTO_TCP,
+                               finish(_IP_CONSTANT + total + (src >> 16) + (src & 0xFFFF) + (dst >> 16)
+                                      + (dst & 0xFFFF)), src, dst, sport, dport, seq, ack, offflags, window,
+                               check, 0)
+        self.host.outgoing.append(b"".join((header, options, payload)))
+
+    # ------------------------------------------------------------------ timers
+    def _backed_off_rto(self) -> float:
+        return min(self.rto * (1 << self.backoff), self.config.max_rto)
+
+    def _arm_rto(self, now: float) -> None:
+        self.timer_rto = now + self._backed_off_rto()
+
+    def _update_deadline(self) -> None:
+        deadline = self.timer_rto
+        for timer in (self.timer_ack, self.timer_idle):
+            if timer is not None and (deadline is None or timer < deadline):
+                deadline = timer
+        if self.config.keepalive_idle is not None and self.state in (ESTABLISHED, CLOSE_WAIT):
+            keepalive = self.last_heard + self.config.keepalive_idle + self.probes * self.config.keepalive_interval
+            if deadline is None or keepalive < deadline:
+                deadline = keepalive
+        self.deadline = deadline
+        self.host.schedule(self)
+
+    def on_timer(self, now: float) -> None:
+        """Run every timer that is due, then flush."""
+        if self.timer_ack is not None and self.timer_ack <= now:
+            self.timer_ack = None
+            self.ack_now = True
+        if self.timer_rto is not None and self.timer_rto <= now:
+            self.timer_rto = None
+            if self.persisting:
+                self._probe_window(now)
+            else:
+                self._retransmission_timeout(now)
+        if self.timer_idle is not None and self.timer_idle <= now:
+            self.timer_idle = None
+            self.terminate(None if self.state == TIME_WAIT else os_error(errno.ETIMEDOUT, "FIN_WAIT_2 timeout"))
+            return
+        if (self.config.keepalive_idle is not None and self.state in (ESTABLISHED, CLOSE_WAIT)
+                and now >= self.last_heard + self.config.keepalive_idle + self.probes * self.config.keepalive_interval):
+            if self.probes >= self.config.keepalive_count:
+                self.terminate(os_error(errno.ETIMEDOUT, "keepalive: peer stopped answering"))
+                return
+            self.probes += 1
+            self._emit(self.snd_una - 1, ACK)  # RFC 1122 §4.2.3.6: an old sequence number elicits an ACK
+        if self.state != CLOSED:
+            self.flush(now)
+
+    def _retransmission_timeout(self, now: float) -> None:
+        """RFC 6298 §5.4-5.7 with RFC 5681 §3.1's loss window; give up after the configured retries."""
+        limit = {SYN_SENT: self.config.syn_retries, SYN_RECEIVED: self.config.synack_retries}.get(
+            self.state, self.config.data_retries)
+        if self.retries >= limit:
+            self.terminate(os_error(errno.ETIMEDOUT, "connection timed out"))
+            return
+        self.retries += 1
+        self.backoff += 1
+        self.rtt_seq = None
+        if self.state in (SYN_SENT, SYN_RECEIVED):
+            self._send_syn(now)
+            return
+        mss = self.snd_mss
+        if self.backoff == 1:
+            self.ssthresh = max((self.snd_max - self.snd_una) // 2, 2 * mss)
+        self.cwnd = mss
+        self.in_recovery = False
+        self.dupacks = 0
+        self.recover = self.snd_max
+        self.sacked = []
+        self.snd_nxt = self.snd_una  # go back N: resend from the first unacknowledged byte
+        self._send_range(self.snd_una, mss)
+        self.snd_nxt = min(self.snd_una + mss, self.snd_max)
+        self._arm_rto(now)
+
+    def _probe_window(self, now: float) -> None:
+        """Zero-window probe: an already-acknowledged sequence number makes the receiver report its window."""
+        self.backoff += 1
+        self._emit(self.snd_una - 1, ACK)
+        self.timer_rto = now + self._backed_off_rto()
+
+
+def ipv4_str(address: int) -> str:
+    return ".".join(str(b) for b in address.to_bytes(4, "big"))
+
+
+def random_secret() -> bytes:
+    return os.urandom(16)

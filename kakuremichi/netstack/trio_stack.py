@@ -1,0 +1,165 @@
+"""`NetStack`: the sans-IO `Stack` driven by Trio, between a packet link and Trio streams.
+
+The link contract (the WireGuard interface implements it, so do the test links):
+- `link.mtu`: the largest IP packet the link carries;
+- `link.send_packets(packets)`: synchronous and non-blocking; may drop under pressure, like a NIC;
+- inbound, the link driver calls `netstack.receive_packets(packets)` from the Trio thread, one batch per
+  drain of its socket.
+
+One task (`run`) owns the timers: it sleeps until the stack's next deadline or until a stream call
+kicks it, then fires timers and flushes. Stream calls only queue work and kick, so every packet the
+stack produces in one scheduler turn (ACKs, data of many connections) leaves in one `send_packets` call.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+from typing import Awaitable, Callable, Iterable
+
+import trio
+
+from kakuremichi.netstack.stack import DEFAULT_BACKLOG, Listener, Stack
+from kakuremichi.netstack.streams import TcpListener, TcpStream, UdpSocket
+from kakuremichi.netstack.tcp import Config, State, ipv4_str, os_error
+from kakuremichi.netstack.udp import Endpoint
+
+
+class NetStack:
+    """A userspace IPv4 host on `link` answering for `addresses` (several, changeable at runtime)."""
+
+    def __init__(self, link, addresses: Iterable, *, config: Config | None = None) -> None:
+        self.link = link
+        self.core = Stack(addresses, link.mtu, config)
+        self._wakeup: trio.CancelScope | None = None
+        self._kicked = False
+        self._running = False
+
+    # ------------------------------------------------------------------ driving
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """The stack's timer task; run it in a nursery for as long as the stack is in use."""
+        if self._running:
+            raise RuntimeError("NetStack.run() is already running")
+        self._running = True
+        core = self.core
+        try:
+            task_status.started()
+            while True:
+                deadline = core.next_deadline()
+                with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
+                    self._wakeup = scope
+                    if not self._kicked:
+                        await trio.sleep_forever()
+                self._wakeup = None
+                self._kicked = False
+                core.poll(trio.current_time())
+                self._deliver()
+        finally:
+            self._running = False
+            self._wakeup = None
+            self._shut_down()
+
+    def _shut_down(self) -> None:
+        """Reset every connection so peers and waiting tasks learn at once that the stack is gone."""
+        for connection in list(self.core.connections.values()):
+            connection.error = connection.error or os_error(errno.ENETDOWN, "network stack stopped")
+            connection.abort()
+        for listener in list(self.core.listeners.values()):
+            self.core.close_listener(listener)
+        for endpoint in list(self.core.udp_ports.values()):
+            self.core.udp_close(endpoint)
+        self._deliver()
+
+    def receive_packets(self, packets: list) -> None:
+        """Inbound packets from the link (synchronous: called by the link driver in the Trio thread)."""
+        self.core.receive(packets, trio.current_time())
+        self._deliver()
+        scope = self._wakeup
+        if scope is not None:
+            deadline = self.core.next_deadline()
+            if deadline is not None and deadline < scope.deadline:
+                scope.deadline = deadline
+
+    def kick(self) -> None:
+        """Ask the timer task to flush queued work at the end of this scheduler turn."""
+        if not self._running:
+            return
+        self._kicked = True
+        if self._wakeup is not None:
+            self._wakeup.cancel()
+
+    def _deliver(self) -> None:
+        core = self.core
+        if core.outgoing:
+            self.link.send_packets(core.take_outgoing())
+        if core.changed:
+            for item in core.take_changed():
+                waiters = item.user
+                if waiters is None:
+                    continue
+                if isinstance(waiters, trio.lowlevel.ParkingLot):
+                    waiters.unpark_all()
+                else:
+                    waiters.wake()
+
+    def _require_running(self) -> None:
+        if not self._running:
+            raise RuntimeError("start NetStack.run() in a nursery before opening connections")
+
+    # ------------------------------------------------------------------ addresses
+    @property
+    def addresses(self) -> list[str]:
+        return [ipv4_str(address) for address in self.core.addresses]
+
+    def add_address(self, address) -> None:
+        self.core.add_address(address)
+
+    def remove_address(self, address) -> None:
+        """Stop using `address`: its connections are reset (peers get an RST), the others carry on."""
+        self.core.remove_address(address)
+        self._deliver()
+
+    # ------------------------------------------------------------------ TCP
+    async def open_tcp_stream(self, host, port: int, *, local_address=None) -> TcpStream:
+        """Connect to `host:port` through the link; raises ConnectionRefusedError, TimeoutError, OSError."""
+        self._require_running()
+        connection = self.core.connect(host, port, trio.current_time(), local_address=local_address)
+        stream = TcpStream(self, connection)
+        self.kick()
+        try:
+            while connection.state in (State.SYN_SENT, State.SYN_RECEIVED):
+                await connection.user.read.park()
+        except BaseException:
+            connection.abort()
+            self.kick()
+            raise
+        if connection.error is not None:
+            raise connection.error
+        await trio.lowlevel.checkpoint()
+        return stream
+
+    def listen(self, port: int, *, address=None, backlog: int = DEFAULT_BACKLOG) -> TcpListener:
+        """A listener for `port` on `address` (default: every address of the stack)."""
+        self._require_running()
+        return TcpListener(self, self.core.listen(port, address=address, backlog=backlog))
+
+    def close_listener(self, listener: Listener) -> None:
+        self.core.close_listener(listener)
+        self._deliver()
+
+    async def serve_tcp(self, handler: Callable[[TcpStream], Awaitable[object]], port: int, *, address=None,
+                        backlog: int = DEFAULT_BACKLOG, handler_nursery: trio.Nursery | None = None,
+                        task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Like trio.serve_tcp: run `handler(stream)` for every connection to `port`, forever."""
+        listener = self.listen(port, address=address, backlog=backlog)
+        await trio.serve_listeners(handler, [listener], handler_nursery=handler_nursery,
+                                   task_status=task_status)
+
+    # ------------------------------------------------------------------ UDP
+    def udp_socket(self, port: int = 0, *, address=None) -> UdpSocket:
+        """A UDP socket bound to `port` (0: an ephemeral one) on `address` (default: all addresses)."""
+        return UdpSocket(self, self.core.udp_bind(port, address=address))
+
+    def udp_send(self, endpoint: Endpoint, data, address: tuple[str, int]) -> None:
+        self.core.udp_send(endpoint, data, address[0], address[1])
+        self.kick()
