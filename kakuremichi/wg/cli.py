@@ -1,8 +1,8 @@
 """`kakuremichi wg` / `python -m kakuremichi.wg`: key tools and diagnostics for the userspace WireGuard.
 
 `genkey`, `pubkey` and `genpsk` read and write exactly what `wg` does, so keys move freely between
-kakuremichi and standard WireGuard. `ping` brings up a device from a wg-quick file, with no root and
-no TUN device, and pings through the tunnel.
+kakuremichi and standard WireGuard. `ping`, `forward` and `expose` bring up a device from a wg-quick
+file, with no root and no TUN device, and ping or carry TCP through the tunnel.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kakuremichi import logs
+from kakuremichi import command, logs
 from kakuremichi.options import EnvArgumentParser
 from kakuremichi.wg import keys
 
@@ -36,21 +36,31 @@ def _pubkey(args) -> int:
 
 
 def _ping(args) -> int:
-    import trio
-
     from kakuremichi.wg import ping
-    from kakuremichi.wg.config import ConfigError
+
+    return command.run("kakuremichi wg ping", ping.run, args.config, args.address, args.count, args.interval, args.timeout)
+
+
+def _forward(args) -> int:
+    from kakuremichi.wg import portmap
 
     try:
-        return trio.run(ping.run, args.config, args.address, args.count, args.interval, args.timeout)
-    except ConfigError as exc:
-        print(f"kakuremichi wg ping: {exc}", file=sys.stderr)
+        mappings = [portmap.parse_forward(m) for m in args.mapping]
+    except ValueError as exc:
+        print(f"kakuremichi wg forward: {exc}", file=sys.stderr)
         return 2
-    except (OSError, ValueError) as exc:
-        print(f"kakuremichi wg ping: {exc}", file=sys.stderr)
+    return command.run("kakuremichi wg forward", portmap.forward, args.config, mappings)
+
+
+def _expose(args) -> int:
+    from kakuremichi.wg import portmap
+
+    try:
+        mappings = [portmap.parse_expose(m) for m in args.mapping]
+    except ValueError as exc:
+        print(f"kakuremichi wg expose: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    return command.run("kakuremichi wg expose", portmap.expose, args.config, mappings)
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -72,6 +82,21 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                    help="seconds to wait for the last reply (default 5)")
     p.add_argument("address", help="IPv4 address inside the tunnel")
     p.set_defaults(func=_ping)
+
+    p = sub.add_parser("forward", help="carry local TCP ports through the tunnel",
+                       description="Listen on local TCP ports; each connection is carried through the "
+                                   "userspace tunnel to an address inside it. Runs until Ctrl-C.")
+    p.add_argument("--config", required=True, help="wg-quick configuration file")
+    p.add_argument("mapping", nargs="+", metavar="[LOCAL_HOST:]PORT=TUNNEL_ADDR:PORT",
+                   help="e.g. 127.0.0.1:8080=10.0.0.2:80")
+    p.set_defaults(func=_forward)
+
+    p = sub.add_parser("expose", help="serve local TCP targets on our address inside the tunnel",
+                       description="Accept TCP on the [Interface] Address inside the tunnel; each "
+                                   "connection goes to a local target. Runs until Ctrl-C.")
+    p.add_argument("--config", required=True, help="wg-quick configuration file")
+    p.add_argument("mapping", nargs="+", metavar="TUNNEL_PORT=LOCAL_HOST:PORT", help="e.g. 80=127.0.0.1:3000")
+    p.set_defaults(func=_expose)
     return parser
 
 
