@@ -46,6 +46,9 @@ _HEADERS = struct.Struct("!HHHHHHIIHHIIHHHH")  # IPv4 + TCP, no options
 _TCP = struct.Struct("!HHIIHHHH")
 _IP_CONSTANT = 0x4500 + 0x4000 + (ipv4.DEFAULT_TTL << 8 | ipv4.PROTO_TCP)
 _NOP_NOP_SACK = b"\x01\x01\x05"
+_RETRANSMIT, _PERSIST, _PROBE, _REORDER = 0, 1, 2, 3  # what the retransmission timer does when it fires
+WORST_CASE_DELAYED_ACK = 0.2  # RFC 8985 §7.2, added to the probe timeout when one segment is in flight
+MIN_PROBE_TIMEOUT = 0.01
 
 
 class State(enum.IntEnum):
@@ -207,9 +210,10 @@ class Connection:
         "iss", "snd_una", "snd_nxt", "snd_max", "snd_wnd", "snd_wl1", "snd_wl2", "max_snd_wnd", "snd_wscale",
         "snd_mss", "snd_buf", "buf_start", "fin_queued", "sack_ok", "sacked", "nodelay",
         # congestion control
-        "cwnd", "ssthresh", "dupacks", "in_recovery", "recover", "rexmit_next", "bytes_acked",
+        "cwnd", "ssthresh", "dupacks", "in_recovery", "recover", "rexmit_next", "rexmits", "bytes_acked",
         # RTT and timers
-        "srtt", "rttvar", "rto", "backoff", "retries", "rtt_seq", "rtt_time", "timer_rto", "persisting",
+        "srtt", "rttvar", "rto", "backoff", "retries", "rtt_seq", "rtt_time", "timer_rto", "timer_kind",
+        "probe_sent",
         "timer_ack", "timer_idle", "last_heard", "probes", "deadline",
         # receive side
         "irs", "rcv_nxt", "rcv_adv", "rcv_wscale", "rcv_mss", "rcv_buf", "rcv_cap", "ooo", "fin_at",
@@ -246,6 +250,7 @@ class Connection:
         self.in_recovery = False
         self.recover = iss
         self.rexmit_next = iss
+        self.rexmits: list[list[int]] = []  # [start, end, snd_max when resent] of holes resent in recovery
         self.bytes_acked = 0
         self.srtt: float | None = None  # no RTT measured yet
         self.rttvar = 0.0
@@ -254,7 +259,8 @@ class Connection:
         self.rtt_seq: int | None = None
         self.rtt_time = 0.0
         self.timer_rto: float | None = None
-        self.persisting = False
+        self.timer_kind = _RETRANSMIT
+        self.probe_sent = False
         self.timer_ack: float | None = None
         self.timer_idle: float | None = None
         self.last_heard = now
@@ -325,7 +331,8 @@ class Connection:
         self.snd_nxt = self.snd_max = self.iss + 1
         if self.rtt_seq is None and not self.retries:
             self.rtt_seq, self.rtt_time = self.iss, now
-        self._arm_rto(now)
+        self.timer_kind = _RETRANSMIT
+        self.timer_rto = now + self._backed_off_rto()
 
     # ------------------------------------------------------------------ user calls
     @property
@@ -509,7 +516,6 @@ class Connection:
             self._notify()
         else:  # simultaneous open
             self.state = SYN_RECEIVED
-            self.timer_rto = None
             self._send_syn(now)
 
     def _unwrap_ack(self, ack: int) -> int:
@@ -539,11 +545,24 @@ class Connection:
             self.snd_wl1, self.snd_wl2 = seq, ack
             if window > self.max_snd_wnd:
                 self.max_snd_wnd = window
-            if window and self.persisting:
-                self.persisting = False
+            if window and self.timer_kind == _PERSIST and self.timer_rto is not None:
                 self.timer_rto = None
                 self.backoff = 0
                 self.host.dirty.add(self)
+        if not self.sacked:
+            pass
+        elif self.in_recovery:
+            self._resend_lost_retransmissions()
+        elif self.snd_una >= self.recover:
+            if self._sacked_bytes() >= min(3 * self.snd_mss, self.snd_max - self.snd_una - self.snd_mss):
+                # RFC 6675 IsLost(snd_una): three segments SACKed above the first hole, or, in a flight
+                # too small to produce that many, everything but the first (early retransmit, RFC 5827).
+                self._enter_recovery(now)
+            elif self.timer_kind != _REORDER and self.srtt is not None:
+                # RACK (RFC 8985 §6.2): later data arrived, so the hole is lost unless it shows up
+                # within a reordering window of a quarter RTT.
+                self.timer_kind = _REORDER
+                self.timer_rto = now + max(self.srtt / 4, 0.001)
         state = self.state
         fin_acked = self.fin_queued and self.snd_una > self.buf_start  # buffer empty and FIN covered
         if state == FIN_WAIT_1 and fin_acked:
@@ -572,6 +591,7 @@ class Connection:
             self.rtt_seq = None
         self.retries = 0
         self.backoff = 0
+        self.probe_sent = False
         if self.sacked:
             while self.sacked and self.sacked[0][1] <= ack:
                 self.sacked.pop(0)
@@ -581,9 +601,10 @@ class Connection:
         if self.in_recovery:
             if ack >= self.recover:  # full ACK: leave recovery (RFC 6582 §3.2 step 3)
                 self.in_recovery = False
+                self.rexmits = []
                 self.cwnd = min(self.ssthresh, max(self.snd_max - ack, mss) + mss)
                 self.dupacks = 0
-            else:  # partial ACK: repair the next hole now
+            elif not self.sack_ok:  # NewReno partial ACK: repair the next hole now (RFC 6582 §3.2 step 4)
                 self.cwnd = max(self.cwnd - acked + (mss if acked >= mss else 0), mss)
                 self._retransmit_hole(now)
         else:
@@ -596,28 +617,61 @@ class Connection:
                     self.bytes_acked -= self.cwnd
                     self.cwnd += mss
             self.cwnd = min(self.cwnd, 2 * self.config.send_buffer + 4 * mss)
-        if self.snd_una >= self.snd_max:
-            self.timer_rto = None
-        else:
-            self._arm_rto(now)
+        self._arm_retransmit(now)
         self.host.dirty.add(self)
 
     def _duplicate_ack(self, now: float) -> None:
         self.dupacks += 1
-        mss = self.snd_mss
         if self.in_recovery:
-            if not self._retransmit_hole(now):
-                self.cwnd += mss  # a segment left the network: let a new one in
+            if not self.sack_ok and not self._retransmit_hole(now):
+                self.cwnd += self.snd_mss  # NewReno: a segment left the network, let a new one in
             self.host.dirty.add(self)
         elif self.dupacks == 3 and self.snd_una >= self.recover:  # RFC 6582 §3.2 step 1
-            flight = self.snd_max - self.snd_una
-            self.ssthresh = max(flight // 2, 2 * mss)
-            self.recover = self.snd_max
-            self.in_recovery = True
-            self.rexmit_next = self.snd_una
-            self._retransmit_hole(now)
-            self.cwnd = self.ssthresh + 3 * mss
-            self.host.dirty.add(self)
+            self._enter_recovery(now)
+
+    def _enter_recovery(self, now: float) -> None:
+        """Fast retransmit: halve the window and resend the first hole at once.
+
+        With SACK the rest of recovery is RFC 6675's: holes and then new data go out while the estimated
+        data in flight (`_pipe`) is below cwnd. Without SACK it is NewReno's window inflation.
+        """
+        mss = self.snd_mss
+        self.ssthresh = max((self.snd_max - self.snd_una) // 2, 2 * mss)
+        self.recover = self.snd_max
+        self.in_recovery = True
+        self.rexmit_next = self.snd_una
+        self.rexmits = []
+        self._retransmit_hole(now)
+        self.cwnd = self.ssthresh if self.sack_ok else self.ssthresh + 3 * mss
+        self._arm_retransmit(now)
+        self.host.dirty.add(self)
+
+    def _pipe(self) -> int:
+        """RFC 6675's estimate of bytes in flight: above the highest SACK, plus holes resent meanwhile."""
+        una = self.snd_una
+        pipe = self.snd_max - max(self.sacked[-1][1] if self.sacked else una, una)
+        for start, end, _ in self.rexmits:
+            if end > una:
+                pipe += end - max(start, una)
+        return pipe
+
+    def _resend_lost_retransmissions(self) -> None:
+        """A resent hole is lost again once data sent after it shows up SACKed (RACK's insight, RFC 8985)."""
+        highest = self.sacked[-1][1]
+        kept = []
+        for entry in self.rexmits:
+            start, end, sent_before = entry
+            start = max(start, self.snd_una)
+            if start >= end or any(left <= start and end <= right for left, right in self.sacked):
+                continue  # it arrived
+            if highest - sent_before >= self.snd_mss:
+                self._send_range(start, end - start)
+                entry[0], entry[2] = start, self.snd_max
+            kept.append(entry)
+        self.rexmits = kept
+
+    def _sacked_bytes(self) -> int:
+        return sum(right - left for left, right in self.sacked)
 
     def _take_sack(self, blocks: tuple[tuple[int, int], ...]) -> None:
         una, top = self.snd_una, self.snd_max
@@ -656,6 +710,8 @@ class Connection:
                 break
         self._send_range(start, end - start)
         self.rexmit_next = end
+        if len(self.rexmits) < MAX_SACKED_RANGES:
+            self.rexmits.append([start, end, self.snd_max])
         if self.rtt_seq is not None and self.rtt_seq >= start:
             self.rtt_seq = None  # Karn: no sample from retransmitted data
         return True
@@ -789,16 +845,29 @@ class Connection:
         mss = self.snd_mss
         buf_len = len(self.snd_buf)
         data_end = self.buf_start + buf_len
-        window_end = self.snd_una + min(self.snd_wnd, self.cwnd)
+        if self.in_recovery and self.sack_ok:
+            budget = self.cwnd - self._pipe()
+            while budget > 0 and self._retransmit_hole(now):
+                budget -= mss
+            window_end = min(self.snd_una + self.snd_wnd, self.snd_max + budget)
+        else:
+            cwnd = self.cwnd
+            if 0 < self.dupacks < 3 and not self.in_recovery:
+                cwnd += self.dupacks * mss  # limited transmit (RFC 3042): new data keeps the ACK clock going
+            window_end = self.snd_una + min(self.snd_wnd, cwnd)
         sent_any = False
         view = memoryview(self.snd_buf)
         try:
             while True:
                 nxt = self.snd_nxt
+                limit = mss
+                if nxt < self.snd_max and self.sacked:  # resending after a timeout: skip what arrived
+                    nxt, limit = self._skip_sacked(nxt)
+                    self.snd_nxt = nxt
                 available = data_end - nxt
                 room = window_end - nxt
                 if available > 0 and room > 0:
-                    size = min(available, mss, room)
+                    size = min(available, limit, room)
                     if size < mss and size < available:
                         # Sender SWS avoidance (RFC 9293 §3.8.6.2.1): wait for a fuller window unless it
                         # is at least half the largest the peer offered, or nothing is in flight.
@@ -831,13 +900,26 @@ class Connection:
         finally:
             view.release()
         if sent_any:
-            if self.timer_rto is None or self.persisting:
-                self.persisting = False
-                self._arm_rto(now)
+            if self.timer_rto is None or self.timer_kind != _RETRANSMIT:
+                self._arm_retransmit(now)
+            else:  # new data (re)starts the loss probe timer (RFC 8985 §7.2)
+                probe = self._probe_timeout()
+                if probe is not None and now + probe < self.timer_rto:
+                    self.timer_kind = _PROBE
+                    self.timer_rto = now + probe
         elif (self.snd_wnd == 0 and data_end > self.snd_nxt and self.snd_una == self.snd_max
               and self.timer_rto is None):
-            self.persisting = True  # zero window with data waiting: probe it
+            self.timer_kind = _PERSIST  # zero window with data waiting: probe it
             self.timer_rto = now + self._backed_off_rto()
+
+    def _skip_sacked(self, seq: int) -> tuple[int, int]:
+        """The first byte at or after `seq` the peer has not SACKed, and how much may follow it."""
+        for left, right in self.sacked:
+            if seq < left:
+                return seq, min(self.snd_mss, left - seq)
+            if seq < right:
+                seq = right
+        return seq, self.snd_mss
 
     def _small_in_flight(self) -> bool:
         """Minshall's rule: is the last segment sent (below snd_max) still unacknowledged and small?"""
@@ -909,8 +991,32 @@ class Connection:
     def _backed_off_rto(self) -> float:
         return min(self.rto * (1 << self.backoff), self.config.max_rto)
 
-    def _arm_rto(self, now: float) -> None:
-        self.timer_rto = now + self._backed_off_rto()
+    def _arm_retransmit(self, now: float) -> None:
+        """Start the retransmission timer, preceded by a tail loss probe (RFC 8985 §7) when one may go.
+
+        The probe makes a lost tail of a flight (which produces no duplicate ACKs) show up as a SACK
+        hole after about two round trips instead of a whole RTO.
+        """
+        if self.snd_una >= self.snd_max:
+            self.timer_rto = None
+            return
+        rto = self._backed_off_rto()
+        probe = self._probe_timeout()
+        if probe is not None and probe < rto:
+            self.timer_kind = _PROBE
+            self.timer_rto = now + probe
+        else:
+            self.timer_kind = _RETRANSMIT
+            self.timer_rto = now + rto
+
+    def _probe_timeout(self) -> float | None:
+        """RFC 8985 §7.2's PTO, or None where no loss probe may be sent (no SACK, recovery, backoff)."""
+        if not self.sack_ok or self.srtt is None or self.in_recovery or self.probe_sent or self.backoff:
+            return None
+        timeout = 2 * self.srtt
+        if self.snd_max - self.snd_una <= self.snd_mss:
+            timeout += WORST_CASE_DELAYED_ACK
+        return max(timeout, MIN_PROBE_TIMEOUT)
 
     def _update_deadline(self) -> None:
         deadline = self.timer_rto
@@ -931,8 +1037,15 @@ class Connection:
             self.ack_now = True
         if self.timer_rto is not None and self.timer_rto <= now:
             self.timer_rto = None
-            if self.persisting:
+            if self.timer_kind == _PERSIST:
                 self._probe_window(now)
+            elif self.timer_kind == _PROBE:
+                self._loss_probe(now)
+            elif self.timer_kind == _REORDER:
+                if self.sacked and not self.in_recovery:
+                    self._enter_recovery(now)
+                else:
+                    self._arm_retransmit(now)
             else:
                 self._retransmission_timeout(now)
         if self.timer_idle is not None and self.timer_idle <= now:
@@ -967,24 +1080,30 @@ class Connection:
             self.ssthresh = max((self.snd_max - self.snd_una) // 2, 2 * mss)
         self.cwnd = mss
         self.in_recovery = False
+        self.rexmits = []
         self.dupacks = 0
         self.recover = self.snd_max
-        self.sacked = []
-        self.snd_nxt = self.snd_una  # go back N: resend from the first unacknowledged byte
-        self._send_range(self.snd_una, mss)
-        self.snd_nxt = min(self.snd_una + mss, self.snd_max)
-        self._arm_rto(now)
+        # Go back N from the first unacknowledged byte, skipping what the peer SACKed (RFC 6675 §5.1).
+        self.snd_nxt = self.snd_una
+        self.timer_kind = _RETRANSMIT
+        self.timer_rto = now + self._backed_off_rto()
+
+    def _loss_probe(self, now: float) -> None:
+        """Resend the last segment sent; its ACK reveals (via SACK) any hole before it."""
+        self.probe_sent = True
+        data_end = min(self.snd_max, self.buf_start + len(self.snd_buf))
+        start = max(self.snd_una, data_end - self.snd_mss)
+        self._send_range(start, self.snd_max - start)
+        self._arm_retransmit(now)
 
     def _probe_window(self, now: float) -> None:
         """Zero-window probe: an already-acknowledged sequence number makes the receiver report its window."""
         self.backoff += 1
         self._emit(self.snd_una - 1, ACK)
+        self.timer_kind = _PERSIST
         self.timer_rto = now + self._backed_off_rto()
 
 
 def ipv4_str(address: int) -> str:
     return ".".join(str(b) for b in address.to_bytes(4, "big"))
 
-
-def random_secret() -> bytes:
-    return os.urandom(16)
