@@ -1,0 +1,87 @@
+"""The data plane shared by gateways and agents: a WireGuard interface with a userspace IP stack on
+top, reconfigured live as control pushes new configs.
+
+`apply()` moves the node to a desired state (its tunnel addresses and its peers) by difference: peers
+that stay keep their sessions, addresses that stay keep their connections, so a config change never
+drops traffic it does not concern (rebuilding the stack on every change was a bug of the original).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterable
+
+import trio
+
+from kakuremichi.logs import log
+from kakuremichi.netstack.trio_stack import NetStack
+from kakuremichi.wg import keys
+from kakuremichi.wg.device import Device
+from kakuremichi.wg.driver import WireGuardInterface, resolve_endpoint
+
+logger = logging.getLogger("kakuremichi.tunnel")
+
+
+@dataclass(frozen=True)
+class PeerSpec:
+    """One WireGuard peer as a config describes it (endpoint unresolved: a host name is fine)."""
+
+    public_key: bytes
+    allowed_ips: tuple[str, ...]
+    endpoint: tuple[str, int] | None = None
+    persistent_keepalive: int = 0
+
+
+class TunnelNode:
+    def __init__(self, private_key: bytes, *, listen_host: str = "0.0.0.0", listen_port: int = 0) -> None:
+        self.device = Device(private_key)
+        self.interface = WireGuardInterface(self.device, listen_host=listen_host, listen_port=listen_port)
+        self.stack = NetStack(self.interface, [])
+        self.interface.attach(self.stack.receive_packets)
+        self._applied: dict[bytes, PeerSpec] = {}
+
+    @property
+    def public_key(self) -> bytes:
+        return self.device.public_key
+
+    @property
+    def listen_port(self) -> int:
+        return self.interface.listen_port
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.interface.run)
+            await nursery.start(self.stack.run)
+            task_status.started(self)
+
+    async def apply(self, addresses: Iterable[str], peers: Iterable[PeerSpec]) -> None:
+        """Reach the desired addresses and peers, touching only what differs."""
+        wanted = {str(a) for a in addresses}
+        current = set(self.stack.addresses)
+        for address in current - wanted:
+            self.stack.remove_address(address)
+        for address in sorted(wanted - current):
+            self.stack.add_address(address)
+
+        desired = {p.public_key: p for p in peers if p.public_key != self.public_key}
+        for key in set(self._applied) - set(desired):
+            self.device.remove_peer(key)
+            log(logger, logging.INFO, "peer removed", peer=keys.encode(key)[:8])
+        for key, spec in desired.items():
+            if self._applied.get(key) == spec:
+                continue
+            endpoint = None
+            if spec.endpoint is not None:
+                try:
+                    endpoint = await resolve_endpoint(*spec.endpoint)
+                except OSError as exc:
+                    log(logger, logging.WARNING, "peer endpoint unresolvable; waiting for it to reach us",
+                        peer=keys.encode(key)[:8], error=str(exc))
+            self.device.add_peer(key, endpoint=endpoint, allowed_ips=spec.allowed_ips,
+                                 persistent_keepalive=spec.persistent_keepalive)
+            log(logger, logging.INFO, "peer updated" if key in self._applied else "peer added",
+                peer=keys.encode(key)[:8], allowed_ips=",".join(spec.allowed_ips),
+                endpoint=f"{spec.endpoint[0]}:{spec.endpoint[1]}" if spec.endpoint else "-")
+        self._applied = desired
+        self.interface.flush()

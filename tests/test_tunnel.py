@@ -1,0 +1,66 @@
+"""TunnelNode: two data planes over loopback, reconfigured live without disturbing other traffic."""
+
+from __future__ import annotations
+
+import trio
+
+from kakuremichi.tunnel import PeerSpec, TunnelNode
+from kakuremichi.wg import keys
+
+
+async def _echo(stream):
+    try:
+        async with stream:
+            while data := await stream.receive_some():
+                await stream.send_all(data)
+    except trio.BrokenResourceError:
+        pass  # its address was removed under it
+
+
+async def _roundtrip(stream, payload: bytes) -> bytes:
+    await stream.send_all(payload)
+    got = b""
+    while len(got) < len(payload):
+        got += await stream.receive_some()
+    return got
+
+
+async def test_apply_changes_only_what_differs():
+    gateway = TunnelNode(keys.generate_private(), listen_host="127.0.0.1")
+    agent = TunnelNode(keys.generate_private(), listen_host="127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.run)
+        await nursery.start(agent.run)
+        await agent.apply(["10.1.0.2", "10.2.0.2"], [
+            PeerSpec(gateway.public_key, ("10.1.0.254/32", "10.2.0.254/32"), ("localhost", gateway.listen_port), 25)])
+        await gateway.apply(["10.1.0.254", "10.2.0.254"], [
+            PeerSpec(agent.public_key, ("10.1.0.2/32", "10.2.0.2/32"))])
+        await nursery.start(agent.stack.serve_tcp, _echo, 80)
+
+        with trio.fail_after(10):
+            first = await gateway.stack.open_tcp_stream("10.1.0.2", 80, local_address="10.1.0.254")
+            second = await gateway.stack.open_tcp_stream("10.2.0.2", 80, local_address="10.2.0.254")
+            assert await _roundtrip(first, b"one") == b"one"
+            session = gateway.device.peers[agent.public_key].current
+
+            # A new unrelated peer and the removal of tunnel 2's address: tunnel 1 must not notice.
+            other = keys.public_from_private(keys.generate_private())
+            await agent.apply(["10.1.0.2"], [
+                PeerSpec(gateway.public_key, ("10.1.0.254/32", "10.2.0.254/32"),
+                         ("localhost", gateway.listen_port), 25),
+                PeerSpec(other, ("10.9.0.1/32",), ("127.0.0.1", 9))])
+            assert await _roundtrip(first, b"still here") == b"still here"
+            assert gateway.device.peers[agent.public_key].current is session  # no new handshake
+            try:
+                await _roundtrip(second, b"gone?")
+                raise AssertionError("the connection on a removed address must be reset")
+            except trio.BrokenResourceError:
+                pass
+            assert set(agent.device.peers) == {gateway.public_key, other}
+
+            # Dropping a peer removes it from the device.
+            await agent.apply(["10.1.0.2"], [PeerSpec(gateway.public_key, ("10.1.0.254/32",),
+                                                      ("localhost", gateway.listen_port), 25)])
+            assert set(agent.device.peers) == {gateway.public_key}
+            assert await _roundtrip(first, b"after") == b"after"
+        nursery.cancel_scope.cancel()
