@@ -1,0 +1,90 @@
+"""The agent's data plane: tunnel connections arriving on the netstack go to their tunnel's target.
+
+Each tunnel has its own address in its own subnet, so the address a gateway connected to names the
+tunnel; the agent needs no header parsing and carries any TCP protocol (HTTP, WebSocket, gRPC).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import trio
+
+from kakuremichi.agent.targets import Target, TargetError, connect
+from kakuremichi.logs import log
+from kakuremichi.pipe import splice
+from kakuremichi.protocol import TUNNEL_PORT, AgentConfig
+from kakuremichi.tunnel import PeerSpec, TunnelNode
+from kakuremichi.wg import keys
+from kakuremichi.wg.config import parse_endpoint
+
+logger = logging.getLogger("kakuremichi.agent")
+_ids = itertools.count(1)
+
+
+class Agent:
+    def __init__(self, node: TunnelNode, *, connect_timeout: float = 10.0) -> None:
+        self.node = node
+        self.connect_timeout = connect_timeout
+        self.targets: dict[str, tuple[str, Target]] = {}  # agent address -> (domain, target)
+        self.config_version = 0
+        self.active_connections = 0
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.node.run)
+            await nursery.start(self.node.stack.serve_tcp, self._handle, TUNNEL_PORT)
+            task_status.started(self)
+
+    async def apply(self, config: AgentConfig) -> None:
+        """Adopt a pushed config: gateways as peers, tunnel addresses, address → target mappings."""
+        targets: dict[str, tuple[str, Target]] = {}
+        for tunnel in config.tunnels:
+            if not tunnel.enabled:
+                continue
+            try:
+                targets[tunnel.agent_ip] = (tunnel.domain, Target.parse(tunnel.target))
+            except TargetError as exc:
+                log(logger, logging.ERROR, "tunnel target unusable; fix it in control", domain=tunnel.domain,
+                    error=str(exc))
+        peers = []
+        for gateway in config.gateways:
+            try:
+                endpoint = parse_endpoint(gateway.endpoint) if gateway.endpoint else None
+            except ValueError as exc:
+                log(logger, logging.ERROR, "gateway endpoint unusable", endpoint=gateway.endpoint, error=str(exc))
+                continue
+            peers.append(PeerSpec(keys.decode(gateway.public_key), tuple(gateway.allowed_ips), endpoint,
+                                  gateway.persistent_keepalive))
+        self.targets = targets  # new connections see the new mapping; running ones carry on
+        await self.node.apply(config.addresses, peers)
+        self.config_version = config.version
+        log(logger, logging.INFO, "config applied", version=config.version, tunnels=len(targets),
+            gateways=len(peers))
+
+    async def _handle(self, stream) -> None:
+        conn = next(_ids)
+        local_ip = stream.local_address[0]
+        gateway_ip = stream.remote_address[0]
+        entry = self.targets.get(local_ip)
+        if entry is None:
+            log(logger, logging.WARNING, "connection for no enabled tunnel", id=conn, address=local_ip)
+            stream.abort()
+            return
+        domain, target = entry
+        try:
+            upstream = await connect(target, self.connect_timeout)
+        except OSError as exc:
+            # a reset tells the gateway at once, so the user gets a 502 instead of a hang
+            log(logger, logging.WARNING, "local target unreachable", id=conn, domain=domain, target=str(target),
+                error=exc.strerror or str(exc))
+            stream.abort()
+            return
+        self.active_connections += 1
+        try:
+            sent, received = await splice(stream, upstream)
+        finally:
+            self.active_connections -= 1
+        log(logger, logging.DEBUG, "tunnel connection done", id=conn, domain=domain, gateway=gateway_ip,
+            bytes_to_target=sent, bytes_from_target=received)

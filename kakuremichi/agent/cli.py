@@ -1,0 +1,59 @@
+"""`kakuremichi agent` / `python -m kakuremichi.agent`: run an agent next to your private services.
+
+It makes its own WireGuard key (kept in --data-dir, never sent anywhere), connects out to control with
+its `agt_` API key, and from then on follows the config control pushes: which gateways to peer with,
+and which local target each tunnel leads to. It needs no root and opens no inbound port.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import trio
+
+from kakuremichi import command, logs
+from kakuremichi.agent.agent import Agent
+from kakuremichi.controlclient import ControlClient
+from kakuremichi.options import EnvArgumentParser
+from kakuremichi.tunnel import TunnelNode
+from kakuremichi.wg import keyfile, keys
+
+logger = logging.getLogger("kakuremichi.agent")
+
+
+def build_parser(prog: str) -> EnvArgumentParser:
+    parser = EnvArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                               epilog="Example: kakuremichi agent --control-url https://control.example.com "
+                                      "--api-key agt_...")
+    parser.add_argument("--control-url", required=True, help="control server URL (http(s):// or ws(s)://)")
+    parser.add_argument("--api-key", required=True, help="this agent's API key (agt_...), shown once at creation")
+    parser.add_argument("--data-dir", default="kakuremichi-agent",
+                        help="where the agent keeps its WireGuard private key (default ./kakuremichi-agent)")
+    parser.add_argument("--wireguard-port", type=int, default=0,
+                        help="local UDP port for WireGuard (default: any free port; only outbound is needed)")
+    parser.add_argument("--heartbeat", type=float, default=30.0, help="seconds between heartbeats to control")
+    logs.add_arguments(parser)
+    return parser
+
+
+async def run(args) -> None:
+    private = keyfile.load_or_create(Path(args.data_dir) / "wireguard.key")
+    node = TunnelNode(private, listen_port=args.wireguard_port)
+    agent = Agent(node)
+    client = ControlClient(args.control_url, args.api_key, "agent", keys.encode(node.public_key),
+                           on_config=agent.apply, heartbeat=args.heartbeat)
+    logs.log(logger, logging.INFO, "agent starting", public_key=keys.encode(node.public_key),
+             control=args.control_url)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(agent.run)
+        await nursery.start(client.run)
+
+
+def main(argv: list[str] | None = None, prog: str = "kakuremichi agent") -> int:
+    args = build_parser(prog).parse_args(argv)
+    if not args.api_key.startswith("agt_"):
+        print(f"{prog}: --api-key must be an agent key (agt_...); create an agent in control to get one")
+        return 2
+    logs.setup(args.log_level, args.log_format)
+    return command.run(prog, run, args)

@@ -1,0 +1,73 @@
+"""`kakuremichi gateway` / `python -m kakuremichi.gateway`: run a public gateway.
+
+It makes its own WireGuard key (kept in --data-dir), connects to control with its `gtw_` API key,
+reports its public WireGuard endpoint, and serves every tunnel's domain over HTTP and HTTPS, with
+certificates from ACME (Let's Encrypt by default). Run it unprivileged: in a container, map ports
+80/443 to --http-port/--https-port.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import trio
+
+from kakuremichi import command, logs
+from kakuremichi.controlclient import ControlClient
+from kakuremichi.gateway.acmeclient import LETS_ENCRYPT, AcmeSettings
+from kakuremichi.gateway.gateway import Gateway, Listen
+from kakuremichi.options import EnvArgumentParser
+from kakuremichi.tunnel import TunnelNode
+from kakuremichi.wg import keyfile, keys
+
+logger = logging.getLogger("kakuremichi.gateway")
+
+
+def build_parser(prog: str) -> EnvArgumentParser:
+    parser = EnvArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                               epilog="Example: kakuremichi gateway --control-url https://control.example.com "
+                                      "--api-key gtw_... --public-host gw1.example.com")
+    parser.add_argument("--control-url", required=True, help="control server URL (http(s):// or ws(s)://)")
+    parser.add_argument("--api-key", required=True, help="this gateway's API key (gtw_...), shown once at creation")
+    parser.add_argument("--public-host", required=True,
+                        help="host name or IP at which agents reach this gateway's WireGuard port")
+    parser.add_argument("--data-dir", default="kakuremichi-gateway",
+                        help="WireGuard key, certificates and ACME account (default ./kakuremichi-gateway)")
+    parser.add_argument("--wireguard-port", type=int, default=51820, help="UDP port for WireGuard (default 51820)")
+    parser.add_argument("--listen-host", default=None, help="address for HTTP(S) listeners (default: all)")
+    parser.add_argument("--http-port", type=int, default=80, help="public HTTP port (default 80)")
+    parser.add_argument("--https-port", type=int, default=443, help="public HTTPS port, 0 to disable (default 443)")
+    parser.add_argument("--acme-directory", default=LETS_ENCRYPT,
+                        help="ACME directory URL; 'off' disables ACME (default: Let's Encrypt)")
+    parser.add_argument("--acme-email", default=None, help="contact e-mail for the ACME account")
+    parser.add_argument("--acme-ca-bundle", default=None, help="CA file for the ACME server's own HTTPS (test CAs)")
+    parser.add_argument("--heartbeat", type=float, default=30.0, help="seconds between heartbeats to control")
+    logs.add_arguments(parser)
+    return parser
+
+
+async def run(args) -> None:
+    data = Path(args.data_dir)
+    private = keyfile.load_or_create(data / "wireguard.key")
+    node = TunnelNode(private, listen_port=args.wireguard_port)
+    acme = None if args.acme_directory == "off" else AcmeSettings(args.acme_directory, args.acme_email,
+                                                                  args.acme_ca_bundle)
+    gateway = Gateway(node, data, Listen(args.listen_host, args.http_port, args.https_port or None, acme))
+    endpoint = f"{args.public_host}:{node.listen_port}"
+    client = ControlClient(args.control_url, args.api_key, "gateway", keys.encode(node.public_key),
+                           public_endpoint=endpoint, on_config=gateway.apply, heartbeat=args.heartbeat)
+    logs.log(logger, logging.INFO, "gateway starting", public_key=keys.encode(node.public_key),
+             endpoint=endpoint, control=args.control_url)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.run)
+        await nursery.start(client.run)
+
+
+def main(argv: list[str] | None = None, prog: str = "kakuremichi gateway") -> int:
+    args = build_parser(prog).parse_args(argv)
+    if not args.api_key.startswith("gtw_"):
+        print(f"{prog}: --api-key must be a gateway key (gtw_...); create a gateway in control to get one")
+        return 2
+    logs.setup(args.log_level, args.log_format)
+    return command.run(prog, run, args)

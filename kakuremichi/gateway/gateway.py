@@ -1,0 +1,97 @@
+"""The gateway daemon's core: public HTTP(S) listeners, the proxy, certificates, and the tunnel data
+plane, all following the config control pushes.
+
+The data plane never depends on control being up: the last applied config keeps serving while the
+control connection is down or reconnecting.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from kakuremichi.gateway.acmeclient import AcmeSettings
+from kakuremichi.gateway.certmanager import CertificateManager
+from kakuremichi.gateway.certstore import CertStore
+from kakuremichi.gateway.challenges import ChallengeStore
+from kakuremichi.gateway.listeners import serve_http, serve_https
+from kakuremichi.gateway.proxy import Proxy, ProxySettings
+from kakuremichi.gateway.routes import Route, RouteTable
+from kakuremichi.gateway.upstream import PoolLimits, open_upstream_pool
+from kakuremichi.logs import log
+from kakuremichi.protocol import GatewayConfig
+from kakuremichi.tunnel import PeerSpec, TunnelNode
+from kakuremichi.wg import keys
+
+logger = logging.getLogger("kakuremichi.gateway")
+
+
+@dataclass
+class Listen:
+    host: str | None = None  # None: every interface
+    http_port: int = 80
+    https_port: int | None = 443  # None: no HTTPS listener
+    acme: AcmeSettings | None = None  # None: no ACME (self-signed / custom certificates only)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    pool: PoolLimits = field(default_factory=PoolLimits)
+
+
+class Gateway:
+    def __init__(self, node: TunnelNode, state_dir: str | Path, listen: Listen) -> None:
+        self.node = node
+        self.listen = listen
+        self.routes = RouteTable()
+        self.challenges = ChallengeStore()
+        self.certs = CertificateManager(CertStore(Path(state_dir)), self.challenges, listen.acme)
+        self._sources: dict[str, str] = {}  # agent address -> our address in that tunnel's subnet
+        self.config_version = 0
+        self.http_ports: list[int] = []
+        self.https_ports: list[int] = []
+
+    async def _dial(self, route: Route) -> trio.abc.Stream:
+        return await self.node.stack.open_tcp_stream(route.address, route.port,
+                                                     local_address=self._sources.get(route.address))
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listen = self.listen
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.node.run)
+            async with open_upstream_pool(self._dial, listen.pool) as pool:
+                if listen.https_port is not None:
+                    listen.proxy.https_port = listen.https_port
+                proxy = Proxy(self.routes, pool, listen.proxy, self.challenges)
+                http = await nursery.start(serve_http, proxy, listen.http_port, listen.host)
+                self.http_ports = [l.socket.getsockname()[1] for l in http]
+                if listen.https_port is not None:
+                    https = await nursery.start(serve_https, proxy, self.certs.context, listen.https_port,
+                                                listen.host)
+                    self.https_ports = [l.socket.getsockname()[1] for l in https]
+                    await nursery.start(self.certs.run)
+                log(logger, logging.INFO, "gateway serving", http=",".join(map(str, self.http_ports)),
+                    https=",".join(map(str, self.https_ports)) or "off", wireguard=self.node.listen_port)
+                task_status.started(self)
+                await trio.sleep_forever()
+
+    async def apply(self, config: GatewayConfig) -> None:
+        """Adopt a pushed config: agents as peers, our tunnel addresses, and the route table."""
+        routes = []
+        sources = {}
+        for r in config.routes:
+            try:
+                routes.append(Route(r.domain, r.agent_ip, r.port, enabled=r.enabled, force_https=r.force_https,
+                                    tls=r.tls_mode, tunnel_id=r.tunnel_id))
+            except ValueError as exc:
+                log(logger, logging.ERROR, "route skipped", domain=r.domain, error=str(exc))
+                continue
+            sources[r.agent_ip] = r.gateway_ip
+        peers = [PeerSpec(keys.decode(p.public_key), tuple(p.allowed_ips)) for p in config.peers]
+        await self.node.apply(config.addresses, peers)
+        self._sources = sources
+        self.routes.replace(routes)
+        self.certs.update_routes(routes)
+        self.config_version = config.version
+        log(logger, logging.INFO, "config applied", version=config.version, routes=len(routes),
+            agents=len(peers))
