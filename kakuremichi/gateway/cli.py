@@ -9,6 +9,7 @@ certificates from ACME (Let's Encrypt by default). Run it unprivileged: in a con
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import trio
@@ -67,7 +68,7 @@ async def run(args) -> None:
 def main(argv: list[str] | None = None, prog: str = "kakuremichi gateway") -> int:
     args = build_parser(prog).parse_args(argv)
     if not args.api_key.startswith("gtw_"):
-        print(f"{prog}: --api-key must be a gateway key (gtw_...); create a gateway in control to get one")
+        print(f"{prog}: --api-key must be a gateway key (gtw_...); create a gateway in control to get one", file=sys.stderr)
         return 2
     logs.setup(args.log_level, args.log_format)
     return command.run(prog, run, args)
