@@ -24,9 +24,19 @@ def record():
     return _record
 
 
+def _derive_ratios() -> None:
+    """Ratios are the point of running side by side: ours against each yardstick measured in this run."""
+    for figures in _results.values():
+        ours = figures.get("ours_mbps")
+        for yardstick in ("wireguard_go_mbps", "direct_mbps"):
+            if ours and figures.get(yardstick):
+                figures["ratio_vs_" + yardstick.removesuffix("_mbps")] = round(ours / figures[yardstick], 3)
+
+
 def pytest_sessionfinish(session, exitstatus):
     if not _results:
         return
+    _derive_ratios()
     OUT.mkdir(exist_ok=True)
     summary = OUT / "summary.json"
     existing = json.loads(summary.read_text()) if summary.exists() else {}
@@ -37,6 +47,7 @@ def pytest_sessionfinish(session, exitstatus):
 def pytest_terminal_summary(terminalreporter):
     if not _results:
         return
+    _derive_ratios()
     terminalreporter.section("kakuremichi benchmarks")
     for scenario, figures in _results.items():
         terminalreporter.write_line(scenario)

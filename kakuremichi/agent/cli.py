@@ -54,7 +54,8 @@ async def run(args) -> None:
 def main(argv: list[str] | None = None, prog: str = "kakuremichi agent") -> int:
     args = build_parser(prog).parse_args(argv)
     if not args.api_key.startswith("agt_"):
-        print(f"{prog}: --api-key must be an agent key (agt_...); create an agent in control to get one", file=sys.stderr)
+        print(f"{prog}: --api-key must be an agent key (agt_...); create an agent in control to get one",
+              file=sys.stderr)
         return 2
     logs.setup(args.log_level, args.log_format)
     return command.run(prog, run, args)

@@ -68,7 +68,8 @@ async def run(args) -> None:
 def main(argv: list[str] | None = None, prog: str = "kakuremichi gateway") -> int:
     args = build_parser(prog).parse_args(argv)
     if not args.api_key.startswith("gtw_"):
-        print(f"{prog}: --api-key must be a gateway key (gtw_...); create a gateway in control to get one", file=sys.stderr)
+        print(f"{prog}: --api-key must be a gateway key (gtw_...); create a gateway in control to get one",
+              file=sys.stderr)
         return 2
     logs.setup(args.log_level, args.log_format)
     return command.run(prog, run, args)
