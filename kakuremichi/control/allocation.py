@@ -10,7 +10,9 @@ appear. The lowest free subnet/address is always taken, so deleted ones are reus
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
+
+from pony.orm import Database, select
 
 TUNNEL_PREFIX = 24
 AGENT_HOST = 2
@@ -65,3 +67,20 @@ def gateway_address(subnet: str, used: Collection[str]) -> str:
         if address not in used:
             return address
     raise AllocationError(f"tunnel subnet {subnet} has no free gateway address")
+
+
+def allocate_tunnel(db: Database, pool: ipaddress.IPv4Network) -> tuple[str, str]:
+    """A free subnet and the agent's address in it (inside the caller's db_session)."""
+    subnet = next_subnet(pool, set(select(t.subnet for t in db.Tunnel)))
+    return subnet, agent_address(subnet)
+
+
+def assign_gateway_addresses(db: Database, tunnels: Iterable, gateways: Iterable) -> None:
+    """Give each gateway an address in each tunnel's subnet where it has none yet."""
+    gateways = list(gateways)
+    for tunnel in tunnels:
+        taken = {row.gateway.id: row.ip for row in tunnel.gateway_ips}
+        for gateway in gateways:
+            if gateway.id not in taken:
+                taken[gateway.id] = gateway_address(tunnel.subnet, set(taken.values()))
+                db.TunnelGatewayIp(tunnel=tunnel, gateway=gateway, ip=taken[gateway.id])
