@@ -13,7 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from pony.orm import Database, TransactionIntegrityError, db_session
-from quart import Blueprint, Response, request
+from quart import Blueprint, request
+from quart_trio.wrappers.response import TrioResponse as Response
 
 from kakuremichi.control import allocation, auth, validation as v
 from kakuremichi.control.models import bump_config_version

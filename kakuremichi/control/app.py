@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from quart import Response
+from quart_trio.wrappers.response import TrioResponse as Response
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
