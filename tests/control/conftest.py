@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 import trio
-from trio_websocket import WebSocketConnection, open_websocket_url
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from kakuremichi import protocol
 from kakuremichi.control.server import serve
@@ -101,3 +101,12 @@ async def connect(ctl: Control, api_key: str, role: str, key: str | None = None,
 
 def body(response: httpx.Response) -> dict:
     return json.loads(response.text)
+
+
+async def closed_with(client: WsClient) -> int:
+    """Read until the server closes; the close code."""
+    with trio.fail_after(5):
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await client.ws.get_message()
+    return closed.value.reason.code
