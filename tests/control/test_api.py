@@ -5,7 +5,6 @@ from __future__ import annotations
 import httpx
 import trio
 
-from tests.control.conftest import ADMIN
 
 
 async def test_agent_crud_and_key_shown_once(control):

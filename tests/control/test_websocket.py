@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, open_websocket_url
+from trio_websocket import open_websocket_url
 
 from kakuremichi import protocol
 from tests.control.conftest import WsClient, closed_with, connect, public_key
