@@ -13,7 +13,7 @@ import trio
 from kakuremichi import protocol
 from kakuremichi.controlclient import ControlClient
 from kakuremichi.control.server import serve
-from tests.control.conftest import ADMIN, free_port, public_key, start_control
+from tests.control.conftest import free_port, public_key, start_control
 
 
 def _start(data_dir: str, port: int) -> subprocess.Popen:
