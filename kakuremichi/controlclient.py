@@ -103,7 +103,7 @@ class ControlClient:
 
     async def _authenticated(self, ws: WebSocketConnection, welcome: protocol.AuthSuccess) -> None:
         self.connected = True
-        interval = welcome.heartbeat_interval
+        interval = min(self.heartbeat, welcome.heartbeat_interval)  # never quieter than control expects
         log(logger, logging.INFO, "connected to control", url=self.url, client_id=welcome.client_id,
             name=welcome.name, heartbeat=interval)
         session_version: int | None = None  # versions only grow within one session
@@ -133,7 +133,8 @@ class ControlClient:
             elif isinstance(message, protocol.ConfigUpdate):
                 session_version = await self._config(ws, message.config, session_version)
 
-    async def _config(self, ws: WebSocketConnection, config: protocol.Config, session_version: int | None) -> int | None:
+    async def _config(self, ws: WebSocketConnection, config: protocol.Config,
+                      session_version: int | None) -> int | None:
         if config.role != self.role:
             log(logger, logging.WARNING, "ignoring a config for the wrong role", role=config.role)
             return session_version

@@ -103,12 +103,14 @@ def agent_json(agent) -> dict:
 def gateway_json(gateway) -> dict:
     return {"id": gateway.id, "name": gateway.name, "publicKey": gateway.public_key,
             "publicEndpoint": gateway.public_endpoint, "wireguardPort": gateway.wireguard_port,
+            "metadata": gateway.metadata or {},
             "status": gateway.status, "lastSeenAt": _iso(gateway.last_seen_at), "createdAt": _iso(gateway.created_at)}
 
 
 _CLIENT_KINDS = {
     "agent": ("Agent", agent_json, {"name": (v.name, True), "metadata": (v.metadata, False)}),
-    "gateway": ("Gateway", gateway_json, {"name": (v.name, True), "wireguardPort": (v.optional_port, False)}),
+    "gateway": ("Gateway", gateway_json, {"name": (v.name, True), "wireguardPort": (v.optional_port, False),
+                                          "metadata": (v.metadata, False)}),
 }
 _CLIENT_COLUMNS = {"name": "name", "metadata": "metadata", "wireguardPort": "wireguard_port"}
 

@@ -53,6 +53,7 @@ def define(db: Database) -> None:
         public_key = Optional(str, nullable=True)
         public_endpoint = Optional(str, nullable=True)  # host:port of its WireGuard socket, as it reported
         wireguard_port = Optional(int)  # pushed to the gateway; None keeps its own
+        metadata = Optional(Json)
         status = Required(str, default="offline")
         last_seen_at = Optional(datetime)
         created_at = Required(datetime, default=utcnow)

@@ -81,7 +81,8 @@ _TUNNEL_INPUT = {
 _AGENT = {"id": _STRING, "name": _STRING, "publicKey": _NULLABLE_STRING, "status": _STATUS, "lastSeenAt": _TIME,
           "metadata": {"type": "object"}, "createdAt": _TIME, "tunnelIds": {"type": "array", "items": _STRING}}
 _GATEWAY = {"id": _STRING, "name": _STRING, "publicKey": _NULLABLE_STRING, "publicEndpoint": _NULLABLE_STRING,
-            "wireguardPort": _PORT, "status": _STATUS, "lastSeenAt": _TIME, "createdAt": _TIME}
+            "wireguardPort": _PORT, "metadata": {"type": "object"}, "status": _STATUS, "lastSeenAt": _TIME,
+            "createdAt": _TIME}
 
 
 def _object(properties: dict, required: list[str] | None = None) -> dict:
@@ -117,8 +118,9 @@ DOCUMENT = {
             "AgentUpdate": _object({"name": _NAME, "metadata": {"type": "object"}}),
             "Gateway": _object(_GATEWAY),
             "GatewayWithKey": _object({**_GATEWAY, "apiKey": {"type": "string", "pattern": "^gtw_"}}),
-            "GatewayCreate": _object({"name": _NAME, "wireguardPort": _PORT}, ["name"]),
-            "GatewayUpdate": _object({"name": _NAME, "wireguardPort": _PORT}),
+            "GatewayCreate": _object({"name": _NAME, "wireguardPort": _PORT, "metadata": {"type": "object"}},
+                                     ["name"]),
+            "GatewayUpdate": _object({"name": _NAME, "wireguardPort": _PORT, "metadata": {"type": "object"}}),
             "Tunnel": _object({"id": _STRING, **_TUNNEL_INPUT, "subnet": _STRING, "agentIp": _STRING,
                                "gatewayIps": {"type": "object", "additionalProperties": _STRING,
                                               "description": "gateway id → its address in this tunnel's subnet"},

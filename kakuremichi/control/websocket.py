@@ -142,7 +142,7 @@ class ClientSession:
     @db_session
     def _store_stats(self, stats: dict) -> None:
         row = self.row()
-        if row is not None and self.role == "agent":
+        if row is not None:
             row.metadata = {**(row.metadata or {}), "stats": stats}
 
 

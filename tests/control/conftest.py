@@ -80,6 +80,10 @@ class WsClient:
                 if not isinstance(message, protocol.Pong):
                     return message
 
+    async def receive_pong(self, timeout: float = 1.0) -> None:
+        with trio.fail_after(timeout):
+            assert isinstance(protocol.decode(await self.ws.get_message()), protocol.Pong)
+
     async def config(self, timeout: float = 1.0) -> protocol.Config:
         message = await self.receive(timeout)
         assert isinstance(message, protocol.ConfigUpdate), message

@@ -121,3 +121,12 @@ async def test_reconnect_never_erases_the_reported_endpoint(control):
     async with connect(control, gw["apiKey"], "gateway", key, None):
         stored = (await control.api.get(f"/api/gateways/{gw['id']}")).json()
     assert stored["publicEndpoint"] == "203.0.113.9:51820" and stored["publicKey"] == key
+
+
+async def test_status_updates_are_kept_with_the_client(control):
+    gw = await control.create("gateways", name="g")
+    async with connect(control, gw["apiKey"], "gateway", endpoint="203.0.113.9:51820") as client:
+        await client.send(protocol.StatusUpdate({"routes": 3}))
+        await client.send(protocol.Ping())  # answered after the status was stored
+        await client.receive_pong()
+        assert (await control.api.get(f"/api/gateways/{gw['id']}")).json()["metadata"] == {"stats": {"routes": 3}}
