@@ -1,0 +1,264 @@
+"""The admin REST API: agents, gateways and tunnels, behind the admin bearer token.
+
+Database work runs synchronously on the Trio thread, one short db_session per request, so within one
+process every allocation is atomic by construction; `db_session(retry=…)` plus the database's unique
+constraints cover controls that share a PostgreSQL database. Each committed change bumps the global
+config version and wakes the WebSocket sessions (`ControlState.changed`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from pony.orm import Database, TransactionIntegrityError, db_session
+from quart import Blueprint, request
+from quart_trio.wrappers.response import TrioResponse as Response
+
+from kakuremichi.control import allocation, auth, validation as v
+from kakuremichi.control.models import bump_config_version
+from kakuremichi.control.state import ControlState, current
+from kakuremichi.control.validation import ApiError
+
+blueprint = Blueprint("api", __name__, url_prefix="/api")
+RETRIES = 3  # transactions lost to a concurrent control instance are replayed
+
+
+@blueprint.before_request
+async def require_admin() -> None:
+    token = auth.bearer_token(request.headers.get("Authorization"))
+    if token is None:
+        raise ApiError(401, "unauthorized", "missing admin token: send Authorization: Bearer kma_…")
+    if not auth.matches(token, current().admin_token_hash):
+        raise ApiError(403, "forbidden", "the admin token is not valid")
+
+
+async def _body() -> Any:
+    raw = await request.get_data()
+    try:
+        return json.loads(raw or b"null")
+    except ValueError as exc:
+        raise ApiError(400, "invalid_json", f"the request body is not JSON: {exc}") from None
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(json.dumps(data), status=status, content_type="application/json")
+
+
+def _iso(value) -> str | None:
+    return None if value is None else value.isoformat() + "Z"
+
+
+def _mutate(state: ControlState, work: Callable[[Database], Any]) -> Any:
+    """Run `work` in one retried transaction that bumps the config version, then notify clients."""
+
+    @db_session(retry=RETRIES)
+    def transaction() -> Any:
+        result = work(state.db)
+        bump_config_version(state.db)
+        return result
+
+    try:
+        result = transaction()
+    except TransactionIntegrityError:
+        raise ApiError(409, "conflict", "a concurrent change conflicted with this one; retry") from None
+    state.changed()
+    return result
+
+
+def _list(entity_name: str, serialise: Callable[[Any], dict], order: Callable[[Any], Any]) -> Response:
+    limit, offset = v.page(request.args)
+    state = current()
+    with db_session:
+        query = getattr(state.db, entity_name).select().order_by(order)
+        body = {"items": [serialise(row) for row in query.limit(limit, offset=offset)],
+                "total": query.count(), "limit": limit, "offset": offset}
+    return json_response(body)
+
+
+def _get(db: Database, entity_name: str, item_id: str) -> Any:
+    row = getattr(db, entity_name).get(id=item_id)
+    if row is None:
+        raise ApiError(404, "not_found", f"no {entity_name.lower()} with id {item_id}")
+    return row
+
+
+def _unique_name(db: Database, entity_name: str, name: str, own_id: str | None = None) -> None:
+    other = getattr(db, entity_name).get(name=name)
+    if other is not None and other.id != own_id:
+        raise ApiError(409, "duplicate", f"a {entity_name.lower()} named {name!r} already exists",
+                       {"name": "already in use"})
+
+
+# -- agents and gateways ---------------------------------------------------------------------------------------
+
+
+def agent_json(agent) -> dict:
+    return {"id": agent.id, "name": agent.name, "publicKey": agent.public_key, "status": agent.status,
+            "lastSeenAt": _iso(agent.last_seen_at), "metadata": agent.metadata or {},
+            "createdAt": _iso(agent.created_at), "tunnelIds": sorted(t.id for t in agent.tunnels)}
+
+
+def gateway_json(gateway) -> dict:
+    return {"id": gateway.id, "name": gateway.name, "publicKey": gateway.public_key,
+            "publicEndpoint": gateway.public_endpoint, "wireguardPort": gateway.wireguard_port,
+            "metadata": gateway.metadata or {},
+            "status": gateway.status, "lastSeenAt": _iso(gateway.last_seen_at), "createdAt": _iso(gateway.created_at)}
+
+
+_CLIENT_KINDS = {
+    "agent": ("Agent", agent_json, {"name": (v.name, True), "metadata": (v.metadata, False)}),
+    "gateway": ("Gateway", gateway_json, {"name": (v.name, True), "wireguardPort": (v.optional_port, False),
+                                          "metadata": (v.metadata, False)}),
+}
+_CLIENT_COLUMNS = {"name": "name", "metadata": "metadata", "wireguardPort": "wireguard_port"}
+
+
+def _client_routes(role: str) -> None:
+    """List/create/get/update/delete/rotate-key for agents or gateways, which differ only in fields."""
+    entity, serialise, fields = _CLIENT_KINDS[role]
+    base = f"/{role}s"
+
+    async def list_clients() -> Response:
+        return _list(entity, serialise, lambda row: row.created_at)
+
+    async def create_client() -> Response:
+        values = v.parse_body(await _body(), fields)
+        key = auth.new_key(auth.PREFIXES[role])
+
+        def work(db: Database) -> dict:
+            _unique_name(db, entity, values["name"])
+            row = getattr(db, entity)(api_key_hash=auth.key_hash(key),
+                                      **{_CLIENT_COLUMNS[k]: val for k, val in values.items()})
+            if role == "gateway":
+                allocation.assign_gateway_addresses(db, db.Tunnel.select(), [row])
+            row.flush()
+            return serialise(row)
+
+        return json_response({**_mutate(current(), work), "apiKey": key}, 201)
+
+    async def get_client(item_id: str) -> Response:
+        with db_session:
+            return json_response(serialise(_get(current().db, entity, item_id)))
+
+    async def update_client(item_id: str) -> Response:
+        values = v.parse_body(await _body(), fields, partial=True)
+
+        def work(db: Database) -> dict:
+            row = _get(db, entity, item_id)
+            if "name" in values:
+                _unique_name(db, entity, values["name"], item_id)
+            row.set(**{_CLIENT_COLUMNS[k]: val for k, val in values.items()})
+            return serialise(row)
+
+        return json_response(_mutate(current(), work))
+
+    async def delete_client(item_id: str) -> Response:
+        _mutate(current(), lambda db: _get(db, entity, item_id).delete())
+        return Response(status=204)
+
+    async def rotate_key(item_id: str) -> Response:
+        key = auth.new_key(auth.PREFIXES[role])
+        state = current()
+        with db_session:
+            _get(state.db, entity, item_id).api_key_hash = auth.key_hash(key)
+        state.disconnect(role, item_id, 4001, "API key rotated")
+        return json_response({"id": item_id, "apiKey": key})
+
+    for path, view, methods in ((base, list_clients, ["GET"]), (base, create_client, ["POST"]),
+                                (base + "/<item_id>", get_client, ["GET"]),
+                                (base + "/<item_id>", update_client, ["PATCH"]),
+                                (base + "/<item_id>", delete_client, ["DELETE"]),
+                                (base + "/<item_id>/rotate-key", rotate_key, ["POST"])):
+        blueprint.add_url_rule(path, f"{role}_{view.__name__}", view, methods=methods)
+
+
+_client_routes("agent")
+_client_routes("gateway")
+
+
+# -- tunnels ---------------------------------------------------------------------------------------------------
+
+
+def tunnel_json(tunnel) -> dict:
+    return {"id": tunnel.id, "domain": tunnel.domain, "agentId": tunnel.agent.id, "target": tunnel.target,
+            "enabled": tunnel.enabled, "description": tunnel.description or "", "subnet": tunnel.subnet,
+            "agentIp": tunnel.agent_ip, "gatewayIps": {row.gateway.id: row.ip for row in tunnel.gateway_ips},
+            "tlsMode": tunnel.tls_mode, "forceHttps": tunnel.force_https,
+            "httpProxyEnabled": tunnel.http_proxy_enabled, "socksProxyEnabled": tunnel.socks_proxy_enabled,
+            "createdAt": _iso(tunnel.created_at)}
+
+
+_TUNNEL_FIELDS = {
+    "domain": (v.domain, True), "agentId": (v.identifier, True), "target": (v.target, True),
+    "enabled": (v.boolean, False), "description": (v.description, False), "tlsMode": (v.tls_mode, False),
+    "forceHttps": (v.boolean, False), "httpProxyEnabled": (v.boolean, False),
+    "socksProxyEnabled": (v.boolean, False),
+}
+_TUNNEL_COLUMNS = {"domain": "domain", "target": "target", "enabled": "enabled", "description": "description",
+                   "tlsMode": "tls_mode", "forceHttps": "force_https", "httpProxyEnabled": "http_proxy_enabled",
+                   "socksProxyEnabled": "socks_proxy_enabled"}
+
+
+def _tunnel_columns(db: Database, values: dict, own_id: str | None = None) -> dict:
+    """Database columns for validated tunnel fields, checking the agent exists and the domain is free."""
+    columns = {_TUNNEL_COLUMNS[k]: val for k, val in values.items() if k != "agentId"}
+    if "agentId" in values:
+        columns["agent"] = db.Agent.get(id=values["agentId"])
+        if columns["agent"] is None:
+            raise ApiError(400, "validation_failed", "invalid request: agentId", {"agentId": "no such agent"})
+    if "domain" in values:
+        other = db.Tunnel.get(domain=values["domain"])
+        if other is not None and other.id != own_id:
+            raise ApiError(409, "duplicate", f"a tunnel for {values['domain']} already exists",
+                           {"domain": "already in use"})
+    return columns
+
+
+@blueprint.get("/tunnels")
+async def list_tunnels() -> Response:
+    return _list("Tunnel", tunnel_json, lambda row: row.domain)
+
+
+@blueprint.post("/tunnels")
+async def create_tunnel() -> Response:
+    values = v.parse_body(await _body(), _TUNNEL_FIELDS)
+    state = current()
+
+    def work(db: Database) -> dict:
+        columns = _tunnel_columns(db, values)
+        try:
+            subnet, agent_ip = allocation.allocate_tunnel(db, state.pool)
+        except allocation.AllocationError as exc:
+            raise ApiError(409, "pool_exhausted", str(exc)) from None
+        tunnel = db.Tunnel(subnet=subnet, agent_ip=agent_ip, **columns)
+        allocation.assign_gateway_addresses(db, [tunnel], db.Gateway.select())
+        tunnel.flush()
+        return tunnel_json(tunnel)
+
+    return json_response(_mutate(state, work), 201)
+
+
+@blueprint.get("/tunnels/<item_id>")
+async def get_tunnel(item_id: str) -> Response:
+    with db_session:
+        return json_response(tunnel_json(_get(current().db, "Tunnel", item_id)))
+
+
+@blueprint.patch("/tunnels/<item_id>")
+async def update_tunnel(item_id: str) -> Response:
+    values = v.parse_body(await _body(), _TUNNEL_FIELDS, partial=True)
+
+    def work(db: Database) -> dict:
+        tunnel = _get(db, "Tunnel", item_id)
+        tunnel.set(**_tunnel_columns(db, values, item_id))
+        return tunnel_json(tunnel)
+
+    return json_response(_mutate(current(), work))
+
+
+@blueprint.delete("/tunnels/<item_id>")
+async def delete_tunnel(item_id: str) -> Response:
+    _mutate(current(), lambda db: _get(db, "Tunnel", item_id).delete())
+    return Response(status=204)

@@ -1,0 +1,66 @@
+"""The Quart-Trio application: REST API, /ws, /healthz, /metrics and the OpenAPI document on one app."""
+
+from __future__ import annotations
+
+import logging
+
+from quart_trio.wrappers.response import TrioResponse as Response
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from kakuremichi.control import api, openapi, websocket
+from kakuremichi.control.api import json_response
+from kakuremichi.control.state import ControlState, Settings, current
+from kakuremichi.control.validation import ApiError
+
+logger = logging.getLogger("kakuremichi.control")
+MAX_BODY = 1 << 20
+
+
+def create_app(settings: Settings) -> QuartTrio:
+    """Open the database and build the app; raises ValueError/SchemaError with a message for the operator."""
+    state = ControlState(settings)
+    app = QuartTrio("kakuremichi.control")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.extensions["kakuremichi.control"] = state
+    app.register_blueprint(api.blueprint)
+    app.register_blueprint(websocket.blueprint)
+
+    @app.before_serving
+    async def start_background() -> None:
+        websocket.mark_stale_offline(state)
+        app.add_background_task(websocket.watch_database, state)
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return json_response({"status": "ok", "configVersion": current().config_version()})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        gauges = {("kakuremichi_control_clients_connected", (("role", role),)): float(count)
+                  for role, count in state.connected_counts().items()}
+        gauges["kakuremichi_control_config_version", ()] = float(state.config_version())
+        return Response(state.metrics.render(gauges), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/api/openapi.json")
+    async def openapi_document() -> Response:
+        return json_response(openapi.DOCUMENT)
+
+    @app.errorhandler(ApiError)
+    async def api_error(error: ApiError) -> Response:
+        response = json_response(error.body(), error.status)
+        if error.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        code = (error.name or "error").lower().replace(" ", "_")
+        return json_response({"error": error.description or error.name, "code": code, "details": {}}, error.code or 500)
+
+    @app.errorhandler(Exception)
+    async def unexpected(error: Exception) -> Response:
+        logger.exception("unexpected error serving a request")
+        return json_response({"error": "internal error; see the control log", "code": "internal", "details": {}}, 500)
+
+    return app

@@ -1,0 +1,74 @@
+"""`kakuremichi control` / `python -m kakuremichi.control`: run the control server."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import trio
+
+from kakuremichi import logs
+from kakuremichi.control.allocation import parse_pool
+from kakuremichi.control.models import SchemaError
+from kakuremichi.control.server import serve
+from kakuremichi.control.state import Settings
+from kakuremichi.options import EnvArgumentParser
+
+logger = logging.getLogger("kakuremichi.control")
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError(text)
+    return value
+
+
+def parser(prog: str | None = None) -> EnvArgumentParser:
+    p = EnvArgumentParser(prog=prog, description="Run the kakuremichi control server: REST API for agents, "
+                          "gateways and tunnels, and the /ws endpoint that pushes their configs.")
+    p.add_argument("--listen", default=Settings.listen, metavar="HOST:PORT",
+                   help="address to serve HTTP and WebSocket on (use 0.0.0.0:8000 behind a TLS proxy)")
+    p.add_argument("--data-dir", default=Settings.data_dir, help="directory for the default SQLite database")
+    p.add_argument("--database-url", default=None, metavar="URL",
+                   help="sqlite:///path/control.sqlite or postgres://user:password@host/db (default: SQLite in "
+                        "--data-dir)")
+    p.add_argument("--admin-token", default=None,
+                   help="admin API token; without it one is generated on first start, printed once and stored hashed")
+    p.add_argument("--heartbeat-interval", type=_positive, default=Settings.heartbeat_interval, metavar="SECONDS",
+                   help="client ping interval; a client silent for two intervals is marked offline")
+    p.add_argument("--subnet-pool", default=Settings.subnet_pool, metavar="CIDR",
+                   help="IPv4 range tunnels get their /24 subnets from")
+    logs.add_arguments(p)
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = parser(prog).parse_args(argv)
+    logs.setup(args.log_level, args.log_format)
+    try:
+        parse_pool(args.subnet_pool)
+    except ValueError as exc:
+        print(f"{prog or 'control'}: --subnet-pool: {exc}", file=sys.stderr)
+        return 2
+    settings = Settings(listen=args.listen, data_dir=args.data_dir, database_url=args.database_url,
+                        admin_token=args.admin_token, heartbeat_interval=args.heartbeat_interval,
+                        subnet_pool=args.subnet_pool)
+    try:
+        trio.run(_run, settings)
+    except (SchemaError, OSError) as exc:
+        print(f"{prog or 'control'}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _run(settings: Settings) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve, settings)
+            logs.log(logger, logging.INFO, "control listening", url=url)
+            async for signum in signals:
+                logs.log(logger, logging.INFO, "stopping", signal=signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break

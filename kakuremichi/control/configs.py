@@ -1,0 +1,53 @@
+"""Each gateway's and agent's complete config, derived from the database (call inside a db_session).
+
+Peers appear only once they can work: an agent without a reported public key is no gateway peer, a gateway
+without a public key and endpoint is no agent peer. Lists are sorted so an unchanged config compares equal
+and is not pushed again.
+"""
+
+from __future__ import annotations
+
+from pony.orm import Database
+
+from kakuremichi import protocol
+from kakuremichi.control.models import get_setting
+
+
+def current_version(db: Database) -> int:
+    return int(get_setting(db, "config_version") or 0)
+
+
+def gateway_config(db: Database, gateway_id: str) -> protocol.GatewayConfig | None:
+    gateway = db.Gateway.get(id=gateway_id)
+    if gateway is None:
+        return None
+    my_ip = {row.tunnel.id: row.ip for row in gateway.tunnel_ips}
+    tunnels = sorted(db.Tunnel.select(), key=lambda t: t.domain)
+    agents = {t.agent for t in tunnels if t.agent.public_key}
+    peers = [protocol.AgentPeer(a.public_key, sorted(f"{t.agent_ip}/32" for t in a.tunnels))
+             for a in sorted(agents, key=lambda a: a.id)]
+    routes = [protocol.RouteConfig(domain=t.domain, agent_ip=t.agent_ip, gateway_ip=my_ip[t.id], tunnel_id=t.id,
+                                   enabled=t.enabled, tls_mode=t.tls_mode, force_https=t.force_https)
+              for t in tunnels if t.id in my_ip]
+    return protocol.GatewayConfig(version=current_version(db), wireguard_port=gateway.wireguard_port,
+                                  addresses=sorted(my_ip.values()), peers=peers, routes=routes)
+
+
+def agent_config(db: Database, agent_id: str) -> protocol.AgentConfig | None:
+    agent = db.Agent.get(id=agent_id)
+    if agent is None:
+        return None
+    tunnels = sorted(agent.tunnels, key=lambda t: t.domain)
+    gateways = []
+    for gateway in sorted(db.Gateway.select(lambda g: g.public_key and g.public_endpoint), key=lambda g: g.id):
+        allowed = sorted(f"{row.ip}/32" for row in gateway.tunnel_ips if row.tunnel.agent == agent)
+        if allowed:
+            gateways.append(protocol.GatewayPeer(gateway.public_key, gateway.public_endpoint, allowed))
+    mappings = [protocol.TunnelMapping(t.id, t.domain, t.agent_ip, t.target, t.enabled) for t in tunnels]
+    return protocol.AgentConfig(version=current_version(db), addresses=sorted(t.agent_ip for t in tunnels),
+                                gateways=gateways, tunnels=mappings)
+
+
+def config_for(db: Database, role: str, client_id: str) -> protocol.Config | None:
+    """The config of a connected client, or None when it has been deleted."""
+    return gateway_config(db, client_id) if role == "gateway" else agent_config(db, client_id)

@@ -1,0 +1,34 @@
+"""Prometheus text exposition for /metrics: connected clients, config pushes, auth failures."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+_HELP = {
+    "kakuremichi_control_clients_connected": ("gauge", "Authenticated WebSocket clients, by role."),
+    "kakuremichi_control_config_pushes_total": ("counter", "Configs sent to clients, by role."),
+    "kakuremichi_control_config_acks_total": ("counter", "Configs acknowledged by clients, by role."),
+    "kakuremichi_control_auth_failures_total": ("counter", "Rejected WebSocket authentications, by reason."),
+    "kakuremichi_control_config_version": ("gauge", "Current global config version."),
+}
+
+
+class Metrics:
+    """Process-local counters; gauges are computed when scraped."""
+
+    def __init__(self) -> None:
+        self._counters: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
+
+    def inc(self, name: str, **labels: str) -> None:
+        self._counters[name, tuple(sorted(labels.items()))] += 1
+
+    def render(self, gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> str:
+        samples = {**self._counters, **gauges}
+        lines = []
+        for name, (kind, help_) in _HELP.items():
+            lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}"]
+            for (sample, labels), value in sorted(samples.items()):
+                if sample == name:
+                    rendered = ",".join(f'{k}="{v}"' for k, v in labels)
+                    lines.append(f"{name}{{{rendered}}} {value:g}" if rendered else f"{name} {value:g}")
+        return "\n".join(lines) + "\n"

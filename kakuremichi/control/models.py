@@ -1,0 +1,143 @@
+"""The control database: agents, gateways, tunnels and each gateway's address inside each tunnel.
+
+Entities are defined per `Database` (not at import time) so one process can open several databases — tests
+run a server, stop it and start another on the same file. Uniqueness the allocator relies on (domain, subnet,
+one address per tunnel) is enforced by the database itself, so concurrent controls sharing PostgreSQL can
+never hand out the same subnet twice.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import datetime, timezone
+from urllib.parse import unquote, urlsplit
+
+from pony.orm import Database, Json, Optional, PrimaryKey, Required, Set, composite_key, db_session
+
+SCHEMA_VERSION = 1
+
+
+class SchemaError(RuntimeError):
+    """The database was written by an incompatible version of control."""
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def define(db: Database) -> None:
+    """Declare the entities on `db` (reachable afterwards as db.Agent, db.Gateway, ...)."""
+
+    class Agent(db.Entity):
+        _table_ = "agents"
+        id = PrimaryKey(str, default=new_id)
+        name = Required(str, unique=True)
+        api_key_hash = Required(str, unique=True)
+        public_key = Optional(str, nullable=True)
+        status = Required(str, default="offline")
+        last_seen_at = Optional(datetime)
+        metadata = Optional(Json)
+        created_at = Required(datetime, default=utcnow)
+        tunnels = Set("Tunnel", cascade_delete=True)
+
+    class Gateway(db.Entity):
+        _table_ = "gateways"
+        id = PrimaryKey(str, default=new_id)
+        name = Required(str, unique=True)
+        api_key_hash = Required(str, unique=True)
+        public_key = Optional(str, nullable=True)
+        public_endpoint = Optional(str, nullable=True)  # host:port of its WireGuard socket, as it reported
+        wireguard_port = Optional(int)  # pushed to the gateway; None keeps its own
+        metadata = Optional(Json)
+        status = Required(str, default="offline")
+        last_seen_at = Optional(datetime)
+        created_at = Required(datetime, default=utcnow)
+        tunnel_ips = Set("TunnelGatewayIp", cascade_delete=True)
+
+    class Tunnel(db.Entity):
+        _table_ = "tunnels"
+        id = PrimaryKey(str, default=new_id)
+        domain = Required(str, unique=True)  # stored lowercased
+        agent = Required(Agent)
+        target = Required(str)
+        enabled = Required(bool, default=True)
+        description = Optional(str, default="")
+        subnet = Required(str, unique=True)
+        agent_ip = Required(str)
+        tls_mode = Required(str, default="acme")
+        force_https = Required(bool, default=False)
+        http_proxy_enabled = Required(bool, default=False)
+        socks_proxy_enabled = Required(bool, default=False)
+        created_at = Required(datetime, default=utcnow)
+        gateway_ips = Set("TunnelGatewayIp", cascade_delete=True)
+
+    class TunnelGatewayIp(db.Entity):
+        _table_ = "tunnel_gateway_ips"
+        tunnel = Required(Tunnel)
+        gateway = Required(Gateway)
+        ip = Required(str)
+        PrimaryKey(tunnel, gateway)
+        composite_key(tunnel, ip)
+
+    class Setting(db.Entity):
+        _table_ = "settings"
+        key = PrimaryKey(str)
+        value = Required(str)
+
+
+def open_database(url: str) -> Database:
+    """Bind a new Database to `url`: `sqlite:///path`, a bare file path, or `postgres://user:pw@host/db`."""
+    db = Database()
+    define(db)
+    parts = urlsplit(url)
+    if parts.scheme in ("postgres", "postgresql"):
+        db.bind(provider="postgres", user=unquote(parts.username or "") or None,
+                password=unquote(parts.password or "") or None, host=parts.hostname or None,
+                port=parts.port, database=parts.path.lstrip("/"))
+    elif parts.scheme in ("sqlite", ""):
+        path = url[len("sqlite://"):] if parts.scheme else url
+        path = path[1:] if path.startswith("//") else path  # sqlite:////abs and sqlite:///rel
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        db.bind(provider="sqlite", filename=os.path.abspath(path), create_db=True)
+    else:
+        raise ValueError(f"unsupported database URL scheme {parts.scheme!r}: use sqlite:///path or postgres://")
+    db.generate_mapping(create_tables=True)
+    _check_schema(db)
+    return db
+
+
+@db_session
+def _check_schema(db: Database) -> None:
+    row = db.Setting.get(key="schema_version")
+    if row is None:
+        db.Setting(key="schema_version", value=str(SCHEMA_VERSION))
+    elif int(row.value) != SCHEMA_VERSION:
+        raise SchemaError(f"database schema version {row.value} is not supported by this control "
+                          f"(expects {SCHEMA_VERSION}); upgrade kakuremichi or use the matching release")
+
+
+def get_setting(db: Database, key: str) -> str | None:
+    """A stored setting; call inside a db_session."""
+    row = db.Setting.get(key=key)
+    return None if row is None else row.value
+
+
+def put_setting(db: Database, key: str, value: str) -> None:
+    """Create or replace a setting; call inside a db_session."""
+    row = db.Setting.get(key=key)
+    if row is None:
+        db.Setting(key=key, value=value)
+    else:
+        row.value = value
+
+
+def bump_config_version(db: Database) -> int:
+    """Advance the global config version inside the caller's transaction, so every change gets a new one."""
+    version = int(get_setting(db, "config_version") or 0) + 1
+    put_setting(db, "config_version", str(version))
+    return version

@@ -1,0 +1,93 @@
+"""What one running control holds: settings, the database, connected clients, the change notifier."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pony.orm import Database, db_session
+from quart import current_app
+
+from kakuremichi.control import auth, configs
+from kakuremichi.control.allocation import parse_pool
+from kakuremichi.control.metrics import Metrics
+from kakuremichi.control.models import get_setting, open_database, put_setting
+from kakuremichi.logs import log
+
+if TYPE_CHECKING:
+    from kakuremichi.control.websocket import ClientSession
+
+logger = logging.getLogger("kakuremichi.control")
+
+
+@dataclass
+class Settings:
+    """How control runs; the CLI fills this from flags and KAKUREMICHI_* variables."""
+
+    listen: str = "127.0.0.1:8000"
+    data_dir: str = "kakuremichi-data"
+    database_url: str | None = None  # default: SQLite file control.sqlite in data_dir
+    admin_token: str | None = None  # default: generated on first start, printed once, stored hashed
+    heartbeat_interval: float = 30.0
+    subnet_pool: str = "10.0.0.0/8"
+    auth_timeout: float = 10.0
+    change_poll_interval: float = 1.0  # how often to look for changes made by another control instance
+
+    @property
+    def database(self) -> str:
+        return self.database_url or "sqlite:///" + os.path.join(os.path.abspath(self.data_dir), "control.sqlite")
+
+
+class ControlState:
+    """Shared by the REST API, the WebSocket sessions and the metrics endpoint of one app."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pool: ipaddress.IPv4Network = parse_pool(settings.subnet_pool)
+        self.db: Database = open_database(settings.database)
+        self.metrics = Metrics()
+        self.clients: dict[tuple[str, str], ClientSession] = {}
+        self.admin_token_hash, self.new_admin_token = _admin_token(self.db, settings.admin_token)
+
+    def changed(self) -> None:
+        """Something in the database changed: every connected client rebuilds and, if different, gets its config."""
+        for client in self.clients.values():
+            client.config_dirty.set()
+
+    def disconnect(self, role: str, client_id: str, code: int, reason: str) -> None:
+        """Close a client's session, if it has one (its key was rotated, or it was deleted)."""
+        session = self.clients.get((role, client_id))
+        if session is not None:
+            session.close(code, reason)
+
+    def connected_counts(self) -> dict[str, int]:
+        counts = {"agent": 0, "gateway": 0}
+        for role, _ in self.clients:
+            counts[role] += 1
+        return counts
+
+    @db_session
+    def config_version(self) -> int:
+        return configs.current_version(self.db)
+
+
+def current() -> ControlState:
+    """The state of the app serving the current request."""
+    return current_app.extensions["kakuremichi.control"]
+
+
+@db_session
+def _admin_token(db: Database, configured: str | None) -> tuple[str, str | None]:
+    """The admin token hash to check against, and a newly generated token to show once (or None)."""
+    if configured:
+        return auth.key_hash(configured), None
+    stored = get_setting(db, "admin_token_hash")
+    if stored:
+        return stored, None
+    token = auth.new_key(auth.ADMIN_PREFIX)
+    put_setting(db, "admin_token_hash", auth.key_hash(token))
+    log(logger, logging.INFO, "generated the admin token; it is printed once on stdout")
+    return auth.key_hash(token), token

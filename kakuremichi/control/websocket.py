@@ -1,0 +1,254 @@
+"""The /ws endpoint: authenticate a gateway or agent, keep its status, push its config whenever it changes.
+
+One session per client runs two tasks: the receiver (pings, acks, status, silence detection) and the
+pusher, which wakes on `config_dirty`, rebuilds the client's config and sends it only if it differs from
+the last one sent. Any database change therefore reaches exactly the affected clients, without control
+having to know which change affects whom.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+
+import trio
+from pony.orm import db_session
+from quart import Blueprint, websocket
+
+from kakuremichi import protocol
+from kakuremichi.control import auth, configs
+from kakuremichi.control.models import bump_config_version, get_setting, utcnow
+from kakuremichi.control.state import ControlState, current
+from kakuremichi.logs import log
+
+logger = logging.getLogger("kakuremichi.control.ws")
+blueprint = Blueprint("ws", __name__)
+
+CLOSE_PROTOCOL_ERROR = 4000
+CLOSE_AUTH_FAILED = 4001
+CLOSE_HEARTBEAT_TIMEOUT = 4002
+CLOSE_AUTH_TIMEOUT = 4003
+CLOSE_REPLACED = 4004
+CLOSE_DELETED = 4005
+
+
+class _Rejected(Exception):
+    def __init__(self, code: str, message: str, close_code: int) -> None:
+        super().__init__(message)
+        self.code, self.message, self.close_code = code, message, close_code
+
+
+class _FailureLog:
+    """Logs auth failures at most `burst` times per minute per remote address, counting what it skipped."""
+
+    def __init__(self, burst: int = 5) -> None:
+        self.burst = burst
+        self._windows: dict[str, tuple[float, int]] = {}
+
+    def record(self, remote: str, code: str) -> None:
+        now = time.monotonic()
+        start, count = self._windows.get(remote, (now, 0))
+        if now - start >= 60:
+            if count > self.burst:
+                log(logger, logging.WARNING, "auth failures suppressed", remote=remote, count=count - self.burst)
+            start, count = now, 0
+        self._windows[remote] = (start, count + 1)
+        if count < self.burst:
+            log(logger, logging.WARNING, "client authentication failed", remote=remote, code=code)
+
+
+_failures = _FailureLog()
+
+
+class ClientSession:
+    """One authenticated WebSocket connection of a gateway or agent."""
+
+    def __init__(self, state: ControlState, role: str, client_id: str, name: str) -> None:
+        self.state, self.role, self.client_id, self.name = state, role, client_id, name
+        self.config_dirty = trio.Event()
+        self.config_dirty.set()  # the full config goes out right after auth
+        self.close_reason: tuple[int, str] | None = None
+        self._scope = trio.CancelScope()
+        self._sent: dict | None = None
+
+    def close(self, code: int, reason: str) -> None:
+        """End the session; the handler sends the close frame."""
+        self.close_reason = (code, reason)
+        self._scope.cancel()
+
+    async def run(self) -> None:
+        interval = self.state.settings.heartbeat_interval
+        with self._scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._push_configs)
+                await self._receive(interval)
+                nursery.cancel_scope.cancel()
+
+    async def _receive(self, interval: float) -> None:
+        last_written = trio.current_time()
+        while True:
+            with trio.move_on_after(2 * interval) as silence:
+                frame = await websocket.receive()
+            if silence.cancelled_caught:
+                self.close_reason = (CLOSE_HEARTBEAT_TIMEOUT, f"no message for {2 * interval:g}s")
+                log(logger, logging.WARNING, "client silent, closing", role=self.role, name=self.name)
+                return
+            if trio.current_time() - last_written >= interval / 2:
+                last_written = trio.current_time()
+                self._touch()
+            try:
+                message = protocol.decode(frame)
+            except protocol.ProtocolError as exc:
+                log(logger, logging.WARNING, "ignoring a malformed frame", role=self.role, name=self.name,
+                    error=str(exc))
+                continue
+            if isinstance(message, protocol.Ping):
+                await websocket.send(protocol.Pong().to_json())
+            elif isinstance(message, protocol.ConfigAck):
+                self.state.metrics.inc("kakuremichi_control_config_acks_total", role=self.role)
+                log(logger, logging.DEBUG, "config acknowledged", role=self.role, name=self.name,
+                    version=message.version)
+            elif isinstance(message, protocol.StatusUpdate):
+                self._store_stats(message.stats)
+
+    async def _push_configs(self) -> None:
+        while True:
+            await self.config_dirty.wait()
+            self.config_dirty = trio.Event()
+            with db_session:
+                config = configs.config_for(self.state.db, self.role, self.client_id)
+            if config is None:
+                self.close(CLOSE_DELETED, f"this {self.role} was deleted")
+                return
+            body = config.to_json()
+            if body != self._sent:
+                await websocket.send(protocol.ConfigUpdate(config).to_json())
+                self._sent = body
+                self.state.metrics.inc("kakuremichi_control_config_pushes_total", role=self.role)
+                log(logger, logging.INFO, "config pushed", role=self.role, name=self.name, version=config.version)
+
+    def row(self):
+        """This client's database row (inside a db_session), None once deleted."""
+        entity = self.state.db.Gateway if self.role == "gateway" else self.state.db.Agent
+        return entity.get(id=self.client_id)
+
+    @db_session
+    def _touch(self) -> None:
+        row = self.row()
+        if row is not None:
+            row.set(status="online", last_seen_at=utcnow())
+
+    @db_session
+    def _store_stats(self, stats: dict) -> None:
+        row = self.row()
+        if row is not None:
+            row.metadata = {**(row.metadata or {}), "stats": stats}
+
+
+@blueprint.websocket("/ws")
+async def endpoint() -> None:
+    state = current()
+    remote = websocket.remote_addr or "?"
+    try:
+        with trio.fail_after(state.settings.auth_timeout):
+            frame = await websocket.receive()
+    except trio.TooSlowError:
+        await _refuse(state, remote, _Rejected("timeout", "no auth message in time", CLOSE_AUTH_TIMEOUT))
+        return
+    try:
+        session = _authenticate(state, frame)
+    except _Rejected as rejected:
+        await _refuse(state, remote, rejected)
+        return
+    previous = state.clients.get((session.role, session.client_id))
+    if previous is not None:
+        previous.close(CLOSE_REPLACED, "replaced by a newer connection")
+    state.clients[session.role, session.client_id] = session
+    await websocket.send(protocol.AuthSuccess(session.client_id, session.name,
+                                              state.settings.heartbeat_interval).to_json())
+    log(logger, logging.INFO, "client connected", role=session.role, name=session.name, remote=remote)
+    try:
+        await session.run()
+    finally:
+        if state.clients.get((session.role, session.client_id)) is session:
+            del state.clients[session.role, session.client_id]
+            _mark_offline(state, session)
+        log(logger, logging.INFO, "client disconnected", role=session.role, name=session.name,
+            reason=session.close_reason[1] if session.close_reason else "connection closed")
+    if session.close_reason is not None:
+        with trio.move_on_after(1):
+            await websocket.close(*session.close_reason)
+
+
+async def _refuse(state: ControlState, remote: str, rejected: _Rejected) -> None:
+    state.metrics.inc("kakuremichi_control_auth_failures_total", reason=rejected.code)
+    _failures.record(remote, rejected.code)
+    with trio.move_on_after(1):
+        await websocket.send(protocol.AuthError(rejected.code, rejected.message).to_json())
+        await websocket.close(rejected.close_code, rejected.message)
+
+
+def _authenticate(state: ControlState, frame: str | bytes) -> ClientSession:
+    try:
+        message = protocol.decode(frame)
+    except protocol.ProtocolError as exc:
+        raise _Rejected("bad_request", str(exc), CLOSE_PROTOCOL_ERROR) from None
+    if not isinstance(message, protocol.Auth):
+        raise _Rejected("bad_request", f"the first message must be auth, not {message.type}", CLOSE_PROTOCOL_ERROR)
+    if message.version != protocol.PROTOCOL_VERSION:
+        raise _Rejected("unsupported_version", f"protocol version {message.version} is not supported; this "
+                        f"control speaks {protocol.PROTOCOL_VERSION}", CLOSE_PROTOCOL_ERROR)
+    if not message.api_key.startswith(auth.PREFIXES[message.role]):
+        raise _Rejected("wrong_role", f"a {message.role} authenticates with a {auth.PREFIXES[message.role]}… key",
+                        CLOSE_AUTH_FAILED)
+    return _register(state, message)
+
+
+@db_session
+def _register(state: ControlState, message: protocol.Auth) -> ClientSession:
+    """Look the key up, record what the client reported (never erasing what it did not), mark it online."""
+    entity = state.db.Gateway if message.role == "gateway" else state.db.Agent
+    digest = auth.key_hash(message.api_key)
+    row = entity.get(api_key_hash=digest)
+    if row is None or not auth.matches(message.api_key, row.api_key_hash):
+        raise _Rejected("invalid_key", "the API key is not valid (rotated or deleted?)", CLOSE_AUTH_FAILED)
+    reported = {"public_key": message.public_key}
+    if message.role == "gateway" and message.public_endpoint:
+        reported["public_endpoint"] = message.public_endpoint
+    if any(getattr(row, column) != value for column, value in reported.items()):
+        row.set(**reported)
+        bump_config_version(state.db)
+        state.changed()  # other clients peer with this one: their configs change too
+    row.set(status="online", last_seen_at=utcnow())
+    return ClientSession(state, message.role, row.id, row.name)
+
+
+@db_session
+def _mark_offline(state: ControlState, session: ClientSession) -> None:
+    row = session.row()
+    if row is not None:
+        row.set(status="offline", last_seen_at=utcnow())
+
+
+async def watch_database(state: ControlState) -> None:
+    """Notice changes committed by other control instances sharing the database, and push them too."""
+    with db_session:
+        seen = get_setting(state.db, "config_version")
+    while True:
+        await trio.sleep(state.settings.change_poll_interval)
+        with db_session:
+            version = get_setting(state.db, "config_version")
+        if version != seen:
+            seen = version
+            state.changed()
+
+
+@db_session
+def mark_stale_offline(state: ControlState) -> None:
+    """At start-up, clients not heard from within two heartbeats are offline (a crash left them online)."""
+    cutoff = utcnow() - timedelta(seconds=2 * state.settings.heartbeat_interval)
+    for entity in (state.db.Agent, state.db.Gateway):
+        for row in entity.select(lambda r: r.status == "online"):
+            if row.last_seen_at is None or row.last_seen_at < cutoff:
+                row.status = "offline"

@@ -1,0 +1,165 @@
+"""The gateway's and agent's link to control: authenticate, receive configs, stay connected forever.
+
+The data plane never depends on this link: while control is away the daemon keeps serving `last_config`,
+and this client reconnects with exponential backoff and jitter. One task does everything (receive, ping,
+silence detection), so there is no nursery whose failure could take the daemon down.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+from collections.abc import Awaitable, Callable
+
+import trio
+from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
+
+from kakuremichi import protocol
+from kakuremichi.logs import log
+
+logger = logging.getLogger("kakuremichi.controlclient")
+
+AUTH_TIMEOUT = 10.0
+BACKOFF_INITIAL = 0.5
+BACKOFF_MAX = 30.0
+
+
+class _SessionEnded(Exception):
+    """Why one connection ended: becomes a log line, then a retry."""
+
+
+class _Refused(_SessionEnded):
+    """Control answered auth_error: an operator has to fix the key or role, so it is logged as an error."""
+
+
+class ControlClient:
+    """Keeps one authenticated WebSocket session to control and hands every newer config to `on_config`.
+
+    `on_config` is awaited with each config whose version is newer than the last applied one (and with the
+    first config after every reconnect when it differs from `last_config`); returning acks it to control.
+    `stats`, if given, is called every heartbeat and its dict sent as a status_update.
+    """
+
+    def __init__(self, url: str, api_key: str, role: str, public_key: str, public_endpoint: str | None = None,
+                 on_config: Callable[[protocol.Config], Awaitable[None]] | None = None, heartbeat: float = 30.0,
+                 *, stats: Callable[[], dict] | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
+        if role not in protocol.ROLES:
+            raise ValueError(f"role must be 'gateway' or 'agent', not {role!r}")
+        self.url = url
+        self.role = role
+        self._auth = protocol.Auth(api_key, role, protocol.check_public_key(public_key),
+                                   None if public_endpoint is None else protocol.check_endpoint(public_endpoint))
+        self._on_config = on_config
+        self._stats = stats
+        self._ssl_context = ssl_context
+        self.heartbeat = heartbeat
+        self.connected = False
+        self.last_config: protocol.Config | None = None
+        self._config_changed = trio.Condition()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, serve and reconnect until cancelled; `started` at once, so callers never wait for control."""
+        task_status.started()
+        delay = BACKOFF_INITIAL
+        while True:
+            level = logging.WARNING
+            try:
+                async with open_websocket_url(self.url, ssl_context=self._ssl_context,
+                                              connect_timeout=AUTH_TIMEOUT) as ws:
+                    await self._session(ws)
+            except (OSError, HandshakeError, ConnectionClosed, trio.BrokenResourceError) as exc:
+                reason = _describe(exc)
+            except (_SessionEnded, protocol.ProtocolError) as exc:
+                reason = str(exc)
+                level = logging.ERROR if isinstance(exc, _Refused) else level
+            if self.connected:
+                self.connected = False
+                delay = BACKOFF_INITIAL
+                log(logger, level, "control connection lost", url=self.url, reason=reason)
+            else:
+                log(logger, level, "cannot connect to control", url=self.url, reason=reason,
+                    retry_in=f"{delay:.1f}s")
+            await trio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    async def wait_for_config(self, newer_than: int = -1) -> protocol.Config:
+        """Wait until a config with a version above `newer_than` has been applied."""
+        async with self._config_changed:
+            while self.last_config is None or self.last_config.version <= newer_than:
+                await self._config_changed.wait()
+            return self.last_config
+
+    async def _session(self, ws: WebSocketConnection) -> None:
+        await ws.send_message(self._auth.to_json())
+        with trio.move_on_after(AUTH_TIMEOUT):
+            reply = protocol.decode(await ws.get_message())
+            if isinstance(reply, protocol.AuthError):
+                raise _Refused(f"control refused authentication: {reply.code}: {reply.message}")
+            if not isinstance(reply, protocol.AuthSuccess):
+                raise _SessionEnded(f"expected auth_success, got {reply.type}")
+            await self._authenticated(ws, reply)
+        raise _SessionEnded(f"no answer to auth within {AUTH_TIMEOUT:.0f}s")
+
+    async def _authenticated(self, ws: WebSocketConnection, welcome: protocol.AuthSuccess) -> None:
+        self.connected = True
+        interval = min(self.heartbeat, welcome.heartbeat_interval)  # never quieter than control expects
+        log(logger, logging.INFO, "connected to control", url=self.url, client_id=welcome.client_id,
+            name=welcome.name, heartbeat=interval)
+        session_version: int | None = None  # versions only grow within one session
+        last_heard = next_ping = trio.current_time()
+        while True:
+            now = trio.current_time()
+            if now >= last_heard + 2 * interval:
+                raise _SessionEnded(f"control silent for {2 * interval:g}s")
+            if now >= next_ping:
+                await ws.send_message(protocol.Ping().to_json())
+                if self._stats is not None:
+                    await ws.send_message(protocol.StatusUpdate(self._stats()).to_json())
+                next_ping = now + interval
+            frame = None
+            with trio.move_on_at(min(next_ping, last_heard + 2 * interval)):
+                frame = await ws.get_message()
+            if frame is None:
+                continue
+            last_heard = trio.current_time()
+            try:
+                message = protocol.decode(frame)
+            except protocol.ProtocolError as exc:
+                log(logger, logging.WARNING, "ignoring a malformed frame from control", error=str(exc))
+                continue
+            if isinstance(message, protocol.Ping):
+                await ws.send_message(protocol.Pong().to_json())
+            elif isinstance(message, protocol.ConfigUpdate):
+                session_version = await self._config(ws, message.config, session_version)
+
+    async def _config(self, ws: WebSocketConnection, config: protocol.Config,
+                      session_version: int | None) -> int | None:
+        if config.role != self.role:
+            log(logger, logging.WARNING, "ignoring a config for the wrong role", role=config.role)
+            return session_version
+        if session_version is not None and config.version <= session_version:
+            log(logger, logging.DEBUG, "ignoring a stale config", version=config.version, current=session_version)
+            return session_version
+        if session_version is None and config == self.last_config:
+            log(logger, logging.DEBUG, "config unchanged after reconnect", version=config.version)
+        else:
+            try:
+                if self._on_config is not None:
+                    await self._on_config(config)
+            except Exception:  # a daemon's failure to apply must not drop the link; control sees no ack
+                logger.exception("applying config %s failed", config.version)
+                return config.version
+            log(logger, logging.INFO, "config applied", version=config.version)
+        async with self._config_changed:
+            self.last_config = config
+            self._config_changed.notify_all()
+        await ws.send_message(protocol.ConfigAck(config.version).to_json())
+        return config.version
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionClosed):
+        reason = exc.reason
+        return f"closed by control: {reason.code} {reason.reason or reason.name}" if reason else "connection closed"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,434 @@
+"""The control WebSocket protocol, shared by control, gateway and agent.
+
+Every frame is one JSON text object with a `type`. Decoding is strict: a missing field, a wrong type or an
+invalid value raises `ProtocolError` naming the field, so a bad peer gets a clear error instead of a
+half-applied config. Unknown keys are ignored so that a newer peer may add fields. Wire names are camelCase;
+the dataclasses are snake_case. See docs/control-protocol.md for the conversation.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Union
+
+from kakuremichi.wg import keys
+
+PROTOCOL_VERSION = 1
+TUNNEL_PORT = 80  # where an agent accepts a tunnel's connections on its tunnel address
+ROLES = ("gateway", "agent")
+TLS_MODES = ("acme", "self-signed", "off", "custom")
+
+
+class ProtocolError(ValueError):
+    """A frame that does not follow this protocol."""
+
+
+# -- field readers: each names the offending field in its error ---------------------------------------------
+
+
+def _get(obj: dict, name: str, kind: type | tuple[type, ...], where: str, default: Any = ...) -> Any:
+    if name not in obj or obj[name] is None:
+        if default is ...:
+            raise ProtocolError(f"{where}: missing field {name!r}")
+        return default
+    value = obj[name]
+    # bool is an int subclass; a JSON true must never pass as a port or version
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
+        raise ProtocolError(f"{where}: field {name!r} must be {_kind_name(kind)}, got {type(value).__name__}")
+    return value
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", bool: "a boolean", list: "a list", dict: "an object"}
+    return " or ".join(names.get(k, k.__name__) for k in _as_tuple(kind))
+
+
+def _list_of(obj: dict, name: str, where: str, item: type) -> list:
+    values = _get(obj, name, list, where)
+    for i, value in enumerate(values):
+        if not isinstance(value, item):
+            raise ProtocolError(f"{where}: {name}[{i}] must be {_kind_name(item)}")
+    return values
+
+
+def _objects(obj: dict, name: str, where: str, cls: type) -> list:
+    return [cls.from_json(value, f"{where}.{name}[{i}]") for i, value in enumerate(_list_of(obj, name, where, dict))]
+
+
+def _port(value: int, where: str) -> int:
+    if not 0 < value < 65536:
+        raise ProtocolError(f"{where}: port {value} is out of range 1-65535")
+    return value
+
+
+def check_public_key(text: str, where: str = "publicKey") -> str:
+    """Validate a base64 WireGuard public key, returning it unchanged."""
+    try:
+        keys.decode(text, where)
+    except keys.InvalidKey as exc:
+        raise ProtocolError(str(exc)) from None
+    return text
+
+
+def check_endpoint(text: str, where: str = "endpoint") -> str:
+    """Validate `host:port` (IPv6 hosts in brackets), returning it unchanged."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ProtocolError(f"{where}: {text!r} is not host:port")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ProtocolError(f"{where}: {text!r} has an unclosed IPv6 bracket")
+        _address(host[1:-1], where)
+    elif ":" in host:
+        raise ProtocolError(f"{where}: {text!r}: write IPv6 hosts in brackets, like [2001:db8::1]:51820")
+    _port(int(port), where)
+    return text
+
+
+def _address(text: str, where: str) -> str:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise ProtocolError(f"{where}: {text!r} is not an IP address") from None
+    return text
+
+
+def _cidrs(obj: dict, name: str, where: str) -> list[str]:
+    values = _list_of(obj, name, where, str)
+    for value in values:
+        try:
+            ipaddress.ip_interface(value)
+        except ValueError:
+            raise ProtocolError(f"{where}: {name} entry {value!r} is not an address/prefix") from None
+    return values
+
+
+def _addresses(obj: dict, name: str, where: str) -> list[str]:
+    return [_address(value, f"{where}.{name}") for value in _list_of(obj, name, where, str)]
+
+
+# -- configs ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AgentPeer:
+    """An agent as a gateway's WireGuard peer: traffic to its tunnel addresses goes to this key."""
+
+    public_key: str
+    allowed_ips: list[str]
+
+    def to_json(self) -> dict:
+        return {"publicKey": self.public_key, "allowedIps": list(self.allowed_ips)}
+
+    @classmethod
+    def from_json(cls, obj: dict, where: str = "peer") -> AgentPeer:
+        return cls(check_public_key(_get(obj, "publicKey", str, where), f"{where}.publicKey"),
+                   _cidrs(obj, "allowedIps", where))
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """A public domain a gateway serves, and the agent tunnel address behind it."""
+
+    domain: str
+    agent_ip: str
+    gateway_ip: str  # this gateway's own address in the tunnel subnet, the source of its connections
+    tunnel_id: str
+    port: int = TUNNEL_PORT
+    enabled: bool = True
+    tls_mode: str = "acme"
+    force_https: bool = False
+
+    def to_json(self) -> dict:
+        return {"domain": self.domain, "agentIp": self.agent_ip, "port": self.port, "gatewayIp": self.gateway_ip,
+                "enabled": self.enabled, "tlsMode": self.tls_mode, "forceHttps": self.force_https,
+                "tunnelId": self.tunnel_id}
+
+    @classmethod
+    def from_json(cls, obj: dict, where: str = "route") -> RouteConfig:
+        tls_mode = _get(obj, "tlsMode", str, where, "acme")
+        if tls_mode not in TLS_MODES:
+            raise ProtocolError(f"{where}: tlsMode must be one of {', '.join(TLS_MODES)}, got {tls_mode!r}")
+        return cls(domain=_get(obj, "domain", str, where),
+                   agent_ip=_address(_get(obj, "agentIp", str, where), f"{where}.agentIp"),
+                   gateway_ip=_address(_get(obj, "gatewayIp", str, where), f"{where}.gatewayIp"),
+                   tunnel_id=_get(obj, "tunnelId", str, where),
+                   port=_port(_get(obj, "port", int, where, TUNNEL_PORT), where),
+                   enabled=_get(obj, "enabled", bool, where, True),
+                   tls_mode=tls_mode,
+                   force_https=_get(obj, "forceHttps", bool, where, False))
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything one gateway needs: its WireGuard port and addresses, the agents to peer with, its routes."""
+
+    version: int
+    wireguard_port: int | None = None  # None: keep the port the gateway was started with
+    addresses: list[str] = field(default_factory=list)
+    peers: list[AgentPeer] = field(default_factory=list)
+    routes: list[RouteConfig] = field(default_factory=list)
+
+    role: ClassVar[str] = "gateway"
+
+    def to_json(self) -> dict:
+        return {"wireguardPort": self.wireguard_port, "addresses": list(self.addresses),
+                "peers": [p.to_json() for p in self.peers], "routes": [r.to_json() for r in self.routes]}
+
+    @classmethod
+    def from_json(cls, obj: dict, version: int, where: str = "config") -> GatewayConfig:
+        port = _get(obj, "wireguardPort", int, where, None)
+        return cls(version=version,
+                   wireguard_port=None if port is None else _port(port, f"{where}.wireguardPort"),
+                   addresses=_addresses(obj, "addresses", where),
+                   peers=_objects(obj, "peers", where, AgentPeer),
+                   routes=_objects(obj, "routes", where, RouteConfig))
+
+
+@dataclass(frozen=True)
+class GatewayPeer:
+    """A gateway as an agent's WireGuard peer, reached outbound at its public endpoint."""
+
+    public_key: str
+    endpoint: str
+    allowed_ips: list[str]
+    persistent_keepalive: int = 25  # seconds; keeps the agent's NAT mapping open
+
+    def to_json(self) -> dict:
+        return {"publicKey": self.public_key, "endpoint": self.endpoint, "allowedIps": list(self.allowed_ips),
+                "persistentKeepalive": self.persistent_keepalive}
+
+    @classmethod
+    def from_json(cls, obj: dict, where: str = "gateway") -> GatewayPeer:
+        keepalive = _get(obj, "persistentKeepalive", int, where, 25)
+        if not 0 <= keepalive < 65536:
+            raise ProtocolError(f"{where}: persistentKeepalive {keepalive} is out of range 0-65535")
+        return cls(public_key=check_public_key(_get(obj, "publicKey", str, where), f"{where}.publicKey"),
+                   endpoint=check_endpoint(_get(obj, "endpoint", str, where), f"{where}.endpoint"),
+                   allowed_ips=_cidrs(obj, "allowedIps", where),
+                   persistent_keepalive=keepalive)
+
+
+@dataclass(frozen=True)
+class TunnelMapping:
+    """A tunnel an agent serves: connections to `agent_ip`:TUNNEL_PORT go to the local `target`."""
+
+    tunnel_id: str
+    domain: str
+    agent_ip: str
+    target: str  # host:port or http(s)://host:port
+    enabled: bool = True
+
+    def to_json(self) -> dict:
+        return {"tunnelId": self.tunnel_id, "domain": self.domain, "agentIp": self.agent_ip,
+                "target": self.target, "enabled": self.enabled}
+
+    @classmethod
+    def from_json(cls, obj: dict, where: str = "tunnel") -> TunnelMapping:
+        return cls(tunnel_id=_get(obj, "tunnelId", str, where), domain=_get(obj, "domain", str, where),
+                   agent_ip=_address(_get(obj, "agentIp", str, where), f"{where}.agentIp"),
+                   target=_get(obj, "target", str, where), enabled=_get(obj, "enabled", bool, where, True))
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything one agent needs: its tunnel addresses, the gateways to peer with, its tunnels."""
+
+    version: int
+    addresses: list[str] = field(default_factory=list)
+    gateways: list[GatewayPeer] = field(default_factory=list)
+    tunnels: list[TunnelMapping] = field(default_factory=list)
+
+    role: ClassVar[str] = "agent"
+
+    def to_json(self) -> dict:
+        return {"addresses": list(self.addresses), "gateways": [g.to_json() for g in self.gateways],
+                "tunnels": [t.to_json() for t in self.tunnels]}
+
+    @classmethod
+    def from_json(cls, obj: dict, version: int, where: str = "config") -> AgentConfig:
+        return cls(version=version, addresses=_addresses(obj, "addresses", where),
+                   gateways=_objects(obj, "gateways", where, GatewayPeer),
+                   tunnels=_objects(obj, "tunnels", where, TunnelMapping))
+
+
+Config = Union[GatewayConfig, AgentConfig]
+
+
+# -- messages --------------------------------------------------------------------------------------------------
+
+
+class _Message:
+    type: ClassVar[str]
+
+    def to_json(self) -> str:
+        """This message as one WebSocket text frame."""
+        return json.dumps({"type": self.type, **self._fields()}, separators=(",", ":"))
+
+    def _fields(self) -> dict:
+        return {}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> _Message:
+        return cls()
+
+
+@dataclass(frozen=True)
+class Auth(_Message):
+    """The client's first frame: who it is and how gateways are reached."""
+
+    api_key: str
+    role: str
+    public_key: str
+    public_endpoint: str | None = None  # gateways: host:port of their WireGuard UDP socket
+    version: int = PROTOCOL_VERSION
+
+    type: ClassVar[str] = "auth"
+
+    def __repr__(self) -> str:  # never put the key into logs or tracebacks
+        return f"Auth(role={self.role!r}, public_key={self.public_key!r}, public_endpoint={self.public_endpoint!r})"
+
+    def _fields(self) -> dict:
+        return {"apiKey": self.api_key, "role": self.role, "publicKey": self.public_key,
+                "publicEndpoint": self.public_endpoint, "version": self.version}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> Auth:
+        role = _get(obj, "role", str, "auth")
+        if role not in ROLES:
+            raise ProtocolError(f"auth: role must be 'gateway' or 'agent', got {role!r}")
+        endpoint = _get(obj, "publicEndpoint", str, "auth", None)
+        return cls(api_key=_get(obj, "apiKey", str, "auth"), role=role,
+                   public_key=check_public_key(_get(obj, "publicKey", str, "auth"), "auth.publicKey"),
+                   public_endpoint=None if endpoint is None else check_endpoint(endpoint, "auth.publicEndpoint"),
+                   version=_get(obj, "version", int, "auth"))
+
+
+@dataclass(frozen=True)
+class AuthSuccess(_Message):
+    client_id: str
+    name: str
+    heartbeat_interval: float  # seconds between pings, both ways
+
+    type: ClassVar[str] = "auth_success"
+
+    def _fields(self) -> dict:
+        return {"clientId": self.client_id, "name": self.name, "heartbeatInterval": self.heartbeat_interval}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> AuthSuccess:
+        interval = _get(obj, "heartbeatInterval", (int, float), "auth_success")
+        if interval <= 0:
+            raise ProtocolError("auth_success: heartbeatInterval must be positive")
+        return cls(_get(obj, "clientId", str, "auth_success"), _get(obj, "name", str, "auth_success"),
+                   float(interval))
+
+
+@dataclass(frozen=True)
+class AuthError(_Message):
+    code: str  # invalid_key, wrong_role, unsupported_version, bad_request, timeout
+    message: str
+
+    type: ClassVar[str] = "auth_error"
+
+    def _fields(self) -> dict:
+        return {"code": self.code, "message": self.message}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> AuthError:
+        return cls(_get(obj, "code", str, "auth_error"), _get(obj, "message", str, "auth_error"))
+
+
+@dataclass(frozen=True)
+class Ping(_Message):
+    type: ClassVar[str] = "ping"
+
+
+@dataclass(frozen=True)
+class Pong(_Message):
+    type: ClassVar[str] = "pong"
+
+
+@dataclass(frozen=True)
+class StatusUpdate(_Message):
+    """Free-form client statistics (counters, peers up, routes served), kept for the UI and metrics."""
+
+    stats: dict
+
+    type: ClassVar[str] = "status_update"
+
+    def _fields(self) -> dict:
+        return {"stats": self.stats}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> StatusUpdate:
+        return cls(_get(obj, "stats", dict, "status_update"))
+
+
+@dataclass(frozen=True)
+class ConfigUpdate(_Message):
+    """A client's complete config. `version` only grows, so a client ignores a stale one."""
+
+    config: Config
+
+    type: ClassVar[str] = "config_update"
+
+    @property
+    def version(self) -> int:
+        return self.config.version
+
+    def _fields(self) -> dict:
+        return {"version": self.config.version, "role": self.config.role, "config": self.config.to_json()}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> ConfigUpdate:
+        version = _get(obj, "version", int, "config_update")
+        role = _get(obj, "role", str, "config_update")
+        body = _get(obj, "config", dict, "config_update")
+        if role == "gateway":
+            return cls(GatewayConfig.from_json(body, version))
+        if role == "agent":
+            return cls(AgentConfig.from_json(body, version))
+        raise ProtocolError(f"config_update: role must be 'gateway' or 'agent', got {role!r}")
+
+
+@dataclass(frozen=True)
+class ConfigAck(_Message):
+    """The client applied config `version`."""
+
+    version: int
+
+    type: ClassVar[str] = "config_ack"
+
+    def _fields(self) -> dict:
+        return {"version": self.version}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> ConfigAck:
+        return cls(_get(obj, "version", int, "config_ack"))
+
+
+Message = Union[Auth, AuthSuccess, AuthError, Ping, Pong, StatusUpdate, ConfigUpdate, ConfigAck]
+_TYPES: dict[str, type] = {cls.type: cls for cls in
+                           (Auth, AuthSuccess, AuthError, Ping, Pong, StatusUpdate, ConfigUpdate, ConfigAck)}
+
+
+def decode(frame: str | bytes) -> Message:
+    """Parse one frame into its message, or raise ProtocolError saying what is wrong."""
+    try:
+        obj = json.loads(frame)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"frame is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("frame must be a JSON object")
+    kind = obj.get("type")
+    cls = _TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message type {kind!r}; expected one of {', '.join(_TYPES)}")
+    return cls.from_json(obj)

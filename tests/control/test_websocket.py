@@ -1,0 +1,132 @@
+"""The /ws protocol against a running control: auth, config pushes after every kind of change, heartbeat."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from trio_websocket import open_websocket_url
+
+from kakuremichi import protocol
+from tests.control.conftest import WsClient, closed_with, connect, public_key
+
+
+@pytest.mark.parametrize("role, key_of, code", [
+    ("gateway", lambda keys: "gtw_" + "x" * 43, "invalid_key"),
+    ("agent", lambda keys: keys["gateway"], "wrong_role"),
+    ("gateway", lambda keys: keys["agent"], "wrong_role"),
+])
+async def test_bad_keys_get_auth_error_and_close_4001(control, role, key_of, code):
+    keys = {"agent": (await control.create("agents", name="a"))["apiKey"],
+            "gateway": (await control.create("gateways", name="g"))["apiKey"]}
+    async with open_websocket_url(control.ws_url) as ws:
+        client = WsClient(ws)
+        await client.send(protocol.Auth(key_of(keys), role, public_key(), "203.0.113.1:51820"))
+        error = await client.receive()
+        assert isinstance(error, protocol.AuthError) and error.code == code
+        assert await closed_with(client) == 4001
+    metrics = (await control.api.get("/metrics")).text
+    assert f'kakuremichi_control_auth_failures_total{{reason="{code}"}} 1' in metrics
+
+
+async def test_first_message_must_be_auth_in_time(control):
+    async with open_websocket_url(control.ws_url) as ws:
+        client = WsClient(ws)
+        await client.send(protocol.Ping())
+        assert (await client.receive()).code == "bad_request"
+        assert await closed_with(client) == 4000
+    async with open_websocket_url(control.ws_url) as ws:
+        await ws.send_message('{"type": "auth", "apiKey": 5}')
+        assert await closed_with(WsClient(ws)) == 4000
+    async with open_websocket_url(control.ws_url) as ws:  # says nothing: auth_timeout is 1 s here
+        assert await closed_with(WsClient(ws)) == 4003
+
+
+async def test_configs_follow_every_change(control):
+    agent = await control.create("agents", name="laptop")
+    gw = await control.create("gateways", name="gw1", wireguardPort=51820)
+    agent_key, gw_key = public_key(), public_key()
+    async with connect(control, gw["apiKey"], "gateway", gw_key, "203.0.113.1:51820") as gateway, \
+            connect(control, agent["apiKey"], "agent", agent_key) as agent_ws:
+        assert gateway.welcome.heartbeat_interval == control.settings.heartbeat_interval
+        assert gateway.first_config.wireguard_port == 51820 and gateway.first_config.routes == []
+        assert agent_ws.first_config.tunnels == [] and agent_ws.first_config.gateways == []
+
+        # tunnel created: the gateway gets a route and the agent as peer, the agent its mapping and the gateway
+        tunnel = await control.create("tunnels", domain="app.example.com", agentId=agent["id"],
+                                      target="localhost:8080", tlsMode="off")
+        g = await gateway.config()
+        assert g.routes == [protocol.RouteConfig("app.example.com", "10.1.0.2", "10.1.0.254", tunnel["id"],
+                                                 tls_mode="off")]
+        assert g.peers == [protocol.AgentPeer(agent_key, ["10.1.0.2/32"])] and g.addresses == ["10.1.0.254"]
+        a = await agent_ws.config()
+        assert a.addresses == ["10.1.0.2"]
+        assert a.gateways == [protocol.GatewayPeer(gw_key, "203.0.113.1:51820", ["10.1.0.254/32"])]
+        assert a.tunnels == [protocol.TunnelMapping(tunnel["id"], "app.example.com", "10.1.0.2", "localhost:8080")]
+        assert a.version > agent_ws.first_config.version
+
+        # tunnel updated
+        await control.api.patch(f"/api/tunnels/{tunnel['id']}", json={"enabled": False, "target": "localhost:9"})
+        assert (await gateway.config()).routes[0].enabled is False
+        assert (await agent_ws.config()).tunnels[0].target == "localhost:9"
+
+        # gateway changed: only the gateway's own config differs, so only it hears about it
+        await control.api.patch(f"/api/gateways/{gw['id']}", json={"wireguardPort": 51821})
+        assert (await gateway.config()).wireguard_port == 51821
+
+        # a second gateway appears and connects: the agent peers with it, the first gateway is unaffected
+        gw2 = await control.create("gateways", name="gw2")
+        gw2_key = public_key()
+        async with connect(control, gw2["apiKey"], "gateway", gw2_key, "198.51.100.2:51820") as gateway2:
+            assert gateway2.first_config.routes[0].gateway_ip == "10.1.0.253"
+            peers = (await agent_ws.config()).gateways
+            assert {p.public_key for p in peers} == {gw_key, gw2_key}
+
+        # agent changed: a new key reported on reconnect reaches the gateway
+        with pytest.raises(trio.TooSlowError):
+            await gateway.receive(timeout=0.3)
+        new_agent_key = public_key()
+        async with connect(control, agent["apiKey"], "agent", new_agent_key):
+            assert (await gateway.config()).peers[0].public_key == new_agent_key
+
+        # tunnel deleted
+        await control.api.delete(f"/api/tunnels/{tunnel['id']}")
+        assert (await gateway.config()).routes == []
+
+        # agent deleted: the gateway loses the peer (already gone with the tunnel), the agent is told to go
+        await control.create("tunnels", domain="b.example.com", agentId=agent["id"], target="localhost:1")
+        assert len((await gateway.config()).peers) == 1
+        await control.api.delete(f"/api/agents/{agent['id']}")
+        assert (await gateway.config()).peers == []
+
+
+async def test_deleted_and_rotated_clients_are_disconnected(control):
+    agent = await control.create("agents", name="a")
+    async with connect(control, agent["apiKey"], "agent") as client:
+        rotated = (await control.api.post(f"/api/agents/{agent['id']}/rotate-key")).json()["apiKey"]
+        assert await closed_with(client) == 4001
+    async with open_websocket_url(control.ws_url) as ws:
+        old = WsClient(ws)
+        await old.send(protocol.Auth(agent["apiKey"], "agent", public_key()))
+        assert (await old.receive()).code == "invalid_key"
+    async with connect(control, rotated, "agent") as client:
+        await control.api.delete(f"/api/agents/{agent['id']}")
+        assert await closed_with(client) == 4005
+
+
+async def test_reconnect_never_erases_the_reported_endpoint(control):
+    gw = await control.create("gateways", name="g")
+    key = public_key()
+    async with connect(control, gw["apiKey"], "gateway", key, "203.0.113.9:51820"):
+        pass
+    async with connect(control, gw["apiKey"], "gateway", key, None):
+        stored = (await control.api.get(f"/api/gateways/{gw['id']}")).json()
+    assert stored["publicEndpoint"] == "203.0.113.9:51820" and stored["publicKey"] == key
+
+
+async def test_status_updates_are_kept_with_the_client(control):
+    gw = await control.create("gateways", name="g")
+    async with connect(control, gw["apiKey"], "gateway", endpoint="203.0.113.9:51820") as client:
+        await client.send(protocol.StatusUpdate({"routes": 3}))
+        await client.send(protocol.Ping())  # answered after the status was stored
+        await client.receive_pong()
+        assert (await control.api.get(f"/api/gateways/{gw['id']}")).json()["metadata"] == {"stats": {"routes": 3}}
