@@ -48,10 +48,25 @@ def load(path: str | Path) -> InterfaceConfig:
     return parse(text, str(path))
 
 
+@dataclass
+class _Section:
+    """One `[Interface]`/`[Peer]` block: its header line, and each key's (line, value) occurrences."""
+
+    line: int
+    entries: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+
+    def get(self, key: str) -> tuple[int, str] | None:
+        occurrences = self.entries.get(key)
+        return occurrences[0] if occurrences else None
+
+
+_REPEATABLE = ("address", "allowedips")  # wg-quick allows these on several lines; the lists add up
+
+
 def parse(text: str, name: str = "<config>") -> InterfaceConfig:
-    interface: dict[str, tuple[int, str]] | None = None
-    peers: list[dict[str, tuple[int, str]]] = []
-    section: dict[str, tuple[int, str]] | None = None
+    interface: _Section | None = None
+    peers: list[_Section] = []
+    section: _Section | None = None
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
@@ -61,12 +76,12 @@ def parse(text: str, name: str = "<config>") -> InterfaceConfig:
             title = line.strip("[]").strip().lower()
             if not line.endswith("]") or title not in ("interface", "peer"):
                 raise ConfigError(f"{where}: unknown section {line!r}; expected [Interface] or [Peer]")
+            section = _Section(lineno)
             if title == "interface":
                 if interface is not None:
                     raise ConfigError(f"{where}: second [Interface] section; a file describes one interface")
-                section = interface = {}
+                interface = section
             else:
-                section = {}
                 peers.append(section)
             continue
         if section is None:
@@ -75,64 +90,65 @@ def parse(text: str, name: str = "<config>") -> InterfaceConfig:
         if not sep:
             raise ConfigError(f"{where}: expected `Key = Value`, got {line!r}")
         key = key.strip().lower()
-        if key in section and key not in ("address", "allowedips"):
+        if key in section.entries and key not in _REPEATABLE:
             raise ConfigError(f"{where}: {key!r} is given twice in this section")
-        previous = section.get(key)
-        value = value.strip()
-        section[key] = (lineno, f"{previous[1]},{value}" if previous else value)
+        section.entries.setdefault(key, []).append((lineno, value.strip()))
     if interface is None:
         raise ConfigError(f"{name}: no [Interface] section")
     return _build_interface(interface, peers, name)
 
 
-def _build_interface(entries, peers, name) -> InterfaceConfig:
-    known = {"privatekey", "listenport", "address", "mtu"}
-    for key, (lineno, _) in entries.items():
-        if key not in known and key not in _IGNORED_INTERFACE_KEYS:
-            raise ConfigError(f"{name}:{lineno}: unknown [Interface] key {key!r}")
-    if "privatekey" not in entries:
-        raise ConfigError(f"{name}: [Interface] has no PrivateKey (generate one with `kakuremichi wg genkey`)")
-    with _at(name, entries, "privatekey"):
-        config = InterfaceConfig(private_key=keys.decode(entries["privatekey"][1], "PrivateKey"))
-    if "listenport" in entries:
-        with _at(name, entries, "listenport"):
-            config.listen_port = _port(entries["listenport"][1], "ListenPort", allow_zero=True)
-    if "address" in entries:
-        with _at(name, entries, "address"):
-            config.addresses = [ipaddress.ip_interface(a.strip()) for a in _items(entries["address"][1])]
-    if "mtu" in entries:
-        with _at(name, entries, "mtu"):
-            config.mtu = int(entries["mtu"][1])
+def _check_keys(section: _Section, known: set[str], title: str, name: str) -> None:
+    for key, occurrences in section.entries.items():
+        if key not in known:
+            raise ConfigError(f"{name}:{occurrences[0][0]}: unknown {title} key {key!r}")
+
+
+def _build_interface(section: _Section, peers: list[_Section], name: str) -> InterfaceConfig:
+    _check_keys(section, {"privatekey", "listenport", "address", "mtu"} | _IGNORED_INTERFACE_KEYS,
+                "[Interface]", name)
+    private = section.get("privatekey")
+    if private is None:
+        raise ConfigError(f"{name}:{section.line}: [Interface] has no PrivateKey "
+                          f"(generate one with `kakuremichi wg genkey`)")
+    with _at(name, private[0]):
+        config = InterfaceConfig(private_key=keys.decode(private[1], "PrivateKey"))
+    if entry := section.get("listenport"):
+        with _at(name, entry[0]):
+            config.listen_port = _port(entry[1], "ListenPort", allow_zero=True)
+    for lineno, value in section.entries.get("address", []):
+        with _at(name, lineno):
+            config.addresses += [ipaddress.ip_interface(a) for a in _items(value)]
+    if entry := section.get("mtu"):
+        with _at(name, entry[0]):
+            config.mtu = _number(entry[1], "MTU")
             if not 576 <= config.mtu <= 65535:
                 raise ValueError("MTU must be between 576 and 65535")
     config.peers = [_build_peer(p, name) for p in peers]
     return config
 
 
-def _build_peer(entries, name) -> PeerConfig:
-    known = {"publickey", "presharedkey", "endpoint", "allowedips", "persistentkeepalive"}
-    for key, (lineno, _) in entries.items():
-        if key not in known:
-            raise ConfigError(f"{name}:{lineno}: unknown [Peer] key {key!r}")
-    if "publickey" not in entries:
-        line = min(lineno for lineno, _ in entries.values()) if entries else "?"
-        raise ConfigError(f"{name}:{line}: [Peer] has no PublicKey")
-    with _at(name, entries, "publickey"):
-        peer = PeerConfig(public_key=keys.decode(entries["publickey"][1], "PublicKey"))
-    if "presharedkey" in entries:
-        with _at(name, entries, "presharedkey"):
-            peer.preshared_key = keys.decode(entries["presharedkey"][1], "PresharedKey")
-    if "endpoint" in entries:
-        with _at(name, entries, "endpoint"):
-            peer.endpoint = parse_endpoint(entries["endpoint"][1])
-    if "allowedips" in entries:
-        with _at(name, entries, "allowedips"):
-            peer.allowed_ips = [ipaddress.ip_network(a.strip(), strict=False)
-                                for a in _items(entries["allowedips"][1])]
-    if "persistentkeepalive" in entries:
-        with _at(name, entries, "persistentkeepalive"):
-            value = entries["persistentkeepalive"][1].lower()
-            peer.persistent_keepalive = 0 if value == "off" else int(value)
+def _build_peer(section: _Section, name: str) -> PeerConfig:
+    _check_keys(section, {"publickey", "presharedkey", "endpoint", "allowedips", "persistentkeepalive"},
+                "[Peer]", name)
+    public = section.get("publickey")
+    if public is None:
+        raise ConfigError(f"{name}:{section.line}: [Peer] has no PublicKey")
+    with _at(name, public[0]):
+        peer = PeerConfig(public_key=keys.decode(public[1], "PublicKey"))
+    if entry := section.get("presharedkey"):
+        with _at(name, entry[0]):
+            peer.preshared_key = keys.decode(entry[1], "PresharedKey")
+    if entry := section.get("endpoint"):
+        with _at(name, entry[0]):
+            peer.endpoint = parse_endpoint(entry[1])
+    for lineno, value in section.entries.get("allowedips", []):
+        with _at(name, lineno):
+            peer.allowed_ips += [ipaddress.ip_network(a, strict=False) for a in _items(value)]
+    if entry := section.get("persistentkeepalive"):
+        with _at(name, entry[0]):
+            value = entry[1].lower()
+            peer.persistent_keepalive = 0 if value == "off" else _number(value, "PersistentKeepalive")
             if not 0 <= peer.persistent_keepalive <= 65535:
                 raise ValueError("PersistentKeepalive must be 0-65535 seconds or 'off'")
     return peer
@@ -151,10 +167,7 @@ def parse_endpoint(text: str) -> tuple[str, int]:
 
 
 def _port(text: str, what: str, allow_zero: bool = False) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise ValueError(f"{what} {text!r} is not a number") from None
+    port = _number(text, what)
     if not (0 if allow_zero else 1) <= port <= 65535:
         raise ValueError(f"{what} {port} is out of range")
     return port
@@ -164,11 +177,18 @@ def _items(value: str) -> list[str]:
     return [v for v in (x.strip() for x in value.split(",")) if v]
 
 
-class _at:
-    """Re-raise a value error from parsing one key as a ConfigError naming its line."""
+def _number(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{what} {text!r} is not a number") from None
 
-    def __init__(self, name: str, entries: dict, key: str) -> None:
-        self.where = f"{name}:{entries[key][0]}"
+
+class _at:
+    """Re-raise a value error from parsing one line as a ConfigError naming that line."""
+
+    def __init__(self, name: str, lineno: int) -> None:
+        self.where = f"{name}:{lineno}"
 
     def __enter__(self) -> None:
         return None

@@ -137,8 +137,12 @@ class Device:
             self._initiate_handshake(peer, retry=False)
             return
         self._encrypt_and_send(peer, session, packet, now)
-        if session.is_initiator and (session.send_counter > REKEY_AFTER_MESSAGES
-                                     or now - session.created > REKEY_AFTER_TIME):
+        self._keep_key_fresh_sending(peer, session, now)
+
+    def _keep_key_fresh_sending(self, peer: Peer, session: Session, now: float) -> None:
+        """Rekey before a session wears out: after many messages (either side), or old (initiator)."""
+        if session.send_counter > REKEY_AFTER_MESSAGES or (session.is_initiator
+                                                           and now - session.created > REKEY_AFTER_TIME):
             self._initiate_handshake(peer, retry=False)
 
     def _encrypt_and_send(self, peer: Peer, session: Session, packet: bytes | memoryview, now: float) -> None:
@@ -169,6 +173,7 @@ class Device:
             self._initiate_handshake(peer, retry=False)  # keepalives need a session; make one
             return
         self._encrypt_and_send(peer, session, b"", self.clock())
+        self._keep_key_fresh_sending(peer, session, self.clock())
 
     def _flush_staged(self, peer: Peer) -> bool:
         sent = False
@@ -367,6 +372,7 @@ class Device:
             self.dropped["replay"] += 1
             return
         peer: Peer = session.peer
+        peer.endpoint = source
         if session is peer.next:
             self._forget(peer.previous)
             peer.previous, peer.current, peer.next = peer.current, session, None
@@ -441,6 +447,7 @@ class Device:
             log.info("handshake did not complete, giving up",
                      extra={"fields": {"peer": _short(peer.public_key), "attempts": peer.handshake_attempts + 1}})
             peer.staged.clear()
+            peer.deadlines["send_keepalive"] = None
             if peer.handshake is not None:
                 self._index.pop(peer.handshake.local_index, None)
                 peer.handshake = None
@@ -469,6 +476,7 @@ class Device:
     # ----------------------------------------------------------------- bookkeeping
 
     def _zero_keys(self, peer: Peer) -> None:
+        peer.staged.clear()
         for session in peer.sessions():
             self._forget(session)
         peer.current = peer.previous = peer.next = None
