@@ -47,7 +47,9 @@ class UpstreamConnection(HttpConnection):
         super().__init__(stream, h11.CLIENT, max_header_bytes)
         self.key = key
         self.reused = False
+        self.retired = False  # closed by the idle watcher (agent closed it, sent junk, or idle too long)
         self._watch: trio.CancelScope | None = None
+        self._watch_done = trio.Event()
 
 
 class UpstreamPool:
@@ -66,12 +68,17 @@ class UpstreamPool:
     async def acquire(self, route: Route, *, fresh: bool = False) -> UpstreamConnection:
         """A connection to `route.upstream`: an idle pooled one unless `fresh`, else a new dial."""
         idle = self._idle.get(route.upstream)
-        if idle and not fresh:
+        while idle and not fresh:
             conn = self._take(idle.pop())
-            conn._watch.cancel()
-            conn._watch = None
-            conn.reused = True
-            return conn
+            watch, conn._watch = conn._watch, None
+            watch.cancel()
+            # The watcher may still be inside receive_some: hand the stream over only once it has left,
+            # and only if it left because we picked the connection up (not because the agent closed it).
+            await conn._watch_done.wait()
+            if not conn.retired:
+                conn.reused = True
+                return conn
+            idle = self._idle.get(route.upstream)
         try:
             with trio.fail_after(self.limits.connect_timeout):
                 stream = await self._dial(route)
@@ -89,6 +96,7 @@ class UpstreamPool:
             return
         conn.start_next_cycle()
         conn._watch = trio.CancelScope(deadline=trio.current_time() + self.limits.idle_timeout)
+        conn._watch_done = trio.Event()
         self._idle.setdefault(conn.key, []).append(conn)
         self._nursery.start_soon(self._watch_idle, conn, conn._watch)
 
@@ -102,14 +110,19 @@ class UpstreamPool:
 
     async def _watch_idle(self, conn: UpstreamConnection, scope: trio.CancelScope) -> None:
         """Wait on an idle connection; anything but being picked up (EOF, data, timeout) retires it."""
-        with scope:
-            try:
-                await conn.stream.receive_some(1)
-            except STREAM_ERRORS:
-                pass
-        if scope.cancelled_caught and conn._watch is not scope:
-            return  # picked up by acquire(): in use now
-        await self._take(conn).aclose()
+        try:
+            with scope:
+                try:
+                    await conn.stream.receive_some(1)
+                except STREAM_ERRORS:
+                    pass
+            if scope.cancelled_caught and conn._watch is not scope:
+                return  # picked up by acquire(): in use now
+            conn.retired = True
+            with trio.CancelScope(shield=True):
+                await self._take(conn).aclose()
+        finally:
+            conn._watch_done.set()
 
     async def _close_idle(self) -> None:
         self._closed = True
