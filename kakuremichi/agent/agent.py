@@ -29,7 +29,11 @@ class Agent:
         self.connect_timeout = connect_timeout
         self.targets: dict[str, tuple[str, Target]] = {}  # agent address -> (domain, target)
         self.config_version = 0
-        self.active_connections = 0
+        self._active: dict[trio.CancelScope, tuple[str, Target]] = {}  # running splice -> (address, target)
+
+    @property
+    def active_connections(self) -> int:
+        return len(self._active)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -57,7 +61,11 @@ class Agent:
                 continue
             peers.append(PeerSpec(keys.decode(gateway.public_key), tuple(gateway.allowed_ips), endpoint,
                                   gateway.persistent_keepalive))
-        self.targets = targets  # new connections see the new mapping; running ones carry on
+        self.targets = targets
+        for scope, (address, target) in list(self._active.items()):
+            entry = targets.get(address)
+            if entry is None or entry[1] != target:
+                scope.cancel()  # re-targeted, disabled or deleted: its connections must not linger
         await self.node.apply(config.addresses, peers)
         self.config_version = config.version
         log(logger, logging.INFO, "config applied", version=config.version, tunnels=len(targets),
@@ -81,10 +89,13 @@ class Agent:
                 error=exc.strerror or str(exc))
             stream.abort()
             return
-        self.active_connections += 1
-        try:
-            sent, received = await splice(stream, upstream)
-        finally:
-            self.active_connections -= 1
-        log(logger, logging.DEBUG, "tunnel connection done", id=conn, domain=domain, gateway=gateway_ip,
-            bytes_to_target=sent, bytes_from_target=received)
+        with trio.CancelScope() as scope:
+            self._active[scope] = (local_ip, target)
+            try:
+                sent, received = await splice(stream, upstream)
+                log(logger, logging.DEBUG, "tunnel connection done", id=conn, domain=domain, gateway=gateway_ip,
+                    bytes_to_target=sent, bytes_from_target=received)
+            finally:
+                del self._active[scope]
+        if scope.cancelled_caught:
+            log(logger, logging.INFO, "tunnel connection closed by a config change", id=conn, domain=domain)

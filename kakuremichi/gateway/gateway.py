@@ -7,6 +7,8 @@ control connection is down or reconnecting.
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +54,10 @@ class Gateway:
         self.https_ports: list[int] = []
 
     async def _dial(self, route: Route) -> trio.abc.Stream:
+        peer = self.node.device.allowed_ips.lookup(ipaddress.ip_address(route.address).packed)
+        if peer is None or peer.endpoint is None:
+            # fail fast (502) instead of letting SYNs time out: the agent never reached this gateway
+            raise OSError(errno.EHOSTUNREACH, f"the agent of {route.domain} has not connected to this gateway")
         return await self.node.stack.open_tcp_stream(route.address, route.port,
                                                      local_address=self._sources.get(route.address))
 

@@ -1,0 +1,314 @@
+"""The product end to end, every component a separate process: control, two gateways, an agent, and a
+local app that only the agent can reach. Clients go through each gateway by Host."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), KAKUREMICHI_LOG_LEVEL="warning")
+ADMIN = "kma_" + "e2e-admin-token-0123456789abcdef0123456789"
+MB = 1024 * 1024
+BIG = 100 * MB
+
+APP = textwrap.dedent('''
+    import hashlib, json, sys
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        def log_message(self, *args): pass
+        def do_GET(self):
+            if self.path.startswith("/bytes/"):
+                size = int(self.path.split("/")[2])
+                self.send_response(200)
+                self.send_header("content-length", str(size))
+                self.end_headers()
+                block = bytes(range(256)) * 256
+                while size:
+                    chunk = block[:min(size, len(block))]
+                    self.wfile.write(chunk)
+                    size -= len(chunk)
+                return
+            body = json.dumps({"app": sys.argv[2], "path": self.path,
+                               "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        def do_POST(self):
+            remaining = int(self.headers["content-length"])
+            digest = hashlib.sha256()
+            while remaining:
+                chunk = self.rfile.read(min(remaining, 1 << 16))
+                digest.update(chunk)
+                remaining -= len(chunk)
+            body = digest.hexdigest().encode()
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+    server.daemon_threads = True
+    print("ready", flush=True)
+    server.serve_forever()
+''')
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Process:
+    def __init__(self, *args: str, ready: str | None = None) -> None:
+        self.args = args
+        self.ready = ready
+        self.popen: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.popen = subprocess.Popen([sys.executable, *self.args], env=ENV, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True)
+        if self.ready:
+            line = self.popen.stdout.readline()
+            assert self.ready in line, line
+
+    def stop(self) -> None:
+        if self.popen and self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGINT)
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+class Deployment:
+    """control + gateways + agent + local apps, started from the command lines users run."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.control_port = free_port()
+        self.api = httpx.Client(base_url=f"http://127.0.0.1:{self.control_port}",
+                                headers={"authorization": f"Bearer {ADMIN}"}, timeout=10)
+        self.processes: list[Process] = []
+        self.apps = {name: free_port() for name in ("one", "two")}
+        for name, port in self.apps.items():
+            self.processes.append(Process("-c", APP, str(port), name, ready="ready"))
+        self.control = self.spawn_control()
+        self.gateways: dict[str, tuple[Process, int]] = {}
+        self.agent_key = self.create("agents", "home")["apiKey"]
+        self.agent_id = self.api.get("/api/agents").json()["items"][0]["id"]
+        for name in ("gw1", "gw2"):
+            key = self.create("gateways", name)["apiKey"]
+            http_port = free_port()
+            process = self.spawn("kakuremichi.gateway", "--control-url", self.ws_url, "--api-key", key,
+                                 "--public-host", "127.0.0.1", "--wireguard-port", str(free_port(socket.SOCK_DGRAM)),
+                                 "--http-port", str(http_port), "--https-port", "0", "--acme-directory", "off",
+                                 "--listen-host", "127.0.0.1", "--data-dir", str(tmp / name), "--heartbeat", "1")
+            self.gateways[name] = (process, http_port)
+        self.agent = self.spawn("kakuremichi.agent", "--control-url", self.ws_url, "--api-key", self.agent_key,
+                                "--data-dir", str(tmp / "agent"), "--heartbeat", "1")
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.control_port}/ws"
+
+    def spawn(self, module: str, *args: str) -> Process:
+        process = Process("-m", module, *args)
+        self.processes.append(process)
+        return process
+
+    def spawn_control(self) -> Process:
+        process = self.spawn("kakuremichi.control", "--listen", f"127.0.0.1:{self.control_port}", "--data-dir",
+                             str(self.tmp / "control"), "--admin-token", ADMIN, "--heartbeat-interval", "1")
+        wait_for(lambda: self._healthy(), 15, "control to start")
+        return process
+
+    def _healthy(self) -> bool:
+        try:
+            return self.api.get("/healthz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def create(self, kind: str, name: str) -> dict:
+        response = self.api.post(f"/api/{kind}", json={"name": name})
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def tunnel(self, domain: str, app: str, **extra) -> dict:
+        response = self.api.post("/api/tunnels", json={"domain": domain, "agentId": self.agent_id,
+                                                       "target": f"127.0.0.1:{self.apps[app]}",
+                                                       "tlsMode": "off", **extra})
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def url(self, gateway: str, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.gateways[gateway][1]}{path}"
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+        self.api.close()
+
+
+def wait_for(condition, timeout: float, what: str) -> float:
+    """Poll until `condition()` is true; returns the seconds it took."""
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < timeout, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def get(deployment: Deployment, gateway: str, domain: str, path: str = "/") -> httpx.Response | None:
+    try:
+        return httpx.get(deployment.url(gateway, path), headers={"host": domain}, timeout=5)
+    except httpx.TransportError:
+        return None
+
+
+def serves(deployment: Deployment, gateway: str, domain: str, app: str) -> bool:
+    response = get(deployment, gateway, domain)
+    return response is not None and response.status_code == 200 and response.json()["app"] == app
+
+
+@pytest.fixture
+def deployment(tmp_path):
+    d = Deployment(tmp_path)
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def test_both_gateways_serve_the_tunnel_with_forwarding_headers(deployment):
+    deployment.tunnel("app.example.test", "one")
+    for gateway in ("gw1", "gw2"):
+        wait_for(lambda: serves(deployment, gateway, "app.example.test", "one"), 20, f"{gateway} to serve")
+        response = httpx.get(deployment.url(gateway, "/hello?x=1"),
+                             headers={"host": "App.Example.Test:80", "x-forwarded-for": "6.6.6.6"})
+        seen = response.json()
+        assert seen["path"] == "/hello?x=1"
+        headers = seen["headers"]
+        assert headers["x-forwarded-host"].lower() == "app.example.test:80"  # as the client sent it
+        assert headers["x-forwarded-proto"] == "http"
+        assert headers["x-forwarded-for"] == "127.0.0.1"  # the spoofed chain from an untrusted client is dropped
+        assert headers["x-real-ip"] == "127.0.0.1"
+        assert "for=127.0.0.1" in headers["forwarded"] and "proto=http" in headers["forwarded"]
+    assert get(deployment, "gw1", "unknown.example.test").status_code == 404
+    # a tunnel whose agent never connected answers 502 at once instead of hanging
+    other = deployment.create("agents", "never-connects")
+    deployment.api.post("/api/tunnels", json={"domain": "orphan.example.test", "agentId": other["id"],
+                                              "target": "127.0.0.1:9", "tlsMode": "off"})
+    wait_for(lambda: get(deployment, "gw1", "orphan.example.test").status_code != 404, 5, "the orphan route")
+    assert get(deployment, "gw1", "orphan.example.test").status_code == 502
+    agents = deployment.api.get("/api/agents").json()["items"]
+    assert agents[0]["status"] == "online"
+
+
+def test_100_mb_down_and_up_and_100_concurrent_requests(deployment):
+    deployment.tunnel("bulk.example.test", "one")
+    wait_for(lambda: serves(deployment, "gw1", "bulk.example.test", "one"), 20, "the tunnel")
+    url = deployment.url("gw1", f"/bytes/{BIG}")
+    expected = hashlib.sha256((bytes(range(256)) * 256) * (BIG // 65536)).hexdigest()
+    digest, size = hashlib.sha256(), 0
+    with httpx.stream("GET", url, headers={"host": "bulk.example.test"}, timeout=120) as response:
+        assert response.status_code == 200
+        for chunk in response.iter_raw():
+            digest.update(chunk)
+            size += len(chunk)
+    assert size == BIG and digest.hexdigest() == expected
+
+    payload = os.urandom(BIG)
+
+    def body():
+        for i in range(0, BIG, MB):
+            yield payload[i:i + MB]
+
+    response = httpx.post(deployment.url("gw1", "/upload"), headers={"host": "bulk.example.test",
+                                                                     "content-length": str(BIG)},
+                          content=body(), timeout=120)
+    assert response.text == hashlib.sha256(payload).hexdigest()
+
+    async def concurrent() -> list[int]:
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=100)) as client:
+            statuses: list[int] = []
+
+            async def one(i: int) -> None:
+                r = await client.get(deployment.url("gw1", f"/c/{i}"), headers={"host": "bulk.example.test"})
+                statuses.append(r.status_code if r.json()["path"] == f"/c/{i}" else -1)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(100):
+                    nursery.start_soon(one, i)
+            return statuses
+
+    statuses = trio.run(concurrent)
+    assert statuses == [200] * 100
+
+
+def test_tunnel_changes_take_effect_within_a_second(deployment):
+    tunnel = deployment.tunnel("live.example.test", "one")
+    wait_for(lambda: serves(deployment, "gw1", "live.example.test", "one"), 20, "the tunnel")
+    api, tid = deployment.api, tunnel["id"]
+
+    api.patch(f"/api/tunnels/{tid}", json={"target": f"127.0.0.1:{deployment.apps['two']}"})
+    for gateway in ("gw1", "gw2"):
+        assert wait_for(lambda: serves(deployment, gateway, "live.example.test", "two"), 2, "re-target") < 1.5
+
+    api.patch(f"/api/tunnels/{tid}", json={"enabled": False})
+    assert wait_for(lambda: get(deployment, "gw1", "live.example.test").status_code == 404, 2, "disable") < 1.5
+
+    api.patch(f"/api/tunnels/{tid}", json={"enabled": True})
+    wait_for(lambda: serves(deployment, "gw1", "live.example.test", "two"), 2, "re-enable")
+
+    api.delete(f"/api/tunnels/{tid}")
+    assert wait_for(lambda: get(deployment, "gw2", "live.example.test").status_code == 404, 2, "delete") < 1.5
+
+
+def test_survives_control_gateway_and_agent_restarts(deployment):
+    deployment.tunnel("sturdy.example.test", "one")
+    wait_for(lambda: all(serves(deployment, g, "sturdy.example.test", "one") for g in ("gw1", "gw2")), 20,
+             "both gateways")
+
+    # Control down: the data plane keeps serving on its last config.
+    deployment.control.stop()
+    for _ in range(10):
+        assert serves(deployment, "gw1", "sturdy.example.test", "one")
+    deployment.control.start()
+    wait_for(deployment._healthy, 15, "control to come back")
+    wait_for(lambda: all(c["status"] == "online" for kind in ("agents", "gateways")
+                         for c in deployment.api.get(f"/api/{kind}").json()["items"]), 20, "clients to reconnect")
+    # ... and resynced: a change made now reaches the data plane.
+    deployment.tunnel("later.example.test", "two")
+    wait_for(lambda: serves(deployment, "gw2", "later.example.test", "two"), 5, "a post-restart tunnel")
+
+    # One gateway dies: the other keeps serving.
+    deployment.gateways["gw1"][0].stop()
+    assert get(deployment, "gw1", "sturdy.example.test") is None
+    assert serves(deployment, "gw2", "sturdy.example.test", "one")
+
+    # The agent restarts: tunnels come back by themselves within seconds.
+    deployment.agent.stop()
+    wait_for(lambda: not serves(deployment, "gw2", "sturdy.example.test", "one"), 5, "the agent to be gone")
+    down = httpx.get(deployment.url("gw2"), headers={"host": "sturdy.example.test"}, timeout=30)
+    assert down.status_code in (502, 504)  # agent gone: a clear error page once the connect attempt fails
+    deployment.agent.start()
+    assert wait_for(lambda: serves(deployment, "gw2", "sturdy.example.test", "one"), 15, "the agent") < 10
