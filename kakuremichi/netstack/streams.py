@@ -9,7 +9,7 @@ window and a slow peer makes `send_all` wait.
 from __future__ import annotations
 
 import errno
-from dataclasses import replace
+import operator
 from typing import TYPE_CHECKING
 
 import trio
@@ -46,6 +46,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
             connection.user = _Waiters()
         self._waiters: _Waiters = connection.user
         self._closed = False
+        self._eof_sent = False
         self._sending = False
         self._receiving = False
 
@@ -68,8 +69,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
 
     def set_keepalive(self, idle: float | None, interval: float = 75.0, count: int = 9) -> None:
         """Probe an idle peer after `idle` seconds and reset the connection after `count` silent probes."""
-        self.connection.config = replace(self.connection.config, keepalive_idle=idle,
-                                         keepalive_interval=interval, keepalive_count=count)
+        self.connection.set_keepalive(idle, interval, count)
         self._netstack.kick()
 
     def _broken(self) -> trio.BrokenResourceError:
@@ -86,8 +86,8 @@ class TcpStream(trio.abc.HalfCloseableStream):
             sent, total = 0, len(view)
             connection = self.connection
             while True:
-                if self._closed:
-                    raise trio.ClosedResourceError("stream was closed")
+                if self._closed or self._eof_sent:
+                    raise trio.ClosedResourceError("stream was closed for sending")
                 if connection.error is not None or connection.state == State.CLOSED:
                     raise self._broken() from connection.error
                 if sent >= total:
@@ -107,15 +107,22 @@ class TcpStream(trio.abc.HalfCloseableStream):
     async def wait_send_all_might_not_block(self) -> None:
         if self._sending:
             raise trio.BusyResourceError("another task is sending on this stream")
-        await trio.lowlevel.checkpoint()
-        while not self._closed and self.connection.send_space <= 0 and self.connection.error is None \
-                and self.connection.state != State.CLOSED:
-            await self._waiters.write.park()
+        self._sending = True
+        try:
+            await trio.lowlevel.checkpoint()
+            connection = self.connection
+            while True:
+                if self._closed or self._eof_sent:
+                    raise trio.ClosedResourceError("stream was closed for sending")
+                if connection.send_space > 0 or connection.error is not None or connection.state == State.CLOSED:
+                    return
+                await self._waiters.write.park()
+        finally:
+            self._sending = False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if max_bytes is None:
-            max_bytes = DEFAULT_RECEIVE_SIZE
-        elif max_bytes < 1:
+        max_bytes = DEFAULT_RECEIVE_SIZE if max_bytes is None else operator.index(max_bytes)
+        if max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
         if self._receiving:
             raise trio.BusyResourceError("another task is receiving on this stream")
@@ -144,6 +151,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
         await trio.lowlevel.checkpoint()
         if self._closed:
             raise trio.ClosedResourceError("stream was closed")
+        self._eof_sent = True
         self.connection.shutdown()
         self._netstack.kick()
 

@@ -23,7 +23,7 @@ import enum
 import errno
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, NamedTuple
 
 from kakuremichi.netstack import ipv4
@@ -373,6 +373,11 @@ class Connection:
                 self.ack_now = True
                 self.host.dirty.add(self)
         return data
+
+    def set_keepalive(self, idle: float | None, interval: float, count: int) -> None:
+        """Probe after `idle` seconds of silence, every `interval`; give up after `count` probes."""
+        self.config = replace(self.config, keepalive_idle=idle, keepalive_interval=interval, keepalive_count=count)
+        self.host.dirty.add(self)
 
     def shutdown(self) -> None:
         """Half-close: a FIN follows the data already queued."""
