@@ -464,7 +464,7 @@ class Connection:
             self.snd_wnd = seg.window << self.snd_wscale
             self.snd_wl1, self.snd_wl2 = seq, ack
             if self.listener is not None:
-                self.host.changed.add(self.listener)
+                self.host.notify(self.listener)
                 self.listener.established(self)
             self._notify()
         if not self._process_ack(seg, now):
@@ -833,7 +833,7 @@ class Connection:
         self._notify()
 
     def _notify(self) -> None:
-        self.host.changed.add(self)
+        self.host.notify(self)
 
     # ------------------------------------------------------------------ output
     def flush(self, now: float) -> None:
