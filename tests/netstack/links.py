@@ -33,8 +33,8 @@ class UdpLink:
         for packet in packets:
             try:
                 sendto(packet, peer)
-            except BlockingIOError:
-                self.dropped += 1  # a full socket buffer is loss, as on a NIC
+            except OSError:
+                self.dropped += 1  # a full socket buffer (or a closed one) is loss, as on a NIC
 
     async def run(self, receive_packets, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         recv = self.sock.recv
