@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -90,3 +91,28 @@ def blob_server(blob: bytes, chunk: int = 256 * 1024):
 def curl_sha256(url: str) -> list[str]:
     """argv that downloads `url` with curl and prints the SHA-256 of the body."""
     return ["sh", "-c", f"curl -sS --max-time 120 {url} | sha256sum"]
+
+
+async def download_from_kernel(stack, namespace: str, server: str, directory: Path, size: int) -> float:
+    """Our stack fetches `size` random bytes from a kernel-side http.server; checks SHA-256; MB/s."""
+    blob = os.urandom(size)
+    (directory / "blob").write_bytes(blob)
+    async with kernel_process(namespace, http_server(server, directory), ready=b"Serving HTTP"):
+        stream = await stack.open_tcp_stream(server, 8080)
+        started = trio.current_time()
+        body = await http_get(stream, "/blob")
+        elapsed = trio.current_time() - started
+        await stream.aclose()
+    assert hashlib.sha256(body).digest() == hashlib.sha256(blob).digest()
+    return size / elapsed / 1e6
+
+
+async def kernel_curl_from_us(stack, nursery, namespace: str, ours: str, size: int) -> float:
+    """A kernel-side curl fetches `size` random bytes our stack serves; checks SHA-256; MB/s."""
+    blob = os.urandom(size)
+    await nursery.start(stack.serve_tcp, blob_server(blob), 8080)
+    started = trio.current_time()
+    out = await run_in_namespace(namespace, curl_sha256(f"http://{ours}:8080/blob"))
+    elapsed = trio.current_time() - started
+    assert out.split()[0] == hashlib.sha256(blob).hexdigest()
+    return size / elapsed / 1e6

@@ -12,8 +12,8 @@ import shutil
 import pytest
 import trio
 
-from tests.netstack.kernel_side import (blob_server, curl_sha256, http_get, http_server, kernel_process, peer,
-                                        read_all, run_in_namespace)
+from tests.netstack.kernel_side import (download_from_kernel, kernel_curl_from_us, kernel_process, peer, read_all,
+                                        run_in_namespace)
 
 pytestmark = pytest.mark.netns
 
@@ -29,28 +29,15 @@ async def test_kernel_pings_our_address(tun, kernel_stack):
 
 
 async def test_download_50_mb_from_a_kernel_http_server(tun, kernel_stack, tmp_path):
-    blob = os.urandom(BULK)
-    (tmp_path / "blob").write_bytes(blob)
-    async with kernel_process(tun.namespace, http_server(tun.kernel_address, tmp_path), ready=b"Serving HTTP"):
-        stream = await kernel_stack.open_tcp_stream(tun.kernel_address, 8080)
-        started = trio.current_time()
-        body = await http_get(stream, "/blob")
-        elapsed = trio.current_time() - started
-        await stream.aclose()
-    assert hashlib.sha256(body).digest() == hashlib.sha256(blob).digest()
-    print(f"\nkernel -> ours: {BULK / elapsed / 1e6:.1f} MB/s")
+    rate = await download_from_kernel(kernel_stack, tun.namespace, tun.kernel_address, tmp_path, BULK)
+    print(f"\nkernel -> ours: {rate:.1f} MB/s")
 
 
 async def test_kernel_curl_downloads_50_mb_from_us(tun, kernel_stack, nursery):
     if shutil.which("curl") is None:
         pytest.skip("needs curl (apt-get install curl)")
-    blob = os.urandom(BULK)
-    await nursery.start(kernel_stack.serve_tcp, blob_server(blob), 8080)
-    started = trio.current_time()
-    out = await run_in_namespace(tun.namespace, curl_sha256(f"http://{tun.our_address}:8080/blob"))
-    elapsed = trio.current_time() - started
-    assert out.split()[0] == hashlib.sha256(blob).hexdigest()
-    print(f"\nours -> kernel curl: {BULK / elapsed / 1e6:.1f} MB/s")
+    rate = await kernel_curl_from_us(kernel_stack, nursery, tun.namespace, tun.our_address, BULK)
+    print(f"\nours -> kernel curl: {rate:.1f} MB/s")
 
 
 async def test_200_concurrent_connections_to_a_kernel_server(tun, kernel_stack):
