@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 DEFAULT_RECEIVE_SIZE = 65536
 
 
-class _Waiters:
+class Waiters:
+    """The tasks waiting on one core object; the NetStack wakes them all when the core reports a change."""
+
     __slots__ = ("read", "write")
 
     def __init__(self) -> None:
@@ -43,8 +45,8 @@ class TcpStream(trio.abc.HalfCloseableStream):
         self._netstack = netstack
         self.connection = connection
         if connection.user is None:
-            connection.user = _Waiters()
-        self._waiters: _Waiters = connection.user
+            connection.user = Waiters()
+        self._waiters: Waiters = connection.user
         self._closed = False
         self._eof_sent = False
         self._sending = False
@@ -178,7 +180,7 @@ class TcpListener(trio.abc.Listener[TcpStream]):
     def __init__(self, netstack: NetStack, listener: Listener) -> None:
         self._netstack = netstack
         self.listener = listener
-        listener.user = trio.lowlevel.ParkingLot()
+        listener.user = Waiters()
 
     @property
     def port(self) -> int:
@@ -191,9 +193,8 @@ class TcpListener(trio.abc.Listener[TcpStream]):
                 raise trio.ClosedResourceError("listener was closed")
             connection = self.listener.accept()
             if connection is not None:
-                self._netstack.kick()  # the accept queue has room again
                 return TcpStream(self._netstack, connection)
-            await self.listener.user.park()
+            await self.listener.user.read.park()
 
     async def aclose(self) -> None:
         if not self.listener.closed:
@@ -207,7 +208,7 @@ class UdpSocket:
     def __init__(self, netstack: NetStack, endpoint: Endpoint) -> None:
         self._netstack = netstack
         self.endpoint = endpoint
-        endpoint.user = trio.lowlevel.ParkingLot()
+        endpoint.user = Waiters()
 
     @property
     def local_address(self) -> tuple[str, int]:
@@ -230,11 +231,11 @@ class UdpSocket:
             if item is not None:
                 data, (source, port), _ = item
                 return data, (ipv4_str(source), port)
-            await self.endpoint.user.park()
+            await self.endpoint.user.read.park()
 
     def close(self) -> None:
         self._netstack.core.udp_close(self.endpoint)
-        self.endpoint.user.unpark_all()
+        self.endpoint.user.wake()
 
     async def aclose(self) -> None:
         self.close()
