@@ -32,7 +32,8 @@ class Host(Protocol):
 
     outgoing: list
     dirty: set
-    changed: set
+
+    def notify(self, item) -> None: ...
 
     def closed(self, connection: Connection) -> None: ...
 
@@ -189,7 +190,7 @@ class Stack:
             self.drops["udp-no-port"] += 1
             self._icmp_error(datagram, icmp.PORT_UNREACHABLE, now)
         elif endpoint.deliver(message):
-            self.changed.add(endpoint)
+            self.notify(endpoint)
         else:
             self.drops["udp-queue-full"] += 1
 
@@ -274,7 +275,7 @@ class Stack:
             connection.terminate(None)
         while listener.queue:
             listener.queue.popleft().abort()
-        self.changed.add(listener)
+        self.notify(listener)
 
     # ------------------------------------------------------------------ UDP
     def udp_bind(self, port: int = 0, *, address=None,
@@ -312,9 +313,14 @@ class Stack:
         if self.udp_ports.get((endpoint.address, endpoint.port)) is endpoint:
             del self.udp_ports[(endpoint.address, endpoint.port)]
         endpoint.closed = True
-        self.changed.add(endpoint)
+        self.notify(endpoint)
 
     # ------------------------------------------------------------------ timers and output
+    def notify(self, item) -> None:
+        """Report a connection, listener or UDP port whose user (the layer above) should wake up."""
+        if item.user is not None:
+            self.changed.add(item)
+
     def schedule(self, connection: Connection) -> None:
         """Make sure the timer heap holds an entry no later than the connection's deadline."""
         deadline = connection.deadline
@@ -325,6 +331,8 @@ class Stack:
             return
         connection.queued_deadline = deadline
         heapq.heappush(self._timers, (deadline, next(self._timer_order), connection))
+        if len(self._timers) > 4 * len(self.connections) + 64:
+            self._compact_timers()  # superseded entries of closed or rescheduled connections
 
     def closed(self, connection: Connection) -> None:
         if self.connections.get(connection.key) is connection:
@@ -349,8 +357,6 @@ class Stack:
                 self._track_time_wait(connection)
             else:
                 self.schedule(connection)
-        if len(timers) > 4 * len(self.connections) + 64:
-            self._compact_timers()
         if self.reassembler:
             self.reassembler.expire(now)
         self._flush(now)

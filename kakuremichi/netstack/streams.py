@@ -9,7 +9,7 @@ window and a slow peer makes `send_all` wait.
 from __future__ import annotations
 
 import errno
-from dataclasses import replace
+import operator
 from typing import TYPE_CHECKING
 
 import trio
@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 DEFAULT_RECEIVE_SIZE = 65536
 
 
-class _Waiters:
+class Waiters:
+    """The tasks waiting on one core object; the NetStack wakes them all when the core reports a change."""
+
     __slots__ = ("read", "write")
 
     def __init__(self) -> None:
@@ -43,9 +45,10 @@ class TcpStream(trio.abc.HalfCloseableStream):
         self._netstack = netstack
         self.connection = connection
         if connection.user is None:
-            connection.user = _Waiters()
-        self._waiters: _Waiters = connection.user
+            connection.user = Waiters()
+        self._waiters: Waiters = connection.user
         self._closed = False
+        self._eof_sent = False
         self._sending = False
         self._receiving = False
 
@@ -68,8 +71,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
 
     def set_keepalive(self, idle: float | None, interval: float = 75.0, count: int = 9) -> None:
         """Probe an idle peer after `idle` seconds and reset the connection after `count` silent probes."""
-        self.connection.config = replace(self.connection.config, keepalive_idle=idle,
-                                         keepalive_interval=interval, keepalive_count=count)
+        self.connection.set_keepalive(idle, interval, count)
         self._netstack.kick()
 
     def _broken(self) -> trio.BrokenResourceError:
@@ -86,8 +88,8 @@ class TcpStream(trio.abc.HalfCloseableStream):
             sent, total = 0, len(view)
             connection = self.connection
             while True:
-                if self._closed:
-                    raise trio.ClosedResourceError("stream was closed")
+                if self._closed or self._eof_sent:
+                    raise trio.ClosedResourceError("stream was closed for sending")
                 if connection.error is not None or connection.state == State.CLOSED:
                     raise self._broken() from connection.error
                 if sent >= total:
@@ -107,15 +109,22 @@ class TcpStream(trio.abc.HalfCloseableStream):
     async def wait_send_all_might_not_block(self) -> None:
         if self._sending:
             raise trio.BusyResourceError("another task is sending on this stream")
-        await trio.lowlevel.checkpoint()
-        while not self._closed and self.connection.send_space <= 0 and self.connection.error is None \
-                and self.connection.state != State.CLOSED:
-            await self._waiters.write.park()
+        self._sending = True
+        try:
+            await trio.lowlevel.checkpoint()
+            connection = self.connection
+            while True:
+                if self._closed or self._eof_sent:
+                    raise trio.ClosedResourceError("stream was closed for sending")
+                if connection.send_space > 0 or connection.error is not None or connection.state == State.CLOSED:
+                    return
+                await self._waiters.write.park()
+        finally:
+            self._sending = False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if max_bytes is None:
-            max_bytes = DEFAULT_RECEIVE_SIZE
-        elif max_bytes < 1:
+        max_bytes = DEFAULT_RECEIVE_SIZE if max_bytes is None else operator.index(max_bytes)
+        if max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
         if self._receiving:
             raise trio.BusyResourceError("another task is receiving on this stream")
@@ -144,6 +153,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
         await trio.lowlevel.checkpoint()
         if self._closed:
             raise trio.ClosedResourceError("stream was closed")
+        self._eof_sent = True
         self.connection.shutdown()
         self._netstack.kick()
 
@@ -170,7 +180,7 @@ class TcpListener(trio.abc.Listener[TcpStream]):
     def __init__(self, netstack: NetStack, listener: Listener) -> None:
         self._netstack = netstack
         self.listener = listener
-        listener.user = trio.lowlevel.ParkingLot()
+        listener.user = Waiters()
 
     @property
     def port(self) -> int:
@@ -183,9 +193,8 @@ class TcpListener(trio.abc.Listener[TcpStream]):
                 raise trio.ClosedResourceError("listener was closed")
             connection = self.listener.accept()
             if connection is not None:
-                self._netstack.kick()  # the accept queue has room again
                 return TcpStream(self._netstack, connection)
-            await self.listener.user.park()
+            await self.listener.user.read.park()
 
     async def aclose(self) -> None:
         if not self.listener.closed:
@@ -199,7 +208,7 @@ class UdpSocket:
     def __init__(self, netstack: NetStack, endpoint: Endpoint) -> None:
         self._netstack = netstack
         self.endpoint = endpoint
-        endpoint.user = trio.lowlevel.ParkingLot()
+        endpoint.user = Waiters()
 
     @property
     def local_address(self) -> tuple[str, int]:
@@ -222,11 +231,11 @@ class UdpSocket:
             if item is not None:
                 data, (source, port), _ = item
                 return data, (ipv4_str(source), port)
-            await self.endpoint.user.park()
+            await self.endpoint.user.read.park()
 
     def close(self) -> None:
         self._netstack.core.udp_close(self.endpoint)
-        self.endpoint.user.unpark_all()
+        self.endpoint.user.wake()
 
     async def aclose(self) -> None:
         self.close()

@@ -6,7 +6,10 @@ What it implements, and where from:
 - MSS (derived from the link MTU), window scaling (RFC 7323) and SACK (RFC 2018): SACK blocks are sent
   for out-of-order data and, when sending, used to retransmit only the holes during recovery;
 - the retransmission timer of RFC 6298 (Karn's rule, exponential backoff), fast retransmit and NewReno
-  recovery (RFC 5681/6582), initial window of RFC 6928;
+  congestion control (RFC 5681/6582), initial window of RFC 6928, limited transmit (RFC 3042);
+- loss recovery that does not wait for timeouts on a lossy path: with SACK, RFC 6675's pipe-driven
+  recovery, tail loss probes and a RACK-style reordering timer (RFC 8985), early retransmit for small
+  flights (RFC 5827), and detection of lost retransmissions; without SACK, NewReno's partial ACKs;
 - delayed ACKs (at least every second full segment, or after `delayed_ack`), receiver and sender silly
   window avoidance, Nagle in Minshall's form when `nodelay` is off, zero-window probing, keepalive,
   TIME_WAIT, FIN/half-close, and an RST wherever the RFC calls for one.
@@ -21,9 +24,9 @@ from __future__ import annotations
 
 import enum
 import errno
-import os
+import hashlib
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, NamedTuple
 
 from kakuremichi.netstack import ipv4
@@ -32,7 +35,7 @@ from kakuremichi.netstack.checksum import finish, partial, pseudo_header, verify
 if TYPE_CHECKING:
     from kakuremichi.netstack.stack import Host
 
-FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10  # URG is not used: urgent data is plain data
 MASK = 0xFFFFFFFF
 HALF = 0x80000000
 HEADER_LEN = 20
@@ -183,8 +186,6 @@ def _raw_segment(source: int, destination: int, sport: int, dport: int, seq: int
 
 def initial_sequence(secret: bytes, local: tuple[int, int], remote: tuple[int, int], now: float) -> int:
     """RFC 6528: a keyed hash of the 4-tuple plus a 4 µs clock, so ISNs are unguessable yet monotonic."""
-    import hashlib
-
     digest = hashlib.blake2s(struct.pack("!IHIH", *local, *remote), key=secret, digest_size=4).digest()
     return (int.from_bytes(digest, "big") + int(now * 250_000)) & MASK
 
@@ -341,10 +342,6 @@ class Connection:
             return 0
         return max(self.config.send_buffer - len(self.snd_buf), 0)
 
-    @property
-    def readable(self) -> bool:
-        return bool(self.rcv_buf) or self.eof_received or self.error is not None
-
     def send(self, data: bytes | bytearray | memoryview) -> int:
         """Queue as much of `data` as the send buffer takes; returns how much."""
         if self.fin_queued or self.state not in _USER_SEND:
@@ -373,6 +370,11 @@ class Connection:
                 self.ack_now = True
                 self.host.dirty.add(self)
         return data
+
+    def set_keepalive(self, idle: float | None, interval: float, count: int) -> None:
+        """Probe after `idle` seconds of silence, every `interval`; give up after `count` probes."""
+        self.config = replace(self.config, keepalive_idle=idle, keepalive_interval=interval, keepalive_count=count)
+        self.host.dirty.add(self)
 
     def shutdown(self) -> None:
         """Half-close: a FIN follows the data already queued."""
@@ -413,7 +415,9 @@ class Connection:
             self._send_syn(now)  # our SYN-ACK was lost and the peer repeats its SYN
             return
         length = len(payload) + (flags & SYN and 1) + (flags & FIN)
-        window = self.rcv_adv - self.rcv_nxt + (1 << self.rcv_wscale)  # rounding slack of the scaled window
+        window = self.rcv_adv - self.rcv_nxt
+        if window > 0:
+            window += 1 << self.rcv_wscale  # the advertised field was rounded up to a scale unit
         # 1. sequence number check
         if length == 0:
             ok = seq == self.rcv_nxt if window <= 0 else self.rcv_nxt <= seq < self.rcv_nxt + window
@@ -436,7 +440,7 @@ class Connection:
                 self._send_ack()
             elif self.state == SYN_RECEIVED and self.listener is not None:
                 self.terminate(None)  # back to LISTEN: the listener never saw this one
-            elif self.state in (CLOSING, LAST_ACK, TIME_WAIT):
+            elif self.state in (CLOSING, LAST_ACK):
                 self.terminate(None)
             else:
                 self.terminate(os_error(errno.ECONNRESET, "connection reset by peer"))
@@ -459,7 +463,7 @@ class Connection:
             self.snd_wnd = seg.window << self.snd_wscale
             self.snd_wl1, self.snd_wl2 = seq, ack
             if self.listener is not None:
-                self.host.changed.add(self.listener)
+                self.host.notify(self.listener)
                 self.listener.established(self)
             self._notify()
         if not self._process_ack(seg, now):
@@ -549,20 +553,8 @@ class Connection:
                 self.timer_rto = None
                 self.backoff = 0
                 self.host.dirty.add(self)
-        if not self.sacked:
-            pass
-        elif self.in_recovery:
-            self._resend_lost_retransmissions()
-        elif self.snd_una >= self.recover:
-            if self._sacked_bytes() >= min(3 * self.snd_mss, self.snd_max - self.snd_una - self.snd_mss):
-                # RFC 6675 IsLost(snd_una): three segments SACKed above the first hole, or, in a flight
-                # too small to produce that many, everything but the first (early retransmit, RFC 5827).
-                self._enter_recovery(now)
-            elif self.timer_kind != _REORDER and self.srtt is not None:
-                # RACK (RFC 8985 §6.2): later data arrived, so the hole is lost unless it shows up
-                # within a reordering window of a quarter RTT.
-                self.timer_kind = _REORDER
-                self.timer_rto = now + max(self.srtt / 4, 0.001)
+        if self.sacked:
+            self._detect_losses(now)
         state = self.state
         fin_acked = self.fin_queued and self.snd_una > self.buf_start  # buffer empty and FIN covered
         if state == FIN_WAIT_1 and fin_acked:
@@ -575,6 +567,21 @@ class Connection:
             self.terminate(None)
             return False
         return True
+
+    def _detect_losses(self, now: float) -> None:
+        """Decide from the SACK scoreboard whether the first hole (or a resent one) was lost."""
+        if self.in_recovery:
+            self._resend_lost_retransmissions()
+        elif self.snd_una >= self.recover:
+            if self._sacked_bytes() >= min(3 * self.snd_mss, self.snd_max - self.snd_una - self.snd_mss):
+                # RFC 6675 IsLost(snd_una): three segments SACKed above the first hole, or, in a flight
+                # too small to produce that many, everything but the first (early retransmit, RFC 5827).
+                self._enter_recovery(now)
+            elif self.timer_kind != _REORDER and self.srtt is not None:
+                # RACK (RFC 8985 §6.2): later data arrived, so the hole is lost unless it shows up
+                # within a reordering window of a quarter RTT.
+                self.timer_kind = _REORDER
+                self.timer_rto = now + max(self.srtt / 4, 0.001)
 
     def _ack_advanced(self, ack: int, now: float) -> None:
         acked = ack - self.snd_una
@@ -828,7 +835,7 @@ class Connection:
         self._notify()
 
     def _notify(self) -> None:
-        self.host.changed.add(self)
+        self.host.notify(self)
 
     # ------------------------------------------------------------------ output
     def flush(self, now: float) -> None:

@@ -94,13 +94,7 @@ class NetStack:
             self.link.send_packets(core.take_outgoing())
         if core.changed:
             for item in core.take_changed():
-                waiters = item.user
-                if waiters is None:
-                    continue
-                if isinstance(waiters, trio.lowlevel.ParkingLot):
-                    waiters.unpark_all()
-                else:
-                    waiters.wake()
+                item.user.wake()
 
     def _require_running(self) -> None:
         if not self._running:

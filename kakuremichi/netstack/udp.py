@@ -58,6 +58,7 @@ class Endpoint:
         self.queue_bytes = queue_bytes
         self.dropped = 0
         self.closed = False
+        self.user = None  # for the layer above (its wait queue)
 
     def deliver(self, datagram: Datagram) -> bool:
         if self.queued_bytes + len(datagram.payload) > self.queue_bytes:

@@ -33,8 +33,8 @@ class UdpLink:
         for packet in packets:
             try:
                 sendto(packet, peer)
-            except BlockingIOError:
-                self.dropped += 1  # a full socket buffer is loss, as on a NIC
+            except OSError:
+                self.dropped += 1  # a full socket buffer (or a closed one) is loss, as on a NIC
 
     async def run(self, receive_packets, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         recv = self.sock.recv
@@ -52,3 +52,24 @@ class UdpLink:
                     receive_packets(batch)
         finally:
             self.sock.close()
+
+
+class MemoryLink:
+    """One end of an in-memory wire: what it sends reaches `receiver` on a later scheduler tick.
+
+    `drop(packet) -> bool` loses packets on the way; `calls` and `packets` count send_packets use.
+    """
+
+    def __init__(self, mtu: int = 1420) -> None:
+        self.mtu = mtu
+        self.receiver = None
+        self.drop = None
+        self.calls = self.packets = 0
+
+    def send_packets(self, packets) -> None:
+        self.calls += 1
+        self.packets += len(packets)
+        if self.drop is not None:
+            packets = [p for p in packets if not self.drop(p)]
+        if packets and self.receiver is not None:
+            trio.lowlevel.current_trio_token().run_sync_soon(self.receiver, list(packets))

@@ -457,3 +457,51 @@ def test_fin_in_segment_with_data_and_out_of_order_fin():
     assert not server.eof_received
     wire.b.receive([held[0].packet], wire.now)
     assert server.eof_received and server.receive(5000) == b"x" * 2000
+
+
+def _connect_with_rtt(wire: Wire, rtt: float):
+    """A connection whose handshake took `rtt`, so that srtt is known."""
+    listener = wire.b.listen(80)
+    client = wire.a.connect(B, 80, wire.now)
+    wire.a.poll(wire.now)
+    wire.now += rtt
+    wire.deliver()
+    return client, listener.accept()
+
+
+def test_tail_loss_probe_repairs_a_lost_tail_long_before_the_rto():
+    wire = Wire()
+    client, server = _connect_with_rtt(wire, 0.01)
+    wire.drop = _drop_nth_data({5, 6})  # the tail of the flight: no duplicate ACK can follow it
+    payload = DATA[:6 * client.snd_mss]
+    client.send(payload)
+    wire.flush()
+    wire.advance(0.05)
+    assert server.receive(1 << 30) == payload  # repaired within 50 ms, where the RTO is 200 ms
+    assert client.backoff == 0 and client.rto >= Config().min_rto
+
+
+def test_reordering_window_declares_a_lone_hole_lost():
+    wire = Wire()
+    client, server = _connect_with_rtt(wire, 0.02)
+    held = []
+
+    def drop(sent):  # the first segment is lost, the third to fifth are late; only the second arrives
+        if sent.sender != "a" or not sent.segment.payload or sent.time > 0.02:
+            return False
+        offset = (sent.segment.seq - client.iss - 1) & tcp.MASK
+        if offset >= 2 * client.snd_mss:
+            held.append(sent.packet)
+        return offset != client.snd_mss
+
+    wire.drop = drop
+    payload = DATA[:5 * client.snd_mss]
+    client.send(payload)
+    wire.flush()
+    assert client.sacked and not client.in_recovery  # too little SACKed to call the hole lost yet
+    wire.advance(0.006)  # a quarter of the RTT later it counts as lost
+    resends = [s.time for s in wire.sent_by("a", data=True) if s.segment.seq == (client.iss + 1) & tcp.MASK]
+    assert resends[1:] == [pytest.approx(0.02 + 0.005)]
+    wire.b.receive(held, wire.now)
+    wire.advance(0.05)
+    assert server.receive(1 << 30) == payload

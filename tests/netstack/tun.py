@@ -17,6 +17,8 @@ import subprocess
 
 import trio
 
+from tests.netns import run
+
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
@@ -36,10 +38,6 @@ def tun_unavailable() -> str | None:
     return None
 
 
-def _run(*args: str) -> None:
-    subprocess.run(args, check=True, capture_output=True, text=True)
-
-
 class TunLink:
     """A netstack link whose far end is the kernel in a private namespace (`kernel_address`)."""
 
@@ -57,8 +55,8 @@ class TunLink:
         self.fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             fcntl.ioctl(self.fd, TUNSETIFF, struct.pack("16sH", self.device.encode(), IFF_TUN | IFF_NO_PI))
-            _run("ip", "netns", "add", self.namespace)
-            _run("ip", "link", "set", self.device, "netns", self.namespace)
+            run("ip", "netns", "add", self.namespace)
+            run("ip", "link", "set", self.device, "netns", self.namespace)
             self.exec("sysctl", "-qw", f"net.ipv6.conf.{self.device}.disable_ipv6=1")
             self.exec("ip", "addr", "add", f"{self.kernel_address}/{self.prefix}", "dev", self.device)
             self.exec("ip", "link", "set", self.device, "mtu", str(self.mtu), "up")
@@ -75,11 +73,10 @@ class TunLink:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        subprocess.run(["ip", "netns", "del", self.namespace], capture_output=True)
+        run("ip", "netns", "del", self.namespace, check=False)
 
     def exec(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", self.namespace, *args], check=check, capture_output=True,
-                              text=True)
+        return run("ip", "netns", "exec", self.namespace, *args, check=check)
 
     def command(self, *args: str) -> list[str]:
         """argv that runs `args` inside the namespace (for trio.run_process / open_process)."""
