@@ -89,6 +89,10 @@ class Agent:
                 error=exc.strerror or str(exc))
             stream.abort()
             return
+        if self.targets.get(local_ip) != entry:  # the tunnel changed while we were connecting
+            await trio.aclose_forcefully(upstream)
+            stream.abort()
+            return
         with trio.CancelScope() as scope:
             self._active[scope] = (local_ip, target)
             try:
