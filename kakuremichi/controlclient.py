@@ -11,6 +11,7 @@ import logging
 import random
 import ssl
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit, urlunsplit
 
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
@@ -33,6 +34,16 @@ class _Refused(_SessionEnded):
     """Control answered auth_error: an operator has to fix the key or role, so it is logged as an error."""
 
 
+def websocket_url(url: str) -> str:
+    """Accept control's address as users know it (http(s)://host:port) as well as its ws(s)://…/ws URL."""
+    parts = urlsplit(url.strip())
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    if scheme not in ("ws", "wss") or not parts.netloc:
+        raise ValueError(f"control URL {url!r} must look like https://control.example.com or ws://host:8000/ws")
+    path = parts.path if parts.path not in ("", "/") else "/ws"
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
 class ControlClient:
     """Keeps one authenticated WebSocket session to control and hands every newer config to `on_config`.
 
@@ -46,7 +57,7 @@ class ControlClient:
                  *, stats: Callable[[], dict] | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
         if role not in protocol.ROLES:
             raise ValueError(f"role must be 'gateway' or 'agent', not {role!r}")
-        self.url = url
+        self.url = websocket_url(url)
         self.role = role
         self._auth = protocol.Auth(api_key, role, protocol.check_public_key(public_key),
                                    None if public_endpoint is None else protocol.check_endpoint(public_endpoint))

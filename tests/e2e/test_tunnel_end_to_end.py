@@ -123,7 +123,7 @@ class Deployment:
                                  "--http-port", str(http_port), "--https-port", "0", "--acme-directory", "off",
                                  "--listen-host", "127.0.0.1", "--data-dir", str(tmp / name), "--heartbeat", "1")
             self.gateways[name] = (process, http_port)
-        self.agent = self.spawn("kakuremichi.agent", "--control-url", self.ws_url, "--api-key", self.agent_key,
+        self.agent = self.spawn("kakuremichi.agent", "--control-url", f"http://127.0.0.1:{self.control_port}", "--api-key", self.agent_key,
                                 "--data-dir", str(tmp / "agent"), "--heartbeat", "1")
 
     @property
