@@ -69,6 +69,26 @@ APP = textwrap.dedent('''
 ''')
 
 
+WS_APP = textwrap.dedent("""
+    import sys, trio
+    from trio_websocket import ConnectionClosed, serve_websocket
+
+    async def echo(request):
+        ws = await request.accept()
+        try:
+            while True:
+                await ws.send_message(await ws.get_message())
+        except ConnectionClosed:
+            pass
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_websocket, echo, "127.0.0.1", int(sys.argv[1]), None)
+            print("ready", flush=True)
+    trio.run(main)
+""")
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
@@ -108,9 +128,10 @@ class Deployment:
         self.api = httpx.Client(base_url=f"http://127.0.0.1:{self.control_port}",
                                 headers={"authorization": f"Bearer {ADMIN}"}, timeout=10)
         self.processes: list[Process] = []
-        self.apps = {name: free_port() for name in ("one", "two")}
+        self.apps = {name: free_port() for name in ("one", "two", "ws")}
         for name, port in self.apps.items():
-            self.processes.append(Process("-c", APP, str(port), name, ready="ready"))
+            script = WS_APP if name == "ws" else APP
+            self.processes.append(Process("-c", script, str(port), name, ready="ready"))
         self.control = self.spawn_control()
         self.gateways: dict[str, tuple[Process, int]] = {}
         self.agent_key = self.create("agents", "home")["apiKey"]
@@ -312,3 +333,19 @@ def test_survives_control_gateway_and_agent_restarts(deployment):
     assert down.status_code in (502, 504)  # agent gone: a clear error page once the connect attempt fails
     deployment.agent.start()
     assert wait_for(lambda: serves(deployment, "gw2", "sturdy.example.test", "one"), 15, "the agent") < 10
+
+
+async def test_websocket_echo_through_the_tunnel(deployment):
+    import trio_websocket
+
+    deployment.tunnel("ws.example.test", "ws")
+    deployment.tunnel("probe.example.test", "one")
+    await trio.to_thread.run_sync(lambda: wait_for(lambda: serves(deployment, "gw2", "probe.example.test", "one"),
+                                                   20, "the tunnels"))
+    async with trio.open_nursery() as nursery:
+        stream = await trio.open_tcp_stream("127.0.0.1", deployment.gateways["gw2"][1])
+        ws = await trio_websocket.wrap_client_stream(nursery, stream, "ws.example.test", "/chat")
+        for message in ("hello", "through the tunnel", "x" * 100_000):
+            await ws.send_message(message)
+            assert await ws.get_message() == message
+        await ws.aclose()
