@@ -38,29 +38,21 @@ def _pubkey(args) -> int:
 def _ping(args) -> int:
     from kakuremichi.wg import ping
 
-    return command.run("kakuremichi wg ping", ping.run, args.config, args.address, args.count, args.interval, args.timeout)
+    return command.run("kakuremichi wg ping", ping.run, args.config, args.address, args.count, args.interval,
+                       args.timeout)
 
 
-def _forward(args) -> int:
+def _portmap(args) -> int:
+    """`forward` and `expose`: parse the mappings, then carry connections until Ctrl-C."""
     from kakuremichi.wg import portmap
 
-    try:
-        mappings = [portmap.parse_forward(m) for m in args.mapping]
-    except ValueError as exc:
-        print(f"kakuremichi wg forward: {exc}", file=sys.stderr)
-        return 2
-    return command.run("kakuremichi wg forward", portmap.forward, args.config, mappings)
+    parse, serve = ((portmap.parse_forward, portmap.forward) if args.command == "forward"
+                    else (portmap.parse_expose, portmap.expose))
 
+    async def main() -> None:
+        await serve(args.config, [parse(m) for m in args.mapping])
 
-def _expose(args) -> int:
-    from kakuremichi.wg import portmap
-
-    try:
-        mappings = [portmap.parse_expose(m) for m in args.mapping]
-    except ValueError as exc:
-        print(f"kakuremichi wg expose: {exc}", file=sys.stderr)
-        return 2
-    return command.run("kakuremichi wg expose", portmap.expose, args.config, mappings)
+    return command.run(f"kakuremichi wg {args.command}", main)
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -89,14 +81,14 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="wg-quick configuration file")
     p.add_argument("mapping", nargs="+", metavar="[LOCAL_HOST:]PORT=TUNNEL_ADDR:PORT",
                    help="e.g. 127.0.0.1:8080=10.0.0.2:80")
-    p.set_defaults(func=_forward)
+    p.set_defaults(func=_portmap)
 
     p = sub.add_parser("expose", help="serve local TCP targets on our address inside the tunnel",
                        description="Accept TCP on the [Interface] Address inside the tunnel; each "
                                    "connection goes to a local target. Runs until Ctrl-C.")
     p.add_argument("--config", required=True, help="wg-quick configuration file")
     p.add_argument("mapping", nargs="+", metavar="TUNNEL_PORT=LOCAL_HOST:PORT", help="e.g. 80=127.0.0.1:3000")
-    p.set_defaults(func=_expose)
+    p.set_defaults(func=_portmap)
     return parser
 
 
