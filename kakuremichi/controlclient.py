@@ -103,14 +103,16 @@ class ControlClient:
 
     async def _session(self, ws: WebSocketConnection) -> None:
         await ws.send_message(self._auth.to_json())
-        with trio.move_on_after(AUTH_TIMEOUT):
+        reply = None
+        with trio.move_on_after(AUTH_TIMEOUT):  # only the answer is timed, not the session that follows
             reply = protocol.decode(await ws.get_message())
-            if isinstance(reply, protocol.AuthError):
-                raise _Refused(f"control refused authentication: {reply.code}: {reply.message}")
-            if not isinstance(reply, protocol.AuthSuccess):
-                raise _SessionEnded(f"expected auth_success, got {reply.type}")
-            await self._authenticated(ws, reply)
-        raise _SessionEnded(f"no answer to auth within {AUTH_TIMEOUT:.0f}s")
+        if reply is None:
+            raise _SessionEnded(f"no answer to auth within {AUTH_TIMEOUT:.0f}s")
+        if isinstance(reply, protocol.AuthError):
+            raise _Refused(f"control refused authentication: {reply.code}: {reply.message}")
+        if not isinstance(reply, protocol.AuthSuccess):
+            raise _SessionEnded(f"expected auth_success, got {reply.type}")
+        await self._authenticated(ws, reply)
 
     async def _authenticated(self, ws: WebSocketConnection, welcome: protocol.AuthSuccess) -> None:
         self.connected = True

@@ -140,9 +140,9 @@ async def run(args) -> None:
         await nursery.start(agent.run)
         gateway_link = ControlClient(ws_url, gateway_key, "gateway", keys.encode(gateway_node.public_key),
                                      public_endpoint=f"127.0.0.1:{gateway_node.listen_port}",
-                                     on_config=gateway.apply)
+                                     on_config=gateway.apply, stats=gateway.stats)
         agent_link = ControlClient(ws_url, agent_key, "agent", keys.encode(agent_node.public_key),
-                                   on_config=agent.apply)
+                                   on_config=agent.apply, stats=agent.stats)
         await nursery.start(gateway_link.run)
         await nursery.start(agent_link.run)
         with trio.fail_after(15):

@@ -49,6 +49,14 @@ class TunnelNode:
     def listen_port(self) -> int:
         return self.interface.listen_port
 
+    def stats(self) -> dict:
+        """What control shows about this node: per peer, when it last completed a handshake and traffic."""
+        peers = {}
+        for key, peer in self.device.peers.items():
+            peers[keys.encode(key)] = {"lastHandshake": peer.stats.last_handshake, "rxBytes": peer.stats.rx_bytes,
+                                       "txBytes": peer.stats.tx_bytes, "connected": peer.current is not None}
+        return {"wireguardPort": self.listen_port, "peers": peers, "addresses": len(self.stack.addresses)}
+
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.interface.run)

@@ -35,6 +35,10 @@ class Agent:
     def active_connections(self) -> int:
         return len(self._active)
 
+    def stats(self) -> dict:
+        return {**self.node.stats(), "configVersion": self.config_version, "tunnels": len(self.targets),
+                "activeConnections": self.active_connections}
+
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.node.run)

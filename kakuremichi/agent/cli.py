@@ -43,7 +43,8 @@ async def run(args) -> None:
     node = TunnelNode(private, listen_port=args.wireguard_port)
     agent = Agent(node)
     client = ControlClient(args.control_url, args.api_key, "agent", keys.encode(node.public_key),
-                           on_config=agent.apply, heartbeat=args.heartbeat)
+                           on_config=agent.apply, heartbeat=args.heartbeat,
+                           stats=agent.stats)
     logs.log(logger, logging.INFO, "agent starting", public_key=keys.encode(node.public_key),
              control=args.control_url)
     async with trio.open_nursery() as nursery:

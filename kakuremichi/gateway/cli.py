@@ -57,7 +57,8 @@ async def run(args) -> None:
     gateway = Gateway(node, data, Listen(args.listen_host, args.http_port, args.https_port or None, acme))
     endpoint = f"{args.public_host}:{node.listen_port}"
     client = ControlClient(args.control_url, args.api_key, "gateway", keys.encode(node.public_key),
-                           public_endpoint=endpoint, on_config=gateway.apply, heartbeat=args.heartbeat)
+                           public_endpoint=endpoint, on_config=gateway.apply, heartbeat=args.heartbeat,
+                           stats=gateway.stats)
     logs.log(logger, logging.INFO, "gateway starting", public_key=keys.encode(node.public_key),
              endpoint=endpoint, control=args.control_url)
     async with trio.open_nursery() as nursery:

@@ -61,6 +61,9 @@ class Gateway:
         return await self.node.stack.open_tcp_stream(route.address, route.port,
                                                      local_address=self._sources.get(route.address))
 
+    def stats(self) -> dict:
+        return {**self.node.stats(), "configVersion": self.config_version, "routes": len(self._sources)}
+
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         listen = self.listen
         async with trio.open_nursery() as nursery:

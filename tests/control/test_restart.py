@@ -118,3 +118,22 @@ async def test_control_client_keeps_retrying_a_refused_key(settings, caplog):
                 await trio.sleep(0.05)
         assert not client.connected and client.last_config is None
         nursery.cancel_scope.cancel()
+
+
+async def test_control_client_session_outlives_the_auth_timeout(control, monkeypatch):
+    """Only the wait for auth_success is timed; an established session must not end with it."""
+    import kakuremichi.controlclient as controlclient
+
+    monkeypatch.setattr(controlclient, "AUTH_TIMEOUT", 0.5)
+    agent = (await control.api.post("/api/agents", json={"name": "long-lived"})).json()
+    client = ControlClient(control.url + "/ws", agent["apiKey"], "agent", public_key(), heartbeat=0.2)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.run)
+        with trio.fail_after(5):
+            await client.wait_for_config()
+        drops = 0
+        for _ in range(30):  # 1.5 s: three auth timeouts long
+            await trio.sleep(0.05)
+            drops += not client.connected
+        assert drops == 0
+        nursery.cancel_scope.cancel()

@@ -18,7 +18,7 @@ import pytest
 import trio
 
 ROOT = Path(__file__).resolve().parents[2]
-ENV = dict(os.environ, PYTHONPATH=str(ROOT), KAKUREMICHI_LOG_LEVEL="warning")
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), KAKUREMICHI_LOG_LEVEL="info")
 ADMIN = "kma_" + "e2e-admin-token-0123456789abcdef0123456789"
 MB = 1024 * 1024
 BIG = 100 * MB
@@ -96,14 +96,18 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 
 class Process:
-    def __init__(self, *args: str, ready: str | None = None) -> None:
+    """A child process; its output goes to a log file (a pipe nobody reads would block it when full)."""
+
+    def __init__(self, *args: str, ready: str | None = None, log: Path | None = None) -> None:
         self.args = args
         self.ready = ready
+        self.log = log
         self.popen: subprocess.Popen | None = None
         self.start()
 
     def start(self) -> None:
-        self.popen = subprocess.Popen([sys.executable, *self.args], env=ENV, stdout=subprocess.PIPE,
+        output = open(self.log, "a") if self.log else subprocess.PIPE
+        self.popen = subprocess.Popen([sys.executable, *self.args], env=ENV, stdout=output,
                                       stderr=subprocess.STDOUT, text=True)
         if self.ready:
             line = self.popen.stdout.readline()
@@ -152,7 +156,9 @@ class Deployment:
         return f"ws://127.0.0.1:{self.control_port}/ws"
 
     def spawn(self, module: str, *args: str) -> Process:
-        process = Process("-m", module, *args)
+        name = module.rsplit(".", 1)[1] + (args[args.index("--data-dir") + 1].rsplit("/", 1)[1]
+                                             if "--data-dir" in args else "")
+        process = Process("-m", module, *args, log=self.tmp / f"{name}.log")
         self.processes.append(process)
         return process
 
@@ -242,6 +248,13 @@ def test_both_gateways_serve_the_tunnel_with_forwarding_headers(deployment):
     assert get(deployment, "gw1", "orphan.example.test").status_code == 502
     agents = deployment.api.get("/api/agents").json()["items"]
     assert agents[0]["status"] == "online"
+    # heartbeats carry the data plane's state to control: tunnels served, gateways peered, handshakes
+    def reported() -> dict:
+        return deployment.api.get("/api/agents").json()["items"][0]["metadata"].get("stats", {})
+
+    wait_for(lambda: reported().get("tunnels") == 1 and len(reported()["peers"]) == 2
+             and all(p["connected"] and p["lastHandshake"] for p in reported()["peers"].values()),
+             5, "the agent's status report of both gateways")
 
 
 def test_100_mb_down_and_up_and_100_concurrent_requests(deployment):
@@ -287,7 +300,8 @@ def test_100_mb_down_and_up_and_100_concurrent_requests(deployment):
 
 def test_tunnel_changes_take_effect_within_a_second(deployment):
     tunnel = deployment.tunnel("live.example.test", "one")
-    wait_for(lambda: serves(deployment, "gw1", "live.example.test", "one"), 20, "the tunnel")
+    wait_for(lambda: all(serves(deployment, g, "live.example.test", "one") for g in ("gw1", "gw2")), 20,
+             "both gateways")
     api, tid = deployment.api, tunnel["id"]
 
     api.patch(f"/api/tunnels/{tid}", json={"target": f"127.0.0.1:{deployment.apps['two']}"})
