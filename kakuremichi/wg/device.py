@@ -19,7 +19,7 @@ import logging
 import os
 import random
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Callable, Iterable
 
 from kakuremichi.wg import messages, noise
@@ -47,6 +47,7 @@ from kakuremichi.wg.session import Session
 log = logging.getLogger("kakuremichi.wg")
 
 _TRANSPORT = messages.TRANSPORT_HEADER
+MAX_EARLY_INITIATIONS = 64
 _LAST_MINUTE_REKEY_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
 
 
@@ -81,6 +82,10 @@ class Device:
         self.outgoing: list[tuple[bytes | bytearray, Endpoint]] = []
         self.incoming: list[bytes | memoryview] = []
         self.dropped: Counter[str] = Counter()
+        # Authenticated initiations from keys we do not know yet, kept briefly: when control tells a gateway
+        # about a new agent a moment after the agent's first initiation arrived, answering it at once saves
+        # the initiator a REKEY_TIMEOUT wait. Bounded, and only ever replayed through the full checks.
+        self._early_initiations: OrderedDict[bytes, tuple[bytes, Endpoint, float]] = OrderedDict()
 
     # ----------------------------------------------------------------- configuration
 
@@ -101,6 +106,9 @@ class Device:
         if endpoint is not None:
             peer.endpoint = endpoint
         self.allowed_ips.replace(peer, allowed_ips)
+        early = self._early_initiations.pop(public_key, None)
+        if early is not None and self.clock() - early[2] < REKEY_TIMEOUT:
+            self._consume_initiation(memoryview(early[0]), early[1])
         was = peer.persistent_keepalive
         peer.persistent_keepalive = persistent_keepalive
         if persistent_keepalive and not was and peer.endpoint is not None:
@@ -241,6 +249,11 @@ class Device:
         peer = self.peers.get(consumed.remote_static)
         if peer is None:
             self.dropped["unknown_peer"] += 1
+            early = self._early_initiations
+            early.pop(consumed.remote_static, None)
+            early[consumed.remote_static] = (bytes(data), source, self.clock())
+            while len(early) > MAX_EARLY_INITIATIONS:
+                early.popitem(last=False)
             return
         now = self.clock()
         if consumed.timestamp <= peer.latest_timestamp:

@@ -239,3 +239,38 @@ def test_handshake_and_data_survive_heavy_loss(seed):
     assert 10 < len(received) < 60  # a loss rate like the network's, and nothing invented
     assert received <= set(range(60))
     assert len(pair.net.sent(pair.a, INITIATION)) > 1  # it did take retransmissions
+
+
+def test_initiation_that_arrives_just_before_its_peer_is_configured_is_answered_on_add():
+    """A gateway learning of an agent a moment after the agent's first initiation answers it at once."""
+    from kakuremichi.wg import keys as _keys
+    from kakuremichi.wg.device import Device as _Device
+
+    now = [1000.0]
+    clock = lambda: now[0]  # noqa: E731
+    agent = _Device(_keys.generate_private(), clock=clock)
+    gateway = _Device(_keys.generate_private(), clock=clock)
+    peer = agent.add_peer(gateway.public_key, endpoint=("127.0.0.1", 2), allowed_ips=["10.1.0.254/32"])
+    agent._initiate_handshake(peer, retry=False)
+    for datagram, _ in agent.outgoing:
+        gateway.receive_datagram(datagram, ("127.0.0.1", 1))
+    agent.outgoing.clear()
+    assert gateway.dropped["unknown_peer"] == 1 and not gateway.outgoing
+
+    now[0] += 0.5
+    gateway.add_peer(agent.public_key, allowed_ips=["10.1.0.2/32"])
+    assert len(gateway.outgoing) == 1  # the response, without waiting for the agent's retry
+    for datagram, _ in gateway.outgoing:
+        agent.receive_datagram(datagram, ("127.0.0.1", 2))
+    assert peer.current is not None
+
+    # Too old (past REKEY_TIMEOUT, when the initiator retries anyway) is not replayed.
+    late = _Device(_keys.generate_private(), clock=clock)
+    late_peer = late.add_peer(gateway.public_key, endpoint=("127.0.0.1", 3), allowed_ips=["10.1.0.3/32"])
+    late._initiate_handshake(late_peer, retry=False)
+    gateway.outgoing.clear()
+    for datagram, _ in late.outgoing:
+        gateway.receive_datagram(datagram, ("127.0.0.1", 3))
+    now[0] += 6
+    gateway.add_peer(late.public_key, allowed_ips=["10.1.0.3/32"])
+    assert not gateway.outgoing
