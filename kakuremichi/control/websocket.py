@@ -39,6 +39,9 @@ class _Rejected(Exception):
         self.code, self.message, self.close_code = code, message, close_code
 
 
+MAX_TRACKED_ADDRESSES = 1024
+
+
 class _FailureLog:
     """Logs auth failures at most `burst` times per minute per remote address, counting what it skipped."""
 
@@ -48,6 +51,8 @@ class _FailureLog:
 
     def record(self, remote: str, code: str) -> None:
         now = time.monotonic()
+        if len(self._windows) > MAX_TRACKED_ADDRESSES:  # many addresses: forget finished windows
+            self._windows = {r: w for r, w in self._windows.items() if now - w[0] < 60}
         start, count = self._windows.get(remote, (now, 0))
         if now - start >= 60:
             if count > self.burst:
