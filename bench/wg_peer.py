@@ -12,6 +12,7 @@ import time
 
 import trio
 
+from kakuremichi.netstack import ipv4
 from kakuremichi.wg.device import Device
 from kakuremichi.wg.driver import WireGuardInterface
 
@@ -19,15 +20,8 @@ INNER = 1420
 
 
 def _packet(src: str, dst: str) -> bytes:
-    from kakuremichi.netstack.icmp import checksum
-
-    header = bytearray(20)
-    header[0], header[8], header[9] = 0x45, 64, 17
-    header[2:4] = INNER.to_bytes(2, "big")
-    header[12:16] = bytes(map(int, src.split(".")))
-    header[16:20] = bytes(map(int, dst.split(".")))
-    header[10:12] = checksum(bytes(header)).to_bytes(2, "big")
-    return bytes(header) + bytes(INNER - 20)
+    """A 1420-byte UDP-protocol IPv4 packet (payload contents do not matter to WireGuard)."""
+    return ipv4.build(ipv4.address(src), ipv4.address(dst), 17, bytes(INNER - ipv4.HEADER_LEN))
 
 
 async def main(role: str, private: str, peer_public: str, peer_port: int, listen_port: int, seconds: float):

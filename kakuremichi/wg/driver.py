@@ -107,10 +107,10 @@ class WireGuardInterface:
         if device.outgoing:
             out, device.outgoing = device.outgoing, []
             self._send(out)
-        if device.incoming and self._receiver is not None:
+        if device.incoming:
             packets, device.incoming = device.incoming, []
-            self._receiver(packets)
-        device.incoming.clear()
+            if self._receiver is not None:  # with nothing attached, decrypted packets have nowhere to go
+                self._receiver(packets)
         scope = self._timer_scope
         if scope is not None:
             deadline = device.next_deadline()
