@@ -15,7 +15,6 @@ from pathlib import Path
 import trio
 
 from kakuremichi import command, logs
-from kakuremichi.controlclient import ControlClient
 from kakuremichi.gateway.acmeclient import LETS_ENCRYPT, AcmeSettings
 from kakuremichi.gateway.gateway import Gateway, Listen
 from kakuremichi.options import EnvArgumentParser
@@ -56,9 +55,7 @@ async def run(args) -> None:
                                                                   args.acme_ca_bundle)
     gateway = Gateway(node, data, Listen(args.listen_host, args.http_port, args.https_port or None, acme))
     endpoint = f"{args.public_host}:{node.listen_port}"
-    client = ControlClient(args.control_url, args.api_key, "gateway", keys.encode(node.public_key),
-                           public_endpoint=endpoint, on_config=gateway.apply, heartbeat=args.heartbeat,
-                           stats=gateway.stats)
+    client = gateway.control_client(args.control_url, args.api_key, endpoint, heartbeat=args.heartbeat)
     logs.log(logger, logging.INFO, "gateway starting", public_key=keys.encode(node.public_key),
              endpoint=endpoint, control=args.control_url)
     async with trio.open_nursery() as nursery:
