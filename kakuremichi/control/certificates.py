@@ -91,9 +91,10 @@ def challenges_for(db: Database, gateway_id: str, now: datetime.datetime) -> lis
 
 
 def store_certificate(db: Database, gateway_name: str, upload: protocol.CertificateUpload,
-                      now: datetime.datetime) -> bool:
+                      now: datetime.datetime) -> str | None:
     """Keep an uploaded certificate if it is valid, covers its domain and expires later than the one kept so
-    far (an old upload arriving late never replaces a renewal); raises CertificateError when it is unusable."""
+    far (an old upload arriving late never replaces a renewal): its serial, or None when the kept one stays.
+    Raises CertificateError when it is unusable."""
     chain, _ = check_pair(upload.domain, upload.chain_pem.encode(), upload.key_pem.encode())
     leaf = chain[0]
     not_after = leaf.not_valid_after_utc.replace(tzinfo=None)
@@ -101,15 +102,16 @@ def store_certificate(db: Database, gateway_name: str, upload: protocol.Certific
         raise CertificateError(f"{upload.domain}: the certificate expired at {not_after.isoformat()}Z")
     row = db.Certificate.get(domain=upload.domain)
     if row is not None and row.not_after >= not_after:
-        return False
-    values = {"chain_pem": upload.chain_pem, "key_pem": upload.key_pem, "serial": format(leaf.serial_number, "x"),
+        return None
+    serial = format(leaf.serial_number, "x")
+    values = {"chain_pem": upload.chain_pem, "key_pem": upload.key_pem, "serial": serial,
               "not_before": leaf.not_valid_before_utc.replace(tzinfo=None), "not_after": not_after,
               "issuer": leaf.issuer.rfc4514_string(), "uploaded_by": gateway_name, "updated_at": now}
     if row is None:
         db.Certificate(domain=upload.domain, **values)
     else:
         row.set(**values)
-    return True
+    return serial
 
 
 def certificate_serials(db: Database, gateway_id: str) -> dict[str, str]:

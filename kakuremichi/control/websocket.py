@@ -150,11 +150,13 @@ class ClientSession:
             self._shared(certificates.withdraw_challenge, self.client_id, message.token)
         else:
             try:
-                stored = self._shared(certificates.store_certificate, self.name, message, utcnow())
+                serial = self._shared(certificates.store_certificate, self.name, message, utcnow())
             except CertificateError as exc:
                 log(logger, logging.WARNING, "refused an uploaded certificate", name=self.name, error=str(exc))
                 return
-            log(logger, logging.INFO, "certificate uploaded" if stored else "uploaded certificate not newer, "
+            if serial is not None:
+                self._sent_certificates[domain] = serial  # the uploader has it: its key goes back to nobody
+            log(logger, logging.INFO, "certificate uploaded" if serial else "uploaded certificate not newer, "
                 "kept the stored one", name=self.name, domain=domain, not_after=message.not_after.isoformat())
 
     def _shared(self, change, *args):
