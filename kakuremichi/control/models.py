@@ -92,8 +92,8 @@ def define(db: Database) -> None:
         Holds the private key: only the gateway WebSocket ever carries it (never the REST API or logs)."""
         _table_ = "certificates"
         domain = PrimaryKey(str)
-        chain_pem = Required(LongStr)
-        key_pem = Required(LongStr)
+        chain_pem = Required(LongStr, autostrip=False)
+        key_pem = Required(LongStr, autostrip=False)
         serial = Required(str)  # hex
         not_before = Required(datetime)
         not_after = Required(datetime)

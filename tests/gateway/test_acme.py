@@ -8,7 +8,6 @@ import logging
 import ssl
 
 import httpx
-import pytest
 import trio
 
 from kakuremichi.gateway.acmeclient import AcmeSettings
@@ -21,14 +20,6 @@ from tests.gateway.pebble import Pebble, free_port, needs_pebble
 
 pytestmark = needs_pebble
 DOMAIN = "app.kakuremichi.test"
-
-
-@pytest.fixture
-def pebble_processes():
-    started = []
-    yield started
-    for pebble in started:
-        pebble.stop()
 
 
 async def wait_for_certificate(manager: CertificateManager, domain: str, timeout: float = 60):

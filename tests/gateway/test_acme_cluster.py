@@ -118,14 +118,6 @@ def orders(pebble: Pebble) -> int:
     return (pebble.workdir / "pebble.log").read_text(errors="replace").count("POST /order-plz")
 
 
-@pytest.fixture
-def pebble_processes():
-    started = []
-    yield started
-    for pebble in started:
-        pebble.stop()
-
-
 async def test_gateways_share_challenges_and_certificates_through_control(nursery, tmp_path, pebble_processes,
                                                                          caplog):
     caplog.set_level(logging.DEBUG)
