@@ -114,6 +114,16 @@ def store_certificate(db: Database, gateway_name: str, upload: protocol.Certific
     return serial
 
 
+def forget(db: Database, domain: str) -> None:
+    """Its tunnel is gone (or renamed): drop the domain's certificate and key, lease and challenges."""
+    for entity in (db.Certificate, db.AcmeLease):
+        row = entity.get(domain=domain)
+        if row is not None:
+            row.delete()
+    for challenge in db.AcmeChallenge.select(lambda c: c.domain == domain):
+        challenge.delete()
+
+
 def certificate_serials(db: Database, gateway_id: str) -> dict[str, str]:
     """domain → serial of the stored certificates this gateway should serve (PEMs are lazy: not loaded)."""
     domains = served_domains(db, gateway_id)

@@ -280,6 +280,7 @@ async def endpoint() -> None:
         if state.clients.get((session.role, session.client_id)) is session:
             del state.clients[session.role, session.client_id]
             _mark_offline(state, session)
+            state.challenges_acked()  # nobody waits for this gateway's confirmation any more
         log(logger, logging.INFO, "client disconnected", role=session.role, name=session.name,
             reason=session.close_reason[1] if session.close_reason else "connection closed")
     if session.close_reason is not None:

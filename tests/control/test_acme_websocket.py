@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
+import sqlite3
 
 import pytest
 import trio
@@ -28,6 +30,11 @@ def upload(ca: TestCA) -> protocol.CertificateUpload:
     cert, key = ca.issue(DOMAIN, days=90)
     return protocol.CertificateUpload(DOMAIN, cert.decode(), key.decode(),
                                       datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=90))
+
+
+def stored_certificates(control) -> int:
+    with sqlite3.connect(os.path.join(control.settings.data_dir, "control.sqlite")) as db:
+        return db.execute("SELECT count(*) FROM certificates").fetchone()[0]
 
 
 async def test_leases_challenges_and_certificates_between_gateways(control, caplog):
@@ -83,6 +90,11 @@ async def test_leases_challenges_and_certificates_between_gateways(control, capl
 
     for kind in ("gateways", "tunnels"):
         assert "PRIVATE KEY" not in (await control.api.get(f"/api/{kind}")).text
+    # Once the tunnel is gone, control keeps its key no longer.
+    tunnel = (await control.api.get("/api/tunnels")).json()["items"][0]
+    assert stored_certificates(control) == 1
+    await control.api.delete(f"/api/tunnels/{tunnel['id']}")
+    assert stored_certificates(control) == 0
     assert not [r for r in caplog.records if "PRIVATE KEY" in r.getMessage() + str(getattr(r, "fields", ""))]
 
 
