@@ -123,7 +123,7 @@ class CertificateSync:
         elif isinstance(message, protocol.CertificateInstall):
             try:
                 self.certs.adopt(message.domain, message.chain_pem.encode("ascii"), message.key_pem.encode("ascii"))
-            except (CertificateError, UnicodeEncodeError) as exc:
-                log(logger, logging.WARNING, "ignoring an unusable certificate from control", domain=message.domain,
+            except (CertificateError, UnicodeEncodeError, OSError) as exc:  # OSError: could not persist it
+                log(logger, logging.WARNING, "cannot install a certificate from control", domain=message.domain,
                     error=str(exc))
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from cryptography.hazmat.primitives import hashes
 
 from kakuremichi.agent.agent import Agent
 from kakuremichi.control.server import serve
@@ -54,6 +55,8 @@ class Daemon:
 
 
 class Cluster:
+    """Control on a real port, and the daemons started against it in this test."""
+
     def __init__(self, nursery: trio.Nursery, tmp: Path, control_url: str, api: httpx.AsyncClient) -> None:
         self.nursery, self.tmp, self.api = nursery, tmp, api
         self.ws_url = control_url.replace("http://", "ws://") + "/ws"
@@ -62,7 +65,13 @@ class Cluster:
     async def create(self, kind: str, **body) -> dict:
         response = await self.api.post(f"/api/{kind}", json=body)
         assert response.status_code == 201, response.text
+        self.keys[body["name"]] = response.json()["apiKey"]
         return response.json()
+
+    async def tunnel(self, agent_id: str, target: str = "127.0.0.1:9") -> None:
+        response = await self.api.post("/api/tunnels", json={"domain": DOMAIN, "agentId": agent_id,
+                                                             "target": target, "tlsMode": "acme"})
+        assert response.status_code == 201, response.text
 
     async def gateway(self, name: str, http_port: int, acme: AcmeSettings | None) -> Daemon:
         node = TunnelNode(keyfile.load_or_create(self.tmp / name / "wireguard.key"), listen_host="127.0.0.1")
@@ -88,9 +97,27 @@ class Cluster:
                     task_status.started(scope)
         return await self.nursery.start(run)
 
-    async def status(self, name: str) -> str:
+    async def offline(self, name: str) -> bool:
         items = (await self.api.get("/api/gateways")).json()["items"]
-        return next(g["status"] for g in items if g["name"] == name)
+        return next(g["status"] for g in items if g["name"] == name) == "offline"
+
+
+@pytest.fixture
+async def cluster(nursery, tmp_path):
+    control_url = await nursery.start(serve, Settings(listen="127.0.0.1:0", data_dir=str(tmp_path / "control"),
+                                                      admin_token=ADMIN, heartbeat_interval=1.0))
+    async with httpx.AsyncClient(base_url=control_url, headers={"authorization": f"Bearer {ADMIN}"},
+                                 timeout=10) as api:
+        yield Cluster(nursery, tmp_path, control_url, api)
+
+
+async def start_pebble(tmp_path: Path, http_port: int, started: list) -> tuple[Pebble, AcmeSettings, ssl.SSLContext]:
+    """Pebble validating through `http_port`, the gateways' settings for it, and a context trusting its root."""
+    pebble = Pebble(tmp_path, http_port=http_port)
+    await pebble.start()
+    started.append(pebble)
+    acme = AcmeSettings(directory_url=pebble.directory_url, ca_bundle=str(pebble.ca_bundle), timeout=30)
+    return pebble, acme, ssl.create_default_context(cadata=(await pebble.root_pem()).decode())
 
 
 async def until(condition, what: str, timeout: float = 60) -> None:
@@ -118,28 +145,16 @@ def orders(pebble: Pebble) -> int:
     return (pebble.workdir / "pebble.log").read_text(errors="replace").count("POST /order-plz")
 
 
-async def test_gateways_share_challenges_and_certificates_through_control(nursery, tmp_path, pebble_processes,
-                                                                         caplog):
+async def test_gateways_share_challenges_and_certificates_through_control(nursery, tmp_path, cluster,
+                                                                         pebble_processes, caplog):
     caplog.set_level(logging.DEBUG)
     app_port = await start_app(nursery, "behind-the-tunnel")
-    control_url = await nursery.start(serve, Settings(listen="127.0.0.1:0", data_dir=str(tmp_path / "control"),
-                                                      admin_token=ADMIN, heartbeat_interval=1.0))
-    api = httpx.AsyncClient(base_url=control_url, headers={"authorization": f"Bearer {ADMIN}"}, timeout=10)
-    cluster = Cluster(nursery, tmp_path, control_url, api)
     for name in ("orderer", "validator", "latecomer"):
-        cluster.keys[name] = (await cluster.create("gateways", name=name))["apiKey"]
+        await cluster.create("gateways", name=name)
     agent = await cluster.create("agents", name="home")
-    cluster.keys["home"] = agent["apiKey"]
-    await cluster.create("tunnels", domain=DOMAIN, agentId=agent["id"], target=f"127.0.0.1:{app_port}",
-                         tlsMode="acme")
-
+    await cluster.tunnel(agent["id"], f"127.0.0.1:{app_port}")
     validator_http = free_port()
-    pebble = Pebble(tmp_path, http_port=validator_http)  # the CA only ever reaches the validator
-    await pebble.start()
-    pebble_processes.append(pebble)
-    acme = AcmeSettings(directory_url=pebble.directory_url, ca_bundle=str(pebble.ca_bundle), timeout=30)
-    trust = ssl.create_default_context(cadata=(await pebble.root_pem()).decode())
-
+    pebble, acme, trust = await start_pebble(tmp_path, validator_http, pebble_processes)  # reaches the validator only
     await cluster.agent("home")
     validator = await cluster.gateway("validator", validator_http, None)  # ACME off: it never orders
     await until(lambda: validator.gateway.routes.lookup(DOMAIN) is not None, "the validator's route")
@@ -148,8 +163,8 @@ async def test_gateways_share_challenges_and_certificates_through_control(nurser
     # The orderer's challenge is answered by the validator, and both then serve the same certificate.
     await until(lambda: orderer.serial() is not None and validator.serial() == orderer.serial(), "issuance")
     first = await served_certificate(orderer, trust)
-    assert (await served_certificate(validator, trust)).fingerprint(first.signature_hash_algorithm) == \
-        first.fingerprint(first.signature_hash_algorithm)
+    assert (await served_certificate(validator, trust)).fingerprint(hashes.SHA256()) == \
+        first.fingerprint(hashes.SHA256())
     assert first.serial_number == orderer.serial() and orders(pebble) == 1
     assert os.stat(validator.certs.store.path(DOMAIN)).st_mode & 0o777 == 0o600
 
@@ -174,10 +189,7 @@ async def test_gateways_share_challenges_and_certificates_through_control(nurser
         await latecomer.certs.obtain(DOMAIN)
     # The holder goes offline: the lease passes on at once, and a forced renewal goes through the validator.
     orderer.scope.cancel()
-
-    async def orderer_offline() -> bool:
-        return await cluster.status("orderer") == "offline"
-    await until(orderer_offline, "control to notice the orderer is gone", 10)
+    await until(lambda: cluster.offline("orderer"), "control to notice the orderer is gone", 10)
     renewed = await latecomer.certs.obtain(DOMAIN)
     assert renewed.serial != first.serial_number and orders(pebble) == 2
     await until(lambda: validator.serial() == renewed.serial, "the renewed certificate on the validator", 10)
@@ -186,6 +198,25 @@ async def test_gateways_share_challenges_and_certificates_through_control(nurser
 
     # The private key travelled only over the control WebSocket: not in any log line, not in the REST API.
     for kind in ("gateways", "tunnels", "agents"):
-        assert "PRIVATE KEY" not in (await api.get(f"/api/{kind}")).text
+        assert "PRIVATE KEY" not in (await cluster.api.get(f"/api/{kind}")).text
     assert not [r for r in caplog.records if "PRIVATE KEY" in r.getMessage() + str(getattr(r, "fields", ""))]
-    await api.aclose()
+
+
+async def test_gateways_starting_together_order_once(tmp_path, cluster, pebble_processes, caplog):
+    caplog.set_level(logging.INFO, logger="kakuremichi.gateway.certs")
+    for name in ("gw1", "gw2"):
+        await cluster.create("gateways", name=name)
+    agent = await cluster.create("agents", name="home")
+    http_ports = [free_port(), free_port()]
+    pebble, acme, trust = await start_pebble(tmp_path, http_ports[0], pebble_processes)
+    gateways = [await cluster.gateway(name, port, acme) for name, port in zip(("gw1", "gw2"), http_ports)]
+    await cluster.tunnel(agent["id"])  # both get the route at the same moment, and both want a certificate
+
+    await until(lambda: gateways[0].serial() is not None and gateways[0].serial() == gateways[1].serial(),
+                "one certificate on both gateways")
+    assert orders(pebble) == 1
+    waited = [r for r in caplog.records if r.getMessage() == "another gateway orders this certificate; waiting for it"]
+    assert len(waited) == 1 and waited[0].fields["holder"] in ("gw1", "gw2")
+    assert all(not g.certs.states[DOMAIN].failures for g in gateways)  # waiting for a lease is no failure
+    for daemon in gateways:
+        assert (await served_certificate(daemon, trust)).serial_number == gateways[0].serial()
