@@ -54,15 +54,13 @@ class ControlClient:
     `on_config` is awaited with each config whose version is newer than the last applied one (and with the
     first config after every reconnect when it differs from `last_config`); returning acks it to control.
     `stats`, if given, is called every heartbeat and its dict sent as a status_update. Other messages from
-    control go to `on_message`; `on_connected` is awaited after each authentication (to resend state), and
-    `send` lets other tasks talk to control in between.
+    control go to the `on_message` attribute, `on_connected` is awaited after each authentication (to
+    resend state), and `send` lets other tasks talk to control in between.
     """
 
     def __init__(self, url: str, api_key: str, role: str, public_key: str, public_endpoint: str | None = None,
                  on_config: Callable[[protocol.Config], Awaitable[None]] | None = None, heartbeat: float = 30.0,
-                 *, stats: Callable[[], dict] | None = None, ssl_context: ssl.SSLContext | None = None,
-                 on_message: Callable[[protocol.Message], Awaitable[None]] | None = None,
-                 on_connected: Callable[[], Awaitable[None]] | None = None) -> None:
+                 *, stats: Callable[[], dict] | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
         if role not in protocol.ROLES:
             raise ValueError(f"role must be 'gateway' or 'agent', not {role!r}")
         self.url = websocket_url(url)
@@ -71,8 +69,8 @@ class ControlClient:
                                    None if public_endpoint is None else protocol.check_endpoint(public_endpoint))
         self._on_config = on_config
         self._stats = stats
-        self.on_message = on_message
-        self.on_connected = on_connected
+        self.on_message: Callable[[protocol.Message], Awaitable[None]] | None = None
+        self.on_connected: Callable[[], Awaitable[None]] | None = None
         self._ws: WebSocketConnection | None = None
         self._ssl_context = ssl_context
         self.heartbeat = heartbeat

@@ -23,8 +23,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from kakuremichi.gateway.acmeclient import AcmeClient, AcmeError, AcmeSettings
 from kakuremichi.certpair import CertificateError, covers
+from kakuremichi.gateway.acmeclient import AcmeClient, AcmeError, AcmeSettings
 from kakuremichi.gateway.certstore import CertStore, StoredCertificate, write_private
 from kakuremichi.gateway.challenges import Challenge, ChallengeStore
 from kakuremichi.gateway.routes import Route, TlsMode
@@ -53,7 +53,8 @@ class LeaseHeld(Exception):
     certificate will normally have arrived by then)."""
 
     def __init__(self, domain: str, holder: str, retry_in: float) -> None:
-        super().__init__(f"{domain}: gateway {holder or '?'} orders this certificate for the next {retry_in:.0f}s")
+        super().__init__(f"{domain}: gateway {holder} orders this certificate for the next {retry_in:.0f}s" if holder
+                         else f"{domain}: control grants no lease (not an ACME domain of this gateway?)")
         self.domain, self.holder, self.retry_in = domain, holder, retry_in
 
 
@@ -236,7 +237,7 @@ class CertificateManager:
                 trio.from_thread.run(self._publish, Challenge(domain, token, key_authorization))
 
             def withdraw(token: str) -> None:
-                trio.from_thread.run(self._withdraw, Challenge(domain, token, ""))
+                trio.from_thread.run(self._withdraw, token)
 
             chain_pem = await trio.to_thread.run_sync(self._client.issue, domain, key_pem, publish, withdraw,
                                                       abandon_on_cancel=True)
@@ -253,7 +254,7 @@ class CertificateManager:
         if self.coordinator is not None:
             await self.coordinator.publish(challenge)
 
-    async def _withdraw(self, challenge: Challenge) -> None:
-        self.challenges.remove(challenge.token)
-        if self.coordinator is not None:
+    async def _withdraw(self, token: str) -> None:
+        challenge = self.challenges.remove(token)
+        if challenge is not None and self.coordinator is not None:
             await self.coordinator.withdraw(challenge)

@@ -26,8 +26,8 @@ class ChallengeStore:
     def add(self, challenge: Challenge) -> None:
         self._own[challenge.token] = challenge
 
-    def remove(self, token: str) -> None:
-        self._own.pop(token, None)
+    def remove(self, token: str) -> Challenge | None:
+        return self._own.pop(token, None)
 
     def own(self) -> list[Challenge]:
         return list(self._own.values())
