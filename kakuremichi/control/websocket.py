@@ -32,6 +32,7 @@ CLOSE_HEARTBEAT_TIMEOUT = 4002
 CLOSE_AUTH_TIMEOUT = 4003
 CLOSE_REPLACED = 4004
 CLOSE_DELETED = 4005
+TRANSACTION_RETRIES = 3  # controls sharing PostgreSQL may race for the same lease, challenge or certificate
 CHALLENGE_READY_TIMEOUT = 10.0  # a gateway that never confirms a challenge must not stall the order forever
 ACME_MESSAGES = (protocol.LeaseRequest, protocol.ChallengePublished, protocol.ChallengeWithdrawn,
                  protocol.ChallengesAck, protocol.CertificateUpload)
@@ -161,17 +162,26 @@ class ClientSession:
 
     def _shared(self, change, *args):
         """Apply a change other gateways must see, then wake their sessions (and other control instances)."""
-        with db_session:
+
+        @db_session(retry=TRANSACTION_RETRIES)
+        def transaction():
             result = change(self.state.db, *args)
             bump_config_version(self.state.db)
+            return result
+
+        result = transaction()
         self.state.changed()
         return result
 
     async def _lease(self, domain: str) -> None:
         now = utcnow()
-        with db_session:
-            decision = certificates.request_lease(self.state.db, self.client_id, domain, now,
-                                                  self.state.settings.acme_lease)
+
+        @db_session(retry=TRANSACTION_RETRIES)  # two controls granting at once: the loser sees the winner's lease
+        def transaction() -> certificates.LeaseDecision:
+            return certificates.request_lease(self.state.db, self.client_id, domain, now,
+                                              self.state.settings.acme_lease)
+
+        decision = transaction()
         expires_in = max(0.0, (decision.expires_at - now).total_seconds())
         log(logger, logging.INFO, "ACME lease granted" if decision.granted else "ACME lease refused",
             name=self.name, domain=domain, holder=decision.holder, expires_in=round(expires_in))

@@ -2,8 +2,9 @@
 
 It makes its own WireGuard key (kept in --data-dir), connects to control with its `gtw_` API key,
 reports its public WireGuard endpoint, and serves every tunnel's domain over HTTP and HTTPS, with
-certificates from ACME (Let's Encrypt by default). Run it unprivileged: in a container, map ports
-80/443 to --http-port/--https-port.
+certificates from ACME (Let's Encrypt by default). Several gateways order each certificate once,
+together through control, and all serve it. Run it unprivileged: in a container, map ports 80/443 to
+--http-port/--https-port.
 """
 
 from __future__ import annotations
