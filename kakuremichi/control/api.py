@@ -16,7 +16,7 @@ from pony.orm import Database, TransactionIntegrityError, db_session
 from quart import Blueprint, request
 from quart_trio.wrappers.response import TrioResponse as Response
 
-from kakuremichi.control import allocation, auth, validation as v
+from kakuremichi.control import allocation, auth, certificates, validation as v
 from kakuremichi.control.models import bump_config_version
 from kakuremichi.control.state import ControlState, current
 from kakuremichi.control.validation import ApiError
@@ -252,7 +252,10 @@ async def update_tunnel(item_id: str) -> Response:
 
     def work(db: Database) -> dict:
         tunnel = _get(db, "Tunnel", item_id)
-        tunnel.set(**_tunnel_columns(db, values, item_id))
+        columns = _tunnel_columns(db, values, item_id)
+        if columns.get("domain", tunnel.domain) != tunnel.domain:
+            certificates.forget(db, tunnel.domain)
+        tunnel.set(**columns)
         return tunnel_json(tunnel)
 
     return json_response(_mutate(current(), work))
@@ -260,5 +263,10 @@ async def update_tunnel(item_id: str) -> Response:
 
 @blueprint.delete("/tunnels/<item_id>")
 async def delete_tunnel(item_id: str) -> Response:
-    _mutate(current(), lambda db: _get(db, "Tunnel", item_id).delete())
+    def work(db: Database) -> None:
+        tunnel = _get(db, "Tunnel", item_id)
+        certificates.forget(db, tunnel.domain)  # its private key is kept nowhere once nobody serves it
+        tunnel.delete()
+
+    _mutate(current(), work)
     return Response(status=204)

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import trio
 from pony.orm import Database, db_session
 from quart import current_app
 
@@ -35,6 +36,7 @@ class Settings:
     subnet_pool: str = "10.0.0.0/8"
     auth_timeout: float = 10.0
     change_poll_interval: float = 1.0  # how often to look for changes made by another control instance
+    acme_lease: float = 600.0  # seconds one gateway alone may order a domain's certificate
 
     @property
     def database(self) -> str:
@@ -50,12 +52,18 @@ class ControlState:
         self.db: Database = open_database(settings.database)
         self.metrics = Metrics()
         self.clients: dict[tuple[str, str], ClientSession] = {}
+        self.challenge_acks = trio.Event()  # replaced on every ACME challenge ack a gateway sends
         self.admin_token_hash, self.new_admin_token = _admin_token(self.db, settings.admin_token)
 
     def changed(self) -> None:
         """Something in the database changed: every connected client rebuilds and, if different, gets its config."""
         for client in self.clients.values():
             client.config_dirty.set()
+
+    def challenges_acked(self) -> None:
+        """A gateway confirmed the challenges it answers: wake whoever waits to tell a publisher."""
+        self.challenge_acks.set()
+        self.challenge_acks = trio.Event()
 
     def disconnect(self, role: str, client_id: str, code: int, reason: str) -> None:
         """Close a client's session, if it has one (its key was rotated, or it was deleted)."""
