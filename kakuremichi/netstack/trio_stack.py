@@ -11,6 +11,8 @@ The link contract (the WireGuard interface implements it, so do the test links):
 One task (`run`) owns the timers: it sleeps until the stack's next deadline or until a stream call
 kicks it, then fires timers and flushes. Stream calls only queue work and kick, so every packet the
 stack produces in one scheduler turn (ACKs, data of many connections) leaves in one `send_packets` call.
+A kick reschedules the sleeping task directly rather than cancelling its sleep: a wake-up happens for
+every chunk an application writes, and a cancellation would raise and catch an exception each time.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ class NetStack:
     def __init__(self, link, addresses: Iterable, *, config: Config | None = None) -> None:
         self.link = link
         self.core = Stack(addresses, link.mtu, config, link_authenticated=getattr(link, "authenticated", False))
-        self._wakeup: trio.CancelScope | None = None
+        self._wakeup: trio.CancelScope | None = None  # the sleep's deadline: the next timer
+        self._sleeper: trio.lowlevel.Task | None = None
         self._kicked = False
         self._running = False
 
@@ -47,18 +50,21 @@ class NetStack:
         try:
             task_status.started()
             while True:
-                deadline = core.next_deadline()
-                with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
-                    self._wakeup = scope
-                    if not self._kicked:
-                        await trio.sleep_forever()
-                self._wakeup = None
+                if not self._kicked:
+                    deadline = core.next_deadline()
+                    with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
+                        self._wakeup = scope
+                        self._sleeper = trio.lowlevel.current_task()
+                        await trio.lowlevel.wait_task_rescheduled(self._abort_sleep)
+                    self._wakeup = None
+                else:
+                    await trio.lowlevel.checkpoint()
                 self._kicked = False
                 core.poll(trio.current_time())
                 self._deliver()
         finally:
             self._running = False
-            self._wakeup = None
+            self._wakeup = self._sleeper = None
             self._shut_down()
 
     def _shut_down(self) -> None:
@@ -71,6 +77,10 @@ class NetStack:
         for endpoint in list(self.core.udp_ports.values()):
             self.core.udp_close(endpoint)
         self._deliver()
+
+    def _abort_sleep(self, _) -> trio.lowlevel.Abort:
+        self._sleeper = None  # the deadline passed (or the stack is shutting down): no kick may wake it now
+        return trio.lowlevel.Abort.SUCCEEDED
 
     def receive_packets(self, packets: list) -> None:
         """Inbound packets from the link (synchronous: called by the link driver in the Trio thread)."""
@@ -87,8 +97,10 @@ class NetStack:
         if not self._running:
             return
         self._kicked = True
-        if self._wakeup is not None:
-            self._wakeup.cancel()
+        sleeper = self._sleeper
+        if sleeper is not None:
+            self._sleeper = None
+            trio.lowlevel.reschedule(sleeper)
 
     def _deliver(self) -> None:
         core = self.core
