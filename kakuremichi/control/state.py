@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import trio
 from pony.orm import Database, db_session
 from quart import current_app
 
@@ -51,11 +52,23 @@ class ControlState:
         self.metrics = Metrics()
         self.clients: dict[tuple[str, str], ClientSession] = {}
         self.admin_token_hash, self.new_admin_token = _admin_token(self.db, settings.admin_token)
+        self._status_event = trio.Event()
 
     def changed(self) -> None:
         """Something in the database changed: every connected client rebuilds and, if different, gets its config."""
         for client in self.clients.values():
             client.config_dirty.set()
+        self.status_changed()
+
+    def status_changed(self) -> None:
+        """A client came, went or reported stats, or data changed: wake whoever shows live status (the web UI)."""
+        self._status_event.set()
+        self._status_event = trio.Event()
+
+    async def wait_status_change(self, timeout: float) -> None:
+        """Return at the next `status_changed`, or after `timeout` seconds (changes made by other instances)."""
+        with trio.move_on_after(timeout):
+            await self._status_event.wait()
 
     def disconnect(self, role: str, client_id: str, code: int, reason: str) -> None:
         """Close a client's session, if it has one (its key was rotated, or it was deleted)."""

@@ -1,0 +1,43 @@
+// kakuremichi web UI: live status over server-sent events, copy buttons. No dependencies, no build step.
+"use strict";
+
+function applyStatus(snapshot) {
+  const announcer = document.getElementById("announcer");
+  for (const [key, fields] of Object.entries(snapshot)) {
+    for (const element of document.querySelectorAll(`[data-live="${CSS.escape(key)}"]`)) {
+      const field = element.dataset.field;
+      if (!(field in fields) || element.textContent === fields[field]) continue;
+      if (field === "status") {
+        element.className = `badge badge-${fields.status}`;
+        if (announcer) announcer.textContent = `${fields.name} is now ${fields.status}`;
+      }
+      element.textContent = fields[field];
+    }
+  }
+}
+
+function followStatus() {
+  if (!document.querySelector("[data-live]") || !window.EventSource) return;
+  const source = new EventSource("/events");
+  source.addEventListener("status", (event) => applyStatus(JSON.parse(event.data)));
+}
+
+async function copy(button) {
+  const source = document.getElementById(button.dataset.copy);
+  try {
+    await navigator.clipboard.writeText(source.value);
+  } catch (error) {  // no clipboard API (plain http on a remote host): select and use the legacy command
+    source.select();
+    document.execCommand("copy");
+  }
+  const label = button.textContent;
+  button.textContent = "Copied";
+  setTimeout(() => { button.textContent = label; }, 1500);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  followStatus();
+  for (const button of document.querySelectorAll("[data-copy]")) {
+    button.addEventListener("click", () => copy(button));
+  }
+});
