@@ -1,0 +1,86 @@
+"""The web UI over plain HTTP: cookie flags, CSRF tokens, redirects, the event stream, error pages."""
+
+from __future__ import annotations
+
+import re
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+import trio
+
+from tests.control.conftest import ADMIN
+
+
+def _csrf(page: httpx.Response) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+
+
+@asynccontextmanager
+async def _logged_in(url: str):
+    """An HTTP client with a cookie jar that logged in through the form, like a browser."""
+    async with httpx.AsyncClient(base_url=url) as client:
+        token = _csrf(await client.get("/login"))
+        response = await client.post("/login", data={"csrf_token": token, "password": ADMIN})
+        assert response.status_code == 302 and response.headers["location"] == "/"
+        yield client
+
+
+async def test_post_without_the_csrf_token_is_rejected(control):
+    async with _logged_in(control.url) as browser:
+        refused = await browser.post("/agents/new", data={"name": "forged"})
+        assert refused.status_code == 400 and "Form expired" in refused.text
+        async with _logged_in(control.url) as other:  # a token of another session does not count
+            stolen = _csrf(await other.get("/agents/new"))
+        assert (await browser.post("/agents/new", data={"name": "forged", "csrf_token": stolen})).status_code == 400
+        assert (await control.api.get("/api/agents")).json()["total"] == 0
+        accepted = await browser.post("/agents/new", data={"name": "real", "csrf_token": _csrf(await browser.get("/"))})
+        assert accepted.status_code == 201 and "agt_" in accepted.text
+
+
+async def test_session_cookie_flags(control):
+    async with _logged_in(control.url) as browser:
+        pass
+    page = await control.api.get("/login")  # no admin session: the bearer token does not count here
+    cookie = page.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+    control.api.cookies.clear()
+    behind_tls = await control.api.get("/login", headers={"X-Forwarded-Proto": "https"})
+    assert "Secure" in behind_tls.headers["set-cookie"]
+    assert page.headers["content-security-policy"].startswith("default-src 'self'")
+    assert browser.cookies.get("kakuremichi_session")
+
+
+async def test_anonymous_requests_are_sent_to_login(control):
+    async with httpx.AsyncClient(base_url=control.url) as anonymous:
+        page = await anonymous.get("/agents/abc")
+        assert page.status_code == 302 and page.headers["location"] == "/login?next=/agents/abc"
+        assert (await anonymous.get("/events")).status_code == 401
+        assert (await anonymous.get("/assets/style.css")).status_code == 200
+        for target in ("//evil.example", "https://evil.example/"):
+            anonymous.cookies.clear()
+            token = _csrf(await anonymous.get("/login"))
+            response = await anonymous.post("/login", params={"next": target},
+                                            data={"csrf_token": token, "password": ADMIN})
+            assert response.headers["location"] == "/"
+
+
+async def test_event_stream_sends_status_changes(control):
+    agent = await control.create("agents", name="a")
+    async with _logged_in(control.url) as browser:
+        async with browser.stream("GET", "/events") as stream:
+            lines = stream.aiter_lines()
+            with trio.fail_after(5):
+                first = [await anext(lines) for _ in range(2)]
+            assert first[0] == "event: status" and '"status": "offline"' in first[1]
+            await control.api.patch(f"/api/agents/{agent['id']}", json={"name": "renamed"})
+            with trio.fail_after(5):
+                while '"name": "renamed"' not in await anext(lines):
+                    pass
+
+
+@pytest.mark.parametrize("path", ["/agents/nope", "/tunnels/nope/edit"])
+async def test_missing_items_get_a_page(control, path):
+    async with _logged_in(control.url) as browser:
+        page = await browser.get(path)
+        assert page.status_code == 404 and "<h1>Not possible</h1>" in page.text
