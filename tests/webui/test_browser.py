@@ -71,9 +71,9 @@ def test_login_shows_the_empty_state_of_a_new_installation(browser, control):
 def test_agent_key_shown_once_and_agent_goes_online_live(admin, control):
     agent_id, key = create_agent(admin, control, "laptop")
     assert key.startswith("agt_") and len(key) > 40
-    commands = admin.find_element(By.ID, "install-pip").get_attribute("value")
+    commands = admin.find_element(By.ID, "install-pip").text
     assert f"kakuremichi agent --control-url {control.url} --api-key {key}" in commands
-    assert key in admin.find_element(By.ID, "install-docker").get_attribute("value")
+    assert key in admin.find_element(By.ID, "install-docker").text
     admin.find_element(By.CSS_SELECTOR, "[data-copy='api-key']").click()
     wait(admin, lambda b: b.find_element(By.CSS_SELECTOR, "[data-copy='api-key']").text == "Copied")
 
@@ -165,7 +165,7 @@ def test_gateway_form_uses_the_api_validation(admin, control):
     fill(admin, {"wireguardPort": "51821"})
     submit(admin, "Add gateway")
     assert admin.find_element(By.ID, "api-key").get_attribute("value").startswith("gtw_")
-    docker = admin.find_element(By.ID, "install-docker").get_attribute("value")
+    docker = admin.find_element(By.ID, "install-docker").text
     assert "-p 51821:51821/udp" in docker and "kakuremichi gateway" in docker
 
 

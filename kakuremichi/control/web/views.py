@@ -38,6 +38,9 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",
 }
+_TLS_NAMES = {"acme": "ACME (Let’s Encrypt)", "self-signed": "Self-signed", "off": "Off (HTTP only)",
+              "custom": "Custom certificate"}
+TLS_LABELS = {mode: _TLS_NAMES.get(mode, mode) for mode in protocol.TLS_MODES}
 ROLES = {
     "agent": {"title": "Agents", "label": "agent", "serialise": api.agent_json, "entity": "Agent",
               "about": "An agent runs next to your private services and connects out to every gateway. "
@@ -84,7 +87,7 @@ async def api_error(error: ApiError) -> Response:
 
 @blueprint.context_processor
 def template_globals() -> dict:
-    return {"logged_in": logged_in(), "tls_modes": protocol.TLS_MODES}
+    return {"logged_in": logged_in(), "tls_labels": TLS_LABELS}
 
 
 async def _page(template: str, code: int = 200, **context: Any) -> Response:
@@ -190,21 +193,24 @@ def _client_detail(role: str, item_id: str) -> dict:
 def install_commands(role: str, control_url: str, api_key: str | None, wireguard_port: int | None = None) -> list[dict]:
     """Copy-paste commands that start this agent/gateway with its key (or a placeholder once it was shown)."""
     key = api_key or f"{'agt' if role == 'agent' else 'gtw'}_YOUR_KEY"
-    url, quoted_key = shlex.quote(control_url), shlex.quote(key)
+    settings = {"control-url": control_url, "api-key": key}
     if role == "agent":
-        run_flags, docker_flags = "", "--network host"
+        ports = "--network host"
     else:
         port = wireguard_port or 51820
-        run_flags = " --public-host gw.example.com --http-port 8080 --https-port 8443 --acme-email you@example.com"
+        settings.update({"public-host": "gw.example.com", "acme-email": "you@example.com", "http-port": "8080",
+                         "https-port": "8443"})
         if wireguard_port:
-            run_flags += f" --wireguard-port {port}"
-        docker_flags = f"-p 80:8080 -p 443:8443 -p {port}:{port}/udp"
-    pip = f"pip install kakuremichi\nkakuremichi {role} --control-url {url} --api-key {quoted_key}{run_flags}"
-    docker = (f"docker run -d --name kakuremichi-{role} --restart unless-stopped {docker_flags} "
-              f"-v kakuremichi-{role}:/data -e KAKUREMICHI_CONTROL_URL={url} -e KAKUREMICHI_API_KEY={quoted_key} "
-              f"python:3.12-slim sh -c 'pip install kakuremichi && exec kakuremichi {role} --data-dir /data"
-              f"{run_flags}'")
-    return [{"id": "install-pip", "label": "With pip (Python 3.11 or newer)", "command": pip},
+            settings["wireguard-port"] = str(port)
+        ports = f"-p 80:8080 -p 443:8443 -p {port}:{port}/udp"
+    flags = " ".join(f"--{name} {shlex.quote(value)}" for name, value in settings.items())
+    variables = [f"-e KAKUREMICHI_{name.upper().replace('-', '_')}={shlex.quote(value)}"
+                 for name, value in {**settings, "data-dir": "/data"}.items()]
+    docker = " \\\n  ".join([f"docker run -d --name kakuremichi-{role} --restart unless-stopped {ports}",
+                              f"-v kakuremichi-{role}:/data", *variables,
+                              f"python:3.12-slim sh -c 'pip install kakuremichi && exec kakuremichi {role}'"])
+    return [{"id": "install-pip", "label": "With pip (Python 3.11 or newer)",
+             "command": f"pip install kakuremichi\nkakuremichi {role} {flags}"},
             {"id": "install-docker", "label": "With Docker", "command": docker}]
 
 

@@ -24,10 +24,18 @@ function followStatus() {
 
 async function copy(button) {
   const source = document.getElementById(button.dataset.copy);
+  const isInput = source instanceof HTMLInputElement;
   try {
-    await navigator.clipboard.writeText(source.value);
+    await navigator.clipboard.writeText(isInput ? source.value : source.textContent);
   } catch (error) {  // no clipboard API (plain http on a remote host): select and use the legacy command
-    source.select();
+    if (isInput) {
+      source.select();
+    } else {
+      const range = document.createRange();
+      range.selectNodeContents(source);
+      window.getSelection().removeAllRanges();
+      window.getSelection().addRange(range);
+    }
     document.execCommand("copy");
   }
   const label = button.textContent;

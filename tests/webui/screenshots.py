@@ -1,0 +1,104 @@
+"""Screenshots of the web UI for the README: `python -m tests.webui.screenshots [OUTPUT_DIR]`.
+
+Runs the real thing — control, a gateway and an agent as processes, a small local app, traffic through
+the tunnel — and photographs the main pages in headless chromium (default output: docs/screenshots).
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+from selenium.webdriver.common.by import By
+
+from tests.e2e.test_tunnel_end_to_end import APP, Process, free_port, wait_for
+from tests.webui.harness import DESKTOP, PHONE, Control, create_agent, fill, log_in, start_browser, submit
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def shoot(browser, path: Path, size: tuple[int, int] = DESKTOP) -> None:
+    """The whole page (up to twice the window height) at `size`'s width."""
+    browser.set_window_size(*size)
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(size[0], min(max(size[1], height), 2 * size[1]))
+    browser.save_screenshot(str(path))
+    print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+
+
+def main(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        control = Control(Path(tmp))
+        app_port = free_port()
+        processes = [Process("-c", APP, str(app_port), "app", ready="ready")]
+        browser = start_browser()
+        try:
+            browser.get(control.url + "/login")
+            shoot(browser, out / "login.png")
+            log_in(browser, control)
+            shoot(browser, out / "overview-empty.png")
+
+            browser.get(control.url + "/gateways/new")
+            fill(browser, {"name": "gw-tokyo"})
+            submit(browser, "Add gateway")
+            gateway_key = browser.find_element(By.ID, "api-key").get_attribute("value")
+            http_port = free_port()
+            processes.append(control.spawn(
+                "gateway", gateway_key, "--public-host", "127.0.0.1", "--listen-host", "127.0.0.1",
+                "--http-port", str(http_port), "--https-port", "0", "--acme-directory", "off",
+                "--wireguard-port", str(free_port(socket.SOCK_DGRAM))))
+
+            agent_id, agent_key = create_agent(browser, control, "home-server")
+            shoot(browser, out / "agent-key.png")
+            processes.append(control.spawn("agent", agent_key))
+            create_agent(browser, control, "office-nas")
+
+            for domain, target in (("app.example.com", f"127.0.0.1:{app_port}"),
+                                   ("grafana.example.com", "localhost:3000"),
+                                   ("nas.example.com", "http://192.168.1.20:5000")):
+                browser.get(control.url + "/tunnels/new")
+                fill(browser, {"domain": domain, "target": target})
+                if domain.startswith("nas"):
+                    browser.find_element(By.XPATH, "//option[normalize-space()='office-nas']").click()
+                submit(browser, "Add tunnel")
+
+            def served() -> bool:
+                try:
+                    return httpx.get(f"http://127.0.0.1:{http_port}/", headers={"host": "app.example.com"},
+                                     timeout=2).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            wait_for(served, 30, "the tunnel to serve")
+            for _ in range(20):
+                httpx.get(f"http://127.0.0.1:{http_port}/bytes/200000", headers={"host": "app.example.com"})
+            browser.get(control.url + "/agents")
+            wait_for(lambda: " MB" in browser.find_element(By.TAG_NAME, "tbody").text, 15, "traffic to show")
+            shoot(browser, out / "agents.png")
+            browser.get(control.url + "/gateways")
+            shoot(browser, out / "gateways.png")
+            browser.get(control.url + "/tunnels")
+            shoot(browser, out / "tunnels.png")
+
+            browser.get(control.url + "/tunnels/new")
+            fill(browser, {"domain": "https://shop.example.com/", "target": "localhost"})
+            submit(browser, "Add tunnel")
+            shoot(browser, out / "tunnel-form-error.png")
+
+            browser.get(control.url + "/agents")
+            shoot(browser, out / "phone-agents.png", PHONE)
+            browser.get(f"{control.url}/agents/{agent_id}")
+            shoot(browser, out / "phone-agent.png", PHONE)
+        finally:
+            browser.quit()
+            for process in reversed(processes):
+                process.stop()
+            control.close()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "docs" / "screenshots")
