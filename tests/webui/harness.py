@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
@@ -87,10 +88,11 @@ def fill(browser: webdriver.Chrome, fields: dict[str, str]) -> None:
 
 
 def submit(browser: webdriver.Chrome, label: str) -> None:
-    """Click the submit button called `label` and wait for the next page."""
-    button = browser.find_element(By.XPATH, f"//button[normalize-space()='{label}']")
-    button.click()
-    wait(browser, expected_conditions.staleness_of(button))
+    """Click the submit button called `label` and wait until the next page has loaded."""
+    browser.execute_script("window.leaving = true")
+    browser.find_element(By.XPATH, f"//button[normalize-space()='{label}']").click()
+    WebDriverWait(browser, 10, poll_frequency=0.05, ignored_exceptions=(WebDriverException,)).until(
+        lambda b: b.execute_script("return !window.leaving && document.readyState === 'complete'"))
 
 
 def log_in(browser: webdriver.Chrome, control: Control, password: str = ADMIN) -> None:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.webui.harness import browser_missing
+pytest.importorskip("selenium", reason="selenium is in the test extra: pip install -e '.[test]'")
+
+from selenium.webdriver.common.by import By  # noqa: E402
+
+from tests.webui.harness import (DESKTOP, PHONE, Control, browser_missing, create_agent, fill, log_in,  # noqa: E402
+                                 start_browser, submit, visible, wait)
 
 pytestmark = pytest.mark.skipif(browser_missing() is not None, reason=browser_missing() or "")
-
-from selenium.webdriver.common.by import By  # noqa: E402  (after the skip: selenium is a test extra)
-
-from tests.webui.harness import (ADMIN, DESKTOP, PHONE, Control, create_agent, fill, log_in, start_browser,  # noqa: E402
-                                 submit, visible, wait)
 
 
 @pytest.fixture(scope="module")
