@@ -169,6 +169,17 @@ def test_gateway_form_uses_the_api_validation(admin, control):
     assert "-p 51821:51821/udp" in docker and "kakuremichi gateway" in docker
 
 
+def test_list_says_when_items_were_added_elsewhere(admin, control):
+    admin.get(control.url + "/gateways")
+    notice = admin.find_element(By.ID, "list-changed")
+    assert not notice.is_displayed()
+    assert control.api.post("/api/gateways", json={"name": "added-by-api"}).status_code == 201
+    wait(admin, lambda b: notice.is_displayed())
+    notice.find_element(By.LINK_TEXT, "Reload the list").click()
+    wait(admin, lambda b: "added-by-api" in text(b))
+    assert not admin.find_element(By.ID, "list-changed").is_displayed()
+
+
 @pytest.mark.parametrize("path", ["/", "/gateways", "/agents", "/tunnels", "/tunnels/new", "/agents/new", "agent"])
 def test_pages_fit_a_phone_screen(admin, control, path):
     if path == "agent":

@@ -28,7 +28,7 @@ def format_bytes(count: int) -> str:
 
 def format_ago(moment: datetime | None, now: datetime) -> str:
     if moment is None:
-        return "never"
+        return "never connected"
     seconds = max(0, int((now - moment).total_seconds()))
     for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute")):
         if seconds >= size:

@@ -16,10 +16,24 @@ function applyStatus(snapshot) {
   }
 }
 
+function noticeListChanges(snapshot) {
+  const list = document.querySelector("[data-live-list]");
+  if (!list) return;
+  const prefix = `${list.dataset.liveList}-`;
+  const shown = new Set([...list.querySelectorAll("[data-live]")].map((element) => element.dataset.live));
+  const current = Object.keys(snapshot).filter((key) => key.startsWith(prefix));
+  const changed = current.length !== shown.size || current.some((key) => !shown.has(key));
+  document.getElementById("list-changed").hidden = !changed;
+}
+
 function followStatus() {
-  if (!document.querySelector("[data-live]") || !window.EventSource) return;
+  if (!document.querySelector("[data-live], [data-live-list]") || !window.EventSource) return;
   const source = new EventSource("/events");
-  source.addEventListener("status", (event) => applyStatus(JSON.parse(event.data)));
+  source.addEventListener("status", (event) => {
+    const snapshot = JSON.parse(event.data);
+    applyStatus(snapshot);
+    noticeListChanges(snapshot);
+  });
 }
 
 async function copy(button) {
