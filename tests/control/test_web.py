@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
 import trio
 
-from tests.control.conftest import ADMIN
+from kakuremichi.control.web import status
+from tests.control.conftest import ADMIN, start_control
 
 
 def _csrf(page: httpx.Response) -> str:
@@ -84,3 +89,53 @@ async def test_missing_items_get_a_page(control, path):
     async with _logged_in(control.url) as browser:
         page = await browser.get(path)
         assert page.status_code == 404 and "<h1>Not possible</h1>" in page.text
+
+
+async def test_sessions_survive_a_restart_but_not_a_new_admin_token(settings):
+    async def run(settings, check) -> None:
+        async with trio.open_nursery() as nursery:
+            ctl = await start_control(nursery, settings)
+            async with ctl.api:
+                await check(ctl.url)
+            nursery.cancel_scope.cancel()
+
+    cookies = httpx.Cookies()
+
+    async def log_in(url: str) -> None:
+        async with _logged_in(url) as browser:
+            cookies.update(browser.cookies)
+
+    async def status_of_agents_page(url: str) -> int:
+        async with httpx.AsyncClient(base_url=url, cookies=cookies) as browser:
+            return (await browser.get("/agents")).status_code
+
+    async def still_logged_in(url: str) -> None:
+        assert await status_of_agents_page(url) == 200  # the signing secret was kept in the data dir
+
+    async def logged_out(url: str) -> None:
+        assert await status_of_agents_page(url) == 302
+
+    await run(settings, log_in)
+    await run(settings, still_logged_in)
+    await run(dataclasses.replace(settings, admin_token="kma_a-new-token"), logged_out)
+    assert (Path(settings.data_dir) / "web-session-secret").stat().st_mode & 0o777 == 0o600
+
+
+def test_status_text():
+    now = datetime(2026, 1, 1, 12, 0, 0)
+    names = {"KEY1": "gw1", "KEY2": "gw2"}
+    stats = {"stats": {"peers": {"KEY1": {"connected": True, "rxBytes": 1500, "txBytes": 2_500_000},
+                                 "KEY2": {"connected": False, "rxBytes": 0, "txBytes": 12},
+                                 "KEY3": "garbage"}}}
+    online = SimpleNamespace(status="online", metadata=stats, last_seen_at=now)
+    assert status.describe(online, names, now) == {"status": "online", "lastSeen": "now", "peers": "1 of 2: gw1",
+                                                   "traffic": "↓ 1.5 kB · ↑ 2.5 MB"}
+    offline = SimpleNamespace(status="offline", metadata=stats, last_seen_at=now - timedelta(minutes=90))
+    assert status.describe(offline, names, now)["peers"] == "—"
+    assert status.describe(offline, names, now)["lastSeen"] == "1 hour ago"
+    fresh = SimpleNamespace(status="offline", metadata=None, last_seen_at=None)
+    assert status.describe(fresh, names, now) == {"status": "offline", "lastSeen": "never connected", "peers": "—",
+                                                  "traffic": "—"}
+    assert [status.format_ago(now - timedelta(seconds=s), now) for s in (5, 60, 7200, 3 * 86400)] == [
+        "less than a minute ago", "1 minute ago", "2 hours ago", "3 days ago"]
+    assert [status.format_bytes(n) for n in (0, 999, 1000, 10**12 * 5000)] == ["0 B", "999 B", "1.0 kB", "5000.0 TB"]
