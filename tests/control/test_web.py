@@ -37,7 +37,8 @@ async def test_post_without_the_csrf_token_is_rejected(control):
         assert refused.status_code == 400 and "Form expired" in refused.text
         async with _logged_in(control.url) as other:  # a token of another session does not count
             stolen = _csrf(await other.get("/agents/new"))
-        assert (await browser.post("/agents/new", data={"name": "forged", "csrf_token": stolen})).status_code == 400
+        for token in (stolen, "é" * 43, ""):
+            assert (await browser.post("/agents/new", data={"name": "forged", "csrf_token": token})).status_code == 400
         assert (await control.api.get("/api/agents")).json()["total"] == 0
         accepted = await browser.post("/agents/new", data={"name": "real", "csrf_token": _csrf(await browser.get("/"))})
         assert accepted.status_code == 201 and "agt_" in accepted.text
@@ -139,3 +140,16 @@ def test_status_text():
     assert [status.format_ago(now - timedelta(seconds=s), now) for s in (5, 60, 7200, 3 * 86400)] == [
         "less than a minute ago", "1 minute ago", "2 hours ago", "3 days ago"]
     assert [status.format_bytes(n) for n in (0, 999, 1000, 10**12 * 5000)] == ["0 B", "999 B", "1.0 kB", "5000.0 TB"]
+
+
+async def test_a_closed_event_stream_stops(control, monkeypatch):
+    calls = []
+    monkeypatch.setattr(status, "snapshot", lambda db: calls.append(1) or {})
+    async with _logged_in(control.url) as browser:
+        async with browser.stream("GET", "/events") as stream:
+            with trio.fail_after(5):
+                await anext(stream.aiter_lines())
+    for i in range(3):  # each wakes the stream, were it still running
+        await control.create("agents", name=f"wake{i}")
+        await trio.sleep(0.1)
+    assert len(calls) == 1

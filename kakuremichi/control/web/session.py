@@ -69,7 +69,7 @@ def _token_fingerprint() -> str:
 
 
 def logged_in() -> bool:
-    return hmac.compare_digest(session.get("admin", ""), _token_fingerprint())
+    return hmac.compare_digest(str(session.get("admin", "")).encode(), _token_fingerprint().encode())
 
 
 def log_in(password: str) -> bool:
@@ -98,4 +98,4 @@ def csrf_token() -> str:
 
 def csrf_valid(submitted: str | None) -> bool:
     expected = session.get(CSRF_FIELD)
-    return bool(expected and submitted) and hmac.compare_digest(submitted, expected)
+    return bool(expected and submitted) and hmac.compare_digest(submitted.encode(), expected.encode())
