@@ -89,7 +89,7 @@ async def test_event_stream_sends_status_changes(control):
 async def test_missing_items_get_a_page(control, path):
     async with _logged_in(control.url) as browser:
         page = await browser.get(path)
-        assert page.status_code == 404 and "<h1>Not possible</h1>" in page.text
+        assert page.status_code == 404 and "<h1>Not found</h1>" in page.text
 
 
 async def test_sessions_survive_a_restart_but_not_a_new_admin_token(settings):

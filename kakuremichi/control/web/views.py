@@ -31,6 +31,7 @@ blueprint.add_app_template_global(CSRF_FIELD, "csrf_field")
 
 POLL_INTERVAL = 2.0  # live pages also see changes made by other control instances, and "5 minutes ago" ageing
 KEEPALIVE = 15.0  # an event-stream comment this often keeps proxies from closing an idle stream
+COALESCE = 0.5  # many clients heartbeating cost one snapshot per stream per COALESCE, not one per heartbeat
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
                                "form-action 'self'; base-uri 'none'",
@@ -82,7 +83,8 @@ async def security_headers(response: Response) -> Response:
 
 @blueprint.errorhandler(ApiError)
 async def api_error(error: ApiError) -> Response:
-    return await _page("message.html", error.status, title="Not possible", message=error.message)
+    title = "Not found" if error.status == 404 else "Not possible"
+    return await _page("message.html", error.status, title=title, message=error.message)
 
 
 @blueprint.context_processor
@@ -149,6 +151,7 @@ async def events() -> Response:
                 quiet_since = trio.current_time()
                 yield b": keepalive\n\n"
             await state.wait_status_change(POLL_INTERVAL)
+            await trio.sleep(COALESCE)
 
     response = Response(stream(), content_type="text/event-stream",
                         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
