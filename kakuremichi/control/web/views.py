@@ -268,7 +268,8 @@ def _client_routes(role: str) -> None:
         if request.method == "POST":
             api.delete_client(role, item_id)
             return redirect(url_for(f"web.{role}_index"))
-        consequence = (f"Its {len(item['tunnels'])} tunnel(s) are deleted with it. " if item.get("tunnels") else "")
+        count = len(item.get("tunnels", []))
+        consequence = {0: "", 1: "Its tunnel is deleted with it. "}.get(count, f"Its {count} tunnels are deleted with it. ")
         return await _page("confirm_delete.html", section=role, what=f"{kind['label']} {item['name']}",
                            consequence=consequence + f"A running {kind['label']} using its key is disconnected.",
                            cancel=url_for(f"web.{role}_show", item_id=item_id))
