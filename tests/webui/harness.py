@@ -4,6 +4,7 @@ the screenshot script."""
 from __future__ import annotations
 
 import shutil
+import socket
 from pathlib import Path
 
 import httpx
@@ -15,7 +16,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.e2e.test_tunnel_end_to_end import Process, free_port, wait_for
+from tests.e2e.test_tunnel_end_to_end import APP, Process, free_port, wait_for
 
 ADMIN = "kma_webui-admin-token-0123456789abcdef0123456789"
 CHROMIUM = "/usr/bin/chromium"
@@ -56,9 +57,31 @@ class Control:
         return Process("-m", f"kakuremichi.{component}", "--control-url", self.url, "--api-key", api_key,
                        "--data-dir", str(self.tmp / name), "--heartbeat", "1", *args, log=self.tmp / f"{name}.log")
 
+    def gateway(self, api_key: str) -> tuple[Process, int]:
+        """A real gateway on loopback (plain HTTP); its process and HTTP port."""
+        http_port = free_port()
+        process = self.spawn("gateway", api_key, "--public-host", "127.0.0.1", "--listen-host", "127.0.0.1",
+                             "--http-port", str(http_port), "--https-port", "0", "--acme-directory", "off",
+                             "--wireguard-port", str(free_port(socket.SOCK_DGRAM)))
+        return process, http_port
+
     def close(self) -> None:
         self.process.stop()
         self.api.close()
+
+
+def local_app() -> tuple[Process, int]:
+    """A small HTTP app only the agent is meant to reach (GET /bytes/N sends N bytes); its process and port."""
+    port = free_port()
+    return Process("-c", APP, str(port), "app", ready="ready"), port
+
+
+def serves(http_port: int, domain: str, path: str = "/") -> bool:
+    """Whether the gateway on `http_port` answers 200 for `domain` (through the tunnel)."""
+    try:
+        return httpx.get(f"http://127.0.0.1:{http_port}{path}", headers={"host": domain}, timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def start_browser() -> webdriver.Chrome:

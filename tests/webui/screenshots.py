@@ -6,16 +6,15 @@ the tunnel — and photographs the main pages in headless chromium (default outp
 
 from __future__ import annotations
 
-import socket
 import sys
 import tempfile
 from pathlib import Path
 
-import httpx
 from selenium.webdriver.common.by import By
 
-from tests.e2e.test_tunnel_end_to_end import APP, Process, free_port, wait_for
-from tests.webui.harness import DESKTOP, PHONE, Control, create_agent, fill, log_in, start_browser, submit
+from tests.e2e.test_tunnel_end_to_end import wait_for
+from tests.webui.harness import (DESKTOP, PHONE, Control, create_agent, fill, local_app, log_in, serves, start_browser,
+                                 submit)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,8 +32,8 @@ def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         control = Control(Path(tmp))
-        app_port = free_port()
-        processes = [Process("-c", APP, str(app_port), "app", ready="ready")]
+        app, app_port = local_app()
+        processes = [app]
         browser = start_browser()
         try:
             browser.get(control.url + "/login")
@@ -45,12 +44,8 @@ def main(out: Path) -> None:
             browser.get(control.url + "/gateways/new")
             fill(browser, {"name": "gw-tokyo"})
             submit(browser, "Add gateway")
-            gateway_key = browser.find_element(By.ID, "api-key").get_attribute("value")
-            http_port = free_port()
-            processes.append(control.spawn(
-                "gateway", gateway_key, "--public-host", "127.0.0.1", "--listen-host", "127.0.0.1",
-                "--http-port", str(http_port), "--https-port", "0", "--acme-directory", "off",
-                "--wireguard-port", str(free_port(socket.SOCK_DGRAM))))
+            gateway, http_port = control.gateway(browser.find_element(By.ID, "api-key").get_attribute("value"))
+            processes.append(gateway)
 
             agent_id, agent_key = create_agent(browser, control, "home-server")
             shoot(browser, out / "agent-key.png")
@@ -66,21 +61,13 @@ def main(out: Path) -> None:
                     browser.find_element(By.XPATH, "//option[normalize-space()='office-nas']").click()
                 submit(browser, "Add tunnel")
 
-            def served() -> bool:
-                try:
-                    return httpx.get(f"http://127.0.0.1:{http_port}/", headers={"host": "app.example.com"},
-                                     timeout=2).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            wait_for(served, 30, "the tunnel to serve")
+            wait_for(lambda: serves(http_port, "app.example.com"), 30, "the tunnel to serve")
             for _ in range(20):
-                httpx.get(f"http://127.0.0.1:{http_port}/bytes/200000", headers={"host": "app.example.com"})
-            browser.get(control.url + "/agents")
-            wait_for(lambda: " MB" in browser.find_element(By.TAG_NAME, "tbody").text, 15, "traffic to show")
-            shoot(browser, out / "agents.png")
-            browser.get(control.url + "/gateways")
-            shoot(browser, out / "gateways.png")
+                assert serves(http_port, "app.example.com", "/bytes/200000")
+            for page in ("agents", "gateways"):
+                browser.get(f"{control.url}/{page}")
+                wait_for(lambda: "4.0 MB" in browser.find_element(By.TAG_NAME, "tbody").text, 15, "traffic to show")
+                shoot(browser, out / f"{page}.png")
             browser.get(control.url + "/tunnels")
             shoot(browser, out / "tunnels.png")
 

@@ -8,8 +8,8 @@ pytest.importorskip("selenium", reason="selenium is in the test extra: pip insta
 
 from selenium.webdriver.common.by import By  # noqa: E402
 
-from tests.webui.harness import (DESKTOP, PHONE, Control, browser_missing, create_agent, fill, log_in,  # noqa: E402
-                                 start_browser, submit, visible, wait)
+from tests.webui.harness import (DESKTOP, PHONE, Control, browser_missing, create_agent, fill,  # noqa: E402
+                                 local_app, log_in, serves, start_browser, submit, visible, wait)
 
 pytestmark = pytest.mark.skipif(browser_missing() is not None, reason=browser_missing() or "")
 
@@ -96,6 +96,31 @@ def test_agent_key_shown_once_and_agent_goes_online_live(admin, control):
         agent.stop()
     wait(admin, lambda b: badge.text == "offline", timeout=20)
     assert admin.execute_script("return window.notReloaded") is True
+
+
+def test_connected_gateways_and_traffic_appear_live(admin, control):
+    gateway_key = control.api.post("/api/gateways", json={"name": "gw-live"}).json()["apiKey"]
+    agent = control.api.post("/api/agents", json={"name": "agent-live"}).json()
+    app, app_port = local_app()
+    gateway, http_port = control.gateway(gateway_key)
+    processes = [app, gateway, control.spawn("agent", agent["apiKey"])]
+    try:
+        control.api.post("/api/tunnels", json={"domain": "live.example.com", "agentId": agent["id"],
+                                               "target": f"127.0.0.1:{app_port}", "tlsMode": "off"})
+        admin.get(control.url + "/agents")
+        admin.execute_script("window.notReloaded = true")
+        field = f"[data-live='agent-{agent['id']}'][data-field='{{}}']"
+        wait(admin, lambda b: serves(http_port, "live.example.com", "/bytes/300000"), timeout=30)
+        wait(admin, lambda b: b.find_element(By.CSS_SELECTOR, field.format("peers")).text == "1 of 1: gw-live")
+        wait(admin, lambda b: "↑ 3" in b.find_element(By.CSS_SELECTOR, field.format("traffic")).text)  # ≥ 300 kB
+        assert admin.execute_script("return window.notReloaded") is True
+        admin.find_element(By.LINK_TEXT, "agent-live").click()
+        peers = admin.find_element(By.XPATH, "//h3[normalize-space()='Gateways']/following-sibling::table").text
+        assert "gw-live" in peers and "connected" in peers
+    finally:
+        for process in reversed(processes):
+            process.stop()
+        control.api.delete(f"/api/agents/{agent['id']}")
 
 
 def test_tunnel_form_shows_validation_next_to_fields_then_edit_and_delete(admin, control):
