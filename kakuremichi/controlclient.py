@@ -34,6 +34,10 @@ class _Refused(_SessionEnded):
     """Control answered auth_error: an operator has to fix the key or role, so it is logged as an error."""
 
 
+class NotConnected(_SessionEnded):
+    """`send` while there is no authenticated session; what it carried must be sent again after reconnecting."""
+
+
 def websocket_url(url: str) -> str:
     """Accept control's address as users know it (http(s)://host:port) as well as its ws(s)://…/ws URL."""
     parts = urlsplit(url.strip())
@@ -49,7 +53,9 @@ class ControlClient:
 
     `on_config` is awaited with each config whose version is newer than the last applied one (and with the
     first config after every reconnect when it differs from `last_config`); returning acks it to control.
-    `stats`, if given, is called every heartbeat and its dict sent as a status_update.
+    `stats`, if given, is called every heartbeat and its dict sent as a status_update. Other messages from
+    control go to the `on_message` attribute, `on_connected` is awaited after each authentication (to
+    resend state), and `send` lets other tasks talk to control in between.
     """
 
     def __init__(self, url: str, api_key: str, role: str, public_key: str, public_endpoint: str | None = None,
@@ -63,6 +69,9 @@ class ControlClient:
                                    None if public_endpoint is None else protocol.check_endpoint(public_endpoint))
         self._on_config = on_config
         self._stats = stats
+        self.on_message: Callable[[protocol.Message], Awaitable[None]] | None = None
+        self.on_connected: Callable[[], Awaitable[None]] | None = None
+        self._ws: WebSocketConnection | None = None
         self._ssl_context = ssl_context
         self.heartbeat = heartbeat
         self.connected = False
@@ -84,6 +93,7 @@ class ControlClient:
             except (_SessionEnded, protocol.ProtocolError) as exc:
                 reason = str(exc)
                 level = logging.ERROR if isinstance(exc, _Refused) else level
+            self._ws = None
             if self.connected:
                 self.connected = False
                 delay = BACKOFF_INITIAL
@@ -100,6 +110,15 @@ class ControlClient:
             while self.last_config is None or self.last_config.version <= newer_than:
                 await self._config_changed.wait()
             return self.last_config
+
+    async def send(self, message: protocol.Message) -> None:
+        """Send one message in the current session (raises NotConnected when there is none)."""
+        if self._ws is None:
+            raise NotConnected("not connected to control")
+        try:
+            await self._ws.send_message(message.to_json())
+        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise NotConnected(f"control connection lost: {_describe(exc)}") from None
 
     async def _session(self, ws: WebSocketConnection) -> None:
         await ws.send_message(self._auth.to_json())
@@ -119,6 +138,9 @@ class ControlClient:
         interval = min(self.heartbeat, welcome.heartbeat_interval)  # never quieter than control expects
         log(logger, logging.INFO, "connected to control", url=self.url, client_id=welcome.client_id,
             name=welcome.name, heartbeat=interval)
+        self._ws = ws
+        if self.on_connected is not None:
+            await self.on_connected()
         session_version: int | None = None  # versions only grow within one session
         last_heard = next_ping = trio.current_time()
         while True:
@@ -145,6 +167,8 @@ class ControlClient:
                 await ws.send_message(protocol.Pong().to_json())
             elif isinstance(message, protocol.ConfigUpdate):
                 session_version = await self._config(ws, message.config, session_version)
+            elif self.on_message is not None:
+                await self.on_message(message)
 
     async def _config(self, ws: WebSocketConnection, config: protocol.Config,
                       session_version: int | None) -> int | None:

@@ -138,9 +138,7 @@ async def run(args) -> None:
         agent = Agent(agent_node)
         await nursery.start(gateway.run)
         await nursery.start(agent.run)
-        gateway_link = ControlClient(ws_url, gateway_key, "gateway", keys.encode(gateway_node.public_key),
-                                     public_endpoint=f"127.0.0.1:{gateway_node.listen_port}",
-                                     on_config=gateway.apply, stats=gateway.stats)
+        gateway_link = gateway.control_client(ws_url, gateway_key, f"127.0.0.1:{gateway_node.listen_port}")
         agent_link = ControlClient(ws_url, agent_key, "agent", keys.encode(agent_node.public_key),
                                    on_config=agent.apply, stats=agent.stats)
         await nursery.start(gateway_link.run)

@@ -8,8 +8,10 @@ the dataclasses are snake_case. See docs/control-protocol.md for the conversatio
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
@@ -19,6 +21,7 @@ PROTOCOL_VERSION = 1
 TUNNEL_PORT = 80  # where an agent accepts a tunnel's connections on its tunnel address
 ROLES = ("gateway", "agent")
 TLS_MODES = ("acme", "self-signed", "off", "custom")
+_ACME_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}\Z")  # RFC 8555 §8.3: base64url without padding
 
 
 class ProtocolError(ValueError):
@@ -414,9 +417,200 @@ class ConfigAck(_Message):
         return cls(_get(obj, "version", int, "config_ack"))
 
 
-Message = Union[Auth, AuthSuccess, AuthError, Ping, Pong, StatusUpdate, ConfigUpdate, ConfigAck]
-_TYPES: dict[str, type] = {cls.type: cls for cls in
-                           (Auth, AuthSuccess, AuthError, Ping, Pong, StatusUpdate, ConfigUpdate, ConfigAck)}
+# -- ACME coordination between gateways (see docs/control-protocol.md, "Certificates") ---------------------
+
+
+def _token(obj: dict, where: str) -> str:
+    token = _get(obj, "token", str, where)
+    if not _ACME_TOKEN.match(token):
+        raise ProtocolError(f"{where}: token must be base64url (RFC 8555), got {token[:40]!r}")
+    return token
+
+
+@dataclass(frozen=True)
+class AcmeChallenge:
+    """An HTTP-01 answer: GET http://<domain>/.well-known/acme-challenge/<token> returns key_authorization."""
+
+    domain: str
+    token: str
+    key_authorization: str
+
+    def to_json(self) -> dict:
+        return {"domain": self.domain, "token": self.token, "keyAuthorization": self.key_authorization}
+
+    @classmethod
+    def from_json(cls, obj: dict, where: str = "challenge") -> AcmeChallenge:
+        return cls(_get(obj, "domain", str, where), _token(obj, where), _get(obj, "keyAuthorization", str, where))
+
+
+@dataclass(frozen=True)
+class ChallengePublished(_Message):
+    """Gateway → control: this gateway's ACME order needs `challenge` answered by every gateway."""
+
+    challenge: AcmeChallenge
+
+    type: ClassVar[str] = "acme_challenge_published"
+
+    def _fields(self) -> dict:
+        return self.challenge.to_json()
+
+    @classmethod
+    def from_json(cls, obj: dict) -> ChallengePublished:
+        return cls(AcmeChallenge.from_json(obj, cls.type))
+
+
+@dataclass(frozen=True)
+class ChallengeWithdrawn(_Message):
+    """Gateway → control: the order is over, the challenge need not be answered any more."""
+
+    domain: str
+    token: str
+
+    type: ClassVar[str] = "acme_challenge_withdrawn"
+
+    def _fields(self) -> dict:
+        return {"domain": self.domain, "token": self.token}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> ChallengeWithdrawn:
+        return cls(_get(obj, "domain", str, cls.type), _token(obj, cls.type))
+
+
+@dataclass(frozen=True)
+class ChallengeReady(_Message):
+    """Control → the publishing gateway: every connected gateway serving the domain now answers `token`."""
+
+    token: str
+
+    type: ClassVar[str] = "acme_challenge_ready"
+
+    def _fields(self) -> dict:
+        return {"token": self.token}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> ChallengeReady:
+        return cls(_token(obj, cls.type))
+
+
+@dataclass(frozen=True)
+class Challenges(_Message):
+    """Control → gateway: the complete set of challenges other gateways published for this one's domains."""
+
+    challenges: list[AcmeChallenge]
+
+    type: ClassVar[str] = "acme_challenges"
+
+    def _fields(self) -> dict:
+        return {"challenges": [c.to_json() for c in self.challenges]}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> Challenges:
+        return cls(_objects(obj, "challenges", cls.type, AcmeChallenge))
+
+
+@dataclass(frozen=True)
+class ChallengesAck(_Message):
+    """Gateway → control: these tokens are now answered (the `acme_challenges` just applied)."""
+
+    tokens: list[str]
+
+    type: ClassVar[str] = "acme_challenges_ack"
+
+    def _fields(self) -> dict:
+        return {"tokens": list(self.tokens)}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> ChallengesAck:
+        return cls(_list_of(obj, "tokens", cls.type, str))
+
+
+@dataclass(frozen=True)
+class LeaseRequest(_Message):
+    """Gateway → control: may this gateway order (or renew) the certificate of `domain` now?"""
+
+    domain: str
+
+    type: ClassVar[str] = "acme_lease_request"
+
+    def _fields(self) -> dict:
+        return {"domain": self.domain}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> LeaseRequest:
+        return cls(_get(obj, "domain", str, cls.type))
+
+
+@dataclass(frozen=True)
+class Lease(_Message):
+    """Control → gateway: the answer to a lease request. Granted or not, `expires_in` seconds say how long
+    the holder (named by `holder`) alone may order; a refused gateway asks again after that."""
+
+    domain: str
+    granted: bool
+    holder: str
+    expires_in: float
+
+    type: ClassVar[str] = "acme_lease"
+
+    def _fields(self) -> dict:
+        return {"domain": self.domain, "granted": self.granted, "holder": self.holder, "expiresIn": self.expires_in}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> Lease:
+        expires_in = _get(obj, "expiresIn", (int, float), cls.type)
+        if expires_in < 0:
+            raise ProtocolError(f"{cls.type}: expiresIn must not be negative")
+        return cls(_get(obj, "domain", str, cls.type), _get(obj, "granted", bool, cls.type),
+                   _get(obj, "holder", str, cls.type), float(expires_in))
+
+
+@dataclass(frozen=True)
+class _CertificateMessage(_Message):
+    """A certificate with its private key: travels only on this authenticated WebSocket, never logged."""
+
+    domain: str
+    chain_pem: str  # leaf first, then intermediates
+    key_pem: str
+    not_after: datetime.datetime  # UTC, aware
+
+    def __repr__(self) -> str:  # never put the private key into logs or tracebacks
+        return f"{type(self).__name__}(domain={self.domain!r}, not_after={self.not_after.isoformat()!r})"
+
+    def _fields(self) -> dict:
+        return {"domain": self.domain, "chain": self.chain_pem, "key": self.key_pem,
+                "notAfter": self.not_after.isoformat().replace("+00:00", "Z")}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> _CertificateMessage:
+        text = _get(obj, "notAfter", str, cls.type)
+        try:
+            not_after = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise ProtocolError(f"{cls.type}: notAfter {text!r} is not an ISO 8601 time") from None
+        if not_after.tzinfo is None:
+            raise ProtocolError(f"{cls.type}: notAfter {text!r} must carry a time zone (Z)")
+        return cls(_get(obj, "domain", str, cls.type), _get(obj, "chain", str, cls.type),
+                   _get(obj, "key", str, cls.type), not_after.astimezone(datetime.timezone.utc))
+
+
+@dataclass(frozen=True, repr=False)
+class CertificateUpload(_CertificateMessage):
+    """Gateway → control: a certificate this gateway just obtained, for control to keep and share."""
+
+    type: ClassVar[str] = "certificate_upload"
+
+
+@dataclass(frozen=True, repr=False)
+class CertificateInstall(_CertificateMessage):
+    """Control → gateway: serve (and persist) this certificate for `domain`."""
+
+    type: ClassVar[str] = "certificate"
+
+
+Message = Union[Auth, AuthSuccess, AuthError, Ping, Pong, StatusUpdate, ConfigUpdate, ConfigAck, ChallengePublished,
+                ChallengeWithdrawn, ChallengeReady, Challenges, ChallengesAck, LeaseRequest, Lease, CertificateUpload,
+                CertificateInstall]
+_TYPES: dict[str, type] = {cls.type: cls for cls in Message.__args__}
 
 
 def decode(frame: str | bytes) -> Message:

@@ -16,7 +16,7 @@ from pony.orm import Database, TransactionIntegrityError, db_session
 from quart import Blueprint, request
 from quart_trio.wrappers.response import TrioResponse as Response
 
-from kakuremichi.control import allocation, auth, validation as v
+from kakuremichi.control import allocation, auth, certificates, validation as v
 from kakuremichi.control.models import bump_config_version
 from kakuremichi.control.state import ControlState, current
 from kakuremichi.control.validation import ApiError
@@ -265,14 +265,22 @@ def update_tunnel(item_id: str, body: Any) -> dict:
 
     def work(db: Database) -> dict:
         tunnel = get_row(db, "Tunnel", item_id)
-        tunnel.set(**_tunnel_columns(db, values, item_id))
+        columns = _tunnel_columns(db, values, item_id)
+        if columns.get("domain", tunnel.domain) != tunnel.domain:
+            certificates.forget(db, tunnel.domain)
+        tunnel.set(**columns)
         return tunnel_json(tunnel)
 
     return _mutate(current(), work)
 
 
 def delete_tunnel(item_id: str) -> None:
-    _mutate(current(), lambda db: get_row(db, "Tunnel", item_id).delete())
+    def work(db: Database) -> None:
+        tunnel = get_row(db, "Tunnel", item_id)
+        certificates.forget(db, tunnel.domain)  # its private key is kept nowhere once nobody serves it
+        tunnel.delete()
+
+    _mutate(current(), work)
 
 
 @blueprint.post("/tunnels")

@@ -42,6 +42,9 @@ def parser(prog: str | None = None) -> EnvArgumentParser:
                    help="client ping interval; a client silent for two intervals is marked offline")
     p.add_argument("--subnet-pool", default=Settings.subnet_pool, metavar="CIDR",
                    help="IPv4 range tunnels get their /24 subnets from")
+    p.add_argument("--acme-lease", type=_positive, default=Settings.acme_lease, metavar="SECONDS",
+                   help="how long one gateway alone may order a domain's ACME certificate before another may "
+                        "(it passes on at once when the holder goes offline)")
     logs.add_arguments(p)
     return p
 
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 2
     settings = Settings(listen=args.listen, data_dir=args.data_dir, database_url=args.database_url,
                         admin_token=args.admin_token, heartbeat_interval=args.heartbeat_interval,
-                        subnet_pool=args.subnet_pool)
+                        subnet_pool=args.subnet_pool, acme_lease=args.acme_lease)
     try:
         trio.run(_run, settings)
     except (SchemaError, OSError) as exc:

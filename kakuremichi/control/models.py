@@ -1,4 +1,5 @@
-"""The control database: agents, gateways, tunnels and each gateway's address inside each tunnel.
+"""The control database: agents, gateways, tunnels and each gateway's address inside each tunnel, plus what
+gateways share for ACME (certificates with their keys, pending HTTP-01 challenges, who may order a domain).
 
 Entities are defined per `Database` (not at import time) so one process can open several databases — tests
 run a server, stop it and start another on the same file. Uniqueness the allocator relies on (domain, subnet,
@@ -13,9 +14,9 @@ import uuid
 from datetime import datetime, timezone
 from urllib.parse import unquote, urlsplit
 
-from pony.orm import Database, Json, Optional, PrimaryKey, Required, Set, composite_key, db_session
+from pony.orm import Database, Json, LongStr, Optional, PrimaryKey, Required, Set, composite_key, db_session
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: certificates, acme_challenges, acme_leases (new tables only)
 
 
 class SchemaError(RuntimeError):
@@ -58,6 +59,8 @@ def define(db: Database) -> None:
         last_seen_at = Optional(datetime)
         created_at = Required(datetime, default=utcnow)
         tunnel_ips = Set("TunnelGatewayIp", cascade_delete=True)
+        acme_leases = Set("AcmeLease", cascade_delete=True)
+        acme_challenges = Set("AcmeChallenge", cascade_delete=True)
 
     class Tunnel(db.Entity):
         _table_ = "tunnels"
@@ -83,6 +86,36 @@ def define(db: Database) -> None:
         ip = Required(str)
         PrimaryKey(tunnel, gateway)
         composite_key(tunnel, ip)
+
+    class Certificate(db.Entity):
+        """The newest certificate a gateway obtained for a domain, pushed to every gateway serving it.
+        Holds the private key: only the gateway WebSocket ever carries it (never the REST API or logs)."""
+        _table_ = "certificates"
+        domain = PrimaryKey(str)
+        chain_pem = Required(LongStr, autostrip=False)
+        key_pem = Required(LongStr, autostrip=False)
+        serial = Required(str)  # hex
+        not_before = Required(datetime)
+        not_after = Required(datetime)
+        issuer = Required(str)
+        uploaded_by = Required(str)  # gateway name, for the record
+        updated_at = Required(datetime, default=utcnow)
+
+    class AcmeLease(db.Entity):
+        """Which gateway alone may order `domain`'s certificate until `expires_at` (or until it goes offline)."""
+        _table_ = "acme_leases"
+        domain = PrimaryKey(str)
+        gateway = Required(Gateway)
+        expires_at = Required(datetime)
+
+    class AcmeChallenge(db.Entity):
+        """An HTTP-01 answer one gateway published; every other gateway serving `domain` answers it too."""
+        _table_ = "acme_challenges"
+        token = PrimaryKey(str)
+        domain = Required(str)
+        key_authorization = Required(str)
+        gateway = Required(Gateway)
+        expires_at = Required(datetime)
 
     class Setting(db.Entity):
         _table_ = "settings"
@@ -111,11 +144,16 @@ def open_database(url: str) -> Database:
     return db
 
 
+MIGRATED_BY_CREATE_TABLES = {1}  # older versions whose upgrade only adds tables
+
+
 @db_session
 def _check_schema(db: Database) -> None:
     row = db.Setting.get(key="schema_version")
     if row is None:
         db.Setting(key="schema_version", value=str(SCHEMA_VERSION))
+    elif int(row.value) in MIGRATED_BY_CREATE_TABLES:
+        row.value = str(SCHEMA_VERSION)  # generate_mapping(create_tables=True) added the new tables
     elif int(row.value) != SCHEMA_VERSION:
         raise SchemaError(f"database schema version {row.value} is not supported by this control "
                           f"(expects {SCHEMA_VERSION}); upgrade kakuremichi or use the matching release")

@@ -36,6 +36,7 @@ class Settings:
     subnet_pool: str = "10.0.0.0/8"
     auth_timeout: float = 10.0
     change_poll_interval: float = 1.0  # how often to look for changes made by another control instance
+    acme_lease: float = 600.0  # seconds one gateway alone may order a domain's certificate
 
     @property
     def database(self) -> str:
@@ -51,6 +52,7 @@ class ControlState:
         self.db: Database = open_database(settings.database)
         self.metrics = Metrics()
         self.clients: dict[tuple[str, str], ClientSession] = {}
+        self.challenge_acks = trio.Event()  # replaced on every ACME challenge ack a gateway sends
         self.admin_token_hash, self.new_admin_token = _admin_token(self.db, settings.admin_token)
         self._status_event = trio.Event()
 
@@ -69,6 +71,11 @@ class ControlState:
         """Return at the next `status_changed`, or after `timeout` seconds (changes made by other instances)."""
         with trio.move_on_after(timeout):
             await self._status_event.wait()
+
+    def challenges_acked(self) -> None:
+        """A gateway confirmed the challenges it answers: wake whoever waits to tell a publisher."""
+        self.challenge_acks.set()
+        self.challenge_acks = trio.Event()
 
     def disconnect(self, role: str, client_id: str, code: int, reason: str) -> None:
         """Close a client's session, if it has one (its key was rotated, or it was deleted)."""

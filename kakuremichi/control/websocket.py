@@ -1,9 +1,9 @@
 """The /ws endpoint: authenticate a gateway or agent, keep its status, push its config whenever it changes.
 
-One session per client runs two tasks: the receiver (pings, acks, status, silence detection) and the
-pusher, which wakes on `config_dirty`, rebuilds the client's config and sends it only if it differs from
-the last one sent. Any database change therefore reaches exactly the affected clients, without control
-having to know which change affects whom.
+One session per client runs two tasks: the receiver (pings, acks, status, ACME coordination, silence
+detection) and the pusher, which wakes on `config_dirty`, rebuilds the client's config — and a gateway's
+certificates and challenges — and sends what differs from what it last sent. Any database change
+therefore reaches exactly the affected clients, without control having to know which change affects whom.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from pony.orm import db_session
 from quart import Blueprint, websocket
 
 from kakuremichi import protocol
-from kakuremichi.control import auth, configs
+from kakuremichi.certpair import CertificateError
+from kakuremichi.control import auth, certificates, configs
 from kakuremichi.control.models import bump_config_version, get_setting, utcnow
 from kakuremichi.control.state import ControlState, current
 from kakuremichi.logs import log
@@ -31,6 +32,10 @@ CLOSE_HEARTBEAT_TIMEOUT = 4002
 CLOSE_AUTH_TIMEOUT = 4003
 CLOSE_REPLACED = 4004
 CLOSE_DELETED = 4005
+TRANSACTION_RETRIES = 3  # controls sharing PostgreSQL may race for the same lease, challenge or certificate
+CHALLENGE_READY_TIMEOUT = 10.0  # a gateway that never confirms a challenge must not stall the order forever
+ACME_MESSAGES = (protocol.LeaseRequest, protocol.ChallengePublished, protocol.ChallengeWithdrawn,
+                 protocol.ChallengesAck, protocol.CertificateUpload)
 
 
 class _Rejected(Exception):
@@ -76,6 +81,9 @@ class ClientSession:
         self.close_reason: tuple[int, str] | None = None
         self._scope = trio.CancelScope()
         self._sent: dict | None = None
+        self._sent_certificates: dict[str, str] = {}  # domain → serial
+        self._sent_challenges: list[protocol.AcmeChallenge] = []  # a new gateway answers none yet
+        self.acked_challenges: set[str] = set()  # tokens this gateway confirmed it answers
 
     def close(self, code: int, reason: str) -> None:
         """End the session; the handler sends the close frame."""
@@ -86,11 +94,11 @@ class ClientSession:
         interval = self.state.settings.heartbeat_interval
         with self._scope:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._push_configs)
-                await self._receive(interval)
+                nursery.start_soon(self._push)
+                await self._receive(interval, nursery)
                 nursery.cancel_scope.cancel()
 
-    async def _receive(self, interval: float) -> None:
+    async def _receive(self, interval: float, nursery: trio.Nursery) -> None:
         last_written = trio.current_time()
         while True:
             with trio.move_on_after(2 * interval) as silence:
@@ -116,22 +124,125 @@ class ClientSession:
                     version=message.version)
             elif isinstance(message, protocol.StatusUpdate):
                 self._store_stats(message.stats)
+            elif isinstance(message, ACME_MESSAGES) and self.role == "gateway":
+                await self._acme(message, nursery)
 
-    async def _push_configs(self) -> None:
+    async def _acme(self, message, nursery: trio.Nursery) -> None:
+        """One gateway's part in ordering certificates together (see certificates.py)."""
+        if isinstance(message, protocol.ChallengesAck):
+            self.acked_challenges = set(message.tokens)
+            self.state.challenges_acked()
+            return
+        domain = message.challenge.domain if isinstance(message, protocol.ChallengePublished) else message.domain
+        with db_session:
+            served = domain in certificates.served_domains(self.state.db, self.client_id)
+        if not served:
+            log(logger, logging.WARNING, "ignoring ACME message for a domain this gateway does not serve with "
+                "ACME", name=self.name, type=message.type, domain=domain)
+            if isinstance(message, protocol.LeaseRequest):
+                await websocket.send(protocol.Lease(domain, False, "", self.state.settings.acme_lease).to_json())
+            return
+        if isinstance(message, protocol.LeaseRequest):
+            await self._lease(domain)
+        elif isinstance(message, protocol.ChallengePublished):
+            self._shared(certificates.publish_challenge, self.client_id, message.challenge, utcnow())
+            nursery.start_soon(self._confirm_challenge, message.challenge)
+        elif isinstance(message, protocol.ChallengeWithdrawn):
+            self._shared(certificates.withdraw_challenge, self.client_id, message.token)
+        else:
+            try:
+                serial = self._shared(certificates.store_certificate, self.name, message, utcnow())
+            except CertificateError as exc:
+                log(logger, logging.WARNING, "refused an uploaded certificate", name=self.name, error=str(exc))
+                return
+            if serial is not None:
+                self._sent_certificates[domain] = serial  # the uploader has it: its key goes back to nobody
+            log(logger, logging.INFO, "certificate uploaded" if serial else "uploaded certificate not newer, "
+                "kept the stored one", name=self.name, domain=domain, not_after=message.not_after.isoformat())
+
+    def _shared(self, change, *args):
+        """Apply a change other gateways must see, then wake their sessions (and other control instances)."""
+
+        @db_session(retry=TRANSACTION_RETRIES)
+        def transaction():
+            result = change(self.state.db, *args)
+            bump_config_version(self.state.db)
+            return result
+
+        result = transaction()
+        self.state.changed()
+        return result
+
+    async def _lease(self, domain: str) -> None:
+        now = utcnow()
+
+        @db_session(retry=TRANSACTION_RETRIES)  # two controls granting at once: the loser sees the winner's lease
+        def transaction() -> certificates.LeaseDecision:
+            return certificates.request_lease(self.state.db, self.client_id, domain, now,
+                                              self.state.settings.acme_lease)
+
+        decision = transaction()
+        expires_in = max(0.0, (decision.expires_at - now).total_seconds())
+        log(logger, logging.INFO, "ACME lease granted" if decision.granted else "ACME lease refused",
+            name=self.name, domain=domain, holder=decision.holder, expires_in=round(expires_in))
+        await websocket.send(protocol.Lease(domain, decision.granted, decision.holder, expires_in).to_json())
+
+    async def _confirm_challenge(self, challenge: protocol.AcmeChallenge) -> None:
+        """Tell the publisher once every other connected gateway serving the domain answers the challenge,
+        so that it lets the CA validate only then (or after a timeout, logged)."""
+        with db_session:
+            others = certificates.gateways_serving(self.state.db, challenge.domain) - {self.client_id}
+
+        def unconfirmed() -> list[str]:
+            sessions = (self.state.clients.get(("gateway", g)) for g in others)
+            return [s.name for s in sessions if s is not None and challenge.token not in s.acked_challenges]
+
+        with trio.move_on_after(CHALLENGE_READY_TIMEOUT):
+            while True:
+                acks = self.state.challenge_acks
+                if not unconfirmed():
+                    break
+                await acks.wait()
+        if waiting := unconfirmed():
+            log(logger, logging.WARNING, "gateways did not confirm an ACME challenge in time",
+                domain=challenge.domain, gateways=",".join(waiting))
+        await websocket.send(protocol.ChallengeReady(challenge.token).to_json())
+
+    async def _push(self) -> None:
         while True:
             await self.config_dirty.wait()
             self.config_dirty = trio.Event()
             with db_session:
                 config = configs.config_for(self.state.db, self.role, self.client_id)
+                if config is not None and self.role == "gateway":
+                    new_certificates = self._unsent_certificates()
+                    challenges = certificates.challenges_for(self.state.db, self.client_id, utcnow())
             if config is None:
                 self.close(CLOSE_DELETED, f"this {self.role} was deleted")
                 return
-            body = config.to_json()
-            if body != self._sent:
-                await websocket.send(protocol.ConfigUpdate(config).to_json())
-                self._sent = body
-                self.state.metrics.inc("kakuremichi_control_config_pushes_total", role=self.role)
-                log(logger, logging.INFO, "config pushed", role=self.role, name=self.name, version=config.version)
+            if self.role == "gateway":  # certificates before the routes they serve: nothing orders needlessly
+                for serial, certificate in new_certificates:
+                    await websocket.send(certificate.to_json())
+                    self._sent_certificates[certificate.domain] = serial
+                    log(logger, logging.INFO, "certificate pushed", name=self.name, domain=certificate.domain)
+            await self._push_config(config)
+            if self.role == "gateway" and challenges != self._sent_challenges:
+                await websocket.send(protocol.Challenges(challenges).to_json())
+                self._sent_challenges = challenges
+
+    def _unsent_certificates(self) -> list[tuple[str, protocol.CertificateInstall]]:
+        """(serial, certificate) for each certificate this gateway should serve and has not been sent yet."""
+        serials = certificates.certificate_serials(self.state.db, self.client_id)
+        return [(serial, certificates.certificate(self.state.db, domain)) for domain, serial in sorted(serials.items())
+                if self._sent_certificates.get(domain) != serial]
+
+    async def _push_config(self, config: protocol.Config) -> None:
+        body = config.to_json()
+        if body != self._sent:
+            await websocket.send(protocol.ConfigUpdate(config).to_json())
+            self._sent = body
+            self.state.metrics.inc("kakuremichi_control_config_pushes_total", role=self.role)
+            log(logger, logging.INFO, "config pushed", role=self.role, name=self.name, version=config.version)
 
     def row(self):
         """This client's database row (inside a db_session), None once deleted."""
@@ -181,6 +292,7 @@ async def endpoint() -> None:
         if state.clients.get((session.role, session.client_id)) is session:
             del state.clients[session.role, session.client_id]
             _mark_offline(state, session)
+            state.challenges_acked()  # nobody waits for this gateway's confirmation any more
             state.status_changed()
         log(logger, logging.INFO, "client disconnected", role=session.role, name=session.name,
             reason=session.close_reason[1] if session.close_reason else "connection closed")

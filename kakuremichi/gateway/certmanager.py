@@ -3,8 +3,8 @@
 Per route TLS mode: `acme` certificates are ordered over HTTP-01 and renewed at 2/3 of their
 lifetime, with exponential backoff (and jitter, so gateways don't hammer a CA in step) when the CA
 fails; `custom` ones are installed by the user or control; `self-signed` ones are made locally.
-Certificates obtained here are announced to `observers` so the daemon can hand them to the other
-gateways through control, which install them with `install()` — every gateway serves the same one.
+With several gateways a `coordinator` (the daemon's link to control) decides which one orders, spreads
+its challenges to the others and shares what it obtains; they `adopt()` it — all serve the same one.
 """
 
 from __future__ import annotations
@@ -13,16 +13,19 @@ import datetime
 import logging
 import math
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import trio
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from kakuremichi.certpair import CertificateError, covers
 from kakuremichi.gateway.acmeclient import AcmeClient, AcmeError, AcmeSettings
-from kakuremichi.gateway.certstore import CertificateError, CertStore, StoredCertificate, covers, write_private
+from kakuremichi.gateway.certstore import CertStore, StoredCertificate, write_private
 from kakuremichi.gateway.challenges import Challenge, ChallengeStore
 from kakuremichi.gateway.routes import Route, TlsMode
 from kakuremichi.gateway.selfsigned import make_self_signed
@@ -45,6 +48,30 @@ class RenewalPolicy:
     jitter: float = 0.1  # ± fraction of each retry delay
 
 
+class LeaseHeld(Exception):
+    """Another gateway is ordering this domain's certificate; ask again after `retry_in` seconds (its
+    certificate will normally have arrived by then)."""
+
+    def __init__(self, domain: str, holder: str, retry_in: float) -> None:
+        super().__init__(f"{domain}: gateway {holder} orders this certificate for the next {retry_in:.0f}s" if holder
+                         else f"{domain}: control grants no lease (not an ACME domain of this gateway?)")
+        self.domain, self.holder, self.retry_in = domain, holder, retry_in
+
+
+class Coordinator(Protocol):
+    """How gateways order together (kakuremichi/gateway/certsync.py, through control)."""
+
+    async def lease(self, domain: str) -> None:
+        """Return once this gateway may order `domain` now; raise LeaseHeld or AcmeError otherwise."""
+
+    async def publish(self, challenge: Challenge) -> None:
+        """Return once the other gateways answer `challenge` too (or it is clear they never will)."""
+
+    async def withdraw(self, challenge: Challenge) -> None: ...
+
+    async def share(self, domain: str, chain_pem: bytes, key_pem: bytes, stored: StoredCertificate) -> None: ...
+
+
 @dataclass
 class DomainState:
     """What the manager knows about one ACME domain (exposed for status pages and tests)."""
@@ -59,14 +86,14 @@ class CertificateManager:
     """Owns the certificate side of the HTTPS listener: `context` is what it wraps connections with."""
 
     def __init__(self, store: CertStore, challenges: ChallengeStore, acme: AcmeSettings | None = None,
-                 policy: RenewalPolicy | None = None) -> None:
+                 policy: RenewalPolicy | None = None, coordinator: Coordinator | None = None) -> None:
         self.store = store
         self.challenges = challenges
         self.acme = acme
         self.policy = policy or RenewalPolicy()
         self.selector = CertificateSelector(self._fallback())
         self.states: dict[str, DomainState] = {}
-        self.observers: list[Callable[[str, bytes, bytes], None]] = []
+        self.coordinator = coordinator
         self._routes: dict[str, Route] = {}
         self._served: dict[str, int] = {}  # domain → serial of the certificate SNI hands out
         self._client: AcmeClient | None = None
@@ -112,8 +139,24 @@ class CertificateManager:
         self._serve(stored)
         log(logger, logging.INFO, "certificate installed", domain=stored.domain, not_after=stored.not_after,
             issuer=stored.issuer)
+        if stored.domain in self.states:  # a fresh certificate ends any wait for a lease or a retry
+            self.states[stored.domain] = DomainState()
         self._wake.set()  # a certificate from another gateway may postpone our own renewal
         return stored
+
+    def adopt(self, domain: str, chain_pem: bytes, key_pem: bytes) -> StoredCertificate | None:
+        """Install a certificate another gateway obtained, unless the one kept here is the same or a later one
+        from the same CA (a self-signed or custom leftover is always replaced)."""
+        try:
+            incoming = x509.load_pem_x509_certificates(chain_pem)[0]
+        except ValueError as exc:
+            raise CertificateError(f"{domain}: unreadable certificate ({exc})") from None
+        current = self.store.load(domain)
+        if current is not None and (incoming.serial_number == current.serial
+                                    or (incoming.issuer.rfc4514_string() == current.issuer
+                                        and incoming.not_valid_after_utc <= current.not_after)):
+            return None
+        return self.install(domain, chain_pem, key_pem)
 
     def _serve(self, stored: StoredCertificate) -> None:
         """Hand a stored certificate to SNI (building its SSLContext once, not on every config push)."""
@@ -157,6 +200,11 @@ class CertificateManager:
         state = self.states[domain]
         try:
             await self.obtain(domain)
+        except LeaseHeld as held:
+            delay = held.retry_in * (1 + random.uniform(0, self.policy.jitter))
+            state.retry_at = utcnow() + datetime.timedelta(seconds=delay)
+            log(logger, logging.INFO, "another gateway orders this certificate; waiting for it", domain=domain,
+                holder=held.holder, ask_again_in_s=round(delay))
         except (AcmeError, CertificateError) as exc:
             state.failures += 1
             delay = min(self.policy.retry_max, self.policy.retry_initial * 2 ** (state.failures - 1))
@@ -170,10 +218,13 @@ class CertificateManager:
             state.failures, state.retry_at, state.last_error = 0, None, ""
 
     async def obtain(self, domain: str) -> StoredCertificate:
-        """Order a certificate for `domain` now (also a forced renewal) with a fresh key, then serve it."""
+        """Order a certificate for `domain` now (also a forced renewal) with a fresh key, then serve it.
+        With a coordinator, only while holding the domain's lease (else LeaseHeld)."""
         if self.acme is None:
             raise AcmeError("no ACME directory configured")
         async with self._lock:
+            if self.coordinator is not None:
+                await self.coordinator.lease(domain)
             key = ec.generate_private_key(ec.SECP256R1())
             key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                         serialization.NoEncryption())
@@ -183,10 +234,10 @@ class CertificateManager:
             log(logger, logging.INFO, "requesting certificate", domain=domain, directory=self.acme.directory_url)
 
             def publish(token: str, key_authorization: str) -> None:
-                trio.from_thread.run_sync(self.challenges.add, Challenge(domain, token, key_authorization))
+                trio.from_thread.run(self._publish, Challenge(domain, token, key_authorization))
 
             def withdraw(token: str) -> None:
-                trio.from_thread.run_sync(self.challenges.remove, token)
+                trio.from_thread.run(self._withdraw, token)
 
             chain_pem = await trio.to_thread.run_sync(self._client.issue, domain, key_pem, publish, withdraw,
                                                       abandon_on_cancel=True)
@@ -194,6 +245,16 @@ class CertificateManager:
             self._serve(stored)
         log(logger, logging.INFO, "certificate issued", domain=domain, not_after=stored.not_after,
             serial=format(stored.serial, "x"), issuer=stored.issuer)
-        for observer in self.observers:
-            observer(domain, chain_pem, key_pem)
+        if self.coordinator is not None:
+            await self.coordinator.share(domain, chain_pem, key_pem, stored)
         return stored
+
+    async def _publish(self, challenge: Challenge) -> None:
+        self.challenges.add(challenge)
+        if self.coordinator is not None:
+            await self.coordinator.publish(challenge)
+
+    async def _withdraw(self, token: str) -> None:
+        challenge = self.challenges.remove(token)
+        if challenge is not None and self.coordinator is not None:
+            await self.coordinator.withdraw(challenge)

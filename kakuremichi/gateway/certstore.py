@@ -21,15 +21,11 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtensionOID
 
+from kakuremichi.certpair import check_pair, names
 from kakuremichi.gateway.hostname import normalize_host
 
 PRIVATE_MODE = 0o600
-
-
-class CertificateError(ValueError):
-    """A certificate/key pair that can't be served (mismatched key, wrong names, unparsable PEM)."""
 
 
 @dataclass(frozen=True)
@@ -62,19 +58,6 @@ def write_private(path: Path, data: bytes) -> None:
         raise
 
 
-def _names(cert: x509.Certificate) -> tuple[str, ...]:
-    try:
-        san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
-    except x509.ExtensionNotFound:
-        return ()
-    return tuple(n.lower() for n in san.get_values_for_type(x509.DNSName))
-
-
-def covers(names: tuple[str, ...], domain: str) -> bool:
-    parent = domain.partition(".")[2]
-    return domain in names or (bool(parent) and f"*.{parent}" in names)
-
-
 class CertStore:
     """The state directory's certificate half; safe to share between gateways on one host."""
 
@@ -90,19 +73,8 @@ class CertStore:
     def save(self, domain: str, chain_pem: bytes, key_pem: bytes) -> StoredCertificate:
         """Check that the pair is usable for `domain`, then store it atomically."""
         domain = normalize_host(domain, allow_wildcard=True)
-        try:
-            chain = x509.load_pem_x509_certificates(chain_pem)
-            key = serialization.load_pem_private_key(key_pem, password=None)
-        except ValueError as exc:
-            raise CertificateError(f"{domain}: unreadable certificate or key ({exc})") from None
+        chain, key = check_pair(domain, chain_pem, key_pem)
         leaf = chain[0]
-        if leaf.public_key().public_bytes(serialization.Encoding.DER,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo) != \
-                key.public_key().public_bytes(serialization.Encoding.DER,
-                                              serialization.PublicFormat.SubjectPublicKeyInfo):
-            raise CertificateError(f"{domain}: the private key does not belong to the certificate")
-        if not covers(_names(leaf), domain):
-            raise CertificateError(f"{domain}: the certificate is for {', '.join(_names(leaf)) or 'no DNS name'}")
         key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
         chain_text = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
@@ -122,7 +94,7 @@ class CertStore:
         return self._describe(domain, path, leaf)
 
     def _describe(self, domain: str, path: Path, leaf: x509.Certificate) -> StoredCertificate:
-        return StoredCertificate(domain, path, _names(leaf), leaf.not_valid_before_utc, leaf.not_valid_after_utc,
+        return StoredCertificate(domain, path, names(leaf), leaf.not_valid_before_utc, leaf.not_valid_after_utc,
                                  leaf.serial_number, leaf.issuer.rfc4514_string())
 
     def read_pair(self, domain: str) -> tuple[bytes, bytes]:

@@ -2,8 +2,9 @@
 
 It makes its own WireGuard key (kept in --data-dir), connects to control with its `gtw_` API key,
 reports its public WireGuard endpoint, and serves every tunnel's domain over HTTP and HTTPS, with
-certificates from ACME (Let's Encrypt by default). Run it unprivileged: in a container, map ports
-80/443 to --http-port/--https-port.
+certificates from ACME (Let's Encrypt by default). Several gateways order each certificate once,
+together through control, and all serve it. Run it unprivileged: in a container, map ports 80/443 to
+--http-port/--https-port.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from pathlib import Path
 import trio
 
 from kakuremichi import command, logs
-from kakuremichi.controlclient import ControlClient
 from kakuremichi.gateway.acmeclient import LETS_ENCRYPT, AcmeSettings
 from kakuremichi.gateway.gateway import Gateway, Listen
 from kakuremichi.options import EnvArgumentParser
@@ -56,9 +56,7 @@ async def run(args) -> None:
                                                                   args.acme_ca_bundle)
     gateway = Gateway(node, data, Listen(args.listen_host, args.http_port, args.https_port or None, acme))
     endpoint = f"{args.public_host}:{node.listen_port}"
-    client = ControlClient(args.control_url, args.api_key, "gateway", keys.encode(node.public_key),
-                           public_endpoint=endpoint, on_config=gateway.apply, heartbeat=args.heartbeat,
-                           stats=gateway.stats)
+    client = gateway.control_client(args.control_url, args.api_key, endpoint, heartbeat=args.heartbeat)
     logs.log(logger, logging.INFO, "gateway starting", public_key=keys.encode(node.public_key),
              endpoint=endpoint, control=args.control_url)
     async with trio.open_nursery() as nursery:

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import trio
 
+from kakuremichi.controlclient import ControlClient
 from kakuremichi.gateway.acmeclient import AcmeSettings
 from kakuremichi.gateway.certmanager import CertificateManager
 from kakuremichi.gateway.certstore import CertStore
+from kakuremichi.gateway.certsync import CertificateSync
 from kakuremichi.gateway.challenges import ChallengeStore
 from kakuremichi.gateway.listeners import serve_http, serve_https
 from kakuremichi.gateway.proxy import Proxy, ProxySettings
@@ -52,6 +54,16 @@ class Gateway:
         self.config_version = 0
         self.http_ports: list[int] = []
         self.https_ports: list[int] = []
+
+    def control_client(self, url: str, api_key: str, public_endpoint: str, **options) -> ControlClient:
+        """The link to control this gateway follows: its configs, and certificates ordered together with the
+        other gateways (`options` go to ControlClient)."""
+        client = ControlClient(url, api_key, "gateway", keys.encode(self.node.public_key), public_endpoint,
+                               on_config=self.apply, stats=self.stats, **options)
+        sync = CertificateSync(self.certs, self.challenges, client)
+        client.on_message, client.on_connected = sync.receive, sync.connected
+        self.certs.coordinator = sync
+        return client
 
     async def _dial(self, route: Route) -> trio.abc.Stream:
         peer = self.node.device.allowed_ips.lookup(ipaddress.ip_address(route.address).packed)

@@ -4,6 +4,10 @@ Because 2**16 ≡ 1 (mod 0xFFFF), the one's-complement sum of a buffer's 16-bit 
 buffer read as one big integer, modulo 0xFFFF. `int.from_bytes` and `%` run in C, so a 1500-byte packet
 costs a couple of microseconds. Partial sums of several pieces (pseudo-header, header, payload) simply add
 up as integers as long as each piece starts on an even offset; fold once at the end.
+
+`%` on a big integer divides it one 30-bit digit at a time, which for a full-size segment costs more than
+reading it; splitting the sum in halves at a multiple of 16 bits (2**16k ≡ 1 as well) and adding them
+shrinks it with a few shifts first, about three times cheaper.
 """
 
 from __future__ import annotations
@@ -17,9 +21,17 @@ def partial(data: bytes | bytearray | memoryview) -> int:
     return value << 8 if len(data) & 1 else value
 
 
+def _reduce(total: int) -> int:
+    """`total` shrunk below 1024 bits without changing it modulo 0xFFFF."""
+    while total >> 1024:
+        half = (total.bit_length() >> 5) << 4
+        total = (total >> half) + (total & ((1 << half) - 1))
+    return total
+
+
 def finish(total: int) -> int:
     """The checksum field for an unfolded sum: never 0, which UDP reserves for "no checksum"."""
-    return _FOLD - total % _FOLD
+    return _FOLD - _reduce(total) % _FOLD
 
 
 def checksum(data: bytes | bytearray | memoryview) -> int:
@@ -29,7 +41,7 @@ def checksum(data: bytes | bytearray | memoryview) -> int:
 
 def verify(total: int) -> bool:
     """True if an unfolded sum that includes the transmitted checksum field adds up to all ones."""
-    return total % _FOLD == 0
+    return _reduce(total) % _FOLD == 0
 
 
 def pseudo_header(source: int, destination: int, protocol: int, length: int) -> int:

@@ -110,8 +110,9 @@ class Segment(NamedTuple):
     payload: memoryview
 
 
-def parse(datagram: ipv4.Datagram) -> Segment:
-    """Validate one TCP segment (length, checksum, options); raises ipv4.Malformed."""
+def parse(datagram: ipv4.Datagram, verify_checksum: bool = True) -> Segment:
+    """Validate one TCP segment (length, checksum unless the link vouches for it, options); raises
+    ipv4.Malformed."""
     data = datagram.payload
     size = len(data)
     if size < HEADER_LEN:
@@ -120,7 +121,8 @@ def parse(datagram: ipv4.Datagram) -> Segment:
     header_len = (offflags >> 12) << 2
     if header_len < HEADER_LEN or header_len > size:
         raise ipv4.Malformed("bad-length")
-    if not verify(pseudo_header(datagram.source, datagram.destination, ipv4.PROTO_TCP, size) + partial(data)):
+    if verify_checksum and not verify(pseudo_header(datagram.source, datagram.destination, ipv4.PROTO_TCP, size)
+                                      + partial(data)):
         raise ipv4.Malformed("bad-checksum")
     if header_len == HEADER_LEN:
         return Segment(sport, dport, seq, ack, offflags & 0x3F, window, None, None, False, (), data[HEADER_LEN:])
@@ -206,7 +208,7 @@ class Connection:
     """
 
     __slots__ = (
-        "host", "config", "local", "remote", "key", "state", "error", "listener", "orphaned",
+        "host", "config", "local", "remote", "key", "state", "error", "listener", "orphaned", "sum_bases",
         # send side
         "iss", "snd_una", "snd_nxt", "snd_max", "snd_wnd", "snd_wl1", "snd_wl2", "max_snd_wnd", "snd_wscale",
         "snd_mss", "snd_buf", "buf_start", "fin_queued", "sack_ok", "sacked", "nodelay",
@@ -230,6 +232,10 @@ class Connection:
         self.local = local
         self.remote = remote
         self.key = (remote[0], remote[1], local[0], local[1])
+        (src, sport), (dst, dport) = local, remote
+        # The parts of both checksums that never change on this connection (addresses, ports, constants).
+        self.sum_bases = (pseudo_header(src, dst, ipv4.PROTO_TCP, 0) + sport + dport,
+                          _IP_CONSTANT + (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF))
         self.state = CLOSED
         self.error: OSError | None = None
         self.listener = None
@@ -984,14 +990,12 @@ class Connection:
         tcp_len = header_len + len(payload)
         total = ipv4.HEADER_LEN + tcp_len
         offflags = header_len << 10 | flags
-        src, sport = self.local
-        dst, dport = self.remote
-        check = finish(pseudo_header(src, dst, ipv4.PROTO_TCP, tcp_len) + sport + dport + seq + ack + offflags
-                       + window + (partial(options) if options else 0) + (partial(payload) if payload else 0))
+        tcp_base, ip_base = self.sum_bases
+        check = finish(tcp_base + tcp_len + seq + ack + offflags + window + (partial(options) if options else 0)
+                       + (partial(payload) if payload else 0))
+        (src, sport), (dst, dport) = self.local, self.remote
         header = _HEADERS.pack(0x4500, total, 0, 0x4000, ipv4.DEFAULT_TTL << 8 | ipv4.PROTO_TCP,
-                               finish(_IP_CONSTANT + total + (src >> 16) + (src & 0xFFFF) + (dst >> 16)
-                                      + (dst & 0xFFFF)), src, dst, sport, dport, seq, ack, offflags, window,
-                               check, 0)
+                               finish(ip_base + total), src, dst, sport, dport, seq, ack, offflags, window, check, 0)
         self.host.outgoing.append(b"".join((header, options, payload)))
 
     # ------------------------------------------------------------------ timers

@@ -2,6 +2,8 @@
 
 The link contract (the WireGuard interface implements it, so do the test links):
 - `link.mtu`: the largest IP packet the link carries;
+- `link.authenticated` (optional, default False): true if the link already authenticates every packet
+  (WireGuard does), so the stack skips verifying transport checksums;
 - `link.send_packets(packets)`: synchronous and non-blocking; may drop under pressure, like a NIC;
 - inbound, the link driver calls `netstack.receive_packets(packets)` from the Trio thread, one batch per
   drain of its socket.
@@ -30,7 +32,7 @@ class NetStack:
 
     def __init__(self, link, addresses: Iterable, *, config: Config | None = None) -> None:
         self.link = link
-        self.core = Stack(addresses, link.mtu, config)
+        self.core = Stack(addresses, link.mtu, config, link_authenticated=getattr(link, "authenticated", False))
         self._wakeup: trio.CancelScope | None = None
         self._kicked = False
         self._running = False

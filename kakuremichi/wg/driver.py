@@ -49,6 +49,8 @@ class WireGuardInterface:
     may drop under pressure) and `attach(receiver)` where `receiver(list_of_packets)` gets what arrives.
     """
 
+    authenticated = True  # every packet handed up passed its peer's Poly1305 tag and AllowedIPs check
+
     def __init__(self, device: Device, *, listen_host: str = "0.0.0.0", listen_port: int = 0) -> None:
         self.device = device
         family = socket.AF_INET6 if ":" in listen_host else socket.AF_INET

@@ -55,6 +55,15 @@ async def start_gateway(nursery: trio.Nursery, routes: RouteTable, *, dial=tcp_d
 
 
 @pytest.fixture
+def pebble_processes():
+    """Pebble instances a test started (tests.gateway.pebble), stopped afterwards."""
+    started = []
+    yield started
+    for pebble in started:
+        pebble.stop()
+
+
+@pytest.fixture
 async def app_port(nursery):
     return await start_app(nursery, "app")
 

@@ -1,6 +1,6 @@
-"""Automatic certificates from a real ACME CA (Pebble): issuance over HTTP-01 through the gateway's
-HTTP listener, HTTPS with the issued certificate, forced renewal, a second gateway serving the same
-certificate, and a failing CA retried with backoff."""
+"""Automatic certificates from a real ACME CA (Pebble) for one gateway on its own: issuance over HTTP-01
+through the gateway's HTTP listener, HTTPS with the issued certificate, forced renewal, and a failing CA
+retried with backoff. Several gateways sharing certificates through control: test_acme_cluster.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import logging
 import ssl
 
 import httpx
-import pytest
 import trio
 
 from kakuremichi.gateway.acmeclient import AcmeSettings
@@ -23,14 +22,6 @@ pytestmark = needs_pebble
 DOMAIN = "app.kakuremichi.test"
 
 
-@pytest.fixture
-def pebble_processes():
-    started = []
-    yield started
-    for pebble in started:
-        pebble.stop()
-
-
 async def wait_for_certificate(manager: CertificateManager, domain: str, timeout: float = 60):
     with trio.fail_after(timeout):
         while manager.store.load(domain) is None:
@@ -38,7 +29,7 @@ async def wait_for_certificate(manager: CertificateManager, domain: str, timeout
     return manager.store.load(domain)
 
 
-async def test_certificate_issued_renewed_and_shared(nursery, tmp_path, app_port, pebble_processes):
+async def test_certificate_issued_and_renewed(nursery, tmp_path, app_port, pebble_processes):
     routes = RouteTable([Route(DOMAIN, "127.0.0.1", app_port, tls=TlsMode.ACME, force_https=True)])
     challenges = ChallengeStore()
     gateway_http_port = free_port()
@@ -50,13 +41,6 @@ async def test_certificate_issued_renewed_and_shared(nursery, tmp_path, app_port
     gw = await start_gateway(nursery, routes, tls_context=manager.context, challenges=challenges,
                              http_port=gateway_http_port)
     manager.update_routes(routes)
-
-    # A second gateway gets whatever the first one obtains (the daemon relays it through control).
-    challenges2 = ChallengeStore()
-    manager2 = CertificateManager(CertStore(tmp_path / "gw2"), challenges2, acme)
-    manager2.update_routes(routes)
-    manager.observers.append(lambda domain, chain, key: manager2.install(domain, chain, key))
-    gw2 = await start_gateway(nursery, routes, tls_context=manager2.context, challenges=challenges2)
 
     await nursery.start(manager.run)
     first = await wait_for_certificate(manager, DOMAIN)
@@ -75,10 +59,9 @@ async def test_certificate_issued_renewed_and_shared(nursery, tmp_path, app_port
 
     renewed = await manager.obtain(DOMAIN)  # forced renewal
     assert renewed.serial != first.serial
-    for port in (gw.https_port, gw2.https_port):
-        stream = await tls_handshake(port, DOMAIN, trust)
-        assert peer_certificate(stream).serial_number == renewed.serial
-        await stream.aclose()
+    stream = await tls_handshake(gw.https_port, DOMAIN, trust)
+    assert peer_certificate(stream).serial_number == renewed.serial
+    await stream.aclose()
 
 
 async def test_failing_ca_is_retried_with_backoff(nursery, tmp_path, app_port, pebble_processes, caplog):

@@ -12,7 +12,8 @@ import trio
 
 from kakuremichi.gateway.acmeclient import AcmeSettings
 from kakuremichi.gateway.certmanager import FALLBACK_NAME, CertificateManager, RenewalPolicy
-from kakuremichi.gateway.certstore import CertificateError, CertStore
+from kakuremichi.certpair import CertificateError
+from kakuremichi.gateway.certstore import CertStore
 from kakuremichi.gateway.challenges import Challenge, ChallengeStore
 from kakuremichi.gateway.proxy import ProxySettings
 from kakuremichi.gateway.routes import Route, RouteTable, TlsMode

@@ -35,8 +35,8 @@ class TestCA:
                      .sign(self.key, hashes.SHA256()))
         self.pem = self.cert.public_bytes(serialization.Encoding.PEM)
 
-    def issue(self, *names: str) -> tuple[bytes, bytes]:
-        """(certificate PEM, key PEM) for DNS names and IP addresses."""
+    def issue(self, *names: str, days: int = 7) -> tuple[bytes, bytes]:
+        """(certificate PEM, key PEM) for DNS names and IP addresses, valid for `days` from an hour ago."""
         key = ec.generate_private_key(ec.SECP256R1())
         alt = []
         for n in names:
@@ -50,7 +50,7 @@ class TestCA:
                 .issuer_name(self.cert.subject).public_key(key.public_key())
                 .serial_number(x509.random_serial_number())
                 .not_valid_before(now - datetime.timedelta(hours=1))
-                .not_valid_after(now + datetime.timedelta(days=7))
+                .not_valid_after(now + datetime.timedelta(days=days))
                 .add_extension(x509.SubjectAlternativeName(alt), critical=False)
                 .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
                 .sign(self.key, hashes.SHA256()))

@@ -62,6 +62,29 @@ def test_bad_checksums_are_dropped():
     assert not stack.connections
 
 
+def test_authenticated_link_skips_transport_checksums_but_not_the_ip_header():
+    stack = Stack([OURS], 1420, link_authenticated=True)
+    stack.listen(80, backlog=16)
+    endpoint = stack.udp_bind(53)
+    bad_ip = IP(bytes(syn(sport=40001)))
+    bad_ip.chksum ^= 0xFFFF
+    answers = replies(feed(stack, syn(chksum=0xDEAD), bad_ip,
+                           IP(src=THEM, dst=OURS) / UDP(sport=1, dport=53, chksum=0xBEEF) / b"q"))
+    assert [(a[TCP].dport, a[TCP].flags) for a in answers] == [(40000, "SA")]
+    assert endpoint.pop()[0] == b"q"
+    assert stack.drops["bad-checksum"] == 1
+
+
+def test_checksum_of_segments_wider_than_the_folding_threshold():
+    payload = bytes(range(256)) * 40  # a 10 KB sum: folded in halves before the final modulo
+    reference = 0
+    for i in range(0, len(payload), 2):
+        reference += payload[i] << 8 | payload[i + 1]
+    while reference >> 16:
+        reference = (reference & 0xFFFF) + (reference >> 16)
+    assert finish(partial(payload)) == 0xFFFF - reference != 0
+
+
 def test_udp_without_checksum_is_accepted():
     stack = new_stack()
     endpoint = stack.udp_bind(53)

@@ -1,0 +1,136 @@
+"""ACME across several gateways: who may order a domain's certificate, the HTTP-01 challenges every gateway
+must answer, and the certificates they all serve.
+
+The CA validates through whichever gateway the domain's DNS sends it to, so a challenge published by the
+ordering gateway is handed to all the others; the certificate it obtains is kept here and pushed to every
+gateway, so they serve the same one and a gateway started later never orders its own. Only one gateway at a
+time orders a domain: the holder of its lease, which lasts `duration` seconds and passes to another gateway
+at once when the holder goes offline. Everything lives in the database, so controls sharing PostgreSQL agree.
+
+Call inside a db_session; every function takes `now` (naive UTC) so tests drive the clock.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+from pony.orm import Database
+
+from kakuremichi import protocol
+from kakuremichi.certpair import CertificateError, check_pair
+
+CHALLENGE_TTL = datetime.timedelta(minutes=10)  # a forgotten challenge (its gateway died mid-order) goes away
+
+
+@dataclass(frozen=True)
+class LeaseDecision:
+    granted: bool
+    holder: str  # gateway name
+    expires_at: datetime.datetime
+
+
+def served_domains(db: Database, gateway_id: str) -> set[str]:
+    """The ACME domains routed to this gateway: the only ones it may lease, publish or upload for."""
+    gateway = db.Gateway.get(id=gateway_id)
+    if gateway is None:
+        return set()
+    return {row.tunnel.domain for row in gateway.tunnel_ips if row.tunnel.tls_mode == "acme"}
+
+
+def gateways_serving(db: Database, domain: str) -> set[str]:
+    tunnel = db.Tunnel.get(domain=domain)
+    return set() if tunnel is None else {row.gateway.id for row in tunnel.gateway_ips}
+
+
+def request_lease(db: Database, gateway_id: str, domain: str, now: datetime.datetime,
+                  duration: float) -> LeaseDecision:
+    """Grant (or extend) the lease on `domain` unless another gateway holds it, is online and it has not
+    expired; a refusal names the holder and when its lease ends."""
+    requester = db.Gateway[gateway_id]
+    lease = db.AcmeLease.get(domain=domain)
+    if lease is not None and lease.gateway != requester and lease.expires_at > now \
+            and lease.gateway.status == "online":
+        return LeaseDecision(False, lease.gateway.name, lease.expires_at)
+    expires_at = now + datetime.timedelta(seconds=duration)
+    if lease is None:
+        db.AcmeLease(domain=domain, gateway=requester, expires_at=expires_at)
+    else:
+        lease.set(gateway=requester, expires_at=expires_at)
+    return LeaseDecision(True, requester.name, expires_at)
+
+
+def publish_challenge(db: Database, gateway_id: str, challenge: protocol.AcmeChallenge,
+                      now: datetime.datetime) -> None:
+    for stale in db.AcmeChallenge.select(lambda c: c.expires_at <= now):
+        stale.delete()
+    row = db.AcmeChallenge.get(token=challenge.token)
+    values = {"domain": challenge.domain, "key_authorization": challenge.key_authorization,
+              "gateway": db.Gateway[gateway_id], "expires_at": now + CHALLENGE_TTL}
+    if row is None:
+        db.AcmeChallenge(token=challenge.token, **values)
+    else:
+        row.set(**values)
+
+
+def withdraw_challenge(db: Database, gateway_id: str, token: str) -> bool:
+    """Forget a challenge its own gateway withdrew; False if there was none of that gateway's."""
+    row = db.AcmeChallenge.get(token=token)
+    if row is None or row.gateway.id != gateway_id:
+        return False
+    row.delete()
+    return True
+
+
+def challenges_for(db: Database, gateway_id: str, now: datetime.datetime) -> list[protocol.AcmeChallenge]:
+    """What this gateway must answer for the others: live challenges for its domains, sorted."""
+    domains = served_domains(db, gateway_id)
+    rows = db.AcmeChallenge.select(lambda c: c.gateway.id != gateway_id and c.expires_at > now)
+    return sorted((protocol.AcmeChallenge(c.domain, c.token, c.key_authorization) for c in rows
+                   if c.domain in domains), key=lambda c: c.token)
+
+
+def store_certificate(db: Database, gateway_name: str, upload: protocol.CertificateUpload,
+                      now: datetime.datetime) -> str | None:
+    """Keep an uploaded certificate if it is valid, covers its domain and expires later than the one kept so
+    far (an old upload arriving late never replaces a renewal): its serial, or None when the kept one stays.
+    Raises CertificateError when it is unusable."""
+    chain, _ = check_pair(upload.domain, upload.chain_pem.encode(), upload.key_pem.encode())
+    leaf = chain[0]
+    not_after = leaf.not_valid_after_utc.replace(tzinfo=None)
+    if not_after <= now:
+        raise CertificateError(f"{upload.domain}: the certificate expired at {not_after.isoformat()}Z")
+    row = db.Certificate.get(domain=upload.domain)
+    if row is not None and row.not_after >= not_after:
+        return None
+    serial = format(leaf.serial_number, "x")
+    values = {"chain_pem": upload.chain_pem, "key_pem": upload.key_pem, "serial": serial,
+              "not_before": leaf.not_valid_before_utc.replace(tzinfo=None), "not_after": not_after,
+              "issuer": leaf.issuer.rfc4514_string(), "uploaded_by": gateway_name, "updated_at": now}
+    if row is None:
+        db.Certificate(domain=upload.domain, **values)
+    else:
+        row.set(**values)
+    return serial
+
+
+def forget(db: Database, domain: str) -> None:
+    """Its tunnel is gone (or renamed): drop the domain's certificate and key, lease and challenges."""
+    for entity in (db.Certificate, db.AcmeLease):
+        row = entity.get(domain=domain)
+        if row is not None:
+            row.delete()
+    for challenge in db.AcmeChallenge.select(lambda c: c.domain == domain):
+        challenge.delete()
+
+
+def certificate_serials(db: Database, gateway_id: str) -> dict[str, str]:
+    """domain → serial of the stored certificates this gateway should serve (PEMs are lazy: not loaded)."""
+    domains = served_domains(db, gateway_id)
+    return {c.domain: c.serial for c in db.Certificate.select() if c.domain in domains}
+
+
+def certificate(db: Database, domain: str) -> protocol.CertificateInstall:
+    row = db.Certificate[domain]
+    return protocol.CertificateInstall(row.domain, row.chain_pem, row.key_pem,
+                                       row.not_after.replace(tzinfo=datetime.timezone.utc))

@@ -1,0 +1,138 @@
+"""Control's side of ACME across gateways, on a real database with a fake clock: who holds a domain's lease,
+which challenges each gateway must answer, which uploaded certificates are kept, and the schema upgrade."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from pony.orm import db_session
+
+from kakuremichi import protocol
+from kakuremichi.certpair import CertificateError
+from kakuremichi.control import certificates as c
+from kakuremichi.control.models import SCHEMA_VERSION, open_database
+from tests.gateway.testca import TestCA
+
+T0 = datetime.datetime(2030, 1, 1, 12, 0, 0)
+LEASE = 600.0
+
+
+def seconds(n: float) -> datetime.datetime:
+    return T0 + datetime.timedelta(seconds=n)
+
+
+@pytest.fixture
+def db(tmp_path):
+    db = open_database(f"sqlite:///{tmp_path}/control.sqlite")
+    with db_session:
+        agent = db.Agent(name="home", api_key_hash="a")
+        gateways = [db.Gateway(id=name, name=name, api_key_hash=name, status="online") for name in ("gw1", "gw2", "gw3")]
+        for i, (domain, mode) in enumerate([("app.test", "acme"), ("plain.test", "off")], 1):
+            tunnel = db.Tunnel(domain=domain, agent=agent, target="127.0.0.1:80", subnet=f"10.{i}.0.0/24",
+                               agent_ip=f"10.{i}.0.2", tls_mode=mode)
+            for n, gateway in enumerate(gateways[:2]):  # gw3 serves nothing
+                db.TunnelGatewayIp(tunnel=tunnel, gateway=gateway, ip=f"10.{i}.0.{254 - n}")
+    return db
+
+
+@db_session
+def lease(db, gateway: str, at: float) -> c.LeaseDecision:
+    return c.request_lease(db, gateway, "app.test", seconds(at), LEASE)
+
+
+@db_session
+def set_status(db, gateway: str, status: str) -> None:
+    db.Gateway[gateway].status = status
+
+
+def test_one_gateway_orders_until_its_lease_expires(db):
+    first = lease(db, "gw1", 0)
+    assert first == c.LeaseDecision(True, "gw1", seconds(LEASE))
+    refused = lease(db, "gw2", 10)
+    assert not refused.granted and refused.holder == "gw1" and refused.expires_at == seconds(LEASE)
+    assert lease(db, "gw1", 300) == c.LeaseDecision(True, "gw1", seconds(300 + LEASE))  # the holder extends it
+    assert not lease(db, "gw2", 300 + LEASE - 1).granted
+    assert lease(db, "gw2", 300 + LEASE) == c.LeaseDecision(True, "gw2", seconds(300 + 2 * LEASE))
+    assert not lease(db, "gw1", 300 + LEASE + 1).granted
+
+
+def test_the_lease_passes_on_at_once_when_its_holder_goes_offline(db):
+    assert lease(db, "gw1", 0).granted
+    assert not lease(db, "gw2", 1).granted
+    set_status(db, "gw1", "offline")
+    assert lease(db, "gw2", 2) == c.LeaseDecision(True, "gw2", seconds(2 + LEASE))
+    set_status(db, "gw1", "online")  # back: it waits for gw2's lease now
+    assert not lease(db, "gw1", 3).granted
+
+
+def test_a_deleted_holder_frees_the_lease(db):
+    assert lease(db, "gw1", 0).granted
+    with db_session:
+        db.Gateway["gw1"].delete()
+    assert lease(db, "gw2", 1).granted
+
+
+def test_only_acme_domains_routed_to_a_gateway_are_its_to_share(db):
+    with db_session:
+        assert c.served_domains(db, "gw1") == {"app.test"}
+        assert c.served_domains(db, "gw3") == set()
+        assert c.gateways_serving(db, "app.test") == {"gw1", "gw2"}
+
+
+def test_challenges_go_to_the_other_gateways_until_withdrawn_or_stale(db):
+    challenge = protocol.AcmeChallenge("app.test", "tok-1", "tok-1.thumb")
+    with db_session:
+        c.publish_challenge(db, "gw1", challenge, seconds(0))
+    with db_session:
+        assert c.challenges_for(db, "gw2", seconds(1)) == [challenge]
+        assert c.challenges_for(db, "gw1", seconds(1)) == []  # the publisher answers it already
+        assert c.challenges_for(db, "gw3", seconds(1)) == []  # does not serve the domain
+        assert c.challenges_for(db, "gw2", T0 + c.CHALLENGE_TTL) == []  # its gateway died mid-order
+        assert not c.withdraw_challenge(db, "gw2", "tok-1")  # only the publisher withdraws it
+    with db_session:
+        assert c.withdraw_challenge(db, "gw1", "tok-1")
+    with db_session:
+        assert c.challenges_for(db, "gw2", seconds(2)) == []
+
+
+def upload(ca: TestCA, names: str = "app.test", days: int = 90, wrong_key: bool = False):
+    """What a gateway uploads for app.test: a certificate for `names` and (normally) its key."""
+    cert, key = ca.issue(names, days=days)
+    if wrong_key:
+        key = ca.issue(names)[1]
+    return protocol.CertificateUpload("app.test", cert.decode(), key.decode(),
+                                      datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc))
+
+
+def test_only_a_usable_newer_certificate_replaces_the_stored_one(db):
+    ca = TestCA()
+    older, newer = upload(ca, days=30), upload(ca, days=90)
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    with db_session:
+        assert c.store_certificate(db, "gw1", older, now) is not None
+        serial = c.store_certificate(db, "gw2", newer, now)
+        assert serial is not None
+        assert c.store_certificate(db, "gw1", older, now) is None  # late, older: the renewal stays
+        assert c.certificate_serials(db, "gw1") == {"app.test": serial} == c.certificate_serials(db, "gw2")
+        assert c.certificate_serials(db, "gw3") == {}
+        assert c.certificate(db, "app.test").key_pem == newer.key_pem
+        with pytest.raises(CertificateError, match="does not belong"):
+            c.store_certificate(db, "gw1", upload(ca, wrong_key=True), now)
+        with pytest.raises(CertificateError, match="is for other.test"):
+            c.store_certificate(db, "gw1", upload(ca, "other.test"), now)
+        with pytest.raises(CertificateError, match="expired"):
+            c.store_certificate(db, "gw1", upload(ca, days=400), now + datetime.timedelta(days=500))
+
+
+def test_a_schema_1_database_is_upgraded(tmp_path):
+    url = f"sqlite:///{tmp_path}/old.sqlite"
+    db = open_database(url)
+    with db_session:
+        db.Setting["schema_version"].value = "1"
+        db.execute("DROP TABLE certificates")
+    db.disconnect()
+    db = open_database(url)
+    with db_session:
+        assert db.Setting["schema_version"].value == str(SCHEMA_VERSION) == "2"
+        assert db.Certificate.select().count() == 0
