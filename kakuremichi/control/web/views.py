@@ -269,7 +269,8 @@ def _client_routes(role: str) -> None:
             api.delete_client(role, item_id)
             return redirect(url_for(f"web.{role}_index"))
         count = len(item.get("tunnels", []))
-        consequence = {0: "", 1: "Its tunnel is deleted with it. "}.get(count, f"Its {count} tunnels are deleted with it. ")
+        consequence = ("" if count == 0 else "Its tunnel is deleted with it. " if count == 1
+                       else f"Its {count} tunnels are deleted with it. ")
         return await _page("confirm_delete.html", section=role, what=f"{kind['label']} {item['name']}",
                            consequence=consequence + f"A running {kind['label']} using its key is disconnected.",
                            cancel=url_for(f"web.{role}_show", item_id=item_id))
@@ -356,5 +357,6 @@ async def tunnel_delete(item_id: str) -> Response:
         api.delete_tunnel(item_id)
         return redirect(url_for("web.tunnel_index"))
     return await _page("confirm_delete.html", section="tunnel", what=f"tunnel {item['domain']}",
-                       consequence=f"{item['domain']} stops being served by every gateway.",
+                       consequence=f"{item['domain']} stops being served by every gateway, and control forgets "
+                                   "its certificate.",
                        cancel=url_for("web.tunnel_index"))
