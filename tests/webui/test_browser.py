@@ -66,6 +66,7 @@ def test_login_shows_the_empty_state_of_a_new_installation(browser, control):
     assert "Get started" in text(browser) and "Add a gateway" in text(browser)
     browser.find_element(By.LINK_TEXT, "Agents").click()
     assert "No agents yet" in text(browser)
+    assert browser.find_element(By.LINK_TEXT, "Agents").get_attribute("aria-current") == "page"
 
 
 def test_agent_key_shown_once_and_agent_goes_online_live(admin, control):
@@ -171,6 +172,8 @@ def test_edit_rotate_and_delete_an_agent(admin, control):
     submit(admin, "Save")
     assert admin.find_element(By.TAG_NAME, "h1").text.startswith("new name")
 
+    admin.find_element(By.LINK_TEXT, "Rotate key…").click()
+    assert "stops working" in text(admin) and key[:8] not in admin.page_source  # nothing rotated yet
     submit(admin, "Rotate key")
     rotated = admin.find_element(By.ID, "api-key").get_attribute("value")
     assert rotated.startswith("agt_") and rotated != key

@@ -42,6 +42,7 @@ SECURITY_HEADERS = {
 _TLS_NAMES = {"acme": "ACME (Let’s Encrypt)", "self-signed": "Self-signed", "off": "Off (HTTP only)",
               "custom": "Custom certificate"}
 TLS_LABELS = {mode: _TLS_NAMES.get(mode, mode) for mode in protocol.TLS_MODES}
+SECTIONS = {"": "overview", "gateways": "gateway", "agents": "agent", "tunnels": "tunnel"}  # path → navigation item
 ROLES = {
     "agent": {"title": "Agents", "label": "agent", "serialise": api.agent_json, "entity": "Agent",
               "about": "An agent runs next to your private services and connects out to every gateway. "
@@ -89,11 +90,17 @@ async def api_error(error: ApiError) -> Response:
 
 @blueprint.context_processor
 def template_globals() -> dict:
-    return {"logged_in": logged_in(), "tls_labels": TLS_LABELS}
+    return {"logged_in": logged_in(), "tls_labels": TLS_LABELS,
+            "section": SECTIONS.get(request.path.split("/")[1])}
 
 
 async def _page(template: str, code: int = 200, **context: Any) -> Response:
     return Response(await render_template(template, **context), code, content_type="text/html; charset=utf-8")
+
+
+async def _confirm(title: str, action: str, consequence: str, cancel: str) -> Response:
+    """A page asking to confirm what a POST to the same address will do; nothing changes on GET."""
+    return await _page("confirm.html", title=title, action=action, consequence=consequence, cancel=cancel)
 
 
 def _safe_next(target: str | None) -> str:
@@ -132,7 +139,7 @@ async def overview() -> Response:
                   "tunnel": db.Tunnel.select().count()}
         online = {"gateway": db.Gateway.select(lambda g: g.status == "online").count(),
                   "agent": db.Agent.select(lambda a: a.status == "online").count()}
-    return await _page("overview.html", section="overview", counts=counts, online=online)
+    return await _page("overview.html", counts=counts, online=online)
 
 
 @blueprint.get("/events")
@@ -220,13 +227,13 @@ def install_commands(role: str, control_url: str, api_key: str | None, wireguard
 async def _client_page(role: str, item_id: str, new_key: str | None = None, code: int = 200) -> Response:
     item = _client_detail(role, item_id)
     commands = install_commands(role, request.host_url.rstrip("/"), new_key, item.get("wireguardPort"))
-    return await _page("client.html", code, section=role, role=role, kind=ROLES[role], item=item,
+    return await _page("client.html", code, role=role, kind=ROLES[role], item=item,
                        new_key=new_key, commands=commands)
 
 
 async def _client_form(role: str, item: dict | None, values: dict, errors: dict, message: str | None,
                        code: int = 200) -> Response:
-    return await _page("client_form.html", code, section=role, role=role, kind=ROLES[role], item=item,
+    return await _page("client_form.html", code, role=role, kind=ROLES[role], item=item,
                        values=values, errors=errors, message=message)
 
 
@@ -236,7 +243,7 @@ def _client_routes(role: str) -> None:
     base = f"/{role}s"
 
     async def index() -> Response:
-        return await _page("clients.html", section=role, role=role, kind=kind, items=_client_rows(role))
+        return await _page("clients.html", role=role, kind=kind, items=_client_rows(role))
 
     async def new() -> Response:
         values = {}
@@ -271,18 +278,24 @@ def _client_routes(role: str) -> None:
         count = len(item.get("tunnels", []))
         consequence = ("" if count == 0 else "Its tunnel is deleted with it. " if count == 1
                        else f"Its {count} tunnels are deleted with it. ")
-        return await _page("confirm_delete.html", section=role, what=f"{kind['label']} {item['name']}",
-                           consequence=consequence + f"A running {kind['label']} using its key is disconnected.",
-                           cancel=url_for(f"web.{role}_show", item_id=item_id))
+        return await _confirm(f"Delete {kind['label']} {item['name']}", "Delete",
+                              consequence + f"A running {kind['label']} using its key is disconnected. "
+                                            "This cannot be undone.", url_for(f"web.{role}_show", item_id=item_id))
 
     async def rotate_key(item_id: str) -> Response:
-        return await _client_page(role, item_id, new_key=api.rotate_client_key(role, item_id)["apiKey"])
+        if request.method == "POST":
+            return await _client_page(role, item_id, new_key=api.rotate_client_key(role, item_id)["apiKey"])
+        item = _client_detail(role, item_id)
+        return await _confirm(f"Rotate the key of {item['name']}", "Rotate key",
+                              f"A new key is made and shown once. The current key stops working at once: a running "
+                              f"{kind['label']} using it is disconnected until it is restarted with the new key.",
+                              url_for(f"web.{role}_show", item_id=item_id))
 
     for path, view, methods in ((base, index, ["GET"]), (base + "/new", new, ["GET", "POST"]),
                                 (base + "/<item_id>", show, ["GET"]),
                                 (base + "/<item_id>/edit", edit, ["GET", "POST"]),
                                 (base + "/<item_id>/delete", delete, ["GET", "POST"]),
-                                (base + "/<item_id>/rotate-key", rotate_key, ["POST"])):
+                                (base + "/<item_id>/rotate-key", rotate_key, ["GET", "POST"])):
         blueprint.add_url_rule(path, f"{role}_{view.__name__}", view, methods=methods)
 
 
@@ -312,7 +325,7 @@ def _tunnel(item_id: str) -> dict:
 
 async def _tunnel_form(item: dict | None, values: dict, errors: dict, message: str | None,
                        code: int = 200) -> Response:
-    return await _page("tunnel_form.html", code, section="tunnel", item=item, values=values, errors=errors,
+    return await _page("tunnel_form.html", code, item=item, values=values, errors=errors,
                        message=message, agents=_agents())
 
 
@@ -321,7 +334,7 @@ async def tunnel_index() -> Response:
     with db_session:
         items = [{**api.tunnel_json(t), "agentName": t.agent.name, "agentLive": status.live_key("agent", t.agent.id),
                   "agentStatus": t.agent.status} for t in current().db.Tunnel.select().order_by(lambda t: t.domain)]
-    return await _page("tunnels.html", section="tunnel", items=items, have_agents=bool(_agents()))
+    return await _page("tunnels.html", items=items, have_agents=bool(_agents()))
 
 
 @blueprint.route("/tunnels/new", methods=["GET", "POST"])
@@ -356,7 +369,6 @@ async def tunnel_delete(item_id: str) -> Response:
     if request.method == "POST":
         api.delete_tunnel(item_id)
         return redirect(url_for("web.tunnel_index"))
-    return await _page("confirm_delete.html", section="tunnel", what=f"tunnel {item['domain']}",
-                       consequence=f"{item['domain']} stops being served by every gateway, and control forgets "
-                                   "its certificate.",
-                       cancel=url_for("web.tunnel_index"))
+    return await _confirm(f"Delete tunnel {item['domain']}", "Delete",
+                          f"{item['domain']} stops being served by every gateway, and control forgets its "
+                          "certificate. This cannot be undone.", url_for("web.tunnel_index"))
