@@ -7,7 +7,7 @@ import sys
 
 COMMANDS = {
     "wg": ("kakuremichi.wg.cli", "userspace WireGuard tools: genkey, pubkey, genpsk, ping, forward, expose"),
-    "control": ("kakuremichi.control.cli", "run the control server (REST API and the WebSocket that configures gateways and agents)"),
+    "control": ("kakuremichi.control.cli", "run the control server (web UI, REST API and the WebSocket that configures gateways and agents)"),
     "gateway": ("kakuremichi.gateway.cli", "run a public gateway"),
     "agent": ("kakuremichi.agent.cli", "run an agent next to private services"),
     "dev": ("kakuremichi.dev", "control + gateway + agent in one process, exposing a local port"),

@@ -150,7 +150,8 @@ async def run(args) -> None:
         print(f"\nkakuremichi is up: {target} is published at\n\n    {url}\n\n"
               f"  (if {args.domain} does not resolve here: curl -H 'Host: {args.domain}' "
               f"http://127.0.0.1:{gateway.http_ports[0]}/)\n"
-              f"  control API: {control_url}/api (admin token in {data / 'admin-token'})\n"
+              f"  web UI: {control_url}/ (log in with the admin token kept in {data / 'admin-token'})\n"
+              f"  control API: {control_url}/api (the same token as a bearer token)\n"
               f"  Ctrl-C stops everything.\n", flush=True)
 
 

@@ -77,7 +77,7 @@ def _list(entity_name: str, serialise: Callable[[Any], dict], order: Callable[[A
     return json_response(body)
 
 
-def _get(db: Database, entity_name: str, item_id: str) -> Any:
+def get_row(db: Database, entity_name: str, item_id: str) -> Any:
     row = getattr(db, entity_name).get(id=item_id)
     if row is None:
         raise ApiError(404, "not_found", f"no {entity_name.lower()} with id {item_id}")
@@ -115,61 +115,81 @@ _CLIENT_KINDS = {
 _CLIENT_COLUMNS = {"name": "name", "metadata": "metadata", "wireguardPort": "wireguard_port"}
 
 
+def create_client(role: str, body: Any) -> dict:
+    """Validate `body` and create an agent/gateway: its JSON plus `apiKey`, the only time the key is shown."""
+    entity, serialise, fields = _CLIENT_KINDS[role]
+    values = v.parse_body(body, fields)
+    key = auth.new_key(auth.PREFIXES[role])
+
+    def work(db: Database) -> dict:
+        _unique_name(db, entity, values["name"])
+        row = getattr(db, entity)(api_key_hash=auth.key_hash(key),
+                                  **{_CLIENT_COLUMNS[k]: val for k, val in values.items()})
+        if role == "gateway":
+            allocation.assign_gateway_addresses(db, db.Tunnel.select(), [row])
+        row.flush()
+        return serialise(row)
+
+    return {**_mutate(current(), work), "apiKey": key}
+
+
+def update_client(role: str, item_id: str, body: Any) -> dict:
+    entity, serialise, fields = _CLIENT_KINDS[role]
+    values = v.parse_body(body, fields, partial=True)
+
+    def work(db: Database) -> dict:
+        row = get_row(db, entity, item_id)
+        if "name" in values:
+            _unique_name(db, entity, values["name"], item_id)
+        row.set(**{_CLIENT_COLUMNS[k]: val for k, val in values.items()})
+        return serialise(row)
+
+    return _mutate(current(), work)
+
+
+def delete_client(role: str, item_id: str) -> None:
+    _mutate(current(), lambda db: get_row(db, _CLIENT_KINDS[role][0], item_id).delete())
+
+
+def rotate_client_key(role: str, item_id: str) -> dict:
+    """A new key for the agent/gateway; the old one stops working and its session is closed."""
+    key = auth.new_key(auth.PREFIXES[role])
+    state = current()
+    with db_session:
+        get_row(state.db, _CLIENT_KINDS[role][0], item_id).api_key_hash = auth.key_hash(key)
+    state.disconnect(role, item_id, 4001, "API key rotated")
+    return {"id": item_id, "apiKey": key}
+
+
 def _client_routes(role: str) -> None:
     """List/create/get/update/delete/rotate-key for agents or gateways, which differ only in fields."""
-    entity, serialise, fields = _CLIENT_KINDS[role]
+    entity, serialise, _ = _CLIENT_KINDS[role]
     base = f"/{role}s"
 
     async def list_clients() -> Response:
         return _list(entity, serialise, lambda row: row.created_at)
 
-    async def create_client() -> Response:
-        values = v.parse_body(await _body(), fields)
-        key = auth.new_key(auth.PREFIXES[role])
-
-        def work(db: Database) -> dict:
-            _unique_name(db, entity, values["name"])
-            row = getattr(db, entity)(api_key_hash=auth.key_hash(key),
-                                      **{_CLIENT_COLUMNS[k]: val for k, val in values.items()})
-            if role == "gateway":
-                allocation.assign_gateway_addresses(db, db.Tunnel.select(), [row])
-            row.flush()
-            return serialise(row)
-
-        return json_response({**_mutate(current(), work), "apiKey": key}, 201)
+    async def create() -> Response:
+        return json_response(create_client(role, await _body()), 201)
 
     async def get_client(item_id: str) -> Response:
         with db_session:
-            return json_response(serialise(_get(current().db, entity, item_id)))
+            return json_response(serialise(get_row(current().db, entity, item_id)))
 
-    async def update_client(item_id: str) -> Response:
-        values = v.parse_body(await _body(), fields, partial=True)
+    async def update(item_id: str) -> Response:
+        return json_response(update_client(role, item_id, await _body()))
 
-        def work(db: Database) -> dict:
-            row = _get(db, entity, item_id)
-            if "name" in values:
-                _unique_name(db, entity, values["name"], item_id)
-            row.set(**{_CLIENT_COLUMNS[k]: val for k, val in values.items()})
-            return serialise(row)
-
-        return json_response(_mutate(current(), work))
-
-    async def delete_client(item_id: str) -> Response:
-        _mutate(current(), lambda db: _get(db, entity, item_id).delete())
+    async def delete(item_id: str) -> Response:
+        delete_client(role, item_id)
         return Response(status=204)
 
     async def rotate_key(item_id: str) -> Response:
-        key = auth.new_key(auth.PREFIXES[role])
-        state = current()
-        with db_session:
-            _get(state.db, entity, item_id).api_key_hash = auth.key_hash(key)
-        state.disconnect(role, item_id, 4001, "API key rotated")
-        return json_response({"id": item_id, "apiKey": key})
+        return json_response(rotate_client_key(role, item_id))
 
-    for path, view, methods in ((base, list_clients, ["GET"]), (base, create_client, ["POST"]),
+    for path, view, methods in ((base, list_clients, ["GET"]), (base, create, ["POST"]),
                                 (base + "/<item_id>", get_client, ["GET"]),
-                                (base + "/<item_id>", update_client, ["PATCH"]),
-                                (base + "/<item_id>", delete_client, ["DELETE"]),
+                                (base + "/<item_id>", update, ["PATCH"]),
+                                (base + "/<item_id>", delete, ["DELETE"]),
                                 (base + "/<item_id>/rotate-key", rotate_key, ["POST"])):
         blueprint.add_url_rule(path, f"{role}_{view.__name__}", view, methods=methods)
 
@@ -221,9 +241,9 @@ async def list_tunnels() -> Response:
     return _list("Tunnel", tunnel_json, lambda row: row.domain)
 
 
-@blueprint.post("/tunnels")
-async def create_tunnel() -> Response:
-    values = v.parse_body(await _body(), _TUNNEL_FIELDS)
+def create_tunnel(body: Any) -> dict:
+    """Validate `body` and create a tunnel with its own subnet and an address for every gateway."""
+    values = v.parse_body(body, _TUNNEL_FIELDS)
     state = current()
 
     def work(db: Database) -> dict:
@@ -237,36 +257,49 @@ async def create_tunnel() -> Response:
         tunnel.flush()
         return tunnel_json(tunnel)
 
-    return json_response(_mutate(state, work), 201)
+    return _mutate(state, work)
 
 
-@blueprint.get("/tunnels/<item_id>")
-async def get_tunnel(item_id: str) -> Response:
-    with db_session:
-        return json_response(tunnel_json(_get(current().db, "Tunnel", item_id)))
-
-
-@blueprint.patch("/tunnels/<item_id>")
-async def update_tunnel(item_id: str) -> Response:
-    values = v.parse_body(await _body(), _TUNNEL_FIELDS, partial=True)
+def update_tunnel(item_id: str, body: Any) -> dict:
+    values = v.parse_body(body, _TUNNEL_FIELDS, partial=True)
 
     def work(db: Database) -> dict:
-        tunnel = _get(db, "Tunnel", item_id)
+        tunnel = get_row(db, "Tunnel", item_id)
         columns = _tunnel_columns(db, values, item_id)
         if columns.get("domain", tunnel.domain) != tunnel.domain:
             certificates.forget(db, tunnel.domain)
         tunnel.set(**columns)
         return tunnel_json(tunnel)
 
-    return json_response(_mutate(current(), work))
+    return _mutate(current(), work)
 
 
-@blueprint.delete("/tunnels/<item_id>")
-async def delete_tunnel(item_id: str) -> Response:
+def delete_tunnel(item_id: str) -> None:
     def work(db: Database) -> None:
-        tunnel = _get(db, "Tunnel", item_id)
+        tunnel = get_row(db, "Tunnel", item_id)
         certificates.forget(db, tunnel.domain)  # its private key is kept nowhere once nobody serves it
         tunnel.delete()
 
     _mutate(current(), work)
+
+
+@blueprint.post("/tunnels")
+async def post_tunnel() -> Response:
+    return json_response(create_tunnel(await _body()), 201)
+
+
+@blueprint.get("/tunnels/<item_id>")
+async def get_tunnel(item_id: str) -> Response:
+    with db_session:
+        return json_response(tunnel_json(get_row(current().db, "Tunnel", item_id)))
+
+
+@blueprint.patch("/tunnels/<item_id>")
+async def patch_tunnel(item_id: str) -> Response:
+    return json_response(update_tunnel(item_id, await _body()))
+
+
+@blueprint.delete("/tunnels/<item_id>")
+async def remove_tunnel(item_id: str) -> Response:
+    delete_tunnel(item_id)
     return Response(status=204)

@@ -1,4 +1,4 @@
-"""The Quart-Trio application: REST API, /ws, /healthz, /metrics and the OpenAPI document on one app."""
+"""The Quart-Trio application: REST API, /ws, web UI, /healthz, /metrics and the OpenAPI document on one app."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from quart_trio.wrappers.response import TrioResponse as Response
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from kakuremichi.control import api, openapi, websocket
+from kakuremichi.control import api, openapi, web, websocket
 from kakuremichi.control.api import json_response
 from kakuremichi.control.state import ControlState, Settings, current
 from kakuremichi.control.validation import ApiError
@@ -25,6 +25,7 @@ def create_app(settings: Settings) -> QuartTrio:
     app.extensions["kakuremichi.control"] = state
     app.register_blueprint(api.blueprint)
     app.register_blueprint(websocket.blueprint)
+    web.install(app, settings)
 
     @app.before_serving
     async def start_background() -> None:

@@ -26,11 +26,13 @@ def _positive(text: str) -> float:
 
 
 def parser(prog: str | None = None) -> EnvArgumentParser:
-    p = EnvArgumentParser(prog=prog, description="Run the kakuremichi control server: REST API for agents, "
-                          "gateways and tunnels, and the /ws endpoint that pushes their configs.")
+    p = EnvArgumentParser(prog=prog, description="Run the kakuremichi control server: web UI and REST API for "
+                          "agents, gateways and tunnels, and the /ws endpoint that pushes their configs. Log in to "
+                          "the web UI with the admin token.")
     p.add_argument("--listen", default=Settings.listen, metavar="HOST:PORT",
                    help="address to serve HTTP and WebSocket on (use 0.0.0.0:8000 behind a TLS proxy)")
-    p.add_argument("--data-dir", default=Settings.data_dir, help="directory for the default SQLite database")
+    p.add_argument("--data-dir", default=Settings.data_dir,
+                   help="directory for the default SQLite database and the web UI's session secret")
     p.add_argument("--database-url", default=None, metavar="URL",
                    help="sqlite:///path/control.sqlite or postgres://user:password@host/db (default: SQLite in "
                         "--data-dir)")

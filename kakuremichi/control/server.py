@@ -22,7 +22,7 @@ async def serve(settings: Settings, *, task_status: trio.TaskStatus[str] = trio.
     app = create_app(settings)
     token = app.extensions["kakuremichi.control"].new_admin_token
     if token:
-        print(f"Admin token (shown once, store it safely): {token}", flush=True)
+        print(f"Admin token (shown once, store it safely; it is also the web UI password): {token}", flush=True)
     config = hypercorn.config.Config()
     config.bind = [settings.listen]
     config.accesslog = None

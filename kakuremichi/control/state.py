@@ -54,11 +54,23 @@ class ControlState:
         self.clients: dict[tuple[str, str], ClientSession] = {}
         self.challenge_acks = trio.Event()  # replaced on every ACME challenge ack a gateway sends
         self.admin_token_hash, self.new_admin_token = _admin_token(self.db, settings.admin_token)
+        self._status_event = trio.Event()
 
     def changed(self) -> None:
         """Something in the database changed: every connected client rebuilds and, if different, gets its config."""
         for client in self.clients.values():
             client.config_dirty.set()
+        self.status_changed()
+
+    def status_changed(self) -> None:
+        """A client came, went or reported stats, or data changed: wake whoever shows live status (the web UI)."""
+        self._status_event.set()
+        self._status_event = trio.Event()
+
+    async def wait_status_change(self, timeout: float) -> None:
+        """Return at the next `status_changed`, or after `timeout` seconds (changes made by other instances)."""
+        with trio.move_on_after(timeout):
+            await self._status_event.wait()
 
     def challenges_acked(self) -> None:
         """A gateway confirmed the challenges it answers: wake whoever waits to tell a publisher."""

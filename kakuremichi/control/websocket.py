@@ -260,6 +260,7 @@ class ClientSession:
         row = self.row()
         if row is not None:
             row.metadata = {**(row.metadata or {}), "stats": stats}
+        self.state.status_changed()
 
 
 @blueprint.websocket("/ws")
@@ -281,6 +282,7 @@ async def endpoint() -> None:
     if previous is not None:
         previous.close(CLOSE_REPLACED, "replaced by a newer connection")
     state.clients[session.role, session.client_id] = session
+    state.status_changed()
     await websocket.send(protocol.AuthSuccess(session.client_id, session.name,
                                               state.settings.heartbeat_interval).to_json())
     log(logger, logging.INFO, "client connected", role=session.role, name=session.name, remote=remote)
@@ -291,6 +293,7 @@ async def endpoint() -> None:
             del state.clients[session.role, session.client_id]
             _mark_offline(state, session)
             state.challenges_acked()  # nobody waits for this gateway's confirmation any more
+            state.status_changed()
         log(logger, logging.INFO, "client disconnected", role=session.role, name=session.name,
             reason=session.close_reason[1] if session.close_reason else "connection closed")
     if session.close_reason is not None:

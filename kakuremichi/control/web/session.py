@@ -1,0 +1,101 @@
+"""Who is logged in to the web UI: a signed session cookie, the admin token as the password, CSRF tokens.
+
+The cookie is signed (HMAC-SHA256) with a secret kept 0600 in the data directory, so a leaked database
+alone cannot forge a session; controls sharing a database behind one address share that file too. A
+session remembers a fingerprint of the admin token it was opened with: changing the token logs everyone out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+from datetime import timedelta
+from pathlib import Path
+
+from quart import Quart, has_request_context, request, session
+from quart.sessions import SecureCookieSessionInterface
+
+from kakuremichi.control import auth
+from kakuremichi.control.state import current
+from kakuremichi.logs import log
+
+logger = logging.getLogger("kakuremichi.control.web")
+
+SECRET_FILE = "web-session-secret"
+LIFETIME = timedelta(hours=12)
+CSRF_FIELD = "csrf_token"
+
+
+class SessionInterface(SecureCookieSessionInterface):
+    """Quart's signed cookie with SHA-256, HttpOnly, SameSite=Lax, and Secure whenever the page came over https."""
+
+    digest_method = staticmethod(hashlib.sha256)
+
+    def get_cookie_secure(self, app: Quart) -> bool:
+        return has_request_context() and (request.scheme == "https"
+                                          or request.headers.get("X-Forwarded-Proto", "").lower() == "https")
+
+
+def install(app: Quart, data_dir: str) -> None:
+    """Sign this app's sessions with the secret in `data_dir` (created on first start)."""
+    app.secret_key = _secret(Path(data_dir) / SECRET_FILE)
+    app.session_interface = SessionInterface()
+    app.config.update(SESSION_COOKIE_NAME="kakuremichi_session", SESSION_COOKIE_HTTPONLY=True,
+                      SESSION_COOKIE_SAMESITE="Lax", PERMANENT_SESSION_LIFETIME=LIFETIME)
+
+
+def _secret(path: Path) -> bytes:
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    secret = secrets.token_bytes(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another control on the same directory made it first
+        return bytes.fromhex(path.read_text().strip())
+    with os.fdopen(fd, "w") as file:
+        file.write(secret.hex() + "\n")
+    return secret
+
+
+def _token_fingerprint() -> str:
+    """Identifies the current admin token without revealing its hash (the cookie is signed, not encrypted)."""
+    return hmac.new(b"kakuremichi web session", current().admin_token_hash.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def logged_in() -> bool:
+    return hmac.compare_digest(str(session.get("admin", "")).encode(), _token_fingerprint().encode())
+
+
+def log_in(password: str) -> bool:
+    """Open an admin session if `password` is the admin token (compared in constant time)."""
+    if not auth.matches(password.strip(), current().admin_token_hash):
+        log(logger, logging.WARNING, "web login refused", remote=request.remote_addr or "?")
+        return False
+    session.clear()
+    session.permanent = True
+    session["admin"] = _token_fingerprint()
+    session[CSRF_FIELD] = secrets.token_urlsafe(32)  # a fresh token: nothing issued before login stays valid
+    log(logger, logging.INFO, "web login", remote=request.remote_addr or "?")
+    return True
+
+
+def log_out() -> None:
+    session.clear()
+
+
+def csrf_token() -> str:
+    """This session's CSRF token, which every form posts back; made on first use (the login form)."""
+    if CSRF_FIELD not in session:
+        session[CSRF_FIELD] = secrets.token_urlsafe(32)
+    return session[CSRF_FIELD]
+
+
+def csrf_valid(submitted: str | None) -> bool:
+    expected = session.get(CSRF_FIELD)
+    return bool(expected and submitted) and hmac.compare_digest(submitted.encode(), expected.encode())

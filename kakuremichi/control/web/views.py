@@ -1,0 +1,374 @@
+"""The web UI's pages: log in, then gateways, agents and tunnels — lists with live status, forms, install commands.
+
+Every change goes through the functions behind the REST API (kakuremichi.control.api), so the web UI
+validates exactly as the API does and shows the API's messages next to the fields they are about.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any
+
+import trio
+from pony.orm import db_session
+from quart import Blueprint, redirect, render_template, request, url_for
+from quart_trio.wrappers.response import TrioResponse as Response
+
+from kakuremichi import protocol
+from kakuremichi.control import api
+from kakuremichi.control.models import utcnow
+from kakuremichi.control.state import current
+from kakuremichi.control.validation import ApiError
+from kakuremichi.control.web import status
+from kakuremichi.control.web.session import CSRF_FIELD, csrf_token, csrf_valid, log_in, log_out, logged_in
+
+blueprint = Blueprint("web", __name__, template_folder="templates", static_folder="static",
+                      static_url_path="/assets")
+blueprint.add_app_template_filter(status.format_bytes, "bytes")
+blueprint.add_app_template_global(csrf_token, "csrf_token")  # globals: imported macros see them too
+blueprint.add_app_template_global(CSRF_FIELD, "csrf_field")
+
+POLL_INTERVAL = 2.0  # live pages also see changes made by other control instances, and "5 minutes ago" ageing
+KEEPALIVE = 15.0  # an event-stream comment this often keeps proxies from closing an idle stream
+COALESCE = 0.5  # many clients heartbeating cost one snapshot per stream per COALESCE, not one per heartbeat
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
+                               "form-action 'self'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+_TLS_NAMES = {"acme": "ACME (Let’s Encrypt)", "self-signed": "Self-signed", "off": "Off (HTTP only)",
+              "custom": "Custom certificate"}
+TLS_LABELS = {mode: _TLS_NAMES.get(mode, mode) for mode in protocol.TLS_MODES}
+SECTIONS = {"": "overview", "gateways": "gateway", "agents": "agent", "tunnels": "tunnel"}  # path → navigation item
+ROLES = {
+    "agent": {"title": "Agents", "label": "agent", "serialise": api.agent_json, "entity": "Agent",
+              "about": "An agent runs next to your private services and connects out to every gateway. "
+                       "It needs no root and opens no inbound port.",
+              "peers": "Gateways"},
+    "gateway": {"title": "Gateways", "label": "gateway", "serialise": api.gateway_json, "entity": "Gateway",
+                "about": "A gateway is a public entry node: it accepts HTTP(S) for your domains and forwards it "
+                         "through WireGuard to the right agent. Run one or several.",
+                "peers": "Agents"},
+}
+
+
+# -- access ----------------------------------------------------------------------------------------------------
+
+
+@blueprint.before_request
+async def guard() -> Any:
+    """Every POST carries this session's CSRF token; every page but the login form needs a logged-in admin."""
+    if request.endpoint == "web.static":
+        return None
+    if request.method == "POST" and not csrf_valid((await request.form).get(CSRF_FIELD)):
+        return await _page("message.html", 400, title="Form expired",
+                           message="This form was not sent from this session (or the session ended). "
+                                   "Go back, reload the page and try again.")
+    if request.endpoint != "web.login" and not logged_in():
+        if request.endpoint == "web.events":
+            return Response("log in first", 401, content_type="text/plain")
+        return redirect(url_for("web.login", next=request.path))
+    return None
+
+
+@blueprint.after_request
+async def security_headers(response: Response) -> Response:
+    response.headers.update(SECURITY_HEADERS)
+    if request.endpoint != "web.static":
+        response.headers["Cache-Control"] = "no-store"  # pages can carry a new API key
+    return response
+
+
+@blueprint.errorhandler(ApiError)
+async def api_error(error: ApiError) -> Response:
+    title = "Not found" if error.status == 404 else "Not possible"
+    return await _page("message.html", error.status, title=title, message=error.message)
+
+
+@blueprint.context_processor
+def template_globals() -> dict:
+    return {"logged_in": logged_in(), "tls_labels": TLS_LABELS,
+            "section": SECTIONS.get(request.path.split("/")[1])}
+
+
+async def _page(template: str, code: int = 200, **context: Any) -> Response:
+    return Response(await render_template(template, **context), code, content_type="text/html; charset=utf-8")
+
+
+async def _confirm(title: str, action: str, consequence: str, cancel: str) -> Response:
+    """A page asking to confirm what a POST to the same address will do; nothing changes on GET."""
+    return await _page("confirm.html", title=title, action=action, consequence=consequence, cancel=cancel)
+
+
+def _safe_next(target: str | None) -> str:
+    """Where to go after logging in: only a path on this site (never //other.host or a URL)."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return url_for("web.overview")
+
+
+@blueprint.route("/login", methods=["GET", "POST"])
+async def login() -> Any:
+    error = None
+    if request.method == "POST":
+        if log_in((await request.form).get("password", "")):
+            return redirect(_safe_next(request.args.get("next")))
+        error = "That is not the admin token. Use the token control printed on its first start."
+    elif logged_in():
+        return redirect(url_for("web.overview"))
+    return await _page("login.html", 401 if error else 200, error=error)
+
+
+@blueprint.post("/logout")
+async def logout() -> Any:
+    log_out()
+    return redirect(url_for("web.login"))
+
+
+# -- overview and live status ------------------------------------------------------------------------------------
+
+
+@blueprint.get("/")
+async def overview() -> Response:
+    with db_session:
+        db = current().db
+        counts = {"gateway": db.Gateway.select().count(), "agent": db.Agent.select().count(),
+                  "tunnel": db.Tunnel.select().count()}
+        online = {"gateway": db.Gateway.select(lambda g: g.status == "online").count(),
+                  "agent": db.Agent.select(lambda a: a.status == "online").count()}
+    return await _page("overview.html", counts=counts, online=online)
+
+
+@blueprint.get("/events")
+async def events() -> Response:
+    """Server-sent events: the live text of every agent and gateway, sent again whenever it changes."""
+    state = current()
+
+    async def stream():
+        sent, quiet_since = None, trio.current_time()
+        while True:
+            snapshot = status.snapshot(state.db)
+            if snapshot != sent:
+                sent, quiet_since = snapshot, trio.current_time()
+                yield f"event: status\ndata: {json.dumps(snapshot)}\n\n".encode()
+            elif trio.current_time() - quiet_since >= KEEPALIVE:
+                quiet_since = trio.current_time()
+                yield b": keepalive\n\n"
+            await state.wait_status_change(POLL_INTERVAL)
+            await trio.sleep(COALESCE)
+
+    response = Response(stream(), content_type="text/event-stream",
+                        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    response.timeout = None  # a stream, not a slow response
+    return response
+
+
+# -- agents and gateways ---------------------------------------------------------------------------------------
+
+
+def _client_body(role: str, form) -> dict:
+    body = {"name": form.get("name", "").strip()}
+    if role == "gateway":
+        port = form.get("wireguardPort", "").strip()
+        body["wireguardPort"] = None if not port else int(port) if port.isdigit() else port
+    return body
+
+
+def _client_rows(role: str) -> list[dict]:
+    kind = ROLES[role]
+    with db_session:
+        db = current().db
+        names, now = status.key_names(db), utcnow()
+        rows = getattr(db, kind["entity"]).select().order_by(lambda r: r.created_at)
+        return [{**kind["serialise"](row), "live": status.describe(row, names, now),
+                 "liveKey": status.live_key(role, row.id)} for row in rows]
+
+
+def _client_detail(role: str, item_id: str) -> dict:
+    kind = ROLES[role]
+    with db_session:
+        db = current().db
+        row = api.get_row(db, kind["entity"], item_id)
+        names = status.key_names(db)
+        detail = {**kind["serialise"](row), "live": status.describe(row, names, utcnow()),
+                  "liveKey": status.live_key(role, row.id), "peers": status.peers(row, names)}
+        if role == "agent":
+            detail["tunnels"] = [api.tunnel_json(t) for t in sorted(row.tunnels, key=lambda t: t.domain)]
+        return detail
+
+
+def install_commands(role: str, control_url: str, api_key: str | None, wireguard_port: int | None = None) -> list[dict]:
+    """Copy-paste commands that start this agent/gateway with its key (or a placeholder once it was shown)."""
+    key = api_key or f"{'agt' if role == 'agent' else 'gtw'}_YOUR_KEY"
+    settings = {"control-url": control_url, "api-key": key}
+    if role == "agent":
+        ports = "--network host"
+    else:
+        port = wireguard_port or 51820
+        settings.update({"public-host": "gw.example.com", "acme-email": "you@example.com", "http-port": "8080",
+                         "https-port": "8443"})
+        if wireguard_port:
+            settings["wireguard-port"] = str(port)
+        ports = f"-p 80:8080 -p 443:8443 -p {port}:{port}/udp"
+    flags = " ".join(f"--{name} {shlex.quote(value)}" for name, value in settings.items())
+    variables = [f"-e KAKUREMICHI_{name.upper().replace('-', '_')}={shlex.quote(value)}"
+                 for name, value in {**settings, "data-dir": "/data"}.items()]
+    docker = " \\\n  ".join([f"docker run -d --name kakuremichi-{role} --restart unless-stopped {ports}",
+                              f"-v kakuremichi-{role}:/data", *variables,
+                              f"python:3.12-slim sh -c 'pip install kakuremichi && exec kakuremichi {role}'"])
+    return [{"id": "install-pip", "label": "With pip (Python 3.11 or newer)",
+             "command": f"pip install kakuremichi\nkakuremichi {role} {flags}"},
+            {"id": "install-docker", "label": "With Docker", "command": docker}]
+
+
+async def _client_page(role: str, item_id: str, new_key: str | None = None, code: int = 200) -> Response:
+    item = _client_detail(role, item_id)
+    commands = install_commands(role, request.host_url.rstrip("/"), new_key, item.get("wireguardPort"))
+    return await _page("client.html", code, role=role, kind=ROLES[role], item=item,
+                       new_key=new_key, commands=commands)
+
+
+async def _client_form(role: str, item: dict | None, values: dict, errors: dict, message: str | None,
+                       code: int = 200) -> Response:
+    return await _page("client_form.html", code, role=role, kind=ROLES[role], item=item,
+                       values=values, errors=errors, message=message)
+
+
+def _client_routes(role: str) -> None:
+    """List/new/show/edit/delete/rotate-key pages for agents or gateways, which differ only in fields."""
+    kind = ROLES[role]
+    base = f"/{role}s"
+
+    async def index() -> Response:
+        return await _page("clients.html", role=role, kind=kind, items=_client_rows(role))
+
+    async def new() -> Response:
+        values = {}
+        if request.method == "POST":
+            values = _client_body(role, await request.form)
+            try:
+                created = api.create_client(role, values)
+            except ApiError as error:
+                return await _client_form(role, None, values, error.details, error.message, error.status)
+            return await _client_page(role, created["id"], new_key=created["apiKey"], code=201)
+        return await _client_form(role, None, values, {}, None)
+
+    async def show(item_id: str) -> Response:
+        return await _client_page(role, item_id)
+
+    async def edit(item_id: str) -> Response:
+        item = _client_detail(role, item_id)
+        if request.method == "POST":
+            values = _client_body(role, await request.form)
+            try:
+                api.update_client(role, item_id, values)
+            except ApiError as error:
+                return await _client_form(role, item, values, error.details, error.message, error.status)
+            return redirect(url_for(f"web.{role}_show", item_id=item_id))
+        return await _client_form(role, item, item, {}, None)
+
+    async def delete(item_id: str) -> Response:
+        item = _client_detail(role, item_id)
+        if request.method == "POST":
+            api.delete_client(role, item_id)
+            return redirect(url_for(f"web.{role}_index"))
+        count = len(item.get("tunnels", []))
+        consequence = ("" if count == 0 else "Its tunnel is deleted with it. " if count == 1
+                       else f"Its {count} tunnels are deleted with it. ")
+        return await _confirm(f"Delete {kind['label']} {item['name']}", "Delete",
+                              consequence + f"A running {kind['label']} using its key is disconnected. "
+                                            "This cannot be undone.", url_for(f"web.{role}_show", item_id=item_id))
+
+    async def rotate_key(item_id: str) -> Response:
+        if request.method == "POST":
+            return await _client_page(role, item_id, new_key=api.rotate_client_key(role, item_id)["apiKey"])
+        item = _client_detail(role, item_id)
+        return await _confirm(f"Rotate the key of {item['name']}", "Rotate key",
+                              f"A new key is made and shown once. The current key stops working at once: a running "
+                              f"{kind['label']} using it is disconnected until it is restarted with the new key.",
+                              url_for(f"web.{role}_show", item_id=item_id))
+
+    for path, view, methods in ((base, index, ["GET"]), (base + "/new", new, ["GET", "POST"]),
+                                (base + "/<item_id>", show, ["GET"]),
+                                (base + "/<item_id>/edit", edit, ["GET", "POST"]),
+                                (base + "/<item_id>/delete", delete, ["GET", "POST"]),
+                                (base + "/<item_id>/rotate-key", rotate_key, ["GET", "POST"])):
+        blueprint.add_url_rule(path, f"{role}_{view.__name__}", view, methods=methods)
+
+
+_client_routes("gateway")
+_client_routes("agent")
+
+
+# -- tunnels ---------------------------------------------------------------------------------------------------
+
+
+def _tunnel_body(form) -> dict:
+    return {"domain": form.get("domain", "").strip(), "agentId": form.get("agentId", ""),
+            "target": form.get("target", "").strip(), "description": form.get("description", ""),
+            "tlsMode": form.get("tlsMode", ""), "enabled": "enabled" in form, "forceHttps": "forceHttps" in form}
+
+
+def _agents() -> list[dict]:
+    with db_session:
+        return [{"id": a.id, "name": a.name} for a in current().db.Agent.select().order_by(lambda a: a.name)]
+
+
+def _tunnel(item_id: str) -> dict:
+    with db_session:
+        tunnel = api.get_row(current().db, "Tunnel", item_id)
+        return {**api.tunnel_json(tunnel), "agentName": tunnel.agent.name}
+
+
+async def _tunnel_form(item: dict | None, values: dict, errors: dict, message: str | None,
+                       code: int = 200) -> Response:
+    return await _page("tunnel_form.html", code, item=item, values=values, errors=errors,
+                       message=message, agents=_agents())
+
+
+@blueprint.get("/tunnels")
+async def tunnel_index() -> Response:
+    with db_session:
+        items = [{**api.tunnel_json(t), "agentName": t.agent.name, "agentLive": status.live_key("agent", t.agent.id),
+                  "agentStatus": t.agent.status} for t in current().db.Tunnel.select().order_by(lambda t: t.domain)]
+    return await _page("tunnels.html", items=items, have_agents=bool(_agents()))
+
+
+@blueprint.route("/tunnels/new", methods=["GET", "POST"])
+async def tunnel_new() -> Response:
+    if request.method == "POST":
+        values = _tunnel_body(await request.form)
+        try:
+            api.create_tunnel(values)
+        except ApiError as error:
+            return await _tunnel_form(None, values, error.details, error.message, error.status)
+        return redirect(url_for("web.tunnel_index"))
+    values = {"enabled": True, "tlsMode": "acme", "agentId": request.args.get("agent", "")}
+    return await _tunnel_form(None, values, {}, None)
+
+
+@blueprint.route("/tunnels/<item_id>/edit", methods=["GET", "POST"])
+async def tunnel_edit(item_id: str) -> Response:
+    item = _tunnel(item_id)
+    if request.method == "POST":
+        values = _tunnel_body(await request.form)
+        try:
+            api.update_tunnel(item_id, values)
+        except ApiError as error:
+            return await _tunnel_form(item, values, error.details, error.message, error.status)
+        return redirect(url_for("web.tunnel_index"))
+    return await _tunnel_form(item, item, {}, None)
+
+
+@blueprint.route("/tunnels/<item_id>/delete", methods=["GET", "POST"])
+async def tunnel_delete(item_id: str) -> Response:
+    item = _tunnel(item_id)
+    if request.method == "POST":
+        api.delete_tunnel(item_id)
+        return redirect(url_for("web.tunnel_index"))
+    return await _confirm(f"Delete tunnel {item['domain']}", "Delete",
+                          f"{item['domain']} stops being served by every gateway, and control forgets its "
+                          "certificate. This cannot be undone.", url_for("web.tunnel_index"))

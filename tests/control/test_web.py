@@ -1,0 +1,155 @@
+"""The web UI over plain HTTP: cookie flags, CSRF tokens, redirects, the event stream, error pages."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import pytest
+import trio
+
+from kakuremichi.control.web import status
+from tests.control.conftest import ADMIN, start_control
+
+
+def _csrf(page: httpx.Response) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+
+
+@asynccontextmanager
+async def _logged_in(url: str):
+    """An HTTP client with a cookie jar that logged in through the form, like a browser."""
+    async with httpx.AsyncClient(base_url=url) as client:
+        token = _csrf(await client.get("/login"))
+        response = await client.post("/login", data={"csrf_token": token, "password": ADMIN})
+        assert response.status_code == 302 and response.headers["location"] == "/"
+        yield client
+
+
+async def test_post_without_the_csrf_token_is_rejected(control):
+    async with _logged_in(control.url) as browser:
+        refused = await browser.post("/agents/new", data={"name": "forged"})
+        assert refused.status_code == 400 and "Form expired" in refused.text
+        async with _logged_in(control.url) as other:  # a token of another session does not count
+            stolen = _csrf(await other.get("/agents/new"))
+        for token in (stolen, "é" * 43, ""):
+            assert (await browser.post("/agents/new", data={"name": "forged", "csrf_token": token})).status_code == 400
+        assert (await control.api.get("/api/agents")).json()["total"] == 0
+        accepted = await browser.post("/agents/new", data={"name": "real", "csrf_token": _csrf(await browser.get("/"))})
+        assert accepted.status_code == 201 and "agt_" in accepted.text
+
+
+async def test_session_cookie_flags(control):
+    async with _logged_in(control.url) as browser:
+        pass
+    page = await control.api.get("/login")  # no admin session: the bearer token does not count here
+    cookie = page.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+    control.api.cookies.clear()
+    behind_tls = await control.api.get("/login", headers={"X-Forwarded-Proto": "https"})
+    assert "Secure" in behind_tls.headers["set-cookie"]
+    assert page.headers["content-security-policy"].startswith("default-src 'self'")
+    assert browser.cookies.get("kakuremichi_session")
+
+
+async def test_anonymous_requests_are_sent_to_login(control):
+    async with httpx.AsyncClient(base_url=control.url) as anonymous:
+        page = await anonymous.get("/agents/abc")
+        assert page.status_code == 302 and page.headers["location"] == "/login?next=/agents/abc"
+        assert (await anonymous.get("/events")).status_code == 401
+        assert (await anonymous.get("/assets/style.css")).status_code == 200
+        for target in ("//evil.example", "https://evil.example/"):
+            anonymous.cookies.clear()
+            token = _csrf(await anonymous.get("/login"))
+            response = await anonymous.post("/login", params={"next": target},
+                                            data={"csrf_token": token, "password": ADMIN})
+            assert response.headers["location"] == "/"
+
+
+async def test_event_stream_sends_status_changes(control):
+    agent = await control.create("agents", name="a")
+    async with _logged_in(control.url) as browser:
+        async with browser.stream("GET", "/events") as stream:
+            lines = stream.aiter_lines()
+            with trio.fail_after(5):
+                first = [await anext(lines) for _ in range(2)]
+            assert first[0] == "event: status" and '"status": "offline"' in first[1]
+            await control.api.patch(f"/api/agents/{agent['id']}", json={"name": "renamed"})
+            with trio.fail_after(5):
+                while '"name": "renamed"' not in await anext(lines):
+                    pass
+
+
+@pytest.mark.parametrize("path", ["/agents/nope", "/tunnels/nope/edit"])
+async def test_missing_items_get_a_page(control, path):
+    async with _logged_in(control.url) as browser:
+        page = await browser.get(path)
+        assert page.status_code == 404 and "<h1>Not found</h1>" in page.text
+
+
+async def test_sessions_survive_a_restart_but_not_a_new_admin_token(settings):
+    async def run(settings, check) -> None:
+        async with trio.open_nursery() as nursery:
+            ctl = await start_control(nursery, settings)
+            async with ctl.api:
+                await check(ctl.url)
+            nursery.cancel_scope.cancel()
+
+    cookies = httpx.Cookies()
+
+    async def log_in(url: str) -> None:
+        async with _logged_in(url) as browser:
+            cookies.update(browser.cookies)
+
+    async def status_of_agents_page(url: str) -> int:
+        async with httpx.AsyncClient(base_url=url, cookies=cookies) as browser:
+            return (await browser.get("/agents")).status_code
+
+    async def still_logged_in(url: str) -> None:
+        assert await status_of_agents_page(url) == 200  # the signing secret was kept in the data dir
+
+    async def logged_out(url: str) -> None:
+        assert await status_of_agents_page(url) == 302
+
+    await run(settings, log_in)
+    await run(settings, still_logged_in)
+    await run(dataclasses.replace(settings, admin_token="kma_a-new-token"), logged_out)
+    assert (Path(settings.data_dir) / "web-session-secret").stat().st_mode & 0o777 == 0o600
+
+
+def test_status_text():
+    now = datetime(2026, 1, 1, 12, 0, 0)
+    names = {"KEY1": "gw1", "KEY2": "gw2"}
+    stats = {"stats": {"peers": {"KEY1": {"connected": True, "rxBytes": 1500, "txBytes": 2_500_000},
+                                 "KEY2": {"connected": False, "rxBytes": 0, "txBytes": 12},
+                                 "KEY3": "garbage"}}}
+    online = SimpleNamespace(status="online", metadata=stats, last_seen_at=now)
+    assert status.describe(online, names, now) == {"status": "online", "lastSeen": "now", "peers": "1 of 2: gw1",
+                                                   "traffic": "↓ 1.5 kB · ↑ 2.5 MB"}
+    offline = SimpleNamespace(status="offline", metadata=stats, last_seen_at=now - timedelta(minutes=90))
+    assert status.describe(offline, names, now)["peers"] == "—"
+    assert status.describe(offline, names, now)["lastSeen"] == "1 hour ago"
+    fresh = SimpleNamespace(status="offline", metadata=None, last_seen_at=None)
+    assert status.describe(fresh, names, now) == {"status": "offline", "lastSeen": "never connected", "peers": "—",
+                                                  "traffic": "—"}
+    assert [status.format_ago(now - timedelta(seconds=s), now) for s in (5, 60, 7200, 3 * 86400)] == [
+        "less than a minute ago", "1 minute ago", "2 hours ago", "3 days ago"]
+    assert [status.format_bytes(n) for n in (0, 999, 1000, 10**12 * 5000)] == ["0 B", "999 B", "1.0 kB", "5000.0 TB"]
+
+
+async def test_a_closed_event_stream_stops(control, monkeypatch):
+    calls = []
+    monkeypatch.setattr(status, "snapshot", lambda db: calls.append(1) or {})
+    async with _logged_in(control.url) as browser:
+        async with browser.stream("GET", "/events") as stream:
+            with trio.fail_after(5):
+                await anext(stream.aiter_lines())
+    for i in range(3):  # each wakes the stream, were it still running
+        await control.create("agents", name=f"wake{i}")
+        await trio.sleep(0.1)
+    assert len(calls) == 1
