@@ -21,6 +21,7 @@ from kakuremichi.gateway.certmanager import CertificateManager
 from kakuremichi.gateway.certstore import CertStore
 from kakuremichi.gateway.certsync import CertificateSync
 from kakuremichi.gateway.challenges import ChallengeStore
+from kakuremichi.gateway.endpoints import EndpointMemory
 from kakuremichi.gateway.listeners import serve_http, serve_https
 from kakuremichi.gateway.proxy import Proxy, ProxySettings
 from kakuremichi.gateway.routes import Route, RouteTable
@@ -51,6 +52,8 @@ class Gateway:
         self.challenges = ChallengeStore()
         self.certs = CertificateManager(CertStore(Path(state_dir)), self.challenges, listen.acme)
         self._sources: dict[str, str] = {}  # agent address -> our address in that tunnel's subnet
+        self.endpoints = EndpointMemory(Path(state_dir) / "agent-endpoints.json")
+        self._recalled: dict[bytes, tuple[str, int] | None] = {}  # what each agent peer started from
         self.config_version = 0
         self.http_ports: list[int] = []
         self.https_ports: list[int] = []
@@ -80,6 +83,7 @@ class Gateway:
         listen = self.listen
         async with trio.open_nursery() as nursery:
             await nursery.start(self.node.run)
+            nursery.start_soon(self.endpoints.keep_saving, self.node.device)
             async with open_upstream_pool(self._dial, listen.pool) as pool:
                 if listen.https_port is not None:
                     listen.proxy.https_port = listen.https_port
@@ -108,7 +112,12 @@ class Gateway:
                 log(logger, logging.ERROR, "route skipped", domain=r.domain, error=str(exc))
                 continue
             sources[r.agent_ip] = r.gateway_ip
-        peers = [PeerSpec(keys.decode(p.public_key), tuple(p.allowed_ips)) for p in config.peers]
+        peers = []
+        for p in config.peers:
+            key = keys.decode(p.public_key)
+            if key not in self._recalled:  # a new peer starts from where the agent last was, if known
+                self._recalled[key] = None if key in self.node.device.peers else self.endpoints.recall(key)
+            peers.append(PeerSpec(key, tuple(p.allowed_ips), self._recalled[key]))
         await self.node.apply(config.addresses, peers)
         self._sources = sources
         self.routes.replace(routes)

@@ -338,8 +338,16 @@ def test_survives_control_gateway_and_agent_restarts(deployment):
     deployment.tunnel("later.example.test", "two")
     wait_for(lambda: serves(deployment, "gw2", "later.example.test", "two"), 5, "a post-restart tunnel")
 
+    # A gateway restarts (an upgrade): it reaches the agent at once, not after the agent's next rekey
+    # (two minutes), because it remembers where the agent was.
+    gw1 = deployment.gateways["gw1"][0]
+    time.sleep(6)  # past the gateway's periodic save of agent addresses
+    gw1.stop()
+    gw1.start()
+    assert wait_for(lambda: serves(deployment, "gw1", "sturdy.example.test", "one"), 20, "gw1 after restart") < 8
+
     # One gateway dies: the other keeps serving.
-    deployment.gateways["gw1"][0].stop()
+    gw1.stop()
     assert get(deployment, "gw1", "sturdy.example.test") is None
     assert serves(deployment, "gw2", "sturdy.example.test", "one")
 

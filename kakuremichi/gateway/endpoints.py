@@ -1,0 +1,67 @@
+"""Where each agent last reached this gateway, kept on disk across restarts.
+
+Agents sit behind NAT, so a gateway learns an agent's address only from the packets the agent sends. A
+restarted gateway has lost its sessions, and the agent keeps sending keepalives into sessions that no
+longer exist: nothing in WireGuard makes it shake hands again before its next rekey, up to two minutes
+later. Remembering the addresses (as wg-quick's SaveConfig does) lets the restarted gateway start the
+handshake itself on the first request; the agent's NAT mapping is still open thanks to those keepalives.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import trio
+
+from kakuremichi.logs import log
+from kakuremichi.wg import keys
+from kakuremichi.wg.device import Device
+
+logger = logging.getLogger("kakuremichi.gateway")
+
+SAVE_INTERVAL = 5.0  # seconds between checks for a changed address
+
+
+class EndpointMemory:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._saved = self._load()
+
+    def _load(self) -> dict[bytes, tuple[str, int]]:
+        try:
+            raw = json.loads(self.path.read_text())
+            return {keys.decode(key): (str(host), int(port)) for key, (host, port) in raw.items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, TypeError) as exc:
+            log(logger, logging.WARNING, "ignoring unreadable agent address file", path=str(self.path),
+                error=str(exc))
+            return {}
+
+    def recall(self, public_key: bytes) -> tuple[str, int] | None:
+        return self._saved.get(public_key)
+
+    def save(self, device: Device) -> None:
+        """Write the agents' current addresses if they changed since the last save (atomically)."""
+        current = {key: tuple(peer.endpoint[:2]) for key, peer in device.peers.items() if peer.endpoint}
+        if current == self._saved:
+            return
+        temporary = self.path.with_suffix(".tmp")
+        try:
+            temporary.write_text(json.dumps({keys.encode(k): list(v) for k, v in sorted(current.items())}))
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            log(logger, logging.WARNING, "cannot save agent addresses", path=str(self.path), error=str(exc))
+            return
+        self._saved = current
+
+    async def keep_saving(self, device: Device) -> None:
+        try:
+            while True:
+                await trio.sleep(SAVE_INTERVAL)
+                self.save(device)
+        finally:
+            self.save(device)  # a clean shutdown records the very latest
