@@ -19,6 +19,7 @@ from kakuremichi.wg import keys
 
 PROTOCOL_VERSION = 1
 TUNNEL_PORT = 80  # where an agent accepts a tunnel's connections on its tunnel address
+AGENT_KEEPALIVE = 25  # seconds between an idle agent's keepalives to each gateway (keeps NAT mappings open)
 ROLES = ("gateway", "agent")
 TLS_MODES = ("acme", "self-signed", "off", "custom")
 _ACME_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}\Z")  # RFC 8555 §8.3: base64url without padding
@@ -201,7 +202,7 @@ class GatewayPeer:
     public_key: str
     endpoint: str
     allowed_ips: list[str]
-    persistent_keepalive: int = 25  # seconds; keeps the agent's NAT mapping open
+    persistent_keepalive: int = AGENT_KEEPALIVE
 
     def to_json(self) -> dict:
         return {"publicKey": self.public_key, "endpoint": self.endpoint, "allowedIps": list(self.allowed_ips),
@@ -209,7 +210,7 @@ class GatewayPeer:
 
     @classmethod
     def from_json(cls, obj: dict, where: str = "gateway") -> GatewayPeer:
-        keepalive = _get(obj, "persistentKeepalive", int, where, 25)
+        keepalive = _get(obj, "persistentKeepalive", int, where, AGENT_KEEPALIVE)
         if not 0 <= keepalive < 65536:
             raise ProtocolError(f"{where}: persistentKeepalive {keepalive} is out of range 0-65535")
         return cls(public_key=check_public_key(_get(obj, "publicKey", str, where), f"{where}.publicKey"),

@@ -27,11 +27,15 @@ from kakuremichi.gateway.proxy import Proxy, ProxySettings
 from kakuremichi.gateway.routes import Route, RouteTable
 from kakuremichi.gateway.upstream import PoolLimits, open_upstream_pool
 from kakuremichi.logs import log
-from kakuremichi.protocol import GatewayConfig
+from kakuremichi.protocol import AGENT_KEEPALIVE, GatewayConfig
 from kakuremichi.tunnel import PeerSpec, TunnelNode
 from kakuremichi.wg import keys
 
 logger = logging.getLogger("kakuremichi.gateway")
+
+# An agent sends at least a keepalive every AGENT_KEEPALIVE seconds; silence for two of them (one may be
+# lost) and a little more means it is gone, and a request gets its 502 at once, not after a connect timeout.
+AGENT_SILENCE_LIMIT = 2 * AGENT_KEEPALIVE + 5
 
 
 @dataclass
@@ -73,6 +77,10 @@ class Gateway:
         if peer is None or peer.endpoint is None:
             # fail fast (502) instead of letting SYNs time out: the agent never reached this gateway
             raise OSError(errno.EHOSTUNREACH, f"the agent of {route.domain} has not connected to this gateway")
+        heard = peer.stats.last_received
+        if heard is not None and self.node.device.clock() - heard > AGENT_SILENCE_LIMIT:
+            silent = self.node.device.clock() - heard
+            raise OSError(errno.EHOSTUNREACH, f"the agent of {route.domain} has been silent for {silent:.0f} s")
         return await self.node.stack.open_tcp_stream(route.address, route.port,
                                                      local_address=self._sources.get(route.address))
 

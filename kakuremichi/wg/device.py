@@ -398,6 +398,7 @@ class Device:
             self._initiate_handshake(peer, retry=False)
         peer.endpoint = source
         peer.stats.rx_bytes += len(data)
+        peer.stats.last_received = now
         self._authenticated_packet_traversal(peer, now)
         peer.deadlines["new_handshake"] = None
         if not plaintext:

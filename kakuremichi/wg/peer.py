@@ -19,6 +19,7 @@ class PeerStats:
     rx_bytes: int = 0
     tx_bytes: int = 0
     last_handshake: float | None = None  # wall-clock time, for `wg show`-like status
+    last_received: float | None = None  # device-clock time of the last authenticated packet from the peer
 
 
 @dataclass(eq=False)

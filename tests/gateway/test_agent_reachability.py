@@ -1,10 +1,18 @@
-"""The gateway's memory of where its agents were: survives a restart, shrugs off a damaged file."""
+"""How a gateway knows where its agents are: a memory of their addresses that survives a restart and
+shrugs off a damaged file, and a quick 502 for an agent that has gone silent."""
 
 from __future__ import annotations
 
+import errno
 import logging
 
+import pytest
+import trio
+
 from kakuremichi.gateway.endpoints import EndpointMemory
+from kakuremichi.gateway.gateway import AGENT_SILENCE_LIMIT, Gateway, Listen
+from kakuremichi.gateway.routes import Route
+from kakuremichi.tunnel import TunnelNode
 from kakuremichi.wg import keys
 from kakuremichi.wg.device import Device
 
@@ -31,3 +39,15 @@ def test_a_damaged_file_is_ignored_with_a_warning(tmp_path, caplog):
         memory = EndpointMemory(path)
     assert memory.recall(b"\0" * 32) is None
     assert "unreadable agent address file" in caplog.text
+
+
+async def test_an_agent_silent_past_its_keepalives_gets_a_502_at_once(tmp_path):
+    gateway = Gateway(TunnelNode(keys.generate_private(), listen_host="127.0.0.1"), tmp_path,
+                      Listen(host="127.0.0.1", http_port=0, https_port=None))
+    device = gateway.node.device
+    peer = device.add_peer(keys.public_from_private(keys.generate_private()), allowed_ips=["10.1.0.2/32"],
+                           endpoint=("127.0.0.1", 9))
+    peer.stats.last_received = device.clock() - AGENT_SILENCE_LIMIT - 1
+    with trio.fail_after(1), pytest.raises(OSError) as raised:
+        await gateway._dial(Route("gone.test", "10.1.0.2", 80))
+    assert raised.value.errno == errno.EHOSTUNREACH and "silent for" in str(raised.value)
