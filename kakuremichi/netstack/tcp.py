@@ -74,10 +74,15 @@ _USER_SEND = (SYN_SENT, SYN_RECEIVED, ESTABLISHED, CLOSE_WAIT)  # states where t
 
 @dataclass
 class Config:
-    """Tunables; the defaults suit a WireGuard tunnel (tens of ms RTT, MTU 1420)."""
+    """Tunables; the defaults suit a WireGuard tunnel (tens of ms RTT, MTU 1420).
 
-    receive_buffer: int = 256 * 1024
-    send_buffer: int = 256 * 1024
+    The buffers are caps, not allocations: an idle connection holds none of it. 4 MiB (Linux's largest
+    autotuned send buffer) keeps a 30 ms path full at 1 Gbit/s; 256 KiB held the same path to 70 Mbit/s and
+    even a loopback tunnel to 0.55x wireguard-go, against 0.65-1.0x with 4 MiB.
+    """
+
+    receive_buffer: int = 4 * 1024 * 1024
+    send_buffer: int = 4 * 1024 * 1024
     initial_rto: float = 1.0
     min_rto: float = 0.2  # RFC 6298 says 1 s; every major stack uses ~200 ms
     max_rto: float = 60.0
