@@ -6,6 +6,8 @@ import sys
 
 import trio
 
+from kakuremichi import logs
+
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -33,3 +35,14 @@ def run(name: str, function, *args) -> int:
             print(f"{name}: {exc}", file=sys.stderr)
         status = EXIT_USAGE
     return status
+
+
+def run_client(name: str, args, function, *, kind: str, key_prefix: str) -> int:
+    """`run` for a daemon that logs in to control as `kind` ("an agent"): a wrong kind of API key is
+    refused before anything starts, with the way to get the right one."""
+    if not args.api_key.startswith(key_prefix):
+        print(f"{name}: --api-key must be {kind} key ({key_prefix}...); create {kind} in control to get one",
+              file=sys.stderr)
+        return EXIT_USAGE
+    logs.setup(args.log_level, args.log_format)
+    return run(name, function, args)

@@ -8,7 +8,6 @@ and which local target each tunnel leads to. It needs no root and opens no inbou
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import trio
@@ -53,10 +52,4 @@ async def run(args) -> None:
 
 
 def main(argv: list[str] | None = None, prog: str = "kakuremichi agent") -> int:
-    args = build_parser(prog).parse_args(argv)
-    if not args.api_key.startswith("agt_"):
-        print(f"{prog}: --api-key must be an agent key (agt_...); create an agent in control to get one",
-              file=sys.stderr)
-        return 2
-    logs.setup(args.log_level, args.log_format)
-    return command.run(prog, run, args)
+    return command.run_client(prog, build_parser(prog).parse_args(argv), run, kind="an agent", key_prefix="agt_")

@@ -10,7 +10,6 @@ together through control, and all serve it. Run it unprivileged: in a container,
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import trio
@@ -65,10 +64,5 @@ async def run(args) -> None:
 
 
 def main(argv: list[str] | None = None, prog: str = "kakuremichi gateway") -> int:
-    args = build_parser(prog).parse_args(argv)
-    if not args.api_key.startswith("gtw_"):
-        print(f"{prog}: --api-key must be a gateway key (gtw_...); create a gateway in control to get one",
-              file=sys.stderr)
-        return 2
-    logs.setup(args.log_level, args.log_format)
-    return command.run(prog, run, args)
+    return command.run_client(prog, build_parser(prog).parse_args(argv), run, kind="a gateway",
+                              key_prefix="gtw_")
