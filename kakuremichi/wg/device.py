@@ -396,7 +396,6 @@ class Device:
                 and now - current.created > _LAST_MINUTE_REKEY_AGE:
             peer.sent_last_minute_handshake = True
             self._initiate_handshake(peer, retry=False)
-        peer.endpoint = source
         peer.stats.rx_bytes += len(data)
         peer.stats.last_received = now
         self._authenticated_packet_traversal(peer, now)
