@@ -36,7 +36,7 @@ class DialTimeout(Exception):
 class PoolLimits:
     connect_timeout: float = 10.0
     idle_timeout: float = 30.0  # drop idle connections before the agent's server would
-    max_idle_per_upstream: int = 16
+    max_idle_per_upstream: int = 128  # below the client concurrency, requests keep opening tunnel connections
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
 
 

@@ -47,7 +47,9 @@ from kakuremichi.wg.session import Session
 log = logging.getLogger("kakuremichi.wg")
 
 _TRANSPORT = messages.TRANSPORT_HEADER
-MAX_EARLY_INITIATIONS = 64
+# Initiations kept from keys not configured yet (a gateway started before its config arrived): enough for
+# every agent of a large deployment, about 300 bytes each.
+MAX_EARLY_INITIATIONS = 1024
 _LAST_MINUTE_REKEY_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
 
 
