@@ -41,10 +41,15 @@ class Process:
         self.start()
 
     def start(self) -> None:
+        offset = self.log.stat().st_size if self.log and self.log.exists() else 0  # earlier runs' lines
         output = open(self.log, "a") if self.log else subprocess.PIPE
         self.popen = subprocess.Popen([sys.executable, *self.args], env=self.env, stdout=output,
                                       stderr=subprocess.STDOUT, text=True)
-        if self.ready:
+        if self.ready and self.log:
+            wait_for(lambda: self.ready.encode() in self.log.read_bytes()[offset:] or self.popen.poll() is not None,
+                     60, f"{self.args[0]} to be ready")
+            assert self.popen.poll() is None, f"{self.args} exited; see {self.log}"
+        elif self.ready:
             line = self.popen.stdout.readline()
             assert self.ready in line, line
 
@@ -66,8 +71,9 @@ class Deployment:
     """
 
     def __init__(self, tmp: Path, apps: dict[str, tuple[str, ...]], gateways: tuple[str, ...] = ("gw1", "gw2"),
-                 agent: bool = True, log_level: str = "info") -> None:
+                 agent: bool = True, log_level: str = "info", heartbeat: float = 1.0) -> None:
         self.tmp = tmp
+        self.heartbeat = str(heartbeat)  # short by default, so tests see clients come and go quickly
         self.env = child_env(log_level)
         self.control_port = free_port()
         self.api = httpx.Client(base_url=f"http://127.0.0.1:{self.control_port}",
@@ -87,11 +93,12 @@ class Deployment:
             process = self.spawn("kakuremichi.gateway", "--control-url", self.ws_url, "--api-key", key,
                                  "--public-host", "127.0.0.1", "--wireguard-port", str(free_port(socket.SOCK_DGRAM)),
                                  "--http-port", str(http_port), "--https-port", "0", "--acme-directory", "off",
-                                 "--listen-host", "127.0.0.1", "--data-dir", str(tmp / name), "--heartbeat", "1")
+                                 "--listen-host", "127.0.0.1", "--data-dir", str(tmp / name), "--heartbeat", self.heartbeat)
             self.gateways[name] = (process, http_port)
         if agent:
             self.agent = self.spawn("kakuremichi.agent", "--control-url", f"http://127.0.0.1:{self.control_port}",
-                                    "--api-key", self.agent_key, "--data-dir", str(tmp / "agent"), "--heartbeat", "1")
+                                    "--api-key", self.agent_key, "--data-dir", str(tmp / "agent"),
+                                    "--heartbeat", self.heartbeat)
 
     @property
     def ws_url(self) -> str:
@@ -109,7 +116,7 @@ class Deployment:
 
     def spawn_control(self) -> Process:
         process = self.spawn("kakuremichi.control", "--listen", f"127.0.0.1:{self.control_port}", "--data-dir",
-                             str(self.tmp / "control"), "--admin-token", ADMIN, "--heartbeat-interval", "1")
+                             str(self.tmp / "control"), "--admin-token", ADMIN, "--heartbeat-interval", self.heartbeat)
         wait_for(lambda: self._healthy(), 15, "control to start")
         return process
 
