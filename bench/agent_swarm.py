@@ -12,7 +12,7 @@ import sys
 
 import trio
 
-from kakuremichi import logs
+from kakuremichi import command, logs
 from kakuremichi.agent.agent import Agent
 from kakuremichi.controlclient import ControlClient
 from kakuremichi.tunnel import TunnelNode
@@ -34,7 +34,4 @@ async def main(control_url: str, api_keys: list[str]) -> None:
 if __name__ == "__main__":
     logs.setup("warning")
     url, keys_file = sys.argv[1:]
-    try:
-        trio.run(main, url, open(keys_file).read().split())
-    except KeyboardInterrupt:
-        pass
+    sys.exit(command.run("agent_swarm", main, url, open(keys_file).read().split()))

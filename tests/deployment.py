@@ -88,17 +88,23 @@ class Deployment:
             self.agent_key = self.create("agents", "home")["apiKey"]
             self.agent_id = self.api.get("/api/agents").json()["items"][0]["id"]
         for name in gateways:
-            key = self.create("gateways", name)["apiKey"]
-            http_port = free_port()
-            process = self.spawn("kakuremichi.gateway", "--control-url", self.ws_url, "--api-key", key,
-                                 "--public-host", "127.0.0.1", "--wireguard-port", str(free_port(socket.SOCK_DGRAM)),
-                                 "--http-port", str(http_port), "--https-port", "0", "--acme-directory", "off",
-                                 "--listen-host", "127.0.0.1", "--data-dir", str(tmp / name), "--heartbeat", self.heartbeat)
-            self.gateways[name] = (process, http_port)
+            self.add_gateway(name)
         if agent:
             self.agent = self.spawn("kakuremichi.agent", "--control-url", f"http://127.0.0.1:{self.control_port}",
                                     "--api-key", self.agent_key, "--data-dir", str(tmp / "agent"),
                                     "--heartbeat", self.heartbeat)
+
+    def add_gateway(self, name: str) -> Process:
+        """Create a gateway in control and start it."""
+        key = self.create("gateways", name)["apiKey"]
+        http_port = free_port()
+        process = self.spawn("kakuremichi.gateway", "--control-url", self.ws_url, "--api-key", key,
+                             "--public-host", "127.0.0.1", "--wireguard-port", str(free_port(socket.SOCK_DGRAM)),
+                             "--http-port", str(http_port), "--https-port", "0", "--acme-directory", "off",
+                             "--listen-host", "127.0.0.1", "--data-dir", str(self.tmp / name),
+                             "--heartbeat", self.heartbeat)
+        self.gateways[name] = (process, http_port)
+        return process
 
     @property
     def ws_url(self) -> str:
