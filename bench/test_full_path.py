@@ -20,6 +20,7 @@ from tests.deployment import Deployment, wait_for
 HERE = Path(__file__).parent
 DOMAIN = "full.bench.test"
 DOWNLOAD = 100 * MB
+DOWNLOADS = 3
 WRK_SECONDS = 5
 HELD = 1000
 
@@ -62,18 +63,32 @@ def test_idle_memory(deployment, record):
         record("memory", **{f"{role}_idle_rss_mb": memory_kb(pid)["rss"] / 1024})
 
 
+def _busy(d: Deployment, work):
+    """work()'s result, and the CPU percent gateway and agent used meanwhile (100 = one core)."""
+    pids = _pids(d)
+    before, start = {role: cpu_seconds(pid) for role, pid in pids.items()}, time.perf_counter()
+    result = work()
+    elapsed = time.perf_counter() - start
+    return result, {role: (cpu_seconds(pid) - before[role]) / elapsed * 100 for role, pid in pids.items()}
+
+
 def test_download(deployment, record):
-    direct = download_mbps(deployment.apps["app"], DOMAIN, DOWNLOAD)
-    through = download_mbps(deployment.gateways["gw"][1], DOMAIN, DOWNLOAD)
-    record("http_full_path", download_mbps=through, direct_download_mbps=direct)
+    """Best of DOWNLOADS runs each way: the machine is shared, and the best shows what the path can do."""
+    direct = max(download_mbps(deployment.apps["app"], DOMAIN, DOWNLOAD) for _ in range(DOWNLOADS))
+    runs = [_busy(deployment, lambda: download_mbps(deployment.gateways["gw"][1], DOMAIN, DOWNLOAD))
+            for _ in range(DOWNLOADS)]
+    through, cpu = max(runs, key=lambda run: run[0])
+    record("http_full_path", download_mbps=through, direct_download_mbps=direct,
+           download_mbps_runs=[round(mbps, 1) for mbps, _ in runs],
+           **{f"{role}_cpu_percent_download": percent for role, percent in cpu.items()})
     _record_memory(record, deployment, "download")
 
 
 @pytest.mark.parametrize("connections", [1, 16, 64])
 def test_requests(deployment, record, connections):
     direct = wrk(f"http://127.0.0.1:{deployment.apps['app']}/", DOMAIN, connections, WRK_SECONDS)
-    through = wrk(deployment.url("gw"), DOMAIN, connections, WRK_SECONDS)
-    figures = {}
+    through, cpu = _busy(deployment, lambda: wrk(deployment.url("gw"), DOMAIN, connections, WRK_SECONDS))
+    figures = {f"{role}_cpu_percent_c{connections}": percent for role, percent in cpu.items()}
     for prefix, result in (("", through), ("direct_", direct)):
         figures.update({f"{prefix}{name}_c{connections}": value for name, value in result.items()})
     record("http_full_path", **figures)
