@@ -87,8 +87,14 @@ def test_download(deployment, record):
 @pytest.mark.parametrize("connections", [1, 16, 64])
 def test_requests(deployment, record, connections):
     direct = wrk(f"http://127.0.0.1:{deployment.apps['app']}/", DOMAIN, connections, WRK_SECONDS)
+    access_log = deployment.gateways["gw"][0].log
+    logged = access_log.stat().st_size
     through, cpu = _busy(deployment, lambda: wrk(deployment.url("gw"), DOMAIN, connections, WRK_SECONDS))
     figures = {f"{role}_cpu_percent_c{connections}": percent for role, percent in cpu.items()}
+    # each request the gateway could not serve on a pooled connection paid a new tunnel connection
+    requests = [line for line in access_log.read_bytes()[logged:].splitlines() if b"gateway.access" in line]
+    figures[f"upstream_reused_fraction_c{connections}"] = (
+        sum(b" reused=True" in line for line in requests) / max(len(requests), 1))
     for prefix, result in (("", through), ("direct_", direct)):
         figures.update({f"{prefix}{name}_c{connections}": value for name, value in result.items()})
     record("http_full_path", **figures)
