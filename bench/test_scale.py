@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from measure import memory_kb
+from measure import fresh_directory, memory_kb
 from tests.deployment import Deployment, Process, wait_for
 
 HERE = Path(__file__).parent
@@ -26,8 +26,8 @@ PUSHES = 4
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory):
-    d = Deployment(tmp_path_factory.mktemp("scale"), apps={"app": (str(HERE / "http_app.py"),)},
+def deployment():
+    d = Deployment(fresh_directory("scale"), apps={"app": (str(HERE / "http_app.py"),)},
                    gateways=("gw",), agent=False, log_level="warning", heartbeat=30)
     try:
         wait_for(lambda: _metric(d, "clients_connected", "gateway") == 1, 30, "the gateway to connect")
