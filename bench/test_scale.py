@@ -72,14 +72,15 @@ def test_1000_tunnels_created(deployment, agents, record):
     record("scale_tunnels", tunnels=TUNNELS, create_seconds=created, tunnels_created_per_s=TUNNELS / created)
 
 
-def test_100_agents_on_one_gateway(deployment, agents, record, tmp_path):
+def test_100_agents_on_one_gateway(deployment, agents, record):
     d = deployment
-    (tmp_path / "keys").write_text("\n".join(agent["apiKey"] for agent in agents))
+    keys = d.tmp / "agent-keys"
+    keys.write_text("\n".join(agent["apiKey"] for agent in agents))
     gateway = d.gateways["gw"][0].popen.pid
     gateway_before = memory_kb(gateway)["rss"]
 
     start = time.perf_counter()
-    swarm = d.track(Process(str(HERE / "agent_swarm.py"), d.ws_url, str(tmp_path / "keys"), ready="ready",
+    swarm = d.track(Process(str(HERE / "agent_swarm.py"), d.ws_url, str(keys), ready="ready",
                             log=d.tmp / "swarm.log", env=d.env))
     wait_for(lambda: _metric(d, "clients_connected", "agent") == AGENTS, 120, "every agent to connect")
     online = time.perf_counter() - start
