@@ -12,6 +12,17 @@ import pytest
 OUT = Path(__file__).parent / "out"
 _results: dict[str, dict] = {}
 
+# Issue 7's targets: shown pass/fail beside the figures; a miss never fails the run (figures are the point).
+TARGETS = [
+    ("tcp_bulk", "ratio_vs_wireguard_go", ">=", 0.5, "tunnel TCP bulk >= 0.5 x wireguard-go + kernel TCP"),
+    ("http_full_path", "download_mbps", ">=", 300, "full-path 100 MB download >= 300 Mbit/s"),
+    ("http_full_path", "rps_c64", ">=", 3000, "full path >= 3,000 req/s at 64 connections"),
+    ("http_full_path", "p99_ms_c64", "<", 50, "full path p99 < 50 ms at 64 connections"),
+    ("scale_connections", "gateway_kb_per_connection", "<=", 30, "gateway <= 30 KB per idle tunnelled connection"),
+    ("scale_connections", "agent_kb_per_connection", "<=", 30, "agent <= 30 KB per idle tunnelled connection"),
+    ("memory", "agent_idle_rss_mb", "<=", 60, "agent idle RSS <= 60 MB"),
+]
+
 
 @pytest.fixture
 def record():
@@ -33,10 +44,22 @@ def _derive_ratios() -> None:
                 figures["ratio_vs_" + yardstick.removesuffix("_mbps")] = round(ours / figures[yardstick], 3)
 
 
+def _targets() -> dict[str, dict]:
+    """Each target whose figure this run measured: the figure, the bound, and whether it is met."""
+    checks = {">=": float.__ge__, "<=": float.__le__, "<": float.__lt__}
+    verdicts = {}
+    for scenario, key, op, bound, label in TARGETS:
+        value = _results.get(scenario, {}).get(key)
+        if value is not None:
+            verdicts[label] = {"value": value, "target": f"{op} {bound}", "pass": checks[op](float(value), bound)}
+    return verdicts
+
+
 def pytest_sessionfinish(session, exitstatus):
     if not _results:
         return
     _derive_ratios()
+    _results["targets"] = _targets()
     OUT.mkdir(exist_ok=True)
     summary = OUT / "summary.json"
     existing = json.loads(summary.read_text()) if summary.exists() else {}
@@ -50,7 +73,13 @@ def pytest_terminal_summary(terminalreporter):
     _derive_ratios()
     terminalreporter.section("kakuremichi benchmarks")
     for scenario, figures in _results.items():
+        if scenario == "targets":
+            continue
         terminalreporter.write_line(scenario)
         for key, value in figures.items():
-            terminalreporter.write_line(f"    {key:<34} {value}")
+            terminalreporter.write_line(f"    {key:<44} {value}")
+    terminalreporter.write_line("targets (issue 7)")
+    for label, verdict in _targets().items():
+        terminalreporter.write_line(f"    {'PASS' if verdict['pass'] else 'FAIL'}  {label:<52} "
+                                    f"{verdict['value']} (target {verdict['target']})")
     terminalreporter.write_line(f"written to {OUT / 'summary.json'}")

@@ -38,9 +38,13 @@ def agent_config(db: Database, agent_id: str) -> protocol.AgentConfig | None:
     if agent is None:
         return None
     tunnels = sorted(agent.tunnels, key=lambda t: t.domain)
+    allowed_by_gateway: dict[str, list[str]] = {}  # from this agent's tunnels only: the cost grows with them
+    for tunnel in tunnels:
+        for row in tunnel.gateway_ips:
+            allowed_by_gateway.setdefault(row.gateway.id, []).append(f"{row.ip}/32")
     gateways = []
     for gateway in sorted(db.Gateway.select(lambda g: g.public_key and g.public_endpoint), key=lambda g: g.id):
-        allowed = sorted(f"{row.ip}/32" for row in gateway.tunnel_ips if row.tunnel.agent == agent)
+        allowed = sorted(allowed_by_gateway.get(gateway.id, ()))
         if allowed:
             gateways.append(protocol.GatewayPeer(gateway.public_key, gateway.public_endpoint, allowed))
     mappings = [protocol.TunnelMapping(t.id, t.domain, t.agent_ip, t.target, t.enabled) for t in tunnels]

@@ -5,21 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
-import socket
-import subprocess
-import sys
 import textwrap
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
-ROOT = Path(__file__).resolve().parents[2]
-ENV = dict(os.environ, PYTHONPATH=str(ROOT), KAKUREMICHI_LOG_LEVEL="info")
-ADMIN = "kma_" + "e2e-admin-token-0123456789abcdef0123456789"
+from tests.deployment import Deployment, wait_for
+
 MB = 1024 * 1024
 BIG = 100 * MB
 
@@ -92,121 +85,6 @@ WS_APP = textwrap.dedent("""
 """)
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Process:
-    """A child process; its output goes to a log file (a pipe nobody reads would block it when full)."""
-
-    def __init__(self, *args: str, ready: str | None = None, log: Path | None = None) -> None:
-        self.args = args
-        self.ready = ready
-        self.log = log
-        self.popen: subprocess.Popen | None = None
-        self.start()
-
-    def start(self) -> None:
-        output = open(self.log, "a") if self.log else subprocess.PIPE
-        self.popen = subprocess.Popen([sys.executable, *self.args], env=ENV, stdout=output,
-                                      stderr=subprocess.STDOUT, text=True)
-        if self.ready:
-            line = self.popen.stdout.readline()
-            assert self.ready in line, line
-
-    def stop(self) -> None:
-        if self.popen and self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGINT)
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-
-
-class Deployment:
-    """control + gateways + agent + local apps, started from the command lines users run."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.control_port = free_port()
-        self.api = httpx.Client(base_url=f"http://127.0.0.1:{self.control_port}",
-                                headers={"authorization": f"Bearer {ADMIN}"}, timeout=10)
-        self.processes: list[Process] = []
-        self.apps = {name: free_port() for name in ("one", "two", "ws")}
-        for name, port in self.apps.items():
-            script = WS_APP if name == "ws" else APP
-            self.processes.append(Process("-c", script, str(port), name, ready="ready"))
-        self.control = self.spawn_control()
-        self.gateways: dict[str, tuple[Process, int]] = {}
-        self.agent_key = self.create("agents", "home")["apiKey"]
-        self.agent_id = self.api.get("/api/agents").json()["items"][0]["id"]
-        for name in ("gw1", "gw2"):
-            key = self.create("gateways", name)["apiKey"]
-            http_port = free_port()
-            process = self.spawn("kakuremichi.gateway", "--control-url", self.ws_url, "--api-key", key,
-                                 "--public-host", "127.0.0.1", "--wireguard-port", str(free_port(socket.SOCK_DGRAM)),
-                                 "--http-port", str(http_port), "--https-port", "0", "--acme-directory", "off",
-                                 "--listen-host", "127.0.0.1", "--data-dir", str(tmp / name), "--heartbeat", "1")
-            self.gateways[name] = (process, http_port)
-        self.agent = self.spawn("kakuremichi.agent", "--control-url", f"http://127.0.0.1:{self.control_port}", "--api-key", self.agent_key,
-                                "--data-dir", str(tmp / "agent"), "--heartbeat", "1")
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.control_port}/ws"
-
-    def spawn(self, module: str, *args: str) -> Process:
-        name = module.rsplit(".", 1)[1] + (args[args.index("--data-dir") + 1].rsplit("/", 1)[1]
-                                             if "--data-dir" in args else "")
-        process = Process("-m", module, *args, log=self.tmp / f"{name}.log")
-        self.processes.append(process)
-        return process
-
-    def spawn_control(self) -> Process:
-        process = self.spawn("kakuremichi.control", "--listen", f"127.0.0.1:{self.control_port}", "--data-dir",
-                             str(self.tmp / "control"), "--admin-token", ADMIN, "--heartbeat-interval", "1")
-        wait_for(lambda: self._healthy(), 15, "control to start")
-        return process
-
-    def _healthy(self) -> bool:
-        try:
-            return self.api.get("/healthz").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def create(self, kind: str, name: str) -> dict:
-        response = self.api.post(f"/api/{kind}", json={"name": name})
-        assert response.status_code == 201, response.text
-        return response.json()
-
-    def tunnel(self, domain: str, app: str, **extra) -> dict:
-        response = self.api.post("/api/tunnels", json={"domain": domain, "agentId": self.agent_id,
-                                                       "target": f"127.0.0.1:{self.apps[app]}",
-                                                       "tlsMode": "off", **extra})
-        assert response.status_code == 201, response.text
-        return response.json()
-
-    def url(self, gateway: str, path: str = "/") -> str:
-        return f"http://127.0.0.1:{self.gateways[gateway][1]}{path}"
-
-    def close(self) -> None:
-        for process in reversed(self.processes):
-            process.stop()
-        self.api.close()
-
-
-def wait_for(condition, timeout: float, what: str) -> float:
-    """Poll until `condition()` is true; returns the seconds it took."""
-    start = time.monotonic()
-    while not condition():
-        assert time.monotonic() - start < timeout, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return time.monotonic() - start
-
-
 def get(deployment: Deployment, gateway: str, domain: str, path: str = "/") -> httpx.Response | None:
     try:
         return httpx.get(deployment.url(gateway, path), headers={"host": domain}, timeout=5)
@@ -221,7 +99,7 @@ def serves(deployment: Deployment, gateway: str, domain: str, app: str) -> bool:
 
 @pytest.fixture
 def deployment(tmp_path):
-    d = Deployment(tmp_path)
+    d = Deployment(tmp_path, apps={"one": ("-c", APP), "two": ("-c", APP), "ws": ("-c", WS_APP)})
     try:
         yield d
     finally:
