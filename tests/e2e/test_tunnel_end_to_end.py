@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import textwrap
+import time
 
 import httpx
 import pytest

@@ -16,7 +16,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.e2e.test_tunnel_end_to_end import APP, Process, free_port, wait_for
+from tests.deployment import Process, free_port, wait_for
+from tests.e2e.test_tunnel_end_to_end import APP
 
 ADMIN = "kma_webui-admin-token-0123456789abcdef0123456789"
 CHROMIUM = "/usr/bin/chromium"

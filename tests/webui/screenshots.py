@@ -13,7 +13,7 @@ from pathlib import Path
 
 from selenium.webdriver.common.by import By
 
-from tests.e2e.test_tunnel_end_to_end import wait_for
+from tests.deployment import wait_for
 from tests.webui.harness import (DESKTOP, PHONE, Control, create_agent, fill, local_app, log_in, serves, start_browser,
                                  submit)
 
