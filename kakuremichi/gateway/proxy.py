@@ -74,8 +74,7 @@ class Proxy:
             while True:
                 record = AccessRecord(client=peer_ip, scheme=scheme)
                 try:
-                    with trio.fail_after(self.settings.client_timeout):
-                        event = await client.next_event()
+                    event = await client.next_event(self.settings.client_timeout)
                 except h11.RemoteProtocolError as exc:
                     if client.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                         record.error = "bad_request"
@@ -215,8 +214,7 @@ class Proxy:
                               has_body: bool, record: AccessRecord) -> None:
         while True:
             try:
-                with trio.fail_after(self.settings.upstream_timeout):
-                    event = await upstream.next_event()
+                event = await upstream.next_event(self.settings.upstream_timeout)
             except trio.TooSlowError:
                 raise errorpages.upstream_timeout(host) from None
             except (h11.RemoteProtocolError, *STREAM_ERRORS) as exc:
@@ -238,8 +236,7 @@ class Proxy:
             headers=strip_hop_by_hop(list(event.headers), keep=[b"content-length"])))
         while True:
             try:
-                with trio.fail_after(self.settings.upstream_timeout):
-                    event = await upstream.next_event()
+                event = await upstream.next_event(self.settings.upstream_timeout)
             except (trio.TooSlowError, h11.RemoteProtocolError, *STREAM_ERRORS):
                 raise _Abort() from None  # mid-body: truncation must show, so the client connection dies
             if isinstance(event, h11.Data):
@@ -292,8 +289,7 @@ class Proxy:
 
     async def _client_event(self, client: HttpConnection):
         try:
-            with trio.fail_after(self.settings.client_timeout):
-                event = await client.next_event()
+            event = await client.next_event(self.settings.client_timeout)
         except (trio.TooSlowError, h11.RemoteProtocolError, *STREAM_ERRORS):
             raise _Abort() from None
         if not isinstance(event, (h11.Data, h11.EndOfMessage)):
@@ -302,15 +298,13 @@ class Proxy:
 
     async def _client_send(self, client: HttpConnection, event: h11.Event) -> None:
         try:
-            with trio.fail_after(self.settings.client_timeout):
-                await client.send(event)
+            await client.send(event, self.settings.client_timeout)
         except (trio.TooSlowError, h11.LocalProtocolError, *STREAM_ERRORS):
             raise _Abort() from None
 
     async def _upstream_send(self, upstream: UpstreamConnection, event: h11.Event) -> None:
         try:
-            with trio.fail_after(self.settings.upstream_timeout):
-                await upstream.send(event)
+            await upstream.send(event, self.settings.upstream_timeout)
         except (trio.TooSlowError, h11.LocalProtocolError, *STREAM_ERRORS):
             raise _Abort() from None
 
