@@ -31,6 +31,7 @@ class HttpConnection:
         self.stream = stream
         self.h11 = h11.Connection(role, max_incomplete_event_size=max_header_bytes)
         self.bytes_received = 0
+        self._unsent: list[bytes] = []  # queued events' bytes, written together by `flush`
 
     async def next_event(self, timeout: float = math.inf) -> h11.Event | type[h11.PAUSED]:
         """Next event from the peer within `timeout` seconds (else trio.TooSlowError); EOF shows up as
@@ -49,14 +50,33 @@ class HttpConnection:
             self.bytes_received += len(data)
             self.h11.receive_data(data)
 
-    async def send(self, event: h11.Event, timeout: float = math.inf) -> None:
-        """Send `event`, failing with trio.TooSlowError if the peer takes more than `timeout` to take it."""
+    def buffered_event(self) -> h11.Event | type[h11.PAUSED] | None:
+        """The next event if h11 can produce it from bytes already received, else None (no waiting)."""
+        event = self.h11.next_event()
+        return None if event is h11.NEED_DATA else event
+
+    def queue(self, event: h11.Event) -> None:
+        """Serialise `event` now, write it with the next `flush`: a small response's head, body and end
+        leave in one write (one system call and one TCP segment) instead of three."""
         data = self.h11.send(event)
         if data:
-            with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
-                await self.stream.send_all(data)
-            if scope.cancelled_caught:
-                raise trio.TooSlowError
+            self._unsent.append(data)
+
+    async def flush(self, timeout: float = math.inf) -> None:
+        """Write what `queue` collected, failing with trio.TooSlowError if the peer takes more than
+        `timeout` to take it."""
+        if not self._unsent:
+            return
+        data = b"".join(self._unsent) if len(self._unsent) > 1 else self._unsent[0]
+        self._unsent.clear()
+        with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
+            await self.stream.send_all(data)
+        if scope.cancelled_caught:
+            raise trio.TooSlowError
+
+    async def send(self, event: h11.Event, timeout: float = math.inf) -> None:
+        self.queue(event)
+        await self.flush(timeout)
 
     def start_next_cycle(self) -> None:
         """Begin the next request/response on a kept-alive connection."""

@@ -231,20 +231,27 @@ class Proxy:
         if not isinstance(event, h11.Response):
             raise errorpages.agent_unreachable(host)
         record.status = event.status_code
-        await self._client_send(client, h11.Response(
+        self._client_queue(client, h11.Response(
             status_code=event.status_code, reason=event.reason,
             headers=strip_hop_by_hop(list(event.headers), keep=[b"content-length"])))
         while True:
+            # Relay what already arrived in one write; wait for the agent only when nothing is left.
             try:
-                event = await upstream.next_event(self.settings.upstream_timeout)
+                event = upstream.buffered_event()
+                if event is None:
+                    await self._client_flush(client)
+                    event = await upstream.next_event(self.settings.upstream_timeout)
             except (trio.TooSlowError, h11.RemoteProtocolError, *STREAM_ERRORS):
                 raise _Abort() from None  # mid-body: truncation must show, so the client connection dies
             if isinstance(event, h11.Data):
                 record.bytes_out += len(event.data)
-                await self._client_send(client, h11.Data(data=event.data))
+                self._client_queue(client, h11.Data(data=event.data))
             elif isinstance(event, h11.EndOfMessage):
-                await self._client_send(client, h11.EndOfMessage())
+                self._client_queue(client, h11.EndOfMessage())
+                await self._client_flush(client)
                 return
+            else:
+                raise _Abort()  # nothing else can come mid-body
 
     async def _pump_request_body(self, client: HttpConnection, upstream: UpstreamConnection,
                                  record: AccessRecord, scope: trio.CancelScope) -> None:
@@ -297,9 +304,20 @@ class Proxy:
         return event
 
     async def _client_send(self, client: HttpConnection, event: h11.Event) -> None:
+        self._client_queue(client, event)
+        await self._client_flush(client)
+
+    @staticmethod
+    def _client_queue(client: HttpConnection, event: h11.Event) -> None:
         try:
-            await client.send(event, self.settings.client_timeout)
-        except (trio.TooSlowError, h11.LocalProtocolError, *STREAM_ERRORS):
+            client.queue(event)
+        except h11.LocalProtocolError:
+            raise _Abort() from None
+
+    async def _client_flush(self, client: HttpConnection) -> None:
+        try:
+            await client.flush(self.settings.client_timeout)
+        except (trio.TooSlowError, *STREAM_ERRORS):
             raise _Abort() from None
 
     async def _upstream_send(self, upstream: UpstreamConnection, event: h11.Event) -> None:
