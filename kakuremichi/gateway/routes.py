@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import trio
@@ -83,20 +82,35 @@ class RouteTable:
         new = self._routes.get(route.domain)
         return new is not None and new.enabled and new.upstream == route.upstream
 
-    @contextmanager
-    def hold(self, route: Route) -> Iterator[trio.CancelScope]:
+    def hold(self, route: Route) -> _Hold:
         """Run an exchange under a cancel scope that a config change withdrawing `route` cancels."""
-        with trio.CancelScope() as scope:
-            if not self._still_served(route):
-                scope.cancel()
-            scopes = self._holders.setdefault(route, set())
-            scopes.add(scope)
-            try:
-                yield scope
-            finally:
-                scopes.discard(scope)
-                if not scopes:
-                    del self._holders[route]
+        return _Hold(self, route)
 
     def __iter__(self) -> Iterator[Route]:
         return iter(list(self._routes.values()))
+
+
+class _Hold:
+    """`RouteTable.hold`'s context manager; a class, not a generator, since every request enters one."""
+
+    __slots__ = ("table", "route", "scope")
+
+    def __init__(self, table: RouteTable, route: Route) -> None:
+        self.table = table
+        self.route = route
+        self.scope = trio.CancelScope()
+
+    def __enter__(self) -> trio.CancelScope:
+        scope = self.scope.__enter__()
+        if not self.table._still_served(self.route):
+            scope.cancel()
+        self.table._holders.setdefault(self.route, set()).add(scope)
+        return scope
+
+    def __exit__(self, *exc_info) -> bool:
+        holders = self.table._holders
+        scopes = holders[self.route]
+        scopes.discard(self.scope)
+        if not scopes:
+            del holders[self.route]
+        return self.scope.__exit__(*exc_info)
