@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from urllib.parse import unquote, urlsplit
 
@@ -129,19 +130,44 @@ def open_database(url: str) -> Database:
     define(db)
     parts = urlsplit(url)
     if parts.scheme in ("postgres", "postgresql"):
-        db.bind(provider="postgres", user=unquote(parts.username or "") or None,
-                password=unquote(parts.password or "") or None, host=parts.hostname or None,
-                port=parts.port, database=parts.path.lstrip("/"))
+        params = {"user": unquote(parts.username or "") or None, "password": unquote(parts.password or "") or None,
+                  "host": parts.hostname or None, "port": parts.port, "database": parts.path.lstrip("/")}
+        db.bind(provider="postgres", **params)
+        with _postgres_schema_lock(params):
+            _create_schema(db)
     elif parts.scheme in ("sqlite", ""):
         path = url[len("sqlite://"):] if parts.scheme else url
         path = path[1:] if path.startswith("//") else path  # sqlite:////abs and sqlite:///rel
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         db.bind(provider="sqlite", filename=os.path.abspath(path), create_db=True)
+        _create_schema(db)
     else:
         raise ValueError(f"unsupported database URL scheme {parts.scheme!r}: use sqlite:///path or postgres://")
+    return db
+
+
+SCHEMA_LOCK = 0x6B616B75  # pg_advisory_lock key held while one control creates or upgrades the schema
+
+
+@contextmanager
+def _postgres_schema_lock(params: dict):
+    """Controls started at once on an empty database would all create the same tables, and PostgreSQL fails
+    all but one (duplicate key in pg_type): one at a time, the first creates them and the others find them."""
+    import psycopg2  # the `postgres` extra
+
+    connection = psycopg2.connect(**params)
+    try:
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))
+        yield
+    finally:
+        connection.close()  # releases the lock
+
+
+def _create_schema(db: Database) -> None:
     db.generate_mapping(create_tables=True)
     _check_schema(db)
-    return db
 
 
 MIGRATED_BY_CREATE_TABLES = {1}  # older versions whose upgrade only adds tables
