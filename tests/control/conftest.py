@@ -109,10 +109,18 @@ def new_postgres_database(server: str) -> str:
     return f"{server}/{name}"
 
 
+def pytest_generate_tests(metafunc) -> None:
+    if "database_url" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_databases"):
+        metafunc.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+
+
 @pytest.fixture
-def database_url() -> str | None:
-    """The control database; None is SQLite in the data dir. Modules override it to run on PostgreSQL too."""
-    return None
+def database_url(request) -> str | None:
+    """The control database: None is SQLite in the data dir; tests marked both_databases also run on a fresh
+    PostgreSQL database."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return None
+    return new_postgres_database(request.getfixturevalue("postgres_server"))
 
 
 @pytest.fixture

@@ -6,15 +6,7 @@ import httpx
 import pytest
 import trio
 
-from tests.control.conftest import new_postgres_database
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request) -> str | None:
-    """Every API test on both backends."""
-    if request.param == "sqlite":
-        return None
-    return new_postgres_database(request.getfixturevalue("postgres_server"))
+pytestmark = pytest.mark.both_databases
 
 
 async def test_agent_crud_and_key_shown_once(control):
