@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 from pony.orm import Database, Json, LongStr, Optional, PrimaryKey, Required, Set, composite_key, db_session
 
-SCHEMA_VERSION = 2  # 2: certificates, acme_challenges, acme_leases (new tables only)
+SCHEMA_VERSION = 3  # 2: certificates, acme_challenges, acme_leases; 3: acme_acks (new tables only)
 
 
 class SchemaError(RuntimeError):
@@ -62,6 +62,7 @@ def define(db: Database) -> None:
         tunnel_ips = Set("TunnelGatewayIp", cascade_delete=True)
         acme_leases = Set("AcmeLease", cascade_delete=True)
         acme_challenges = Set("AcmeChallenge", cascade_delete=True)
+        acme_ack = Optional("AcmeAck", cascade_delete=True)
 
     class Tunnel(db.Entity):
         _table_ = "tunnels"
@@ -118,6 +119,13 @@ def define(db: Database) -> None:
         gateway = Required(Gateway)
         expires_at = Required(datetime)
 
+    class AcmeAck(db.Entity):
+        """The challenge tokens a gateway last confirmed it answers. Kept here, not in its session, because the
+        publisher may be connected to another control instance, which must wait for this confirmation too."""
+        _table_ = "acme_acks"
+        gateway = PrimaryKey(Gateway)
+        tokens = Optional(Json)
+
     class Setting(db.Entity):
         _table_ = "settings"
         key = PrimaryKey(str)
@@ -170,7 +178,7 @@ def _create_schema(db: Database) -> None:
     _check_schema(db)
 
 
-MIGRATED_BY_CREATE_TABLES = {1}  # older versions whose upgrade only adds tables
+MIGRATED_BY_CREATE_TABLES = {1, 2}  # older versions whose upgrade only adds tables
 
 
 @db_session

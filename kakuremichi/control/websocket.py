@@ -83,7 +83,6 @@ class ClientSession:
         self._sent: dict | None = None
         self._sent_certificates: dict[str, str] = {}  # domain → serial
         self._sent_challenges: list[protocol.AcmeChallenge] = []  # a new gateway answers none yet
-        self.acked_challenges: set[str] = set()  # tokens this gateway confirmed it answers
 
     def close(self, code: int, reason: str) -> None:
         """End the session; the handler sends the close frame."""
@@ -130,7 +129,7 @@ class ClientSession:
     async def _acme(self, message, nursery: trio.Nursery) -> None:
         """One gateway's part in ordering certificates together (see certificates.py)."""
         if isinstance(message, protocol.ChallengesAck):
-            self.acked_challenges = set(message.tokens)
+            _transaction(self.state, certificates.record_acks, self.client_id, message.tokens)
             self.state.challenges_acked()
             return
         domain = message.challenge.domain if isinstance(message, protocol.ChallengePublished) else message.domain
@@ -162,47 +161,36 @@ class ClientSession:
 
     def _shared(self, change, *args):
         """Apply a change other gateways must see, then wake their sessions (and other control instances)."""
-
-        @db_session(retry=TRANSACTION_RETRIES)
-        def transaction():
-            result = change(self.state.db, *args)
-            bump_config_version(self.state.db)
-            return result
-
-        result = transaction()
+        result = _transaction(self.state, change, *args, bump=True)
         self.state.changed()
         return result
 
     async def _lease(self, domain: str) -> None:
         now = utcnow()
-
-        @db_session(retry=TRANSACTION_RETRIES)  # two controls granting at once: the loser sees the winner's lease
-        def transaction() -> certificates.LeaseDecision:
-            return certificates.request_lease(self.state.db, self.client_id, domain, now,
-                                              self.state.settings.acme_lease)
-
-        decision = transaction()
+        # two controls granting at once: the loser's transaction is replayed and sees the winner's lease
+        decision = _transaction(self.state, certificates.request_lease, self.client_id, domain, now,
+                                self.state.settings.acme_lease)
         expires_in = max(0.0, (decision.expires_at - now).total_seconds())
         log(logger, logging.INFO, "ACME lease granted" if decision.granted else "ACME lease refused",
             name=self.name, domain=domain, holder=decision.holder, expires_in=round(expires_in))
         await websocket.send(protocol.Lease(domain, decision.granted, decision.holder, expires_in).to_json())
 
     async def _confirm_challenge(self, challenge: protocol.AcmeChallenge) -> None:
-        """Tell the publisher once every other connected gateway serving the domain answers the challenge,
-        so that it lets the CA validate only then (or after a timeout, logged)."""
-        with db_session:
-            others = certificates.gateways_serving(self.state.db, challenge.domain) - {self.client_id}
+        """Tell the publisher once every other online gateway serving the domain — connected here or to another
+        control instance — answers the challenge, so that it lets the CA validate only then (or after a timeout,
+        logged)."""
 
+        @db_session
         def unconfirmed() -> list[str]:
-            sessions = (self.state.clients.get(("gateway", g)) for g in others)
-            return [s.name for s in sessions if s is not None and challenge.token not in s.acked_challenges]
+            return certificates.unconfirmed(self.state.db, challenge, self.client_id)
 
         with trio.move_on_after(CHALLENGE_READY_TIMEOUT):
             while True:
                 acks = self.state.challenge_acks
                 if not unconfirmed():
                     break
-                await acks.wait()
+                with trio.move_on_after(self.state.settings.change_poll_interval):  # acks sent to other instances
+                    await acks.wait()
         if waiting := unconfirmed():
             log(logger, logging.WARNING, "gateways did not confirm an ACME challenge in time",
                 domain=challenge.domain, gateways=",".join(waiting))
@@ -336,12 +324,28 @@ def _register(state: ControlState, message: protocol.Auth) -> ClientSession:
     reported = {"public_key": message.public_key}
     if message.role == "gateway" and message.public_endpoint:
         reported["public_endpoint"] = message.public_endpoint
+    if message.role == "gateway":
+        certificates.forget_acks(state.db, row.id)
     if any(getattr(row, column) != value for column, value in reported.items()):
         row.set(**reported)
         bump_config_version(state.db)
         state.changed()  # other clients peer with this one: their configs change too
     row.set(status="online", last_seen_at=utcnow())
     return ClientSession(state, message.role, row.id, row.name)
+
+
+def _transaction(state: ControlState, change, *args, bump: bool = False):
+    """`change(db, *args)` in one transaction, replayed when a control sharing the database won a race for the
+    same rows; `bump` advances the config version with it."""
+
+    @db_session(retry=TRANSACTION_RETRIES)
+    def transaction():
+        result = change(state.db, *args)
+        if bump:
+            bump_config_version(state.db)
+        return result
+
+    return transaction()
 
 
 @db_session

@@ -51,6 +51,21 @@ async def test_a_client_of_one_instance_gets_changes_made_through_the_other(nurs
             await trio.sleep(0.05)
 
 
+async def test_a_challenge_is_ready_once_a_gateway_on_the_other_instance_answers_it(nursery, settings, tmp_path):
+    a, b = await two_instances(nursery, settings, tmp_path)
+    agent = await a.create("agents", name="home")
+    keys = [(await a.create("gateways", name=name))["apiKey"] for name in ("gw1", "gw2")]
+    await a.create("tunnels", domain=DOMAIN, agentId=agent["id"], target="localhost:8080", tlsMode="acme")
+    async with connect(a, keys[0], "gateway") as gw1, connect(b, keys[1], "gateway") as gw2:
+        challenge = protocol.AcmeChallenge(DOMAIN, "tok_1", "tok_1.thumbprint")
+        await gw1.send(protocol.ChallengePublished(challenge))
+        assert await gw2.receive(timeout=5 * POLL) == protocol.Challenges([challenge])
+        with pytest.raises(trio.TooSlowError):
+            await gw1.receive(timeout=3 * POLL)  # the CA must not validate through gw2 yet
+        await gw2.send(protocol.ChallengesAck(["tok_1"]))
+        assert await gw1.receive(timeout=5 * POLL) == protocol.ChallengeReady("tok_1")
+
+
 @asynccontextmanager
 async def control_processes(database_url: str, tmp_path, count: int = 2):
     """`count` controls as separate processes on one database, started at once: real concurrency, from the
