@@ -243,7 +243,7 @@ class ClientSession:
         if row is not None:
             row.set(status="online", last_seen_at=utcnow())
 
-    @db_session
+    @db_session(retry=TRANSACTION_RETRIES)  # the admin may be changing the metadata through another instance
     def _store_stats(self, stats: dict) -> None:
         row = self.row()
         if row is not None:
@@ -322,10 +322,10 @@ def _register(state: ControlState, message: protocol.Auth) -> ClientSession:
     if row is None or not auth.matches(message.api_key, row.api_key_hash):
         raise _Rejected("invalid_key", "the API key is not valid (rotated or deleted?)", CLOSE_AUTH_FAILED)
     reported = {"public_key": message.public_key}
-    if message.role == "gateway" and message.public_endpoint:
-        reported["public_endpoint"] = message.public_endpoint
     if message.role == "gateway":
-        certificates.forget_acks(state.db, row.id)
+        certificates.forget_acks(state.db, row.id)  # a new connection answers no challenge before it says so
+        if message.public_endpoint:
+            reported["public_endpoint"] = message.public_endpoint
     if any(getattr(row, column) != value for column, value in reported.items()):
         row.set(**reported)
         bump_config_version(state.db)

@@ -7,14 +7,19 @@ import os
 import subprocess
 import sys
 from contextlib import AsyncExitStack, asynccontextmanager
+from types import SimpleNamespace
 
 import httpx
 import pytest
 import trio
+from pony.orm import db_session
 
 from kakuremichi import protocol
+from kakuremichi.control.models import open_database
+from kakuremichi.control.websocket import ClientSession
 from tests.control.conftest import ADMIN, Control, connect, free_port, new_postgres_database, start_control
 
+psycopg2 = pytest.importorskip("psycopg2", reason="PostgreSQL tests need psycopg2: pip install -e '.[test]'")
 DOMAIN = "app.example.com"
 POLL = 0.2  # change_poll_interval of every instance here
 
@@ -141,3 +146,29 @@ async def test_only_one_gateway_gets_the_acme_lease_across_instances(database_ur
             assert sorted(lease.granted for lease in leases.values()) == [False, True]
             winner = next(name for name, lease in leases.items() if lease.granted)
             assert {lease.holder for lease in leases.values()} == {winner}
+
+
+def test_stats_stored_while_another_instance_changes_the_metadata(database_url):
+    """Stats merge into the metadata: a concurrent commit of it elsewhere replays the merge, the session lives on."""
+    state = SimpleNamespace(db=open_database(database_url), status_changed=lambda: None)
+    with db_session:
+        agent_id = state.db.Agent(name="a", api_key_hash="h", metadata={"os": "linux"}).id
+    session = ClientSession(state, "agent", agent_id, "a")
+    row, attempts = session.row, []
+
+    def row_then_a_concurrent_commit():
+        loaded = row()
+        loaded.metadata  # read before the other instance commits
+        attempts.append(loaded)
+        if len(attempts) == 1:
+            other = psycopg2.connect(database_url)
+            with other, other.cursor() as cursor:
+                cursor.execute("UPDATE agents SET metadata = %s", ('{"os": "bsd"}',))
+            other.close()
+        return loaded
+
+    session.row = row_then_a_concurrent_commit
+    session._store_stats({"rx": 1})
+    with db_session:
+        assert state.db.Agent[agent_id].metadata == {"os": "bsd", "stats": {"rx": 1}} and len(attempts) == 2
+    state.db.disconnect()
