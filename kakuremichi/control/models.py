@@ -208,6 +208,18 @@ def put_setting(db: Database, key: str, value: str) -> None:
         row.value = value
 
 
+WRITE_LOCK = SCHEMA_LOCK + 1  # pg_advisory_xact_lock key every change of the control's data holds
+
+
+def lock_for_writing(db: Database) -> None:
+    """Start the caller's transaction by waiting for the other controls sharing this PostgreSQL database to
+    finish theirs. Without it, controls creating tunnels at once all pick the same lowest free subnet and bump
+    the same config version, and the losers' retries collide again until they give up with a 409. Changes are
+    small, so one at a time costs little; SQLite (one control) already writes one at a time."""
+    if db.provider.dialect == "PostgreSQL":
+        db.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+
+
 def bump_config_version(db: Database) -> int:
     """Advance the global config version inside the caller's transaction, so every change gets a new one."""
     version = int(get_setting(db, "config_version") or 0) + 1

@@ -19,7 +19,7 @@ from quart import Blueprint, websocket
 from kakuremichi import protocol
 from kakuremichi.certpair import CertificateError
 from kakuremichi.control import auth, certificates, configs
-from kakuremichi.control.models import bump_config_version, get_setting, utcnow
+from kakuremichi.control.models import bump_config_version, get_setting, lock_for_writing, utcnow
 from kakuremichi.control.state import ControlState, current
 from kakuremichi.logs import log
 
@@ -32,7 +32,7 @@ CLOSE_HEARTBEAT_TIMEOUT = 4002
 CLOSE_AUTH_TIMEOUT = 4003
 CLOSE_REPLACED = 4004
 CLOSE_DELETED = 4005
-TRANSACTION_RETRIES = 3  # controls sharing PostgreSQL may race for the same lease, challenge or certificate
+TRANSACTION_RETRIES = 3  # a transaction that met a concurrent write (another control's) is replayed
 CHALLENGE_READY_TIMEOUT = 10.0  # a gateway that never confirms a challenge must not stall the order forever
 ACME_MESSAGES = (protocol.LeaseRequest, protocol.ChallengePublished, protocol.ChallengeWithdrawn,
                  protocol.ChallengesAck, protocol.CertificateUpload)
@@ -167,7 +167,7 @@ class ClientSession:
 
     async def _lease(self, domain: str) -> None:
         now = utcnow()
-        # two controls granting at once: the loser's transaction is replayed and sees the winner's lease
+        # two controls asked at once: the second transaction sees the first one's lease
         decision = _transaction(self.state, certificates.request_lease, self.client_id, domain, now,
                                 self.state.settings.acme_lease)
         expires_in = max(0.0, (decision.expires_at - now).total_seconds())
@@ -327,6 +327,7 @@ def _register(state: ControlState, message: protocol.Auth) -> ClientSession:
         if message.public_endpoint:
             reported["public_endpoint"] = message.public_endpoint
     if any(getattr(row, column) != value for column, value in reported.items()):
+        lock_for_writing(state.db)
         row.set(**reported)
         bump_config_version(state.db)
         state.changed()  # other clients peer with this one: their configs change too
@@ -335,11 +336,13 @@ def _register(state: ControlState, message: protocol.Auth) -> ClientSession:
 
 
 def _transaction(state: ControlState, change, *args, bump: bool = False):
-    """`change(db, *args)` in one transaction, replayed when a control sharing the database won a race for the
-    same rows; `bump` advances the config version with it."""
+    """`change(db, *args)` in one transaction, in turn with the other controls sharing the database (so two of
+    them never grant one lease twice) and replayed if it met a concurrent write; `bump` advances the config
+    version with it."""
 
     @db_session(retry=TRANSACTION_RETRIES)
     def transaction():
+        lock_for_writing(state.db)
         result = change(state.db, *args)
         if bump:
             bump_config_version(state.db)

@@ -72,40 +72,53 @@ async def test_a_challenge_is_ready_once_a_gateway_on_the_other_instance_answers
 
 
 @asynccontextmanager
-async def control_processes(database_url: str, tmp_path, count: int = 2):
+async def control_processes(database_url: str, tmp_path, admin_token: str | None = ADMIN, count: int = 2):
     """`count` controls as separate processes on one database, started at once: real concurrency, from the
-    schema creation on."""
+    schema creation on. Each one's stdout goes to tmp_path/PORT.out."""
     ports = [free_port() for _ in range(count)]
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    processes = [subprocess.Popen([sys.executable, "-m", "kakuremichi.control", "--listen", f"127.0.0.1:{port}",
-                                   "--data-dir", str(tmp_path / str(port)), "--database-url", database_url,
-                                   "--admin-token", ADMIN], env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, text=True) for port in ports]
-    controls = []
+    token = ["--admin-token", admin_token] if admin_token else []
+    processes = []
     try:
+        for port in ports:
+            with open(tmp_path / f"{port}.out", "w") as out, open(tmp_path / f"{port}.err", "w") as err:
+                processes.append(subprocess.Popen(
+                    [sys.executable, "-m", "kakuremichi.control", "--listen", f"127.0.0.1:{port}", "--data-dir",
+                     str(tmp_path / str(port)), "--database-url", database_url, *token], env=env, stdout=out,
+                    stderr=err))
         async with AsyncExitStack() as stack:
+            controls = []
             for port, process in zip(ports, processes):
                 url = f"http://127.0.0.1:{port}"
                 api = await stack.enter_async_context(httpx.AsyncClient(
-                    base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30))
-                await _wait_healthy(api, process)
+                    base_url=url, headers={"Authorization": f"Bearer {admin_token}"}, timeout=30))
+                with trio.fail_after(20):
+                    while not await _healthy(api):
+                        assert process.poll() is None, (tmp_path / f"{port}.err").read_text()
+                        await trio.sleep(0.05)
                 controls.append(Control(url, api, None))
             yield controls
     finally:
         for process in processes:
             process.terminate()
-            process.communicate(timeout=10)
+            process.wait(timeout=10)
 
 
-async def _wait_healthy(api: httpx.AsyncClient, process: subprocess.Popen) -> None:
-    with trio.fail_after(20):
-        while True:
-            assert process.poll() is None, process.stderr.read()
-            try:
-                if (await api.get("/healthz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                await trio.sleep(0.1)
+async def _healthy(api: httpx.AsyncClient) -> bool:
+    try:
+        return (await api.get("/healthz")).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+async def test_processes_started_at_once_generate_one_admin_token(database_url, tmp_path):
+    async with control_processes(database_url, tmp_path, admin_token=None) as controls:
+        banners = [line for out in tmp_path.glob("*.out") for line in out.read_text().splitlines() if "kma_" in line]
+        assert len(banners) == 1, banners
+        token = next(word for word in banners[0].split() if word.startswith("kma_"))
+        for control in controls:
+            control.api.headers["Authorization"] = f"Bearer {token}"
+            assert (await control.api.get("/api/agents")).status_code == 200
 
 
 async def test_processes_started_at_once_never_share_a_subnet(database_url, tmp_path):
