@@ -140,6 +140,10 @@ def open_database(url: str) -> Database:
     if parts.scheme in ("postgres", "postgresql"):
         params = {"user": unquote(parts.username or "") or None, "password": unquote(parts.password or "") or None,
                   "host": parts.hostname or None, "port": parts.port, "database": parts.path.lstrip("/")}
+        try:
+            import psycopg2  # noqa: F401  (the `postgres` extra)
+        except ImportError:
+            raise ValueError("a postgres:// database needs psycopg2: pip install 'kakuremichi[postgres]'") from None
         db.bind(provider="postgres", **params)
         with _postgres_schema_lock(params):
             _create_schema(db)
@@ -161,7 +165,7 @@ SCHEMA_LOCK = 0x6B616B75  # pg_advisory_lock key held while one control creates 
 def _postgres_schema_lock(params: dict):
     """Controls started at once on an empty database would all create the same tables, and PostgreSQL fails
     all but one (duplicate key in pg_type): one at a time, the first creates them and the others find them."""
-    import psycopg2  # the `postgres` extra
+    import psycopg2
 
     connection = psycopg2.connect(**params)
     try:
