@@ -64,10 +64,10 @@ def postgres_server():
     PostgreSQL refuses to run as root, so as root the cluster runs as the `postgres` user Debian's package creates.
     """
     pytest.importorskip("psycopg2", reason="PostgreSQL tests need psycopg2: pip install -e '.[test]'")
-    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda path: float(path.split("/")[-3]))
     if not initdb:
-        pytest.skip("PostgreSQL tests need the server binaries in /usr/lib/postgresql/*/bin: apt-get install postgresql")
-    bindir = os.path.dirname(initdb[-1])
+        pytest.skip("PostgreSQL tests need the server in /usr/lib/postgresql/*/bin: apt-get install postgresql")
+    bindir = os.path.dirname(initdb[-1])  # the newest
     as_user = []
     base = tempfile.mkdtemp(prefix="kakuremichi-pg-")
     if os.geteuid() == 0:
