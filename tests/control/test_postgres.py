@@ -29,19 +29,23 @@ def database_url(postgres_server) -> str:
     return new_postgres_database(postgres_server)
 
 
-async def two_instances(nursery, settings, tmp_path):
+@pytest.fixture
+async def instances(nursery, settings, tmp_path):
     """Two controls in this process on the same database, each with its own data dir."""
-    return [await start_control(nursery, dataclasses.replace(settings, data_dir=str(tmp_path / name),
-                                                             change_poll_interval=POLL))
-            for name in ("a", "b")]
+    controls = [await start_control(nursery, dataclasses.replace(settings, data_dir=str(tmp_path / name),
+                                                                 change_poll_interval=POLL))
+                for name in ("a", "b")]
+    yield controls
+    for control in controls:
+        await control.api.aclose()
 
 
 async def status_of(ctl, kind: str, item_id: str) -> str:
     return (await ctl.api.get(f"/api/{kind}/{item_id}")).json()["status"]
 
 
-async def test_a_client_of_one_instance_gets_changes_made_through_the_other(nursery, settings, tmp_path):
-    a, b = await two_instances(nursery, settings, tmp_path)
+async def test_a_client_of_one_instance_gets_changes_made_through_the_other(instances):
+    a, b = instances
     agent = await a.create("agents", name="laptop")
     async with connect(b, agent["apiKey"], "agent") as client:
         assert client.first_config.tunnels == []
@@ -56,8 +60,8 @@ async def test_a_client_of_one_instance_gets_changes_made_through_the_other(nurs
             await trio.sleep(0.05)
 
 
-async def test_a_challenge_is_ready_once_a_gateway_on_the_other_instance_answers_it(nursery, settings, tmp_path):
-    a, b = await two_instances(nursery, settings, tmp_path)
+async def test_a_challenge_is_ready_once_a_gateway_on_the_other_instance_answers_it(instances):
+    a, b = instances
     agent = await a.create("agents", name="home")
     keys = [(await a.create("gateways", name=name))["apiKey"] for name in ("gw1", "gw2")]
     await a.create("tunnels", domain=DOMAIN, agentId=agent["id"], target="localhost:8080", tlsMode="acme")
