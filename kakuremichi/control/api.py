@@ -1,8 +1,9 @@
 """The admin REST API: agents, gateways and tunnels, behind the admin bearer token.
 
 Database work runs synchronously on the Trio thread, one short db_session per request, so within one
-process every allocation is atomic by construction; `db_session(retry=…)` plus the database's unique
-constraints cover controls that share a PostgreSQL database. Each committed change bumps the global
+process every allocation is atomic by construction; controls sharing a PostgreSQL database take turns
+(`lock_for_writing`), the database's unique constraints back that up, and `db_session(retry=…)` replays a
+change that met a row a client session wrote meanwhile (status, stats). Each committed change bumps the global
 config version and wakes the WebSocket sessions (`ControlState.changed`).
 """
 
@@ -17,12 +18,12 @@ from quart import Blueprint, request
 from quart_trio.wrappers.response import TrioResponse as Response
 
 from kakuremichi.control import allocation, auth, certificates, validation as v
-from kakuremichi.control.models import bump_config_version
+from kakuremichi.control.models import bump_config_version, lock_for_writing
 from kakuremichi.control.state import ControlState, current
 from kakuremichi.control.validation import ApiError
 
 blueprint = Blueprint("api", __name__, url_prefix="/api")
-RETRIES = 3  # transactions lost to a concurrent control instance are replayed
+RETRIES = 3  # transactions that met a concurrent write are replayed
 
 
 @blueprint.before_request
@@ -55,6 +56,7 @@ def _mutate(state: ControlState, work: Callable[[Database], Any]) -> Any:
 
     @db_session(retry=RETRIES)
     def transaction() -> Any:
+        lock_for_writing(state.db)
         result = work(state.db)
         bump_config_version(state.db)
         return result

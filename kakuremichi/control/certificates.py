@@ -38,11 +38,6 @@ def served_domains(db: Database, gateway_id: str) -> set[str]:
     return {row.tunnel.domain for row in gateway.tunnel_ips if row.tunnel.tls_mode == "acme"}
 
 
-def gateways_serving(db: Database, domain: str) -> set[str]:
-    tunnel = db.Tunnel.get(domain=domain)
-    return set() if tunnel is None else {row.gateway.id for row in tunnel.gateway_ips}
-
-
 def request_lease(db: Database, gateway_id: str, domain: str, now: datetime.datetime,
                   duration: float) -> LeaseDecision:
     """Grant (or extend) the lease on `domain` unless another gateway holds it, is online and it has not
@@ -80,6 +75,31 @@ def withdraw_challenge(db: Database, gateway_id: str, token: str) -> bool:
         return False
     row.delete()
     return True
+
+
+def record_acks(db: Database, gateway_id: str, tokens: list[str]) -> None:
+    """The challenges this gateway now answers (replacing what it confirmed before)."""
+    row = db.AcmeAck.get(gateway=gateway_id)
+    if row is None:
+        db.AcmeAck(gateway=gateway_id, tokens=sorted(tokens))
+    else:
+        row.tokens = sorted(tokens)
+
+
+def forget_acks(db: Database, gateway_id: str) -> None:
+    """A gateway (re)connected: it answers nothing until it confirms again."""
+    row = db.AcmeAck.get(gateway=gateway_id)
+    if row is not None:
+        row.delete()
+
+
+def unconfirmed(db: Database, challenge: protocol.AcmeChallenge, publisher_id: str) -> list[str]:
+    """Names of the online gateways, other than the publisher, that serve the challenge's domain and have not
+    confirmed they answer it — whichever control instance they are connected to."""
+    tunnel = db.Tunnel.get(domain=challenge.domain)
+    gateways = [] if tunnel is None else [row.gateway for row in tunnel.gateway_ips]
+    return sorted(g.name for g in gateways if g.id != publisher_id and g.status == "online"
+                  and challenge.token not in ((g.acme_ack and g.acme_ack.tokens) or []))
 
 
 def challenges_for(db: Database, gateway_id: str, now: datetime.datetime) -> list[protocol.AcmeChallenge]:

@@ -7,6 +7,7 @@ import signal
 import sys
 
 import trio
+from pony.orm.dbapiprovider import DatabaseError
 
 from kakuremichi import logs
 from kakuremichi.control.allocation import parse_pool
@@ -60,10 +61,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     settings = Settings(listen=args.listen, data_dir=args.data_dir, database_url=args.database_url,
                         admin_token=args.admin_token, heartbeat_interval=args.heartbeat_interval,
                         subnet_pool=args.subnet_pool, acme_lease=args.acme_lease)
+    failure: BaseException | None = None
     try:
         trio.run(_run, settings)
-    except (SchemaError, OSError) as exc:
-        print(f"{prog or 'control'}: {exc}", file=sys.stderr)
+    except* (SchemaError, ValueError, DatabaseError, OSError) as group:  # the database or the listen address
+        failure = group
+        while isinstance(failure, BaseExceptionGroup):  # the nurseries wrap it
+            failure = failure.exceptions[0]
+    if failure is not None:
+        what = "database: " if isinstance(failure, DatabaseError) else ""
+        print(f"{prog or 'control'}: {what}{failure}".rstrip(), file=sys.stderr)
         return 1
     return 0
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from urllib.parse import unquote, urlsplit
 
 from pony.orm import Database, Json, LongStr, Optional, PrimaryKey, Required, Set, composite_key, db_session
 
-SCHEMA_VERSION = 2  # 2: certificates, acme_challenges, acme_leases (new tables only)
+SCHEMA_VERSION = 3  # 2: certificates, acme_challenges, acme_leases; 3: acme_acks (new tables only)
 
 
 class SchemaError(RuntimeError):
@@ -61,6 +62,7 @@ def define(db: Database) -> None:
         tunnel_ips = Set("TunnelGatewayIp", cascade_delete=True)
         acme_leases = Set("AcmeLease", cascade_delete=True)
         acme_challenges = Set("AcmeChallenge", cascade_delete=True)
+        acme_ack = Optional("AcmeAck", cascade_delete=True)
 
     class Tunnel(db.Entity):
         _table_ = "tunnels"
@@ -117,6 +119,13 @@ def define(db: Database) -> None:
         gateway = Required(Gateway)
         expires_at = Required(datetime)
 
+    class AcmeAck(db.Entity):
+        """The challenge tokens a gateway last confirmed it answers. Kept here, not in its session, because the
+        publisher may be connected to another control instance, which must wait for this confirmation too."""
+        _table_ = "acme_acks"
+        gateway = PrimaryKey(Gateway)
+        tokens = Optional(Json)
+
     class Setting(db.Entity):
         _table_ = "settings"
         key = PrimaryKey(str)
@@ -129,22 +138,51 @@ def open_database(url: str) -> Database:
     define(db)
     parts = urlsplit(url)
     if parts.scheme in ("postgres", "postgresql"):
-        db.bind(provider="postgres", user=unquote(parts.username or "") or None,
-                password=unquote(parts.password or "") or None, host=parts.hostname or None,
-                port=parts.port, database=parts.path.lstrip("/"))
+        params = {"user": unquote(parts.username or "") or None, "password": unquote(parts.password or "") or None,
+                  "host": parts.hostname or None, "port": parts.port, "database": parts.path.lstrip("/")}
+        try:
+            import psycopg2  # noqa: F401  (the `postgres` extra)
+        except ImportError:
+            raise ValueError("a postgres:// database needs psycopg2: pip install 'kakuremichi[postgres]'") from None
+        db.bind(provider="postgres", **params)
+        with _postgres_schema_lock(params):
+            _create_schema(db)
     elif parts.scheme in ("sqlite", ""):
         path = url[len("sqlite://"):] if parts.scheme else url
         path = path[1:] if path.startswith("//") else path  # sqlite:////abs and sqlite:///rel
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         db.bind(provider="sqlite", filename=os.path.abspath(path), create_db=True)
+        _create_schema(db)
     else:
         raise ValueError(f"unsupported database URL scheme {parts.scheme!r}: use sqlite:///path or postgres://")
-    db.generate_mapping(create_tables=True)
-    _check_schema(db)
     return db
 
 
-MIGRATED_BY_CREATE_TABLES = {1}  # older versions whose upgrade only adds tables
+SCHEMA_LOCK = 0x6B616B75  # pg_advisory_lock key held while one control creates or upgrades the schema
+
+
+@contextmanager
+def _postgres_schema_lock(params: dict):
+    """Controls started at once on an empty database would all create the same tables, and PostgreSQL fails
+    all but one (duplicate key in pg_type): one at a time, the first creates them and the others find them."""
+    import psycopg2
+
+    connection = psycopg2.connect(**params)
+    try:
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))
+        yield
+    finally:
+        connection.close()  # releases the lock
+
+
+def _create_schema(db: Database) -> None:
+    db.generate_mapping(create_tables=True)
+    _check_schema(db)
+
+
+MIGRATED_BY_CREATE_TABLES = {1, 2}  # older versions whose upgrade only adds tables
 
 
 @db_session
@@ -172,6 +210,18 @@ def put_setting(db: Database, key: str, value: str) -> None:
         db.Setting(key=key, value=value)
     else:
         row.value = value
+
+
+WRITE_LOCK = SCHEMA_LOCK + 1  # pg_advisory_xact_lock key every change of the control's data holds
+
+
+def lock_for_writing(db: Database) -> None:
+    """Start the caller's transaction by waiting for the other controls sharing this PostgreSQL database to
+    finish theirs. Without it, controls creating tunnels at once all pick the same lowest free subnet and bump
+    the same config version, and the losers' retries collide again until they give up with a 409. Changes are
+    small, so one at a time costs little; SQLite (one control) already writes one at a time."""
+    if db.provider.dialect == "PostgreSQL":
+        db.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
 
 
 def bump_config_version(db: Database) -> int:

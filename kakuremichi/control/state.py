@@ -15,7 +15,7 @@ from quart import current_app
 from kakuremichi.control import auth, configs
 from kakuremichi.control.allocation import parse_pool
 from kakuremichi.control.metrics import Metrics
-from kakuremichi.control.models import get_setting, open_database, put_setting
+from kakuremichi.control.models import get_setting, lock_for_writing, open_database, put_setting
 from kakuremichi.logs import log
 
 if TYPE_CHECKING:
@@ -104,6 +104,7 @@ def _admin_token(db: Database, configured: str | None) -> tuple[str, str | None]
     """The admin token hash to check against, and a newly generated token to show once (or None)."""
     if configured:
         return auth.key_hash(configured), None
+    lock_for_writing(db)  # controls started at once on a new database generate one token, not one each
     stored = get_setting(db, "admin_token_hash")
     if stored:
         return stored, None

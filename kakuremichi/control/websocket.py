@@ -19,7 +19,7 @@ from quart import Blueprint, websocket
 from kakuremichi import protocol
 from kakuremichi.certpair import CertificateError
 from kakuremichi.control import auth, certificates, configs
-from kakuremichi.control.models import bump_config_version, get_setting, utcnow
+from kakuremichi.control.models import bump_config_version, get_setting, lock_for_writing, utcnow
 from kakuremichi.control.state import ControlState, current
 from kakuremichi.logs import log
 
@@ -32,7 +32,7 @@ CLOSE_HEARTBEAT_TIMEOUT = 4002
 CLOSE_AUTH_TIMEOUT = 4003
 CLOSE_REPLACED = 4004
 CLOSE_DELETED = 4005
-TRANSACTION_RETRIES = 3  # controls sharing PostgreSQL may race for the same lease, challenge or certificate
+TRANSACTION_RETRIES = 3  # a transaction that met a concurrent write (another control's) is replayed
 CHALLENGE_READY_TIMEOUT = 10.0  # a gateway that never confirms a challenge must not stall the order forever
 ACME_MESSAGES = (protocol.LeaseRequest, protocol.ChallengePublished, protocol.ChallengeWithdrawn,
                  protocol.ChallengesAck, protocol.CertificateUpload)
@@ -83,7 +83,6 @@ class ClientSession:
         self._sent: dict | None = None
         self._sent_certificates: dict[str, str] = {}  # domain → serial
         self._sent_challenges: list[protocol.AcmeChallenge] = []  # a new gateway answers none yet
-        self.acked_challenges: set[str] = set()  # tokens this gateway confirmed it answers
 
     def close(self, code: int, reason: str) -> None:
         """End the session; the handler sends the close frame."""
@@ -130,7 +129,7 @@ class ClientSession:
     async def _acme(self, message, nursery: trio.Nursery) -> None:
         """One gateway's part in ordering certificates together (see certificates.py)."""
         if isinstance(message, protocol.ChallengesAck):
-            self.acked_challenges = set(message.tokens)
+            _transaction(self.state, certificates.record_acks, self.client_id, message.tokens)
             self.state.challenges_acked()
             return
         domain = message.challenge.domain if isinstance(message, protocol.ChallengePublished) else message.domain
@@ -162,47 +161,36 @@ class ClientSession:
 
     def _shared(self, change, *args):
         """Apply a change other gateways must see, then wake their sessions (and other control instances)."""
-
-        @db_session(retry=TRANSACTION_RETRIES)
-        def transaction():
-            result = change(self.state.db, *args)
-            bump_config_version(self.state.db)
-            return result
-
-        result = transaction()
+        result = _transaction(self.state, change, *args, bump=True)
         self.state.changed()
         return result
 
     async def _lease(self, domain: str) -> None:
         now = utcnow()
-
-        @db_session(retry=TRANSACTION_RETRIES)  # two controls granting at once: the loser sees the winner's lease
-        def transaction() -> certificates.LeaseDecision:
-            return certificates.request_lease(self.state.db, self.client_id, domain, now,
-                                              self.state.settings.acme_lease)
-
-        decision = transaction()
+        # two controls asked at once: the second transaction sees the first one's lease
+        decision = _transaction(self.state, certificates.request_lease, self.client_id, domain, now,
+                                self.state.settings.acme_lease)
         expires_in = max(0.0, (decision.expires_at - now).total_seconds())
         log(logger, logging.INFO, "ACME lease granted" if decision.granted else "ACME lease refused",
             name=self.name, domain=domain, holder=decision.holder, expires_in=round(expires_in))
         await websocket.send(protocol.Lease(domain, decision.granted, decision.holder, expires_in).to_json())
 
     async def _confirm_challenge(self, challenge: protocol.AcmeChallenge) -> None:
-        """Tell the publisher once every other connected gateway serving the domain answers the challenge,
-        so that it lets the CA validate only then (or after a timeout, logged)."""
-        with db_session:
-            others = certificates.gateways_serving(self.state.db, challenge.domain) - {self.client_id}
+        """Tell the publisher once every other online gateway serving the domain — connected here or to another
+        control instance — answers the challenge, so that it lets the CA validate only then (or after a timeout,
+        logged)."""
 
+        @db_session
         def unconfirmed() -> list[str]:
-            sessions = (self.state.clients.get(("gateway", g)) for g in others)
-            return [s.name for s in sessions if s is not None and challenge.token not in s.acked_challenges]
+            return certificates.unconfirmed(self.state.db, challenge, self.client_id)
 
         with trio.move_on_after(CHALLENGE_READY_TIMEOUT):
             while True:
                 acks = self.state.challenge_acks
                 if not unconfirmed():
                     break
-                await acks.wait()
+                with trio.move_on_after(self.state.settings.change_poll_interval):  # acks sent to other instances
+                    await acks.wait()
         if waiting := unconfirmed():
             log(logger, logging.WARNING, "gateways did not confirm an ACME challenge in time",
                 domain=challenge.domain, gateways=",".join(waiting))
@@ -255,7 +243,7 @@ class ClientSession:
         if row is not None:
             row.set(status="online", last_seen_at=utcnow())
 
-    @db_session
+    @db_session(retry=TRANSACTION_RETRIES)  # the admin may be changing the metadata through another instance
     def _store_stats(self, stats: dict) -> None:
         row = self.row()
         if row is not None:
@@ -334,14 +322,33 @@ def _register(state: ControlState, message: protocol.Auth) -> ClientSession:
     if row is None or not auth.matches(message.api_key, row.api_key_hash):
         raise _Rejected("invalid_key", "the API key is not valid (rotated or deleted?)", CLOSE_AUTH_FAILED)
     reported = {"public_key": message.public_key}
-    if message.role == "gateway" and message.public_endpoint:
-        reported["public_endpoint"] = message.public_endpoint
+    if message.role == "gateway":
+        certificates.forget_acks(state.db, row.id)  # a new connection answers no challenge before it says so
+        if message.public_endpoint:
+            reported["public_endpoint"] = message.public_endpoint
     if any(getattr(row, column) != value for column, value in reported.items()):
+        lock_for_writing(state.db)
         row.set(**reported)
         bump_config_version(state.db)
         state.changed()  # other clients peer with this one: their configs change too
     row.set(status="online", last_seen_at=utcnow())
     return ClientSession(state, message.role, row.id, row.name)
+
+
+def _transaction(state: ControlState, change, *args, bump: bool = False):
+    """`change(db, *args)` in one transaction, in turn with the other controls sharing the database (so two of
+    them never grant one lease twice) and replayed if it met a concurrent write; `bump` advances the config
+    version with it."""
+
+    @db_session(retry=TRANSACTION_RETRIES)
+    def transaction():
+        lock_for_writing(state.db)
+        result = change(state.db, *args)
+        if bump:
+            bump_config_version(state.db)
+        return result
+
+    return transaction()
 
 
 @db_session

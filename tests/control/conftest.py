@@ -1,7 +1,14 @@
 from __future__ import annotations
 
+import glob
 import json
+import os
+import pwd
+import shutil
 import socket
+import subprocess
+import tempfile
+import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -50,10 +57,76 @@ async def start_control(nursery: trio.Nursery, settings: Settings) -> Control:
     return Control(url, api, settings)
 
 
+@pytest.fixture(scope="session")
+def postgres_server():
+    """URL (without database) of a throwaway PostgreSQL cluster for this session, stopped and deleted after it.
+
+    PostgreSQL refuses to run as root, so as root the cluster runs as the `postgres` user Debian's package creates.
+    """
+    pytest.importorskip("psycopg2", reason="PostgreSQL tests need psycopg2: pip install -e '.[test]'")
+    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda path: float(path.split("/")[-3]))
+    if not initdb:
+        pytest.skip("PostgreSQL tests need the server in /usr/lib/postgresql/*/bin: apt-get install postgresql")
+    bindir = os.path.dirname(initdb[-1])  # the newest
+    as_user = []
+    base = tempfile.mkdtemp(prefix="kakuremichi-pg-")
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("PostgreSQL will not run as root and there is no `postgres` user to run it as")
+        shutil.chown(base, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = os.path.join(base, "data"), free_port()
+
+    def run(*args: str) -> None:
+        subprocess.run(as_user + list(args), check=True, capture_output=True, timeout=60)
+
+    try:
+        run(f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "kakuremichi", "--no-sync")
+        run(f"{bindir}/pg_ctl", "-D", data, "-w", "-l", os.path.join(base, "log"), "-o",
+            f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200", "start")
+    except subprocess.CalledProcessError as exc:
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.fail(f"could not start a PostgreSQL cluster: {exc.stderr.decode(errors='replace')}")
+    try:
+        yield f"postgres://kakuremichi@127.0.0.1:{port}"
+    finally:
+        run(f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def new_postgres_database(server: str) -> str:
+    """A fresh, empty database on `server`: its URL."""
+    import psycopg2
+
+    name = "k" + uuid.uuid4().hex[:12]
+    connection = psycopg2.connect(server + "/postgres")
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE {name}")
+    connection.close()
+    return f"{server}/{name}"
+
+
+def pytest_generate_tests(metafunc) -> None:
+    if "database_url" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_databases"):
+        metafunc.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+
+
 @pytest.fixture
-def settings(tmp_path) -> Settings:
-    return Settings(listen="127.0.0.1:0", data_dir=str(tmp_path), admin_token=ADMIN, heartbeat_interval=2.0,
-                    auth_timeout=1.0)
+def database_url(request) -> str | None:
+    """The control database: None is SQLite in the data dir; tests marked both_databases also run on a fresh
+    PostgreSQL database."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return None
+    return new_postgres_database(request.getfixturevalue("postgres_server"))
+
+
+@pytest.fixture
+def settings(tmp_path, database_url) -> Settings:
+    return Settings(listen="127.0.0.1:0", data_dir=str(tmp_path), database_url=database_url, admin_token=ADMIN,
+                    heartbeat_interval=2.0, auth_timeout=1.0)
 
 
 @pytest.fixture

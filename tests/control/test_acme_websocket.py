@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
-import sqlite3
 
 import pytest
 import trio
+from pony.orm import db_session
 from trio_websocket import open_websocket_url
 
 from kakuremichi import protocol
+from kakuremichi.control.models import open_database
 from tests.control.conftest import WsClient, connect, public_key
 from tests.gateway.testca import TestCA
 
 DOMAIN = "app.example.com"
+
+pytestmark = pytest.mark.both_databases
 
 
 async def setup(control) -> dict[str, str]:
@@ -33,8 +35,12 @@ def upload(ca: TestCA) -> protocol.CertificateUpload:
 
 
 def stored_certificates(control) -> int:
-    with sqlite3.connect(os.path.join(control.settings.data_dir, "control.sqlite")) as db:
-        return db.execute("SELECT count(*) FROM certificates").fetchone()[0]
+    db = open_database(control.settings.database)
+    try:
+        with db_session:
+            return db.Certificate.select().count()
+    finally:
+        db.disconnect()
 
 
 async def test_leases_challenges_and_certificates_between_gateways(control, caplog):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 import trio
 
+pytestmark = pytest.mark.both_databases
 
 
 async def test_agent_crud_and_key_shown_once(control):

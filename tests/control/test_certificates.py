@@ -77,7 +77,21 @@ def test_only_acme_domains_routed_to_a_gateway_are_its_to_share(db):
     with db_session:
         assert c.served_domains(db, "gw1") == {"app.test"}
         assert c.served_domains(db, "gw3") == set()
-        assert c.gateways_serving(db, "app.test") == {"gw1", "gw2"}
+
+
+def test_a_challenge_waits_for_the_other_online_gateways_serving_its_domain(db):
+    challenge = protocol.AcmeChallenge("app.test", "tok-1", "tok-1.thumb")
+    with db_session:
+        assert c.unconfirmed(db, challenge, "gw1") == ["gw2"]  # not gw3: it does not serve app.test
+        c.record_acks(db, "gw2", ["tok-0"])
+        assert c.unconfirmed(db, challenge, "gw1") == ["gw2"]
+        c.record_acks(db, "gw2", ["tok-1", "tok-0"])
+        assert c.unconfirmed(db, challenge, "gw1") == []
+        c.forget_acks(db, "gw2")  # it reconnected and answers nothing yet
+        assert c.unconfirmed(db, challenge, "gw1") == ["gw2"]
+    set_status(db, "gw2", "offline")
+    with db_session:
+        assert c.unconfirmed(db, challenge, "gw1") == []
 
 
 def test_challenges_go_to_the_other_gateways_until_withdrawn_or_stale(db):
@@ -125,14 +139,16 @@ def test_only_a_usable_newer_certificate_replaces_the_stored_one(db):
             c.store_certificate(db, "gw1", upload(ca, days=400), now + datetime.timedelta(days=500))
 
 
-def test_a_schema_1_database_is_upgraded(tmp_path):
+@pytest.mark.parametrize("version, dropped", [("1", ["certificates", "acme_acks"]), ("2", ["acme_acks"])])
+def test_an_older_database_is_upgraded(tmp_path, version, dropped):
     url = f"sqlite:///{tmp_path}/old.sqlite"
     db = open_database(url)
     with db_session:
-        db.Setting["schema_version"].value = "1"
-        db.execute("DROP TABLE certificates")
+        db.Setting["schema_version"].value = version
+        for table in dropped:
+            db.execute(f"DROP TABLE {table}")
     db.disconnect()
     db = open_database(url)
     with db_session:
-        assert db.Setting["schema_version"].value == str(SCHEMA_VERSION) == "2"
-        assert db.Certificate.select().count() == 0
+        assert db.Setting["schema_version"].value == str(SCHEMA_VERSION) == "3"
+        assert db.Certificate.select().count() == db.AcmeAck.select().count() == 0

@@ -9,6 +9,8 @@ from trio_websocket import open_websocket_url
 from kakuremichi import protocol
 from tests.control.conftest import WsClient, closed_with, connect, public_key
 
+pytestmark = pytest.mark.both_databases
+
 
 @pytest.mark.parametrize("role, key_of, code", [
     ("gateway", lambda keys: "gtw_" + "x" * 43, "invalid_key"),
