@@ -169,6 +169,23 @@ async def test_pooled_connection_closed_by_agent_while_idle_is_dropped(nursery):
         assert second.json()["peer_port"] != first
 
 
+async def test_an_idle_connection_gets_its_watcher_only_after_a_moment(nursery):
+    """Under load a pooled connection is reused within milliseconds: no watcher task per request."""
+    from kakuremichi.gateway.upstream import WATCH_AFTER
+
+    port = await start_app(nursery, "app")
+    gw = await start_gateway(nursery, RouteTable([Route("app.test", "127.0.0.1", port)]))
+    async with httpx.AsyncClient(base_url=gw.url, headers={"host": "app.test"}) as client:
+        await client.get("/")
+        (conn,) = await idle_connections(gw, ("127.0.0.1", port), 1)
+        assert conn._watch is None
+        await trio.sleep(WATCH_AFTER + 0.2)
+        assert conn._watch is not None  # idle for a while now: watched for the agent closing it
+        assert (await client.get("/")).status_code == 200
+        (again,) = await idle_connections(gw, ("127.0.0.1", port), 1)
+        assert again is conn and conn._watch is None  # picked up, its watcher gone, back unwatched
+
+
 async def test_request_on_connection_the_agent_just_closed_is_replayed(nursery):
     """The agent drops a kept-alive connection just as the next request goes out on it."""
     connections = []
