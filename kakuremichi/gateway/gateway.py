@@ -57,7 +57,6 @@ class Gateway:
         self.certs = CertificateManager(CertStore(Path(state_dir)), self.challenges, listen.acme)
         self._sources: dict[str, str] = {}  # agent address -> our address in that tunnel's subnet
         self.endpoints = EndpointMemory(Path(state_dir) / "agent-endpoints.json")
-        self._recalled: dict[bytes, tuple[str, int] | None] = {}  # what each agent peer started from
         self.config_version = 0
         self.http_ports: list[int] = []
         self.https_ports: list[int] = []
@@ -78,8 +77,8 @@ class Gateway:
             # fail fast (502) instead of letting SYNs time out: the agent never reached this gateway
             raise OSError(errno.EHOSTUNREACH, f"the agent of {route.domain} has not connected to this gateway")
         heard = peer.stats.last_received
-        if heard is not None and self.node.device.clock() - heard > AGENT_SILENCE_LIMIT:
-            silent = self.node.device.clock() - heard
+        silent = 0.0 if heard is None else self.node.device.clock() - heard
+        if silent > AGENT_SILENCE_LIMIT:
             raise OSError(errno.EHOSTUNREACH, f"the agent of {route.domain} has been silent for {silent:.0f} s")
         return await self.node.stack.open_tcp_stream(route.address, route.port,
                                                      local_address=self._sources.get(route.address))
@@ -120,13 +119,11 @@ class Gateway:
                 log(logger, logging.ERROR, "route skipped", domain=r.domain, error=str(exc))
                 continue
             sources[r.agent_ip] = r.gateway_ip
-        peers = []
-        for p in config.peers:
-            key = keys.decode(p.public_key)
-            if key not in self._recalled:  # a new peer starts from where the agent last was, if known
-                self._recalled[key] = None if key in self.node.device.peers else self.endpoints.recall(key)
-            peers.append(PeerSpec(key, tuple(p.allowed_ips), self._recalled[key]))
+        peers = [PeerSpec(keys.decode(p.public_key), tuple(p.allowed_ips)) for p in config.peers]
         await self.node.apply(config.addresses, peers)
+        for key, peer in self.node.device.peers.items():
+            if peer.endpoint is None:  # not heard from since we started: try where the agent last was
+                peer.endpoint = self.endpoints.recall(key)
         self._sources = sources
         self.routes.replace(routes)
         self.certs.update_routes(routes)

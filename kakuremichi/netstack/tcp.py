@@ -213,7 +213,7 @@ class Connection:
     """
 
     __slots__ = (
-        "host", "config", "local", "remote", "key", "state", "error", "listener", "orphaned", "sum_bases",
+        "host", "config", "local", "remote", "key", "state", "error", "listener", "orphaned",
         # send side
         "iss", "snd_una", "snd_nxt", "snd_max", "snd_wnd", "snd_wl1", "snd_wl2", "max_snd_wnd", "snd_wscale",
         "snd_mss", "snd_buf", "buf_start", "fin_queued", "sack_ok", "sacked", "nodelay",
@@ -237,10 +237,6 @@ class Connection:
         self.local = local
         self.remote = remote
         self.key = (remote[0], remote[1], local[0], local[1])
-        (src, sport), (dst, dport) = local, remote
-        # The parts of both checksums that never change on this connection (addresses, ports, constants).
-        self.sum_bases = (pseudo_header(src, dst, ipv4.PROTO_TCP, 0) + sport + dport,
-                          _IP_CONSTANT + (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF))
         self.state = CLOSED
         self.error: OSError | None = None
         self.listener = None
@@ -995,12 +991,14 @@ class Connection:
         tcp_len = header_len + len(payload)
         total = ipv4.HEADER_LEN + tcp_len
         offflags = header_len << 10 | flags
-        tcp_base, ip_base = self.sum_bases
-        check = finish(tcp_base + tcp_len + seq + ack + offflags + window + (partial(options) if options else 0)
-                       + (partial(payload) if payload else 0))
-        (src, sport), (dst, dport) = self.local, self.remote
+        src, sport = self.local
+        dst, dport = self.remote
+        check = finish(pseudo_header(src, dst, ipv4.PROTO_TCP, tcp_len) + sport + dport + seq + ack + offflags
+                       + window + (partial(options) if options else 0) + (partial(payload) if payload else 0))
         header = _HEADERS.pack(0x4500, total, 0, 0x4000, ipv4.DEFAULT_TTL << 8 | ipv4.PROTO_TCP,
-                               finish(ip_base + total), src, dst, sport, dport, seq, ack, offflags, window, check, 0)
+                               finish(_IP_CONSTANT + total + (src >> 16) + (src & 0xFFFF) + (dst >> 16)
+                                      + (dst & 0xFFFF)), src, dst, sport, dport, seq, ack, offflags, window,
+                               check, 0)
         self.host.outgoing.append(b"".join((header, options, payload)))
 
     # ------------------------------------------------------------------ timers

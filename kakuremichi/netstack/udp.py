@@ -33,8 +33,8 @@ def parse(datagram: ipv4.Datagram, verify_checksum: bool = True) -> Datagram:
     if length < HEADER_LEN or length > len(segment):
         raise ipv4.Malformed("bad-length")
     segment = segment[:length]
-    if check and verify_checksum and not verify(pseudo_header(datagram.source, datagram.destination, ipv4.PROTO_UDP, length)
-                            + partial(segment)):
+    if check and verify_checksum and not verify(
+            pseudo_header(datagram.source, datagram.destination, ipv4.PROTO_UDP, length) + partial(segment)):
         raise ipv4.Malformed("bad-checksum")
     return Datagram(datagram.source, sport, datagram.destination, dport, segment[HEADER_LEN:])
 
