@@ -278,9 +278,7 @@ def update_tunnel(item_id: str, body: Any) -> dict:
 
 def delete_tunnel(item_id: str) -> None:
     def work(db: Database) -> None:
-        tunnel = get_row(db, "Tunnel", item_id)
-        certificates.forget(db, tunnel.domain)  # its private key is kept nowhere once nobody serves it
-        tunnel.delete()
+        get_row(db, "Tunnel", item_id).delete()  # its certificate goes with it (Tunnel.before_delete)
 
     _mutate(current(), work)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import sys
@@ -11,7 +12,7 @@ from pony.orm.dbapiprovider import DatabaseError
 
 from kakuremichi import logs
 from kakuremichi.control.allocation import parse_pool
-from kakuremichi.control.models import SchemaError
+from kakuremichi.control.models import DatabaseUrlError, SchemaError
 from kakuremichi.control.server import serve
 from kakuremichi.control.state import Settings
 from kakuremichi.options import EnvArgumentParser
@@ -26,11 +27,18 @@ def _positive(text: str) -> float:
     return value
 
 
+def _listen_address(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} must look like 127.0.0.1:8000 (a port up to 65535)")
+    return text
+
+
 def parser(prog: str | None = None) -> EnvArgumentParser:
     p = EnvArgumentParser(prog=prog, description="Run the kakuremichi control server: web UI and REST API for "
                           "agents, gateways and tunnels, and the /ws endpoint that pushes their configs. Log in to "
                           "the web UI with the admin token.")
-    p.add_argument("--listen", default=Settings.listen, metavar="HOST:PORT",
+    p.add_argument("--listen", type=_listen_address, default=Settings.listen, metavar="HOST:PORT",
                    help="address to serve HTTP and WebSocket on (use 0.0.0.0:8000 behind a TLS proxy)")
     p.add_argument("--data-dir", default=Settings.data_dir,
                    help="directory for the default SQLite database and the web UI's session secret")
@@ -64,7 +72,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     failure: BaseException | None = None
     try:
         trio.run(_run, settings)
-    except* (SchemaError, ValueError, DatabaseError, OSError) as group:  # the database or the listen address
+    except* (SchemaError, DatabaseUrlError, DatabaseError, OSError) as group:  # the database or listen address
         failure = group
         while isinstance(failure, BaseExceptionGroup):  # the nurseries wrap it
             failure = failure.exceptions[0]

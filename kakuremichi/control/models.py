@@ -17,11 +17,17 @@ from urllib.parse import unquote, urlsplit
 
 from pony.orm import Database, Json, LongStr, Optional, PrimaryKey, Required, Set, composite_key, db_session
 
+from kakuremichi.control import certificates
+
 SCHEMA_VERSION = 3  # 2: certificates, acme_challenges, acme_leases; 3: acme_acks (new tables only)
 
 
 class SchemaError(RuntimeError):
     """The database was written by an incompatible version of control."""
+
+
+class DatabaseUrlError(ValueError):
+    """--database-url names a database control cannot use as given (scheme, missing driver)."""
 
 
 def new_id() -> str:
@@ -80,6 +86,10 @@ def define(db: Database) -> None:
         socks_proxy_enabled = Required(bool, default=False)
         created_at = Required(datetime, default=utcnow)
         gateway_ips = Set("TunnelGatewayIp", cascade_delete=True)
+
+        def before_delete(self) -> None:
+            # However it goes (alone, or with its agent), its certificate's key is kept nowhere afterwards.
+            certificates.forget(self._database_, self.domain)
 
     class TunnelGatewayIp(db.Entity):
         _table_ = "tunnel_gateway_ips"
@@ -143,7 +153,7 @@ def open_database(url: str) -> Database:
         try:
             import psycopg2  # noqa: F401  (the `postgres` extra)
         except ImportError:
-            raise ValueError("a postgres:// database needs psycopg2: pip install 'kakuremichi[postgres]'") from None
+            raise DatabaseUrlError("a postgres:// database needs psycopg2: pip install 'kakuremichi[postgres]'") from None
         db.bind(provider="postgres", **params)
         with _postgres_schema_lock(params):
             _create_schema(db)
@@ -154,7 +164,7 @@ def open_database(url: str) -> Database:
         db.bind(provider="sqlite", filename=os.path.abspath(path), create_db=True)
         _create_schema(db)
     else:
-        raise ValueError(f"unsupported database URL scheme {parts.scheme!r}: use sqlite:///path or postgres://")
+        raise DatabaseUrlError(f"unsupported database URL scheme {parts.scheme!r}: use sqlite:///path or postgres://")
     return db
 
 

@@ -116,3 +116,16 @@ async def test_an_offline_holder_loses_its_lease_at_once(control):
         await gw2.send(protocol.LeaseRequest(DOMAIN))
         lease = await gw2.receive()
         assert lease.granted and lease.holder == "gw2"
+
+
+async def test_deleting_an_agent_drops_its_tunnels_certificates(control):
+    keys = await setup(control)
+    async with connect(control, keys["gw1"], "gateway") as gw1, connect(control, keys["gw2"], "gateway") as gw2:
+        await gw1.send(protocol.LeaseRequest(DOMAIN))
+        assert (await gw1.receive()).granted
+        await gw1.send(upload(TestCA()))
+        assert isinstance(await gw2.receive(), protocol.CertificateInstall)
+    assert stored_certificates(control) == 1
+    agent = (await control.api.get("/api/agents")).json()["items"][0]
+    assert (await control.api.delete(f"/api/agents/{agent['id']}")).status_code == 204
+    assert stored_certificates(control) == 0  # its tunnels went with it, and so did their keys

@@ -43,3 +43,12 @@ def test_postgres_without_psycopg2_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "psycopg2", None)
     with pytest.raises(ValueError, match=r"pip install 'kakuremichi\[postgres\]'"):
         open_database("postgres://nobody@127.0.0.1:1/x")
+
+
+def test_a_listen_address_out_of_range_is_refused_before_starting(capsys):
+    from kakuremichi.control.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--listen", "127.0.0.1:99999"])
+    assert exited.value.code == 2
+    assert "must look like 127.0.0.1:8000" in capsys.readouterr().err

@@ -153,3 +153,14 @@ async def test_a_closed_event_stream_stops(control, monkeypatch):
         await control.create("agents", name=f"wake{i}")
         await trio.sleep(0.1)
     assert len(calls) == 1
+
+
+def test_session_secret_is_made_once_and_a_damaged_one_is_refused(tmp_path):
+    from kakuremichi.control.web.session import _secret
+
+    path = tmp_path / "web-session-secret"
+    first = _secret(path)
+    assert len(first) == 32 and _secret(path) == first and not list(tmp_path.glob("*.tmp"))
+    path.write_text("")  # e.g. a disk that filled up while it was written
+    with pytest.raises(OSError, match="not a web session secret"):
+        _secret(path)

@@ -7,6 +7,7 @@ session remembers a fingerprint of the admin token it was opened with: changing 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import logging
@@ -48,18 +49,26 @@ def install(app: Quart, data_dir: str) -> None:
 
 
 def _secret(path: Path) -> bytes:
+    if not path.exists():
+        # Written whole under another name, then linked into place: another control starting on the same
+        # directory either wins the link or reads a complete file, never an empty one.
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_bytes(32).hex() + "\n")
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink()
     try:
-        return bytes.fromhex(path.read_text().strip())
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    secret = secrets.token_bytes(32)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another control on the same directory made it first
-        return bytes.fromhex(path.read_text().strip())
-    with os.fdopen(fd, "w") as file:
-        file.write(secret.hex() + "\n")
+        secret = bytes.fromhex(path.read_text().strip())
+    except ValueError:
+        secret = b""
+    if len(secret) < 32:
+        raise OSError(errno.EINVAL, "not a web session secret (delete it and control makes a new one)", str(path))
     return secret
 
 

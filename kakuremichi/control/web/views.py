@@ -16,7 +16,7 @@ from quart import Blueprint, redirect, render_template, request, url_for
 from quart_trio.wrappers.response import TrioResponse as Response
 
 from kakuremichi import protocol
-from kakuremichi.control import api
+from kakuremichi.control import api, auth
 from kakuremichi.control.models import utcnow
 from kakuremichi.control.state import current
 from kakuremichi.control.validation import ApiError
@@ -202,7 +202,7 @@ def _client_detail(role: str, item_id: str) -> dict:
 
 def install_commands(role: str, control_url: str, api_key: str | None, wireguard_port: int | None = None) -> list[dict]:
     """Copy-paste commands that start this agent/gateway with its key (or a placeholder once it was shown)."""
-    key = api_key or f"{'agt' if role == 'agent' else 'gtw'}_YOUR_KEY"
+    key = api_key or f"{auth.PREFIXES[role]}YOUR_KEY"
     settings = {"control-url": control_url, "api-key": key}
     if role == "agent":
         ports = "--network host"
