@@ -53,6 +53,9 @@ class _Abort(Exception):
     """The exchange broke after the response started: nothing more can be said, close the connection."""
 
 
+_NOT_IDEMPOTENT = (b"POST", b"PATCH", b"CONNECT")
+
+
 class _Stale(Exception):
     """A pooled upstream connection turned out dead before answering; the request may be replayed."""
 
@@ -161,8 +164,10 @@ class Proxy:
     async def _exchange(self, client: HttpConnection, request: h11.Request, route: Route, host: str,
                         record: AccessRecord) -> None:
         """Send the request to the route's agent and relay its answer; a pooled connection found dead
-        before answering a body-less request is replaced once by a fresh one."""
+        before answering a body-less idempotent request is replaced once by a fresh one (RFC 9110 §9.2.2:
+        a POST or PATCH may have taken effect, so it is never repeated)."""
         has_body = _declares_body(request)
+        replayable = not has_body and request.method not in _NOT_IDEMPOTENT
         if not has_body:
             await self._client_event(client)  # the EndOfMessage h11 has ready for body-less requests
         record.upstream = f"{route.address}:{route.port}"
@@ -170,7 +175,7 @@ class Proxy:
             upstream = await self._acquire(route, host, fresh=attempt > 0)
             record.reused = upstream.reused
             try:
-                await self._relay(client, upstream, request, has_body, host, record)
+                await self._relay(client, upstream, request, has_body, replayable, host, record)
                 return
             except _Stale:
                 pass
@@ -189,21 +194,21 @@ class Proxy:
             raise errorpages.agent_unreachable(host) from None
 
     async def _relay(self, client: HttpConnection, upstream: UpstreamConnection, request: h11.Request,
-                     has_body: bool, host: str, record: AccessRecord) -> None:
+                     has_body: bool, replayable: bool, host: str, record: AccessRecord) -> None:
         failure: BaseException | None = None
         try:
             await self._upstream_send(upstream, request)
             if not has_body:
                 await self._upstream_send(upstream, h11.EndOfMessage())
         except _Abort:
-            raise (_Stale() if upstream.reused and not has_body else errorpages.agent_unreachable(host))
+            raise (_Stale() if upstream.reused and replayable else errorpages.agent_unreachable(host))
         if not has_body:
-            await self._relay_response(client, upstream, host, has_body, record)
+            await self._relay_response(client, upstream, host, replayable, record)
             return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._pump_request_body, client, upstream, record, nursery.cancel_scope)
             try:
-                await self._relay_response(client, upstream, host, has_body, record)
+                await self._relay_response(client, upstream, host, False, record)
             except (GatewayError, _Abort, _Stale) as exc:
                 failure = exc
             nursery.cancel_scope.cancel()  # an early answer leaves no use for the rest of the upload
@@ -211,14 +216,14 @@ class Proxy:
             raise failure
 
     async def _relay_response(self, client: HttpConnection, upstream: UpstreamConnection, host: str,
-                              has_body: bool, record: AccessRecord) -> None:
+                              replayable: bool, record: AccessRecord) -> None:
         while True:
             try:
                 event = await upstream.next_event(self.settings.upstream_timeout)
             except trio.TooSlowError:
                 raise errorpages.upstream_timeout(host) from None
             except (h11.RemoteProtocolError, *STREAM_ERRORS) as exc:
-                if upstream.reused and upstream.bytes_received == 0 and not has_body:
+                if upstream.reused and upstream.bytes_received == 0 and replayable:
                     raise _Stale() from None
                 log(logger, logging.WARNING, "agent answered badly", host=host, error=str(exc))
                 raise errorpages.agent_unreachable(host) from None

@@ -15,7 +15,7 @@ one (see the proxy).
 
 from __future__ import annotations
 
-import math
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -55,7 +55,7 @@ class UpstreamConnection(HttpConnection):
         self.key = key
         self.reused = False
         self.retired = False  # closed by the idle watcher (agent closed it, sent junk, or idle too long)
-        self.idle_since = 0.0
+        self.idle_since: float | None = None  # when it went back to the pool; None while in use
         self._watch: trio.CancelScope | None = None
         self._watch_done = trio.Event()
 
@@ -69,7 +69,8 @@ class UpstreamPool:
         self.limits = limits
         self._idle: dict[tuple[str, int], list[UpstreamConnection]] = {}
         self._closed = False
-        self._unwatched = trio.Event()  # set when an idle connection without a watcher is waiting
+        self._unwatched: deque[tuple[float, UpstreamConnection]] = deque()  # releases, oldest first
+        self._released = trio.Event()
 
     def idle_count(self, key: tuple[str, int]) -> int:
         return len(self._idle.get(key, ()))
@@ -78,7 +79,10 @@ class UpstreamPool:
         """A connection to `route.upstream`: an idle pooled one unless `fresh`, else a new dial."""
         idle = self._idle.get(route.upstream)
         while idle and not fresh:
-            conn = self._take(idle.pop())
+            conn = idle.pop()
+            if not idle:
+                del self._idle[route.upstream]
+            since, conn.idle_since = conn.idle_since, None
             watch, conn._watch = conn._watch, None
             if watch is not None:
                 watch.cancel()
@@ -86,9 +90,11 @@ class UpstreamPool:
                 # left, and only if it left because we picked the connection up (not because the agent
                 # closed it).
                 await conn._watch_done.wait()
-            if not conn.retired:
+            if not conn.retired and self._fit(conn, since):
                 conn.reused = True
                 return conn
+            if not conn.retired:
+                await conn.aclose()
             idle = self._idle.get(route.upstream)
         try:
             with trio.fail_after(self.limits.connect_timeout):
@@ -106,30 +112,37 @@ class UpstreamPool:
             await conn.aclose()
             return
         conn.start_next_cycle()
-        conn.idle_since = trio.current_time()
+        conn.idle_since = since = trio.current_time()
         self._idle.setdefault(conn.key, []).append(conn)
-        self._unwatched.set()
+        self._unwatched.append((since, conn))
+        self._released.set()
 
     async def _start_watchers(self) -> None:
-        """Give each connection idle for WATCH_AFTER its watcher; runs as long as the pool."""
+        """Give each connection still idle WATCH_AFTER after its release a watcher; runs as long as the pool.
+        Releases queue up in time order, so each is looked at once; one picked up since has moved on."""
+        queue = self._unwatched
         while True:
-            now = trio.current_time()
-            due = math.inf
-            for conns in list(self._idle.values()):
-                for conn in conns:
-                    if conn._watch is not None:
-                        continue
-                    if now - conn.idle_since < WATCH_AFTER:
-                        due = min(due, conn.idle_since + WATCH_AFTER)
-                        continue
-                    conn._watch = trio.CancelScope(deadline=conn.idle_since + self.limits.idle_timeout)
-                    conn._watch_done = trio.Event()
-                    self._nursery.start_soon(self._watch_idle, conn, conn._watch)
-            if due == math.inf:
-                self._unwatched = trio.Event()
-                await self._unwatched.wait()
-            else:
-                await trio.sleep_until(due)
+            if not queue:
+                self._released = trio.Event()
+                await self._released.wait()
+                continue
+            since, conn = queue[0]
+            if conn.idle_since == since and trio.current_time() < since + WATCH_AFTER:
+                await trio.sleep_until(since + WATCH_AFTER)
+                continue
+            queue.popleft()
+            if conn.idle_since == since and conn._watch is None:
+                conn._watch = trio.CancelScope(deadline=since + self.limits.idle_timeout)
+                conn._watch_done = trio.Event()
+                self._nursery.start_soon(self._watch_idle, conn, conn._watch)
+
+    def _fit(self, conn: UpstreamConnection, since: float) -> bool:
+        """Not idle too long, and, for a stream that can tell at once (the netstack's), nothing from the
+        agent since: an unwatched connection the agent closed is never handed out. A stream that cannot
+        tell (a plain socket) counts as fit; a body-less idempotent request on it is replayed if needed."""
+        if trio.current_time() - since > self.limits.idle_timeout:
+            return False
+        return getattr(conn.stream, "quiet_and_open", True)
 
     def _take(self, conn: UpstreamConnection) -> UpstreamConnection:
         idle = self._idle.get(conn.key, [])
@@ -137,6 +150,7 @@ class UpstreamPool:
             idle.remove(conn)
         if not idle:
             self._idle.pop(conn.key, None)
+        conn.idle_since = None
         return conn
 
     async def _watch_idle(self, conn: UpstreamConnection, scope: trio.CancelScope) -> None:

@@ -61,6 +61,14 @@ class TcpStream(trio.abc.HalfCloseableStream):
         return ipv4_str(self.connection.remote[0]), self.connection.remote[1]
 
     @property
+    def quiet_and_open(self) -> bool:
+        """Neither data nor a close from the peer is waiting: a kept-alive connection fit for a new request,
+        known at once (a pool checks it before reuse instead of watching every idle connection)."""
+        connection = self.connection
+        return (not self._closed and connection.state == State.ESTABLISHED and connection.error is None
+                and not connection.rcv_buf and not connection.eof_received)
+
+    @property
     def nodelay(self) -> bool:
         return self.connection.nodelay
 

@@ -186,28 +186,46 @@ async def test_an_idle_connection_gets_its_watcher_only_after_a_moment(nursery):
         assert again is conn and conn._watch is None  # picked up, its watcher gone, back unwatched
 
 
-async def test_request_on_connection_the_agent_just_closed_is_replayed(nursery):
-    """The agent drops a kept-alive connection just as the next request goes out on it."""
-    connections = []
+async def agent_that_drops_its_second_request(nursery, methods: list[bytes]):
+    """A gateway to an agent that answers one request per connection and drops the next one unanswered,
+    like a server timing out a kept-alive connection just as a request goes out; `methods` records what
+    reached it."""
 
     async def answer_once(stream):
-        connections.append(stream)
         request = b""
         while b"\r\n\r\n" not in request:
             request += await stream.receive_some()
+        methods.append(request.split(b" ", 1)[0])
         await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        await stream.receive_some()  # the next request: closed unanswered, like a server timing out
+        methods.append((await stream.receive_some()).split(b" ", 1)[0])
         await stream.aclose()
 
     listeners = await nursery.start(partial(trio.serve_tcp, answer_once, 0, host="127.0.0.1"))
     port = listeners[0].socket.getsockname()[1]
-    gw = await start_gateway(nursery, RouteTable([Route("app.test", "127.0.0.1", port)]))
+    return await start_gateway(nursery, RouteTable([Route("app.test", "127.0.0.1", port)])), port
+
+
+async def test_request_on_connection_the_agent_just_closed_is_replayed(nursery):
+    methods = []
+    gw, port = await agent_that_drops_its_second_request(nursery, methods)
     async with httpx.AsyncClient(base_url=gw.url, headers={"host": "app.test"}) as client:
         assert (await client.get("/")).text == "ok"
         await idle_connections(gw, ("127.0.0.1", port), 1)
         response = await client.get("/")
         assert response.status_code == 200 and response.text == "ok"
-    assert len(connections) == 2
+    assert methods[:3] == [b"GET", b"GET", b"GET"]  # dropped on the pooled connection, answered on a new one
+
+
+async def test_a_post_on_a_connection_the_agent_just_closed_is_not_repeated(nursery):
+    """A POST may have taken effect before the connection died: RFC 9110 §9.2.2 forbids repeating it."""
+    methods = []
+    gw, port = await agent_that_drops_its_second_request(nursery, methods)
+    async with httpx.AsyncClient(base_url=gw.url, headers={"host": "app.test"}) as client:
+        assert (await client.get("/")).text == "ok"
+        await idle_connections(gw, ("127.0.0.1", port), 1)
+        response = await client.post("/charge")
+        assert response.status_code == 502
+    assert methods == [b"GET", b"POST"]  # the POST went out once, and only once
 
 
 async def test_close_delimited_response_from_an_http10_agent(nursery):

@@ -211,3 +211,19 @@ def test_opening_before_run_says_what_to_do():
     stack = NetStack(MemoryLink(), [A])
     with pytest.raises(RuntimeError, match="NetStack.run"):
         stack.listen(80)
+
+
+async def test_quiet_and_open_tells_at_once_whether_a_kept_alive_connection_is_fit():
+    async with stack_pair() as (a, b, _):
+        client, server = await connected(a, b)
+        assert client.quiet_and_open
+        await server.send_all(b"x")  # something the client never asked for
+        with trio.fail_after(2):
+            while client.quiet_and_open:
+                await trio.sleep(0.01)
+        assert await client.receive_some() == b"x"
+        assert client.quiet_and_open
+        await server.aclose()  # the peer closes while the connection sits idle
+        with trio.fail_after(2):
+            while client.quiet_and_open:
+                await trio.sleep(0.01)
