@@ -38,6 +38,13 @@ class NotConnected(_SessionEnded):
     """`send` while there is no authenticated session; what it carried must be sent again after reconnecting."""
 
 
+def _in_clear(url: str) -> bool:
+    """A ws:// URL to anything but this host."""
+    parts = urlsplit(url)
+    return parts.scheme == "ws" and not (parts.hostname in ("localhost", "::1")
+                                         or (parts.hostname or "").startswith("127."))
+
+
 def websocket_url(url: str) -> str:
     """Accept control's address as users know it (http(s)://host:port) as well as its ws(s)://…/ws URL."""
     parts = urlsplit(url.strip())
@@ -81,6 +88,10 @@ class ControlClient:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, serve and reconnect until cancelled; `started` at once, so callers never wait for control."""
         task_status.started()
+        if _in_clear(self.url):
+            log(logger, logging.WARNING, "control is reached over plain ws://: the API key (and, for gateways, "
+                "shared TLS certificate keys) cross the network unencrypted; use an https:// control URL",
+                url=self.url)
         delay = BACKOFF_INITIAL
         while True:
             level = logging.WARNING
