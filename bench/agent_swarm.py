@@ -14,7 +14,6 @@ import trio
 
 from kakuremichi import command, logs
 from kakuremichi.agent.agent import Agent
-from kakuremichi.controlclient import ControlClient
 from kakuremichi.tunnel import TunnelNode
 from kakuremichi.wg import keys
 
@@ -24,8 +23,7 @@ async def main(control_url: str, api_keys: list[str]) -> None:
         for api_key in api_keys:
             node = TunnelNode(keys.generate_private(), listen_host="127.0.0.1")
             agent = Agent(node)
-            client = ControlClient(control_url, api_key, "agent", keys.encode(node.public_key),
-                                   on_config=agent.apply, stats=agent.stats)
+            client = agent.control_client(control_url, api_key)
             await nursery.start(agent.run)
             await nursery.start(client.run)
         print("ready", flush=True)

@@ -13,6 +13,7 @@ import logging
 import trio
 
 from kakuremichi.agent.targets import Target, TargetError, connect
+from kakuremichi.controlclient import ControlClient
 from kakuremichi.logs import log
 from kakuremichi.pipe import splice
 from kakuremichi.protocol import TUNNEL_PORT, AgentConfig
@@ -38,6 +39,11 @@ class Agent:
     @property
     def active_connections(self) -> int:
         return len(self._active)
+
+    def control_client(self, url: str, api_key: str, **options) -> ControlClient:
+        """The link to control this agent follows (`options` go to ControlClient)."""
+        return ControlClient(url, api_key, "agent", keys.encode(self.node.public_key), on_config=self.apply,
+                             stats=self.stats, **options)
 
     def stats(self) -> dict:
         return {**self.node.stats(), "configVersion": self.config_version, "tunnels": len(self.targets),

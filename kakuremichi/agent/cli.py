@@ -14,7 +14,6 @@ import trio
 
 from kakuremichi import command, logs
 from kakuremichi.agent.agent import Agent
-from kakuremichi.controlclient import ControlClient
 from kakuremichi.options import EnvArgumentParser
 from kakuremichi.tunnel import TunnelNode
 from kakuremichi.wg import keyfile, keys
@@ -41,9 +40,7 @@ async def run(args) -> None:
     private = keyfile.load_or_create(Path(args.data_dir) / "wireguard.key")
     node = TunnelNode(private, listen_port=args.wireguard_port)
     agent = Agent(node)
-    client = ControlClient(args.control_url, args.api_key, "agent", keys.encode(node.public_key),
-                           on_config=agent.apply, heartbeat=args.heartbeat,
-                           stats=agent.stats)
+    client = agent.control_client(args.control_url, args.api_key, heartbeat=args.heartbeat)
     logs.log(logger, logging.INFO, "agent starting", public_key=keys.encode(node.public_key),
              control=args.control_url)
     async with trio.open_nursery() as nursery:
