@@ -4,8 +4,8 @@ How the pieces fit (the daemon's job):
 
     routes, challenges = RouteTable(), ChallengeStore()
     certs = CertificateManager(CertStore(state_dir), challenges, AcmeSettings(directory_url, email))
-    async with open_upstream_pool(dial) as pool:          # dial(route) -> stream over the netstack
-        proxy = Proxy(routes, pool, ProxySettings(...), challenges)
+    async with open_proxy(routes, dial, ProxySettings(...), challenges=challenges) as proxy:
+        # dial(route) -> stream over the netstack; the proxy pools agent connections and times waits out
         await nursery.start(serve_http, proxy, http_port)
         await nursery.start(serve_https, proxy, certs.context, https_port)
         await nursery.start(certs.run)

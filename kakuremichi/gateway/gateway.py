@@ -23,9 +23,9 @@ from kakuremichi.gateway.certsync import CertificateSync
 from kakuremichi.gateway.challenges import ChallengeStore
 from kakuremichi.gateway.endpoints import EndpointMemory
 from kakuremichi.gateway.listeners import serve_http, serve_https
-from kakuremichi.gateway.proxy import Proxy, ProxySettings
+from kakuremichi.gateway.proxy import ProxySettings, open_proxy
 from kakuremichi.gateway.routes import Route, RouteTable
-from kakuremichi.gateway.upstream import PoolLimits, open_upstream_pool
+from kakuremichi.gateway.upstream import PoolLimits
 from kakuremichi.logs import log
 from kakuremichi.protocol import AGENT_KEEPALIVE, GatewayConfig
 from kakuremichi.tunnel import PeerSpec, TunnelNode
@@ -91,10 +91,9 @@ class Gateway:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.node.run)
             nursery.start_soon(self.endpoints.keep_saving, self.node.device)
-            async with open_upstream_pool(self._dial, listen.pool) as pool:
-                if listen.https_port is not None:
-                    listen.proxy.https_port = listen.https_port
-                proxy = Proxy(self.routes, pool, listen.proxy, self.challenges)
+            if listen.https_port is not None:
+                listen.proxy.https_port = listen.https_port
+            async with open_proxy(self.routes, self._dial, listen.proxy, listen.pool, self.challenges) as proxy:
                 http = await nursery.start(serve_http, proxy, listen.http_port, listen.host)
                 self.http_ports = [l.socket.getsockname()[1] for l in http]
                 if listen.https_port is not None:

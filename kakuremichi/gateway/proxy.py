@@ -10,6 +10,8 @@ ACME challenges and HTTPS redirects.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -30,7 +32,16 @@ from kakuremichi.gateway.forwarding import (
 )
 from kakuremichi.gateway.hostname import InvalidHost, normalize_host
 from kakuremichi.gateway.routes import Route, RouteTable, TlsMode
-from kakuremichi.gateway.upstream import DialFailed, DialTimeout, UpstreamConnection, UpstreamPool
+from kakuremichi.gateway.timeouts import Guard, Watchdog, tick_for
+from kakuremichi.gateway.upstream import (
+    Dial,
+    DialFailed,
+    DialTimeout,
+    PoolLimits,
+    UpstreamConnection,
+    UpstreamPool,
+    open_upstream_pool,
+)
 from kakuremichi.logs import log
 from kakuremichi.pipe import splice
 
@@ -69,36 +80,54 @@ class Proxy:
         self.pool = pool
         self.settings = settings or ProxySettings()
         self.challenges = challenges
+        self.watchdog = Watchdog(tick_for(self.settings.client_timeout, self.settings.upstream_timeout))
 
     async def serve(self, stream: trio.abc.Stream, *, scheme: str, peer_ip: str) -> None:
-        """Serve one client connection (already TLS-unwrapped for https) until it closes or idles out."""
+        """Serve one client connection (already TLS-unwrapped for https) until it closes or idles out.
+
+        Each request cycle runs under one guard: the client's and the agent's waits time out through it,
+        and a config change withdrawing the route cancels it. A gateway error found on the way is answered
+        after the guard closes, so even a timed-out exchange can still tell the client why."""
         client = HttpConnection(stream, h11.SERVER, self.settings.max_header_bytes)
         try:
             while True:
                 record = AccessRecord(client=peer_ip, scheme=scheme)
-                try:
-                    event = await client.next_event(self.settings.client_timeout)
-                except h11.RemoteProtocolError as exc:
-                    if client.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                request = error = None
+                guard = self.watchdog.guard(client)
+                with guard:
+                    try:
+                        request = await client.next_event(self.settings.client_timeout)
+                    except h11.RemoteProtocolError as exc:
+                        if client.h11.our_state is not h11.IDLE:
+                            return
                         record.error = "bad_request"
                         error = errorpages.bad_request(f"Malformed request: {exc}.", exc.error_status_hint)
-                        await self._answer(client, error, b"", record)
-                        record.emit()
-                        await _linger(client.stream)
+                    else:
+                        if not isinstance(request, h11.Request):
+                            return  # ConnectionClosed: the client is done
+                        error = await self._handle(client, request, scheme, peer_ip, record, guard)
+                if guard.scope.cancelled_caught:
+                    if request is None:
+                        return  # idle past the client timeout
+                    error = self._interrupted(client, guard, record)
+                if error is not None:
+                    with self.watchdog.guard(client):
+                        await self._answer(client, error, request, record)
+                record.emit()
+                if request is None:  # malformed: read away what it still sends so the answer arrives
+                    await _linger(client.stream)
                     return
-                if not isinstance(event, h11.Request):
-                    return  # ConnectionClosed: the client is done
-                await self._handle(client, event, scheme, peer_ip, record)
                 if not client.reusable:
                     return
                 client.start_next_cycle()
-        except (trio.TooSlowError, *STREAM_ERRORS):
-            pass  # idle or vanished client: just close
+        except STREAM_ERRORS:
+            pass  # vanished client: just close
         finally:
             await client.aclose()
 
     async def _handle(self, client: HttpConnection, request: h11.Request, scheme: str, peer_ip: str,
-                      record: AccessRecord) -> None:
+                      record: AccessRecord, guard: Guard) -> GatewayError | None:
+        """Route and relay one request; an error the gateway must answer is returned, not sent."""
         record.method = request.method.decode("ascii", "replace")
         record.set_target(request.target)
         record.client = client_ip(peer_ip, request.headers, self.settings.forwarding)
@@ -117,34 +146,36 @@ class Proxy:
                 answer = self.challenges.answer(target, host)
                 if answer is not None:
                     await self._respond(client, 200, [(b"content-type", b"text/plain")], answer, record)
-                    return
+                    return None
             route = self.routes.lookup(host)
             if route is None:
                 raise errorpages.unknown_host(host)
             if scheme == "http" and route.force_https and route.tls is not TlsMode.OFF:
                 await self._redirect(client, host, target, record)
-                return
+                return None
             forward_host = raw_host if raw_host.isascii() else host
             upstream_request = h11.Request(
                 method=request.method, target=target,
                 headers=self._upstream_headers(request, forward_host, scheme, peer_ip))
-            with self.routes.hold(route) as scope:
-                await self._exchange(client, upstream_request, route, host, record)
-            if scope.cancelled_caught:
-                record.error = "route_withdrawn"
-                if client.h11.our_state is h11.SEND_RESPONSE:
-                    raise errorpages.unknown_host(host)
-                raise _Abort()
+            with self.routes.hold(route, guard.scope):
+                await self._exchange(client, upstream_request, route, host, record, guard)
         except GatewayError as error:
-            record.error = record.error or error.code
-            if client.h11.our_state is not h11.SEND_RESPONSE:
-                raise _Abort() from None
-            accept = b", ".join(v for n, v in request.headers if n == b"accept")
-            await self._answer(client, error, accept, record)
+            return error
         except _Abort:
             client.h11.send_failed()
-        finally:
-            record.emit()
+        return None
+
+    @staticmethod
+    def _interrupted(client: HttpConnection, guard: Guard, record: AccessRecord) -> GatewayError | None:
+        """Why a request's guard was cancelled, as the error to answer (None: the client just goes)."""
+        if guard.expired is client:
+            record.error = "client_timeout"
+            client.h11.send_failed()
+            return None
+        if guard.expired is None:
+            record.error = "route_withdrawn"
+            return errorpages.unknown_host(record.host)
+        return errorpages.upstream_timeout(record.host)
 
     def _upstream_headers(self, request: h11.Request, host: str, scheme: str, peer_ip: str):
         keep = []
@@ -162,8 +193,8 @@ class Proxy:
                                  policy=self.settings.forwarding)
 
     async def _exchange(self, client: HttpConnection, request: h11.Request, route: Route, host: str,
-                        record: AccessRecord) -> None:
-        """Send the request to the route's agent and relay its answer; a pooled connection found dead
+                        record: AccessRecord, guard: Guard) -> None:
+        """Send the request to the route's agent (its waits under `guard`) and relay its answer; a pooled connection found dead
         before answering a body-less idempotent request is replaced once by a fresh one (RFC 9110 §9.2.2:
         a POST or PATCH may have taken effect, so it is never repeated)."""
         has_body = _declares_body(request)
@@ -173,6 +204,7 @@ class Proxy:
         record.upstream = f"{route.address}:{route.port}"
         for attempt in (0, 1):
             upstream = await self._acquire(route, host, fresh=attempt > 0)
+            guard.waiters.append(upstream)
             record.reused = upstream.reused
             try:
                 await self._relay(client, upstream, request, has_body, replayable, host, record)
@@ -220,8 +252,6 @@ class Proxy:
         while True:
             try:
                 event = await upstream.next_event(self.settings.upstream_timeout)
-            except trio.TooSlowError:
-                raise errorpages.upstream_timeout(host) from None
             except (h11.RemoteProtocolError, *STREAM_ERRORS) as exc:
                 if upstream.reused and upstream.bytes_received == 0 and replayable:
                     raise _Stale() from None
@@ -246,7 +276,7 @@ class Proxy:
                 if event is None:
                     await self._client_flush(client)
                     event = await upstream.next_event(self.settings.upstream_timeout)
-            except (trio.TooSlowError, h11.RemoteProtocolError, *STREAM_ERRORS):
+            except (h11.RemoteProtocolError, *STREAM_ERRORS):
                 raise _Abort() from None  # mid-body: truncation must show, so the client connection dies
             if isinstance(event, h11.Data):
                 record.bytes_out += len(event.data)
@@ -302,7 +332,7 @@ class Proxy:
     async def _client_event(self, client: HttpConnection):
         try:
             event = await client.next_event(self.settings.client_timeout)
-        except (trio.TooSlowError, h11.RemoteProtocolError, *STREAM_ERRORS):
+        except (h11.RemoteProtocolError, *STREAM_ERRORS):
             raise _Abort() from None
         if not isinstance(event, (h11.Data, h11.EndOfMessage)):
             raise _Abort()
@@ -322,13 +352,13 @@ class Proxy:
     async def _client_flush(self, client: HttpConnection) -> None:
         try:
             await client.flush(self.settings.client_timeout)
-        except (trio.TooSlowError, *STREAM_ERRORS):
+        except STREAM_ERRORS:
             raise _Abort() from None
 
     async def _upstream_send(self, upstream: UpstreamConnection, event: h11.Event) -> None:
         try:
             await upstream.send(event, self.settings.upstream_timeout)
-        except (trio.TooSlowError, h11.LocalProtocolError, *STREAM_ERRORS):
+        except (h11.LocalProtocolError, *STREAM_ERRORS):
             raise _Abort() from None
 
     async def _respond(self, client: HttpConnection, status: int, headers, body: bytes,
@@ -342,8 +372,15 @@ class Proxy:
         await self._client_send(client, h11.EndOfMessage())
         await self._discard_request_body(client)
 
-    async def _answer(self, client: HttpConnection, error: GatewayError, accept: bytes,
+    async def _answer(self, client: HttpConnection, error: GatewayError, request: h11.Request | None,
                       record: AccessRecord) -> None:
+        """The error page for `error`, in the form the request accepts; if the response already began,
+        nothing can be said any more and the connection just closes."""
+        record.error = record.error or error.code
+        if client.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):  # IDLE: the request was malformed
+            client.h11.send_failed()
+            return
+        accept = b", ".join(v for n, v in request.headers if n == b"accept") if request is not None else b""
         response, body = errorpages.response(error, accept)
         record.status = error.status
         try:
@@ -370,6 +407,18 @@ class Proxy:
                 event = await self._client_event(client)
                 if isinstance(event, h11.Data):
                     read += len(event.data)
+
+
+@asynccontextmanager
+async def open_proxy(routes: RouteTable, dial: Dial, settings: ProxySettings | None = None,
+                     limits: PoolLimits | None = None,
+                     challenges: ChallengeStore | None = None) -> AsyncIterator[Proxy]:
+    """A proxy whose upstream pool and timeout watchdog run for the `async with` block."""
+    async with open_upstream_pool(dial, limits) as pool, trio.open_nursery() as nursery:
+        proxy = Proxy(routes, pool, settings, challenges)
+        nursery.start_soon(proxy.watchdog.run)
+        yield proxy
+        nursery.cancel_scope.cancel()
 
 
 async def _linger(stream: trio.abc.Stream) -> None:

@@ -82,9 +82,9 @@ class RouteTable:
         new = self._routes.get(route.domain)
         return new is not None and new.enabled and new.upstream == route.upstream
 
-    def hold(self, route: Route) -> _Hold:
-        """Run an exchange under a cancel scope that a config change withdrawing `route` cancels."""
-        return _Hold(self, route)
+    def hold(self, route: Route, scope: trio.CancelScope) -> _Hold:
+        """While in the block, a config change withdrawing `route` cancels `scope` (the exchange's)."""
+        return _Hold(self, route, scope)
 
     def __iter__(self) -> Iterator[Route]:
         return iter(list(self._routes.values()))
@@ -95,22 +95,19 @@ class _Hold:
 
     __slots__ = ("table", "route", "scope")
 
-    def __init__(self, table: RouteTable, route: Route) -> None:
+    def __init__(self, table: RouteTable, route: Route, scope: trio.CancelScope) -> None:
         self.table = table
         self.route = route
-        self.scope = trio.CancelScope()
+        self.scope = scope
 
-    def __enter__(self) -> trio.CancelScope:
-        scope = self.scope.__enter__()
+    def __enter__(self) -> None:
         if not self.table._still_served(self.route):
-            scope.cancel()
-        self.table._holders.setdefault(self.route, set()).add(scope)
-        return scope
+            self.scope.cancel()
+        self.table._holders.setdefault(self.route, set()).add(self.scope)
 
-    def __exit__(self, *exc_info) -> bool:
+    def __exit__(self, *exc_info) -> None:
         holders = self.table._holders
         scopes = holders[self.route]
         scopes.discard(self.scope)
         if not scopes:
             del holders[self.route]
-        return self.scope.__exit__(*exc_info)

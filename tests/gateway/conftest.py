@@ -10,9 +10,9 @@ from cryptography import x509
 
 from kakuremichi.gateway.challenges import ChallengeStore
 from kakuremichi.gateway.listeners import serve_http, serve_https
-from kakuremichi.gateway.proxy import Proxy, ProxySettings
+from kakuremichi.gateway.proxy import Proxy, ProxySettings, open_proxy
 from kakuremichi.gateway.routes import Route, RouteTable
-from kakuremichi.gateway.upstream import PoolLimits, open_upstream_pool
+from kakuremichi.gateway.upstream import PoolLimits
 from tests.gateway.app import start_app
 
 
@@ -42,8 +42,8 @@ async def start_gateway(nursery: trio.Nursery, routes: RouteTable, *, dial=tcp_d
                         http_port: int = 0) -> Gateway:
     """A gateway on 127.0.0.1: HTTP always, HTTPS too when given a TLS context."""
     async def run(task_status=trio.TASK_STATUS_IGNORED):
-        async with open_upstream_pool(dial, limits) as pool, trio.open_nursery() as inner:
-            proxy = Proxy(routes, pool, settings, challenges)
+        async with open_proxy(routes, dial, settings, limits, challenges) as proxy, \
+                trio.open_nursery() as inner:
             listeners = await inner.start(serve_http, proxy, http_port, "127.0.0.1")
             gateway = Gateway(proxy, listeners[0].socket.getsockname()[1])
             if tls_context is not None:

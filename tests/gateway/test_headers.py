@@ -47,7 +47,8 @@ def test_route_lookup_exact_then_wildcard_and_disabled():
 async def test_route_hold_is_cancelled_only_when_its_route_changes():
     a, b = Route("a.test", "10.0.0.1", 80), Route("b.test", "10.0.0.2", 80)
     table = RouteTable([a, b])
-    with table.hold(a) as scope_a, table.hold(b) as scope_b:
+    with trio.CancelScope() as scope_a, trio.CancelScope() as scope_b, table.hold(a, scope_a), \
+            table.hold(b, scope_b):
         table.replace([a, Route("b.test", "10.0.0.2", 80, force_https=True)])  # same upstream
         assert not scope_a.cancel_called and not scope_b.cancel_called
         table.replace([a, Route("b.test", "10.0.0.9", 80)])

@@ -399,3 +399,32 @@ async def test_idle_client_connections_are_closed(nursery, app_port):
     await slow.send_all(b"GET / HTTP/1.1\r\nHost: app")  # a head that never completes
     with trio.fail_after(5):
         assert await slow.receive_some() == b""
+
+
+async def test_stalled_upload_and_unread_response_are_cut_off(nursery, app_port):
+    gw = await start_gateway(nursery, RouteTable([Route("app.test", "127.0.0.1", app_port)]),
+                             settings=ProxySettings(client_timeout=0.3))
+    stalled = await trio.open_tcp_stream("127.0.0.1", gw.port)
+    await stalled.send_all(b"POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100\r\n\r\n0123456789")
+    with trio.fail_after(5):  # the rest of the body never comes: the exchange is abandoned, the connection closed
+        while await stalled.receive_some():
+            pass
+    # A client that asks for a large body and never reads it: the gateway's writes stall, then give up.
+    reader = socket.create_connection(("127.0.0.1", gw.port))
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    reader.sendall(b"GET /download?size=67108864 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+    with trio.fail_after(10):
+        await trio.sleep(2)
+        reader.setblocking(False)
+        received = 0
+        while True:
+            await trio.lowlevel.wait_readable(reader)
+            try:
+                chunk = reader.recv(1 << 20)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            received += len(chunk)
+    reader.close()
+    assert received < 67108864  # closed mid-body, not served in full to a reader that stopped
