@@ -2,6 +2,10 @@
 
 Lines are `time level logger message key=value ...` for humans, or one JSON object per line with
 `--log-format json` for log collectors. Callers pass fields with `extra={"fields": {...}}` via `log()`.
+
+While `write_in_batches()` runs (every command runs it), lines below WARNING are held for at most a
+fraction of a second and written together: the gateway logs every request, and a write per line was a
+system call per request. A warning or worse goes out at once, with everything held before it.
 """
 
 from __future__ import annotations
@@ -11,15 +15,24 @@ import logging
 import sys
 import time
 
+import trio
+
+BATCH_INTERVAL = 0.2  # longest a held line waits
+_BATCH_CHARS = 1 << 16  # or until this much is held
+
 
 class _Formatter(logging.Formatter):
     def __init__(self, json_lines: bool) -> None:
         super().__init__()
         self.json_lines = json_lines
+        self._second: tuple[int, str] = (-1, "")  # the last timestamp's whole second, formatted
 
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", None) or {}
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+        second = int(record.created)
+        if second != self._second[0]:
+            self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        ts = f"{self._second[1]}.{int(record.msecs):03d}Z"
         message = record.getMessage()
         if self.json_lines:
             obj = {"ts": ts, "level": record.levelname.lower(), "logger": record.name, "msg": message}
@@ -40,9 +53,47 @@ def _quote(value: object) -> str:
     return json.dumps(text) if not text or " " in text or '"' in text or "=" in text else text
 
 
+class _Handler(logging.StreamHandler):
+    """A stream handler that holds lines back while `batching`, to write them together."""
+
+    def __init__(self, stream) -> None:
+        super().__init__(stream)
+        self.batching = False
+        self._held: list[str] = []
+        self._held_chars = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.batching:
+            super().emit(record)
+            return
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        self._held.append(line)
+        self._held_chars += len(line)
+        if record.levelno >= logging.WARNING or self._held_chars >= _BATCH_CHARS:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            lines, self._held, self._held_chars = self._held, [], 0
+            try:
+                if lines:
+                    self.stream.write(self.terminator.join(lines) + self.terminator)
+                super().flush()
+            except OSError:
+                pass  # whoever read the log is gone: the lines can go nowhere, and the daemon goes on
+
+
+_handler: _Handler | None = None
+
+
 def setup(level: str = "info", fmt: str = "text") -> None:
     """Configure the root logger once for a command-line entry point."""
-    handler = logging.StreamHandler(sys.stderr)
+    global _handler
+    handler = _handler = _Handler(sys.stderr)
     handler.setFormatter(_Formatter(fmt == "json"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -63,3 +114,19 @@ def log(logger: logging.Logger, level: int, message: str, **fields: object) -> N
     """Log `message` with structured `fields` (rendered as key=value or JSON keys)."""
     if logger.isEnabledFor(level):
         logger.log(level, message, extra={"fields": fields})
+
+
+async def write_in_batches() -> None:
+    """Hold log lines below WARNING and write them together every BATCH_INTERVAL, for as long as this
+    runs (without `setup`, nothing to do)."""
+    handler = _handler
+    if handler is None:
+        return
+    handler.batching = True
+    try:
+        while True:
+            await trio.sleep(BATCH_INTERVAL)
+            handler.flush()
+    finally:
+        handler.batching = False
+        handler.flush()

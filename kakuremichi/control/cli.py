@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 async def _run(settings: Settings) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(logs.write_in_batches)
             url = await nursery.start(serve, settings)
             logs.log(logger, logging.INFO, "control listening", url=url)
             async for signum in signals:

@@ -44,6 +44,8 @@ class ForwardingPolicy:
         return cls(tuple(ipaddress.ip_network(c.strip(), strict=False) for c in cidrs if c.strip()))
 
     def trusts(self, ip: str) -> bool:
+        if not self.trusted_proxies:
+            return False  # the usual case, asked three times per request: no address parsing
         try:
             address = ipaddress.ip_address(ip)
         except ValueError:
