@@ -7,34 +7,39 @@ path only and no header values.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 import trio
-
-from kakuremichi.logs import log
 
 logger = logging.getLogger("kakuremichi.gateway.access")
 
 
-@dataclass
 class AccessRecord:
-    client: str
-    scheme: str
-    method: str = "-"
-    host: str = "-"
-    path: str = "-"
-    status: int = 0  # 0: no response could be sent (client gone, or aborted mid-stream)
-    bytes_in: int = 0
-    bytes_out: int = 0
-    upstream: str = ""
-    reused: bool = False
-    error: str = ""
-    started: float = field(default_factory=trio.current_time)
+    """What one request did; fields left at their defaults stay out of the line (status always shows,
+    0 meaning no response could be sent: client gone, or aborted mid-stream)."""
+
+    __slots__ = ("client", "scheme", "method", "host", "path", "status", "bytes_in", "bytes_out", "upstream",
+                 "reused", "error", "started")
+
+    def __init__(self, client: str, scheme: str) -> None:
+        self.client = client
+        self.scheme = scheme
+        self.method = self.host = self.path = "-"
+        self.status = self.bytes_in = self.bytes_out = 0
+        self.upstream = self.error = ""
+        self.reused = False
+        self.started = trio.current_time()
 
     def set_target(self, target: bytes) -> None:
         self.path = target.split(b"?", 1)[0].decode("latin-1")[:512]
 
     def emit(self) -> None:
-        fields = {k: v for k, v in vars(self).items() if k != "started" and (v or k == "status")}
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        fields = {"client": self.client, "scheme": self.scheme, "method": self.method, "host": self.host,
+                  "path": self.path, "status": self.status}
+        for name in ("bytes_in", "bytes_out", "upstream", "reused", "error"):
+            value = getattr(self, name)
+            if value:
+                fields[name] = value
         fields["ms"] = round((trio.current_time() - self.started) * 1000, 1)
-        log(logger, logging.INFO, "request", **fields)
+        logger.info("request", extra={"fields": fields})

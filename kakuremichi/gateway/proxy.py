@@ -65,6 +65,7 @@ class _Abort(Exception):
 
 
 _NOT_IDEMPOTENT = (b"POST", b"PATCH", b"CONNECT")
+_END = h11.EndOfMessage()  # events are immutable: one serves every message (trailers are not relayed)
 
 
 class _Stale(Exception):
@@ -231,7 +232,7 @@ class Proxy:
         try:
             await self._upstream_send(upstream, request)
             if not has_body:
-                await self._upstream_send(upstream, h11.EndOfMessage())
+                await self._upstream_send(upstream, _END)
         except _Abort:
             raise (_Stale() if upstream.reused and replayable else errorpages.agent_unreachable(host))
         if not has_body:
@@ -280,9 +281,9 @@ class Proxy:
                 raise _Abort() from None  # mid-body: truncation must show, so the client connection dies
             if isinstance(event, h11.Data):
                 record.bytes_out += len(event.data)
-                self._client_queue(client, h11.Data(data=event.data))
+                self._client_queue(client, event)
             elif isinstance(event, h11.EndOfMessage):
-                self._client_queue(client, h11.EndOfMessage())
+                self._client_queue(client, _END)
                 await self._client_flush(client)
                 return
             else:
@@ -302,9 +303,9 @@ class Proxy:
             try:
                 if isinstance(event, h11.Data):
                     record.bytes_in += len(event.data)
-                    await self._upstream_send(upstream, h11.Data(data=event.data))
+                    await self._upstream_send(upstream, event)
                 else:
-                    await self._upstream_send(upstream, h11.EndOfMessage())
+                    await self._upstream_send(upstream, _END)
                     return
             except _Abort:
                 return
@@ -369,7 +370,7 @@ class Proxy:
         await self._client_send(client, h11.Response(status_code=status, headers=headers))
         if body:
             await self._client_send(client, h11.Data(data=body))
-        await self._client_send(client, h11.EndOfMessage())
+        await self._client_send(client, _END)
         await self._discard_request_body(client)
 
     async def _answer(self, client: HttpConnection, error: GatewayError, request: h11.Request | None,
@@ -386,7 +387,7 @@ class Proxy:
         try:
             await self._client_send(client, response)
             await self._client_send(client, h11.Data(data=body))
-            await self._client_send(client, h11.EndOfMessage())
+            await self._client_send(client, _END)
             await self._discard_request_body(client)
         except _Abort:
             client.h11.send_failed()

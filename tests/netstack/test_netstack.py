@@ -10,6 +10,7 @@ import trio
 import trio.testing
 
 from kakuremichi.netstack import Config, NetStack, icmp, ipv4
+from kakuremichi.netstack.trio_stack import EAGER_FLUSH
 from tests.netstack.links import MemoryLink
 
 A, B = "10.60.0.1", "10.60.0.2"
@@ -116,16 +117,17 @@ async def test_peer_reset_breaks_the_stream():
             await server.send_all(b"x")
 
 
-async def test_output_is_batched_per_scheduler_turn():
+async def test_output_is_batched_per_scheduler_turn_in_bursts_of_eager_flush():
     async with stack_pair() as (a, b, _):
-        streams = [await connected(a, b, port=1000 + i) for i in range(20)]
+        streams = [await connected(a, b, port=1000 + i) for i in range(3 * EAGER_FLUSH)]
         calls, packets = a.link.calls, a.link.packets
         async with trio.open_nursery() as nursery:
             for client, _ in streams:
                 nursery.start_soon(client.send_all, b"x" * 3000)
         await trio.testing.wait_all_tasks_blocked()
-        assert a.link.packets - packets >= 40  # at least two segments per stream
-        assert a.link.calls - calls <= 3  # ... leaving together
+        assert a.link.packets - packets >= 2 * len(streams)  # at least two segments per stream
+        # ... leaving together, but not all held to the end of the turn: the peer gets to work sooner
+        assert 3 <= a.link.calls - calls <= 5
 
 
 async def test_udp_sockets_exchange_datagrams_and_fragment_large_ones():
