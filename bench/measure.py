@@ -16,6 +16,12 @@ KB = 1024
 MB = 1024 * KB
 
 
+def serves_http_app(d, gateway: str, domain: str, client=None) -> bool:
+    """Whether `gateway` of Deployment `d` reaches http_app.py for `domain` (its 1 KB answer)."""
+    response = d.get(gateway, domain, client=client)
+    return response is not None and response.status_code == 200 and len(response.content) == 1024
+
+
 def fresh_directory(name: str) -> Path:
     """bench/out/runs/NAME, emptied: the processes' logs stay there for a look after the run."""
     path = Path(__file__).parent / "out" / "runs" / name

@@ -11,10 +11,18 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from measure import MB, HeldConnections, cpu_seconds, download_mbps, fresh_directory, memory_kb, wrk
+from measure import (
+    MB,
+    HeldConnections,
+    cpu_seconds,
+    download_mbps,
+    fresh_directory,
+    memory_kb,
+    serves_http_app,
+    wrk,
+)
 from tests.deployment import Deployment, wait_for
 
 HERE = Path(__file__).parent
@@ -31,18 +39,10 @@ def deployment():
                    gateways=("gw",))
     try:
         d.tunnel(DOMAIN, "app")
-        wait_for(lambda: _serves(d), 30, "the tunnel to serve")
+        wait_for(lambda: serves_http_app(d, "gw", DOMAIN), 30, "the tunnel to serve")
         yield d
     finally:
         d.close()
-
-
-def _serves(d: Deployment) -> bool:
-    try:
-        response = httpx.get(d.url("gw"), headers={"host": DOMAIN}, timeout=5)
-    except httpx.TransportError:
-        return False
-    return response.status_code == 200 and len(response.content) == 1024
 
 
 def _pids(d: Deployment) -> dict[str, int]:

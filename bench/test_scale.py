@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from measure import fresh_directory, memory_kb
+from measure import fresh_directory, memory_kb, serves_http_app
 from tests.deployment import Deployment, Process, wait_for
 
 HERE = Path(__file__).parent
@@ -46,14 +46,6 @@ def _metric(d: Deployment, name: str, role: str) -> float:
     text = d.api.get("/metrics").text
     match = re.search(rf'^kakuremichi_control_{name}{{role="{role}"}} ([\d.e+]+)$', text, re.M)
     return float(match.group(1)) if match else 0.0
-
-
-def _serves(client: httpx.Client, d: Deployment, domain: str, gateway: str = "gw") -> bool:
-    try:
-        response = client.get(d.url(gateway), headers={"host": domain})
-    except httpx.TransportError:
-        return False
-    return response.status_code == 200 and len(response.content) == 1024
 
 
 def _domain(agent: int, tunnel: int) -> str:
@@ -87,7 +79,7 @@ def test_100_agents_on_one_gateway(deployment, agents, record):
     pending = set(range(AGENTS))
     with httpx.Client(timeout=5) as client:
         def all_served() -> bool:
-            pending.difference_update({i for i in list(pending) if _serves(client, d, _domain(i, 0))})
+            pending.difference_update({i for i in list(pending) if serves_http_app(d, "gw", _domain(i, 0), client)})
             return not pending
 
         wait_for(all_served, 180, "every agent's first tunnel to serve")
@@ -136,7 +128,7 @@ def test_new_gateway_reaches_every_agent(deployment, record):
     pending = {_domain(a, TUNNELS // AGENTS - 1) for a in range(0, AGENTS, 10)}
     with httpx.Client(timeout=5) as client:
         def all_served() -> bool:
-            pending.difference_update({domain for domain in list(pending) if _serves(client, d, domain, "gw2")})
+            pending.difference_update({domain for domain in list(pending) if serves_http_app(d, "gw2", domain, client)})
             return not pending
 
         wait_for(all_served, 60, "tunnels to serve through the new gateway")

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import time
 
 import pytest
 
+from tests.deployment import free_port
 from tests.netns import KernelWireGuardPeer, netns_available
 
 SECONDS = 5
@@ -45,14 +47,6 @@ def test_wireguard_go_kernel_tcp(record):
     record("tcp_bulk", wireguard_go_mbps=mbps)
 
 
-def _free_port(kind=None) -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, kind or socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(shutil.which("iperf3") is None, reason="needs iperf3")
 def test_ours_both_ends(record, tmp_path):
     """iperf3 → `wg forward` (our netstack + WireGuard, process 1) → `wg expose` (process 2) → iperf3."""
@@ -65,8 +59,8 @@ def test_ours_both_ends(record, tmp_path):
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=str(root))
     a, b = keys.generate_private(), keys.generate_private()
-    port_a, port_b = _free_port(__import__("socket").SOCK_DGRAM), _free_port(__import__("socket").SOCK_DGRAM)
-    iperf_port, forward_port = _free_port(), _free_port()
+    port_a, port_b = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    iperf_port, forward_port = free_port(), free_port()
     conf_a, conf_b = tmp_path / "a.conf", tmp_path / "b.conf"
     conf_a.write_text(f"[Interface]\nPrivateKey = {keys.encode(a)}\nAddress = 10.66.0.1/24\nListenPort = {port_a}\n"
                       f"[Peer]\nPublicKey = {keys.encode(keys.public_from_private(b))}\n"

@@ -147,6 +147,14 @@ class Deployment:
     def url(self, gateway: str, path: str = "/") -> str:
         return f"http://127.0.0.1:{self.gateways[gateway][1]}{path}"
 
+    def get(self, gateway: str, domain: str, path: str = "/", client: httpx.Client | None = None
+            ) -> httpx.Response | None:
+        """GET `path` of `domain` through `gateway`; None while the gateway cannot be reached."""
+        try:
+            return (client or httpx).get(self.url(gateway, path), headers={"host": domain}, timeout=5)
+        except httpx.TransportError:
+            return None
+
     def close(self) -> None:
         for process in reversed(self.processes):
             process.stop()

@@ -178,7 +178,10 @@ class Stack:
         if len(listener.half_open) >= listener.syn_backlog:
             self.drops["syn-queue-full"] += 1
             oldest = next(iter(listener.half_open.values()))
-            oldest.terminate(None)  # SYN flood: the oldest half-open connection makes room, silently
+            # SYN flood: the oldest half-open connection makes room. No RST now: under a flood its source is
+            # likely forged (an RST would be backscatter); a real client's ACK finds no connection and is
+            # reset then.
+            oldest.terminate(None)
         local, remote = (key[2], key[3]), (key[0], key[1])
         iss = tcp.initial_sequence(self.secret, local, remote, now)
         connection = Connection(self, self.config, local, remote, iss, self.mtu, now)

@@ -5,7 +5,6 @@ import json
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -21,18 +20,13 @@ from kakuremichi import protocol
 from kakuremichi.control.server import serve
 from kakuremichi.control.state import Settings
 from kakuremichi.wg import keys
+from tests.deployment import free_port
 
 ADMIN = "kma_test-admin-token"
 
 
 def public_key() -> str:
     return keys.encode(keys.public_from_private(keys.generate_private()))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -86,15 +86,8 @@ WS_APP = textwrap.dedent("""
 """)
 
 
-def get(deployment: Deployment, gateway: str, domain: str, path: str = "/") -> httpx.Response | None:
-    try:
-        return httpx.get(deployment.url(gateway, path), headers={"host": domain}, timeout=5)
-    except httpx.TransportError:
-        return None
-
-
 def serves(deployment: Deployment, gateway: str, domain: str, app: str) -> bool:
-    response = get(deployment, gateway, domain)
+    response = deployment.get(gateway, domain)
     return response is not None and response.status_code == 200 and response.json()["app"] == app
 
 
@@ -121,13 +114,13 @@ def test_both_gateways_serve_the_tunnel_with_forwarding_headers(deployment):
         assert headers["x-forwarded-for"] == "127.0.0.1"  # the spoofed chain from an untrusted client is dropped
         assert headers["x-real-ip"] == "127.0.0.1"
         assert "for=127.0.0.1" in headers["forwarded"] and "proto=http" in headers["forwarded"]
-    assert get(deployment, "gw1", "unknown.example.test").status_code == 404
+    assert deployment.get("gw1", "unknown.example.test").status_code == 404
     # a tunnel whose agent never connected answers 502 at once instead of hanging
     other = deployment.create("agents", "never-connects")
     deployment.api.post("/api/tunnels", json={"domain": "orphan.example.test", "agentId": other["id"],
                                               "target": "127.0.0.1:9", "tlsMode": "off"})
-    wait_for(lambda: get(deployment, "gw1", "orphan.example.test").status_code != 404, 5, "the orphan route")
-    assert get(deployment, "gw1", "orphan.example.test").status_code == 502
+    wait_for(lambda: deployment.get("gw1", "orphan.example.test").status_code != 404, 5, "the orphan route")
+    assert deployment.get("gw1", "orphan.example.test").status_code == 502
     agents = deployment.api.get("/api/agents").json()["items"]
     assert agents[0]["status"] == "online"
     # heartbeats carry the data plane's state to control: tunnels served, gateways peered, handshakes
@@ -191,13 +184,13 @@ def test_tunnel_changes_take_effect_within_a_second(deployment):
         assert wait_for(lambda: serves(deployment, gateway, "live.example.test", "two"), 2, "re-target") < 1.5
 
     api.patch(f"/api/tunnels/{tid}", json={"enabled": False})
-    assert wait_for(lambda: get(deployment, "gw1", "live.example.test").status_code == 404, 2, "disable") < 1.5
+    assert wait_for(lambda: deployment.get("gw1", "live.example.test").status_code == 404, 2, "disable") < 1.5
 
     api.patch(f"/api/tunnels/{tid}", json={"enabled": True})
     wait_for(lambda: serves(deployment, "gw1", "live.example.test", "two"), 2, "re-enable")
 
     api.delete(f"/api/tunnels/{tid}")
-    assert wait_for(lambda: get(deployment, "gw2", "live.example.test").status_code == 404, 2, "delete") < 1.5
+    assert wait_for(lambda: deployment.get("gw2", "live.example.test").status_code == 404, 2, "delete") < 1.5
 
 
 def test_survives_control_gateway_and_agent_restarts(deployment):
@@ -227,7 +220,7 @@ def test_survives_control_gateway_and_agent_restarts(deployment):
 
     # One gateway dies: the other keeps serving.
     gw1.stop()
-    assert get(deployment, "gw1", "sturdy.example.test") is None
+    assert deployment.get("gw1", "sturdy.example.test") is None
     assert serves(deployment, "gw2", "sturdy.example.test", "one")
 
     # The agent restarts: tunnels come back by themselves within seconds.

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import urllib.request
@@ -20,18 +19,13 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests.deployment import free_port
 from tests.gateway.testca import TestCA
 
 PEBBLE = shutil.which("pebble")
 CHALLTESTSRV = shutil.which("pebble-challtestsrv")
 needs_pebble = pytest.mark.skipif(not (PEBBLE and CHALLTESTSRV),
                                   reason="pebble and pebble-challtestsrv not installed (apt-get install pebble)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Pebble:

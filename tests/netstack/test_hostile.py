@@ -242,3 +242,15 @@ def test_closed_udp_port_errors_are_rate_limited():
     out = feed(stack, *packets)
     assert 0 < len(out) <= 100
     assert all(IP(p)[ICMP].type == 3 and IP(p)[ICMP].code == 3 for p in out)
+
+
+def test_a_real_client_evicted_by_a_syn_flood_is_reset_when_it_completes_its_handshake():
+    stack = new_stack()
+    listener = stack.listeners[(0, 80)]
+    (synack,) = replies(feed(stack, syn(40000)))
+    for n in range(listener.syn_backlog):  # forged SYNs push the real client's half-open connection out
+        feed(stack, IP(src=f"10.99.{n // 250}.{n % 250 + 1}", dst=OURS) / TCP(sport=50000, dport=80, flags="S"))
+    assert (ipv4.address(THEM), 40000, ipv4.address(OURS), 80) not in stack.connections
+    ack = IP(src=THEM, dst=OURS) / TCP(sport=40000, dport=80, flags="A", seq=1001, ack=synack[TCP].seq + 1)
+    (reset,) = replies(feed(stack, ack))
+    assert reset[TCP].flags == "R" and reset.dst == THEM and reset[TCP].seq == synack[TCP].seq + 1
