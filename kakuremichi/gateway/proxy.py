@@ -129,6 +129,7 @@ class Proxy:
     async def _handle(self, client: HttpConnection, request: h11.Request, scheme: str, peer_ip: str,
                       record: AccessRecord, guard: Guard) -> GatewayError | None:
         """Route and relay one request; an error the gateway must answer is returned, not sent."""
+        record.started = trio.current_time()  # not the keep-alive wait before it
         record.method = request.method.decode("ascii", "replace")
         record.set_target(request.target)
         record.client = client_ip(peer_ip, request.headers, self.settings.forwarding)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import socket
 from functools import partial
 
@@ -428,3 +429,24 @@ async def test_stalled_upload_and_unread_response_are_cut_off(nursery, app_port)
             received += len(chunk)
     reader.close()
     assert received < 67108864  # closed mid-body, not served in full to a reader that stopped
+
+
+def _access_lines(caplog) -> list[dict]:
+    return [r.fields for r in caplog.records if r.name == "kakuremichi.gateway.access"]
+
+
+async def test_access_log_has_one_line_per_request_without_secrets(nursery, app_port, caplog):
+    caplog.set_level(logging.INFO, logger="kakuremichi.gateway.access")
+    gw = await start_gateway(nursery, RouteTable([Route("app.test", "127.0.0.1", app_port)]),
+                             settings=ProxySettings(upstream_timeout=0.3))
+    async with httpx.AsyncClient(base_url=gw.url, headers={"host": "app.test"}) as client:
+        await client.get("/hello?token=s3cret", headers={"authorization": "Bearer t0psecret"})
+        await trio.sleep(1)  # a keep-alive pause before the next request is not the request's time
+        await client.get("/hello")
+        await client.get("/slow?delay=5")
+    first, second, slow = _access_lines(caplog)
+    assert first["path"] == "/hello" and first["status"] == 200 and first["method"] == "GET"
+    assert first["host"] == "app.test" and first["upstream"] == f"127.0.0.1:{app_port}"
+    assert "s3cret" not in str(caplog.records) and "t0psecret" not in caplog.text + str(first)
+    assert second["reused"] and second["ms"] < 500
+    assert slow["status"] == 504 and slow["error"] == "upstream_timeout"
