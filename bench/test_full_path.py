@@ -1,6 +1,6 @@
 """Scenarios 3, 4a and 5: the full path client → gateway (process) → WireGuard → agent (process) → local
-app, against the same app reached directly; then 1,000 tunnelled connections held open; with the
-gateway's and agent's memory after each load.
+app, against the same app reached directly, and the same over HTTPS (TLS terminated at the gateway); then
+1,000 tunnelled connections held open; with the gateway's and agent's memory after each load.
 
 The tests of this module run in order on one deployment, so each memory figure is taken after the load
 before it; VmHWM is the process's peak so far.
@@ -36,9 +36,9 @@ HELD = 1000
 @pytest.fixture(scope="module")
 def deployment():
     d = Deployment(fresh_directory("full_path"), apps={"app": (str(HERE / "http_app.py"),)},
-                   gateways=("gw",))
+                   gateways=("gw",), https=True)
     try:
-        d.tunnel(DOMAIN, "app")
+        d.tunnel(DOMAIN, "app", tlsMode="self-signed")  # HTTPS with a certificate the gateway makes itself
         wait_for(lambda: serves_http_app(d, "gw", DOMAIN), 30, "the tunnel to serve")
         yield d
     finally:
@@ -100,6 +100,19 @@ def test_requests(deployment, record, connections):
     record("http_full_path", **figures)
     _record_memory(record, deployment, "requests")
     assert through["rps"] > 0
+
+
+def test_https(deployment, record):
+    """The same path with TLS terminated at the gateway: 1 KB requests at 64 connections (one handshake per
+    connection, as browsers keep theirs alive), and the download."""
+    port = deployment.https_ports["gw"]
+    wait_for(lambda: download_mbps(port, DOMAIN, MB, tls=True) > 0, 30, "HTTPS to serve")
+    through, cpu = _busy(deployment, lambda: wrk(f"https://127.0.0.1:{port}/", DOMAIN, 64, WRK_SECONDS))
+    download = max(download_mbps(port, DOMAIN, DOWNLOAD, tls=True) for _ in range(DOWNLOADS))
+    record("http_full_path", https_download_mbps=download,
+           **{f"https_{name}_c64": value for name, value in through.items()},
+           **{f"{role}_cpu_percent_https_c64": percent for role, percent in cpu.items()})
+    assert through["rps"] > 0 and not through["errors"]
 
 
 def _active_connections(d: Deployment) -> int | None:

@@ -67,12 +67,15 @@ class Deployment:
     """control + gateways + (optionally) one agent + local apps, started from the command lines users run.
 
     `apps` maps a name to the Python arguments that run it (`("-c", script)` or `(path,)`); each gets a free
-    port and its name as its two arguments, and must print "ready" once listening.
+    port and its name as its two arguments, and must print "ready" once listening. With `https`, each gateway
+    also listens for HTTPS (its port in `https_ports`).
     """
 
     def __init__(self, tmp: Path, apps: dict[str, tuple[str, ...]], gateways: tuple[str, ...] = ("gw1", "gw2"),
-                 agent: bool = True, log_level: str = "info", heartbeat: float = 1.0) -> None:
+                 agent: bool = True, log_level: str = "info", heartbeat: float = 1.0, https: bool = False) -> None:
         self.tmp = tmp
+        self.https = https
+        self.https_ports: dict[str, int] = {}
         self.heartbeat = str(heartbeat)  # short by default, so tests see clients come and go quickly
         self.env = child_env(log_level)
         self.control_port = free_port()
@@ -98,9 +101,10 @@ class Deployment:
         """Create a gateway in control and start it."""
         key = self.create("gateways", name)["apiKey"]
         http_port = free_port()
+        https_port = self.https_ports[name] = free_port() if self.https else 0
         process = self.spawn("kakuremichi.gateway", "--control-url", self.ws_url, "--api-key", key,
                              "--public-host", "127.0.0.1", "--wireguard-port", str(free_port(socket.SOCK_DGRAM)),
-                             "--http-port", str(http_port), "--https-port", "0", "--acme-directory", "off",
+                             "--http-port", str(http_port), "--https-port", str(https_port), "--acme-directory", "off",
                              "--listen-host", "127.0.0.1", "--data-dir", str(self.tmp / name),
                              "--heartbeat", self.heartbeat)
         self.gateways[name] = (process, http_port)
