@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from kakuremichi import protocol
 from kakuremichi.control.openapi import DOCUMENT
+from kakuremichi.control.web import certificates as web_certificates
 from tests.control.conftest import connect
 from tests.gateway.testca import TestCA
 
@@ -57,7 +58,7 @@ async def test_tunnels_describe_the_stored_certificate_never_its_key(control):
         "notAfter": iso(leaf.not_valid_after_utc), "daysLeft": 89,  # issued an hour ago for 90 days
         "fingerprintSha256": leaf.fingerprint(hashes.SHA256()).hex(":").upper(),
         "domains": [DOMAIN, "www.example.com"], "lease": {"holder": "gw1"}}
-    remaining = datetime.datetime.fromisoformat(expires_at.removesuffix("Z")) - datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    remaining = datetime.datetime.fromisoformat(expires_at.replace("Z", "+00:00")) - datetime.datetime.now(datetime.UTC)
     assert expires_at.endswith("Z") and 0 < remaining.total_seconds() <= lease.expires_in
     items = {item["domain"]: item for item in listed.json()["items"]}
     assert items[DOMAIN]["certificate"]["fingerprintSha256"] == certificate["fingerprintSha256"]
@@ -75,3 +76,19 @@ async def test_tunnels_describe_the_stored_certificate_never_its_key(control):
     for response in (single, listed, custom, back):
         assert response.status_code == 200
         assert not [trace for trace in key_traces(key_pem) if trace in response.text]
+
+
+def test_the_web_badge_words_the_days_left():
+    def badge(days_left: int | None, mode: str = "acme") -> tuple[str, str] | None:
+        certificate = None if days_left is None else {"daysLeft": days_left, "notAfter": "2030-01-31T12:00:00Z"}
+        shown = web_certificates.badge({"tlsMode": mode, "certificate": certificate})
+        return shown and (shown["style"], " ".join(filter(None, (shown["text"], shown["until"]))))
+
+    assert badge(None) == ("none", "none yet")
+    assert badge(-1) == ("expired", "expired")
+    assert badge(0) == ("warning", "expiring today")
+    assert badge(1) == ("warning", "expiring in 1 day")
+    assert badge(13) == ("warning", "expiring in 13 days")
+    assert badge(14) == ("valid", "valid until 2030-01-31T12:00:00Z")
+    assert badge(None, "self-signed") is None  # control keeps no certificate for other modes
+    assert web_certificates.utc_time("2030-01-31T12:05:09Z") == "2030-01-31 12:05 UTC"
