@@ -18,7 +18,7 @@ from quart import Blueprint, request
 from quart_trio.wrappers.response import TrioResponse as Response
 
 from kakuremichi.control import allocation, auth, certificates, validation as v
-from kakuremichi.control.models import bump_config_version, lock_for_writing
+from kakuremichi.control.models import bump_config_version, lock_for_writing, utcnow
 from kakuremichi.control.state import ControlState, current
 from kakuremichi.control.validation import ApiError
 
@@ -209,7 +209,22 @@ def tunnel_json(tunnel) -> dict:
             "agentIp": tunnel.agent_ip, "gatewayIps": {row.gateway.id: row.ip for row in tunnel.gateway_ips},
             "tlsMode": tunnel.tls_mode, "forceHttps": tunnel.force_https,
             "httpProxyEnabled": tunnel.http_proxy_enabled, "socksProxyEnabled": tunnel.socks_proxy_enabled,
-            "createdAt": _iso(tunnel.created_at)}
+            "createdAt": _iso(tunnel.created_at), "certificate": tunnel_certificate(tunnel)}
+
+
+def tunnel_certificate(tunnel) -> dict | None:
+    """The shared ACME certificate, without its key; None until one is stored, and for the other TLS modes,
+    whose certificates stay on the gateways."""
+    if tunnel.tls_mode != "acme":
+        return None
+    now = utcnow()
+    cert = certificates.summary(tunnel._database_, tunnel.domain, now)
+    if cert is None:
+        return None
+    return {"issuer": cert.issuer, "notBefore": _iso(cert.not_before), "notAfter": _iso(cert.not_after),
+            "daysLeft": cert.days_left(now),
+            "fingerprintSha256": cert.fingerprint_sha256, "domains": list(cert.domains),
+            "lease": cert.lease and {"holder": cert.lease.holder, "expiresAt": _iso(cert.lease.expires_at)}}
 
 
 _TUNNEL_FIELDS = {

@@ -13,12 +13,16 @@ Call inside a db_session; every function takes `now` (naive UTC) so tests drive 
 from __future__ import annotations
 
 import datetime
+import math
 from dataclasses import dataclass
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
 from pony.orm import Database
 
 from kakuremichi import protocol
-from kakuremichi.certpair import CertificateError, check_pair
+from kakuremichi.certpair import CertificateError, check_pair, names
 
 CHALLENGE_TTL = datetime.timedelta(minutes=10)  # a forgotten challenge (its gateway died mid-order) goes away
 
@@ -154,3 +158,41 @@ def certificate(db: Database, domain: str) -> protocol.CertificateInstall:
     row = db.Certificate[domain]
     return protocol.CertificateInstall(row.domain, row.chain_pem, row.key_pem,
                                        row.not_after.replace(tzinfo=datetime.timezone.utc))
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What the admin may see of a stored certificate (never its key), and who may renew it until when."""
+
+    issuer: str
+    not_before: datetime.datetime
+    not_after: datetime.datetime
+    fingerprint_sha256: str  # "AB:CD:…", as browsers show it
+    domains: tuple[str, ...]
+    lease: LeaseDecision | None  # the live lease on the domain, if any
+
+    def days_left(self, now: datetime.datetime) -> int:
+        """Whole days until it expires: 0 on its last day, negative once expired."""
+        return math.floor((self.not_after - now) / datetime.timedelta(days=1))
+
+
+def summary(db: Database, domain: str, now: datetime.datetime) -> Summary | None:
+    """The stored certificate of `domain` described from its leaf; None when none is stored."""
+    row = db.Certificate.get(domain=domain)
+    if row is None:
+        return None
+    leaf = x509.load_pem_x509_certificates(row.chain_pem.encode())[0]
+    lease = db.AcmeLease.get(domain=domain)
+    live = lease is not None and lease.expires_at > now
+    return Summary(_issuer(leaf.issuer), leaf.not_valid_before_utc.replace(tzinfo=None),
+                   leaf.not_valid_after_utc.replace(tzinfo=None), leaf.fingerprint(hashes.SHA256()).hex(":").upper(),
+                   names(leaf), LeaseDecision(True, lease.gateway.name, lease.expires_at) if live else None)
+
+
+def _issuer(name: x509.Name) -> str:
+    """The issuer's common name and organisation, as in "R11 (Let's Encrypt)", or whichever it has."""
+    common, organisation = (next((a.value for a in name.get_attributes_for_oid(oid)), None)
+                            for oid in (NameOID.COMMON_NAME, NameOID.ORGANIZATION_NAME))
+    if common and organisation:
+        return f"{common} ({organisation})"
+    return common or organisation or name.rfc4514_string()

@@ -124,7 +124,21 @@ DOCUMENT = {
             "Tunnel": _object({"id": _STRING, **_TUNNEL_INPUT, "subnet": _STRING, "agentIp": _STRING,
                                "gatewayIps": {"type": "object", "additionalProperties": _STRING,
                                               "description": "gateway id → its address in this tunnel's subnet"},
-                               "createdAt": _TIME}),
+                               "createdAt": _TIME,
+                               "certificate": {"oneOf": [{"type": "null"}, _ref("Certificate")],
+                                               "description": "The ACME certificate control stores and pushes "
+                                                              "to the gateways; null until one is obtained, and "
+                                                              "for the other TLS modes. Never the key."}}),
+            "Certificate": _object({
+                "issuer": {"type": "string", "description": "Issuer common name (organisation)"},
+                "notBefore": {"type": "string", "format": "date-time"},
+                "notAfter": {"type": "string", "format": "date-time"},
+                "daysLeft": {"type": "integer", "description": "Whole days until notAfter; negative once expired"},
+                "fingerprintSha256": {"type": "string", "pattern": "^[0-9A-F]{2}(:[0-9A-F]{2}){31}$"},
+                "domains": {"type": "array", "items": _STRING, "description": "DNS names of subjectAltName"},
+                "lease": {"oneOf": [{"type": "null"}, _object({"holder": _STRING, "expiresAt": _TIME})],
+                          "description": "The gateway (name) that alone may renew it until expiresAt, if any"},
+            }),
             "TunnelCreate": _object(_TUNNEL_INPUT, ["domain", "agentId", "target"]),
             "TunnelUpdate": _object(_TUNNEL_INPUT),
         },

@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Protocol
 
 import trio
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from kakuremichi.certpair import CertificateError, covers
 from kakuremichi.gateway.acmeclient import AcmeClient, AcmeError, AcmeSettings
-from kakuremichi.gateway.certstore import CertStore, StoredCertificate, write_private
+from kakuremichi.gateway.certstore import CertStore, CheckedPair, StoredCertificate, write_private
 from kakuremichi.gateway.challenges import Challenge, ChallengeStore
 from kakuremichi.gateway.routes import Route, TlsMode
 from kakuremichi.gateway.selfsigned import make_self_signed
@@ -80,6 +79,14 @@ class DomainState:
     retry_at: datetime.datetime | None = None
     last_error: str = ""
     history: list[float] = field(default_factory=list)  # retry delays chosen, newest last
+    generation: int = 0  # bumped by reset(), so an attempt that began before leaves no outcome behind
+
+    def reset(self) -> None:
+        """Start afresh (a certificate arrived) in place: the object a running attempt holds stays the one
+        the manager reads, and that attempt, seeing the new generation, records nothing into it."""
+        self.failures, self.retry_at, self.last_error = 0, None, ""
+        self.history.clear()
+        self.generation += 1
 
 
 class CertificateManager:
@@ -95,7 +102,7 @@ class CertificateManager:
         self.states: dict[str, DomainState] = {}
         self.coordinator = coordinator
         self._routes: dict[str, Route] = {}
-        self._served: dict[str, int] = {}  # domain → serial of the certificate SNI hands out
+        self._served: dict[str, StoredCertificate] = {}  # domain → the certificate SNI hands out
         self._client: AcmeClient | None = None
         self._lock = trio.Lock()
         self._wake = trio.Event()
@@ -135,33 +142,34 @@ class CertificateManager:
 
     def install(self, domain: str, chain_pem: bytes, key_pem: bytes) -> StoredCertificate:
         """Store and serve a certificate brought by the user or another gateway (raises CertificateError)."""
-        stored = self.store.save(domain, chain_pem, key_pem)
-        self._serve(stored)
-        log(logger, logging.INFO, "certificate installed", domain=stored.domain, not_after=stored.not_after,
-            issuer=stored.issuer)
-        if stored.domain in self.states:  # a fresh certificate ends any wait for a lease or a retry
-            self.states[stored.domain] = DomainState()
-        self._wake.set()  # a certificate from another gateway may postpone our own renewal
-        return stored
+        return self._install(CheckedPair.parse(domain, chain_pem, key_pem))
 
     def adopt(self, domain: str, chain_pem: bytes, key_pem: bytes) -> StoredCertificate | None:
         """Install a certificate another gateway obtained, unless the one kept here is the same or a later one
-        from the same CA (a self-signed or custom leftover is always replaced)."""
-        try:
-            incoming = x509.load_pem_x509_certificates(chain_pem)[0]
-        except ValueError as exc:
-            raise CertificateError(f"{domain}: unreadable certificate ({exc})") from None
-        current = self.store.load(domain)
+        from the same CA (a self-signed or custom leftover is always replaced). Raises CertificateError."""
+        pair = CheckedPair.parse(domain, chain_pem, key_pem)  # the pushed PEM's only parse
+        incoming = pair.leaf
+        current = self._served.get(pair.domain) or self.store.load(pair.domain)
         if current is not None and (incoming.serial_number == current.serial
                                     or (incoming.issuer.rfc4514_string() == current.issuer
                                         and incoming.not_valid_after_utc <= current.not_after)):
             return None
-        return self.install(domain, chain_pem, key_pem)
+        return self._install(pair)
+
+    def _install(self, pair: CheckedPair) -> StoredCertificate:
+        stored = self.store.keep(pair)
+        self._serve(stored)
+        log(logger, logging.INFO, "certificate installed", domain=stored.domain, not_after=stored.not_after,
+            issuer=stored.issuer)
+        if stored.domain in self.states:  # a fresh certificate ends any wait for a lease or a retry
+            self.states[stored.domain].reset()
+        self._wake.set()  # a certificate from another gateway may postpone our own renewal
+        return stored
 
     def _serve(self, stored: StoredCertificate) -> None:
         """Hand a stored certificate to SNI (building its SSLContext once, not on every config push)."""
         self.selector.install(stored.domain, stored.path)
-        self._served[stored.domain] = stored.serial
+        self._served[stored.domain] = stored
 
     def _usable(self, domain: str) -> StoredCertificate | None:
         stored = self.store.load(domain)
@@ -198,14 +206,23 @@ class CertificateManager:
 
     async def _attempt(self, domain: str) -> None:
         state = self.states[domain]
+        generation = state.generation
         try:
             await self.obtain(domain)
-        except LeaseHeld as held:
-            delay = held.retry_in * (1 + random.uniform(0, self.policy.jitter))
+        except (LeaseHeld, AcmeError, CertificateError) as exc:
+            if state.generation == generation:  # else a certificate arrived meanwhile: nothing to wait for
+                self._failed(domain, state, exc)
+        else:
+            state.reset()
+
+    def _failed(self, domain: str, state: DomainState, exc: Exception) -> None:
+        """Schedule the next attempt after a refused lease (no failure) or a failed order (backoff)."""
+        if isinstance(exc, LeaseHeld):
+            delay = exc.retry_in * (1 + random.uniform(0, self.policy.jitter))
             state.retry_at = utcnow() + datetime.timedelta(seconds=delay)
             log(logger, logging.INFO, "another gateway orders this certificate; waiting for it", domain=domain,
-                holder=held.holder, ask_again_in_s=round(delay))
-        except (AcmeError, CertificateError) as exc:
+                holder=exc.holder, ask_again_in_s=round(delay))
+        else:
             state.failures += 1
             delay = min(self.policy.retry_max, self.policy.retry_initial * 2 ** (state.failures - 1))
             delay *= 1 + random.uniform(-self.policy.jitter, self.policy.jitter)
@@ -214,8 +231,6 @@ class CertificateManager:
             state.history.append(delay)
             log(logger, logging.WARNING, "certificate request failed; will retry", domain=domain,
                 attempt=state.failures, retry_in_s=round(delay, 1), error=str(exc))
-        else:
-            state.failures, state.retry_at, state.last_error = 0, None, ""
 
     async def obtain(self, domain: str) -> StoredCertificate:
         """Order a certificate for `domain` now (also a forced renewal) with a fresh key, then serve it.

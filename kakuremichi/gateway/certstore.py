@@ -21,6 +21,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from kakuremichi.certpair import check_pair, names
 from kakuremichi.gateway.hostname import normalize_host
@@ -41,6 +42,26 @@ class StoredCertificate:
     def renewal_due(self, fraction: float) -> datetime.datetime:
         """When `fraction` of the validity period has passed (2/3: renew with a third left)."""
         return self.not_before + (self.not_after - self.not_before) * fraction
+
+
+@dataclass(frozen=True)
+class CheckedPair:
+    """A chain (leaf first) and key parsed once, known to belong together and to cover `domain`: what the
+    store writes and the manager compares, without parsing the PEM again."""
+
+    domain: str  # normalised
+    chain: list[x509.Certificate]
+    key: PrivateKeyTypes
+
+    @classmethod
+    def parse(cls, domain: str, chain_pem: bytes, key_pem: bytes) -> CheckedPair:
+        """Raises CertificateError (or InvalidHost) when the pair is unusable for `domain`."""
+        domain = normalize_host(domain, allow_wildcard=True)
+        return cls(domain, *check_pair(domain, chain_pem, key_pem))
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.chain[0]
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -72,14 +93,16 @@ class CertStore:
 
     def save(self, domain: str, chain_pem: bytes, key_pem: bytes) -> StoredCertificate:
         """Check that the pair is usable for `domain`, then store it atomically."""
-        domain = normalize_host(domain, allow_wildcard=True)
-        chain, key = check_pair(domain, chain_pem, key_pem)
-        leaf = chain[0]
-        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
-        chain_text = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
-        write_private(self.path(domain), key_pem + chain_text)
-        return self._describe(domain, self.path(domain), leaf)
+        return self.keep(CheckedPair.parse(domain, chain_pem, key_pem))
+
+    def keep(self, pair: CheckedPair) -> StoredCertificate:
+        """Store an already checked pair atomically."""
+        key_pem = pair.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption())
+        chain_text = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in pair.chain)
+        path = self.path(pair.domain)
+        write_private(path, key_pem + chain_text)
+        return self._describe(pair.domain, path, pair.leaf)
 
     def load(self, domain: str) -> StoredCertificate | None:
         path = self.path(domain)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from pony.orm import db_session
 
 from kakuremichi import protocol
@@ -137,6 +139,33 @@ def test_only_a_usable_newer_certificate_replaces_the_stored_one(db):
             c.store_certificate(db, "gw1", upload(ca, "other.test"), now)
         with pytest.raises(CertificateError, match="expired"):
             c.store_certificate(db, "gw1", upload(ca, days=400), now + datetime.timedelta(days=500))
+
+
+def test_the_summary_counts_days_from_now_and_shows_only_a_live_lease(db):
+    ca = TestCA()
+    stored = upload(ca, days=30)
+    not_after = x509.load_pem_x509_certificate(stored.chain_pem.encode()).not_valid_after_utc.replace(tzinfo=None)
+    with db_session:
+        assert c.summary(db, "app.test", T0) is None  # nothing stored yet
+        c.store_certificate(db, "gw1", stored, not_after - datetime.timedelta(days=1))
+        lease = c.request_lease(db, "gw2", "app.test", not_after - datetime.timedelta(days=10), LEASE)
+        at_lease = c.summary(db, "app.test", not_after - datetime.timedelta(days=10))
+        assert at_lease.lease == lease and at_lease.days_left(not_after - datetime.timedelta(days=10)) == 10
+        assert at_lease.issuer == "kakuremichi test CA" and at_lease.domains == ("app.test",)
+        later = not_after - datetime.timedelta(days=10) + datetime.timedelta(seconds=LEASE)
+        assert c.summary(db, "app.test", later).lease is None  # it ran out
+        assert at_lease.days_left(not_after - datetime.timedelta(hours=1)) == 0  # its last day
+        assert at_lease.days_left(not_after + datetime.timedelta(seconds=1)) == -1  # expired
+
+
+def test_the_issuer_is_named_by_common_name_and_organisation():
+    def issuer(*attributes: tuple) -> str:
+        return c._issuer(x509.Name([x509.NameAttribute(oid, value) for oid, value in attributes]))
+
+    assert issuer((NameOID.COUNTRY_NAME, "US"), (NameOID.ORGANIZATION_NAME, "Let's Encrypt"),
+                  (NameOID.COMMON_NAME, "R11")) == "R11 (Let's Encrypt)"
+    assert issuer((NameOID.ORGANIZATION_NAME, "Example CA")) == "Example CA"
+    assert issuer((NameOID.COUNTRY_NAME, "JP")) == "C=JP"
 
 
 @pytest.mark.parametrize("version, dropped", [("1", ["certificates", "acme_acks"]), ("2", ["acme_acks"])])

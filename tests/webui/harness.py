@@ -8,6 +8,9 @@ import socket
 from pathlib import Path
 
 import httpx
+import trio
+from cryptography import x509
+from pony.orm import db_session
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.common.exceptions import WebDriverException
@@ -15,7 +18,11 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
+from trio_websocket import open_websocket_url
 
+from kakuremichi import protocol
+from kakuremichi.control.models import open_database
+from tests.control.conftest import WsClient, public_key
 from tests.deployment import Process, free_port, wait_for
 from tests.e2e.test_tunnel_end_to_end import APP
 
@@ -69,6 +76,37 @@ class Control:
     def close(self) -> None:
         self.process.stop()
         self.api.close()
+
+    def upload_certificate(self, gateway_key: str, domain: str, chain_pem: bytes, key_pem: bytes) -> None:
+        """What a gateway does once its ACME order succeeds: hand the certificate to control to keep."""
+        not_after = x509.load_pem_x509_certificate(chain_pem).not_valid_after_utc
+        trio.run(self._upload, gateway_key, protocol.CertificateUpload(domain, chain_pem.decode(), key_pem.decode(),
+                                                                       not_after))
+
+    async def _upload(self, gateway_key: str, upload: protocol.CertificateUpload) -> None:
+        async with open_websocket_url(self.url.replace("http://", "ws://") + "/ws") as ws:
+            gateway = WsClient(ws)
+            await gateway.send(protocol.Auth(gateway_key, "gateway", public_key()))
+            assert isinstance(await gateway.receive(5), protocol.AuthSuccess)
+            await gateway.send(upload)
+            await gateway.send(protocol.Ping())
+            with trio.fail_after(5):  # answered in order: the upload is stored once the pong arrives
+                while not isinstance(protocol.decode(await ws.get_message()), protocol.Pong):
+                    pass
+
+    def store_certificate(self, domain: str, chain_pem: bytes, key_pem: bytes) -> None:
+        """Put a certificate in control's database as an upload long ago would have left it (control refuses
+        to take an expired one, but a kept one expires all the same)."""
+        leaf = x509.load_pem_x509_certificate(chain_pem)
+        db = open_database("sqlite:///" + str(self.tmp / "control" / "control.sqlite"))
+        try:
+            with db_session:
+                db.Certificate(domain=domain, chain_pem=chain_pem.decode(), key_pem=key_pem.decode(),
+                               serial=format(leaf.serial_number, "x"), issuer=leaf.issuer.rfc4514_string(),
+                               not_before=leaf.not_valid_before_utc.replace(tzinfo=None),
+                               not_after=leaf.not_valid_after_utc.replace(tzinfo=None), uploaded_by="test")
+        finally:
+            db.disconnect()
 
 
 def local_app() -> tuple[Process, int]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from selenium.webdriver.common.by import By
 
 from tests.deployment import wait_for
+from tests.gateway.testca import TestCA
 from tests.webui.harness import (DESKTOP, PHONE, Control, create_agent, fill, local_app, log_in, serves, start_browser,
                                  submit)
 
@@ -50,7 +51,8 @@ def main(out: Path) -> None:
             browser.get(control.url + "/gateways/new")
             fill(browser, {"name": "gw-tokyo"})
             submit(browser, "Add gateway")
-            gateway, http_port = control.gateway(browser.find_element(By.ID, "api-key").get_attribute("value"))
+            gateway_key = browser.find_element(By.ID, "api-key").get_attribute("value")
+            gateway, http_port = control.gateway(gateway_key)
             processes.append(gateway)
 
             agent_id, agent_key = create_agent(browser, control, "home-server")
@@ -74,6 +76,8 @@ def main(out: Path) -> None:
                 browser.get(f"{control.url}/{page}")
                 wait_for(lambda: megabytes(browser.find_element(By.TAG_NAME, "tbody").text) >= 4, 15, "traffic to show")
                 shoot(browser, out / f"{page}.png")
+            control.upload_certificate(gateway_key, "app.example.com",  # as if its ACME order had succeeded
+                                       *TestCA().issue("app.example.com", days=90))
             browser.get(control.url + "/tunnels")
             shoot(browser, out / "tunnels.png")
 

@@ -6,7 +6,11 @@ import pytest
 
 pytest.importorskip("selenium", reason="selenium is in the test extra: pip install -e '.[test]'")
 
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives import hashes  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+
+from tests.gateway.testca import TestCA  # noqa: E402
 
 from tests.webui.harness import (DESKTOP, PHONE, Control, browser_missing, create_agent, fill,  # noqa: E402
                                  local_app, log_in, serves, start_browser, submit, visible, wait)
@@ -222,6 +226,54 @@ def test_pages_fit_a_phone_screen(admin, control, path):
     assert admin.execute_script("return document.documentElement.scrollWidth") <= width
     assert admin.execute_script(CUT_OFF) == []  # nor anything clipped by a container that hides overflow
     assert admin.find_element(By.LINK_TEXT, "Tunnels").is_displayed()  # navigation stays reachable
+
+
+def test_tunnels_show_their_certificate_status(admin, control):
+    agent = control.api.post("/api/agents", json={"name": "cert-agent"}).json()
+    gateway = control.api.post("/api/gateways", json={"name": "cert-gw"}).json()
+    tunnels = {"valid.example.com": "acme", "soon.example.com": "acme", "new.example.com": "acme",
+               "old.example.com": "acme", "plain.example.com": "off"}
+    for domain, mode in tunnels.items():
+        control.api.post("/api/tunnels", json={"domain": domain, "agentId": agent["id"], "target": "localhost:8080",
+                                               "tlsMode": mode})
+    ca = TestCA()
+    valid_pem, valid_key = ca.issue("valid.example.com", "www.valid.example.com", days=90)
+    control.upload_certificate(gateway["apiKey"], "valid.example.com", valid_pem, valid_key)
+    control.upload_certificate(gateway["apiKey"], "soon.example.com", *ca.issue("soon.example.com", days=5))
+    control.store_certificate("old.example.com", *ca.issue("old.example.com", days=0))  # expired an hour ago
+    try:
+        admin.get(control.url + "/tunnels")
+        badges = {b.get_attribute("data-certificate"): b for b in admin.find_elements(By.CSS_SELECTOR,
+                                                                                       "[data-certificate]")}
+        badges = {domain: b for domain, b in badges.items() if domain in tunnels}  # not earlier tests' tunnels
+        leaf = x509.load_pem_x509_certificate(valid_pem)
+        assert {domain: (b.get_attribute("textContent"), b.get_attribute("class")) for domain, b in badges.items()} == {
+            "valid.example.com": (f"Certificate valid until {leaf.not_valid_after_utc:%Y-%m-%d}",
+                                  "badge badge-cert-valid"),
+            "soon.example.com": ("Certificate expiring in 4 days", "badge badge-cert-warning"),  # 4 days 23 hours
+            "new.example.com": ("Certificate none yet", "badge badge-cert-none"),
+            "old.example.com": ("Certificate expired", "badge badge-cert-expired"),
+        }  # "Certificate" is for screen readers; no badge for plain.example.com, whose TLS is off
+        colours = {domain: b.value_of_css_property("color") for domain, b in badges.items()}
+        assert len({colours["valid.example.com"], colours["soon.example.com"], colours["old.example.com"]}) == 3
+
+        admin.find_element(By.LINK_TEXT, "valid.example.com").click()
+        section = admin.find_element(By.XPATH, "//section[.//h2[normalize-space()='Certificate']]").text
+        assert "kakuremichi test CA" in section and "valid.example.com, www.valid.example.com" in section
+        assert f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC" in section
+        fingerprint = admin.find_element(By.ID, "certificate-fingerprint").text
+        assert fingerprint == leaf.fingerprint(hashes.SHA256()).hex(":").upper()
+        assert valid_key.decode().splitlines()[1] not in admin.page_source
+        admin.set_window_size(*PHONE)  # the long fingerprint wraps instead of widening the page
+        assert admin.execute_script("return document.documentElement.scrollWidth") <= PHONE[0]
+        admin.set_window_size(*DESKTOP)
+
+        admin.get(control.url + "/tunnels")
+        admin.find_element(By.LINK_TEXT, "new.example.com").click()
+        assert "None yet" in admin.find_element(By.XPATH, "//section[.//h2[normalize-space()='Certificate']]").text
+    finally:
+        control.api.delete(f"/api/agents/{agent['id']}")
+        control.api.delete(f"/api/gateways/{gateway['id']}")
 
 
 def test_logout_ends_the_session(admin, control):

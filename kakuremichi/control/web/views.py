@@ -20,12 +20,15 @@ from kakuremichi.control import api, auth
 from kakuremichi.control.models import utcnow
 from kakuremichi.control.state import current
 from kakuremichi.control.validation import ApiError
-from kakuremichi.control.web import status
+from kakuremichi.control.web import certificates, status
 from kakuremichi.control.web.session import CSRF_FIELD, csrf_token, csrf_valid, log_in, log_out, logged_in
 
 blueprint = Blueprint("web", __name__, template_folder="templates", static_folder="static",
                       static_url_path="/assets")
 blueprint.add_app_template_filter(status.format_bytes, "bytes")
+blueprint.add_app_template_filter(certificates.badge, "certificate_badge")
+blueprint.add_app_template_filter(certificates.utc_date, "utc_date")
+blueprint.add_app_template_filter(certificates.utc_time, "utc_time")
 blueprint.add_app_template_global(csrf_token, "csrf_token")  # globals: imported macros see them too
 blueprint.add_app_template_global(CSRF_FIELD, "csrf_field")
 
