@@ -18,12 +18,11 @@ from quart import Blueprint, request
 from quart_trio.wrappers.response import TrioResponse as Response
 
 from kakuremichi.control import allocation, auth, certificates, validation as v
-from kakuremichi.control.models import bump_config_version, lock_for_writing, utcnow
+from kakuremichi.control.models import utcnow
 from kakuremichi.control.state import ControlState, current
 from kakuremichi.control.validation import ApiError
 
 blueprint = Blueprint("api", __name__, url_prefix="/api")
-RETRIES = 3  # transactions that met a concurrent write are replayed
 
 
 @blueprint.before_request
@@ -52,21 +51,11 @@ def _iso(value) -> str | None:
 
 
 def _mutate(state: ControlState, work: Callable[[Database], Any]) -> Any:
-    """Run `work` in one retried transaction that bumps the config version, then notify clients."""
-
-    @db_session(retry=RETRIES)
-    def transaction() -> Any:
-        lock_for_writing(state.db)
-        result = work(state.db)
-        bump_config_version(state.db)
-        return result
-
+    """Run `work` as a config-changing write (`ControlState.write`); a conflict it could not replay is a 409."""
     try:
-        result = transaction()
+        return state.write(work, bump=True)
     except TransactionIntegrityError:
         raise ApiError(409, "conflict", "a concurrent change conflicted with this one; retry") from None
-    state.changed()
-    return result
 
 
 def _list(entity_name: str, serialise: Callable[[Any], dict], order: Callable[[Any], Any]) -> Response:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 from pony.orm import Database, db_session
@@ -15,13 +16,14 @@ from quart import current_app
 from kakuremichi.control import auth, configs
 from kakuremichi.control.allocation import parse_pool
 from kakuremichi.control.metrics import Metrics
-from kakuremichi.control.models import get_setting, lock_for_writing, open_database, put_setting
+from kakuremichi.control.models import bump_config_version, get_setting, lock_for_writing, open_database, put_setting
 from kakuremichi.logs import log
 
 if TYPE_CHECKING:
     from kakuremichi.control.websocket import ClientSession
 
 logger = logging.getLogger("kakuremichi.control")
+WRITE_RETRIES = 3  # a transaction that met a concurrent write (another control's) is replayed
 
 
 @dataclass
@@ -43,6 +45,22 @@ class Settings:
         return self.database_url or "sqlite:///" + os.path.join(os.path.abspath(self.data_dir), "control.sqlite")
 
 
+class Broadcast:
+    """Wakes everyone waiting at each `set()`; a later `wait` waits for the next one (an Event replaced on set)."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+        self._event = trio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        """Return at the next `set`, or after `timeout` seconds (what other control instances do is polled)."""
+        with trio.move_on_after(timeout):
+            await self._event.wait()
+
+
 class ControlState:
     """Shared by the REST API, the WebSocket sessions and the metrics endpoint of one app."""
 
@@ -52,9 +70,27 @@ class ControlState:
         self.db: Database = open_database(settings.database)
         self.metrics = Metrics()
         self.clients: dict[tuple[str, str], ClientSession] = {}
-        self.challenge_acks = trio.Event()  # replaced on every ACME challenge ack a gateway sends
+        self.status_changes = Broadcast()  # clients came, went, reported stats, or data changed: for the web UI
+        self.challenge_acks = Broadcast()  # a gateway confirmed the ACME challenges it answers, or went away
         self.admin_token_hash, self.new_admin_token = _admin_token(self.db, settings.admin_token)
-        self._status_event = trio.Event()
+
+    def write(self, change: Callable[..., Any], *args: Any, bump: bool = False) -> Any:
+        """`change(db, *args)` in one transaction, in turn with the other controls sharing the database (so two
+        of them never allocate one subnet or grant one lease twice), replayed if it met a concurrent write.
+        `bump`: the change alters configs — advance the config version with it, then wake every client."""
+
+        @db_session(retry=WRITE_RETRIES)
+        def transaction() -> Any:
+            lock_for_writing(self.db)
+            result = change(self.db, *args)
+            if bump:
+                bump_config_version(self.db)
+            return result
+
+        result = transaction()
+        if bump:
+            self.changed()
+        return result
 
     def changed(self) -> None:
         """Something in the database changed: every connected client rebuilds and, if different, gets its config."""
@@ -64,18 +100,7 @@ class ControlState:
 
     def status_changed(self) -> None:
         """A client came, went or reported stats, or data changed: wake whoever shows live status (the web UI)."""
-        self._status_event.set()
-        self._status_event = trio.Event()
-
-    async def wait_status_change(self, timeout: float) -> None:
-        """Return at the next `status_changed`, or after `timeout` seconds (changes made by other instances)."""
-        with trio.move_on_after(timeout):
-            await self._status_event.wait()
-
-    def challenges_acked(self) -> None:
-        """A gateway confirmed the challenges it answers: wake whoever waits to tell a publisher."""
-        self.challenge_acks.set()
-        self.challenge_acks = trio.Event()
+        self.status_changes.set()
 
     def disconnect(self, role: str, client_id: str, code: int, reason: str) -> None:
         """Close a client's session, if it has one (its key was rotated, or it was deleted)."""

@@ -20,7 +20,7 @@ from kakuremichi import protocol
 from kakuremichi.certpair import CertificateError
 from kakuremichi.control import auth, certificates, configs
 from kakuremichi.control.models import bump_config_version, get_setting, lock_for_writing, utcnow
-from kakuremichi.control.state import ControlState, current
+from kakuremichi.control.state import WRITE_RETRIES, ControlState, current
 from kakuremichi.logs import log
 
 logger = logging.getLogger("kakuremichi.control.ws")
@@ -32,7 +32,6 @@ CLOSE_HEARTBEAT_TIMEOUT = 4002
 CLOSE_AUTH_TIMEOUT = 4003
 CLOSE_REPLACED = 4004
 CLOSE_DELETED = 4005
-TRANSACTION_RETRIES = 3  # a transaction that met a concurrent write (another control's) is replayed
 CHALLENGE_READY_TIMEOUT = 10.0  # a gateway that never confirms a challenge must not stall the order forever
 ACME_MESSAGES = (protocol.LeaseRequest, protocol.ChallengePublished, protocol.ChallengeWithdrawn,
                  protocol.ChallengesAck, protocol.CertificateUpload)
@@ -129,8 +128,8 @@ class ClientSession:
     async def _acme(self, message, nursery: trio.Nursery) -> None:
         """One gateway's part in ordering certificates together (see certificates.py)."""
         if isinstance(message, protocol.ChallengesAck):
-            _transaction(self.state, certificates.record_acks, self.client_id, message.tokens)
-            self.state.challenges_acked()
+            self.state.write(certificates.record_acks, self.client_id, message.tokens)
+            self.state.challenge_acks.set()
             return
         domain = message.challenge.domain if isinstance(message, protocol.ChallengePublished) else message.domain
         with db_session:
@@ -144,13 +143,13 @@ class ClientSession:
         if isinstance(message, protocol.LeaseRequest):
             await self._lease(domain)
         elif isinstance(message, protocol.ChallengePublished):
-            self._shared(certificates.publish_challenge, self.client_id, message.challenge, utcnow())
+            self.state.write(certificates.publish_challenge, self.client_id, message.challenge, utcnow(), bump=True)
             nursery.start_soon(self._confirm_challenge, message.challenge)
         elif isinstance(message, protocol.ChallengeWithdrawn):
-            self._shared(certificates.withdraw_challenge, self.client_id, message.token)
+            self.state.write(certificates.withdraw_challenge, self.client_id, message.token, bump=True)
         else:
             try:
-                serial = self._shared(certificates.store_certificate, self.name, message, utcnow())
+                serial = self.state.write(certificates.store_certificate, self.name, message, utcnow(), bump=True)
             except CertificateError as exc:
                 log(logger, logging.WARNING, "refused an uploaded certificate", name=self.name, error=str(exc))
                 return
@@ -159,17 +158,11 @@ class ClientSession:
             log(logger, logging.INFO, "certificate uploaded" if serial else "uploaded certificate not newer, "
                 "kept the stored one", name=self.name, domain=domain, not_after=message.not_after.isoformat())
 
-    def _shared(self, change, *args):
-        """Apply a change other gateways must see, then wake their sessions (and other control instances)."""
-        result = _transaction(self.state, change, *args, bump=True)
-        self.state.changed()
-        return result
-
     async def _lease(self, domain: str) -> None:
         now = utcnow()
         # two controls asked at once: the second transaction sees the first one's lease
-        decision = _transaction(self.state, certificates.request_lease, self.client_id, domain, now,
-                                self.state.settings.acme_lease)
+        decision = self.state.write(certificates.request_lease, self.client_id, domain, now,
+                                    self.state.settings.acme_lease)
         expires_in = max(0.0, (decision.expires_at - now).total_seconds())
         log(logger, logging.INFO, "ACME lease granted" if decision.granted else "ACME lease refused",
             name=self.name, domain=domain, holder=decision.holder, expires_in=round(expires_in))
@@ -185,12 +178,9 @@ class ClientSession:
             return certificates.unconfirmed(self.state.db, challenge, self.client_id)
 
         with trio.move_on_after(CHALLENGE_READY_TIMEOUT):
-            while True:
-                acks = self.state.challenge_acks
-                if not unconfirmed():
-                    break
-                with trio.move_on_after(self.state.settings.change_poll_interval):  # acks sent to other instances
-                    await acks.wait()
+            while unconfirmed():
+                # polled too: gateways connected to another control instance ack there
+                await self.state.challenge_acks.wait(self.state.settings.change_poll_interval)
         if waiting := unconfirmed():
             log(logger, logging.WARNING, "gateways did not confirm an ACME challenge in time",
                 domain=challenge.domain, gateways=",".join(waiting))
@@ -243,7 +233,7 @@ class ClientSession:
         if row is not None:
             row.set(status="online", last_seen_at=utcnow())
 
-    @db_session(retry=TRANSACTION_RETRIES)  # the admin may be changing the metadata through another instance
+    @db_session(retry=WRITE_RETRIES)  # the admin may be changing the metadata through another instance
     def _store_stats(self, stats: dict) -> None:
         row = self.row()
         if row is not None:
@@ -280,7 +270,7 @@ async def endpoint() -> None:
         if state.clients.get((session.role, session.client_id)) is session:
             del state.clients[session.role, session.client_id]
             _mark_offline(state, session)
-            state.challenges_acked()  # nobody waits for this gateway's confirmation any more
+            state.challenge_acks.set()  # nobody waits for this gateway's confirmation any more
             state.status_changed()
         log(logger, logging.INFO, "client disconnected", role=session.role, name=session.name,
             reason=session.close_reason[1] if session.close_reason else "connection closed")
@@ -333,22 +323,6 @@ def _register(state: ControlState, message: protocol.Auth) -> ClientSession:
         state.changed()  # other clients peer with this one: their configs change too
     row.set(status="online", last_seen_at=utcnow())
     return ClientSession(state, message.role, row.id, row.name)
-
-
-def _transaction(state: ControlState, change, *args, bump: bool = False):
-    """`change(db, *args)` in one transaction, in turn with the other controls sharing the database (so two of
-    them never grant one lease twice) and replayed if it met a concurrent write; `bump` advances the config
-    version with it."""
-
-    @db_session(retry=TRANSACTION_RETRIES)
-    def transaction():
-        lock_for_writing(state.db)
-        result = change(state.db, *args)
-        if bump:
-            bump_config_version(state.db)
-        return result
-
-    return transaction()
 
 
 @db_session

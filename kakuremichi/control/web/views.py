@@ -160,7 +160,7 @@ async def events() -> Response:
             elif trio.current_time() - quiet_since >= KEEPALIVE:
                 quiet_since = trio.current_time()
                 yield b": keepalive\n\n"
-            await state.wait_status_change(POLL_INTERVAL)
+            await state.status_changes.wait(POLL_INTERVAL)
             await trio.sleep(COALESCE)
 
     response = Response(stream(), content_type="text/event-stream",
