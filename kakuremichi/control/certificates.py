@@ -106,9 +106,9 @@ def unconfirmed(db: Database, challenge: protocol.AcmeChallenge, publisher_id: s
                   and challenge.token not in ((g.acme_ack and g.acme_ack.tokens) or []))
 
 
-def challenges_for(db: Database, gateway_id: str, now: datetime.datetime) -> list[protocol.AcmeChallenge]:
-    """What this gateway must answer for the others: live challenges for its domains, sorted."""
-    domains = served_domains(db, gateway_id)
+def challenges_for(db: Database, gateway_id: str, domains: set[str],
+                   now: datetime.datetime) -> list[protocol.AcmeChallenge]:
+    """What this gateway must answer for the others: live challenges for its `served_domains`, sorted."""
     rows = db.AcmeChallenge.select(lambda c: c.gateway.id != gateway_id and c.expires_at > now)
     return sorted((protocol.AcmeChallenge(c.domain, c.token, c.key_authorization) for c in rows
                    if c.domain in domains), key=lambda c: c.token)
@@ -148,9 +148,8 @@ def forget(db: Database, domain: str) -> None:
         challenge.delete()
 
 
-def certificate_serials(db: Database, gateway_id: str) -> dict[str, str]:
-    """domain → serial of the stored certificates this gateway should serve (PEMs are lazy: not loaded)."""
-    domains = served_domains(db, gateway_id)
+def certificate_serials(db: Database, domains: set[str]) -> dict[str, str]:
+    """domain → serial of the stored certificates for a gateway's `served_domains` (PEMs are lazy: not loaded)."""
     return {c.domain: c.serial for c in db.Certificate.select() if c.domain in domains}
 
 

@@ -193,8 +193,9 @@ class ClientSession:
             with db_session:
                 config = configs.config_for(self.state.db, self.role, self.client_id)
                 if config is not None and self.role == "gateway":
-                    new_certificates = self._unsent_certificates()
-                    challenges = certificates.challenges_for(self.state.db, self.client_id, utcnow())
+                    domains = certificates.served_domains(self.state.db, self.client_id)
+                    new_certificates = self._unsent_certificates(domains)
+                    challenges = certificates.challenges_for(self.state.db, self.client_id, domains, utcnow())
             if config is None:
                 self.close(CLOSE_DELETED, f"this {self.role} was deleted")
                 return
@@ -208,9 +209,9 @@ class ClientSession:
                 await websocket.send(protocol.Challenges(challenges).to_json())
                 self._sent_challenges = challenges
 
-    def _unsent_certificates(self) -> list[tuple[str, protocol.CertificateInstall]]:
-        """(serial, certificate) for each certificate this gateway should serve and has not been sent yet."""
-        serials = certificates.certificate_serials(self.state.db, self.client_id)
+    def _unsent_certificates(self, domains: set[str]) -> list[tuple[str, protocol.CertificateInstall]]:
+        """(serial, certificate) for each certificate of `domains` this gateway has not been sent yet."""
+        serials = certificates.certificate_serials(self.state.db, domains)
         return [(serial, certificates.certificate(self.state.db, domain)) for domain, serial in sorted(serials.items())
                 if self._sent_certificates.get(domain) != serial]
 
