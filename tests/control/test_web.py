@@ -85,11 +85,26 @@ async def test_event_stream_sends_status_changes(control):
                     pass
 
 
-@pytest.mark.parametrize("path", ["/agents/nope", "/tunnels/nope/edit"])
+@pytest.mark.parametrize("path", ["/agents/nope", "/tunnels/nope/edit", "/agents/nope/edit", "/agents/nope/delete",
+                                  "/gateways/nope/rotate-key"])
 async def test_missing_items_get_a_page(control, path):
     async with _logged_in(control.url) as browser:
         page = await browser.get(path)
         assert page.status_code == 404 and "<h1>Not found</h1>" in page.text
+
+
+async def test_deleting_an_agent_says_what_goes_with_it(control):
+    agent = await control.create("agents", name="home")
+    for domain in ("a.example.com", "b.example.com"):
+        await control.create("tunnels", domain=domain, agentId=agent["id"], target="127.0.0.1:8080")
+    async with _logged_in(control.url) as browser:
+        page = await browser.get(f"/agents/{agent['id']}/delete")
+        assert "Delete agent home" in page.text and "Its 2 tunnels are deleted with it." in page.text
+        done = await browser.post(f"/agents/{agent['id']}/delete", data={"csrf_token": _csrf(page)})
+        assert done.status_code == 302 and done.headers["location"] == "/agents"
+        again = await browser.post(f"/agents/{agent['id']}/delete", data={"csrf_token": _csrf(page)})
+        assert again.status_code == 404 and "<h1>Not found</h1>" in again.text
+    assert (await control.api.get("/api/tunnels")).json()["total"] == 0
 
 
 async def test_sessions_survive_a_restart_but_not_a_new_admin_token(settings):
@@ -128,15 +143,18 @@ def test_status_text():
     stats = {"stats": {"peers": {"KEY1": {"connected": True, "rxBytes": 1500, "txBytes": 2_500_000},
                                  "KEY2": {"connected": False, "rxBytes": 0, "txBytes": 12},
                                  "KEY3": "garbage"}}}
+
+    def describe(row) -> dict[str, str]:
+        return status.describe(row, status.peers(row, names), now)
+
     online = SimpleNamespace(status="online", metadata=stats, last_seen_at=now)
-    assert status.describe(online, names, now) == {"status": "online", "lastSeen": "now", "peers": "1 of 2: gw1",
-                                                   "traffic": "↓ 1.5 kB · ↑ 2.5 MB"}
+    assert describe(online) == {"status": "online", "lastSeen": "now", "peers": "1 of 2: gw1",
+                                "traffic": "↓ 1.5 kB · ↑ 2.5 MB"}
     offline = SimpleNamespace(status="offline", metadata=stats, last_seen_at=now - timedelta(minutes=90))
-    assert status.describe(offline, names, now)["peers"] == "—"
-    assert status.describe(offline, names, now)["lastSeen"] == "1 hour ago"
+    assert describe(offline)["peers"] == "—"
+    assert describe(offline)["lastSeen"] == "1 hour ago"
     fresh = SimpleNamespace(status="offline", metadata=None, last_seen_at=None)
-    assert status.describe(fresh, names, now) == {"status": "offline", "lastSeen": "never connected", "peers": "—",
-                                                  "traffic": "—"}
+    assert describe(fresh) == {"status": "offline", "lastSeen": "never connected", "peers": "—", "traffic": "—"}
     assert [status.format_ago(now - timedelta(seconds=s), now) for s in (5, 60, 7200, 3 * 86400)] == [
         "less than a minute ago", "1 minute ago", "2 hours ago", "3 days ago"]
     assert [status.format_bytes(n) for n in (0, 999, 1000, 10**12 * 5000)] == ["0 B", "999 B", "1.0 kB", "5000.0 TB"]

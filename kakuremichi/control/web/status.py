@@ -54,10 +54,9 @@ def _count(value) -> int:
     return value if isinstance(value, int) and value >= 0 else 0
 
 
-def describe(row, names: dict[str, str], now: datetime) -> dict[str, str]:
-    """Display text for one agent or gateway row: status, last seen, connected peers, traffic."""
+def describe(row, reported: list[dict], now: datetime) -> dict[str, str]:
+    """Display text for one agent or gateway row and its `peers`: status, last seen, connected peers, traffic."""
     online = row.status == "online"
-    reported = peers(row, names)
     connected = [peer["name"] for peer in reported if peer["connected"]]
     if not online:
         connected_text = "—"
@@ -88,5 +87,5 @@ def snapshot(db: Database) -> dict[str, dict[str, str]]:
     result = {}
     for role, entity in (("agent", db.Agent), ("gateway", db.Gateway)):
         for row in entity.select():
-            result[live_key(role, row.id)] = {"name": row.name, **describe(row, names, now)}
+            result[live_key(role, row.id)] = {"name": row.name, **describe(row, peers(row, names), now)}
     return result

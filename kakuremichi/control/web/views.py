@@ -180,27 +180,36 @@ def _client_body(role: str, form) -> dict:
     return body
 
 
+def _client_item(role: str, row, names: dict[str, str], now) -> dict:
+    """What the pages show of one agent/gateway: its API object, live text and the peers it reported."""
+    reported = status.peers(row, names)
+    return {**ROLES[role]["serialise"](row), "live": status.describe(row, reported, now),
+            "liveKey": status.live_key(role, row.id), "peers": reported}
+
+
 def _client_rows(role: str) -> list[dict]:
-    kind = ROLES[role]
     with db_session:
         db = current().db
         names, now = status.key_names(db), utcnow()
-        rows = getattr(db, kind["entity"]).select().order_by(lambda r: r.created_at)
-        return [{**kind["serialise"](row), "live": status.describe(row, names, now),
-                 "liveKey": status.live_key(role, row.id)} for row in rows]
+        rows = getattr(db, ROLES[role]["entity"]).select().order_by(lambda r: r.created_at)
+        return [_client_item(role, row, names, now) for row in rows]
 
 
 def _client_detail(role: str, item_id: str) -> dict:
-    kind = ROLES[role]
     with db_session:
         db = current().db
-        row = api.get_row(db, kind["entity"], item_id)
-        names = status.key_names(db)
-        detail = {**kind["serialise"](row), "live": status.describe(row, names, utcnow()),
-                  "liveKey": status.live_key(role, row.id), "peers": status.peers(row, names)}
+        row = api.get_row(db, ROLES[role]["entity"], item_id)
+        detail = _client_item(role, row, status.key_names(db), utcnow())
         if role == "agent":
             detail["tunnels"] = [api.tunnel_json(t) for t in sorted(row.tunnels, key=lambda t: t.domain)]
         return detail
+
+
+def _client_json(role: str, item_id: str) -> dict:
+    """The agent's/gateway's API object alone: what its forms and confirmations show (no live status)."""
+    kind = ROLES[role]
+    with db_session:
+        return kind["serialise"](api.get_row(current().db, kind["entity"], item_id))
 
 
 def install_commands(role: str, control_url: str, api_key: str | None, wireguard_port: int | None = None) -> list[dict]:
@@ -263,7 +272,7 @@ def _client_routes(role: str) -> None:
         return await _client_page(role, item_id)
 
     async def edit(item_id: str) -> Response:
-        item = _client_detail(role, item_id)
+        item = _client_json(role, item_id)
         if request.method == "POST":
             values = _client_body(role, await request.form)
             try:
@@ -274,11 +283,11 @@ def _client_routes(role: str) -> None:
         return await _client_form(role, item, item, {}, None)
 
     async def delete(item_id: str) -> Response:
-        item = _client_detail(role, item_id)
         if request.method == "POST":
             api.delete_client(role, item_id)
             return redirect(url_for(f"web.{role}_index"))
-        count = len(item.get("tunnels", []))
+        item = _client_json(role, item_id)
+        count = len(item.get("tunnelIds", []))
         consequence = ("" if count == 0 else "Its tunnel is deleted with it. " if count == 1
                        else f"Its {count} tunnels are deleted with it. ")
         return await _confirm(f"Delete {kind['label']} {item['name']}", "Delete",
@@ -288,7 +297,7 @@ def _client_routes(role: str) -> None:
     async def rotate_key(item_id: str) -> Response:
         if request.method == "POST":
             return await _client_page(role, item_id, new_key=api.rotate_client_key(role, item_id)["apiKey"])
-        item = _client_detail(role, item_id)
+        item = _client_json(role, item_id)
         return await _confirm(f"Rotate the key of {item['name']}", "Rotate key",
                               f"A new key is made and shown once. The current key stops working at once: a running "
                               f"{kind['label']} using it is disconnected until it is restarted with the new key.",
