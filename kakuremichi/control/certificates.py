@@ -29,9 +29,19 @@ CHALLENGE_TTL = datetime.timedelta(minutes=10)  # a forgotten challenge (its gat
 
 @dataclass(frozen=True)
 class LeaseDecision:
+    """Granted to the requester, or not: `holder` alone may order until `expires_at`."""
+
     granted: bool
     holder: str  # gateway name
     expires_at: datetime.datetime
+
+
+@dataclass(frozen=True)
+class NotServed:
+    """The lease is refused outright: the requester does not serve the domain with ACME, so nobody holds it
+    for the requester to wait for (on the wire: not granted, no holder)."""
+
+    domain: str
 
 
 def served_domains(db: Database, gateway_id: str) -> set[str]:
@@ -43,9 +53,12 @@ def served_domains(db: Database, gateway_id: str) -> set[str]:
 
 
 def request_lease(db: Database, gateway_id: str, domain: str, now: datetime.datetime,
-                  duration: float) -> LeaseDecision:
+                  duration: float) -> LeaseDecision | NotServed:
     """Grant (or extend) the lease on `domain` unless another gateway holds it, is online and it has not
-    expired; a refusal names the holder and when its lease ends."""
+    expired; a refusal names the holder and when its lease ends. A domain the requester does not serve (any
+    more: checked in the same transaction) is NotServed."""
+    if domain not in served_domains(db, gateway_id):
+        return NotServed(domain)
     requester = db.Gateway[gateway_id]
     lease = db.AcmeLease.get(domain=domain)
     if lease is not None and lease.gateway != requester and lease.expires_at > now \

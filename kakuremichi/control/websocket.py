@@ -131,18 +131,17 @@ class ClientSession:
             self.state.write(certificates.record_acks, self.client_id, message.tokens)
             self.state.challenge_acks.set()
             return
+        if isinstance(message, protocol.LeaseRequest):
+            await self._lease(message.domain)
+            return
         domain = message.challenge.domain if isinstance(message, protocol.ChallengePublished) else message.domain
         with db_session:
             served = domain in certificates.served_domains(self.state.db, self.client_id)
         if not served:
             log(logger, logging.WARNING, "ignoring ACME message for a domain this gateway does not serve with "
                 "ACME", name=self.name, type=message.type, domain=domain)
-            if isinstance(message, protocol.LeaseRequest):
-                await websocket.send(protocol.Lease(domain, False, "", self.state.settings.acme_lease).to_json())
             return
-        if isinstance(message, protocol.LeaseRequest):
-            await self._lease(domain)
-        elif isinstance(message, protocol.ChallengePublished):
+        if isinstance(message, protocol.ChallengePublished):
             self.state.write(certificates.publish_challenge, self.client_id, message.challenge, utcnow(), bump=True)
             nursery.start_soon(self._confirm_challenge, message.challenge)
         elif isinstance(message, protocol.ChallengeWithdrawn):
@@ -163,10 +162,16 @@ class ClientSession:
         # two controls asked at once: the second transaction sees the first one's lease
         decision = self.state.write(certificates.request_lease, self.client_id, domain, now,
                                     self.state.settings.acme_lease)
-        expires_in = max(0.0, (decision.expires_at - now).total_seconds())
-        log(logger, logging.INFO, "ACME lease granted" if decision.granted else "ACME lease refused",
-            name=self.name, domain=domain, holder=decision.holder, expires_in=round(expires_in))
-        await websocket.send(protocol.Lease(domain, decision.granted, decision.holder, expires_in).to_json())
+        if isinstance(decision, certificates.NotServed):
+            log(logger, logging.WARNING, "ACME lease refused: this gateway does not serve the domain with ACME",
+                name=self.name, domain=domain)
+            lease = protocol.Lease(domain, False, "", self.state.settings.acme_lease)  # asks again after that
+        else:
+            expires_in = max(0.0, (decision.expires_at - now).total_seconds())
+            log(logger, logging.INFO, "ACME lease granted" if decision.granted else "ACME lease refused",
+                name=self.name, domain=domain, holder=decision.holder, expires_in=round(expires_in))
+            lease = protocol.Lease(domain, decision.granted, decision.holder, expires_in)
+        await websocket.send(lease.to_json())
 
     async def _confirm_challenge(self, challenge: protocol.AcmeChallenge) -> None:
         """Tell the publisher once every other online gateway serving the domain — connected here or to another

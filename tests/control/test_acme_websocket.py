@@ -53,8 +53,9 @@ async def test_leases_challenges_and_certificates_between_gateways(control, capl
         await gw2.send(protocol.LeaseRequest(DOMAIN))
         refused = await gw2.receive()
         assert not refused.granted and refused.holder == "gw1"
-        await gw2.send(protocol.LeaseRequest("elsewhere.example.com"))  # not its domain
-        assert not (await gw2.receive()).granted
+        await gw2.send(protocol.LeaseRequest("elsewhere.example.com"))  # not its domain: refused, nobody holds it
+        outright = await gw2.receive()
+        assert not outright.granted and outright.holder == "" and outright.expires_in == 600
 
         # A challenge reaches the other gateway; the publisher hears "ready" only once it is answered there.
         challenge = protocol.AcmeChallenge(DOMAIN, "tok_1", "tok_1.thumbprint")

@@ -89,6 +89,15 @@ def test_only_acme_domains_routed_to_a_gateway_are_its_to_share(db):
         assert c.served_domains(db, "gw3") == set()
 
 
+def test_a_domain_the_gateway_does_not_serve_with_acme_is_never_leased_to_it(db):
+    with db_session:
+        assert c.request_lease(db, "gw3", "app.test", seconds(0), LEASE) == c.NotServed("app.test")  # not routed
+        assert c.request_lease(db, "gw1", "plain.test", seconds(0), LEASE) == c.NotServed("plain.test")  # TLS off
+        assert c.request_lease(db, "gw1", "nowhere.test", seconds(0), LEASE) == c.NotServed("nowhere.test")
+        assert db.AcmeLease.select().count() == 0
+    assert lease(db, "gw1", 1).granted  # and it holds nothing that keeps the gateways that serve it waiting
+
+
 def test_a_challenge_waits_for_the_other_online_gateways_serving_its_domain(db):
     challenge = protocol.AcmeChallenge("app.test", "tok-1", "tok-1.thumb")
     with db_session:
