@@ -1,10 +1,10 @@
 """The admin REST API: agents, gateways and tunnels, behind the admin bearer token.
 
 Database work runs synchronously on the Trio thread, one short db_session per request, so within one
-process every allocation is atomic by construction; controls sharing a PostgreSQL database take turns
-(`lock_for_writing`), the database's unique constraints back that up, and `db_session(retry=…)` replays a
-change that met a row a client session wrote meanwhile (status, stats). Each committed change bumps the global
-config version and wakes the WebSocket sessions (`ControlState.changed`).
+process every allocation is atomic by construction. Changes go through `ControlState.write`: controls sharing
+a PostgreSQL database take turns (`lock_for_writing`), the database's unique constraints back that up, a
+change that met a row a client session wrote meanwhile (status, stats) is replayed, and each committed change
+bumps the global config version and wakes the WebSocket sessions.
 """
 
 from __future__ import annotations
