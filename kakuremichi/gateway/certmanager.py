@@ -52,8 +52,7 @@ class LeaseHeld(Exception):
     certificate will normally have arrived by then)."""
 
     def __init__(self, domain: str, holder: str, retry_in: float) -> None:
-        super().__init__(f"{domain}: gateway {holder} orders this certificate for the next {retry_in:.0f}s" if holder
-                         else f"{domain}: control grants no lease (not an ACME domain of this gateway?)")
+        super().__init__(f"{domain}: gateway {holder} orders this certificate for the next {retry_in:.0f}s")
         self.domain, self.holder, self.retry_in = domain, holder, retry_in
 
 

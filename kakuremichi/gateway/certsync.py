@@ -62,6 +62,8 @@ class CertificateSync:
             self._leases.pop(domain, None)
         if lease is None:
             raise AcmeError(f"{domain}: control did not answer the lease request in {ANSWER_TIMEOUT:.0f}s")
+        if not lease.granted and not lease.holder:  # control's NotServed: no route of ours needs it (yet)
+            raise AcmeError(f"{domain}: control grants no lease: this gateway does not serve it with ACME")
         if not lease.granted:
             raise LeaseHeld(domain, lease.holder, lease.expires_in)
 

@@ -24,7 +24,7 @@ from kakuremichi.agent.agent import Agent
 from kakuremichi.control.server import serve
 from kakuremichi.control.state import Settings
 from kakuremichi.controlclient import ControlClient
-from kakuremichi.gateway.acmeclient import AcmeSettings
+from kakuremichi.gateway.acmeclient import AcmeError, AcmeSettings
 from kakuremichi.gateway.certmanager import LeaseHeld
 from kakuremichi.gateway.gateway import Gateway, Listen
 from kakuremichi.tunnel import TunnelNode
@@ -187,6 +187,9 @@ async def test_gateways_share_challenges_and_certificates_through_control(nurser
     # While the orderer holds the lease and is online, nobody else orders, not even when forced.
     with pytest.raises(LeaseHeld, match="orderer"):
         await latecomer.certs.obtain(DOMAIN)
+    # A domain none of its routes serves with ACME is refused as an error (backed off), not as a wait.
+    with pytest.raises(AcmeError, match="does not serve it"):
+        await latecomer.certs.obtain("elsewhere.example.test")
     # The holder goes offline: the lease passes on at once, and a forced renewal goes through the validator.
     orderer.scope.cancel()
     await until(lambda: cluster.offline("orderer"), "control to notice the orderer is gone", 10)
