@@ -339,9 +339,11 @@ def _mark_offline(state: ControlState, session: ClientSession) -> None:
 
 
 async def watch_database(state: ControlState) -> None:
-    """Notice changes committed by other control instances sharing the database, and push them too."""
+    """Notice changes committed by other control instances sharing the database, and push them too; and, once a
+    heartbeat, mark offline the clients nobody hears from any more (their instance died without saying so)."""
     with db_session:
         seen = get_setting(state.db, "config_version")
+    next_sweep = trio.current_time() + state.settings.heartbeat_interval
     while True:
         await trio.sleep(state.settings.change_poll_interval)
         with db_session:
@@ -349,13 +351,21 @@ async def watch_database(state: ControlState) -> None:
         if version != seen:
             seen = version
             state.changed()
+        if trio.current_time() >= next_sweep:
+            next_sweep = trio.current_time() + state.settings.heartbeat_interval
+            if mark_stale_offline(state):
+                state.status_changed()
 
 
-@db_session
-def mark_stale_offline(state: ControlState) -> None:
-    """At start-up, clients not heard from within two heartbeats are offline (a crash left them online)."""
+@db_session(retry=WRITE_RETRIES)
+def mark_stale_offline(state: ControlState) -> int:
+    """Clients not heard from within two heartbeats are offline: a crashed control instance left them online,
+    and a live session refreshes its client's `last_seen_at` every half heartbeat. How many were."""
     cutoff = utcnow() - timedelta(seconds=2 * state.settings.heartbeat_interval)
+    stale = 0
     for entity in (state.db.Agent, state.db.Gateway):
         for row in entity.select(lambda r: r.status == "online"):
             if row.last_seen_at is None or row.last_seen_at < cutoff:
                 row.status = "offline"
+                stale += 1
+    return stale

@@ -33,7 +33,8 @@ def public_key() -> str:
 class Control:
     url: str
     api: httpx.AsyncClient
-    settings: Settings
+    settings: Settings | None
+    process: subprocess.Popen | None = None  # when it runs as its own process
 
     @property
     def ws_url(self) -> str:

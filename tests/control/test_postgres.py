@@ -76,7 +76,8 @@ async def test_a_challenge_is_ready_once_a_gateway_on_the_other_instance_answers
 
 
 @asynccontextmanager
-async def control_processes(database_url: str, tmp_path, admin_token: str | None = ADMIN, count: int = 2):
+async def control_processes(database_url: str, tmp_path, admin_token: str | None = ADMIN, count: int = 2,
+                            *extra: str):
     """`count` controls as separate processes on one database, started at once: real concurrency, from the
     schema creation on. Each one's stdout goes to tmp_path/PORT.out."""
     ports = [free_port() for _ in range(count)]
@@ -88,7 +89,7 @@ async def control_processes(database_url: str, tmp_path, admin_token: str | None
             with open(tmp_path / f"{port}.out", "w") as out, open(tmp_path / f"{port}.err", "w") as err:
                 processes.append(subprocess.Popen(
                     [sys.executable, "-m", "kakuremichi.control", "--listen", f"127.0.0.1:{port}", "--data-dir",
-                     str(tmp_path / str(port)), "--database-url", database_url, *token], env=env, stdout=out,
+                     str(tmp_path / str(port)), "--database-url", database_url, *token, *extra], env=env, stdout=out,
                     stderr=err))
         async with AsyncExitStack() as stack:
             controls = []
@@ -100,7 +101,7 @@ async def control_processes(database_url: str, tmp_path, admin_token: str | None
                     while not await _healthy(api):
                         assert process.poll() is None, (tmp_path / f"{port}.err").read_text()
                         await trio.sleep(0.05)
-                controls.append(Control(url, api, None))
+                controls.append(Control(url, api, None, process))
             yield controls
     finally:
         for process in processes:
@@ -113,6 +114,17 @@ async def _healthy(api: httpx.AsyncClient) -> bool:
         return (await api.get("/healthz")).status_code == 200
     except httpx.TransportError:
         return False
+
+
+async def test_clients_of_a_crashed_instance_go_offline_on_the_others(database_url, tmp_path):
+    async with control_processes(database_url, tmp_path, ADMIN, 2, "--heartbeat-interval", "0.5") as (a, b):
+        agent = await b.create("agents", name="laptop")
+        async with connect(a, agent["apiKey"], "agent"):
+            assert await status_of(b, "agents", agent["id"]) == "online"
+            a.process.kill()  # no goodbye: the database still says online
+        with trio.fail_after(5):
+            while await status_of(b, "agents", agent["id"]) != "offline":
+                await trio.sleep(0.1)
 
 
 async def test_processes_started_at_once_generate_one_admin_token(database_url, tmp_path):
