@@ -69,7 +69,7 @@ class ExitDialer:
         """A stream to host:port through the first gateway that answers, and the destination's first bytes
         if they came with the gateway's reply; raises ExitFailed."""
         if not routes:
-            raise ExitFailed(socks5.NOT_ALLOWED, "no tunnel of this agent has the exit on")
+            raise ExitFailed(socks5.NETWORK_UNREACHABLE, "no gateway has connected for the exit tunnels yet")
         try:
             socks5.encode_address(host, port)
         except ValueError as exc:

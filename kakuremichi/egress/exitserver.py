@@ -120,9 +120,9 @@ class ExitServer:
                 await stream.send_all(handshake.reply(code))
             await trio.aclose_forcefully(stream)
             return
-        peer = upstream.socket.getpeername()[0]
+        peer, via = upstream.socket.getpeername()[0], upstream.socket.getsockname()[:2]
         try:
-            await stream.send_all(handshake.reply(socks5.SUCCEEDED, upstream.socket.getsockname()[:2]))
+            await stream.send_all(handshake.reply(socks5.SUCCEEDED, via))
             if handshake.trailing_data:
                 await upstream.send_all(handshake.trailing_data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -136,5 +136,5 @@ class ExitServer:
             finally:
                 del self._active[scope]
         log(logger, logging.INFO, "exit connection", id=conn, tunnel=domain, agent=pair[1],
-            destination=destination, address=peer, bytes_out=sent, bytes_in=received,
+            destination=destination, address=peer, via=f"{via[0]}:{via[1]}", bytes_out=sent, bytes_in=received,
             seconds=round(time.monotonic() - started, 3), closed_by_config=scope.cancelled_caught)
