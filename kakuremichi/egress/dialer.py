@@ -47,6 +47,10 @@ class ExitDialer:
         self.attempt_timeout = attempt_timeout
         self._failed: dict[str, float] = {}  # gateway address -> when it last failed (device clock)
 
+    def mark_failed(self, gateway_ip: str) -> None:
+        """Put a gateway at the back of the line for FAILURE_MEMORY seconds."""
+        self._failed[gateway_ip] = self.node.device.clock()
+
     def _alive(self, gateway_ip: str) -> bool:
         device = self.node.device
         peer = device.allowed_ips.lookup(ipaddress.ip_address(gateway_ip).packed)
@@ -79,7 +83,7 @@ class ExitDialer:
             try:
                 stream, early = await self._attempt(route, host, port)
             except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
-                self._failed[route.gateway_ip] = self.node.device.clock()
+                self.mark_failed(route.gateway_ip)
                 reason = str(exc) or type(exc).__name__
                 errors.append(f"{route.gateway_ip}: {reason}")
                 log(logger, logging.WARNING, "exit gateway did not answer; trying the next", gateway=route.gateway_ip,

@@ -5,6 +5,7 @@ connected from, which the server reports, so the test knows the connection came 
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import socket
@@ -91,7 +92,7 @@ def deployment(tmp_path, ports):
 
 
 def test_socks5_and_http_proxies_leave_through_a_gateway(deployment, ports):
-    deployment.tunnel("exit.example.test", "internet", socksProxyEnabled=True, httpProxyEnabled=True)
+    tunnel = deployment.tunnel("exit.example.test", "internet", socksProxyEnabled=True, httpProxyEnabled=True)
     app = deployment.apps["internet"]
     socks = ("--socks5-hostname", f"127.0.0.1:{ports['socks']}")
     wait_for(lambda: curl(*socks, f"http://127.0.0.1:{app}/") is not None, 30, "the SOCKS5 proxy to work")
@@ -133,6 +134,20 @@ def test_socks5_and_http_proxies_leave_through_a_gateway(deployment, ports):
                            f"http://127.0.0.1:{ports['http']}/"], capture_output=True, text=True)
     assert done.stdout == "400"
 
+    # the exit turned off: its live connections end at the gateway, and the local proxies stop listening
+    with socket.create_connection(("127.0.0.1", ports["socks"]), timeout=10) as sock:
+        sock.sendall(b"\x05\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x01" + app.to_bytes(2, "big"))
+        assert sock.recv(2) == b"\x05\x00" and sock.recv(10)[:2] == b"\x05\x00"
+        deployment.api.patch(f"/api/tunnels/{tunnel['id']}", json={"socksProxyEnabled": False,
+                                                                   "httpProxyEnabled": False})
+        try:
+            assert sock.recv(1) == b""
+        except ConnectionResetError:
+            pass
+    for port in ports.values():
+        wait_for(lambda: subprocess.run(["curl", "-s", "-x", f"http://127.0.0.1:{port}", "http://a.test/"]
+                                        ).returncode == 7, 10, "the local proxies to stop")  # 7: nothing listens
+
 
 def test_new_connections_fail_over_to_the_other_gateway(deployment, ports):
     deployment.tunnel("exit.example.test", "internet", socksProxyEnabled=True)
@@ -167,16 +182,18 @@ def test_policy_and_tunnels_without_the_exit(tmp_path):
 
 
 async def _policy_and_tunnels_without_the_exit(d: Deployment, created: dict, out: dict, plain: dict) -> None:
-    socks_port = free_port()
+    socks_port, http_port = free_port(), free_port()
     node = TunnelNode(keys.generate_private(), listen_host="127.0.0.1")
-    agent = Agent(node, proxies=ProxyListen(socks=("127.0.0.1", socks_port)))
+    agent = Agent(node, proxies=ProxyListen(socks=("127.0.0.1", socks_port), http=("127.0.0.1", http_port)))
     client = agent.control_client(d.ws_url, created["apiKey"], heartbeat=1.0)
     app = d.apps["internet"]
 
     async def wait(condition, what: str) -> None:
-        with trio.fail_after(20):
+        with trio.move_on_after(20):
             while not condition():
                 await trio.sleep(0.05)
+            return
+        raise AssertionError(f"timed out waiting for {what}")
 
     async def socks_reply(port: int) -> bytes:
         stream = await trio.open_tcp_stream("127.0.0.1", port)
@@ -198,13 +215,18 @@ async def _policy_and_tunnels_without_the_exit(d: Deployment, created: dict, out
         with pytest.raises(OSError):
             await trio.open_tcp_stream("127.0.0.1", socks_port)
 
-        d.api.patch(f"/api/tunnels/{out['id']}", json={"socksProxyEnabled": True})
-        await wait(lambda: "socks" in agent.proxies.ports, "the local SOCKS5 proxy")
+        d.api.patch(f"/api/tunnels/{out['id']}", json={"socksProxyEnabled": True, "httpProxyEnabled": True})
+        await wait(lambda: set(agent.proxies.ports) == {"socks", "http"}, "the local proxies")
 
         # the default policy: the gateway's own loopback is not reachable through its exit (reply 0x02)
         reply = await socks_reply(socks_port)
         assert reply[:2] == b"\x05\x00" and reply[2:4] == bytes((5, socks5.NOT_ALLOWED)), reply
         await wait(lambda: "exit connection refused" in (d.tmp / "gatewaygw1.log").read_text(), "its log line")
+        done = await trio.to_thread.run_sync(functools.partial(
+            subprocess.run, ["curl", "-sS", "--max-time", "20", "-o", "/dev/null", "-w", "%{http_code}",
+                             "-x", f"http://127.0.0.1:{http_port}", f"http://127.0.0.1:{app}/"],
+            capture_output=True, text=True))
+        assert done.stdout == "403"
 
         # the tunnel without the exit cannot use the gateway's exit port directly: the connection is reset
         # before any SOCKS5 answer; nor can the exit tunnel's address use another tunnel's gateway address
@@ -222,8 +244,8 @@ async def _policy_and_tunnels_without_the_exit(d: Deployment, created: dict, out
         assert event == socks5.Failed(socks5.NOT_ALLOWED, "not allowed by ruleset")
 
         # turned off again: the listener goes away
-        d.api.patch(f"/api/tunnels/{out['id']}", json={"socksProxyEnabled": False})
-        await wait(lambda: agent.proxies.ports == {}, "the local SOCKS5 proxy to stop")
+        d.api.patch(f"/api/tunnels/{out['id']}", json={"socksProxyEnabled": False, "httpProxyEnabled": False})
+        await wait(lambda: agent.proxies.ports == {}, "the local proxies to stop")
         with pytest.raises(OSError):
             await trio.open_tcp_stream("127.0.0.1", socks_port)
         nursery.cancel_scope.cancel()
