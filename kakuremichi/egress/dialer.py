@@ -82,7 +82,7 @@ class ExitDialer:
         for route in self.candidates(routes):
             try:
                 stream, early = await self._attempt(route, host, port)
-            except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as exc:
                 self.mark_failed(route.gateway_ip)
                 reason = str(exc) or type(exc).__name__
                 errors.append(f"{route.gateway_ip}: {reason}")

@@ -73,7 +73,7 @@ class ExitServer:
         self.policy = policy or DestinationPolicy()
         self.connect_timeout = connect_timeout
         self._tunnels: dict[tuple[str, str], str] = {}  # (our address, agent address) -> domain, exit tunnels only
-        self._active: dict[trio.CancelScope, tuple[str, str]] = {}
+        self._active: dict[object, tuple[str, str]] = {}  # spliced tunnel stream -> (our address, agent address)
 
     @property
     def active_connections(self) -> int:
@@ -82,9 +82,9 @@ class ExitServer:
     def update(self, routes: list[RouteConfig]) -> None:
         """Follow a pushed config: exits turned off (or tunnels gone) lose their live connections too."""
         self._tunnels = {(r.gateway_ip, r.agent_ip): r.domain for r in routes if r.exit and r.enabled}
-        for scope, pair in list(self._active.items()):
+        for stream, pair in list(self._active.items()):
             if pair not in self._tunnels:
-                scope.cancel()
+                stream.abort()  # the splice ends as if the agent had reset it, and still counts its bytes
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         await self.stack.serve_tcp(self._handle, EXIT_PORT, task_status=task_status)
@@ -117,7 +117,10 @@ class ExitServer:
                 else "exit destination unreachable", id=conn, tunnel=domain, destination=destination,
                 reply=socks5.REPLY_TEXT[code], error=str(exc) or type(exc).__name__)
             with trio.move_on_after(1):
-                await stream.send_all(handshake.reply(code))
+                try:
+                    await stream.send_all(handshake.reply(code))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # the agent did not wait for the answer
             await trio.aclose_forcefully(stream)
             return
         peer, via = upstream.socket.getpeername()[0], upstream.socket.getsockname()[:2]
@@ -129,12 +132,11 @@ class ExitServer:
             await trio.aclose_forcefully(upstream)
             stream.abort()
             return
-        with trio.CancelScope() as scope:
-            self._active[scope] = pair
-            try:
-                sent, received = await splice(stream, upstream)
-            finally:
-                del self._active[scope]
+        self._active[stream] = pair
+        try:
+            sent, received = await splice(stream, upstream)
+        finally:
+            del self._active[stream]
         log(logger, logging.INFO, "exit connection", id=conn, tunnel=domain, agent=pair[1],
             destination=destination, address=peer, via=f"{via[0]}:{via[1]}", bytes_out=sent, bytes_in=received,
-            seconds=round(time.monotonic() - started, 3), closed_by_config=scope.cancelled_caught)
+            seconds=round(time.monotonic() - started, 3), closed_by_config=pair not in self._tunnels)

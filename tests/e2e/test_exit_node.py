@@ -60,6 +60,20 @@ def curl(*args: str) -> dict | None:
     return json.loads(done.stdout) if done.returncode == 0 and done.stdout.startswith("{") else None
 
 
+def exchange(port: int, request: bytes) -> bytes:
+    """Send `request` to a local proxy, half-close, and return everything it answers before closing."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        try:
+            while data := sock.recv(4096):
+                answer += data
+        except ConnectionResetError:
+            pass
+        return answer
+
+
 def get(connection: http.client.HTTPConnection, path: str) -> bytes:
     connection.request("GET", path)
     return connection.getresponse().read()
@@ -116,6 +130,21 @@ def test_socks5_and_http_proxies_leave_through_a_gateway(deployment, ports):
     assert seen["path"] == "/tunnelled" and "proxy-connection" not in seen["headers"]
     wait_for(lambda: exited_through(deployment, seen) is not None, 5, "the gateway's exit log line")
 
+    # hostile or broken local clients get their error and break nothing
+    for request, answer in [(b"\x04\x01\x00\x50\x7f\x00\x00\x01\x00", b"\x05\xff"),
+                            (b"\x05\x01\x00\x05\x02\x00\x01\x7f\x00\x00\x01\x00\x50", b"\x05\x00\x05\x07"),
+                            (b"\x05\x01\x00\x05\x01\x00\x03\x00\x00\x50", b"\x05\x00\x05\x01"),
+                            (b"\x05\x01", b"")]:
+        assert exchange(ports["socks"], request)[:len(answer) or None] == answer
+    for request in [b"GET http://127.0.0.1:%d/\xff HTTP/1.1\r\nHost: x\r\n\r\n" % app,
+                    b"CONNECT nowhere HTTP/1.1\r\nHost: x\r\n\r\n", b"\x00\x01\x02\r\n\r\n",
+                    b"GET https://127.0.0.1:%d/ HTTP/1.1\r\nHost: x\r\n\r\n" % app]:
+        assert exchange(ports["http"], request).startswith(b"HTTP/1.1 400 "), request
+    exchange(ports["http"], b"POST http://127.0.0.1:%d/ HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+             b"only ten b" % app)
+    assert curl(*socks, f"http://127.0.0.1:{app}/still")["path"] == "/still"
+    assert curl(*proxy, f"http://127.0.0.1:{app}/still")["path"] == "/still"
+
     # a live proxied connection outlives a config push that does not concern it
     with socket.create_connection(("127.0.0.1", ports["socks"]), timeout=10) as sock:
         sock.sendall(b"\x05\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x01" + app.to_bytes(2, "big"))
@@ -147,6 +176,10 @@ def test_socks5_and_http_proxies_leave_through_a_gateway(deployment, ports):
     for port in ports.values():
         wait_for(lambda: subprocess.run(["curl", "-s", "-x", f"http://127.0.0.1:{port}", "http://a.test/"]
                                         ).returncode == 7, 10, "the local proxies to stop")  # 7: nothing listens
+    wait_for(lambda: any("closed_by_config=True" in (deployment.tmp / f"gateway{name}.log").read_text()
+                         for name in deployment.gateways), 5, "the exit's log line of the connection it ended")
+    assert all(process.popen.poll() is None for process, _port in deployment.gateways.values())
+    assert deployment.agent.popen.poll() is None
 
 
 def test_new_connections_fail_over_to_the_other_gateway(deployment, ports):
