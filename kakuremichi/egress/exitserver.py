@@ -35,7 +35,7 @@ def reply_code(exc: BaseException) -> int:
     if isinstance(exc, Refused):
         return socks5.NOT_ALLOWED
     if isinstance(exc, trio.TooSlowError):
-        return socks5.HOST_UNREACHABLE
+        return socks5.TTL_EXPIRED  # RFC 1928's nearest to a timeout; the HTTP proxy makes it a 504
     if isinstance(exc, socket.gaierror):
         return socks5.HOST_UNREACHABLE
     if isinstance(exc, ConnectionRefusedError):

@@ -142,6 +142,11 @@ def test_socks5_and_http_proxies_leave_through_a_gateway(deployment, ports):
         assert exchange(ports["http"], request).startswith(b"HTTP/1.1 400 "), request
     exchange(ports["http"], b"POST http://127.0.0.1:%d/ HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
              b"only ten b" % app)
+    closed = free_port()  # nothing listens there: the gateway's connect is refused (0x05, HTTP 502)
+    assert exchange(ports["socks"], b"\x05\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x01" + closed.to_bytes(2, "big")
+                    )[:4] == b"\x05\x00\x05\x05"
+    assert exchange(ports["http"], b"GET http://127.0.0.1:%d/ HTTP/1.1\r\nHost: x\r\n\r\n" % closed
+                    ).startswith(b"HTTP/1.1 502 ")
     assert curl(*socks, f"http://127.0.0.1:{app}/still")["path"] == "/still"
     assert curl(*proxy, f"http://127.0.0.1:{app}/still")["path"] == "/still"
 
