@@ -20,6 +20,7 @@ from kakuremichi.wg import keys
 PROTOCOL_VERSION = 1
 TUNNEL_PORT = 80  # where an agent accepts a tunnel's connections on its tunnel address
 AGENT_KEEPALIVE = 25  # seconds between an idle agent's keepalives to each gateway (keeps NAT mappings open)
+EXIT_PORT = 1080  # where a gateway speaks SOCKS5 to the agents of exit tunnels, on its tunnel addresses
 ROLES = ("gateway", "agent")
 TLS_MODES = ("acme", "self-signed", "off", "custom")
 _ACME_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}\Z")  # RFC 8555 §8.3: base64url without padding
@@ -148,11 +149,12 @@ class RouteConfig:
     enabled: bool = True
     tls_mode: str = "acme"
     force_https: bool = False
+    exit: bool = False  # the agent may send traffic out through this gateway (its HTTP or SOCKS5 proxy is on)
 
     def to_json(self) -> dict:
         return {"domain": self.domain, "agentIp": self.agent_ip, "port": self.port, "gatewayIp": self.gateway_ip,
                 "enabled": self.enabled, "tlsMode": self.tls_mode, "forceHttps": self.force_https,
-                "tunnelId": self.tunnel_id}
+                "tunnelId": self.tunnel_id, "exit": self.exit}
 
     @classmethod
     def from_json(cls, obj: dict, where: str = "route") -> RouteConfig:
@@ -166,7 +168,8 @@ class RouteConfig:
                    port=_port(_get(obj, "port", int, where, TUNNEL_PORT), where),
                    enabled=_get(obj, "enabled", bool, where, True),
                    tls_mode=tls_mode,
-                   force_https=_get(obj, "forceHttps", bool, where, False))
+                   force_https=_get(obj, "forceHttps", bool, where, False),
+                   exit=_get(obj, "exit", bool, where, False))
 
 
 @dataclass(frozen=True)
@@ -228,16 +231,23 @@ class TunnelMapping:
     agent_ip: str
     target: str  # host:port or http(s)://host:port
     enabled: bool = True
+    http_proxy: bool = False  # the agent offers a local HTTP proxy whose traffic leaves through a gateway
+    socks_proxy: bool = False  # the same as a local SOCKS5 proxy
+    gateway_ips: list[str] = field(default_factory=list)  # the gateways' addresses in this tunnel's subnet
 
     def to_json(self) -> dict:
         return {"tunnelId": self.tunnel_id, "domain": self.domain, "agentIp": self.agent_ip,
-                "target": self.target, "enabled": self.enabled}
+                "target": self.target, "enabled": self.enabled, "httpProxy": self.http_proxy,
+                "socksProxy": self.socks_proxy, "gatewayIps": list(self.gateway_ips)}
 
     @classmethod
     def from_json(cls, obj: dict, where: str = "tunnel") -> TunnelMapping:
         return cls(tunnel_id=_get(obj, "tunnelId", str, where), domain=_get(obj, "domain", str, where),
                    agent_ip=_address(_get(obj, "agentIp", str, where), f"{where}.agentIp"),
-                   target=_get(obj, "target", str, where), enabled=_get(obj, "enabled", bool, where, True))
+                   target=_get(obj, "target", str, where), enabled=_get(obj, "enabled", bool, where, True),
+                   http_proxy=_get(obj, "httpProxy", bool, where, False),
+                   socks_proxy=_get(obj, "socksProxy", bool, where, False),
+                   gateway_ips=_addresses(obj, "gatewayIps", where) if "gatewayIps" in obj else [])
 
 
 @dataclass(frozen=True)

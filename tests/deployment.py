@@ -72,12 +72,14 @@ class Deployment:
     """
 
     def __init__(self, tmp: Path, apps: dict[str, tuple[str, ...]], gateways: tuple[str, ...] = ("gw1", "gw2"),
-                 agent: bool = True, log_level: str = "info", heartbeat: float = 1.0, https: bool = False) -> None:
+                 agent: bool = True, log_level: str = "info", heartbeat: float = 1.0, https: bool = False,
+                 gateway_args: tuple[str, ...] = (), agent_args: tuple[str, ...] = ()) -> None:
         self.tmp = tmp
         self.https = https
         self.https_ports: dict[str, int] = {}
         self.heartbeat = str(heartbeat)  # short by default, so tests see clients come and go quickly
         self.env = child_env(log_level)
+        self.gateway_args = gateway_args  # extra command-line flags for every gateway
         self.control_port = free_port()
         self.api = httpx.Client(base_url=f"http://127.0.0.1:{self.control_port}",
                                 headers={"authorization": f"Bearer {ADMIN}"}, timeout=30)
@@ -95,7 +97,7 @@ class Deployment:
         if agent:
             self.agent = self.spawn("kakuremichi.agent", "--control-url", f"http://127.0.0.1:{self.control_port}",
                                     "--api-key", self.agent_key, "--data-dir", str(tmp / "agent"),
-                                    "--heartbeat", self.heartbeat)
+                                    "--heartbeat", self.heartbeat, *agent_args)
 
     def add_gateway(self, name: str) -> Process:
         """Create a gateway in control and start it."""
@@ -106,7 +108,7 @@ class Deployment:
                              "--public-host", "127.0.0.1", "--wireguard-port", str(free_port(socket.SOCK_DGRAM)),
                              "--http-port", str(http_port), "--https-port", str(https_port), "--acme-directory", "off",
                              "--listen-host", "127.0.0.1", "--data-dir", str(self.tmp / name),
-                             "--heartbeat", self.heartbeat)
+                             "--heartbeat", self.heartbeat, *self.gateway_args)
         self.gateways[name] = (process, http_port)
         return process
 

@@ -14,6 +14,8 @@ import trio
 
 from kakuremichi.agent.targets import Target, TargetError, connect
 from kakuremichi.controlclient import ControlClient
+from kakuremichi.egress.dialer import ExitDialer
+from kakuremichi.egress.localproxy import LocalProxies, ProxyListen
 from kakuremichi.logs import log
 from kakuremichi.pipe import splice
 from kakuremichi.protocol import TUNNEL_PORT, AgentConfig
@@ -29,8 +31,10 @@ TUNNEL_BACKLOG = 4096
 
 
 class Agent:
-    def __init__(self, node: TunnelNode, *, connect_timeout: float = 10.0) -> None:
+    def __init__(self, node: TunnelNode, *, connect_timeout: float = 10.0, proxies: ProxyListen | None = None
+                 ) -> None:
         self.node = node
+        self.proxies = LocalProxies(ExitDialer(node), proxies)
         self.connect_timeout = connect_timeout
         self.targets: dict[str, tuple[str, Target]] = {}  # agent address -> (domain, target)
         self.config_version = 0
@@ -52,6 +56,7 @@ class Agent:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.node.run)
+            await nursery.start(self.proxies.run)
             await nursery.start(functools.partial(self.node.stack.serve_tcp, self._handle, TUNNEL_PORT,
                                                   backlog=TUNNEL_BACKLOG))
             task_status.started(self)
@@ -82,6 +87,7 @@ class Agent:
             if entry is None or entry[1] != target:
                 scope.cancel()  # re-targeted, disabled or deleted: its connections must not linger
         await self.node.apply(config.addresses, peers)
+        await self.proxies.update(config.tunnels)
         self.config_version = config.version
         log(logger, logging.INFO, "config applied", version=config.version, tunnels=len(targets),
             gateways=len(peers))

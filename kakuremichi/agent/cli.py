@@ -7,6 +7,7 @@ and which local target each tunnel leads to. It needs no root and opens no inbou
 
 from __future__ import annotations
 
+import argparse
 import logging
 from pathlib import Path
 
@@ -14,9 +15,11 @@ import trio
 
 from kakuremichi import command, logs
 from kakuremichi.agent.agent import Agent
+from kakuremichi.egress.localproxy import ProxyListen
 from kakuremichi.options import EnvArgumentParser
 from kakuremichi.tunnel import TunnelNode
 from kakuremichi.wg import keyfile, keys
+from kakuremichi.wg.config import parse_endpoint
 
 logger = logging.getLogger("kakuremichi.agent")
 
@@ -31,15 +34,28 @@ def build_parser(prog: str) -> EnvArgumentParser:
                         help="where the agent keeps its WireGuard private key (default ./kakuremichi-agent)")
     parser.add_argument("--wireguard-port", type=int, default=0,
                         help="local UDP port for WireGuard (default: any free port; only outbound is needed)")
+    parser.add_argument("--socks-listen", type=_listen_address, default="127.0.0.1:1080",
+                        help="host:port of the local SOCKS5 proxy, served while a tunnel has socksProxyEnabled; its "
+                             "connections leave through a gateway (default 127.0.0.1:1080)")
+    parser.add_argument("--http-proxy-listen", type=_listen_address, default="127.0.0.1:3128",
+                        help="host:port of the local HTTP proxy (CONNECT and http:// URLs), served while a tunnel has "
+                             "httpProxyEnabled (default 127.0.0.1:3128)")
     parser.add_argument("--heartbeat", type=float, default=30.0, help="seconds between heartbeats to control")
     logs.add_arguments(parser)
     return parser
 
 
+def _listen_address(text: str) -> tuple[str, int]:
+    try:
+        return parse_endpoint(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 async def run(args) -> None:
     private = keyfile.load_or_create(Path(args.data_dir) / "wireguard.key")
     node = TunnelNode(private, listen_port=args.wireguard_port)
-    agent = Agent(node)
+    agent = Agent(node, proxies=ProxyListen(socks=args.socks_listen, http=args.http_proxy_listen))
     client = agent.control_client(args.control_url, args.api_key, heartbeat=args.heartbeat)
     logs.log(logger, logging.INFO, "agent starting", public_key=keys.encode(node.public_key),
              control=args.control_url)

@@ -27,7 +27,8 @@ def gateway_config(db: Database, gateway_id: str) -> protocol.GatewayConfig | No
     peers = [protocol.AgentPeer(a.public_key, sorted(f"{t.agent_ip}/32" for t in a.tunnels))
              for a in sorted(agents, key=lambda a: a.id)]
     routes = [protocol.RouteConfig(domain=t.domain, agent_ip=t.agent_ip, gateway_ip=my_ip[t.id], tunnel_id=t.id,
-                                   enabled=t.enabled, tls_mode=t.tls_mode, force_https=t.force_https)
+                                   enabled=t.enabled, tls_mode=t.tls_mode, force_https=t.force_https,
+                                   exit=t.enabled and (t.http_proxy_enabled or t.socks_proxy_enabled))
               for t in tunnels if t.id in my_ip]
     return protocol.GatewayConfig(version=current_version(db), wireguard_port=gateway.wireguard_port,
                                   addresses=sorted(my_ip.values()), peers=peers, routes=routes)
@@ -43,13 +44,25 @@ def agent_config(db: Database, agent_id: str) -> protocol.AgentConfig | None:
         for row in tunnel.gateway_ips:
             allowed_by_gateway.setdefault(row.gateway.id, []).append(f"{row.ip}/32")
     gateways = []
+    peered = set()
     for gateway in sorted(db.Gateway.select(lambda g: g.public_key and g.public_endpoint), key=lambda g: g.id):
         allowed = sorted(allowed_by_gateway.get(gateway.id, ()))
         if allowed:
             gateways.append(protocol.GatewayPeer(gateway.public_key, gateway.public_endpoint, allowed))
-    mappings = [protocol.TunnelMapping(t.id, t.domain, t.agent_ip, t.target, t.enabled) for t in tunnels]
+            peered.add(gateway.id)
+    mappings = [protocol.TunnelMapping(t.id, t.domain, t.agent_ip, t.target, t.enabled,
+                                       http_proxy=t.http_proxy_enabled, socks_proxy=t.socks_proxy_enabled,
+                                       gateway_ips=_exit_gateway_ips(t, peered))
+                for t in tunnels]
     return protocol.AgentConfig(version=current_version(db), addresses=sorted(t.agent_ip for t in tunnels),
                                 gateways=gateways, tunnels=mappings)
+
+
+def _exit_gateway_ips(tunnel, peered: set[str]) -> list[str]:
+    """The addresses of a tunnel's gateways that are the agent's peers, in gateway order (the exit's
+    failover order)."""
+    rows = sorted((row for row in tunnel.gateway_ips if row.gateway.id in peered), key=lambda row: row.gateway.id)
+    return [row.ip for row in rows]
 
 
 def config_for(db: Database, role: str, client_id: str) -> protocol.Config | None:

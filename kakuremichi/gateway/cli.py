@@ -15,6 +15,7 @@ from pathlib import Path
 import trio
 
 from kakuremichi import command, logs
+from kakuremichi.egress.policy import DestinationPolicy
 from kakuremichi.gateway.acmeclient import LETS_ENCRYPT, AcmeSettings
 from kakuremichi.gateway.gateway import Gateway, Listen
 from kakuremichi.options import EnvArgumentParser
@@ -42,6 +43,10 @@ def build_parser(prog: str) -> EnvArgumentParser:
                         help="ACME directory URL; 'off' disables ACME (default: Let's Encrypt)")
     parser.add_argument("--acme-email", default=None, help="contact e-mail for the ACME account")
     parser.add_argument("--acme-ca-bundle", default=None, help="CA file for the ACME server's own HTTPS (test CAs)")
+    parser.add_argument("--exit-allow-private", action="store_true",
+                        help="let exit tunnels reach loopback, private, link-local and other non-public "
+                             "addresses from this gateway (labs and tests only: it opens the gateway's networks "
+                             "to every exit tunnel's agent)")
     parser.add_argument("--heartbeat", type=float, default=30.0, help="seconds between heartbeats to control")
     logs.add_arguments(parser)
     return parser
@@ -53,7 +58,11 @@ async def run(args) -> None:
     node = TunnelNode(private, listen_port=args.wireguard_port)
     acme = None if args.acme_directory == "off" else AcmeSettings(args.acme_directory, args.acme_email,
                                                                   args.acme_ca_bundle)
-    gateway = Gateway(node, data, Listen(args.listen_host, args.http_port, args.https_port or None, acme))
+    gateway = Gateway(node, data, Listen(args.listen_host, args.http_port, args.https_port or None, acme),
+                      DestinationPolicy(allow_private=args.exit_allow_private))
+    if args.exit_allow_private:
+        logs.log(logger, logging.WARNING, "exit tunnels may reach this gateway's private networks "
+                                          "(--exit-allow-private)")
     endpoint = f"{args.public_host}:{node.listen_port}"
     client = gateway.control_client(args.control_url, args.api_key, endpoint, heartbeat=args.heartbeat)
     logs.log(logger, logging.INFO, "gateway starting", public_key=keys.encode(node.public_key),

@@ -16,6 +16,8 @@ from pathlib import Path
 import trio
 
 from kakuremichi.controlclient import ControlClient
+from kakuremichi.egress.exitserver import ExitServer
+from kakuremichi.egress.policy import DestinationPolicy
 from kakuremichi.gateway.acmeclient import AcmeSettings
 from kakuremichi.gateway.certmanager import CertificateManager
 from kakuremichi.gateway.certstore import CertStore
@@ -49,9 +51,11 @@ class Listen:
 
 
 class Gateway:
-    def __init__(self, node: TunnelNode, state_dir: str | Path, listen: Listen) -> None:
+    def __init__(self, node: TunnelNode, state_dir: str | Path, listen: Listen,
+                 exit_policy: DestinationPolicy | None = None) -> None:
         self.node = node
         self.listen = listen
+        self.exit = ExitServer(node.stack, exit_policy)
         self.routes = RouteTable()
         self.challenges = ChallengeStore()
         self.certs = CertificateManager(CertStore(Path(state_dir)), self.challenges, listen.acme)
@@ -84,12 +88,14 @@ class Gateway:
                                                      local_address=self._sources.get(route.address))
 
     def stats(self) -> dict:
-        return {**self.node.stats(), "configVersion": self.config_version, "routes": len(self._sources)}
+        return {**self.node.stats(), "configVersion": self.config_version, "routes": len(self._sources),
+                "exitConnections": self.exit.active_connections}
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         listen = self.listen
         async with trio.open_nursery() as nursery:
             await nursery.start(self.node.run)
+            await nursery.start(self.exit.run)
             nursery.start_soon(self.endpoints.keep_saving, self.node.device)
             if listen.https_port is not None:
                 listen.proxy.https_port = listen.https_port
@@ -124,8 +130,9 @@ class Gateway:
             if peer.endpoint is None:  # not heard from since we started: try where the agent last was
                 peer.endpoint = self.endpoints.recall(key)
         self._sources = sources
+        self.exit.update(config.routes)
         self.routes.replace(routes)
         self.certs.update_routes(routes)
         self.config_version = config.version
         log(logger, logging.INFO, "config applied", version=config.version, routes=len(routes),
-            agents=len(peers))
+            agents=len(peers), exits=sum(r.exit and r.enabled for r in config.routes))

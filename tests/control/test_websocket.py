@@ -63,12 +63,20 @@ async def test_configs_follow_every_change(control):
         a = await agent_ws.config()
         assert a.addresses == ["10.1.0.2"]
         assert a.gateways == [protocol.GatewayPeer(gw_key, "203.0.113.1:51820", ["10.1.0.254/32"])]
-        assert a.tunnels == [protocol.TunnelMapping(tunnel["id"], "app.example.com", "10.1.0.2", "localhost:8080")]
+        assert a.tunnels == [protocol.TunnelMapping(tunnel["id"], "app.example.com", "10.1.0.2", "localhost:8080",
+                                                    gateway_ips=["10.1.0.254"])]
         assert a.version > agent_ws.first_config.version
+
+        # a proxy flag opens the gateway's exit to the tunnel's agent, and tells the agent which proxy to offer
+        await control.api.patch(f"/api/tunnels/{tunnel['id']}", json={"socksProxyEnabled": True})
+        assert (await gateway.config()).routes[0].exit is True
+        mapping = (await agent_ws.config()).tunnels[0]
+        assert mapping.socks_proxy is True and mapping.http_proxy is False
 
         # tunnel updated
         await control.api.patch(f"/api/tunnels/{tunnel['id']}", json={"enabled": False, "target": "localhost:9"})
-        assert (await gateway.config()).routes[0].enabled is False
+        route = (await gateway.config()).routes[0]
+        assert route.enabled is False and route.exit is False  # a disabled tunnel has no exit either
         assert (await agent_ws.config()).tunnels[0].target == "localhost:9"
 
         # gateway changed: only the gateway's own config differs, so only it hears about it

@@ -1,0 +1,47 @@
+"""The order in which the agent tries its gateways' exits, on a WireGuard device with a fake clock."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from kakuremichi.egress.dialer import FAILURE_MEMORY, ExitDialer, ExitRoute
+from kakuremichi.wg import keys
+from kakuremichi.wg.constants import REJECT_AFTER_TIME
+from kakuremichi.wg.device import Device
+
+
+def dialer_with_gateways(*addresses: str):
+    now = [1000.0]
+    device = Device(keys.generate_private(), clock=lambda: now[0])
+    peers = [device.add_peer(keys.public_from_private(keys.generate_private()), allowed_ips=[f"{a}/32"])
+             for a in addresses]
+    return ExitDialer(SimpleNamespace(device=device)), peers, now
+
+
+def hear_from(peer, now: float) -> None:
+    peer.current = object()  # an established session
+    peer.stats.last_received = now
+
+
+def test_live_gateways_first_then_config_order():
+    routes = [ExitRoute("10.1.0.2", ip) for ip in ("10.1.0.254", "10.1.0.253", "10.1.0.252")]
+    dialer, (first, second, third), now = dialer_with_gateways("10.1.0.254", "10.1.0.253", "10.1.0.252")
+    assert dialer.candidates(routes) == routes  # nobody heard from yet: config order
+    hear_from(second, now[0])
+    hear_from(third, now[0] - REJECT_AFTER_TIME - 1)  # its session is too old to count
+    assert dialer.candidates(routes) == [routes[1], routes[0], routes[2]]
+    hear_from(first, now[0])
+    assert dialer.candidates(routes) == routes
+
+
+def test_a_failed_gateway_waits_at_the_back_for_a_while():
+    routes = [ExitRoute("10.1.0.2", ip) for ip in ("10.1.0.254", "10.1.0.253")]
+    dialer, peers, now = dialer_with_gateways("10.1.0.254", "10.1.0.253")
+    for peer in peers:
+        hear_from(peer, now[0])
+    dialer.mark_failed("10.1.0.254")
+    assert dialer.candidates(routes) == [routes[1], routes[0]]
+    now[0] += FAILURE_MEMORY + 1
+    for peer in peers:
+        hear_from(peer, now[0])
+    assert dialer.candidates(routes) == routes
