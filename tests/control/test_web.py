@@ -182,3 +182,21 @@ def test_session_secret_is_made_once_and_a_damaged_one_is_refused(tmp_path):
     path.write_text("")  # e.g. a disk that filled up while it was written
     with pytest.raises(OSError, match="not a web session secret"):
         _secret(path)
+
+
+async def test_the_tunnel_form_turns_the_exit_node_proxies_on_and_off(control):
+    agent = await control.create("agents", name="home")
+    tunnel = await control.create("tunnels", domain="exit.example.com", agentId=agent["id"], target="127.0.0.1:8080")
+    async with _logged_in(control.url) as browser:
+        page = await browser.get(f"/tunnels/{tunnel['id']}/edit")
+        assert 'name="socksProxyEnabled"' in page.text and 'name="httpProxyEnabled"' in page.text
+        form = {"csrf_token": _csrf(page), "domain": "exit.example.com", "agentId": agent["id"],
+                "target": "127.0.0.1:8080", "tlsMode": "acme", "enabled": "on"}
+        saved = await browser.post(f"/tunnels/{tunnel['id']}/edit", data={**form, "socksProxyEnabled": "on"})
+        assert saved.status_code == 302
+        stored = (await control.api.get(f"/api/tunnels/{tunnel['id']}")).json()
+        assert stored["socksProxyEnabled"] and not stored["httpProxyEnabled"]
+        page = await browser.get(f"/tunnels/{tunnel['id']}/edit")
+        assert re.search(r'name="socksProxyEnabled"[^>]*checked', page.text)
+        await browser.post(f"/tunnels/{tunnel['id']}/edit", data={**form, "csrf_token": _csrf(page)})
+        assert not (await control.api.get(f"/api/tunnels/{tunnel['id']}")).json()["socksProxyEnabled"]

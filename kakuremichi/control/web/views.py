@@ -321,7 +321,8 @@ _client_routes("agent")
 def _tunnel_body(form) -> dict:
     return {"domain": form.get("domain", "").strip(), "agentId": form.get("agentId", ""),
             "target": form.get("target", "").strip(), "description": form.get("description", ""),
-            "tlsMode": form.get("tlsMode", ""), "enabled": "enabled" in form, "forceHttps": "forceHttps" in form}
+            "tlsMode": form.get("tlsMode", ""), "enabled": "enabled" in form, "forceHttps": "forceHttps" in form,
+            "socksProxyEnabled": "socksProxyEnabled" in form, "httpProxyEnabled": "httpProxyEnabled" in form}
 
 
 def _agents() -> list[dict]:
