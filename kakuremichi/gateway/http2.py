@@ -23,6 +23,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.utilities
 import trio
 from h2.errors import ErrorCodes
 
@@ -41,8 +42,9 @@ MAX_CONCURRENT_STREAMS = 100
 STREAM_WINDOW = 1 << 18  # request body bytes a stream may have in flight towards the gateway
 CONNECTION_WINDOW = 1 << 20  # and all streams of a connection together: the most buffered per connection
 _GOODBYE_TIMEOUT = 1.0  # for the last GOAWAY of a connection that is closing anyway
+_REQUEST_HEADERS = h2.utilities.HeaderValidationFlags(is_client=False, is_trailer=False, is_response_header=False,
+                                                       is_push_promise=False)
 _INITIAL_WINDOW = 65535  # every window's size before SETTINGS change it (RFC 9113 §6.9.2)
-_H2_ERRORS = (h2.exceptions.ProtocolError, h2.exceptions.FlowControlError)
 
 
 async def serve_http2(proxy: Proxy, stream: trio.abc.Stream, peer_ip: str) -> None:
@@ -61,7 +63,10 @@ class Http2Connection:
         self.stream = stream
         self.peer_ip = peer_ip
         self.timeout = proxy.settings.client_timeout
-        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        # Request headers are validated here, stream by stream: h2 would make a malformed request a
+        # connection error, where RFC 9113 §8.1.1 wants a stream error.
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_inbound_headers=False))
         max_headers = proxy.settings.max_header_bytes
         self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
@@ -74,6 +79,7 @@ class Http2Connection:
         self._idle_deadline = math.inf
         self._write_deadline = math.inf
         self._dirty = trio.Event()  # h2 has bytes to send
+        self._closing = False
         self._requested = self._written = 0  # flush tickets handed out / written
         self._flushed = trio.Event()
         self.window_opened = trio.Event()  # the client granted more sending room somewhere
@@ -88,16 +94,21 @@ class Http2Connection:
         with self.proxy.watchdog.guard(self):
             try:
                 async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
                     nursery.start_soon(self._write_loop)
                     self.wake()
-                    await self._read_loop()
-                    nursery.cancel_scope.cancel()
-            except STREAM_ERRORS:
-                pass
+                    try:
+                        async with trio.open_nursery() as streams:
+                            self._nursery = streams
+                            await self._read_loop()
+                            streams.cancel_scope.cancel()
+                    finally:
+                        self._closing = True  # the writer sends the GOAWAY and what precedes it, then ends
+                        self._say_goodbye()
+            except* STREAM_ERRORS:
+                pass  # the client vanished: its streams were cancelled with the nursery
             finally:
                 with trio.CancelScope(shield=True, deadline=trio.current_time() + _GOODBYE_TIMEOUT):
-                    await self._goodbye()
+                    await self._last_words()
 
     async def _read_loop(self) -> None:
         """Feed the client's bytes to h2 and act on its events, until EOF or a connection error."""
@@ -108,7 +119,7 @@ class Http2Connection:
                 return
             try:
                 events = self.h2.receive_data(data)
-            except _H2_ERRORS as exc:
+            except h2.exceptions.ProtocolError as exc:
                 log(logger, logging.DEBUG, "HTTP/2 protocol error", client=self.peer_ip, error=str(exc))
                 return  # h2 queued the GOAWAY saying why
             for event in events:
@@ -123,7 +134,12 @@ class Http2Connection:
             if stream is None or not stream.accept_body(event.data, event.flow_controlled_length):
                 self.acknowledge(event.flow_controlled_length, event.stream_id)
         elif isinstance(event, h2.events.RequestReceived):
-            stream = Http2Stream(self, event.stream_id, event.headers, ended=event.stream_ended is not None)
+            try:
+                headers = list(h2.utilities.validate_headers(event.headers, _REQUEST_HEADERS))
+            except h2.exceptions.ProtocolError as exc:
+                self._refuse_malformed(event.stream_id, str(exc))
+                return True
+            stream = Http2Stream(self, event.stream_id, headers, ended=event.stream_ended is not None)
             self.streams[event.stream_id] = stream
             self._nursery.start_soon(stream.run)
         elif isinstance(event, h2.events.StreamEnded):
@@ -139,12 +155,20 @@ class Http2Connection:
             return event.error_code == ErrorCodes.NO_ERROR and bool(self.streams)  # let open streams finish
         return True
 
+    def _refuse_malformed(self, stream_id: int, why: str) -> None:
+        """A malformed request is a stream error of type PROTOCOL_ERROR (RFC 9113 §8.1.1)."""
+        self.h2.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
+        record = AccessRecord(client=self.peer_ip, scheme="https")
+        record.protocol, record.error = "h2", "bad_request"
+        record.emit()
+        log(logger, logging.DEBUG, "malformed HTTP/2 request", client=self.peer_ip, error=why)
+
     def acknowledge(self, length: int, stream_id: int) -> None:
         """Give `length` received bytes of window back to the client (sent with the next write)."""
         if length:
             try:
                 self.h2.acknowledge_received_data(length, stream_id)
-            except _H2_ERRORS:
+            except h2.exceptions.ProtocolError:
                 pass  # the connection is closing
 
     def stream_done(self, stream: Http2Stream) -> None:
@@ -166,7 +190,8 @@ class Http2Connection:
             await self._flushed.wait()
 
     async def _write_loop(self) -> None:
-        while True:
+        """The only writer: h2's bytes leave in order, one send_all at a time; ends once closing is done."""
+        while not (self._closing and not self._dirty.is_set()):
             await self._dirty.wait()
             self._dirty = trio.Event()
             ticket = self._requested
@@ -181,12 +206,14 @@ class Http2Connection:
             self._flushed.set()
             self._flushed = trio.Event()
 
-    async def _goodbye(self) -> None:
-        """GOAWAY (unless h2 already sent one for a protocol error), then whatever is left to send."""
-        try:
+    def _say_goodbye(self) -> None:
+        """GOAWAY, unless h2 already queued one for a protocol error."""
+        if self.h2.state_machine.state is not h2.connection.ConnectionState.CLOSED:
             self.h2.close_connection()
-        except _H2_ERRORS:
-            pass
+        self.wake()
+
+    async def _last_words(self) -> None:
+        """What the writer had no chance to send (the gateway is shutting down): one try, if it is free."""
         data = self.h2.data_to_send()
         if data:
             try:
@@ -287,6 +314,8 @@ class Http2Stream:
             else:
                 headers.append((name, value))
         record.method = pseudo.get(b":method", b"-").decode("ascii", "replace")
+        if record.method == "CONNECT":  # no tunnels, and no extended CONNECT (WebSocket) was offered
+            raise errorpages.method_not_allowed("CONNECT")
         authority = pseudo.get(b":authority")
         if authority is not None:
             headers = [(n, v) for n, v in headers if n != b"host"]
@@ -384,7 +413,7 @@ class Http2Stream:
         headers += strip_hop_by_hop(list(response.headers))
         try:
             self.conn.h2.send_headers(self.id, headers, end_stream=end)
-        except _H2_ERRORS:
+        except h2.exceptions.ProtocolError:
             raise Abort() from None
 
     async def _send_data(self, data: bytes, *, end: bool = False) -> None:
@@ -402,7 +431,7 @@ class Http2Stream:
                     data = data[room:]
                     conn.wake()
                     continue
-            except _H2_ERRORS:
+            except h2.exceptions.ProtocolError:
                 raise Abort() from None
             opened = conn.window_opened
             self.deadline = trio.current_time() + conn.timeout
@@ -432,7 +461,7 @@ class Http2Stream:
         self._sent_all = True
         try:
             self.conn.h2.reset_stream(self.id, code)
-        except _H2_ERRORS:
+        except h2.exceptions.ProtocolError:
             pass  # already closed
 
     def _discard_body(self) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
 import ssl
+import struct
 from collections import deque
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import httpx
 import pytest
@@ -78,14 +81,16 @@ class RawH2Client:
         self.events: deque[h2.events.Event] = deque()
 
     @classmethod
-    async def connect(cls, port: int) -> RawH2Client:
+    async def connect(cls, port: int, *, validate: bool = True) -> RawH2Client:
         context = ssl.create_default_context()
         context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
         context.set_alpn_protocols(["h2"])
-        stream = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", port), context, server_hostname=HOST)
+        stream = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", port), context, server_hostname=HOST,
+                                https_compatible=True)
         await stream.do_handshake()
         assert stream.selected_alpn_protocol() == "h2"
         client = cls(stream)
+        client.h2.config.validate_outbound_headers = client.h2.config.normalize_outbound_headers = validate
         client.h2.initiate_connection()
         await client.flush()
         return client
@@ -243,6 +248,7 @@ async def test_a_reset_stream_leaves_the_others_and_its_agent_connection_is_not_
         event = await client.next_event()
         if isinstance(event, h2.events.DataReceived) and event.stream_id == download:
             received += len(event.data)
+    await trio.sleep(0.3)  # room for a gateway that ignores the client's window to keep sending
     client.h2.reset_stream(download)
     await client.flush()
     status, _ = await client.response(other)
@@ -257,4 +263,72 @@ async def test_a_reset_stream_leaves_the_others_and_its_agent_connection_is_not_
     assert all(conn.stream is not closed[0] for conn in gw.proxy.pool._idle[key])
     lines = {line["path"]: line for line in _access_lines(caplog)}
     assert lines["/download"]["error"] == "client_reset" and lines["/download"]["protocol"] == "h2"
+    # The client acknowledged nothing: the relay stopped at its window (64 KiB), plus the chunk in hand.
+    assert 32768 <= lines["/download"]["bytes_out"] <= 65535 + 65536
     await client.stream.aclose()
+
+
+async def test_idle_connection_gets_goaway_after_the_client_timeout(nursery, tmp_path, app_port):
+    gw = await start_h2_gateway(nursery, tmp_path, app_port, settings=ProxySettings(client_timeout=0.3))
+    client = await RawH2Client.connect(gw.https_port)
+    assert (await client.response(await client.get("/")))[0] == 200
+    with trio.fail_after(10):
+        while not isinstance(event := await client.next_event(), h2.events.ConnectionTerminated):
+            pass
+    assert event.error_code == 0 and event.last_stream_id == 1
+    assert await client.stream.receive_some() == b""
+
+
+async def test_malformed_requests_are_stream_errors_and_protocol_errors_get_goaway(nursery, tmp_path, app_port, caplog):
+    gw = await start_h2_gateway(nursery, tmp_path, app_port)
+    client = await RawH2Client.connect(gw.https_port, validate=False)
+    for malformed in ([(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/")],  # no authority
+                      [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", HOST.encode()),
+                       (b":path", b"/"), (b"connection", b"close")],  # connection-specific
+                      [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", HOST.encode()),
+                       (b":path", b"/"), (b"X-Upper", b"1")],
+                      [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", HOST.encode()),
+                       (b":path", b"/"), (b"x-nul", b"a\x00b")]):
+        stream_id = client.h2.get_next_available_stream_id()
+        client.h2.send_headers(stream_id, malformed, end_stream=True)
+        await client.flush()
+        with pytest.raises(AssertionError, match="PROTOCOL_ERROR"):  # a stream error, not the connection's
+            await client.response(stream_id)
+    bad_host = client.h2.get_next_available_stream_id()
+    client.h2.send_headers(bad_host, [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a b"),
+                                      (b":path", b"/")], end_stream=True)
+    await client.flush()
+    assert (await client.response(bad_host))[0] == 400
+    connect = client.h2.get_next_available_stream_id()
+    client.h2.send_headers(connect, [(b":method", b"CONNECT"), (b":authority", HOST.encode() + b":443")],
+                           end_stream=False)
+    await client.flush()
+    assert (await client.response(connect))[0] == 405
+
+    # A frame on stream 0 that must not be there is a connection error: GOAWAY, then the end.
+    await client.stream.send_all(b"\x00\x00\x01\x00\x00\x00\x00\x00\x00x")  # DATA on stream 0
+    with trio.fail_after(10):
+        while not isinstance(event := await client.next_event(), h2.events.ConnectionTerminated):
+            pass
+    assert event.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+    assert "connection handler failed" not in caplog.text
+
+
+async def test_a_vanishing_client_cancels_its_exchanges_quietly(nursery, tmp_path, app_port, caplog):
+    dialled = []
+
+    async def recording_dial(route):
+        dialled.append(await tcp_dial(route))
+        return dialled[-1]
+
+    gw = await start_h2_gateway(nursery, tmp_path, app_port, dial=recording_dial)
+    client = await RawH2Client.connect(gw.https_port)
+    await client.get(f"/download?size={50 << 20}")
+    while not isinstance(await client.next_event(), h2.events.DataReceived):
+        pass
+    client.stream.transport_stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await trio.aclose_forcefully(client.stream.transport_stream)  # RST: gone mid-download
+    with trio.fail_after(10):
+        while dialled[0].socket.fileno() != -1:
+            await trio.sleep(0.01)
+    assert "connection handler failed" not in caplog.text
