@@ -119,6 +119,7 @@ class Proxy:
         and a config change withdrawing the route cancels it. A gateway error found on the way is answered
         after the guard closes, so even a timed-out exchange can still tell the client why."""
         client = HttpConnection(stream, h11.SERVER, self.settings.max_header_bytes)
+        side = _Http1Side(self, client)
         try:
             while True:
                 record = AccessRecord(client=peer_ip, scheme=scheme)
@@ -135,7 +136,7 @@ class Proxy:
                     else:
                         if not isinstance(request, h11.Request):
                             return  # ConnectionClosed: the client is done
-                        error = await self._handle(client, request, scheme, peer_ip, record, guard)
+                        error = await self._handle(side, request, scheme, peer_ip, record, guard)
                 if guard.scope.cancelled_caught:
                     if request is None:
                         return  # idle past the client timeout
@@ -155,9 +156,10 @@ class Proxy:
         finally:
             await client.aclose()
 
-    async def _handle(self, client: HttpConnection, request: h11.Request, scheme: str, peer_ip: str,
+    async def _handle(self, side: _Http1Side, request: h11.Request, scheme: str, peer_ip: str,
                       record: AccessRecord, guard: Guard) -> GatewayError | None:
         """Route and relay one request; an error the gateway must answer is returned, not sent."""
+        client = side.client
         self.begin(record, request, peer_ip)
         try:
             raw_host, host, target = self.resolve(request, record)
@@ -175,8 +177,7 @@ class Proxy:
             if not has_body:
                 await self._client_event(client)  # the EndOfMessage h11 has ready for body-less requests
             with self.routes.hold(route, guard.scope):
-                await self.exchange(_Http1Side(self, client), upstream_request, has_body, route, host, record,
-                                    guard)
+                await self.exchange(side, upstream_request, has_body, route, host, record, guard)
         except GatewayError as error:
             return error
         except Abort:

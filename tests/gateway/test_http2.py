@@ -332,3 +332,58 @@ async def test_a_vanishing_client_cancels_its_exchanges_quietly(nursery, tmp_pat
         while dialled[0].socket.fileno() != -1:
             await trio.sleep(0.01)
     assert "connection handler failed" not in caplog.text
+
+
+async def test_a_slow_agent_slows_the_uploading_client(nursery, tmp_path):
+    """The request body's window goes back to the client only as the agent takes the bytes: an agent
+    that stops reading stops the client, instead of the gateway buffering the upload."""
+    agent_listener = trio.socket.socket()
+    agent_listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    await agent_listener.bind(("127.0.0.1", 0))
+    agent_listener.listen()
+    accepted = []
+
+    async def agent_that_never_reads():
+        accepted.append((await agent_listener.accept())[0])
+        await trio.sleep_forever()
+
+    nursery.start_soon(agent_that_never_reads)
+    gw = await start_h2_gateway(nursery, tmp_path, agent_listener.getsockname()[1])
+    client = await RawH2Client.connect(gw.https_port)
+    upload = client.h2.get_next_available_stream_id()
+    client.h2.send_headers(upload, [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", HOST.encode()),
+                                    (b":path", b"/upload")])
+    total, sent, chunk = 64 << 20, 0, b"x" * 16384
+    while sent < total:
+        room = min(client.h2.local_flow_control_window(upload), len(chunk))
+        if room == 0:
+            await client.flush()
+            with trio.move_on_after(1) as stalled:  # no window update for a while: the client is held back
+                while not isinstance(await client.next_event(), h2.events.WindowUpdated):
+                    pass
+            if stalled.cancelled_caught:
+                break
+            continue
+        client.h2.send_data(upload, chunk[:room])
+        sent += room
+    assert accepted and sent < 16 << 20  # the stream window plus what the sockets on the way hold
+    await client.stream.aclose()
+
+
+async def test_oversized_headers_get_431_on_their_stream(nursery, tmp_path, app_port):
+    gw = await start_h2_gateway(nursery, tmp_path, app_port, settings=ProxySettings(max_header_bytes=4096))
+    client = await RawH2Client.connect(gw.https_port)
+    assert (await client.response(await client.get("/", [(b"x-big", b"y" * 5000)])))[0] == 431
+    assert (await client.response(await client.get("/")))[0] == 200  # the connection goes on
+
+
+async def test_gateway_shutdown_says_goaway(nursery, tmp_path, app_port):
+    async with trio.open_nursery() as gateway_nursery:
+        gw = await start_h2_gateway(gateway_nursery, tmp_path, app_port)
+        client = await RawH2Client.connect(gw.https_port)
+        assert (await client.response(await client.get("/")))[0] == 200
+        gateway_nursery.cancel_scope.cancel()
+    with trio.fail_after(10):
+        while not isinstance(event := await client.next_event(), h2.events.ConnectionTerminated):
+            pass
+    assert event.error_code == 0 and event.last_stream_id == 1
