@@ -230,7 +230,7 @@ class Http2Stream:
     As a watchdog waiter its `deadline` is the client timeout while it waits for the client (request
     body, or window to send the response)."""
 
-    __slots__ = ("conn", "id", "headers", "ended", "deadline", "responded", "_sent_all", "_body",
+    __slots__ = ("conn", "id", "headers", "ended", "deadline", "responded", "_end_sent", "_reset_sent", "_body",
                  "_body_arrived", "_discarding", "_reset", "_scope")
 
     def __init__(self, conn: Http2Connection, stream_id: int, headers: list[tuple[bytes, bytes]], *,
@@ -241,7 +241,7 @@ class Http2Stream:
         self.ended = ended  # the client has sent all of its request
         self.deadline = math.inf
         self.responded = False  # response headers sent: an error can now only reset the stream
-        self._sent_all = False  # our side of the stream is closed (END_STREAM or RST_STREAM sent)
+        self._end_sent = self._reset_sent = False  # our side of the stream is closed
         self._body: deque[tuple[bytes, int]] = deque()  # received, not yet forwarded (bounded by the window)
         self._body_arrived = trio.Event()
         self._discarding = False  # nobody will forward more of the body: acknowledge it as it comes
@@ -303,16 +303,13 @@ class Http2Stream:
             record.emit()
 
     def _request(self, record: AccessRecord) -> h11.Request:
-        """The HTTP/1.1 form of the request: :authority becomes Host (RFC 9113 §8.3.1), split cookies
-        are joined again (§8.2.3), and a body of unannounced length will be sent chunked."""
+        """The HTTP/1.1 form of the request: :authority becomes Host (RFC 9113 §8.3.1), and a body of
+        unannounced length will be sent chunked (h2 has already joined split cookies, §8.2.3)."""
         pseudo: dict[bytes, bytes] = {}
         headers: list[tuple[bytes, bytes]] = []
-        cookies: list[bytes] = []
         for name, value in self.headers:
             if name.startswith(b":"):
                 pseudo[name] = value
-            elif name == b"cookie":
-                cookies.append(value)
             else:
                 headers.append((name, value))
         record.method = pseudo.get(b":method", b"-").decode("ascii", "replace")
@@ -322,8 +319,6 @@ class Http2Stream:
         if authority is not None:
             headers = [(n, v) for n, v in headers if n != b"host"]
             headers.insert(0, (b"host", authority))
-        if cookies:
-            headers.append((b"cookie", b"; ".join(cookies)))
         if not self.ended and not any(n == b"content-length" for n, _ in headers):
             headers.append((b"transfer-encoding", b"chunked"))
         try:
@@ -421,12 +416,13 @@ class Http2Stream:
     async def _send_data(self, data: bytes, *, end: bool = False) -> None:
         """Send `data` as the client's windows allow, waiting for WINDOW_UPDATEs (under the client timeout)."""
         conn = self.conn
+        data = memoryview(data)  # frames are slices of it, not copies
         while True:
             try:
                 room = min(conn.h2.local_flow_control_window(self.id), conn.h2.max_outbound_frame_size)
                 if room >= len(data):
                     conn.h2.send_data(self.id, data, end_stream=end)
-                    self._sent_all = end
+                    self._end_sent = end
                     return
                 if room > 0:
                     conn.h2.send_data(self.id, data[:room])
@@ -452,7 +448,10 @@ class Http2Stream:
         headers, body = errorpages.render(error, accept)
         record.status = error.status
         try:
-            self.conn.h2.send_headers(self.id, [(b":status", b"%d" % error.status)] + headers)
+            try:
+                self.conn.h2.send_headers(self.id, [(b":status", b"%d" % error.status)] + headers)
+            except h2.exceptions.ProtocolError:
+                raise Abort() from None
             self.responded = True
             await self._send_data(body, end=True)
             await self.conn.flush()
@@ -460,7 +459,7 @@ class Http2Stream:
             self._send_reset(ErrorCodes.INTERNAL_ERROR)
 
     def _send_reset(self, code: ErrorCodes) -> None:
-        self._sent_all = True
+        self._reset_sent = True
         try:
             self.conn.h2.reset_stream(self.id, code)
         except h2.exceptions.ProtocolError:
@@ -477,8 +476,8 @@ class Http2Stream:
         not shrink for good), a client still sending a request that has its answer is asked to stop
         (RST_STREAM NO_ERROR, RFC 9113 §8.1), and a stream left unanswered is reset."""
         self._discard_body()
-        if not self._reset:
-            if not self._sent_all:
+        if not (self._reset or self._reset_sent):
+            if not self._end_sent:
                 self._send_reset(ErrorCodes.INTERNAL_ERROR)
             elif not self.ended:
                 self._send_reset(ErrorCodes.NO_ERROR)
