@@ -231,7 +231,7 @@ class Http2Stream:
     body, or window to send the response)."""
 
     __slots__ = ("conn", "id", "headers", "ended", "deadline", "responded", "_end_sent", "_reset_sent", "_body",
-                 "_body_arrived", "_discarding", "_reset", "_scope")
+                 "_body_arrived", "_unsent", "_discarding", "_reset", "_scope")
 
     def __init__(self, conn: Http2Connection, stream_id: int, headers: list[tuple[bytes, bytes]], *,
                  ended: bool) -> None:
@@ -244,6 +244,7 @@ class Http2Stream:
         self._end_sent = self._reset_sent = False  # our side of the stream is closed
         self._body: deque[tuple[bytes, int]] = deque()  # received, not yet forwarded (bounded by the window)
         self._body_arrived = trio.Event()
+        self._unsent: int | None = None  # body bytes the content-length still announces
         self._discarding = False  # nobody will forward more of the body: acknowledge it as it comes
         self._reset = False
         self._scope = trio.CancelScope()
@@ -319,12 +320,16 @@ class Http2Stream:
         if authority is not None:
             headers = [(n, v) for n, v in headers if n != b"host"]
             headers.insert(0, (b"host", authority))
-        if not self.ended and not any(n == b"content-length" for n, _ in headers):
+        lengths = [v for n, v in headers if n == b"content-length"]
+        if not self.ended and not lengths:
             headers.append((b"transfer-encoding", b"chunked"))
         try:
-            return h11.Request(method=pseudo[b":method"], target=pseudo[b":path"], headers=headers)
+            request = h11.Request(method=pseudo[b":method"], target=pseudo[b":path"], headers=headers)
         except (KeyError, h11.LocalProtocolError) as exc:
             raise errorpages.bad_request(f"Malformed request: {exc}.") from None
+        if not self.ended and lengths:
+            self._unsent = int(lengths[0])  # h11 has checked that it is a number
+        return request
 
     def _interrupted(self, guard, record: AccessRecord) -> GatewayError | None:
         """Why the stream's guard was cancelled, as the error to answer (None: the client is too slow)."""
@@ -344,7 +349,7 @@ class Http2Stream:
         """Client body → agent; each piece's window goes back to the client once the agent has it."""
         try:
             while True:
-                while not self._body and not self.ended:
+                while not self._body and not self.ended and self._unsent != 0:
                     self._body_arrived = trio.Event()
                     self.deadline = trio.current_time() + self.conn.timeout
                     try:
@@ -352,10 +357,14 @@ class Http2Stream:
                     finally:
                         self.deadline = math.inf
                 if not self._body:
+                    # Done: the client ended the stream, or sent all the announced bytes (the agent
+                    # may answer before the END_STREAM that follows: no reason to reset the stream then).
                     await self.conn.proxy.upstream_send(upstream, END)
                     return
                 data, length = self._body.popleft()
                 record.bytes_in += len(data)
+                if self._unsent is not None:
+                    self._unsent -= len(data)
                 await self.conn.proxy.upstream_send(upstream, h11.Data(data=data))
                 self.conn.acknowledge(length, self.id)
                 self.conn.wake()
@@ -479,6 +488,6 @@ class Http2Stream:
         if not (self._reset or self._reset_sent):
             if not self._end_sent:
                 self._send_reset(ErrorCodes.INTERNAL_ERROR)
-            elif not self.ended:
+            elif not self.ended and self._unsent != 0:
                 self._send_reset(ErrorCodes.NO_ERROR)
         self.conn.stream_done(self)

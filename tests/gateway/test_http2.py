@@ -79,6 +79,7 @@ class RawH2Client:
         self.stream = stream
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
         self.events: deque[h2.events.Event] = deque()
+        self.resets: list[int] = []  # streams the gateway reset
 
     @classmethod
     async def connect(cls, port: int, *, validate: bool = True) -> RawH2Client:
@@ -110,7 +111,9 @@ class RawH2Client:
         while not self.events:
             data = await self.stream.receive_some(65536)
             assert data, "the gateway closed the connection"
-            self.events.extend(self.h2.receive_data(data))
+            events = self.h2.receive_data(data)
+            self.events.extend(events)
+            self.resets += [e.stream_id for e in events if isinstance(e, h2.events.StreamReset)]
             await self.flush()
         return self.events.popleft()
 
@@ -387,3 +390,32 @@ async def test_gateway_shutdown_says_goaway(nursery, tmp_path, app_port):
         while not isinstance(event := await client.next_event(), h2.events.ConnectionTerminated):
             pass
     assert event.error_code == 0 and event.last_stream_id == 1
+
+
+async def test_an_answer_to_a_complete_body_does_not_reset_the_stream(nursery, tmp_path, app_port):
+    """The agent may answer once the announced content-length has arrived, before the client's END_STREAM:
+    the stream is not reset then (clients like httpx would fail on sending that END_STREAM)."""
+    gw = await start_h2_gateway(nursery, tmp_path, app_port)
+    client = await RawH2Client.connect(gw.https_port)
+    upload = client.h2.get_next_available_stream_id()
+    client.h2.send_headers(upload, [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", HOST.encode()),
+                                    (b":path", b"/upload"), (b"content-length", b"5")])
+    client.h2.send_data(upload, b"hello")
+    await client.flush()
+    status, body = await client.response(upload)  # fails on a reset of the stream
+    assert status == 200 and b'"length": 5' in body
+    assert (await client.response(await client.get("/")))[0] == 200  # whatever came before has arrived
+    assert client.resets == []
+    client.h2.end_stream(upload)
+    await client.flush()
+    assert (await client.response(await client.get("/")))[0] == 200
+
+    # An answer before the body is complete asks the client to stop sending it (RFC 9113 §8.1).
+    early = client.h2.get_next_available_stream_id()
+    client.h2.send_headers(early, [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"nowhere.test"),
+                                   (b":path", b"/"), (b"content-length", b"100000")])
+    client.h2.send_data(early, b"x" * 1000)
+    await client.flush()
+    assert (await client.response(early))[0] == 404
+    assert (await client.response(await client.get("/")))[0] == 200
+    assert client.resets == [early]
