@@ -17,8 +17,8 @@ class AccessRecord:
     """What one request did; fields left at their defaults stay out of the line (status always shows,
     0 meaning no response could be sent: client gone, or aborted mid-stream)."""
 
-    __slots__ = ("client", "scheme", "protocol", "method", "host", "path", "status", "bytes_in", "bytes_out", "upstream",
-                 "reused", "error", "started")
+    __slots__ = ("client", "scheme", "protocol", "method", "host", "path", "status", "bytes_in", "bytes_out",
+                 "upstream", "reused", "error", "started")
 
     def __init__(self, client: str, scheme: str) -> None:
         self.client = client
