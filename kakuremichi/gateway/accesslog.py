@@ -17,12 +17,13 @@ class AccessRecord:
     """What one request did; fields left at their defaults stay out of the line (status always shows,
     0 meaning no response could be sent: client gone, or aborted mid-stream)."""
 
-    __slots__ = ("client", "scheme", "method", "host", "path", "status", "bytes_in", "bytes_out", "upstream",
-                 "reused", "error", "started")
+    __slots__ = ("client", "scheme", "protocol", "method", "host", "path", "status", "bytes_in", "bytes_out",
+                 "upstream", "reused", "error", "started")
 
     def __init__(self, client: str, scheme: str) -> None:
         self.client = client
         self.scheme = scheme
+        self.protocol = ""  # "h2" for HTTP/2 streams; HTTP/1.1 lines leave it out
         self.method = self.host = self.path = "-"
         self.status = self.bytes_in = self.bytes_out = 0
         self.upstream = self.error = ""
@@ -37,7 +38,7 @@ class AccessRecord:
             return
         fields = {"client": self.client, "scheme": self.scheme, "method": self.method, "host": self.host,
                   "path": self.path, "status": self.status}
-        for name in ("bytes_in", "bytes_out", "upstream", "reused", "error"):
+        for name in ("protocol", "bytes_in", "bytes_out", "upstream", "reused", "error"):
             value = getattr(self, name)
             if value:
                 fields[name] = value

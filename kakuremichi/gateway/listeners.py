@@ -12,6 +12,7 @@ import ssl
 import trio
 
 from kakuremichi.gateway.connection import STREAM_ERRORS
+from kakuremichi.gateway.http2 import serve_http2
 from kakuremichi.gateway.proxy import Proxy
 from kakuremichi.logs import log
 
@@ -25,9 +26,12 @@ def _peer_ip(stream: trio.SocketStream) -> str:
         return "-"
 
 
-async def _guarded(proxy: Proxy, stream: trio.abc.Stream, scheme: str, peer_ip: str) -> None:
+async def _guarded(proxy: Proxy, stream: trio.abc.Stream, scheme: str, peer_ip: str, *, h2: bool = False) -> None:
     try:
-        await proxy.serve(stream, scheme=scheme, peer_ip=peer_ip)
+        if h2:
+            await serve_http2(proxy, stream, peer_ip)
+        else:
+            await proxy.serve(stream, scheme=scheme, peer_ip=peer_ip)
     except Exception:
         logger.exception("connection handler failed", extra={"fields": {"client": peer_ip, "scheme": scheme}})
     finally:
@@ -49,7 +53,8 @@ async def serve_http(proxy: Proxy, port: int, host: str | None = None, *,
 async def serve_https(proxy: Proxy, context: ssl.SSLContext, port: int, host: str | None = None, *,
                       handshake_timeout: float = 10.0,
                       task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED) -> None:
-    """HTTPS on `host:port`; `context` picks each connection's certificate by SNI (see tls.py)."""
+    """HTTPS on `host:port`; `context` picks each connection's certificate by SNI (see tls.py). Clients
+    that negotiate "h2" by ALPN get HTTP/2 (http2.py), the others HTTP/1.1."""
     listeners = await trio.open_tcp_listeners(port, host=host)
 
     async def handle(stream: trio.SocketStream) -> None:
@@ -63,7 +68,7 @@ async def serve_https(proxy: Proxy, context: ssl.SSLContext, port: int, host: st
                 error=str(exc.__cause__ or exc) or type(exc).__name__)
             await trio.aclose_forcefully(tls_stream)
             return
-        await _guarded(proxy, tls_stream, "https", peer_ip)
+        await _guarded(proxy, tls_stream, "https", peer_ip, h2=tls_stream.selected_alpn_protocol() == "h2")
 
     task_status.started(listeners)
     await trio.serve_listeners(handle, listeners)

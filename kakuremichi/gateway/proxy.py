@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import h11
@@ -60,16 +61,44 @@ class ProxySettings:
     forwarding: ForwardingPolicy = field(default_factory=ForwardingPolicy)
 
 
-class _Abort(Exception):
-    """The exchange broke after the response started: nothing more can be said, close the connection."""
+class Abort(Exception):
+    """The exchange broke after the response started: nothing more can be said, close the connection
+    (HTTP/2: reset the stream)."""
 
 
 _NOT_IDEMPOTENT = (b"POST", b"PATCH", b"CONNECT")
-_END = h11.EndOfMessage()  # events are immutable: one serves every message (trailers are not relayed)
+END = h11.EndOfMessage()  # events are immutable: one serves every message (trailers are not relayed)
 
 
-class _Stale(Exception):
+class Stale(Exception):
     """A pooled upstream connection turned out dead before answering; the request may be replayed."""
+
+
+class ClientSide(Protocol):
+    """The client's half of one exchange: an HTTP/1.1 connection, or one HTTP/2 stream (http2.py)."""
+
+    async def relay_response(self, upstream: UpstreamConnection, host: str, replayable: bool,
+                             record: AccessRecord) -> None:
+        """The agent's response to the client; errors before it starts raise GatewayError (or Stale)."""
+
+    async def pump_request_body(self, upstream: UpstreamConnection, record: AccessRecord,
+                                scope: trio.CancelScope) -> None:
+        """The client's request body to the agent; a client failure cancels `scope`."""
+
+
+class _Http1Side:
+    """An HTTP/1.1 client connection as a ClientSide."""
+
+    __slots__ = ("proxy", "client")
+
+    def __init__(self, proxy: Proxy, client: HttpConnection) -> None:
+        self.proxy, self.client = proxy, client
+
+    def relay_response(self, upstream: UpstreamConnection, host: str, replayable: bool, record: AccessRecord):
+        return self.proxy._relay_response(self.client, upstream, host, replayable, record)
+
+    def pump_request_body(self, upstream: UpstreamConnection, record: AccessRecord, scope: trio.CancelScope):
+        return self.proxy._pump_request_body(self.client, upstream, record, scope)
 
 
 class Proxy:
@@ -90,6 +119,7 @@ class Proxy:
         and a config change withdrawing the route cancels it. A gateway error found on the way is answered
         after the guard closes, so even a timed-out exchange can still tell the client why."""
         client = HttpConnection(stream, h11.SERVER, self.settings.max_header_bytes)
+        side = _Http1Side(self, client)
         try:
             while True:
                 record = AccessRecord(client=peer_ip, scheme=scheme)
@@ -106,7 +136,7 @@ class Proxy:
                     else:
                         if not isinstance(request, h11.Request):
                             return  # ConnectionClosed: the client is done
-                        error = await self._handle(client, request, scheme, peer_ip, record, guard)
+                        error = await self._handle(side, request, scheme, peer_ip, record, guard)
                 if guard.scope.cancelled_caught:
                     if request is None:
                         return  # idle past the client timeout
@@ -126,46 +156,67 @@ class Proxy:
         finally:
             await client.aclose()
 
-    async def _handle(self, client: HttpConnection, request: h11.Request, scheme: str, peer_ip: str,
+    async def _handle(self, side: _Http1Side, request: h11.Request, scheme: str, peer_ip: str,
                       record: AccessRecord, guard: Guard) -> GatewayError | None:
         """Route and relay one request; an error the gateway must answer is returned, not sent."""
-        record.started = trio.current_time()  # not the keep-alive wait before it
-        record.method = request.method.decode("ascii", "replace")
-        record.set_target(request.target)
-        record.client = client_ip(peer_ip, request.headers, self.settings.forwarding)
+        client = side.client
+        self.begin(record, request, peer_ip)
         try:
-            if sum(len(n) + len(v) + 4 for n, v in request.headers) > self.settings.max_header_bytes:
-                raise errorpages.bad_request("Request headers are too large.", 431)
-            raw_host, target = _host_and_target(request)
-            try:
-                host = normalize_host(raw_host)
-            except InvalidHost as exc:
-                raise errorpages.bad_request(f"Invalid Host header: {exc}.") from None
-            record.host = host
-            if request.method == b"CONNECT":
-                raise errorpages.method_not_allowed("CONNECT")
+            raw_host, host, target = self.resolve(request, record)
             if scheme == "http" and self.challenges is not None:
                 answer = self.challenges.answer(target, host)
                 if answer is not None:
                     await self._respond(client, 200, [(b"content-type", b"text/plain")], answer, record)
                     return None
-            route = self.routes.lookup(host)
-            if route is None:
-                raise errorpages.unknown_host(host)
+            route = self.route_for(host)
             if scheme == "http" and route.force_https and route.tls is not TlsMode.OFF:
                 await self._redirect(client, host, target, record)
                 return None
-            forward_host = raw_host if raw_host.isascii() else host
-            upstream_request = h11.Request(
-                method=request.method, target=target,
-                headers=self._upstream_headers(request, forward_host, scheme, peer_ip))
+            upstream_request = self.upstream_request(request, raw_host, host, target, scheme, peer_ip)
+            has_body = _declares_body(upstream_request)
+            if not has_body:
+                await self._client_event(client)  # the EndOfMessage h11 has ready for body-less requests
             with self.routes.hold(route, guard.scope):
-                await self._exchange(client, upstream_request, route, host, record, guard)
+                await self.exchange(side, upstream_request, has_body, route, host, record, guard)
         except GatewayError as error:
             return error
-        except _Abort:
+        except Abort:
             client.h11.send_failed()
         return None
+
+    def begin(self, record: AccessRecord, request: h11.Request, peer_ip: str) -> None:
+        """Start `record` for `request`: its clock starts now, not with the keep-alive wait before it."""
+        record.started = trio.current_time()
+        record.method = request.method.decode("ascii", "replace")
+        record.set_target(request.target)
+        record.client = client_ip(peer_ip, request.headers, self.settings.forwarding)
+
+    def resolve(self, request: h11.Request, record: AccessRecord) -> tuple[str, str, bytes]:
+        """Host as sent, normalised host and origin-form target; a request the gateway refuses raises."""
+        if sum(len(n) + len(v) + 4 for n, v in request.headers) > self.settings.max_header_bytes:
+            raise errorpages.bad_request("Request headers are too large.", 431)
+        raw_host, target = _host_and_target(request)
+        try:
+            host = normalize_host(raw_host)
+        except InvalidHost as exc:
+            raise errorpages.bad_request(f"Invalid Host header: {exc}.") from None
+        record.host = host
+        if request.method == b"CONNECT":
+            raise errorpages.method_not_allowed("CONNECT")
+        return raw_host, host, target
+
+    def route_for(self, host: str) -> Route:
+        route = self.routes.lookup(host)
+        if route is None:
+            raise errorpages.unknown_host(host)
+        return route
+
+    def upstream_request(self, request: h11.Request, raw_host: str, host: str, target: bytes, scheme: str,
+                         peer_ip: str) -> h11.Request:
+        """The request as the agent gets it: hop-by-hop fields dropped, forwarding fields added."""
+        forward_host = raw_host if raw_host.isascii() else host
+        return h11.Request(method=request.method, target=target,
+                           headers=self._upstream_headers(request, forward_host, scheme, peer_ip))
 
     @staticmethod
     def _interrupted(client: HttpConnection, guard: Guard, record: AccessRecord) -> GatewayError | None:
@@ -194,24 +245,21 @@ class Proxy:
         return forwarded_headers(headers, peer_ip=peer_ip, host=host, scheme=scheme,
                                  policy=self.settings.forwarding)
 
-    async def _exchange(self, client: HttpConnection, request: h11.Request, route: Route, host: str,
-                        record: AccessRecord, guard: Guard) -> None:
-        """Send the request to the route's agent (its waits under `guard`) and relay its answer; a pooled connection found dead
-        before answering a body-less idempotent request is replaced once by a fresh one (RFC 9110 §9.2.2:
-        a POST or PATCH may have taken effect, so it is never repeated)."""
-        has_body = _declares_body(request)
+    async def exchange(self, side: ClientSide, request: h11.Request, has_body: bool, route: Route, host: str,
+                       record: AccessRecord, guard: Guard) -> None:
+        """Send the request to the route's agent (its waits under `guard`) and relay its answer to `side`; a
+        pooled connection found dead before answering a body-less idempotent request is replaced once by a
+        fresh one (RFC 9110 §9.2.2: a POST or PATCH may have taken effect, so it is never repeated)."""
         replayable = not has_body and request.method not in _NOT_IDEMPOTENT
-        if not has_body:
-            await self._client_event(client)  # the EndOfMessage h11 has ready for body-less requests
         record.upstream = f"{route.address}:{route.port}"
         for attempt in (0, 1):
             upstream = await self._acquire(route, host, fresh=attempt > 0)
             guard.waiters.append(upstream)
             record.reused = upstream.reused
             try:
-                await self._relay(client, upstream, request, has_body, replayable, host, record)
+                await self._relay(side, upstream, request, has_body, replayable, host, record)
                 return
-            except _Stale:
+            except Stale:
                 pass
             finally:
                 await self.pool.release(upstream)
@@ -227,23 +275,23 @@ class Proxy:
             log(logger, logging.WARNING, "agent unreachable", host=host, error=str(exc))
             raise errorpages.agent_unreachable(host) from None
 
-    async def _relay(self, client: HttpConnection, upstream: UpstreamConnection, request: h11.Request,
+    async def _relay(self, side: ClientSide, upstream: UpstreamConnection, request: h11.Request,
                      has_body: bool, replayable: bool, host: str, record: AccessRecord) -> None:
         failure: BaseException | None = None
         try:
-            await self._upstream_send(upstream, request)
+            await self.upstream_send(upstream, request)
             if not has_body:
-                await self._upstream_send(upstream, _END)
-        except _Abort:
-            raise (_Stale() if upstream.reused and replayable else errorpages.agent_unreachable(host))
+                await self.upstream_send(upstream, END)
+        except Abort:
+            raise (Stale() if upstream.reused and replayable else errorpages.agent_unreachable(host))
         if not has_body:
-            await self._relay_response(client, upstream, host, replayable, record)
+            await side.relay_response(upstream, host, replayable, record)
             return
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._pump_request_body, client, upstream, record, nursery.cancel_scope)
+            nursery.start_soon(side.pump_request_body, upstream, record, nursery.cancel_scope)
             try:
-                await self._relay_response(client, upstream, host, False, record)
-            except (GatewayError, _Abort, _Stale) as exc:
+                await side.relay_response(upstream, host, False, record)
+            except (GatewayError, Abort, Stale) as exc:
                 failure = exc
             nursery.cancel_scope.cancel()  # an early answer leaves no use for the rest of the upload
         if failure is not None:
@@ -256,7 +304,7 @@ class Proxy:
                 event = await upstream.next_event(self.settings.upstream_timeout)
             except (h11.RemoteProtocolError, *STREAM_ERRORS) as exc:
                 if upstream.reused and upstream.bytes_received == 0 and replayable:
-                    raise _Stale() from None
+                    raise Stale() from None
                 log(logger, logging.WARNING, "agent answered badly", host=host, error=str(exc))
                 raise errorpages.agent_unreachable(host) from None
             if isinstance(event, h11.InformationalResponse) and event.status_code == 101:
@@ -279,16 +327,16 @@ class Proxy:
                     await self._client_flush(client)
                     event = await upstream.next_event(self.settings.upstream_timeout)
             except (h11.RemoteProtocolError, *STREAM_ERRORS):
-                raise _Abort() from None  # mid-body: truncation must show, so the client connection dies
+                raise Abort() from None  # mid-body: truncation must show, so the client connection dies
             if isinstance(event, h11.Data):
                 record.bytes_out += len(event.data)
                 self._client_queue(client, event)
             elif isinstance(event, h11.EndOfMessage):
-                self._client_queue(client, _END)
+                self._client_queue(client, END)
                 await self._client_flush(client)
                 return
             else:
-                raise _Abort()  # nothing else can come mid-body
+                raise Abort()  # nothing else can come mid-body
 
     async def _pump_request_body(self, client: HttpConnection, upstream: UpstreamConnection,
                                  record: AccessRecord, scope: trio.CancelScope) -> None:
@@ -297,18 +345,18 @@ class Proxy:
         while True:
             try:
                 event = await self._client_event(client)
-            except _Abort:
+            except Abort:
                 scope.cancel()
                 client.h11.send_failed()
                 return
             try:
                 if isinstance(event, h11.Data):
                     record.bytes_in += len(event.data)
-                    await self._upstream_send(upstream, event)
+                    await self.upstream_send(upstream, event)
                 else:
-                    await self._upstream_send(upstream, _END)
+                    await self.upstream_send(upstream, END)
                     return
-            except _Abort:
+            except Abort:
                 return
 
     async def _switch_protocols(self, client: HttpConnection, upstream: UpstreamConnection,
@@ -335,9 +383,9 @@ class Proxy:
         try:
             event = await client.next_event(self.settings.client_timeout)
         except (h11.RemoteProtocolError, *STREAM_ERRORS):
-            raise _Abort() from None
+            raise Abort() from None
         if not isinstance(event, (h11.Data, h11.EndOfMessage)):
-            raise _Abort()
+            raise Abort()
         return event
 
     async def _client_send(self, client: HttpConnection, event: h11.Event) -> None:
@@ -349,19 +397,19 @@ class Proxy:
         try:
             client.queue(event)
         except h11.LocalProtocolError:
-            raise _Abort() from None
+            raise Abort() from None
 
     async def _client_flush(self, client: HttpConnection) -> None:
         try:
             await client.flush(self.settings.client_timeout)
         except STREAM_ERRORS:
-            raise _Abort() from None
+            raise Abort() from None
 
-    async def _upstream_send(self, upstream: UpstreamConnection, event: h11.Event) -> None:
+    async def upstream_send(self, upstream: UpstreamConnection, event: h11.Event) -> None:
         try:
             await upstream.send(event, self.settings.upstream_timeout)
         except (h11.LocalProtocolError, *STREAM_ERRORS):
-            raise _Abort() from None
+            raise Abort() from None
 
     async def _respond(self, client: HttpConnection, status: int, headers, body: bytes,
                        record: AccessRecord) -> None:
@@ -371,7 +419,7 @@ class Proxy:
         await self._client_send(client, h11.Response(status_code=status, headers=headers))
         if body:
             await self._client_send(client, h11.Data(data=body))
-        await self._client_send(client, _END)
+        await self._client_send(client, END)
         await self._discard_request_body(client)
 
     async def _answer(self, client: HttpConnection, error: GatewayError, request: h11.Request | None,
@@ -388,9 +436,9 @@ class Proxy:
         try:
             await self._client_send(client, response)
             await self._client_send(client, h11.Data(data=body))
-            await self._client_send(client, _END)
+            await self._client_send(client, END)
             await self._discard_request_body(client)
-        except _Abort:
+        except Abort:
             client.h11.send_failed()
 
     async def _redirect(self, client: HttpConnection, host: str, target: bytes, record: AccessRecord) -> None:

@@ -14,7 +14,7 @@ from kakuremichi.gateway.hostname import InvalidHost, normalize_host, wildcard_p
 
 # TLS 1.2 suites with forward secrecy and AEAD only; TLS 1.3 suites are OpenSSL's (all modern).
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
-ALPN = ["http/1.1"]
+ALPN = ["h2", "http/1.1"]  # HTTP/2 for clients that offer it (http2.py), else HTTP/1.1
 
 
 def server_context(pem_path: str | os.PathLike) -> ssl.SSLContext:

@@ -47,6 +47,10 @@ async def test_self_signed_route_over_https(nursery, store, app_port):
     context.set_alpn_protocols(["h2", "http/1.1"])
     stream = await tls_handshake(gw.https_port, "dev.test", context)
     assert stream.version() in ("TLSv1.2", "TLSv1.3")
+    assert stream.selected_alpn_protocol() == "h2"  # HTTP/2 when offered (tests/gateway/test_http2.py)
+    await stream.aclose()
+    context.set_alpn_protocols(["http/1.1"])
+    stream = await tls_handshake(gw.https_port, "dev.test", context)
     assert stream.selected_alpn_protocol() == "http/1.1"
     await stream.aclose()
     async with httpx.AsyncClient(verify=trusting(chain)) as client:
