@@ -13,6 +13,7 @@ Call inside a db_session; every function takes `now` (naive UTC) so tests drive 
 from __future__ import annotations
 
 import datetime
+import functools
 import math
 from dataclasses import dataclass
 
@@ -193,12 +194,19 @@ def summary(db: Database, domain: str, now: datetime.datetime) -> Summary | None
     row = db.Certificate.get(domain=domain)
     if row is None:
         return None
-    leaf = x509.load_pem_x509_certificates(row.chain_pem.encode())[0]
     lease = db.AcmeLease.get(domain=domain)
     live = lease is not None and lease.expires_at > now
-    return Summary(_issuer(leaf.issuer), leaf.not_valid_before_utc.replace(tzinfo=None),
-                   leaf.not_valid_after_utc.replace(tzinfo=None), leaf.fingerprint(hashes.SHA256()).hex(":").upper(),
-                   names(leaf), LeaseDecision(True, lease.gateway.name, lease.expires_at) if live else None)
+    return Summary(*_described(row.chain_pem),
+                   LeaseDecision(True, lease.gateway.name, lease.expires_at) if live else None)
+
+
+@functools.lru_cache(maxsize=4096)
+def _described(chain_pem: str) -> tuple[str, datetime.datetime, datetime.datetime, str, tuple[str, ...]]:
+    """Issuer, validity, fingerprint and names of a chain's leaf: parsed once per certificate, not per listing."""
+    leaf = x509.load_pem_x509_certificates(chain_pem.encode())[0]
+    return (_issuer(leaf.issuer), leaf.not_valid_before_utc.replace(tzinfo=None),
+            leaf.not_valid_after_utc.replace(tzinfo=None), leaf.fingerprint(hashes.SHA256()).hex(":").upper(),
+            names(leaf))
 
 
 def _issuer(name: x509.Name) -> str:
