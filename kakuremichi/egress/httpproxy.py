@@ -47,13 +47,14 @@ def destination(request: h11.Request) -> tuple[str, int]:
     target = request.target.decode("ascii")  # h11 lets bytes above 0x7f through; URLs have none (UnicodeError: 400)
     if request.method == b"CONNECT":
         return split_authority(target)
-    parts = urlsplit(target)
-    if parts.scheme != "http" or not parts.hostname:
-        raise BadRequest("this is a proxy: send absolute http:// URLs, or CONNECT for anything else")
     try:
-        return parts.hostname, parts.port or 80
-    except ValueError:
-        raise BadRequest(f"bad port in {target!r}") from None
+        parts = urlsplit(target)  # ValueError for a bracket left open ("http://[::1/")
+        host, port = parts.hostname, parts.port  # ValueError for a port out of range
+    except ValueError as exc:
+        raise BadRequest(f"malformed URL {target!r}: {exc}") from None
+    if parts.scheme != "http" or not host:
+        raise BadRequest("this is a proxy: send absolute http:// URLs, or CONNECT for anything else")
+    return host, port or 80
 
 
 def origin_request(request: h11.Request) -> h11.Request:

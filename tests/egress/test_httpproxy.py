@@ -31,7 +31,8 @@ def test_destinations():
     assert destination(request(b"GET", b"http://example.com/a")) == ("example.com", 80)
     assert destination(request(b"GET", b"http://example.com:8080/a")) == ("example.com", 8080)
     assert destination(request(b"CONNECT", b"example.com:443")) == ("example.com", 443)
-    for target in (b"/", b"https://example.com/", b"ftp://example.com/", b"http:///path", b"http://example.com:99999/"):
+    for target in (b"/", b"https://example.com/", b"ftp://example.com/", b"http:///path", b"http://example.com:99999/",
+                   b"http://[::1/", b"http://[example.com]/"):
         with pytest.raises(BadRequest):
             destination(request(b"GET", target))
 
