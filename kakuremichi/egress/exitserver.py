@@ -123,8 +123,9 @@ class ExitServer:
                     pass  # the agent did not wait for the answer
             await trio.aclose_forcefully(stream)
             return
-        peer, via = upstream.socket.getpeername()[0], upstream.socket.getsockname()[:2]
         try:
+            # the destination may have reset already: getpeername() then fails (ENOTCONN)
+            peer, via = upstream.socket.getpeername()[0], upstream.socket.getsockname()[:2]
             await stream.send_all(handshake.reply(socks5.SUCCEEDED, via))
             if handshake.trailing_data:
                 await upstream.send_all(handshake.trailing_data)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
+import struct
 
 import pytest
 import trio
 
-from kakuremichi.egress import socks5
-from kakuremichi.egress.exitserver import connect_checked, reply_code
+from kakuremichi.egress import exitserver, socks5
+from kakuremichi.egress.exitserver import ExitServer, connect_checked, reply_code
 from kakuremichi.egress.policy import DestinationPolicy, Refused
+from kakuremichi.egress.socksio import request_connect
+from kakuremichi.protocol import EXIT_PORT, RouteConfig
+from kakuremichi.tunnel import PeerSpec, TunnelNode
+from kakuremichi.wg import keys
 from tests.deployment import free_port
 
 
@@ -43,3 +49,65 @@ def test_connect_checked_connects_only_where_the_policy_allows():
             await connect_checked(DestinationPolicy(allow_private=True), "127.0.0.1", free_port())
 
     trio.run(main)
+
+
+GATEWAY_IP, AGENT_IP = "10.77.0.254", "10.77.0.2"
+EXIT_ROUTE = RouteConfig(domain="exit.example.test", agent_ip=AGENT_IP, gateway_ip=GATEWAY_IP, tunnel_id="t1",
+                         exit=True)
+
+
+@contextlib.asynccontextmanager
+async def exit_pair(exit_server_connect=None):
+    """A gateway's ExitServer and an agent's node, joined by WireGuard over loopback UDP; yields
+    (exit server, agent node)."""
+    gateway = TunnelNode(keys.generate_private(), listen_host="127.0.0.1")
+    agent = TunnelNode(keys.generate_private(), listen_host="127.0.0.1")
+    server = ExitServer(gateway.stack, DestinationPolicy(allow_private=True))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.run)
+        await nursery.start(agent.run)
+        await agent.apply([AGENT_IP], [PeerSpec(gateway.public_key, (f"{GATEWAY_IP}/32",),
+                                                ("127.0.0.1", gateway.listen_port), 25)])
+        await gateway.apply([GATEWAY_IP], [PeerSpec(agent.public_key, (f"{AGENT_IP}/32",))])
+        server.update([EXIT_ROUTE])
+        await nursery.start(server.run)
+        yield server, agent
+        nursery.cancel_scope.cancel()
+
+
+async def ask_exit(agent: TunnelNode, port: int):
+    with trio.fail_after(10):
+        stream = await agent.stack.open_tcp_stream(GATEWAY_IP, EXIT_PORT, local_address=AGENT_IP)
+        try:
+            return await request_connect(stream, "127.0.0.1", port)
+        finally:
+            stream.abort()
+
+
+async def test_a_destination_that_resets_at_once_breaks_nothing(monkeypatch):
+    """The destination's reset may arrive between the connect and the exit's reply: that connection ends,
+    the exit goes on serving."""
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    real_connect = exitserver.connect_checked
+
+    async def connect_then_reset(policy, host, port_):
+        upstream = await real_connect(policy, host, port_)
+        accepted = await listener.accept()
+        accepted.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        accepted.socket.close()  # an RST
+        while True:
+            try:
+                upstream.socket.getpeername()
+            except OSError:
+                return upstream
+            await trio.sleep(0.01)
+
+    async with listener, exit_pair() as (server, agent):
+        monkeypatch.setattr(exitserver, "connect_checked", connect_then_reset)
+        with pytest.raises(trio.BrokenResourceError):
+            await ask_exit(agent, port)
+        monkeypatch.setattr(exitserver, "connect_checked", real_connect)
+        event, _ = await ask_exit(agent, free_port())
+        assert event.code == socks5.CONNECTION_REFUSED  # the exit still answers
+
