@@ -18,7 +18,7 @@ import trio
 
 from kakuremichi.egress import socks5
 from kakuremichi.egress.policy import DestinationPolicy, Refused
-from kakuremichi.egress.socksio import accept_request
+from kakuremichi.egress.socksio import accept_request, refuse
 from kakuremichi.logs import log
 from kakuremichi.pipe import splice
 from kakuremichi.protocol import EXIT_PORT, RouteConfig
@@ -116,12 +116,13 @@ class ExitServer:
             log(logger, logging.WARNING, "exit connection refused" if code == socks5.NOT_ALLOWED
                 else "exit destination unreachable", id=conn, tunnel=domain, destination=destination,
                 reply=socks5.REPLY_TEXT[code], error=str(exc) or type(exc).__name__)
-            with trio.move_on_after(1):
-                try:
-                    await stream.send_all(handshake.reply(code))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass  # the agent did not wait for the answer
-            await trio.aclose_forcefully(stream)
+            await refuse(stream, handshake, code, timeout=1)
+            return
+        if pair not in self._tunnels:  # the exit was turned off while we connected: update() missed this one
+            log(logger, logging.WARNING, "exit connection refused: the exit was turned off", id=conn, tunnel=domain,
+                destination=destination)
+            await trio.aclose_forcefully(upstream)
+            await refuse(stream, handshake, socks5.NOT_ALLOWED, timeout=1)
             return
         try:
             # the destination may have reset already: getpeername() then fails (ENOTCONN)

@@ -16,7 +16,7 @@ import trio
 
 from kakuremichi.egress import httpproxy, socks5
 from kakuremichi.egress.dialer import ExitDialer, ExitFailed, ExitRoute
-from kakuremichi.egress.socksio import accept_request
+from kakuremichi.egress.socksio import accept_request, refuse
 from kakuremichi.logs import log
 from kakuremichi.pipe import splice
 from kakuremichi.protocol import TunnelMapping
@@ -113,12 +113,7 @@ class LocalProxies:
         except ExitFailed as exc:
             log(logger, logging.INFO, "exit connection failed", destination=f"{request.host}:{request.port}",
                 error=str(exc))
-            with trio.move_on_after(5):
-                try:
-                    await stream.send_all(handshake.reply(exc.code))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
-            await trio.aclose_forcefully(stream)
+            await refuse(stream, handshake, exc.code, timeout=5)
             return
         try:
             await stream.send_all(handshake.reply(socks5.SUCCEEDED))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import socket
 import struct
@@ -111,3 +112,18 @@ async def test_a_destination_that_resets_at_once_breaks_nothing(monkeypatch):
         event, _ = await ask_exit(agent, free_port())
         assert event.code == socks5.CONNECTION_REFUSED  # the exit still answers
 
+
+async def test_an_exit_turned_off_during_the_connect_is_not_spliced(monkeypatch):
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    real_connect = exitserver.connect_checked
+
+    async with listener, exit_pair() as (server, agent):
+        async def connect_while_turned_off(policy, host, port_):
+            server.update([dataclasses.replace(EXIT_ROUTE, exit=False)])  # a config push arrives meanwhile
+            return await real_connect(policy, host, port_)
+
+        monkeypatch.setattr(exitserver, "connect_checked", connect_while_turned_off)
+        event, _ = await ask_exit(agent, port)
+        assert event.code == socks5.NOT_ALLOWED
+        assert server.active_connections == 0
