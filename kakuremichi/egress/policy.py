@@ -9,6 +9,7 @@ to the name again, so a second DNS answer cannot slip a private address in (DNS 
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 import trio
 
@@ -68,7 +69,10 @@ class DestinationPolicy:
     async def resolve(self, host: str, port: int) -> list[tuple[int, tuple]]:
         """(family, sockaddr) pairs to try for host:port, each one permitted; raises Refused when none is,
         OSError (socket.gaierror) when the name does not resolve."""
-        infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
+        try:
+            infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
+        except UnicodeError:  # the idna codec's, for an empty or over-long label ("a..b")
+            raise socket.gaierror(socket.EAI_NONAME, f"{host!r} is not a valid host name") from None
         permitted, refused = [], []
         for family, _type, _proto, _name, sockaddr in infos:
             address = ipaddress.ip_address(sockaddr[0].split("%", 1)[0])

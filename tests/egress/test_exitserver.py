@@ -127,3 +127,17 @@ async def test_an_exit_turned_off_during_the_connect_is_not_spliced(monkeypatch)
         event, _ = await ask_exit(agent, port)
         assert event.code == socks5.NOT_ALLOWED
         assert server.active_connections == 0
+
+
+async def test_a_host_name_the_resolver_cannot_encode_is_unreachable():
+    """Names the agent's own encoder would refuse can still come from a hand-written client."""
+    async with exit_pair() as (server, agent):
+        for name in (b"a..b", b"a" * 64 + b".test", b"."):
+            with trio.fail_after(10):
+                stream = await agent.stack.open_tcp_stream(GATEWAY_IP, EXIT_PORT, local_address=AGENT_IP)
+                await stream.send_all(b"\x05\x01\x00\x05\x01\x00\x03" + bytes((len(name),)) + name + b"\x00\x50")
+                reply = b""
+                while len(reply) < 12 and (data := await stream.receive_some()):
+                    reply += data
+                stream.abort()
+            assert reply[:4] == bytes((5, 0, 5, socks5.HOST_UNREACHABLE)), (name, reply)

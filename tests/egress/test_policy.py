@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 import pytest
 import trio
@@ -41,6 +42,9 @@ def test_resolving():
             await policy.resolve("10.0.0.1", 80)
         with pytest.raises(Refused):
             await policy.resolve("::1", 80)
+        for name in ("a..b", "a" * 64 + ".test"):  # the idna codec's UnicodeError, made a resolver error
+            with pytest.raises(socket.gaierror):
+                await policy.resolve(name, 80)
         allowed = await DestinationPolicy(allow_private=True).resolve("127.0.0.1", 80)
         assert allowed == [(trio.socket.AF_INET, ("127.0.0.1", 80))]
 
