@@ -87,7 +87,16 @@ class ExitServer:
                 stream.abort()  # the splice ends as if the agent had reset it, and still counts its bytes
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        await self.stack.serve_tcp(self._handle, EXIT_PORT, task_status=task_status)
+        await self.stack.serve_tcp(self._guarded, EXIT_PORT, task_status=task_status)
+
+    async def _guarded(self, stream) -> None:
+        """Agents are other tenants: whatever escapes one connection's handling closes that connection only,
+        never the exit (nor the gateway around it)."""
+        try:
+            await self._handle(stream)
+        except Exception:
+            logger.exception("exit connection handler failed", extra={"fields": {"agent": stream.remote_address[0]}})
+            stream.abort()
 
     async def _handle(self, stream) -> None:
         conn = next(_ids)

@@ -141,3 +141,17 @@ async def test_a_host_name_the_resolver_cannot_encode_is_unreachable():
                     reply += data
                 stream.abort()
             assert reply[:4] == bytes((5, 0, 5, socks5.HOST_UNREACHABLE)), (name, reply)
+
+
+async def test_a_failure_in_one_connection_leaves_the_exit_serving():
+    class BrokenPolicy(DestinationPolicy):
+        async def resolve(self, host, port):
+            raise RuntimeError("a bug in the exit")
+
+    async with exit_pair() as (server, agent):
+        server.policy = BrokenPolicy()
+        with pytest.raises(trio.BrokenResourceError):
+            await ask_exit(agent, free_port())  # reset, without an answer
+        server.policy = DestinationPolicy(allow_private=True)
+        event, _ = await ask_exit(agent, free_port())
+        assert event.code == socks5.CONNECTION_REFUSED
