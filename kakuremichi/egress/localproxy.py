@@ -72,8 +72,9 @@ class LocalProxies:
 
     async def _serve(self, kind: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         host, port = getattr(self.listen, kind)
-        handler = self._socks if kind == "socks" else functools.partial(httpproxy.serve, open_exit=
-                                                                        functools.partial(self._open, "http"))
+        serve = self._socks if kind == "socks" else functools.partial(httpproxy.serve, open_exit=
+                                                                      functools.partial(self._open, "http"))
+        handler = functools.partial(_guarded, kind, serve)
         try:
             listeners = await trio.open_tcp_listeners(port, host=host)
         except OSError as exc:
@@ -126,6 +127,16 @@ class LocalProxies:
             await trio.aclose_forcefully(stream)
             return
         await splice(stream, upstream)
+
+
+async def _guarded(kind: str, serve, stream: trio.SocketStream) -> None:
+    """What escapes one client's handling closes that client only: the connections share the proxies'
+    nursery, which a failure would otherwise cancel, every other proxied connection with it."""
+    try:
+        await serve(stream)
+    except Exception:
+        logger.exception("local proxy connection failed", extra={"fields": {"proxy": kind}})
+        await trio.aclose_forcefully(stream)
 
 
 def _is_loopback(host: str) -> bool:
