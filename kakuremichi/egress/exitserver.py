@@ -8,6 +8,7 @@ tunnel's subnet. The destination is resolved and checked here (DestinationPolicy
 
 from __future__ import annotations
 
+import collections
 import errno
 import itertools
 import logging
@@ -28,6 +29,9 @@ _ids = itertools.count(1)
 
 HANDSHAKE_TIMEOUT = 10.0  # an agent's proxy sends greeting and request at once; this is only for stuck peers
 CONNECT_TIMEOUT = 10.0
+# open exit connections one tunnel may hold: each costs the gateway a socket, and its file descriptors are
+# shared with every other tenant and with the public listeners
+MAX_CONNECTIONS_PER_TUNNEL = 1024
 
 
 def reply_code(exc: BaseException) -> int:
@@ -68,10 +72,13 @@ async def connect_checked(policy: DestinationPolicy, host: str, port: int) -> tr
 
 class ExitServer:
     def __init__(self, stack, policy: DestinationPolicy | None = None, *,
-                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+                 connect_timeout: float = CONNECT_TIMEOUT,
+                 max_connections_per_tunnel: int = MAX_CONNECTIONS_PER_TUNNEL) -> None:
         self.stack = stack
         self.policy = policy or DestinationPolicy()
         self.connect_timeout = connect_timeout
+        self.max_connections_per_tunnel = max_connections_per_tunnel
+        self._open: collections.Counter[tuple[str, str]] = collections.Counter()  # connections being handled
         self._tunnels: dict[tuple[str, str], str] = {}  # (our address, agent address) -> domain, exit tunnels only
         self._active: dict[object, tuple[str, str]] = {}  # spliced tunnel stream -> (our address, agent address)
 
@@ -90,13 +97,24 @@ class ExitServer:
         await self.stack.serve_tcp(self._guarded, EXIT_PORT, task_status=task_status)
 
     async def _guarded(self, stream) -> None:
-        """Agents are other tenants: whatever escapes one connection's handling closes that connection only,
-        never the exit (nor the gateway around it)."""
+        """Agents are other tenants: one may hold only so many connections, and whatever escapes one
+        connection's handling closes that connection only, never the exit (nor the gateway around it)."""
+        pair = (stream.local_address[0], stream.remote_address[0])
+        if self._open[pair] >= self.max_connections_per_tunnel:
+            log(logger, logging.WARNING, "exit refused: too many connections from this tunnel", source=pair[1],
+                address=pair[0], limit=self.max_connections_per_tunnel)
+            stream.abort()  # the agent's dialer tries its next gateway
+            return
+        self._open[pair] += 1
         try:
             await self._handle(stream)
         except Exception:
-            logger.exception("exit connection handler failed", extra={"fields": {"agent": stream.remote_address[0]}})
+            logger.exception("exit connection handler failed", extra={"fields": {"agent": pair[1]}})
             stream.abort()
+        finally:
+            self._open[pair] -= 1
+            if not self._open[pair]:
+                del self._open[pair]
 
     async def _handle(self, stream) -> None:
         conn = next(_ids)

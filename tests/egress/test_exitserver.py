@@ -58,12 +58,12 @@ EXIT_ROUTE = RouteConfig(domain="exit.example.test", agent_ip=AGENT_IP, gateway_
 
 
 @contextlib.asynccontextmanager
-async def exit_pair(exit_server_connect=None):
-    """A gateway's ExitServer and an agent's node, joined by WireGuard over loopback UDP; yields
-    (exit server, agent node)."""
+async def exit_pair(**options):
+    """A gateway's ExitServer (`options` go to it) and an agent's node, joined by WireGuard over loopback
+    UDP; yields (exit server, agent node)."""
     gateway = TunnelNode(keys.generate_private(), listen_host="127.0.0.1")
     agent = TunnelNode(keys.generate_private(), listen_host="127.0.0.1")
-    server = ExitServer(gateway.stack, DestinationPolicy(allow_private=True))
+    server = ExitServer(gateway.stack, DestinationPolicy(allow_private=True), **options)
     async with trio.open_nursery() as nursery:
         await nursery.start(gateway.run)
         await nursery.start(agent.run)
@@ -155,3 +155,23 @@ async def test_a_failure_in_one_connection_leaves_the_exit_serving():
         server.policy = DestinationPolicy(allow_private=True)
         event, _ = await ask_exit(agent, free_port())
         assert event.code == socks5.CONNECTION_REFUSED
+
+
+async def test_a_tunnel_holds_only_so_many_exit_connections():
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    async with listener, exit_pair(max_connections_per_tunnel=2) as (server, agent):
+        async def connected():
+            stream = await agent.stack.open_tcp_stream(GATEWAY_IP, EXIT_PORT, local_address=AGENT_IP)
+            event, _ = await request_connect(stream, "127.0.0.1", port)
+            assert isinstance(event, socks5.Connected)
+            return stream
+
+        with trio.fail_after(10):
+            first, _second = await connected(), await connected()
+            with pytest.raises(trio.BrokenResourceError):
+                await connected()  # reset before any answer: the agent tries another gateway
+            first.abort()
+            while server.active_connections > 1:
+                await trio.sleep(0.01)
+            await connected()  # a slot again
