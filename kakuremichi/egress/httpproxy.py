@@ -58,14 +58,16 @@ def destination(request: h11.Request) -> tuple[str, int]:
 
 
 def origin_request(request: h11.Request) -> h11.Request:
-    """The request as the origin server gets it: origin-form target, no hop-by-hop headers, one request."""
+    """The request as the origin server gets it: origin-form target, the URL's Host, no hop-by-hop headers,
+    one request."""
     parts = urlsplit(request.target.decode("ascii"))
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     listed = {token.strip().lower() for name, value in request.headers if name == b"connection"
               for token in value.split(b",")}
-    headers = [(name, value) for name, value in request.headers if name not in HOP_BY_HOP and name not in listed]
-    if not any(name == b"host" for name, _ in headers):
-        headers.insert(0, (b"host", parts.netloc.rpartition("@")[2].encode()))
+    # RFC 9112 §3.2.2: the Host of an absolute-form request is the URL's, whatever Host header came with it
+    headers = [(b"host", parts.netloc.rpartition("@")[2].encode())]
+    headers += [(name, value) for name, value in request.headers
+                if name not in HOP_BY_HOP and name not in listed and name != b"host"]
     headers.append((b"connection", b"close"))
     return h11.Request(method=request.method, target=target.encode(), headers=headers)
 
