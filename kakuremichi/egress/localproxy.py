@@ -94,7 +94,8 @@ class LocalProxies:
             finally:
                 if self._scopes.get(kind) is scope:
                     del self._scopes[kind]
-                self.ports.pop(kind, None)
+                if kind not in self._scopes:  # else a listener started since (off, then on again) owns the port
+                    self.ports.pop(kind, None)
                 log(logger, logging.INFO, "local proxy stopped", proxy=kind)
 
     async def _open(self, kind: str, host: str, port: int) -> tuple[trio.abc.Stream, bytes]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import trio
+import trio.testing
 
 from kakuremichi.egress.dialer import ExitDialer
 from kakuremichi.egress.localproxy import LocalProxies, ProxyListen
@@ -36,4 +39,21 @@ async def test_a_failure_in_one_connection_leaves_the_proxies_serving():
                     await stream.aclose()
                 assert reply[:2] == (b"\x05\x00" if kind == "socks" else b""), reply  # closed after the greeting
         assert set(proxies.ports) == {"socks", "http"}
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_proxy_turned_off_and_on_at_once_keeps_its_port():
+    """The old listener's cleanup runs after the new one started: it must not forget the new one's port."""
+    proxies = LocalProxies(ExitDialer(node=None), ProxyListen(socks=("127.0.0.1", 0), http=("127.0.0.1", 0)))
+    on = [TunnelMapping("t1", "exit.example.test", "10.0.0.2", "127.0.0.1:1", socks_proxy=True,
+                        gateway_ips=["10.0.0.254"])]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proxies.run)
+        await proxies.update(on)
+        await proxies.update([dataclasses.replace(on[0], socks_proxy=False)])
+        await proxies.update(on)
+        await trio.testing.wait_all_tasks_blocked()
+        assert set(proxies.ports) == {"socks"}
+        stream = await trio.open_tcp_stream("127.0.0.1", proxies.ports["socks"])
+        await stream.aclose()
         nursery.cancel_scope.cancel()
