@@ -32,6 +32,9 @@ CONNECT_TIMEOUT = 10.0
 # open exit connections one tunnel may hold: each costs the gateway a socket, and its file descriptors are
 # shared with every other tenant and with the public listeners
 MAX_CONNECTIONS_PER_TUNNEL = 1024
+# TCP keepalive towards the agent (idle seconds, probe interval, probes): a laptop that sleeps or loses its
+# network never closes its exit connections, and they would hold their sockets and slots for good
+KEEPALIVE = (60.0, 15.0, 4)
 
 
 def reply_code(exc: BaseException) -> int:
@@ -73,11 +76,13 @@ async def connect_checked(policy: DestinationPolicy, host: str, port: int) -> tr
 class ExitServer:
     def __init__(self, stack, policy: DestinationPolicy | None = None, *,
                  connect_timeout: float = CONNECT_TIMEOUT,
-                 max_connections_per_tunnel: int = MAX_CONNECTIONS_PER_TUNNEL) -> None:
+                 max_connections_per_tunnel: int = MAX_CONNECTIONS_PER_TUNNEL,
+                 keepalive: tuple[float, float, int] = KEEPALIVE) -> None:
         self.stack = stack
         self.policy = policy or DestinationPolicy()
         self.connect_timeout = connect_timeout
         self.max_connections_per_tunnel = max_connections_per_tunnel
+        self.keepalive = keepalive
         self._open: collections.Counter[tuple[str, str]] = collections.Counter()  # connections being handled
         self._tunnels: dict[tuple[str, str], str] = {}  # (our address, agent address) -> domain, exit tunnels only
         self._active: dict[object, tuple[str, str]] = {}  # spliced tunnel stream -> (our address, agent address)
@@ -125,6 +130,7 @@ class ExitServer:
                 source=pair[1], address=pair[0])
             stream.abort()
             return
+        stream.set_keepalive(*self.keepalive)
         handshake = socks5.ServerHandshake()
         request = socks5.Rejected(socks5.TTL_EXPIRED, "no request in time")
         with trio.move_on_after(HANDSHAKE_TIMEOUT):

@@ -175,3 +175,16 @@ async def test_a_tunnel_holds_only_so_many_exit_connections():
             while server.active_connections > 1:
                 await trio.sleep(0.01)
             await connected()  # a slot again
+
+
+async def test_the_connections_of_an_agent_that_vanished_are_reclaimed():
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    async with listener, exit_pair(keepalive=(0.2, 0.1, 2)) as (server, agent):
+        with trio.fail_after(10):
+            stream = await agent.stack.open_tcp_stream(GATEWAY_IP, EXIT_PORT, local_address=AGENT_IP)
+            event, _ = await request_connect(stream, "127.0.0.1", port)
+            assert isinstance(event, socks5.Connected) and server.active_connections == 1
+            await agent.apply([AGENT_IP], [])  # the gateway unreachable: no FIN, no reset will ever come
+            while server.active_connections:
+                await trio.sleep(0.05)
