@@ -157,18 +157,18 @@ class ExitServer:
             await trio.aclose_forcefully(upstream)
             await refuse(stream, handshake, socks5.NOT_ALLOWED, timeout=1)
             return
+        self._active[stream] = pair  # from here on an update() turning the exit off aborts it, even mid-reply
         try:
-            # the destination may have reset already: getpeername() then fails (ENOTCONN)
-            peer, via = upstream.socket.getpeername()[0], upstream.socket.getsockname()[:2]
-            await stream.send_all(handshake.reply(socks5.SUCCEEDED, via))
-            if handshake.trailing_data:
-                await upstream.send_all(handshake.trailing_data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            await trio.aclose_forcefully(upstream)
-            stream.abort()
-            return
-        self._active[stream] = pair
-        try:
+            try:
+                # the destination may have reset already: getpeername() then fails (ENOTCONN)
+                peer, via = upstream.socket.getpeername()[0], upstream.socket.getsockname()[:2]
+                await stream.send_all(handshake.reply(socks5.SUCCEEDED, via))
+                if handshake.trailing_data:
+                    await upstream.send_all(handshake.trailing_data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                await trio.aclose_forcefully(upstream)
+                stream.abort()
+                return
             sent, received = await splice(stream, upstream)
         finally:
             del self._active[stream]
