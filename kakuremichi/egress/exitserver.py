@@ -22,7 +22,7 @@ from kakuremichi.egress.policy import DestinationPolicy, Refused
 from kakuremichi.egress.socksio import accept_request, refuse
 from kakuremichi.logs import log
 from kakuremichi.pipe import splice
-from kakuremichi.protocol import EXIT_PORT, RouteConfig
+from kakuremichi.protocol import EXIT_KEEPALIVE, EXIT_PORT, RouteConfig
 
 logger = logging.getLogger("kakuremichi.gateway.exit")
 _ids = itertools.count(1)
@@ -32,9 +32,6 @@ CONNECT_TIMEOUT = 10.0
 # open exit connections one tunnel may hold: each costs the gateway a socket, and its file descriptors are
 # shared with every other tenant and with the public listeners
 MAX_CONNECTIONS_PER_TUNNEL = 1024
-# TCP keepalive towards the agent (idle seconds, probe interval, probes): a laptop that sleeps or loses its
-# network never closes its exit connections, and they would hold their sockets and slots for good
-KEEPALIVE = (60.0, 15.0, 4)
 
 
 def reply_code(exc: BaseException) -> int:
@@ -77,7 +74,7 @@ class ExitServer:
     def __init__(self, stack, policy: DestinationPolicy | None = None, *,
                  connect_timeout: float = CONNECT_TIMEOUT,
                  max_connections_per_tunnel: int = MAX_CONNECTIONS_PER_TUNNEL,
-                 keepalive: tuple[float, float, int] = KEEPALIVE) -> None:
+                 keepalive: tuple[float, float, int] = EXIT_KEEPALIVE) -> None:
         self.stack = stack
         self.policy = policy or DestinationPolicy()
         self.connect_timeout = connect_timeout

@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from kakuremichi.egress import exitserver, socks5
+from kakuremichi.egress.dialer import ExitDialer, ExitRoute
 from kakuremichi.egress.exitserver import ExitServer, connect_checked, reply_code
 from kakuremichi.egress.policy import DestinationPolicy, Refused
 from kakuremichi.egress.socksio import request_connect
@@ -60,7 +61,7 @@ EXIT_ROUTE = RouteConfig(domain="exit.example.test", agent_ip=AGENT_IP, gateway_
 @contextlib.asynccontextmanager
 async def exit_pair(**options):
     """A gateway's ExitServer (`options` go to it) and an agent's node, joined by WireGuard over loopback
-    UDP; yields (exit server, agent node)."""
+    UDP; yields (exit server, agent node, gateway node)."""
     gateway = TunnelNode(keys.generate_private(), listen_host="127.0.0.1")
     agent = TunnelNode(keys.generate_private(), listen_host="127.0.0.1")
     server = ExitServer(gateway.stack, DestinationPolicy(allow_private=True), **options)
@@ -72,7 +73,7 @@ async def exit_pair(**options):
         await gateway.apply([GATEWAY_IP], [PeerSpec(agent.public_key, (f"{AGENT_IP}/32",))])
         server.update([EXIT_ROUTE])
         await nursery.start(server.run)
-        yield server, agent
+        yield server, agent, gateway
         nursery.cancel_scope.cancel()
 
 
@@ -104,7 +105,7 @@ async def test_a_destination_that_resets_at_once_breaks_nothing(monkeypatch):
                 return upstream
             await trio.sleep(0.01)
 
-    async with listener, exit_pair() as (server, agent):
+    async with listener, exit_pair() as (server, agent, _gateway):
         monkeypatch.setattr(exitserver, "connect_checked", connect_then_reset)
         with pytest.raises(trio.BrokenResourceError):
             await ask_exit(agent, port)
@@ -118,7 +119,7 @@ async def test_an_exit_turned_off_during_the_connect_is_not_spliced(monkeypatch)
     port = listener.socket.getsockname()[1]
     real_connect = exitserver.connect_checked
 
-    async with listener, exit_pair() as (server, agent):
+    async with listener, exit_pair() as (server, agent, _gateway):
         async def connect_while_turned_off(policy, host, port_):
             server.update([dataclasses.replace(EXIT_ROUTE, exit=False)])  # a config push arrives meanwhile
             return await real_connect(policy, host, port_)
@@ -131,7 +132,7 @@ async def test_an_exit_turned_off_during_the_connect_is_not_spliced(monkeypatch)
 
 async def test_a_host_name_the_resolver_cannot_encode_is_unreachable():
     """Names the agent's own encoder would refuse can still come from a hand-written client."""
-    async with exit_pair() as (server, agent):
+    async with exit_pair() as (server, agent, _gateway):
         for name in (b"a..b", b"a" * 64 + b".test", b"."):
             with trio.fail_after(10):
                 stream = await agent.stack.open_tcp_stream(GATEWAY_IP, EXIT_PORT, local_address=AGENT_IP)
@@ -148,7 +149,7 @@ async def test_a_failure_in_one_connection_leaves_the_exit_serving():
         async def resolve(self, host, port):
             raise RuntimeError("a bug in the exit")
 
-    async with exit_pair() as (server, agent):
+    async with exit_pair() as (server, agent, _gateway):
         server.policy = BrokenPolicy()
         with pytest.raises(trio.BrokenResourceError):
             await ask_exit(agent, free_port())  # reset, without an answer
@@ -160,7 +161,7 @@ async def test_a_failure_in_one_connection_leaves_the_exit_serving():
 async def test_a_tunnel_holds_only_so_many_exit_connections():
     listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
     port = listener.socket.getsockname()[1]
-    async with listener, exit_pair(max_connections_per_tunnel=2) as (server, agent):
+    async with listener, exit_pair(max_connections_per_tunnel=2) as (server, agent, _gateway):
         async def connected():
             stream = await agent.stack.open_tcp_stream(GATEWAY_IP, EXIT_PORT, local_address=AGENT_IP)
             event, _ = await request_connect(stream, "127.0.0.1", port)
@@ -180,7 +181,7 @@ async def test_a_tunnel_holds_only_so_many_exit_connections():
 async def test_the_connections_of_an_agent_that_vanished_are_reclaimed():
     listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
     port = listener.socket.getsockname()[1]
-    async with listener, exit_pair(keepalive=(0.2, 0.1, 2)) as (server, agent):
+    async with listener, exit_pair(keepalive=(0.2, 0.1, 2)) as (server, agent, _gateway):
         with trio.fail_after(10):
             stream = await agent.stack.open_tcp_stream(GATEWAY_IP, EXIT_PORT, local_address=AGENT_IP)
             event, _ = await request_connect(stream, "127.0.0.1", port)
@@ -188,3 +189,16 @@ async def test_the_connections_of_an_agent_that_vanished_are_reclaimed():
             await agent.apply([AGENT_IP], [])  # the gateway unreachable: no FIN, no reset will ever come
             while server.active_connections:
                 await trio.sleep(0.05)
+
+
+async def test_the_agent_gives_up_on_a_gateway_that_vanished():
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    async with listener, exit_pair() as (server, agent, gateway):
+        dialer = ExitDialer(agent, keepalive=(0.2, 0.1, 2))
+        with trio.fail_after(10):
+            stream, _early = await dialer.open([ExitRoute(AGENT_IP, GATEWAY_IP)], "127.0.0.1", port)
+            await gateway.apply([GATEWAY_IP], [])  # the gateway forgets the agent: no FIN, no reset will come
+            with pytest.raises(trio.BrokenResourceError):
+                while await stream.receive_some():
+                    pass
