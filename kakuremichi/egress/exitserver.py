@@ -80,9 +80,9 @@ class ExitServer:
         self.connect_timeout = connect_timeout
         self.max_connections_per_tunnel = max_connections_per_tunnel
         self.keepalive = keepalive
-        self._open: collections.Counter[tuple[str, str]] = collections.Counter()  # connections being handled
         self._tunnels: dict[tuple[str, str], str] = {}  # (our address, agent address) -> domain, exit tunnels only
-        self._active: dict[object, tuple[str, str]] = {}  # spliced tunnel stream -> (our address, agent address)
+        self._open: collections.Counter[tuple[str, str]] = collections.Counter()  # pair -> connections handled
+        self._active: dict[object, tuple[str, str]] = {}  # tunnel stream past its connect -> (ours, agent's)
 
     @property
     def active_connections(self) -> int:
