@@ -21,6 +21,9 @@ PROTOCOL_VERSION = 1
 TUNNEL_PORT = 80  # where an agent accepts a tunnel's connections on its tunnel address
 AGENT_KEEPALIVE = 25  # seconds between an idle agent's keepalives to each gateway (keeps NAT mappings open)
 EXIT_PORT = 1080  # where a gateway speaks SOCKS5 to the agents of exit tunnels, on its tunnel addresses
+# TCP keepalive on exit connections, both ends (idle seconds, probe interval, probes): an agent or gateway
+# that vanished without a FIN (a laptop put to sleep, a dead host) would otherwise hold them open for good
+EXIT_KEEPALIVE = (60.0, 15.0, 4)
 ROLES = ("gateway", "agent")
 TLS_MODES = ("acme", "self-signed", "off", "custom")
 _ACME_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}\Z")  # RFC 8555 §8.3: base64url without padding

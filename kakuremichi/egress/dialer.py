@@ -17,7 +17,7 @@ import trio
 from kakuremichi.egress import socks5
 from kakuremichi.egress.socksio import request_connect
 from kakuremichi.logs import log
-from kakuremichi.protocol import EXIT_PORT
+from kakuremichi.protocol import EXIT_KEEPALIVE, EXIT_PORT
 from kakuremichi.wg.constants import REJECT_AFTER_TIME
 
 logger = logging.getLogger("kakuremichi.agent.exit")
@@ -42,9 +42,11 @@ class ExitFailed(Exception):
 
 
 class ExitDialer:
-    def __init__(self, node, *, attempt_timeout: float = ATTEMPT_TIMEOUT) -> None:
+    def __init__(self, node, *, attempt_timeout: float = ATTEMPT_TIMEOUT,
+                 keepalive: tuple[float, float, int] = EXIT_KEEPALIVE) -> None:
         self.node = node
         self.attempt_timeout = attempt_timeout
+        self.keepalive = keepalive
         self._failed: dict[str, float] = {}  # gateway address -> when it last failed (device clock)
 
     def mark_failed(self, gateway_ip: str) -> None:
@@ -97,6 +99,7 @@ class ExitDialer:
         with trio.fail_after(self.attempt_timeout):
             stream = await self.node.stack.open_tcp_stream(route.gateway_ip, EXIT_PORT,
                                                            local_address=route.agent_ip)
+        stream.set_keepalive(*self.keepalive)  # a gateway gone for good ends the local client's connection too
         try:
             with trio.fail_after(REPLY_TIMEOUT):
                 event, trailing = await request_connect(stream, host, port)

@@ -8,6 +8,7 @@ tunnel's subnet. The destination is resolved and checked here (DestinationPolicy
 
 from __future__ import annotations
 
+import collections
 import errno
 import itertools
 import logging
@@ -18,16 +19,19 @@ import trio
 
 from kakuremichi.egress import socks5
 from kakuremichi.egress.policy import DestinationPolicy, Refused
-from kakuremichi.egress.socksio import accept_request
+from kakuremichi.egress.socksio import accept_request, refuse
 from kakuremichi.logs import log
 from kakuremichi.pipe import splice
-from kakuremichi.protocol import EXIT_PORT, RouteConfig
+from kakuremichi.protocol import EXIT_KEEPALIVE, EXIT_PORT, RouteConfig
 
 logger = logging.getLogger("kakuremichi.gateway.exit")
 _ids = itertools.count(1)
 
 HANDSHAKE_TIMEOUT = 10.0  # an agent's proxy sends greeting and request at once; this is only for stuck peers
 CONNECT_TIMEOUT = 10.0
+# open exit connections one tunnel may hold: each costs the gateway a socket, and its file descriptors are
+# shared with every other tenant and with the public listeners
+MAX_CONNECTIONS_PER_TUNNEL = 1024
 
 
 def reply_code(exc: BaseException) -> int:
@@ -68,12 +72,17 @@ async def connect_checked(policy: DestinationPolicy, host: str, port: int) -> tr
 
 class ExitServer:
     def __init__(self, stack, policy: DestinationPolicy | None = None, *,
-                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+                 connect_timeout: float = CONNECT_TIMEOUT,
+                 max_connections_per_tunnel: int = MAX_CONNECTIONS_PER_TUNNEL,
+                 keepalive: tuple[float, float, int] = EXIT_KEEPALIVE) -> None:
         self.stack = stack
         self.policy = policy or DestinationPolicy()
         self.connect_timeout = connect_timeout
+        self.max_connections_per_tunnel = max_connections_per_tunnel
+        self.keepalive = keepalive
         self._tunnels: dict[tuple[str, str], str] = {}  # (our address, agent address) -> domain, exit tunnels only
-        self._active: dict[object, tuple[str, str]] = {}  # spliced tunnel stream -> (our address, agent address)
+        self._open: collections.Counter[tuple[str, str]] = collections.Counter()  # pair -> connections handled
+        self._active: dict[object, tuple[str, str]] = {}  # tunnel stream past its connect -> (ours, agent's)
 
     @property
     def active_connections(self) -> int:
@@ -87,7 +96,27 @@ class ExitServer:
                 stream.abort()  # the splice ends as if the agent had reset it, and still counts its bytes
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        await self.stack.serve_tcp(self._handle, EXIT_PORT, task_status=task_status)
+        await self.stack.serve_tcp(self._guarded, EXIT_PORT, task_status=task_status)
+
+    async def _guarded(self, stream) -> None:
+        """Agents are other tenants: one may hold only so many connections, and whatever escapes one
+        connection's handling closes that connection only, never the exit (nor the gateway around it)."""
+        pair = (stream.local_address[0], stream.remote_address[0])
+        if self._open[pair] >= self.max_connections_per_tunnel:
+            log(logger, logging.WARNING, "exit refused: too many connections from this tunnel", source=pair[1],
+                address=pair[0], limit=self.max_connections_per_tunnel)
+            stream.abort()  # the agent's dialer tries its next gateway
+            return
+        self._open[pair] += 1
+        try:
+            await self._handle(stream)
+        except Exception:
+            logger.exception("exit connection handler failed", extra={"fields": {"agent": pair[1]}})
+            stream.abort()
+        finally:
+            self._open[pair] -= 1
+            if not self._open[pair]:
+                del self._open[pair]
 
     async def _handle(self, stream) -> None:
         conn = next(_ids)
@@ -98,6 +127,7 @@ class ExitServer:
                 source=pair[1], address=pair[0])
             stream.abort()
             return
+        stream.set_keepalive(*self.keepalive)
         handshake = socks5.ServerHandshake()
         request = socks5.Rejected(socks5.TTL_EXPIRED, "no request in time")
         with trio.move_on_after(HANDSHAKE_TIMEOUT):
@@ -116,24 +146,26 @@ class ExitServer:
             log(logger, logging.WARNING, "exit connection refused" if code == socks5.NOT_ALLOWED
                 else "exit destination unreachable", id=conn, tunnel=domain, destination=destination,
                 reply=socks5.REPLY_TEXT[code], error=str(exc) or type(exc).__name__)
-            with trio.move_on_after(1):
-                try:
-                    await stream.send_all(handshake.reply(code))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass  # the agent did not wait for the answer
-            await trio.aclose_forcefully(stream)
+            await refuse(stream, handshake, code, timeout=1)
             return
-        peer, via = upstream.socket.getpeername()[0], upstream.socket.getsockname()[:2]
-        try:
-            await stream.send_all(handshake.reply(socks5.SUCCEEDED, via))
-            if handshake.trailing_data:
-                await upstream.send_all(handshake.trailing_data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        if pair not in self._tunnels:  # the exit was turned off while we connected: update() missed this one
+            log(logger, logging.WARNING, "exit connection refused: the exit was turned off", id=conn, tunnel=domain,
+                destination=destination)
             await trio.aclose_forcefully(upstream)
-            stream.abort()
+            await refuse(stream, handshake, socks5.NOT_ALLOWED, timeout=1)
             return
-        self._active[stream] = pair
+        self._active[stream] = pair  # from here on an update() turning the exit off aborts it, even mid-reply
         try:
+            try:
+                # the destination may have reset already: getpeername() then fails (ENOTCONN)
+                peer, via = upstream.socket.getpeername()[0], upstream.socket.getsockname()[:2]
+                await stream.send_all(handshake.reply(socks5.SUCCEEDED, via))
+                if handshake.trailing_data:
+                    await upstream.send_all(handshake.trailing_data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                await trio.aclose_forcefully(upstream)
+                stream.abort()
+                return
             sent, received = await splice(stream, upstream)
         finally:
             del self._active[stream]

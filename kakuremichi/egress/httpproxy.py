@@ -47,24 +47,27 @@ def destination(request: h11.Request) -> tuple[str, int]:
     target = request.target.decode("ascii")  # h11 lets bytes above 0x7f through; URLs have none (UnicodeError: 400)
     if request.method == b"CONNECT":
         return split_authority(target)
-    parts = urlsplit(target)
-    if parts.scheme != "http" or not parts.hostname:
-        raise BadRequest("this is a proxy: send absolute http:// URLs, or CONNECT for anything else")
     try:
-        return parts.hostname, parts.port or 80
-    except ValueError:
-        raise BadRequest(f"bad port in {target!r}") from None
+        parts = urlsplit(target)  # ValueError for a bracket left open ("http://[::1/")
+        host, port = parts.hostname, parts.port  # ValueError for a port out of range
+    except ValueError as exc:
+        raise BadRequest(f"malformed URL {target!r}: {exc}") from None
+    if parts.scheme != "http" or not host:
+        raise BadRequest("this is a proxy: send absolute http:// URLs, or CONNECT for anything else")
+    return host, port or 80
 
 
 def origin_request(request: h11.Request) -> h11.Request:
-    """The request as the origin server gets it: origin-form target, no hop-by-hop headers, one request."""
+    """The request as the origin server gets it: origin-form target, the URL's Host, no hop-by-hop headers,
+    one request."""
     parts = urlsplit(request.target.decode("ascii"))
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     listed = {token.strip().lower() for name, value in request.headers if name == b"connection"
               for token in value.split(b",")}
-    headers = [(name, value) for name, value in request.headers if name not in HOP_BY_HOP and name not in listed]
-    if not any(name == b"host" for name, _ in headers):
-        headers.insert(0, (b"host", parts.netloc.rpartition("@")[2].encode()))
+    # RFC 9112 §3.2.2: the Host of an absolute-form request is the URL's, whatever Host header came with it
+    headers = [(b"host", parts.netloc.rpartition("@")[2].encode())]
+    headers += [(name, value) for name, value in request.headers
+                if name not in HOP_BY_HOP and name not in listed and name != b"host"]
     headers.append((b"connection", b"close"))
     return h11.Request(method=request.method, target=target.encode(), headers=headers)
 

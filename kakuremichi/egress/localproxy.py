@@ -16,7 +16,7 @@ import trio
 
 from kakuremichi.egress import httpproxy, socks5
 from kakuremichi.egress.dialer import ExitDialer, ExitFailed, ExitRoute
-from kakuremichi.egress.socksio import accept_request
+from kakuremichi.egress.socksio import accept_request, refuse
 from kakuremichi.logs import log
 from kakuremichi.pipe import splice
 from kakuremichi.protocol import TunnelMapping
@@ -72,8 +72,9 @@ class LocalProxies:
 
     async def _serve(self, kind: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         host, port = getattr(self.listen, kind)
-        handler = self._socks if kind == "socks" else functools.partial(httpproxy.serve, open_exit=
-                                                                        functools.partial(self._open, "http"))
+        serve = self._socks if kind == "socks" else functools.partial(httpproxy.serve, open_exit=
+                                                                      functools.partial(self._open, "http"))
+        handler = functools.partial(_guarded, kind, serve)
         try:
             listeners = await trio.open_tcp_listeners(port, host=host)
         except OSError as exc:
@@ -93,7 +94,8 @@ class LocalProxies:
             finally:
                 if self._scopes.get(kind) is scope:
                     del self._scopes[kind]
-                self.ports.pop(kind, None)
+                if kind not in self._scopes:  # else a listener started since (off, then on again) owns the port
+                    self.ports.pop(kind, None)
                 log(logger, logging.INFO, "local proxy stopped", proxy=kind)
 
     async def _open(self, kind: str, host: str, port: int) -> tuple[trio.abc.Stream, bytes]:
@@ -113,12 +115,7 @@ class LocalProxies:
         except ExitFailed as exc:
             log(logger, logging.INFO, "exit connection failed", destination=f"{request.host}:{request.port}",
                 error=str(exc))
-            with trio.move_on_after(5):
-                try:
-                    await stream.send_all(handshake.reply(exc.code))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
-            await trio.aclose_forcefully(stream)
+            await refuse(stream, handshake, exc.code, timeout=5)
             return
         try:
             await stream.send_all(handshake.reply(socks5.SUCCEEDED))
@@ -131,6 +128,16 @@ class LocalProxies:
             await trio.aclose_forcefully(stream)
             return
         await splice(stream, upstream)
+
+
+async def _guarded(kind: str, serve, stream: trio.SocketStream) -> None:
+    """What escapes one client's handling closes that client only: the connections share the proxies'
+    nursery, which a failure would otherwise cancel, every other proxied connection with it."""
+    try:
+        await serve(stream)
+    except Exception:
+        logger.exception("local proxy connection failed", extra={"fields": {"proxy": kind}})
+        await trio.aclose_forcefully(stream)
 
 
 def _is_loopback(host: str) -> bool:

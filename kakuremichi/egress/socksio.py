@@ -26,6 +26,17 @@ async def accept_request(stream: trio.abc.Stream, handshake: socks5.ServerHandsh
         return socks5.Rejected(socks5.GENERAL_FAILURE, f"connection lost during the handshake: {exc!r}")
 
 
+async def refuse(stream: trio.abc.Stream, handshake: socks5.ServerHandshake, code: int, *,
+                 timeout: float) -> None:
+    """Answer the Request with the failure `code` if the client still listens, then close the stream."""
+    with trio.move_on_after(timeout):
+        try:
+            await stream.send_all(handshake.reply(code))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client did not wait for the answer
+    await trio.aclose_forcefully(stream)
+
+
 async def request_connect(stream: trio.abc.Stream, host: str, port: int) -> tuple[socks5.Connected | socks5.Failed,
                                                                                    bytes]:
     """Ask a SOCKS5 server on `stream` to connect to host:port: its answer, and any bytes that followed it.

@@ -138,6 +138,7 @@ def test_socks5_and_http_proxies_leave_through_a_gateway(deployment, ports):
         assert exchange(ports["socks"], request)[:len(answer) or None] == answer
     for request in [b"GET http://127.0.0.1:%d/\xff HTTP/1.1\r\nHost: x\r\n\r\n" % app,
                     b"CONNECT nowhere HTTP/1.1\r\nHost: x\r\n\r\n", b"\x00\x01\x02\r\n\r\n",
+                    b"GET http://[::1/ HTTP/1.1\r\nHost: x\r\n\r\n",
                     b"GET https://127.0.0.1:%d/ HTTP/1.1\r\nHost: x\r\n\r\n" % app]:
         assert exchange(ports["http"], request).startswith(b"HTTP/1.1 400 "), request
     exchange(ports["http"], b"POST http://127.0.0.1:%d/ HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"

@@ -31,7 +31,8 @@ def test_destinations():
     assert destination(request(b"GET", b"http://example.com/a")) == ("example.com", 80)
     assert destination(request(b"GET", b"http://example.com:8080/a")) == ("example.com", 8080)
     assert destination(request(b"CONNECT", b"example.com:443")) == ("example.com", 443)
-    for target in (b"/", b"https://example.com/", b"ftp://example.com/", b"http:///path", b"http://example.com:99999/"):
+    for target in (b"/", b"https://example.com/", b"ftp://example.com/", b"http:///path", b"http://example.com:99999/",
+                   b"http://[::1/", b"http://[example.com]/"):
         with pytest.raises(BadRequest):
             destination(request(b"GET", target))
 
@@ -42,8 +43,15 @@ def test_origin_request_drops_hop_by_hop_headers():
                                   (b"connection", b"keep-alive, x-private"), (b"x-private", b"1"),
                                   (b"te", b"trailers"), (b"content-length", b"3"), (b"x-kept", b"yes")))
     assert sent.target == b"/p/a?q=1&r=2"
-    assert sent.headers == [(b"host", b"example.com"), (b"content-length", b"3"), (b"x-kept", b"yes"),
+    assert sent.headers == [(b"host", b"example.com:8080"), (b"content-length", b"3"), (b"x-kept", b"yes"),
                             (b"connection", b"close")]
+
+
+def test_origin_request_takes_its_host_from_the_url():
+    """RFC 9112 §3.2.2: a proxy ignores the Host header of an absolute-form request."""
+    sent = origin_request(h11.Request(method=b"GET", target=b"http://real.example.net/",
+                                      headers=[(b"host", b"other.example.org")]))
+    assert [value for name, value in sent.headers if name == b"host"] == [b"real.example.net"]
 
 
 def test_origin_request_without_host_gets_one_from_the_url():
