@@ -47,6 +47,15 @@ _REQUEST_HEADERS = h2.utilities.HeaderValidationFlags(is_client=False, is_traile
 _INITIAL_WINDOW = 65535  # every window's size before SETTINGS change it (RFC 9113 §6.9.2)
 
 
+class _LocalSettings(h2.settings.Settings):
+    """The settings the gateway advertises, but with no stream limit for h2 to enforce: h2 would end the
+    whole connection for a stream too many, where the gateway refuses just that stream (RFC 9113 §5.1.2)."""
+
+    @property
+    def max_concurrent_streams(self) -> int:
+        return 2**32 + 1  # h2's "unlimited"
+
+
 async def serve_http2(proxy: Proxy, stream: trio.abc.Stream, peer_ip: str) -> None:
     """Serve one HTTP/2 client connection (TLS already negotiated "h2") until it closes, idles out or breaks."""
     await Http2Connection(proxy, stream, peer_ip).serve()
@@ -68,7 +77,7 @@ class Http2Connection:
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=False, header_encoding=None, validate_inbound_headers=False))
         max_headers = proxy.settings.max_header_bytes
-        self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
+        self.h2.local_settings = _LocalSettings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: max_headers,
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
@@ -136,10 +145,15 @@ class Http2Connection:
             if stream is None or not stream.accept_body(event.data, event.flow_controlled_length):
                 self.acknowledge(event.flow_controlled_length, event.stream_id)
         elif isinstance(event, h2.events.RequestReceived):
+            # Streams the client has not closed count too: h2's count, streams answered but still open.
+            if len(self.streams) >= MAX_CONCURRENT_STREAMS or self.h2.open_inbound_streams > MAX_CONCURRENT_STREAMS:
+                self._refuse(event.stream_id, ErrorCodes.REFUSED_STREAM, "too_many_streams",
+                             f"more than {MAX_CONCURRENT_STREAMS} concurrent streams")
+                return True
             try:
                 headers = list(h2.utilities.validate_headers(event.headers, _REQUEST_HEADERS))
             except h2.exceptions.ProtocolError as exc:
-                self._refuse_malformed(event.stream_id, str(exc))
+                self._refuse(event.stream_id, ErrorCodes.PROTOCOL_ERROR, "bad_request", f"malformed request: {exc}")
                 return True
             stream = Http2Stream(self, event.stream_id, headers, ended=event.stream_ended is not None)
             self.streams[event.stream_id] = stream
@@ -157,13 +171,14 @@ class Http2Connection:
             return event.error_code == ErrorCodes.NO_ERROR and bool(self.streams)  # let open streams finish
         return True
 
-    def _refuse_malformed(self, stream_id: int, why: str) -> None:
-        """A malformed request is a stream error of type PROTOCOL_ERROR (RFC 9113 §8.1.1)."""
-        self.h2.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
+    def _refuse(self, stream_id: int, code: ErrorCodes, error: str, why: str) -> None:
+        """Reset a request stream without serving it: a malformed request is a stream error of type
+        PROTOCOL_ERROR (RFC 9113 §8.1.1), one stream too many is REFUSED_STREAM (safe to retry)."""
+        self.h2.reset_stream(stream_id, code)
         record = AccessRecord(client=self.peer_ip, scheme="https")
-        record.protocol, record.error = "h2", "bad_request"
+        record.protocol, record.error = "h2", error
         record.emit()
-        log(logger, logging.DEBUG, "malformed HTTP/2 request", client=self.peer_ip, error=why)
+        log(logger, logging.DEBUG, "HTTP/2 request refused", client=self.peer_ip, error=why)
 
     def acknowledge(self, length: int, stream_id: int) -> None:
         """Give `length` received bytes of window back to the client (sent with the next write)."""

@@ -21,6 +21,7 @@ import trio
 from kakuremichi.gateway.certmanager import CertificateManager
 from kakuremichi.gateway.certstore import CertStore
 from kakuremichi.gateway.challenges import ChallengeStore
+from kakuremichi.gateway.http2 import MAX_CONCURRENT_STREAMS
 from kakuremichi.gateway.proxy import ProxySettings
 from kakuremichi.gateway.routes import Route, RouteTable, TlsMode
 from kakuremichi.pipe import splice
@@ -419,3 +420,27 @@ async def test_an_answer_to_a_complete_body_does_not_reset_the_stream(nursery, t
     assert (await client.response(early))[0] == 404
     assert (await client.response(await client.get("/")))[0] == 200
     assert client.resets == [early]
+
+
+async def test_a_stream_over_the_concurrency_limit_is_refused_alone(nursery, tmp_path, app_port):
+    """One stream more than MAX_CONCURRENT_STREAMS is reset with REFUSED_STREAM (the client may retry it);
+    the connection and the streams already open go on."""
+    gw = await start_h2_gateway(nursery, tmp_path, app_port)
+    client = await RawH2Client.connect(gw.https_port)  # sends before reading the limit, as a client may
+    opened = [await client.get("/slow?delay=0.5") for _ in range(MAX_CONCURRENT_STREAMS + 1)]
+    statuses: dict[int, int] = {}
+    ended: set[int] = set()
+    with trio.fail_after(30):
+        while len(ended) + len(client.resets) < len(opened):
+            event = await client.next_event()
+            if isinstance(event, h2.events.ResponseReceived):
+                statuses[event.stream_id] = int(dict(event.headers)[b":status"])
+            elif isinstance(event, h2.events.DataReceived):
+                client.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                ended.add(event.stream_id)
+            elif isinstance(event, h2.events.StreamReset):
+                assert event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+    assert client.resets == [opened[-1]]
+    assert statuses == {stream_id: 200 for stream_id in opened[:-1]}
+    assert (await client.response(await client.get("/")))[0] == 200  # the connection goes on
