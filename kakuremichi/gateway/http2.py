@@ -41,6 +41,7 @@ logger = logging.getLogger("kakuremichi.gateway.http2")
 MAX_CONCURRENT_STREAMS = 100
 STREAM_WINDOW = 1 << 18  # request body bytes a stream may have in flight towards the gateway
 CONNECTION_WINDOW = 1 << 20  # and all streams of a connection together: the most buffered per connection
+_READ_AHEAD = 2 * CONNECTION_WINDOW  # client bytes read while one write is stuck, before reading pauses
 _GOODBYE_TIMEOUT = 1.0  # for the last GOAWAY of a connection that is closing anyway
 _REQUEST_HEADERS = h2.utilities.HeaderValidationFlags(is_client=False, is_trailer=False, is_response_header=False,
                                                        is_push_promise=False)
@@ -89,6 +90,7 @@ class Http2Connection:
         self._nursery: trio.Nursery | None = None
         self._idle_deadline = math.inf
         self._write_deadline = math.inf
+        self._read_while_writing = 0  # client bytes read since the write under way began
         self._dirty = trio.Event()  # h2 has bytes to send
         self._closing = False
         self._requested = self._written = 0  # flush tickets handed out / written
@@ -128,6 +130,12 @@ class Http2Connection:
             data = await self.stream.receive_some(CHUNK)
             if not data:
                 return
+            if self._write_deadline != math.inf:
+                # h2 answers PING and SETTINGS by itself: a client that sends them without reading our
+                # side would have the answers pile up. Legitimate traffic is bounded by the windows.
+                self._read_while_writing += len(data)
+                if self._read_while_writing > _READ_AHEAD:
+                    await self.flush()
             try:
                 events = self.h2.receive_data(data)
             except h2.exceptions.ProtocolError as exc:
@@ -219,6 +227,7 @@ class Http2Connection:
                     await self.stream.send_all(data)
                 finally:
                     self._write_deadline = math.inf
+                    self._read_while_writing = 0
             self._written = ticket
             self._flushed.set()
             self._flushed = trio.Event()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -17,12 +18,14 @@ import h2.events
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from kakuremichi.gateway.certmanager import CertificateManager
 from kakuremichi.gateway.certstore import CertStore
 from kakuremichi.gateway.challenges import ChallengeStore
-from kakuremichi.gateway.http2 import MAX_CONCURRENT_STREAMS
-from kakuremichi.gateway.proxy import ProxySettings
+from kakuremichi.gateway.connection import CHUNK
+from kakuremichi.gateway.http2 import _READ_AHEAD, MAX_CONCURRENT_STREAMS, serve_http2
+from kakuremichi.gateway.proxy import ProxySettings, open_proxy
 from kakuremichi.gateway.routes import Route, RouteTable, TlsMode
 from kakuremichi.pipe import splice
 from tests.gateway.app import payload_sha256
@@ -444,3 +447,33 @@ async def test_a_stream_over_the_concurrency_limit_is_refused_alone(nursery, tmp
     assert client.resets == [opened[-1]]
     assert statuses == {stream_id: 200 for stream_id in opened[:-1]}
     assert (await client.response(await client.get("/")))[0] == 200  # the connection goes on
+
+
+async def test_a_client_flooding_pings_without_reading_is_no_longer_read():
+    """h2 answers every PING (and SETTINGS) by itself: a client that sends them without reading anything
+    must not make the gateway pile up the answers; it stops reading such a client instead. Over a stream
+    pair that makes each write wait for the reader, so "stops reading" shows exactly."""
+    client_end, gateway_end = trio.testing.lockstep_stream_pair()
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    client.ping(b"12345678")
+    preface_and_ping = client.data_to_send()
+    ping = preface_and_ping[-17:]
+    flood = ping * (3 * _READ_AHEAD // len(ping))
+    sent = 0
+
+    async def send() -> None:
+        nonlocal sent
+        with contextlib.suppress(trio.ClosedResourceError):  # until the test hangs up
+            await client_end.send_all(preface_and_ping)
+            for i in range(0, len(flood), 16384):
+                await client_end.send_all(flood[i:i + 16384])
+                sent += 16384
+
+    async with open_proxy(RouteTable([]), tcp_dial) as proxy, trio.open_nursery() as nursery:
+        nursery.start_soon(serve_http2, proxy, gateway_end, "127.0.0.1")
+        nursery.start_soon(send)
+        await trio.testing.wait_all_tasks_blocked()
+        assert sent <= _READ_AHEAD + 2 * CHUNK
+        await client_end.aclose()
+        nursery.cancel_scope.cancel()
