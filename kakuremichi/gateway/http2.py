@@ -163,6 +163,12 @@ class Http2Connection:
             except h2.exceptions.ProtocolError as exc:
                 self._refuse(event.stream_id, ErrorCodes.PROTOCOL_ERROR, "bad_request", f"malformed request: {exc}")
                 return True
+            if event.stream_ended is not None and any(n == b"content-length" and v.lstrip(b"0")
+                                                      for n, v in headers):
+                # h2 checks a content-length against DATA frames only: a body announced, then none.
+                self._refuse(event.stream_id, ErrorCodes.PROTOCOL_ERROR, "bad_request",
+                             "malformed request: content-length without a body")
+                return True
             stream = Http2Stream(self, event.stream_id, headers, ended=event.stream_ended is not None)
             self.streams[event.stream_id] = stream
             self._nursery.start_soon(stream.run)

@@ -295,7 +295,9 @@ async def test_malformed_requests_are_stream_errors_and_protocol_errors_get_goaw
                       [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", HOST.encode()),
                        (b":path", b"/"), (b"X-Upper", b"1")],
                       [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", HOST.encode()),
-                       (b":path", b"/"), (b"x-nul", b"a\x00b")]):
+                       (b":path", b"/"), (b"x-nul", b"a\x00b")],
+                      [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", HOST.encode()),
+                       (b":path", b"/upload"), (b"content-length", b"5")]):  # but END_STREAM: no body
         stream_id = client.h2.get_next_available_stream_id()
         client.h2.send_headers(stream_id, malformed, end_stream=True)
         await client.flush()
