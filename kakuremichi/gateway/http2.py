@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections import deque
 
 import h11
@@ -45,7 +46,13 @@ _READ_AHEAD = 2 * CONNECTION_WINDOW  # client bytes read while one write is stuc
 _GOODBYE_TIMEOUT = 1.0  # for the last GOAWAY of a connection that is closing anyway
 _REQUEST_HEADERS = h2.utilities.HeaderValidationFlags(is_client=False, is_trailer=False, is_response_header=False,
                                                        is_push_promise=False)
+_BYTES_LITERAL = re.compile(r"b'(?:[^'\\]|\\.)*'" r'|b"(?:[^"\\]|\\.)*"')
 _INITIAL_WINDOW = 65535  # every window's size before SETTINGS change it (RFC 9113 §6.9.2)
+
+
+def _redacted(exc: h2.exceptions.ProtocolError) -> str:
+    """h2's message without the header names and values it quotes: those may be cookies or credentials."""
+    return _BYTES_LITERAL.sub("…", str(exc))
 
 
 class _LocalSettings(h2.settings.Settings):
@@ -139,7 +146,7 @@ class Http2Connection:
             try:
                 events = self.h2.receive_data(data)
             except h2.exceptions.ProtocolError as exc:
-                log(logger, logging.DEBUG, "HTTP/2 protocol error", client=self.peer_ip, error=str(exc))
+                log(logger, logging.DEBUG, "HTTP/2 protocol error", client=self.peer_ip, error=_redacted(exc))
                 return  # h2 queued the GOAWAY saying why
             for event in events:
                 if not self._dispatch(event):
@@ -161,7 +168,8 @@ class Http2Connection:
             try:
                 headers = list(h2.utilities.validate_headers(event.headers, _REQUEST_HEADERS))
             except h2.exceptions.ProtocolError as exc:
-                self._refuse(event.stream_id, ErrorCodes.PROTOCOL_ERROR, "bad_request", f"malformed request: {exc}")
+                self._refuse(event.stream_id, ErrorCodes.PROTOCOL_ERROR, "bad_request",
+                             f"malformed request: {_redacted(exc)}")
                 return True
             if event.stream_ended is not None and any(n == b"content-length" and v.lstrip(b"0")
                                                       for n, v in headers):

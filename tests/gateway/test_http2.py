@@ -287,6 +287,7 @@ async def test_idle_connection_gets_goaway_after_the_client_timeout(nursery, tmp
 
 
 async def test_malformed_requests_are_stream_errors_and_protocol_errors_get_goaway(nursery, tmp_path, app_port, caplog):
+    caplog.set_level(logging.DEBUG, logger="kakuremichi.gateway.http2")
     gw = await start_h2_gateway(nursery, tmp_path, app_port)
     client = await RawH2Client.connect(gw.https_port, validate=False)
     for malformed in ([(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/")],  # no authority
@@ -296,6 +297,8 @@ async def test_malformed_requests_are_stream_errors_and_protocol_errors_get_goaw
                        (b":path", b"/"), (b"X-Upper", b"1")],
                       [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", HOST.encode()),
                        (b":path", b"/"), (b"x-nul", b"a\x00b")],
+                      [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", HOST.encode()),
+                       (b":path", b"/"), (b"cookie", b"session=s3cr3t ")],  # whitespace around the value
                       [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", HOST.encode()),
                        (b":path", b"/upload"), (b"content-length", b"5")]):  # but END_STREAM: no body
         stream_id = client.h2.get_next_available_stream_id()
@@ -321,6 +324,8 @@ async def test_malformed_requests_are_stream_errors_and_protocol_errors_get_goaw
             pass
     assert event.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
     assert "connection handler failed" not in caplog.text
+    logged = [str(r.fields) for r in caplog.records if r.name == "kakuremichi.gateway.http2"]
+    assert any("whitespace" in line for line in logged) and not any("s3cr3t" in line for line in logged)
 
 
 async def test_a_vanishing_client_cancels_its_exchanges_quietly(nursery, tmp_path, app_port, caplog):
