@@ -342,8 +342,8 @@ class Http2Stream:
             record.emit()
 
     def _request(self, record: AccessRecord) -> h11.Request:
-        """The HTTP/1.1 form of the request: :authority becomes Host (RFC 9113 §8.3.1), and a body of
-        unannounced length will be sent chunked (h2 has already joined split cookies, §8.2.3)."""
+        """The HTTP/1.1 form of the request: :path in origin form, :authority becomes Host (RFC 9113 §8.3.1),
+        and a body of unannounced length will be sent chunked (h2 has already joined split cookies, §8.2.3)."""
         pseudo: dict[bytes, bytes] = {}
         headers: list[tuple[bytes, bytes]] = []
         for name, value in self.headers:
@@ -354,6 +354,9 @@ class Http2Stream:
         record.method = pseudo.get(b":method", b"-").decode("ascii", "replace")
         if record.method == "CONNECT":  # no tunnels, and no extended CONNECT (WebSocket) was offered
             raise errorpages.method_not_allowed("CONNECT")
+        path = pseudo.get(b":path", b"/")
+        if not path.startswith(b"/") and path != b"*":  # an absolute URI would override :authority in routing
+            raise errorpages.bad_request("The :path must be a path (RFC 9113 §8.3.1).")
         authority = pseudo.get(b":authority")
         if authority is not None:
             headers = [(n, v) for n, v in headers if n != b"host"]

@@ -311,6 +311,11 @@ async def test_malformed_requests_are_stream_errors_and_protocol_errors_get_goaw
                                       (b":path", b"/")], end_stream=True)
     await client.flush()
     assert (await client.response(bad_host))[0] == 400
+    absolute = client.h2.get_next_available_stream_id()  # :path must be origin-form (RFC 9113 §8.3.1)
+    client.h2.send_headers(absolute, [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"nowhere.test"),
+                                      (b":path", f"https://{HOST}/".encode())], end_stream=True)
+    await client.flush()
+    assert (await client.response(absolute))[0] == 400
     connect = client.h2.get_next_available_stream_id()
     client.h2.send_headers(connect, [(b":method", b"CONNECT"), (b":authority", HOST.encode() + b":443")],
                            end_stream=False)
