@@ -290,8 +290,9 @@ class Http2Stream:
     # Called by the connection's reader.
 
     def accept_body(self, data: bytes, length: int) -> bool:
-        """Queue request body bytes for the agent; False when they are not wanted (acknowledge them now)."""
-        if self._discarding:
+        """Queue request body bytes for the agent; False when they are not wanted (acknowledge them now).
+        Empty DATA frames cost the client no window: queueing them would let it fill our memory."""
+        if self._discarding or not data:
             return False
         self._body.append((data, length))
         self._body_arrived.set()

@@ -24,7 +24,7 @@ from kakuremichi.gateway.certmanager import CertificateManager
 from kakuremichi.gateway.certstore import CertStore
 from kakuremichi.gateway.challenges import ChallengeStore
 from kakuremichi.gateway.connection import CHUNK
-from kakuremichi.gateway.http2 import _READ_AHEAD, MAX_CONCURRENT_STREAMS, serve_http2
+from kakuremichi.gateway.http2 import _READ_AHEAD, MAX_CONCURRENT_STREAMS, Http2Stream, serve_http2
 from kakuremichi.gateway.proxy import ProxySettings, open_proxy
 from kakuremichi.gateway.routes import Route, RouteTable, TlsMode
 from kakuremichi.pipe import splice
@@ -489,3 +489,26 @@ async def test_a_client_flooding_pings_without_reading_is_no_longer_read():
         assert sent <= _READ_AHEAD + 2 * CHUNK
         await client_end.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_empty_data_frames_are_not_queued(nursery, tmp_path, app_port):
+    """Flow control bounds the request body bytes queued while the agent is being reached, but empty DATA
+    frames use no window: a client sending them by the thousand must not grow the stream's queue."""
+    async def unanswered_dial(route):
+        await trio.sleep_forever()
+
+    gw = await start_h2_gateway(nursery, tmp_path, app_port, dial=unanswered_dial)
+    client = await RawH2Client.connect(gw.https_port)
+    upload = client.h2.get_next_available_stream_id()
+    client.h2.send_headers(upload, [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", HOST.encode()),
+                                    (b":path", b"/upload")])
+    client.h2.send_data(upload, b"x")
+    for _ in range(10000):
+        client.h2.send_data(upload, b"")
+    client.h2.ping(b"all read")  # answered once everything before it has been read
+    await client.flush()
+    while not isinstance(await client.next_event(), h2.events.PingAckReceived):
+        pass
+    [stream] = [w for guard in gw.proxy.watchdog._guards for w in guard.waiters if isinstance(w, Http2Stream)]
+    assert [len(data) for data, _ in stream._body] == [1]
+    await client.stream.aclose()
