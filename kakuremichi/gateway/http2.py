@@ -190,7 +190,7 @@ class Http2Connection:
             self.window_opened.set()
             self.window_opened = trio.Event()
         elif isinstance(event, h2.events.ConnectionTerminated):
-            return event.error_code == ErrorCodes.NO_ERROR and bool(self.streams)  # let open streams finish
+            return False  # h2 sends nothing after the client's GOAWAY, so open streams could not be answered
         return True
 
     def _refuse(self, stream_id: int, code: ErrorCodes, error: str, why: str) -> None:

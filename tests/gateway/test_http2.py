@@ -514,3 +514,16 @@ async def test_empty_data_frames_are_not_queued(nursery, tmp_path, app_port):
     [stream] = [w for guard in gw.proxy.watchdog._guards for w in guard.waiters if isinstance(w, Http2Stream)]
     assert [len(data) for data, _ in stream._body] == [1]
     await client.stream.aclose()
+
+
+async def test_a_client_goaway_ends_the_connection(nursery, tmp_path, app_port):
+    """After the client's GOAWAY h2 sends nothing more on the connection, not even for open streams: the
+    gateway closes it then, instead of leaving the client waiting for answers until the client timeout."""
+    gw = await start_h2_gateway(nursery, tmp_path, app_port)
+    client = await RawH2Client.connect(gw.https_port)
+    await client.get("/slow?delay=0.2")
+    client.h2.close_connection()
+    await client.flush()
+    with trio.fail_after(10):  # the client timeout is 60 s
+        while await client.stream.receive_some():
+            pass
