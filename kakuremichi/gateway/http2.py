@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections import deque
 
 import h11
@@ -41,10 +42,26 @@ logger = logging.getLogger("kakuremichi.gateway.http2")
 MAX_CONCURRENT_STREAMS = 100
 STREAM_WINDOW = 1 << 18  # request body bytes a stream may have in flight towards the gateway
 CONNECTION_WINDOW = 1 << 20  # and all streams of a connection together: the most buffered per connection
+_READ_AHEAD = 2 * CONNECTION_WINDOW  # client bytes read while one write is stuck, before reading pauses
 _GOODBYE_TIMEOUT = 1.0  # for the last GOAWAY of a connection that is closing anyway
 _REQUEST_HEADERS = h2.utilities.HeaderValidationFlags(is_client=False, is_trailer=False, is_response_header=False,
                                                        is_push_promise=False)
+_BYTES_LITERAL = re.compile(r"b'(?:[^'\\]|\\.)*'" r'|b"(?:[^"\\]|\\.)*"')
 _INITIAL_WINDOW = 65535  # every window's size before SETTINGS change it (RFC 9113 §6.9.2)
+
+
+def _redacted(exc: h2.exceptions.ProtocolError) -> str:
+    """h2's message without the header names and values it quotes: those may be cookies or credentials."""
+    return _BYTES_LITERAL.sub("…", str(exc))
+
+
+class _LocalSettings(h2.settings.Settings):
+    """The settings the gateway advertises, but with no stream limit for h2 to enforce: h2 would end the
+    whole connection for a stream too many, where the gateway refuses just that stream (RFC 9113 §5.1.2)."""
+
+    @property
+    def max_concurrent_streams(self) -> int:
+        return 2**32 + 1  # h2's "unlimited"
 
 
 async def serve_http2(proxy: Proxy, stream: trio.abc.Stream, peer_ip: str) -> None:
@@ -68,7 +85,7 @@ class Http2Connection:
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=False, header_encoding=None, validate_inbound_headers=False))
         max_headers = proxy.settings.max_header_bytes
-        self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
+        self.h2.local_settings = _LocalSettings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: max_headers,
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
@@ -80,6 +97,7 @@ class Http2Connection:
         self._nursery: trio.Nursery | None = None
         self._idle_deadline = math.inf
         self._write_deadline = math.inf
+        self._read_while_writing = 0  # client bytes read since the write under way began
         self._dirty = trio.Event()  # h2 has bytes to send
         self._closing = False
         self._requested = self._written = 0  # flush tickets handed out / written
@@ -119,10 +137,16 @@ class Http2Connection:
             data = await self.stream.receive_some(CHUNK)
             if not data:
                 return
+            if self._write_deadline != math.inf:
+                # h2 answers PING and SETTINGS by itself: a client that sends them without reading our
+                # side would have the answers pile up. Legitimate traffic is bounded by the windows.
+                self._read_while_writing += len(data)
+                if self._read_while_writing > _READ_AHEAD:
+                    await self.flush()
             try:
                 events = self.h2.receive_data(data)
             except h2.exceptions.ProtocolError as exc:
-                log(logger, logging.DEBUG, "HTTP/2 protocol error", client=self.peer_ip, error=str(exc))
+                log(logger, logging.DEBUG, "HTTP/2 protocol error", client=self.peer_ip, error=_redacted(exc))
                 return  # h2 queued the GOAWAY saying why
             for event in events:
                 if not self._dispatch(event):
@@ -136,10 +160,22 @@ class Http2Connection:
             if stream is None or not stream.accept_body(event.data, event.flow_controlled_length):
                 self.acknowledge(event.flow_controlled_length, event.stream_id)
         elif isinstance(event, h2.events.RequestReceived):
+            # Streams the client has not closed count too: h2's count, streams answered but still open.
+            if len(self.streams) >= MAX_CONCURRENT_STREAMS or self.h2.open_inbound_streams > MAX_CONCURRENT_STREAMS:
+                self._refuse(event.stream_id, ErrorCodes.REFUSED_STREAM, "too_many_streams",
+                             f"more than {MAX_CONCURRENT_STREAMS} concurrent streams")
+                return True
             try:
                 headers = list(h2.utilities.validate_headers(event.headers, _REQUEST_HEADERS))
             except h2.exceptions.ProtocolError as exc:
-                self._refuse_malformed(event.stream_id, str(exc))
+                self._refuse(event.stream_id, ErrorCodes.PROTOCOL_ERROR, "bad_request",
+                             f"malformed request: {_redacted(exc)}")
+                return True
+            if event.stream_ended is not None and any(n == b"content-length" and v.lstrip(b"0")
+                                                      for n, v in headers):
+                # h2 checks a content-length against DATA frames only: a body announced, then none.
+                self._refuse(event.stream_id, ErrorCodes.PROTOCOL_ERROR, "bad_request",
+                             "malformed request: content-length without a body")
                 return True
             stream = Http2Stream(self, event.stream_id, headers, ended=event.stream_ended is not None)
             self.streams[event.stream_id] = stream
@@ -154,16 +190,17 @@ class Http2Connection:
             self.window_opened.set()
             self.window_opened = trio.Event()
         elif isinstance(event, h2.events.ConnectionTerminated):
-            return event.error_code == ErrorCodes.NO_ERROR and bool(self.streams)  # let open streams finish
+            return False  # h2 sends nothing after the client's GOAWAY, so open streams could not be answered
         return True
 
-    def _refuse_malformed(self, stream_id: int, why: str) -> None:
-        """A malformed request is a stream error of type PROTOCOL_ERROR (RFC 9113 §8.1.1)."""
-        self.h2.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
+    def _refuse(self, stream_id: int, code: ErrorCodes, error: str, why: str) -> None:
+        """Reset a request stream without serving it: a malformed request is a stream error of type
+        PROTOCOL_ERROR (RFC 9113 §8.1.1), one stream too many is REFUSED_STREAM (safe to retry)."""
+        self.h2.reset_stream(stream_id, code)
         record = AccessRecord(client=self.peer_ip, scheme="https")
-        record.protocol, record.error = "h2", "bad_request"
+        record.protocol, record.error = "h2", error
         record.emit()
-        log(logger, logging.DEBUG, "malformed HTTP/2 request", client=self.peer_ip, error=why)
+        log(logger, logging.DEBUG, "HTTP/2 request refused", client=self.peer_ip, error=why)
 
     def acknowledge(self, length: int, stream_id: int) -> None:
         """Give `length` received bytes of window back to the client (sent with the next write)."""
@@ -204,6 +241,7 @@ class Http2Connection:
                     await self.stream.send_all(data)
                 finally:
                     self._write_deadline = math.inf
+                    self._read_while_writing = 0
             self._written = ticket
             self._flushed.set()
             self._flushed = trio.Event()
@@ -252,8 +290,9 @@ class Http2Stream:
     # Called by the connection's reader.
 
     def accept_body(self, data: bytes, length: int) -> bool:
-        """Queue request body bytes for the agent; False when they are not wanted (acknowledge them now)."""
-        if self._discarding:
+        """Queue request body bytes for the agent; False when they are not wanted (acknowledge them now).
+        Empty DATA frames cost the client no window: queueing them would let it fill our memory."""
+        if self._discarding or not data:
             return False
         self._body.append((data, length))
         self._body_arrived.set()
@@ -304,8 +343,8 @@ class Http2Stream:
             record.emit()
 
     def _request(self, record: AccessRecord) -> h11.Request:
-        """The HTTP/1.1 form of the request: :authority becomes Host (RFC 9113 §8.3.1), and a body of
-        unannounced length will be sent chunked (h2 has already joined split cookies, §8.2.3)."""
+        """The HTTP/1.1 form of the request: :path in origin form, :authority becomes Host (RFC 9113 §8.3.1),
+        and a body of unannounced length will be sent chunked (h2 has already joined split cookies, §8.2.3)."""
         pseudo: dict[bytes, bytes] = {}
         headers: list[tuple[bytes, bytes]] = []
         for name, value in self.headers:
@@ -316,6 +355,9 @@ class Http2Stream:
         record.method = pseudo.get(b":method", b"-").decode("ascii", "replace")
         if record.method == "CONNECT":  # no tunnels, and no extended CONNECT (WebSocket) was offered
             raise errorpages.method_not_allowed("CONNECT")
+        path = pseudo.get(b":path", b"/")
+        if not path.startswith(b"/") and path != b"*":  # an absolute URI would override :authority in routing
+            raise errorpages.bad_request("The :path must be a path (RFC 9113 §8.3.1).")
         authority = pseudo.get(b":authority")
         if authority is not None:
             headers = [(n, v) for n, v in headers if n != b"host"]

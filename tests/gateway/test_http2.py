@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -17,11 +18,14 @@ import h2.events
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from kakuremichi.gateway.certmanager import CertificateManager
 from kakuremichi.gateway.certstore import CertStore
 from kakuremichi.gateway.challenges import ChallengeStore
-from kakuremichi.gateway.proxy import ProxySettings
+from kakuremichi.gateway.connection import CHUNK
+from kakuremichi.gateway.http2 import _READ_AHEAD, MAX_CONCURRENT_STREAMS, Http2Stream, serve_http2
+from kakuremichi.gateway.proxy import ProxySettings, open_proxy
 from kakuremichi.gateway.routes import Route, RouteTable, TlsMode
 from kakuremichi.pipe import splice
 from tests.gateway.app import payload_sha256
@@ -208,7 +212,9 @@ async def test_big_upload_and_download_through_one_stream(nursery, tmp_path, app
 
 
 async def test_unknown_host_is_404_and_a_slow_stream_times_out_alone(nursery, tmp_path, app_port):
-    gw = await start_h2_gateway(nursery, tmp_path, app_port, settings=ProxySettings(upstream_timeout=0.5))
+    """One stream waiting on a slow agent does not hold up another; the timeout leaves room enough for the
+    quick one to finish first on a loaded machine."""
+    gw = await start_h2_gateway(nursery, tmp_path, app_port, settings=ProxySettings(upstream_timeout=2.0))
     relay = await relayed(nursery, gw)
     finished = []
     async with h2_client(relay.port) as client:
@@ -283,6 +289,7 @@ async def test_idle_connection_gets_goaway_after_the_client_timeout(nursery, tmp
 
 
 async def test_malformed_requests_are_stream_errors_and_protocol_errors_get_goaway(nursery, tmp_path, app_port, caplog):
+    caplog.set_level(logging.DEBUG, logger="kakuremichi.gateway.http2")
     gw = await start_h2_gateway(nursery, tmp_path, app_port)
     client = await RawH2Client.connect(gw.https_port, validate=False)
     for malformed in ([(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/")],  # no authority
@@ -291,7 +298,11 @@ async def test_malformed_requests_are_stream_errors_and_protocol_errors_get_goaw
                       [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", HOST.encode()),
                        (b":path", b"/"), (b"X-Upper", b"1")],
                       [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", HOST.encode()),
-                       (b":path", b"/"), (b"x-nul", b"a\x00b")]):
+                       (b":path", b"/"), (b"x-nul", b"a\x00b")],
+                      [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", HOST.encode()),
+                       (b":path", b"/"), (b"cookie", b"session=s3cr3t ")],  # whitespace around the value
+                      [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", HOST.encode()),
+                       (b":path", b"/upload"), (b"content-length", b"5")]):  # but END_STREAM: no body
         stream_id = client.h2.get_next_available_stream_id()
         client.h2.send_headers(stream_id, malformed, end_stream=True)
         await client.flush()
@@ -302,6 +313,11 @@ async def test_malformed_requests_are_stream_errors_and_protocol_errors_get_goaw
                                       (b":path", b"/")], end_stream=True)
     await client.flush()
     assert (await client.response(bad_host))[0] == 400
+    absolute = client.h2.get_next_available_stream_id()  # :path must be origin-form (RFC 9113 §8.3.1)
+    client.h2.send_headers(absolute, [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"nowhere.test"),
+                                      (b":path", f"https://{HOST}/".encode())], end_stream=True)
+    await client.flush()
+    assert (await client.response(absolute))[0] == 400
     connect = client.h2.get_next_available_stream_id()
     client.h2.send_headers(connect, [(b":method", b"CONNECT"), (b":authority", HOST.encode() + b":443")],
                            end_stream=False)
@@ -315,6 +331,8 @@ async def test_malformed_requests_are_stream_errors_and_protocol_errors_get_goaw
             pass
     assert event.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
     assert "connection handler failed" not in caplog.text
+    logged = [str(r.fields) for r in caplog.records if r.name == "kakuremichi.gateway.http2"]
+    assert any("whitespace" in line for line in logged) and not any("s3cr3t" in line for line in logged)
 
 
 async def test_a_vanishing_client_cancels_its_exchanges_quietly(nursery, tmp_path, app_port, caplog):
@@ -419,3 +437,93 @@ async def test_an_answer_to_a_complete_body_does_not_reset_the_stream(nursery, t
     assert (await client.response(early))[0] == 404
     assert (await client.response(await client.get("/")))[0] == 200
     assert client.resets == [early]
+
+
+async def test_a_stream_over_the_concurrency_limit_is_refused_alone(nursery, tmp_path, app_port):
+    """One stream more than MAX_CONCURRENT_STREAMS is reset with REFUSED_STREAM (the client may retry it);
+    the connection and the streams already open go on."""
+    gw = await start_h2_gateway(nursery, tmp_path, app_port)
+    client = await RawH2Client.connect(gw.https_port)  # sends before reading the limit, as a client may
+    opened = [await client.get("/slow?delay=0.5") for _ in range(MAX_CONCURRENT_STREAMS + 1)]
+    statuses: dict[int, int] = {}
+    ended: set[int] = set()
+    with trio.fail_after(30):
+        while len(ended) + len(client.resets) < len(opened):
+            event = await client.next_event()
+            if isinstance(event, h2.events.ResponseReceived):
+                statuses[event.stream_id] = int(dict(event.headers)[b":status"])
+            elif isinstance(event, h2.events.DataReceived):
+                client.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                ended.add(event.stream_id)
+            elif isinstance(event, h2.events.StreamReset):
+                assert event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+    assert client.resets == [opened[-1]]
+    assert statuses == {stream_id: 200 for stream_id in opened[:-1]}
+    assert (await client.response(await client.get("/")))[0] == 200  # the connection goes on
+
+
+async def test_a_client_flooding_pings_without_reading_is_no_longer_read():
+    """h2 answers every PING (and SETTINGS) by itself: a client that sends them without reading anything
+    must not make the gateway pile up the answers; it stops reading such a client instead. Over a stream
+    pair that makes each write wait for the reader, so "stops reading" shows exactly."""
+    client_end, gateway_end = trio.testing.lockstep_stream_pair()
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    client.ping(b"12345678")
+    preface_and_ping = client.data_to_send()
+    ping = preface_and_ping[-17:]
+    flood = ping * (3 * _READ_AHEAD // len(ping))
+    sent = 0
+
+    async def send() -> None:
+        nonlocal sent
+        with contextlib.suppress(trio.ClosedResourceError):  # until the test hangs up
+            await client_end.send_all(preface_and_ping)
+            for i in range(0, len(flood), 16384):
+                await client_end.send_all(flood[i:i + 16384])
+                sent += 16384
+
+    async with open_proxy(RouteTable([]), tcp_dial) as proxy, trio.open_nursery() as nursery:
+        nursery.start_soon(serve_http2, proxy, gateway_end, "127.0.0.1")
+        nursery.start_soon(send)
+        await trio.testing.wait_all_tasks_blocked()
+        assert sent <= _READ_AHEAD + 2 * CHUNK
+        await client_end.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_empty_data_frames_are_not_queued(nursery, tmp_path, app_port):
+    """Flow control bounds the request body bytes queued while the agent is being reached, but empty DATA
+    frames use no window: a client sending them by the thousand must not grow the stream's queue."""
+    async def unanswered_dial(route):
+        await trio.sleep_forever()
+
+    gw = await start_h2_gateway(nursery, tmp_path, app_port, dial=unanswered_dial)
+    client = await RawH2Client.connect(gw.https_port)
+    upload = client.h2.get_next_available_stream_id()
+    client.h2.send_headers(upload, [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", HOST.encode()),
+                                    (b":path", b"/upload")])
+    client.h2.send_data(upload, b"x")
+    for _ in range(10000):
+        client.h2.send_data(upload, b"")
+    client.h2.ping(b"all read")  # answered once everything before it has been read
+    await client.flush()
+    while not isinstance(await client.next_event(), h2.events.PingAckReceived):
+        pass
+    [stream] = [w for guard in gw.proxy.watchdog._guards for w in guard.waiters if isinstance(w, Http2Stream)]
+    assert [len(data) for data, _ in stream._body] == [1]
+    await client.stream.aclose()
+
+
+async def test_a_client_goaway_ends_the_connection(nursery, tmp_path, app_port):
+    """After the client's GOAWAY h2 sends nothing more on the connection, not even for open streams: the
+    gateway closes it then, instead of leaving the client waiting for answers until the client timeout."""
+    gw = await start_h2_gateway(nursery, tmp_path, app_port)
+    client = await RawH2Client.connect(gw.https_port)
+    await client.get("/slow?delay=0.2")
+    client.h2.close_connection()
+    await client.flush()
+    with trio.fail_after(10):  # the client timeout is 60 s
+        while await client.stream.receive_some():
+            pass
