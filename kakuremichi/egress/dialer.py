@@ -18,11 +18,12 @@ from kakuremichi.egress import socks5
 from kakuremichi.egress.socksio import request_connect
 from kakuremichi.logs import log
 from kakuremichi.protocol import EXIT_KEEPALIVE, EXIT_PORT
-from kakuremichi.wg.constants import REJECT_AFTER_TIME
+from kakuremichi.wg.constants import REJECT_AFTER_TIME, REKEY_TIMEOUT
 
 logger = logging.getLogger("kakuremichi.agent.exit")
 
-ATTEMPT_TIMEOUT = 3.0  # for the TCP connect to a gateway's exit, over an established or fresh session
+ATTEMPT_TIMEOUT = 3.0  # for the TCP connect to a gateway's exit over a live session; a fresh one gets
+# REKEY_TIMEOUT more, the time WireGuard waits before it sends a lost handshake initiation again
 REPLY_TIMEOUT = 20.0  # the gateway's own connect to the destination takes up to its CONNECT_TIMEOUT (10 s)
 FAILURE_MEMORY = 30.0  # seconds a gateway that did not answer goes to the back of the line
 
@@ -95,8 +96,12 @@ class ExitDialer:
             return stream, early
         raise ExitFailed(socks5.NETWORK_UNREACHABLE, "no gateway's exit answered (" + "; ".join(errors) + ")")
 
+    def connect_timeout(self, gateway_ip: str) -> float:
+        """How long a connect to `gateway_ip`'s exit may take before the next gateway is tried."""
+        return self.attempt_timeout + (0 if self._alive(gateway_ip) else REKEY_TIMEOUT)
+
     async def _attempt(self, route: ExitRoute, host: str, port: int) -> tuple[trio.abc.Stream, bytes]:
-        with trio.fail_after(self.attempt_timeout):
+        with trio.fail_after(self.connect_timeout(route.gateway_ip)):
             stream = await self.node.stack.open_tcp_stream(route.gateway_ip, EXIT_PORT,
                                                            local_address=route.agent_ip)
         stream.set_keepalive(*self.keepalive)  # a gateway gone for good ends the local client's connection too

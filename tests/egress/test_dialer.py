@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 from kakuremichi.egress.dialer import FAILURE_MEMORY, ExitDialer, ExitRoute
 from kakuremichi.wg import keys
-from kakuremichi.wg.constants import REJECT_AFTER_TIME
+from kakuremichi.wg.constants import REJECT_AFTER_TIME, REKEY_TIMEOUT
 from kakuremichi.wg.device import Device
 
 
@@ -45,3 +45,11 @@ def test_a_failed_gateway_waits_at_the_back_for_a_while():
     for peer in peers:
         hear_from(peer, now[0])
     assert dialer.candidates(routes) == routes
+
+
+def test_a_gateway_without_a_live_session_gets_time_for_a_handshake_retry():
+    dialer, (peer,), now = dialer_with_gateways("10.1.0.254")
+    fresh = dialer.connect_timeout("10.1.0.254")
+    assert fresh > REKEY_TIMEOUT  # one lost handshake initiation is sent again before the attempt gives up
+    hear_from(peer, now[0])
+    assert dialer.connect_timeout("10.1.0.254") < REKEY_TIMEOUT  # a live session: a dead exit shows fast
