@@ -4,10 +4,12 @@ Both sides of the proxy use it — the client connection (h11 SERVER role) and e
 connection to an agent (h11 CLIENT role). Bytes are fed to h11 one chunk at a time and only when it
 asks for more, so memory stays bounded by the chunk size plus the header limit.
 
-A wait gives up after the `timeout` it was called with: it writes its deadline into `deadline`, and a
+A wait gives up after the `timeout` it was called with: it writes its deadline into a float, and a
 `timeouts.Guard` covering the connection is cancelled once the wait outlives it (the guard's `expired`
-then names the connection). An event h11 already has buffered, or a write the kernel takes at once,
-costs nothing more than that float.
+then names the connection). Reads and writes keep separate floats: one task may wait to read while
+another waits to write (a request body pumped to the agent while its response is awaited), and the
+end of one wait must not clear the other's deadline. An event h11 already has buffered, or a write
+the kernel takes at once, costs nothing more than that float.
 """
 
 from __future__ import annotations
@@ -26,15 +28,20 @@ STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 class HttpConnection:
     """`next_event()`/`send()` over `stream`; `bytes_received` tells whether the peer said anything yet in this
-    cycle; `deadline` is when the current wait times out (inf while not waiting)."""
+    cycle; `deadline` is when the current read or write times out, whichever is sooner (inf while not waiting)."""
 
     def __init__(self, stream: trio.abc.Stream, role: type[h11.CLIENT] | type[h11.SERVER],
                  max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> None:
         self.stream = stream
         self.h11 = h11.Connection(role, max_incomplete_event_size=max_header_bytes)
         self.bytes_received = 0
-        self.deadline = math.inf
+        self.read_deadline = self.write_deadline = math.inf
         self._unsent: list[bytes] = []  # queued events' bytes, written together by `flush`
+
+    @property
+    def deadline(self) -> float:
+        """For the watchdog (read once a tick): the sooner of the read's and the write's deadlines."""
+        return min(self.read_deadline, self.write_deadline)
 
     async def next_event(self, timeout: float = math.inf) -> h11.Event | type[h11.PAUSED]:
         """Next event from the peer within `timeout` seconds (enforced by a guard); EOF shows up as
@@ -46,11 +53,11 @@ class HttpConnection:
                 return event
             if deadline is None:
                 deadline = trio.current_time() + timeout
-            self.deadline = deadline
+            self.read_deadline = deadline
             try:
                 data = await self.stream.receive_some(CHUNK)
             finally:
-                self.deadline = math.inf
+                self.read_deadline = math.inf
             self.bytes_received += len(data)
             self.h11.receive_data(data)
 
@@ -72,11 +79,11 @@ class HttpConnection:
             return
         data = b"".join(self._unsent) if len(self._unsent) > 1 else self._unsent[0]
         self._unsent.clear()
-        self.deadline = trio.current_time() + timeout
+        self.write_deadline = trio.current_time() + timeout
         try:
             await self.stream.send_all(data)
         finally:
-            self.deadline = math.inf
+            self.write_deadline = math.inf
 
     async def send(self, event: h11.Event, timeout: float = math.inf) -> None:
         self.queue(event)

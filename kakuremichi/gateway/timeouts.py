@@ -3,9 +3,10 @@
 A proxied request waits about four times (request head, write to the agent, response head, write to the
 client). A trio deadline on each wait costs a cancel scope entered and left, with its deadline heap
 entries: an eighth of the gateway's CPU per request. Here a wait only writes its deadline into a float
-on the connection (`HttpConnection.deadline`); one `Guard` — a cancel scope — covers all the waits of a
-stretch of work, and the watchdog looks every `tick` and cancels the guard of a connection still waiting
-past its deadline. A timeout fires up to one tick late, which is nothing against limits of seconds.
+on the connection (`HttpConnection.read_deadline` or `write_deadline`); one `Guard` — a cancel scope —
+covers all the waits of a stretch of work, and the watchdog looks every `tick` and cancels the guard of
+a connection still waiting past its deadline. A timeout fires up to one tick late, which is nothing
+against limits of seconds.
 """
 
 from __future__ import annotations

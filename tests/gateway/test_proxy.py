@@ -450,3 +450,13 @@ async def test_access_log_has_one_line_per_request_without_secrets(nursery, app_
     assert "s3cret" not in str(caplog.records) and "t0psecret" not in caplog.text + str(first)
     assert second["reused"] and second["ms"] < 500
     assert slow["status"] == 504 and slow["error"] == "upstream_timeout"
+
+
+async def test_slow_agent_after_an_uploaded_body_is_504(nursery, app_port):
+    # The body's writes to the agent run while the response is awaited: they must not clear its timeout.
+    gw = await start_gateway(nursery, RouteTable([Route("app.test", "127.0.0.1", app_port)]),
+                             settings=ProxySettings(upstream_timeout=0.3))
+    async with httpx.AsyncClient(base_url=gw.url, headers={"host": "app.test", "accept": "application/json"},
+                                 timeout=30) as client:
+        response = await client.post("/slow?delay=5", content=b"x" * 1000)
+    assert response.status_code == 504 and response.json()["code"] == "upstream_timeout"
