@@ -265,11 +265,12 @@ class Http2Connection:
 class Http2Stream:
     """One request stream: proxied like an HTTP/1.1 request, answered on this stream only.
 
-    As a watchdog waiter its `deadline` is the client timeout while it waits for the client (request
-    body, or window to send the response)."""
+    As a watchdog waiter its `deadline` is the client timeout while it waits for the client: for request
+    body (`read_deadline`) or for window to send the response (`write_deadline`); the two waits run in
+    different tasks at the same time, so the end of one must not clear the other's deadline."""
 
-    __slots__ = ("conn", "id", "headers", "ended", "deadline", "responded", "_end_sent", "_reset_sent", "_body",
-                 "_body_arrived", "_unsent", "_discarding", "_reset", "_scope")
+    __slots__ = ("conn", "id", "headers", "ended", "read_deadline", "write_deadline", "responded", "_end_sent",
+                 "_reset_sent", "_body", "_body_arrived", "_unsent", "_discarding", "_reset", "_scope")
 
     def __init__(self, conn: Http2Connection, stream_id: int, headers: list[tuple[bytes, bytes]], *,
                  ended: bool) -> None:
@@ -277,7 +278,7 @@ class Http2Stream:
         self.id = stream_id
         self.headers = headers
         self.ended = ended  # the client has sent all of its request
-        self.deadline = math.inf
+        self.read_deadline = self.write_deadline = math.inf
         self.responded = False  # response headers sent: an error can now only reset the stream
         self._end_sent = self._reset_sent = False  # our side of the stream is closed
         self._body: deque[tuple[bytes, int]] = deque()  # received, not yet forwarded (bounded by the window)
@@ -286,6 +287,10 @@ class Http2Stream:
         self._discarding = False  # nobody will forward more of the body: acknowledge it as it comes
         self._reset = False
         self._scope = trio.CancelScope()
+
+    @property
+    def deadline(self) -> float:
+        return min(self.read_deadline, self.write_deadline)
 
     # Called by the connection's reader.
 
@@ -393,11 +398,11 @@ class Http2Stream:
             while True:
                 while not self._body and not self.ended and self._unsent != 0:
                     self._body_arrived = trio.Event()
-                    self.deadline = trio.current_time() + self.conn.timeout
+                    self.read_deadline = trio.current_time() + self.conn.timeout
                     try:
                         await self._body_arrived.wait()
                     finally:
-                        self.deadline = math.inf
+                        self.read_deadline = math.inf
                 if not self._body:
                     # Done: the client ended the stream, or sent all the announced bytes (the agent
                     # may answer before the END_STREAM that follows: no reason to reset the stream then).
@@ -483,11 +488,11 @@ class Http2Stream:
             except h2.exceptions.ProtocolError:
                 raise Abort() from None
             opened = conn.window_opened
-            self.deadline = trio.current_time() + conn.timeout
+            self.write_deadline = trio.current_time() + conn.timeout
             try:
                 await opened.wait()
             finally:
-                self.deadline = math.inf
+                self.write_deadline = math.inf
 
     async def _answer(self, error: GatewayError, request: h11.Request | None, record: AccessRecord) -> None:
         """The error page on this stream; once the response began, only a reset can say something broke."""

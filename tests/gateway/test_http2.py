@@ -15,6 +15,7 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.settings
 import httpx
 import pytest
 import trio
@@ -527,3 +528,22 @@ async def test_a_client_goaway_ends_the_connection(nursery, tmp_path, app_port):
     with trio.fail_after(10):  # the client timeout is 60 s
         while await client.stream.receive_some():
             pass
+
+
+async def test_a_client_that_never_opens_the_window_times_out_after_sending_its_body(nursery, tmp_path, app_port):
+    # The body arriving while the response waits for window must not clear that wait's client timeout.
+    gw = await start_h2_gateway(nursery, tmp_path, app_port, settings=ProxySettings(client_timeout=0.3))
+    client = await RawH2Client.connect(gw.https_port)
+    client.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1})
+    stream_id = client.h2.get_next_available_stream_id()
+    client.h2.send_headers(stream_id, [(b":method", b"POST"), (b":scheme", b"https"),
+                                       (b":authority", HOST.encode()), (b":path", b"/download?size=100000")])
+    await client.flush()
+    while not isinstance(event := await client.next_event(), h2.events.ResponseReceived):
+        pass
+    assert event.stream_id == stream_id  # the response now waits for a window the client never opens
+    client.h2.send_data(stream_id, b"body", end_stream=True)
+    await client.flush()
+    with trio.fail_after(10):
+        while stream_id not in client.resets:
+            await client.next_event()
