@@ -88,8 +88,10 @@ class UpstreamPool:
                 watch.cancel()
                 # The watcher may still be inside receive_some: hand the stream over only once it has
                 # left, and only if it left because we picked the connection up (not because the agent
-                # closed it).
-                await conn._watch_done.wait()
+                # closed it). Shielded: cancelled here, the connection would be neither pooled nor held
+                # by anyone, and never closed (the watcher leaves at once, being cancelled).
+                with trio.CancelScope(shield=True):
+                    await conn._watch_done.wait()
             if not conn.retired and self._fit(conn, since):
                 conn.reused = True
                 return conn

@@ -187,6 +187,27 @@ async def test_an_idle_connection_gets_its_watcher_only_after_a_moment(nursery):
         assert again is conn and conn._watch is None  # picked up, its watcher gone, back unwatched
 
 
+async def test_a_request_cancelled_while_picking_up_a_watched_connection_does_not_lose_it(nursery):
+    """An HTTP/2 client resetting its stream, or a withdrawn route, may cancel the request just as it takes
+    a watched connection from the pool: the connection still ends up with the request (which closes it)."""
+    from kakuremichi.gateway.upstream import WATCH_AFTER
+
+    port = await start_app(nursery, "app")
+    route = Route("app.test", "127.0.0.1", port)
+    gw = await start_gateway(nursery, RouteTable([route]))
+    async with httpx.AsyncClient(base_url=gw.url, headers={"host": "app.test"}) as client:
+        await client.get("/")
+    (conn,) = await idle_connections(gw, route.upstream, 1)
+    await trio.sleep(WATCH_AFTER + 0.2)
+    assert conn._watch is not None
+    acquired = None
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        acquired = await gw.proxy.pool.acquire(route)
+    assert acquired is conn  # neither pooled nor closed any more: only its holder can close it
+    await gw.proxy.pool.release(acquired)
+
+
 async def agent_that_drops_its_second_request(nursery, methods: list[bytes]):
     """A gateway to an agent that answers one request per connection and drops the next one unanswered,
     like a server timing out a kept-alive connection just as a request goes out; `methods` records what
