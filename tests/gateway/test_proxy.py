@@ -469,7 +469,7 @@ async def test_access_log_has_one_line_per_request_without_secrets(nursery, app_
     assert first["path"] == "/hello" and first["status"] == 200 and first["method"] == "GET"
     assert first["host"] == "app.test" and first["upstream"] == f"127.0.0.1:{app_port}"
     assert "s3cret" not in str(caplog.records) and "t0psecret" not in caplog.text + str(first)
-    assert second["reused"] and second["ms"] < 500
+    assert second["reused"] and second["ms"] < 1000  # less than the pause: it did not count the pause
     assert slow["status"] == 504 and slow["error"] == "upstream_timeout"
 
 
