@@ -357,8 +357,8 @@ class Http2Stream:
                 pseudo[name] = value
             else:
                 headers.append((name, value))
-        record.method = pseudo.get(b":method", b"-").decode("ascii", "replace")
-        if record.method == "CONNECT":  # no tunnels, and no extended CONNECT (WebSocket) was offered
+        if pseudo.get(b":method") == b"CONNECT":  # no tunnels, and no extended CONNECT (WebSocket) was offered
+            record.method = "CONNECT"  # other methods are logged once h11 has checked them (begin)
             raise errorpages.method_not_allowed("CONNECT")
         path = pseudo.get(b":path", b"/")
         if not path.startswith(b"/") and path != b"*":  # an absolute URI would override :authority in routing

@@ -547,3 +547,20 @@ async def test_a_client_that_never_opens_the_window_times_out_after_sending_its_
     with trio.fail_after(10):
         while stream_id not in client.resets:
             await client.next_event()
+
+
+async def test_a_method_with_control_characters_stays_out_of_the_access_log(nursery, tmp_path, app_port, caplog):
+    # h2 refuses only NUL, CR and LF in values: a terminal escape in :method must not reach the log as it is.
+    caplog.set_level(logging.INFO, logger="kakuremichi.gateway.access")
+    gw = await start_h2_gateway(nursery, tmp_path, app_port)
+    client = await RawH2Client.connect(gw.https_port, validate=False)
+    stream_id = client.h2.get_next_available_stream_id()
+    client.h2.send_headers(stream_id, [(b":method", b"GE\x1b[2JT"), (b":scheme", b"https"),
+                                       (b":authority", HOST.encode()), (b":path", b"/")], end_stream=True)
+    await client.flush()
+    assert (await client.response(stream_id))[0] == 400
+    with trio.fail_after(5):
+        while not _access_lines(caplog):  # written as the stream's task ends, which may follow the answer
+            await trio.sleep(0.01)
+    (line,) = _access_lines(caplog)
+    assert line["status"] == 400 and "\x1b" not in line["method"]
