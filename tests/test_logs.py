@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -88,9 +87,14 @@ def test_sigterm_stops_a_daemon_cleanly(tmp_path):
                               "--api-key", "agt_" + "x" * 40, "--data-dir", str(tmp_path)],
                              stderr=subprocess.PIPE, text=True, env=env)
     try:
-        time.sleep(2)  # running, retrying control
+        seen = ""
+        while "cannot connect to control" not in seen:  # running (its SIGTERM handler in place), retrying control
+            line = agent.stderr.readline()
+            assert line, f"the agent ended early: {seen}"
+            seen += line
         agent.send_signal(signal.SIGTERM)
         _, stderr = agent.communicate(timeout=20)
+        stderr = seen + stderr
     finally:
         agent.kill()
     assert agent.returncode == 0, stderr
