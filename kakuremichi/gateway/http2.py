@@ -406,13 +406,13 @@ class Http2Stream:
                 if not self._body:
                     # Done: the client ended the stream, or sent all the announced bytes (the agent
                     # may answer before the END_STREAM that follows: no reason to reset the stream then).
-                    await self.conn.proxy.upstream_send(upstream, END)
+                    await self.conn.proxy.upstream_send(upstream, END, body=True)
                     return
                 data, length = self._body.popleft()
                 record.bytes_in += len(data)
                 if self._unsent is not None:
                     self._unsent -= len(data)
-                await self.conn.proxy.upstream_send(upstream, h11.Data(data=data))
+                await self.conn.proxy.upstream_send(upstream, h11.Data(data=data), body=True)
                 self.conn.acknowledge(length, self.id)
                 self.conn.wake()
         except Abort:

@@ -10,6 +10,7 @@ ACME challenges and HTTPS redirects.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -340,8 +341,9 @@ class Proxy:
 
     async def _pump_request_body(self, client: HttpConnection, upstream: UpstreamConnection,
                                  record: AccessRecord, scope: trio.CancelScope) -> None:
-        """Client body → agent. A client failure aborts the exchange; an agent that stops reading
-        just ends the pump (it may already be answering, e.g. 413)."""
+        """Client body → agent. A client failure aborts the exchange; an agent that breaks the connection
+        just ends the pump, and one that stops reading leaves it waiting until the answer is relayed (it may
+        already be answering, e.g. 413)."""
         while True:
             try:
                 event = await self._client_event(client)
@@ -352,9 +354,9 @@ class Proxy:
             try:
                 if isinstance(event, h11.Data):
                     record.bytes_in += len(event.data)
-                    await self.upstream_send(upstream, event)
+                    await self.upstream_send(upstream, event, body=True)
                 else:
-                    await self.upstream_send(upstream, END)
+                    await self.upstream_send(upstream, END, body=True)
                     return
             except Abort:
                 return
@@ -405,9 +407,12 @@ class Proxy:
         except STREAM_ERRORS:
             raise Abort() from None
 
-    async def upstream_send(self, upstream: UpstreamConnection, event: h11.Event) -> None:
+    async def upstream_send(self, upstream: UpstreamConnection, event: h11.Event, *, body: bool = False) -> None:
+        """`event` to the agent, within the upstream timeout unless it is request `body`: an agent may answer
+        without reading the body, and the exchange's other task waits for that answer under the timeouts
+        (the agent's pieces, the client's reads) and ends the pump when done."""
         try:
-            await upstream.send(event, self.settings.upstream_timeout)
+            await upstream.send(event, math.inf if body else self.settings.upstream_timeout)
         except (h11.LocalProtocolError, *STREAM_ERRORS):
             raise Abort() from None
 

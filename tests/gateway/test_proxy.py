@@ -481,3 +481,42 @@ async def test_slow_agent_after_an_uploaded_body_is_504(nursery, app_port):
                                  timeout=30) as client:
         response = await client.post("/slow?delay=5", content=b"x" * 1000)
     assert response.status_code == 504 and response.json()["code"] == "upstream_timeout"
+
+
+async def test_an_agent_answering_without_reading_the_upload_is_relayed_in_full(nursery):
+    """An agent may stream a long answer and never read the request body: its stalled body writes are not
+    a timeout as long as the answer keeps coming (each of its pieces is waited for under the timeout)."""
+
+    async def answer_unread(stream):
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await stream.receive_some()
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(8):
+            await trio.sleep(0.15)
+            await stream.send_all(b"5\r\nchunk\r\n")
+        await stream.send_all(b"0\r\n\r\n")
+        await trio.sleep_forever()  # still not reading
+
+    listeners = await nursery.start(partial(trio.serve_tcp, answer_unread, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    gw = await start_gateway(nursery, RouteTable([Route("app.test", "127.0.0.1", port)]),
+                             settings=ProxySettings(upstream_timeout=0.5))
+    size = 1 << 30
+    client = await trio.open_tcp_stream("127.0.0.1", gw.port)
+    response = b""
+    async with trio.open_nursery() as uploading:
+        async def upload():
+            await client.send_all(b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: %d\r\n\r\n" % size)
+            block = b"x" * (1 << 20)
+            for _ in range(size >> 20):
+                await client.send_all(block)  # stalls once every buffer on the way is full
+
+        uploading.start_soon(upload)
+        with trio.fail_after(10):
+            while not response.endswith(b"0\r\n\r\n"):
+                data = await client.receive_some()
+                assert data, f"closed after {response!r}"
+                response += data
+        uploading.cancel_scope.cancel()
+    assert response.count(b"5\r\nchunk\r\n") == 8
