@@ -8,8 +8,9 @@ A wait gives up after the `timeout` it was called with: it writes its deadline i
 `timeouts.Guard` covering the connection is cancelled once the wait outlives it (the guard's `expired`
 then names the connection). Reads and writes keep separate floats: one task may wait to read while
 another waits to write (a request body pumped to the agent while its response is awaited), and the
-end of one wait must not clear the other's deadline. An event h11 already has buffered, or a write
-the kernel takes at once, costs nothing more than that float.
+end of one wait must not clear the other's deadline; a read's may be pushed back while it waits (the
+agent took more of the request body). An event h11 already has buffered, or a write the kernel takes
+at once, costs nothing more than that float.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class HttpConnection:
             try:
                 data = await self.stream.receive_some(CHUNK)
             finally:
-                self.read_deadline = math.inf
+                deadline, self.read_deadline = self.read_deadline, math.inf  # kept if pushed back meanwhile
             self.bytes_received += len(data)
             self.h11.receive_data(data)
 

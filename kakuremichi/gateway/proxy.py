@@ -410,11 +410,14 @@ class Proxy:
     async def upstream_send(self, upstream: UpstreamConnection, event: h11.Event, *, body: bool = False) -> None:
         """`event` to the agent, within the upstream timeout unless it is request `body`: an agent may answer
         without reading the body, and the exchange's other task waits for that answer under the timeouts
-        (the agent's pieces, the client's reads) and ends the pump when done."""
+        (the agent's pieces, the client's reads) and ends the pump when done. An agent that took more of
+        the body is not slow to answer: the wait for its answer starts over."""
         try:
             await upstream.send(event, math.inf if body else self.settings.upstream_timeout)
         except (h11.LocalProtocolError, *STREAM_ERRORS):
             raise Abort() from None
+        if body and upstream.read_deadline != math.inf:
+            upstream.read_deadline = trio.current_time() + self.settings.upstream_timeout
 
     async def _respond(self, client: HttpConnection, status: int, headers, body: bytes,
                        record: AccessRecord) -> None:

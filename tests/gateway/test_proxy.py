@@ -520,3 +520,19 @@ async def test_an_agent_answering_without_reading_the_upload_is_relayed_in_full(
                 response += data
         uploading.cancel_scope.cancel()
     assert response.count(b"5\r\nchunk\r\n") == 8
+
+
+async def test_an_upload_longer_than_the_upstream_timeout_gets_its_answer(nursery, app_port):
+    """The wait for the agent's answer starts over whenever it takes more of the body: an agent reading a
+    long upload is not slow to answer."""
+    gw = await start_gateway(nursery, RouteTable([Route("app.test", "127.0.0.1", app_port)]),
+                             settings=ProxySettings(upstream_timeout=0.3))
+
+    async def trickle():
+        for _ in range(6):
+            yield b"x" * 1000
+            await trio.sleep(0.15)  # 0.9 s in all, each piece well within the timeout
+
+    async with httpx.AsyncClient(base_url=gw.url, headers={"host": "app.test"}, timeout=30) as client:
+        response = await client.post("/upload", content=trickle())
+    assert response.status_code == 200 and response.json()["length"] == 6000
