@@ -15,15 +15,13 @@ import trio
 
 from kakuremichi.egress import socks5
 from kakuremichi.egress.dialer import ExitFailed
+from kakuremichi.gateway.forwarding import strip_hop_by_hop
 from kakuremichi.logs import log
 from kakuremichi.pipe import CHUNK, splice
 
 logger = logging.getLogger("kakuremichi.agent.exit")
 
 HEAD_TIMEOUT = 30.0
-# only for this hop: never passed on (RFC 9110 §7.6.1), plus whatever the client's Connection header lists
-HOP_BY_HOP = {b"connection", b"proxy-connection", b"keep-alive", b"proxy-authorization", b"proxy-authenticate",
-              b"te", b"trailer", b"upgrade"}
 STATUS_FOR_REPLY = {socks5.NOT_ALLOWED: 403, socks5.TTL_EXPIRED: 504}  # any other failure: 502 Bad Gateway
 
 OpenExit = Callable[[str, int], Awaitable[tuple[trio.abc.Stream, bytes]]]
@@ -62,12 +60,10 @@ def origin_request(request: h11.Request) -> h11.Request:
     one request."""
     parts = urlsplit(request.target.decode("ascii"))
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    listed = {token.strip().lower() for name, value in request.headers if name == b"connection"
-              for token in value.split(b",")}
     # RFC 9112 §3.2.2: the Host of an absolute-form request is the URL's, whatever Host header came with it
     headers = [(b"host", parts.netloc.rpartition("@")[2].encode())]
-    headers += [(name, value) for name, value in request.headers
-                if name not in HOP_BY_HOP and name not in listed and name != b"host"]
+    headers += [(name, value) for name, value in strip_hop_by_hop(list(request.headers), keep=[b"transfer-encoding"])
+                if name != b"host"]  # the body keeps its framing
     headers.append((b"connection", b"close"))
     return h11.Request(method=request.method, target=target.encode(), headers=headers)
 
