@@ -2,14 +2,30 @@
 
 Each direction runs until EOF and then half-closes the other side (`send_eof`), so protocols that
 finish a request with a shutdown still work; when one direction fails, the whole pipe ends and
-both streams are closed, so nothing is left half-open.
+both streams are closed, so nothing is left half-open. `contained` runs one connection's handler
+among many.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
+
 import trio
 
 CHUNK = 65536
+
+
+async def contained(handle: Callable[[], Awaitable[object]], stream: trio.abc.AsyncResource,
+                    logger: logging.Logger, message: str, **fields: object) -> None:
+    """`handle()`, then close `stream`; whatever escapes the handler is logged and ends that connection only:
+    connections share a nursery, which an exception would cancel with every other connection in it."""
+    try:
+        await handle()
+    except Exception:
+        logger.exception(message, extra={"fields": fields})
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 async def splice(a: trio.abc.Stream, b: trio.abc.Stream, chunk: int = CHUNK) -> tuple[int, int]:

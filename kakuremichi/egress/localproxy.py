@@ -18,7 +18,7 @@ from kakuremichi.egress import httpproxy, socks5
 from kakuremichi.egress.dialer import ExitDialer, ExitFailed, ExitRoute
 from kakuremichi.egress.socksio import accept_request, refuse
 from kakuremichi.logs import log
-from kakuremichi.pipe import splice
+from kakuremichi.pipe import contained, splice
 from kakuremichi.protocol import TunnelMapping
 
 logger = logging.getLogger("kakuremichi.agent.exit")
@@ -131,13 +131,7 @@ class LocalProxies:
 
 
 async def _guarded(kind: str, serve, stream: trio.SocketStream) -> None:
-    """What escapes one client's handling closes that client only: the connections share the proxies'
-    nursery, which a failure would otherwise cancel, every other proxied connection with it."""
-    try:
-        await serve(stream)
-    except Exception:
-        logger.exception("local proxy connection failed", extra={"fields": {"proxy": kind}})
-        await trio.aclose_forcefully(stream)
+    await contained(lambda: serve(stream), stream, logger, "local proxy connection failed", proxy=kind)
 
 
 def _is_loopback(host: str) -> bool:

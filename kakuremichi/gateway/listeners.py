@@ -15,6 +15,7 @@ from kakuremichi.gateway.connection import STREAM_ERRORS
 from kakuremichi.gateway.http2 import serve_http2
 from kakuremichi.gateway.proxy import Proxy
 from kakuremichi.logs import log
+from kakuremichi.pipe import contained
 
 logger = logging.getLogger("kakuremichi.gateway.listeners")
 
@@ -27,15 +28,9 @@ def _peer_ip(stream: trio.SocketStream) -> str:
 
 
 async def _guarded(proxy: Proxy, stream: trio.abc.Stream, scheme: str, peer_ip: str, *, h2: bool = False) -> None:
-    try:
-        if h2:
-            await serve_http2(proxy, stream, peer_ip)
-        else:
-            await proxy.serve(stream, scheme=scheme, peer_ip=peer_ip)
-    except Exception:
-        logger.exception("connection handler failed", extra={"fields": {"client": peer_ip, "scheme": scheme}})
-    finally:
-        await trio.aclose_forcefully(stream)
+    handle = (lambda: serve_http2(proxy, stream, peer_ip)) if h2 else (
+        lambda: proxy.serve(stream, scheme=scheme, peer_ip=peer_ip))
+    await contained(handle, stream, logger, "connection handler failed", client=peer_ip, scheme=scheme)
 
 
 async def serve_http(proxy: Proxy, port: int, host: str | None = None, *,
