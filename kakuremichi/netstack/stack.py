@@ -1,9 +1,13 @@
 """The sans-IO IPv4 host: packets and a clock in, packets and wake-ups out.
 
 `Stack` owns the local addresses, the TCP connection table, listeners (with bounded accept and SYN
-queues), UDP ports, IPv4 reassembly, ICMP, and one timer heap for every connection. It never blocks and
-never looks at a real clock: the caller passes `now` and drains `outgoing` (packets to put on the link)
-and `changed` (connections, listeners and UDP ports whose users should wake up) after each call.
+queues), UDP ports, IPv4 reassembly, ICMP, and one timer heap for every connection. What one source
+address (one WireGuard peer) makes it hold or send is bounded per source: a full SYN queue or reassembly
+budget is taken back from whoever holds the most, and the RSTs and ICMP messages it answers with are
+rate-limited per source. A packet that makes a handler fail unexpectedly is dropped and counted (`faults`,
+`drops["contained"]`) and never reaches the caller as an exception. The stack never blocks and never
+looks at a real clock: the caller passes `now` and drains `outgoing` (packets to put on the link) and
+`changed` (connections, listeners and UDP ports whose users should wake up) after each call.
 Batching falls out of this shape: a whole batch of received packets produces one list of replies, and
 the ACKs owed to a connection leave once per batch (or ride on its data).
 """
@@ -13,18 +17,22 @@ from __future__ import annotations
 import errno
 import heapq
 import itertools
+import logging
 import os
 import random
 from collections import Counter, deque
 from typing import Iterable, Protocol
 
+from kakuremichi.faults import Contained
 from kakuremichi.netstack import icmp, ipv4, tcp, udp
+from kakuremichi.netstack.ratelimit import AnswerLimit
 from kakuremichi.netstack.tcp import ACK, RST, SYN, Config, Connection, State
+
+logger = logging.getLogger("kakuremichi.netstack")
 
 EPHEMERAL_PORTS = range(49152, 65536)
 DEFAULT_BACKLOG = 128
 MAX_TIME_WAIT = 4096  # like Linux's tcp_max_tw_buckets: beyond it the oldest TIME_WAIT goes early
-ICMP_ERRORS_PER_SECOND = 100
 
 
 class Host(Protocol):
@@ -49,15 +57,27 @@ class Listener:
         self.backlog = backlog
         self.syn_backlog = max(2 * backlog, 64)
         self.queue: deque[Connection] = deque()
-        self.half_open: dict[tuple, Connection] = {}
+        self.half_open: dict[tuple, Connection] = {}  # oldest first
+        self.half_open_by_source: dict[int, dict[tuple, Connection]] = {}  # the same, by remote address
         self.closed = False
         self.user = None  # for the layer above (its wait queue)
 
     def can_accept(self) -> bool:
         return len(self.queue) < self.backlog and not self.closed
 
+    def add_half_open(self, connection: Connection) -> None:
+        self.half_open[connection.key] = connection
+        self.half_open_by_source.setdefault(connection.remote[0], {})[connection.key] = connection
+
+    def forget_half_open(self, connection: Connection) -> None:
+        if self.half_open.pop(connection.key, None) is not None:
+            mine = self.half_open_by_source[connection.remote[0]]
+            del mine[connection.key]
+            if not mine:
+                del self.half_open_by_source[connection.remote[0]]
+
     def established(self, connection: Connection) -> None:
-        self.half_open.pop(connection.key, None)
+        self.forget_half_open(connection)
         self.queue.append(connection)
         connection.listener = None
 
@@ -89,15 +109,16 @@ class Stack:
         self.connections: dict[tuple, Connection] = {}
         self.listeners: dict[tuple[int, int], Listener] = {}
         self.udp_ports: dict[tuple[int, int], udp.Endpoint] = {}
-        self.reassembler = ipv4.Reassembler()
         self.drops: Counter[str] = Counter()
+        self.reassembler = ipv4.Reassembler(drops=self.drops)
+        self.answers = AnswerLimit()  # RSTs, ICMP errors and echo replies, per source
+        self._now = 0.0  # the caller's clock as of the last call, for `faults`' log interval
+        self.faults = Contained(logger, "netstack receive", clock=lambda: self._now)
         self._timers: list = []
         self._timer_order = itertools.count()
         self._time_wait: dict[tuple, Connection] = {}
         self._random = random.Random(int.from_bytes(os.urandom(8), "big"))
         self._ip_ident = self._random.randrange(0x10000)
-        self._icmp_budget = float(ICMP_ERRORS_PER_SECOND)
-        self._icmp_stamp = 0.0
 
     # ------------------------------------------------------------------ addresses
     def add_address(self, address) -> None:
@@ -125,6 +146,7 @@ class Stack:
     def receive(self, packets: Iterable[bytes | memoryview], now: float) -> None:
         """Process a batch of IPv4 packets from the link; replies collect in `outgoing`."""
         local = self._address_set
+        self._now = now
         for packet in packets:
             try:
                 datagram = ipv4.parse(packet)
@@ -145,13 +167,26 @@ class Stack:
                 elif protocol == ipv4.PROTO_UDP:
                     self._receive_udp(datagram, now)
                 elif protocol == ipv4.PROTO_ICMP:
-                    self._receive_icmp(datagram)
+                    self._receive_icmp(datagram, now)
                 else:
                     self.drops["protocol"] += 1
                     self._icmp_error(datagram, 2, now)  # protocol unreachable
             except ipv4.Malformed as exc:
                 self.drops[exc.args[0]] += 1
+            except Exception as exc:  # a handler's bug met a hostile packet: drop that packet, go on
+                self._contain(exc, packet=bytes(packet[:ipv4.HEADER_LEN]).hex())
         self._flush(now)
+
+    def _contain(self, exc: Exception, connection: Connection | None = None, **fields: object) -> None:
+        """Count and (rate-limited) log an unexpected exception; a connection it happened in is closed,
+        since its state may be half-updated."""
+        self.drops["contained"] += 1
+        if connection is not None:
+            fields["connection"] = repr(connection)
+        self.faults.record(exc, **fields)
+        if connection is not None:
+            connection.error = connection.error or tcp.os_error(errno.EPROTO, "connection failed internally")
+            connection.terminate(None)
 
     def _receive_tcp(self, datagram: ipv4.Datagram, now: float) -> None:
         segment = tcp.parse(datagram, self.verify_checksums)
@@ -172,21 +207,24 @@ class Stack:
             self._passive_open(listener, key, segment, now)
         elif not flags & RST:
             self.drops["tcp-no-connection"] += 1
-            self.outgoing.append(tcp.build_reset(datagram.destination, datagram.source, segment))
+            if self.answers.allow(datagram.source, now):
+                self.outgoing.append(tcp.build_reset(datagram.destination, datagram.source, segment))
 
     def _passive_open(self, listener: Listener, key: tuple, segment: tcp.Segment, now: float) -> None:
         if len(listener.half_open) >= listener.syn_backlog:
+            # A SYN flood: the source holding the most half-open connections loses its oldest. One source
+            # may use the whole queue while nobody else needs it (an agent's connections all come from its
+            # gateway), but its flood cannot push out another source's handshakes. No RST now: under a
+            # flood the source is likely forged (an RST would be backscatter); a real client's ACK finds
+            # no connection and is reset then.
             self.drops["syn-queue-full"] += 1
-            oldest = next(iter(listener.half_open.values()))
-            # SYN flood: the oldest half-open connection makes room. No RST now: under a flood its source is
-            # likely forged (an RST would be backscatter); a real client's ACK finds no connection and is
-            # reset then.
-            oldest.terminate(None)
+            heaviest = max(listener.half_open_by_source.values(), key=len)
+            next(iter(heaviest.values())).terminate(None)
         local, remote = (key[2], key[3]), (key[0], key[1])
         iss = tcp.initial_sequence(self.secret, local, remote, now)
         connection = Connection(self, self.config, local, remote, iss, self.mtu, now)
         connection.listener = listener
-        listener.half_open[key] = connection
+        listener.add_half_open(connection)
         self.connections[key] = connection
         connection.accept(segment, now)
         self.dirty.add(connection)
@@ -203,10 +241,13 @@ class Stack:
         else:
             self.drops["udp-queue-full"] += 1
 
-    def _receive_icmp(self, datagram: ipv4.Datagram) -> None:
+    def _receive_icmp(self, datagram: ipv4.Datagram, now: float) -> None:
         reply = icmp.answer_echo(datagram)
         if reply is not None:
-            self.outgoing.append(reply)
+            if self.answers.allow(datagram.source, now):
+                self.outgoing.append(reply)
+            else:
+                self.drops["echo-rate-limited"] += 1
             return
         error = icmp.parse_error(datagram)
         if error is None or error.protocol != ipv4.PROTO_TCP:
@@ -224,12 +265,8 @@ class Stack:
             connection.terminate(tcp.os_error(errno.ECONNREFUSED, "connection refused (ICMP unreachable)"))
 
     def _icmp_error(self, datagram: ipv4.Datagram, code: int, now: float) -> None:
-        """An ICMP unreachable, token-bucket limited so that a flood cannot turn us into an amplifier."""
-        self._icmp_budget = min(ICMP_ERRORS_PER_SECOND,
-                                self._icmp_budget + (now - self._icmp_stamp) * ICMP_ERRORS_PER_SECOND)
-        self._icmp_stamp = now
-        if self._icmp_budget >= 1:
-            self._icmp_budget -= 1
+        """An ICMP unreachable, rate-limited per source so that a flood cannot turn us into an amplifier."""
+        if self.answers.allow(datagram.source, now):
             self.outgoing.append(icmp.unreachable(datagram, code))
 
     # ------------------------------------------------------------------ TCP user calls
@@ -348,11 +385,12 @@ class Stack:
             del self.connections[connection.key]
         self._time_wait.pop(connection.key, None)
         if connection.listener is not None:
-            connection.listener.half_open.pop(connection.key, None)
+            connection.listener.forget_half_open(connection)
         self.dirty.discard(connection)
 
     def poll(self, now: float) -> None:
         """Fire due timers and send whatever user calls queued."""
+        self._now = now
         timers = self._timers
         while timers and timers[0][0] <= now:
             deadline, _, connection = heapq.heappop(timers)
@@ -362,8 +400,11 @@ class Stack:
             if connection.state == State.CLOSED:
                 continue
             if connection.deadline is not None and connection.deadline <= now:
-                connection.on_timer(now)
-                self._track_time_wait(connection)
+                try:
+                    connection.on_timer(now)
+                    self._track_time_wait(connection)
+                except Exception as exc:
+                    self._contain(exc, connection)
             else:
                 self.schedule(connection)
         if self.reassembler:
@@ -379,8 +420,11 @@ class Stack:
     def _flush(self, now: float) -> None:
         dirty, self.dirty = self.dirty, set()
         for connection in dirty:
-            connection.flush(now)
-            self._track_time_wait(connection)
+            try:
+                connection.flush(now)
+                self._track_time_wait(connection)
+            except Exception as exc:
+                self._contain(exc, connection)
 
     def _track_time_wait(self, connection: Connection) -> None:
         if connection.state == State.TIME_WAIT and connection.key not in self._time_wait:

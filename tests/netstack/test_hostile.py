@@ -221,10 +221,10 @@ def test_reassembly_drops_overlaps_and_stays_bounded():
     assert feed(stack, first, overlapping) == []
     assert len(stack.reassembler) == 0  # the whole datagram was thrown away
     assert feed(stack, second, *rest) == []  # and its other fragments cannot complete it
-    many = [IP(src=THEM, dst=OURS, id=1000 + i, flags="MF") / UDP(sport=1, dport=2) / (b"p" * 16)
+    many = [IP(src=THEM, dst=OURS, id=1000 + i, flags="MF") / UDP(sport=1, dport=2) / (b"p" * 504)
             for i in range(1000)]
     feed(stack, *many)
-    assert len(stack.reassembler) <= ipv4.MAX_REASSEMBLIES
+    assert len(stack.reassembler) <= ipv4.MAX_REASSEMBLIES_PER_SOURCE
     stack.poll(NOW + ipv4.REASSEMBLY_TIMEOUT + 1)
     assert len(stack.reassembler) == 0  # expired partial datagrams are freed
 
