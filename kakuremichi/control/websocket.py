@@ -13,13 +13,14 @@ import time
 from datetime import timedelta
 
 import trio
-from pony.orm import db_session
+from pony.orm import IntegrityError, TransactionIntegrityError, db_session
 from quart import Blueprint, websocket
 
 from kakuremichi import protocol
 from kakuremichi.certpair import CertificateError
 from kakuremichi.control import auth, certificates, configs
-from kakuremichi.control.models import bump_config_version, get_setting, lock_for_writing, utcnow
+from kakuremichi.control.models import (bump_config_version, claim_public_key, get_setting, lock_for_writing,
+                                       public_key_holder, utcnow)
 from kakuremichi.control.state import WRITE_RETRIES, ControlState, current
 from kakuremichi.logs import log
 
@@ -309,14 +310,30 @@ def _authenticate(state: ControlState, frame: str | bytes) -> ClientSession:
     return _register(state, message)
 
 
-@db_session
 def _register(state: ControlState, message: protocol.Auth) -> ClientSession:
-    """Look the key up, record what the client reported (never erasing what it did not), mark it online."""
+    try:
+        return _registered(state, message)
+    except (IntegrityError, TransactionIntegrityError):  # another control gave the key to another client between check and commit
+        raise _key_in_use() from None
+
+
+def _key_in_use() -> _Rejected:
+    return _Rejected("public_key_in_use", "this WireGuard public key belongs to another agent or gateway; each "
+                     "client needs its own (delete its copied wireguard.key to have a new one made)", CLOSE_AUTH_FAILED)
+
+
+@db_session
+def _registered(state: ControlState, message: protocol.Auth) -> ClientSession:
+    """Look the key up, record what the client reported (never erasing what it did not), mark it online. A
+    WireGuard public key another client holds is refused: gateways would re-point that client's peer here."""
     entity = state.db.Gateway if message.role == "gateway" else state.db.Agent
     digest = auth.key_hash(message.api_key)
     row = entity.get(api_key_hash=digest)
     if row is None or not auth.matches(message.api_key, row.api_key_hash):
         raise _Rejected("invalid_key", "the API key is not valid (rotated or deleted?)", CLOSE_AUTH_FAILED)
+    me = (message.role, row.id)
+    if public_key_holder(state.db, message.public_key) not in (None, me):
+        raise _key_in_use()
     reported = {"public_key": message.public_key}
     if message.role == "gateway":
         certificates.forget_acks(state.db, row.id)  # a new connection answers no challenge before it says so
@@ -324,6 +341,11 @@ def _register(state: ControlState, message: protocol.Auth) -> ClientSession:
             reported["public_endpoint"] = message.public_endpoint
     if any(getattr(row, column) != value for column, value in reported.items()):
         lock_for_writing(state.db)
+        holder = public_key_holder(state.db, message.public_key)  # again, now in turn with the other controls
+        if holder not in (None, me):
+            raise _key_in_use()
+        if holder is None:
+            claim_public_key(state.db, message.role, row.id, message.public_key)
         row.set(**reported)
         bump_config_version(state.db)
         state.changed()  # other clients peer with this one: their configs change too

@@ -8,7 +8,7 @@ import datetime
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from pony.orm import db_session
+from pony.orm import IntegrityError, db_session
 
 from kakuremichi import protocol
 from kakuremichi.certpair import CertificateError
@@ -185,7 +185,8 @@ def test_the_issuer_is_named_by_common_name_and_organisation():
     assert issuer((NameOID.COUNTRY_NAME, "JP")) == "C=JP"
 
 
-@pytest.mark.parametrize("version, dropped", [("1", ["certificates", "acme_acks"]), ("2", ["acme_acks"])])
+@pytest.mark.parametrize("version, dropped", [("1", ["certificates", "acme_acks", "wireguard_keys"]),
+                                              ("2", ["acme_acks", "wireguard_keys"]), ("3", ["wireguard_keys"])])
 def test_an_older_database_is_upgraded(tmp_path, version, dropped):
     url = f"sqlite:///{tmp_path}/old.sqlite"
     db = open_database(url)
@@ -196,5 +197,26 @@ def test_an_older_database_is_upgraded(tmp_path, version, dropped):
     db.disconnect()
     db = open_database(url)
     with db_session:
-        assert db.Setting["schema_version"].value == str(SCHEMA_VERSION) == "3"
+        assert db.Setting["schema_version"].value == str(SCHEMA_VERSION) == "4"
         assert db.Certificate.select().count() == db.AcmeAck.select().count() == 0
+
+
+def test_the_upgrade_to_4_gives_each_reported_key_to_one_client(tmp_path):
+    """Before version 4 a client could report another's key; the older client keeps it, the newer reports again."""
+    url = f"sqlite:///{tmp_path}/old.sqlite"
+    db = open_database(url)
+    with db_session:
+        db.Setting["schema_version"].value = "3"
+        db.execute("DROP TABLE wireguard_keys")
+        old = datetime.datetime(2025, 1, 1)
+        db.Agent(name="victim", api_key_hash="h1", public_key="K", created_at=old)
+        db.Agent(name="thief", api_key_hash="h2", public_key="K", created_at=old + datetime.timedelta(days=1))
+        db.Gateway(name="gw", api_key_hash="h3", public_key="G")
+    db.disconnect()
+    db = open_database(url)
+    with db_session:
+        assert db.Agent.get(name="victim").public_key == "K" and db.Agent.get(name="thief").public_key is None
+        assert {(k.public_key, k.role) for k in db.WireguardKey.select()} == {("K", "agent"), ("G", "gateway")}
+        assert db.WireguardKey["K"].client_id == db.Agent.get(name="victim").id
+    with pytest.raises(IntegrityError), db_session:  # the database itself refuses a second holder
+        db.execute("INSERT INTO wireguard_keys (public_key, role, client_id) VALUES ('K', 'gateway', 'x')")
