@@ -9,9 +9,29 @@ import logging
 import hypercorn.config
 import hypercorn.trio
 import trio
+from hypercorn.protocol import ws_stream
 
+from kakuremichi import protocol
 from kakuremichi.control.app import create_app
 from kakuremichi.control.state import Settings
+
+
+class AuthFrameLimitedBuffer(ws_stream.WebsocketBuffer):
+    """Hypercorn's buffer of one WebSocket's incoming message, holding the first message (the client's auth
+    frame, sent before anyone knows who it is) to protocol.AUTH_FRAME_MAX and every later one to the config's
+    websocket_max_message_size. Over it, Hypercorn closes with 1009 as the bytes arrive, without keeping them.
+    Hypercorn has one size for every message; this is the only place a connection's own limit can go."""
+
+    def __init__(self, max_length: int) -> None:
+        super().__init__(min(max_length, protocol.AUTH_FRAME_MAX))
+        self.later_max_length = max_length
+
+    def clear(self) -> None:  # called once a message is complete
+        super().clear()
+        self.max_length = self.later_max_length
+
+
+ws_stream.WebsocketBuffer = AuthFrameLimitedBuffer  # WSStream builds its buffer from this module name
 
 
 async def serve(settings: Settings, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -28,6 +48,7 @@ async def serve(settings: Settings, *, task_status: trio.TaskStatus[str] = trio.
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")  # through our log format, once
     config.graceful_timeout = 1.0
+    config.websocket_max_message_size = protocol.FRAME_MAX  # Hypercorn's default, 16 MiB, for each of 10 queued
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(partial(hypercorn.trio.serve, app, config))
         task_status.started(binds[0])
