@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 from pony.orm import Database, Json, LongStr, Optional, PrimaryKey, Required, Set, composite_key, db_session
 
-from kakuremichi.control import certificates
+from kakuremichi.control import certificates, datadir
 
 SCHEMA_VERSION = 4  # 2: certificates, acme_challenges, acme_leases; 3: acme_acks; 4: wireguard_keys (new tables)
 
@@ -176,9 +176,11 @@ def open_database(url: str) -> Database:
     elif parts.scheme in ("sqlite", ""):
         path = url[len("sqlite://"):] if parts.scheme else url
         path = path[1:] if path.startswith("//") else path  # sqlite:////abs and sqlite:///rel
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        db.bind(provider="sqlite", filename=os.path.abspath(path), create_db=True)
-        _create_schema(db)
+        with datadir.private_files():  # it holds key hashes and TLS keys: 0700 and 0600 from the start
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            db.bind(provider="sqlite", filename=os.path.abspath(path), create_db=True)
+            _create_schema(db)
+        datadir.tighten_sqlite(os.path.abspath(path))  # made by an older control
     else:
         raise DatabaseUrlError(f"unsupported database URL scheme {parts.scheme!r}: use sqlite:///path or postgres://")
     return db

@@ -21,6 +21,7 @@ from kakuremichi.certpair import CertificateError
 from kakuremichi.control import auth, certificates, configs
 from kakuremichi.control.models import (bump_config_version, claim_public_key, get_setting, lock_for_writing,
                                        public_key_holder, utcnow)
+from kakuremichi.control.sealing import UnsealError
 from kakuremichi.control.state import WRITE_RETRIES, ControlState, current
 from kakuremichi.logs import log
 
@@ -149,7 +150,8 @@ class ClientSession:
             self.state.write(certificates.withdraw_challenge, self.client_id, message.token, bump=True)
         else:
             try:
-                serial = self.state.write(certificates.store_certificate, self.name, message, utcnow(), bump=True)
+                serial = self.state.write(certificates.store_certificate, self.state.sealer, self.name, message,
+                                          utcnow(), bump=True)
             except CertificateError as exc:
                 log(logger, logging.WARNING, "refused an uploaded certificate", name=self.name, error=str(exc))
                 return
@@ -217,9 +219,14 @@ class ClientSession:
 
     def _unsent_certificates(self, domains: set[str]) -> list[tuple[str, protocol.CertificateInstall]]:
         """(serial, certificate) for each certificate of `domains` this gateway has not been sent yet."""
-        serials = certificates.certificate_serials(self.state.db, domains)
-        return [(serial, certificates.certificate(self.state.db, domain)) for domain, serial in sorted(serials.items())
-                if self._sent_certificates.get(domain) != serial]
+        unsent = []
+        for domain, serial in sorted(certificates.certificate_serials(self.state.db, domains).items()):
+            if self._sent_certificates.get(domain) != serial:
+                try:
+                    unsent.append((serial, certificates.certificate(self.state.db, self.state.sealer, domain)))
+                except UnsealError as exc:  # stored by a control with another secrets key: this one cannot share it
+                    log(logger, logging.ERROR, "cannot push a certificate", name=self.name, error=str(exc))
+        return unsent
 
     async def _push_config(self, config: protocol.Config) -> None:
         body = config.to_json()

@@ -14,10 +14,13 @@ from kakuremichi import protocol
 from kakuremichi.certpair import CertificateError
 from kakuremichi.control import certificates as c
 from kakuremichi.control.models import SCHEMA_VERSION, open_database
+from kakuremichi.control.sealing import Sealer
 from tests.gateway.testca import TestCA
 
 T0 = datetime.datetime(2030, 1, 1, 12, 0, 0)
 LEASE = 600.0
+
+SEALER = Sealer(bytes(32), "a test")
 
 
 def seconds(n: float) -> datetime.datetime:
@@ -143,19 +146,19 @@ def test_only_a_usable_newer_certificate_replaces_the_stored_one(db):
     older, newer = upload(ca, days=30), upload(ca, days=90)
     now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
     with db_session:
-        assert c.store_certificate(db, "gw1", older, now) is not None
-        serial = c.store_certificate(db, "gw2", newer, now)
+        assert c.store_certificate(db, SEALER, "gw1", older, now) is not None
+        serial = c.store_certificate(db, SEALER, "gw2", newer, now)
         assert serial is not None
-        assert c.store_certificate(db, "gw1", older, now) is None  # late, older: the renewal stays
+        assert c.store_certificate(db, SEALER, "gw1", older, now) is None  # late, older: the renewal stays
         assert serials(db, "gw1") == {"app.test": serial} == serials(db, "gw2")
         assert serials(db, "gw3") == {}
-        assert c.certificate(db, "app.test").key_pem == newer.key_pem
+        assert c.certificate(db, SEALER, "app.test").key_pem == newer.key_pem
         with pytest.raises(CertificateError, match="does not belong"):
-            c.store_certificate(db, "gw1", upload(ca, wrong_key=True), now)
+            c.store_certificate(db, SEALER, "gw1", upload(ca, wrong_key=True), now)
         with pytest.raises(CertificateError, match="is for other.test"):
-            c.store_certificate(db, "gw1", upload(ca, "other.test"), now)
+            c.store_certificate(db, SEALER, "gw1", upload(ca, "other.test"), now)
         with pytest.raises(CertificateError, match="expired"):
-            c.store_certificate(db, "gw1", upload(ca, days=400), now + datetime.timedelta(days=500))
+            c.store_certificate(db, SEALER, "gw1", upload(ca, days=400), now + datetime.timedelta(days=500))
 
 
 def test_the_summary_counts_days_from_now_and_shows_only_a_live_lease(db):
@@ -164,7 +167,7 @@ def test_the_summary_counts_days_from_now_and_shows_only_a_live_lease(db):
     not_after = x509.load_pem_x509_certificate(stored.chain_pem.encode()).not_valid_after_utc.replace(tzinfo=None)
     with db_session:
         assert c.summary(db, "app.test", T0) is None  # nothing stored yet
-        c.store_certificate(db, "gw1", stored, not_after - datetime.timedelta(days=1))
+        c.store_certificate(db, SEALER, "gw1", stored, not_after - datetime.timedelta(days=1))
         lease = c.request_lease(db, "gw2", "app.test", not_after - datetime.timedelta(days=10), LEASE)
         at_lease = c.summary(db, "app.test", not_after - datetime.timedelta(days=10))
         assert at_lease.lease == lease and at_lease.days_left(not_after - datetime.timedelta(days=10)) == 10
