@@ -10,6 +10,8 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 from hypercorn.protocol import ws_stream
+from quart import Response, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from kakuremichi import protocol
 from kakuremichi.control.app import create_app
@@ -32,6 +34,19 @@ class AuthFrameLimitedBuffer(ws_stream.WebsocketBuffer):
 
 
 ws_stream.WebsocketBuffer = AuthFrameLimitedBuffer  # WSStream builds its buffer from this module name
+BODY_DRAIN_TIMEOUT = 10.0  # how long an answer given before its request's body arrived waits for that body
+
+
+async def read_the_unread_body(response: Response) -> Response:
+    """An answer given before the request's body arrived (a 401, 403, 405 …): Hypercorn keeps such a connection
+    open but never answers its next request. Take the rest of the body first (what the view read is cached, and
+    Quart's limit, app.MAX_BODY, bounds the rest), or, if it is too big or too slow, close the connection."""
+    try:
+        with trio.fail_after(BODY_DRAIN_TIMEOUT):
+            await request.get_data()
+    except (RequestEntityTooLarge, trio.TooSlowError):
+        response.headers["Connection"] = "close"
+    return response
 
 
 async def serve(settings: Settings, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -40,6 +55,7 @@ async def serve(settings: Settings, *, task_status: trio.TaskStatus[str] = trio.
     A newly generated admin token is printed once on stdout, the only place it ever appears.
     """
     app = create_app(settings)
+    app.after_request(read_the_unread_body)
     token = app.extensions["kakuremichi.control"].new_admin_token
     if token:
         print(f"Admin token (shown once, store it safely; it is also the web UI password): {token}", flush=True)
