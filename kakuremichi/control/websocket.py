@@ -23,6 +23,7 @@ from kakuremichi.control.models import (bump_config_version, claim_public_key, g
                                        public_key_holder, utcnow)
 from kakuremichi.control.sealing import UnsealError
 from kakuremichi.control.state import WRITE_RETRIES, ControlState, current
+from kakuremichi.faults import Contained
 from kakuremichi.logs import log
 
 logger = logging.getLogger("kakuremichi.control.ws")
@@ -70,6 +71,7 @@ class _FailureLog:
 
 
 _failures = _FailureLog()
+_contained = Contained(logger, "control /ws session")
 
 
 class ClientSession:
@@ -116,16 +118,25 @@ class ClientSession:
                 log(logger, logging.WARNING, "ignoring a malformed frame", role=self.role, name=self.name,
                     error=str(exc))
                 continue
-            if isinstance(message, protocol.Ping):
-                await websocket.send(protocol.Pong().to_json())
-            elif isinstance(message, protocol.ConfigAck):
-                self.state.metrics.inc("kakuremichi_control_config_acks_total", role=self.role)
-                log(logger, logging.DEBUG, "config acknowledged", role=self.role, name=self.name,
-                    version=message.version)
-            elif isinstance(message, protocol.StatusUpdate):
-                self._store_stats(message.stats)
-            elif isinstance(message, ACME_MESSAGES) and self.role == "gateway":
-                await self._acme(message, nursery)
+            try:
+                await self._handle(message, nursery)
+            except Exception as exc:  # what decoding did not foresee ends this session only, logged once a minute
+                _contained.record(exc, role=self.role, name=self.name, type=message.type)
+                self.close_reason = (CLOSE_PROTOCOL_ERROR, f"could not handle {message.type}")
+                return
+
+    async def _handle(self, message: protocol.Message, nursery: trio.Nursery) -> None:
+        """One decoded message of this client's."""
+        if isinstance(message, protocol.Ping):
+            await websocket.send(protocol.Pong().to_json())
+        elif isinstance(message, protocol.ConfigAck):
+            self.state.metrics.inc("kakuremichi_control_config_acks_total", role=self.role)
+            log(logger, logging.DEBUG, "config acknowledged", role=self.role, name=self.name,
+                version=message.version)
+        elif isinstance(message, protocol.StatusUpdate):
+            self._store_stats(message.stats)
+        elif isinstance(message, ACME_MESSAGES) and self.role == "gateway":
+            await self._acme(message, nursery)
 
     async def _acme(self, message, nursery: trio.Nursery) -> None:
         """One gateway's part in ordering certificates together (see certificates.py)."""
