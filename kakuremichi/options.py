@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from pathlib import Path
 
 
 class EnvArgumentParser(argparse.ArgumentParser):
@@ -12,6 +14,21 @@ class EnvArgumentParser(argparse.ArgumentParser):
     `--listen-port` reads `KAKUREMICHI_LISTEN_PORT`; the help text names the variable so users find it.
     A flag given on the command line wins over the environment.
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._secrets: list[SecretOption] = []
+
+    def add_secret(self, name: str, help: str, required: bool = False) -> None:
+        """`--NAME-file`, `KAKUREMICHI_NAME(_FILE)` and a warned `--NAME`: parse_args sets `args.NAME` to the
+        secret and `args.NAME_source` to where it came from."""
+        self._secrets.append(SecretOption(self, name, help, required))
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        parsed = super().parse_args(args, namespace)
+        for secret in self._secrets:
+            secret.resolve(self, parsed, args)
+        return parsed
 
     def add_argument(self, *names, **kwargs):  # type: ignore[override]
         long = next((n for n in names if n.startswith("--")), None)
@@ -29,3 +46,40 @@ class EnvArgumentParser(argparse.ArgumentParser):
                     kwargs["default"] = value
                 kwargs.pop("required", None)
         return super().add_argument(*names, **kwargs)
+
+
+class SecretOption:
+    """A secret given as `--NAME-file PATH` or the variable KAKUREMICHI_NAME (or its _FILE twin): never on the
+    command line, where every user of the machine reads it in `ps`. `--NAME` still works, with a warning."""
+
+    def __init__(self, parser: EnvArgumentParser, name: str, help: str, required: bool = False) -> None:
+        self.name, self.required = name, required
+        self.flag, self.variable = f"--{name}", "KAKUREMICHI_" + name.upper().replace("-", "_")
+        parser.add_argument(self.flag, default=None, help=f"{help}; visible to every user in `ps`: prefer "
+                                                          f"{self.variable} or {self.flag}-file")
+        parser.add_argument(f"{self.flag}-file", default=None, metavar="PATH",
+                            help=f"file holding the {name.replace('-', ' ')} (one line)")
+
+    def resolve(self, parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None) -> None:
+        """Set the secret and its source on args; a file's errors and a missing secret are usage errors."""
+        attribute = self.name.replace("-", "_")
+        path, value = getattr(args, f"{attribute}_file"), getattr(args, attribute)
+        given = sys.argv[1:] if argv is None else argv
+        if any(a == self.flag or a.startswith(self.flag + "=") for a in given):
+            print(f"{parser.prog}: warning: {self.flag} on the command line is visible to every user of this "
+                  f"machine (ps, /proc); use {self.variable} or {self.flag}-file", file=sys.stderr)
+            source = self.flag
+        elif path is not None:
+            try:
+                value = Path(path).read_text().strip()
+            except OSError as exc:
+                parser.error(f"{self.flag}-file: cannot read {path}: {exc.strerror or exc}")
+            if not value:
+                parser.error(f"{self.flag}-file: {path} is empty")
+            source = f"{self.flag}-file {path}"
+        else:
+            source = self.variable
+        if value is None and self.required:
+            parser.error(f"{self.variable}, {self.flag}-file or {self.flag} is required")
+        setattr(args, attribute, value)
+        setattr(args, f"{attribute}_source", source)

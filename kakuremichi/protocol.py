@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
@@ -27,6 +28,19 @@ EXIT_KEEPALIVE = (60.0, 15.0, 4)
 ROLES = ("gateway", "agent")
 TLS_MODES = ("acme", "self-signed", "off", "custom")
 _ACME_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}\Z")  # RFC 8555 §8.3: base64url without padding
+_KEY_AUTHORIZATION = re.compile(r"[A-Za-z0-9_-]{1,256}\.[A-Za-z0-9_-]{1,128}\Z")  # token "." thumbprint
+
+# What control buffers of one frame from a client. Anyone may open /ws, so the first frame (auth: two keys, a
+# host:port and a few names, some 300 bytes) is held to a few KiB; after it, the biggest a client legitimately
+# sends is a gateway's status_update with one peer entry (~140 bytes) per agent, ~420 KiB for 3,000 agents,
+# or its certificate_upload (an RSA-4096 key, 3.3 KiB, and a chain of a few 2 KiB certificates: ~16 KiB).
+AUTH_FRAME_MAX = 4 * 1024
+FRAME_MAX = 512 * 1024
+# The stats control keeps per client and serves back in the API: entries (object members and list items,
+# counted at every depth), nesting, string lengths (keys too) and integer range are bounded.
+STATS_MAX_ENTRIES = 16384
+STATS_MAX_DEPTH = 4
+STATS_MAX_STRING = 256
 
 
 class ProtocolError(ValueError):
@@ -385,7 +399,40 @@ class StatusUpdate(_Message):
 
     @classmethod
     def from_json(cls, obj: dict) -> StatusUpdate:
-        return cls(_get(obj, "stats", dict, "status_update"))
+        stats = _get(obj, "stats", dict, "status_update")
+        _check_stats(stats)
+        return cls(stats)
+
+
+def _check_stats(stats: dict) -> None:
+    """Refuse stats beyond the STATS_MAX_* bounds (iteratively: depth is what is being checked)."""
+    entries, pending = 0, [(stats, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, (dict, list)):
+            if depth > STATS_MAX_DEPTH:
+                raise ProtocolError(f"status_update: stats nest deeper than {STATS_MAX_DEPTH} levels")
+            entries += len(value)
+            if entries > STATS_MAX_ENTRIES:
+                raise ProtocolError(f"status_update: stats have more than {STATS_MAX_ENTRIES} entries")
+            items = list(value.items()) if isinstance(value, dict) else [(None, item) for item in value]
+            for key, item in items:
+                if key is not None:
+                    _check_stats_string(key)
+                pending.append((item, depth + 1))
+        elif isinstance(value, str):
+            _check_stats_string(value)
+        elif isinstance(value, int) and not isinstance(value, bool) and not -(1 << 63) <= value < (1 << 64):
+            raise ProtocolError("status_update: a stats number is out of the 64-bit range")
+        elif isinstance(value, float) and not math.isfinite(value):  # no JSON column stores Infinity or NaN
+            raise ProtocolError("status_update: a stats number is not finite")
+
+
+def _check_stats_string(text: str) -> None:
+    if len(text) > STATS_MAX_STRING:
+        raise ProtocolError(f"status_update: a stats string or key is longer than {STATS_MAX_STRING} characters")
+    if "\0" in text:  # PostgreSQL's JSON refuses it
+        raise ProtocolError("status_update: a stats string or key contains NUL")
 
 
 @dataclass(frozen=True)
@@ -454,7 +501,10 @@ class AcmeChallenge:
 
     @classmethod
     def from_json(cls, obj: dict, where: str = "challenge") -> AcmeChallenge:
-        return cls(_get(obj, "domain", str, where), _token(obj, where), _get(obj, "keyAuthorization", str, where))
+        key_authorization = _get(obj, "keyAuthorization", str, where)
+        if not _KEY_AUTHORIZATION.match(key_authorization):
+            raise ProtocolError(f"{where}: keyAuthorization must be token.thumbprint in base64url (RFC 8555 §8.1)")
+        return cls(_get(obj, "domain", str, where), _token(obj, where), key_authorization)
 
 
 @dataclass(frozen=True)
@@ -535,7 +585,11 @@ class ChallengesAck(_Message):
 
     @classmethod
     def from_json(cls, obj: dict) -> ChallengesAck:
-        return cls(_list_of(obj, "tokens", cls.type, str))
+        tokens = _list_of(obj, "tokens", cls.type, str)
+        for token in tokens:
+            if not _ACME_TOKEN.match(token):
+                raise ProtocolError(f"{cls.type}: tokens must be base64url (RFC 8555), got {token[:40]!r}")
+        return cls(tokens)
 
 
 @dataclass(frozen=True)
@@ -629,10 +683,14 @@ _TYPES: dict[str, type] = {cls.type: cls for cls in Message.__args__}
 
 def decode(frame: str | bytes) -> Message:
     """Parse one frame into its message, or raise ProtocolError saying what is wrong."""
+    if not isinstance(frame, (str, bytes)):  # Quart hands an empty binary frame over as None
+        raise ProtocolError("frame is empty")
     try:
         obj = json.loads(frame)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"frame is not JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("frame nests too deeply") from None
     if not isinstance(obj, dict):
         raise ProtocolError("frame must be a JSON object")
     kind = obj.get("type")

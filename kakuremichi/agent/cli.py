@@ -27,9 +27,9 @@ logger = logging.getLogger("kakuremichi.agent")
 def build_parser(prog: str) -> EnvArgumentParser:
     parser = EnvArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                epilog="Example: kakuremichi agent --control-url https://control.example.com "
-                                      "--api-key agt_...")
+                                      "--api-key-file /etc/kakuremichi/agent.key")
     parser.add_argument("--control-url", required=True, help="control server URL (http(s):// or ws(s)://)")
-    parser.add_argument("--api-key", required=True, help="this agent's API key (agt_...), shown once at creation")
+    parser.add_secret("api-key", "this agent's API key (agt_...), shown once at creation", required=True)
     parser.add_argument("--data-dir", default="kakuremichi-agent",
                         help="where the agent keeps its WireGuard private key (default ./kakuremichi-agent)")
     parser.add_argument("--wireguard-port", type=int, default=0,

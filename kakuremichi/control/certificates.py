@@ -24,6 +24,7 @@ from pony.orm import Database
 
 from kakuremichi import protocol
 from kakuremichi.certpair import CertificateError, check_pair, names
+from kakuremichi.control.sealing import Sealer
 
 CHALLENGE_TTL = datetime.timedelta(minutes=10)  # a forgotten challenge (its gateway died mid-order) goes away
 
@@ -128,7 +129,7 @@ def challenges_for(db: Database, gateway_id: str, domains: set[str],
                    if c.domain in domains), key=lambda c: c.token)
 
 
-def store_certificate(db: Database, gateway_name: str, upload: protocol.CertificateUpload,
+def store_certificate(db: Database, sealer: Sealer, gateway_name: str, upload: protocol.CertificateUpload,
                       now: datetime.datetime) -> str | None:
     """Keep an uploaded certificate if it is valid, covers its domain and expires later than the one kept so
     far (an old upload arriving late never replaces a renewal): its serial, or None when the kept one stays.
@@ -142,7 +143,7 @@ def store_certificate(db: Database, gateway_name: str, upload: protocol.Certific
     if row is not None and row.not_after >= not_after:
         return None
     serial = format(leaf.serial_number, "x")
-    values = {"chain_pem": upload.chain_pem, "key_pem": upload.key_pem, "serial": serial,
+    values = {"chain_pem": upload.chain_pem, "key_pem": sealer.seal(upload.domain, upload.key_pem), "serial": serial,
               "not_before": leaf.not_valid_before_utc.replace(tzinfo=None), "not_after": not_after,
               "issuer": leaf.issuer.rfc4514_string(), "uploaded_by": gateway_name, "updated_at": now}
     if row is None:
@@ -167,9 +168,10 @@ def certificate_serials(db: Database, domains: set[str]) -> dict[str, str]:
     return {c.domain: c.serial for c in db.Certificate.select() if c.domain in domains}
 
 
-def certificate(db: Database, domain: str) -> protocol.CertificateInstall:
+def certificate(db: Database, sealer: Sealer, domain: str) -> protocol.CertificateInstall:
+    """The stored certificate with its key opened (UnsealError if this control's secrets key does not open it)."""
     row = db.Certificate[domain]
-    return protocol.CertificateInstall(row.domain, row.chain_pem, row.key_pem,
+    return protocol.CertificateInstall(row.domain, row.chain_pem, sealer.unseal(row.domain, row.key_pem),
                                        row.not_after.replace(tzinfo=datetime.timezone.utc))
 
 

@@ -12,7 +12,9 @@ from pony.orm.dbapiprovider import DatabaseError
 
 from kakuremichi import logs
 from kakuremichi.control.allocation import parse_pool
+from kakuremichi.control.datadir import SecretsKeyError
 from kakuremichi.control.models import DatabaseUrlError, SchemaError
+from kakuremichi.control.sealing import UnsealError
 from kakuremichi.control.server import serve
 from kakuremichi.control.state import Settings
 from kakuremichi.options import EnvArgumentParser
@@ -45,8 +47,11 @@ def parser(prog: str | None = None) -> EnvArgumentParser:
     p.add_argument("--database-url", default=None, metavar="URL",
                    help="sqlite:///path/control.sqlite or postgres://user:password@host/db (default: SQLite in "
                         "--data-dir)")
-    p.add_argument("--admin-token", default=None,
-                   help="admin API token; without it one is generated on first start, printed once and stored hashed")
+    p.add_secret("admin-token", "admin API token; without it one is generated on first start, printed once and "
+                 "stored hashed")
+    p.add_secret("secrets-key", "key (32 bytes, base64url) encrypting the TLS private keys in the database; "
+                 "without it, secrets.key in --data-dir, made on first start. Controls sharing a database must "
+                 "share it")
     p.add_argument("--heartbeat-interval", type=_positive, default=Settings.heartbeat_interval, metavar="SECONDS",
                    help="client ping interval; a client silent for two intervals is marked offline")
     p.add_argument("--subnet-pool", default=Settings.subnet_pool, metavar="CIDR",
@@ -68,11 +73,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 2
     settings = Settings(listen=args.listen, data_dir=args.data_dir, database_url=args.database_url,
                         admin_token=args.admin_token, heartbeat_interval=args.heartbeat_interval,
-                        subnet_pool=args.subnet_pool, acme_lease=args.acme_lease)
+                        subnet_pool=args.subnet_pool, acme_lease=args.acme_lease, secrets_key=args.secrets_key,
+                        secrets_key_source=args.secrets_key_source)
     failure: BaseException | None = None
     try:
         trio.run(_run, settings)
-    except* (SchemaError, DatabaseUrlError, DatabaseError, OSError) as group:  # the database or listen address
+    except* (SchemaError, DatabaseUrlError, DatabaseError, OSError, SecretsKeyError, UnsealError) as group:
         failure = group
         while isinstance(failure, BaseExceptionGroup):  # the nurseries wrap it
             failure = failure.exceptions[0]

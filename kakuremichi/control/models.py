@@ -17,9 +17,9 @@ from urllib.parse import unquote, urlsplit
 
 from pony.orm import Database, Json, LongStr, Optional, PrimaryKey, Required, Set, composite_key, db_session
 
-from kakuremichi.control import certificates
+from kakuremichi.control import certificates, datadir
 
-SCHEMA_VERSION = 3  # 2: certificates, acme_challenges, acme_leases; 3: acme_acks (new tables only)
+SCHEMA_VERSION = 4  # 2: certificates, acme_challenges, acme_leases; 3: acme_acks; 4: wireguard_keys (new tables)
 
 
 class SchemaError(RuntimeError):
@@ -53,6 +53,9 @@ def define(db: Database) -> None:
         created_at = Required(datetime, default=utcnow)
         tunnels = Set("Tunnel", cascade_delete=True)
 
+        def before_delete(self) -> None:
+            release_public_key(self._database_, "agent", self.id)
+
     class Gateway(db.Entity):
         _table_ = "gateways"
         id = PrimaryKey(str, default=new_id)
@@ -69,6 +72,9 @@ def define(db: Database) -> None:
         acme_leases = Set("AcmeLease", cascade_delete=True)
         acme_challenges = Set("AcmeChallenge", cascade_delete=True)
         acme_ack = Optional("AcmeAck", cascade_delete=True)
+
+        def before_delete(self) -> None:
+            release_public_key(self._database_, "gateway", self.id)
 
     class Tunnel(db.Entity):
         _table_ = "tunnels"
@@ -136,6 +142,16 @@ def define(db: Database) -> None:
         gateway = PrimaryKey(Gateway)
         tokens = Optional(Json)
 
+    class WireguardKey(db.Entity):
+        """Which agent or gateway holds a WireGuard public key. Public keys are public (API, UI), so without
+        this one table's primary key a client could announce another's and have the gateways re-point that
+        client's peer at itself; a key is held by one client across both roles, even with controls racing."""
+        _table_ = "wireguard_keys"
+        public_key = PrimaryKey(str)
+        role = Required(str)
+        client_id = Required(str)
+        composite_key(role, client_id)
+
     class Setting(db.Entity):
         _table_ = "settings"
         key = PrimaryKey(str)
@@ -160,9 +176,11 @@ def open_database(url: str) -> Database:
     elif parts.scheme in ("sqlite", ""):
         path = url[len("sqlite://"):] if parts.scheme else url
         path = path[1:] if path.startswith("//") else path  # sqlite:////abs and sqlite:///rel
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        db.bind(provider="sqlite", filename=os.path.abspath(path), create_db=True)
-        _create_schema(db)
+        with datadir.private_files():  # it holds key hashes and TLS keys: 0700 and 0600 from the start
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            db.bind(provider="sqlite", filename=os.path.abspath(path), create_db=True)
+            _create_schema(db)
+        datadir.tighten_sqlite(os.path.abspath(path))  # made by an older control
     else:
         raise DatabaseUrlError(f"unsupported database URL scheme {parts.scheme!r}: use sqlite:///path or postgres://")
     return db
@@ -192,7 +210,7 @@ def _create_schema(db: Database) -> None:
     _check_schema(db)
 
 
-MIGRATED_BY_CREATE_TABLES = {1, 2}  # older versions whose upgrade only adds tables
+MIGRATED_BY_CREATE_TABLES = {1, 2, 3}  # older versions whose upgrade adds tables (and fills wireguard_keys)
 
 
 @db_session
@@ -202,9 +220,40 @@ def _check_schema(db: Database) -> None:
         db.Setting(key="schema_version", value=str(SCHEMA_VERSION))
     elif int(row.value) in MIGRATED_BY_CREATE_TABLES:
         row.value = str(SCHEMA_VERSION)  # generate_mapping(create_tables=True) added the new tables
+        _claim_reported_keys(db)
     elif int(row.value) != SCHEMA_VERSION:
         raise SchemaError(f"database schema version {row.value} is not supported by this control "
                           f"(expects {SCHEMA_VERSION}); upgrade kakuremichi or use the matching release")
+
+
+def _claim_reported_keys(db: Database) -> None:
+    """Version 3 → 4: the keys clients reported so far become their claims. A key two clients reported (one
+    announced the other's) stays with the older client; the newer one's is cleared and must be reported again."""
+    for role, entity in (("gateway", db.Gateway), ("agent", db.Agent)):
+        for row in entity.select(lambda r: r.public_key is not None).order_by(lambda r: r.created_at):
+            if db.WireguardKey.get(public_key=row.public_key) is None:
+                db.WireguardKey(public_key=row.public_key, role=role, client_id=row.id)
+            else:
+                row.public_key = None
+
+
+def public_key_holder(db: Database, public_key: str) -> tuple[str, str] | None:
+    """(role, client id) of whoever holds `public_key`; call inside a db_session."""
+    claim = db.WireguardKey.get(public_key=public_key)
+    return None if claim is None else (claim.role, claim.client_id)
+
+
+def claim_public_key(db: Database, role: str, client_id: str, public_key: str) -> None:
+    """Make `public_key` this client's (dropping the one it held before); the caller checked that no other client
+    holds it, and the primary key refuses it at commit if another control gave it away meanwhile."""
+    release_public_key(db, role, client_id)
+    db.WireguardKey(public_key=public_key, role=role, client_id=client_id)
+
+
+def release_public_key(db: Database, role: str, client_id: str) -> None:
+    claim = db.WireguardKey.get(role=role, client_id=client_id)
+    if claim is not None:
+        claim.delete()
 
 
 def get_setting(db: Database, key: str) -> str | None:

@@ -13,10 +13,11 @@ import trio
 from pony.orm import Database, db_session
 from quart import current_app
 
-from kakuremichi.control import auth, configs
+from kakuremichi.control import auth, configs, datadir
 from kakuremichi.control.allocation import parse_pool
 from kakuremichi.control.metrics import Metrics
 from kakuremichi.control.models import bump_config_version, get_setting, lock_for_writing, open_database, put_setting
+from kakuremichi.control.sealing import Sealer, seal_stored_keys
 from kakuremichi.logs import log
 
 if TYPE_CHECKING:
@@ -39,6 +40,8 @@ class Settings:
     auth_timeout: float = 10.0
     change_poll_interval: float = 1.0  # how often to look for changes made by another control instance
     acme_lease: float = 600.0  # seconds one gateway alone may order a domain's certificate
+    secrets_key: str | None = None  # base64url, encrypts TLS keys in the database; default: secrets.key in data_dir
+    secrets_key_source: str = "KAKUREMICHI_SECRETS_KEY"  # the flag or variable it came from, for errors
 
     @property
     def database(self) -> str:
@@ -67,7 +70,10 @@ class ControlState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.pool: ipaddress.IPv4Network = parse_pool(settings.subnet_pool)
+        data_dir = datadir.prepare(settings.data_dir)
+        self.sealer = Sealer(*datadir.secrets_key(data_dir, settings.secrets_key, settings.secrets_key_source))
         self.db: Database = open_database(settings.database)
+        seal_stored_keys(self.db, self.sealer)
         self.metrics = Metrics()
         self.clients: dict[tuple[str, str], ClientSession] = {}
         self.status_changes = Broadcast()  # clients came, went, reported stats, or data changed: for the web UI

@@ -13,14 +13,17 @@ import time
 from datetime import timedelta
 
 import trio
-from pony.orm import db_session
+from pony.orm import IntegrityError, TransactionIntegrityError, db_session
 from quart import Blueprint, websocket
 
 from kakuremichi import protocol
 from kakuremichi.certpair import CertificateError
 from kakuremichi.control import auth, certificates, configs
-from kakuremichi.control.models import bump_config_version, get_setting, lock_for_writing, utcnow
+from kakuremichi.control.models import (bump_config_version, claim_public_key, get_setting, lock_for_writing,
+                                       public_key_holder, utcnow)
+from kakuremichi.control.sealing import UnsealError
 from kakuremichi.control.state import WRITE_RETRIES, ControlState, current
+from kakuremichi.faults import Contained
 from kakuremichi.logs import log
 
 logger = logging.getLogger("kakuremichi.control.ws")
@@ -68,6 +71,7 @@ class _FailureLog:
 
 
 _failures = _FailureLog()
+_contained = Contained(logger, "control /ws session")
 
 
 class ClientSession:
@@ -114,16 +118,25 @@ class ClientSession:
                 log(logger, logging.WARNING, "ignoring a malformed frame", role=self.role, name=self.name,
                     error=str(exc))
                 continue
-            if isinstance(message, protocol.Ping):
-                await websocket.send(protocol.Pong().to_json())
-            elif isinstance(message, protocol.ConfigAck):
-                self.state.metrics.inc("kakuremichi_control_config_acks_total", role=self.role)
-                log(logger, logging.DEBUG, "config acknowledged", role=self.role, name=self.name,
-                    version=message.version)
-            elif isinstance(message, protocol.StatusUpdate):
-                self._store_stats(message.stats)
-            elif isinstance(message, ACME_MESSAGES) and self.role == "gateway":
-                await self._acme(message, nursery)
+            try:
+                await self._handle(message, nursery)
+            except Exception as exc:  # what decoding did not foresee ends this session only, logged once a minute
+                _contained.record(exc, role=self.role, name=self.name, type=message.type)
+                self.close_reason = (CLOSE_PROTOCOL_ERROR, f"could not handle {message.type}")
+                return
+
+    async def _handle(self, message: protocol.Message, nursery: trio.Nursery) -> None:
+        """One decoded message of this client's."""
+        if isinstance(message, protocol.Ping):
+            await websocket.send(protocol.Pong().to_json())
+        elif isinstance(message, protocol.ConfigAck):
+            self.state.metrics.inc("kakuremichi_control_config_acks_total", role=self.role)
+            log(logger, logging.DEBUG, "config acknowledged", role=self.role, name=self.name,
+                version=message.version)
+        elif isinstance(message, protocol.StatusUpdate):
+            self._store_stats(message.stats)
+        elif isinstance(message, ACME_MESSAGES) and self.role == "gateway":
+            await self._acme(message, nursery)
 
     async def _acme(self, message, nursery: trio.Nursery) -> None:
         """One gateway's part in ordering certificates together (see certificates.py)."""
@@ -148,7 +161,8 @@ class ClientSession:
             self.state.write(certificates.withdraw_challenge, self.client_id, message.token, bump=True)
         else:
             try:
-                serial = self.state.write(certificates.store_certificate, self.name, message, utcnow(), bump=True)
+                serial = self.state.write(certificates.store_certificate, self.state.sealer, self.name, message,
+                                          utcnow(), bump=True)
             except CertificateError as exc:
                 log(logger, logging.WARNING, "refused an uploaded certificate", name=self.name, error=str(exc))
                 return
@@ -216,9 +230,14 @@ class ClientSession:
 
     def _unsent_certificates(self, domains: set[str]) -> list[tuple[str, protocol.CertificateInstall]]:
         """(serial, certificate) for each certificate of `domains` this gateway has not been sent yet."""
-        serials = certificates.certificate_serials(self.state.db, domains)
-        return [(serial, certificates.certificate(self.state.db, domain)) for domain, serial in sorted(serials.items())
-                if self._sent_certificates.get(domain) != serial]
+        unsent = []
+        for domain, serial in sorted(certificates.certificate_serials(self.state.db, domains).items()):
+            if self._sent_certificates.get(domain) != serial:
+                try:
+                    unsent.append((serial, certificates.certificate(self.state.db, self.state.sealer, domain)))
+                except UnsealError as exc:  # stored by a control with another secrets key: this one cannot share it
+                    log(logger, logging.ERROR, "cannot push a certificate", name=self.name, error=str(exc))
+        return unsent
 
     async def _push_config(self, config: protocol.Config) -> None:
         body = config.to_json()
@@ -309,14 +328,30 @@ def _authenticate(state: ControlState, frame: str | bytes) -> ClientSession:
     return _register(state, message)
 
 
-@db_session
 def _register(state: ControlState, message: protocol.Auth) -> ClientSession:
-    """Look the key up, record what the client reported (never erasing what it did not), mark it online."""
+    try:
+        return _registered(state, message)
+    except (IntegrityError, TransactionIntegrityError):  # another control gave the key to another client between check and commit
+        raise _key_in_use() from None
+
+
+def _key_in_use() -> _Rejected:
+    return _Rejected("public_key_in_use", "this WireGuard public key belongs to another agent or gateway; each "
+                     "client needs its own (delete its copied wireguard.key to have a new one made)", CLOSE_AUTH_FAILED)
+
+
+@db_session
+def _registered(state: ControlState, message: protocol.Auth) -> ClientSession:
+    """Look the key up, record what the client reported (never erasing what it did not), mark it online. A
+    WireGuard public key another client holds is refused: gateways would re-point that client's peer here."""
     entity = state.db.Gateway if message.role == "gateway" else state.db.Agent
     digest = auth.key_hash(message.api_key)
     row = entity.get(api_key_hash=digest)
     if row is None or not auth.matches(message.api_key, row.api_key_hash):
         raise _Rejected("invalid_key", "the API key is not valid (rotated or deleted?)", CLOSE_AUTH_FAILED)
+    me = (message.role, row.id)
+    if public_key_holder(state.db, message.public_key) not in (None, me):
+        raise _key_in_use()
     reported = {"public_key": message.public_key}
     if message.role == "gateway":
         certificates.forget_acks(state.db, row.id)  # a new connection answers no challenge before it says so
@@ -324,6 +359,11 @@ def _register(state: ControlState, message: protocol.Auth) -> ClientSession:
             reported["public_endpoint"] = message.public_endpoint
     if any(getattr(row, column) != value for column, value in reported.items()):
         lock_for_writing(state.db)
+        holder = public_key_holder(state.db, message.public_key)  # again, now in turn with the other controls
+        if holder not in (None, me):
+            raise _key_in_use()
+        if holder is None:
+            claim_public_key(state.db, message.role, row.id, message.public_key)
         row.set(**reported)
         bump_config_version(state.db)
         state.changed()  # other clients peer with this one: their configs change too

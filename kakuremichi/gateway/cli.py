@@ -28,9 +28,9 @@ logger = logging.getLogger("kakuremichi.gateway")
 def build_parser(prog: str) -> EnvArgumentParser:
     parser = EnvArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                epilog="Example: kakuremichi gateway --control-url https://control.example.com "
-                                      "--api-key gtw_... --public-host gw1.example.com")
+                                      "--api-key-file /etc/kakuremichi/gateway.key --public-host gw1.example.com")
     parser.add_argument("--control-url", required=True, help="control server URL (http(s):// or ws(s)://)")
-    parser.add_argument("--api-key", required=True, help="this gateway's API key (gtw_...), shown once at creation")
+    parser.add_secret("api-key", "this gateway's API key (gtw_...), shown once at creation", required=True)
     parser.add_argument("--public-host", required=True,
                         help="host name or IP at which agents reach this gateway's WireGuard port")
     parser.add_argument("--data-dir", default="kakuremichi-gateway",

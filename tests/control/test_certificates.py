@@ -8,16 +8,19 @@ import datetime
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from pony.orm import db_session
+from pony.orm import IntegrityError, db_session
 
 from kakuremichi import protocol
 from kakuremichi.certpair import CertificateError
 from kakuremichi.control import certificates as c
 from kakuremichi.control.models import SCHEMA_VERSION, open_database
+from kakuremichi.control.sealing import Sealer
 from tests.gateway.testca import TestCA
 
 T0 = datetime.datetime(2030, 1, 1, 12, 0, 0)
 LEASE = 600.0
+
+SEALER = Sealer(bytes(32), "a test")
 
 
 def seconds(n: float) -> datetime.datetime:
@@ -143,19 +146,19 @@ def test_only_a_usable_newer_certificate_replaces_the_stored_one(db):
     older, newer = upload(ca, days=30), upload(ca, days=90)
     now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
     with db_session:
-        assert c.store_certificate(db, "gw1", older, now) is not None
-        serial = c.store_certificate(db, "gw2", newer, now)
+        assert c.store_certificate(db, SEALER, "gw1", older, now) is not None
+        serial = c.store_certificate(db, SEALER, "gw2", newer, now)
         assert serial is not None
-        assert c.store_certificate(db, "gw1", older, now) is None  # late, older: the renewal stays
+        assert c.store_certificate(db, SEALER, "gw1", older, now) is None  # late, older: the renewal stays
         assert serials(db, "gw1") == {"app.test": serial} == serials(db, "gw2")
         assert serials(db, "gw3") == {}
-        assert c.certificate(db, "app.test").key_pem == newer.key_pem
+        assert c.certificate(db, SEALER, "app.test").key_pem == newer.key_pem
         with pytest.raises(CertificateError, match="does not belong"):
-            c.store_certificate(db, "gw1", upload(ca, wrong_key=True), now)
+            c.store_certificate(db, SEALER, "gw1", upload(ca, wrong_key=True), now)
         with pytest.raises(CertificateError, match="is for other.test"):
-            c.store_certificate(db, "gw1", upload(ca, "other.test"), now)
+            c.store_certificate(db, SEALER, "gw1", upload(ca, "other.test"), now)
         with pytest.raises(CertificateError, match="expired"):
-            c.store_certificate(db, "gw1", upload(ca, days=400), now + datetime.timedelta(days=500))
+            c.store_certificate(db, SEALER, "gw1", upload(ca, days=400), now + datetime.timedelta(days=500))
 
 
 def test_the_summary_counts_days_from_now_and_shows_only_a_live_lease(db):
@@ -164,7 +167,7 @@ def test_the_summary_counts_days_from_now_and_shows_only_a_live_lease(db):
     not_after = x509.load_pem_x509_certificate(stored.chain_pem.encode()).not_valid_after_utc.replace(tzinfo=None)
     with db_session:
         assert c.summary(db, "app.test", T0) is None  # nothing stored yet
-        c.store_certificate(db, "gw1", stored, not_after - datetime.timedelta(days=1))
+        c.store_certificate(db, SEALER, "gw1", stored, not_after - datetime.timedelta(days=1))
         lease = c.request_lease(db, "gw2", "app.test", not_after - datetime.timedelta(days=10), LEASE)
         at_lease = c.summary(db, "app.test", not_after - datetime.timedelta(days=10))
         assert at_lease.lease == lease and at_lease.days_left(not_after - datetime.timedelta(days=10)) == 10
@@ -185,7 +188,8 @@ def test_the_issuer_is_named_by_common_name_and_organisation():
     assert issuer((NameOID.COUNTRY_NAME, "JP")) == "C=JP"
 
 
-@pytest.mark.parametrize("version, dropped", [("1", ["certificates", "acme_acks"]), ("2", ["acme_acks"])])
+@pytest.mark.parametrize("version, dropped", [("1", ["certificates", "acme_acks", "wireguard_keys"]),
+                                              ("2", ["acme_acks", "wireguard_keys"]), ("3", ["wireguard_keys"])])
 def test_an_older_database_is_upgraded(tmp_path, version, dropped):
     url = f"sqlite:///{tmp_path}/old.sqlite"
     db = open_database(url)
@@ -196,5 +200,26 @@ def test_an_older_database_is_upgraded(tmp_path, version, dropped):
     db.disconnect()
     db = open_database(url)
     with db_session:
-        assert db.Setting["schema_version"].value == str(SCHEMA_VERSION) == "3"
+        assert db.Setting["schema_version"].value == str(SCHEMA_VERSION) == "4"
         assert db.Certificate.select().count() == db.AcmeAck.select().count() == 0
+
+
+def test_the_upgrade_to_4_gives_each_reported_key_to_one_client(tmp_path):
+    """Before version 4 a client could report another's key; the older client keeps it, the newer reports again."""
+    url = f"sqlite:///{tmp_path}/old.sqlite"
+    db = open_database(url)
+    with db_session:
+        db.Setting["schema_version"].value = "3"
+        db.execute("DROP TABLE wireguard_keys")
+        old = datetime.datetime(2025, 1, 1)
+        db.Agent(name="victim", api_key_hash="h1", public_key="K", created_at=old)
+        db.Agent(name="thief", api_key_hash="h2", public_key="K", created_at=old + datetime.timedelta(days=1))
+        db.Gateway(name="gw", api_key_hash="h3", public_key="G")
+    db.disconnect()
+    db = open_database(url)
+    with db_session:
+        assert db.Agent.get(name="victim").public_key == "K" and db.Agent.get(name="thief").public_key is None
+        assert {(k.public_key, k.role) for k in db.WireguardKey.select()} == {("K", "agent"), ("G", "gateway")}
+        assert db.WireguardKey["K"].client_id == db.Agent.get(name="victim").id
+    with pytest.raises(IntegrityError), db_session:  # the database itself refuses a second holder
+        db.execute("INSERT INTO wireguard_keys (public_key, role, client_id) VALUES ('K', 'gateway', 'x')")

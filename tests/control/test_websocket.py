@@ -153,3 +153,41 @@ def test_auth_failure_log_forgets_old_addresses(monkeypatch):
         clock[0] += 0.1
         failures.record(f"198.51.100.{i % 250}-{i}", "invalid_key")
     assert len(failures._windows) <= ws_module.MAX_TRACKED_ADDRESSES + 1 + 600
+
+
+async def test_a_client_cannot_claim_another_clients_public_key(control):
+    """Public keys are shown in the API: an agent announcing its victim's must not get the victim's peer."""
+    victim, thief = (await control.create("agents", name="victim")), (await control.create("agents", name="thief"))
+    gw = await control.create("gateways", name="gw1")
+    tunnel = await control.create("tunnels", domain="app.example.com", agentId=victim["id"], target="localhost:8080",
+                                  tlsMode="off")
+    victim_key = public_key()
+    async with connect(control, gw["apiKey"], "gateway", endpoint="203.0.113.1:51820") as gateway, \
+            connect(control, victim["apiKey"], "agent", victim_key) as victim_ws:
+        assert [p.public_key for p in (await gateway.config()).peers] == [victim_key]
+        async with open_websocket_url(control.ws_url) as ws:
+            client = WsClient(ws)
+            await client.send(protocol.Auth(thief["apiKey"], "agent", victim_key))
+            refused = await client.receive()
+            assert isinstance(refused, protocol.AuthError) and refused.code == "public_key_in_use"
+            assert await closed_with(client) == 4001
+        async with open_websocket_url(control.ws_url) as ws:  # nor may a gateway take an agent's
+            client = WsClient(ws)
+            other_gw = await control.create("gateways", name="gw2")
+            await client.send(protocol.Auth(other_gw["apiKey"], "gateway", victim_key, "203.0.113.2:51820"))
+            assert (await client.receive()).code == "public_key_in_use"
+        await victim_ws.send(protocol.Ping())
+        await victim_ws.receive_pong()  # still connected
+        assert (await control.api.get(f"/api/agents/{victim['id']}")).json()["publicKey"] == victim_key
+        assert (await control.api.get(f"/api/agents/{thief['id']}")).json()["publicKey"] is None
+    async with connect(control, gw["apiKey"], "gateway", endpoint="203.0.113.1:51820") as gateway:
+        peer, = gateway.first_config.peers
+        assert peer.public_key == victim_key and peer.allowed_ips == ["10.1.0.2/32"]
+        assert gateway.first_config.routes[0].tunnel_id == tunnel["id"]
+    async with connect(control, victim["apiKey"], "agent", public_key()):  # its own new key frees the old one
+        pass
+    async with connect(control, thief["apiKey"], "agent", victim_key):
+        pass
+    await control.api.delete(f"/api/agents/{thief['id']}")  # and a deleted client's key is free again
+    async with connect(control, victim["apiKey"], "agent", victim_key):
+        pass

@@ -77,8 +77,11 @@ def test_agent_key_shown_once_and_agent_goes_online_live(admin, control):
     agent_id, key = create_agent(admin, control, "laptop")
     assert key.startswith("agt_") and len(key) > 40
     commands = admin.find_element(By.ID, "install-pip").text
-    assert f"kakuremichi agent --control-url {control.url} --api-key {key}" in commands
-    assert key in admin.find_element(By.ID, "install-docker").text
+    assert f"(umask 077 && echo {key} > kakuremichi-agent.key)" in commands  # never on a command line
+    assert f"kakuremichi agent --control-url {control.url} --api-key-file kakuremichi-agent.key" in commands
+    docker = admin.find_element(By.ID, "install-docker").text
+    assert f"echo KAKUREMICHI_API_KEY={key} > kakuremichi-agent.env" in docker and "--env-file" in docker
+    assert "--api-key " not in commands + docker and "-e KAKUREMICHI_API_KEY" not in docker
     admin.find_element(By.CSS_SELECTOR, "[data-copy='api-key']").click()
     wait(admin, lambda b: b.find_element(By.CSS_SELECTOR, "[data-copy='api-key']").text == "Copied")
 

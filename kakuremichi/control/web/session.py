@@ -11,7 +11,6 @@ import errno
 import hashlib
 import hmac
 import logging
-import os
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 from quart import Quart, has_request_context, request, session
 from quart.sessions import SecureCookieSessionInterface
 
-from kakuremichi.control import auth
+from kakuremichi.control import auth, datadir
 from kakuremichi.control.state import current
 from kakuremichi.logs import log
 
@@ -50,19 +49,7 @@ def install(app: Quart, data_dir: str) -> None:
 
 def _secret(path: Path) -> bytes:
     if not path.exists():
-        # Written whole under another name, then linked into place: another control starting on the same
-        # directory either wins the link or reads a complete file, never an empty one.
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as file:
-            file.write(secrets.token_bytes(32).hex() + "\n")
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            pass
-        finally:
-            temporary.unlink()
+        datadir.create_secret_file(path, secrets.token_bytes(32).hex() + "\n")
     try:
         secret = bytes.fromhex(path.read_text().strip())
     except ValueError:

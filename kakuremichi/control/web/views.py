@@ -213,9 +213,10 @@ def _client_json(role: str, item_id: str) -> dict:
 
 
 def install_commands(role: str, control_url: str, api_key: str | None, wireguard_port: int | None = None) -> list[dict]:
-    """Copy-paste commands that start this agent/gateway with its key (or a placeholder once it was shown)."""
+    """Copy-paste commands that start this agent/gateway with its key (or a placeholder once it was shown). The
+    key goes into a 0600 file, never onto a command line, where every user of the machine sees it in `ps`."""
     key = api_key or f"{auth.PREFIXES[role]}YOUR_KEY"
-    settings = {"control-url": control_url, "api-key": key}
+    settings = {"control-url": control_url}
     if role == "agent":
         ports = "--network host"
     else:
@@ -229,11 +230,14 @@ def install_commands(role: str, control_url: str, api_key: str | None, wireguard
     variables = [f"-e KAKUREMICHI_{name.upper().replace('-', '_')}={shlex.quote(value)}"
                  for name, value in {**settings, "data-dir": "/data"}.items()]
     docker = " \\\n  ".join([f"docker run -d --name kakuremichi-{role} --restart unless-stopped {ports}",
-                              f"-v kakuremichi-{role}:/data", *variables,
+                              f"-v kakuremichi-{role}:/data --env-file kakuremichi-{role}.env", *variables,
                               f"python:3.12-slim sh -c 'pip install kakuremichi && exec kakuremichi {role}'"])
+    # echo is a shell builtin: the key never appears in a process list
     return [{"id": "install-pip", "label": "With pip (Python 3.11 or newer)",
-             "command": f"pip install kakuremichi\nkakuremichi {role} {flags}"},
-            {"id": "install-docker", "label": "With Docker", "command": docker}]
+             "command": f"pip install kakuremichi\n(umask 077 && echo {shlex.quote(key)} > kakuremichi-{role}.key)\n"
+                        f"kakuremichi {role} {flags} --api-key-file kakuremichi-{role}.key"},
+            {"id": "install-docker", "label": "With Docker",
+             "command": f"(umask 077 && echo KAKUREMICHI_API_KEY={shlex.quote(key)} > kakuremichi-{role}.env)\n{docker}"}]
 
 
 async def _client_page(role: str, item_id: str, new_key: str | None = None, code: int = 200) -> Response:
