@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
+from kakuremichi.values import Domain, Endpoint, InvalidValue, Target
 from kakuremichi.wg import keys
 
 PROTOCOL_VERSION = 1
@@ -99,18 +100,16 @@ def check_public_key(text: str, where: str = "publicKey") -> str:
 
 
 def check_endpoint(text: str, where: str = "endpoint") -> str:
-    """Validate `host:port` (IPv6 hosts in brackets), returning it unchanged."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ProtocolError(f"{where}: {text!r} is not host:port")
-    if host.startswith("["):
-        if not host.endswith("]"):
-            raise ProtocolError(f"{where}: {text!r} has an unclosed IPv6 bracket")
-        _address(host[1:-1], where)
-    elif ":" in host:
-        raise ProtocolError(f"{where}: {text!r}: write IPv6 hosts in brackets, like [2001:db8::1]:51820")
-    _port(int(port), where)
-    return text
+    """The canonical `host:port` (IPv6 hosts in brackets) of an endpoint."""
+    return _value(Endpoint, text, where)
+
+
+def _value(kind: type[Domain | Target | Endpoint], text: str, where: str) -> str:
+    """The canonical form of a value of kakuremichi.values, or a ProtocolError naming the field."""
+    try:
+        return str(kind.parse(text))
+    except InvalidValue as exc:
+        raise ProtocolError(f"{where}: {exc}") from None
 
 
 def _address(text: str, where: str) -> str:
@@ -178,7 +177,7 @@ class RouteConfig:
         tls_mode = _get(obj, "tlsMode", str, where, "acme")
         if tls_mode not in TLS_MODES:
             raise ProtocolError(f"{where}: tlsMode must be one of {', '.join(TLS_MODES)}, got {tls_mode!r}")
-        return cls(domain=_get(obj, "domain", str, where),
+        return cls(domain=_value(Domain, _get(obj, "domain", str, where), f"{where}.domain"),
                    agent_ip=_address(_get(obj, "agentIp", str, where), f"{where}.agentIp"),
                    gateway_ip=_address(_get(obj, "gatewayIp", str, where), f"{where}.gatewayIp"),
                    tunnel_id=_get(obj, "tunnelId", str, where),
@@ -246,7 +245,7 @@ class TunnelMapping:
     tunnel_id: str
     domain: str
     agent_ip: str
-    target: str  # host:port or http(s)://host:port
+    target: str  # canonical kakuremichi.values.Target
     enabled: bool = True
     http_proxy: bool = False  # the agent offers a local HTTP proxy whose traffic leaves through a gateway
     socks_proxy: bool = False  # the same as a local SOCKS5 proxy
@@ -259,9 +258,11 @@ class TunnelMapping:
 
     @classmethod
     def from_json(cls, obj: dict, where: str = "tunnel") -> TunnelMapping:
-        return cls(tunnel_id=_get(obj, "tunnelId", str, where), domain=_get(obj, "domain", str, where),
+        return cls(tunnel_id=_get(obj, "tunnelId", str, where),
+                   domain=_value(Domain, _get(obj, "domain", str, where), f"{where}.domain"),
                    agent_ip=_address(_get(obj, "agentIp", str, where), f"{where}.agentIp"),
-                   target=_get(obj, "target", str, where), enabled=_get(obj, "enabled", bool, where, True),
+                   target=_value(Target, _get(obj, "target", str, where), f"{where}.target"),
+                   enabled=_get(obj, "enabled", bool, where, True),
                    http_proxy=_get(obj, "httpProxy", bool, where, False),
                    socks_proxy=_get(obj, "socksProxy", bool, where, False),
                    gateway_ips=_addresses(obj, "gatewayIps", where) if "gatewayIps" in obj else [])

@@ -12,7 +12,7 @@ import logging
 
 import trio
 
-from kakuremichi.agent.targets import Target, TargetError, connect
+from kakuremichi.agent.targets import connect
 from kakuremichi.controlclient import ControlClient
 from kakuremichi.egress.dialer import ExitDialer
 from kakuremichi.egress.localproxy import LocalProxies, ProxyListen
@@ -20,8 +20,8 @@ from kakuremichi.logs import log
 from kakuremichi.pipe import splice
 from kakuremichi.protocol import TUNNEL_PORT, AgentConfig
 from kakuremichi.tunnel import PeerSpec, TunnelNode
+from kakuremichi.values import Endpoint, Target
 from kakuremichi.wg import keys
-from kakuremichi.wg.config import parse_endpoint
 
 logger = logging.getLogger("kakuremichi.agent")
 _ids = itertools.count(1)
@@ -63,24 +63,12 @@ class Agent:
 
     async def apply(self, config: AgentConfig) -> None:
         """Adopt a pushed config: gateways as peers, tunnel addresses, address → target mappings."""
-        targets: dict[str, tuple[str, Target]] = {}
-        for tunnel in config.tunnels:
-            if not tunnel.enabled:
-                continue
-            try:
-                targets[tunnel.agent_ip] = (tunnel.domain, Target.parse(tunnel.target))
-            except TargetError as exc:
-                log(logger, logging.ERROR, "tunnel target unusable; fix it in control", domain=tunnel.domain,
-                    error=str(exc))
-        peers = []
-        for gateway in config.gateways:
-            try:
-                endpoint = parse_endpoint(gateway.endpoint) if gateway.endpoint else None
-            except ValueError as exc:
-                log(logger, logging.ERROR, "gateway endpoint unusable", endpoint=gateway.endpoint, error=str(exc))
-                continue
-            peers.append(PeerSpec(keys.decode(gateway.public_key), tuple(gateway.allowed_ips), endpoint,
-                                  gateway.persistent_keepalive))
+        # the protocol decoder checked every target and endpoint: these parses cannot fail
+        targets = {tunnel.agent_ip: (tunnel.domain, Target.parse(tunnel.target))
+                   for tunnel in config.tunnels if tunnel.enabled}
+        peers = [PeerSpec(keys.decode(gateway.public_key), tuple(gateway.allowed_ips),
+                          Endpoint.parse(gateway.endpoint).address, gateway.persistent_keepalive)
+                 for gateway in config.gateways]
         self.targets = targets
         for scope, (address, target) in list(self._active.items()):
             entry = targets.get(address)

@@ -18,8 +18,8 @@ from kakuremichi.agent.agent import Agent
 from kakuremichi.egress.localproxy import ProxyListen
 from kakuremichi.options import EnvArgumentParser
 from kakuremichi.tunnel import TunnelNode
+from kakuremichi.values import Endpoint
 from kakuremichi.wg import keyfile, keys
-from kakuremichi.wg.config import parse_endpoint
 
 logger = logging.getLogger("kakuremichi.agent")
 
@@ -47,7 +47,7 @@ def build_parser(prog: str) -> EnvArgumentParser:
 
 def _listen_address(text: str) -> tuple[str, int]:
     try:
-        return parse_endpoint(text)
+        return Endpoint.parse(text).address
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

@@ -1,49 +1,15 @@
-"""Local targets an agent forwards tunnel connections to: `host:port`, `http://host[:port]` or
-`https://host[:port]` (the agent speaks TLS to the target; the tunnel carries plain HTTP)."""
+"""Connecting to the local target an agent forwards a tunnel's connections to (kakuremichi.values.Target:
+for an https:// target the agent speaks TLS to it; the tunnel carries plain HTTP)."""
 
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import trio
 
+from kakuremichi.values import Target
+
 CONNECT_TIMEOUT = 10.0
-
-
-class TargetError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class Target:
-    host: str
-    port: int
-    tls: bool = False
-
-    @classmethod
-    def parse(cls, text: str) -> "Target":
-        text = text.strip()
-        if "://" in text:
-            parts = urlsplit(text)
-            if parts.scheme not in ("http", "https"):
-                raise TargetError(f"target {text!r}: scheme must be http or https")
-            if not parts.hostname:
-                raise TargetError(f"target {text!r} has no host")
-            try:
-                port = parts.port or (443 if parts.scheme == "https" else 80)
-            except ValueError:
-                raise TargetError(f"target {text!r} has an invalid port") from None
-            return cls(parts.hostname, port, parts.scheme == "https")
-        host, sep, port_text = text.rpartition(":")
-        host = host.strip("[]")
-        if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise TargetError(f"target {text!r} must be host:port, http://host:port or https://host:port")
-        return cls(host, int(port_text))
-
-    def __str__(self) -> str:
-        return f"{'https://' if self.tls else ''}{self.host}:{self.port}"
 
 
 async def connect(target: Target, timeout: float = CONNECT_TIMEOUT) -> trio.abc.Stream:

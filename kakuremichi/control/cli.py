@@ -18,6 +18,7 @@ from kakuremichi.control.sealing import UnsealError
 from kakuremichi.control.server import serve
 from kakuremichi.control.state import Settings
 from kakuremichi.options import EnvArgumentParser
+from kakuremichi.values import Endpoint, InvalidEndpoint
 
 logger = logging.getLogger("kakuremichi.control")
 
@@ -30,10 +31,10 @@ def _positive(text: str) -> float:
 
 
 def _listen_address(text: str) -> str:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} must look like 127.0.0.1:8000 (a port up to 65535)")
-    return text
+    try:
+        return str(Endpoint.parse(text))
+    except InvalidEndpoint as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (like 127.0.0.1:8000)") from None
 
 
 def parser(prog: str | None = None) -> EnvArgumentParser:

@@ -7,10 +7,13 @@ and is not pushed again.
 
 from __future__ import annotations
 
+import functools
+
 from pony.orm import Database
 
 from kakuremichi import protocol
 from kakuremichi.control.models import get_setting
+from kakuremichi.values import Domain, InvalidValue, Target
 
 
 def current_version(db: Database) -> int:
@@ -22,7 +25,7 @@ def gateway_config(db: Database, gateway_id: str) -> protocol.GatewayConfig | No
     if gateway is None:
         return None
     my_ip = {row.tunnel.id: row.ip for row in gateway.tunnel_ips}
-    tunnels = sorted(db.Tunnel.select(), key=lambda t: t.domain)
+    tunnels = sorted(filter(_servable, db.Tunnel.select()), key=lambda t: t.domain)
     agents = {t.agent for t in tunnels if t.agent.public_key}
     peers = [protocol.AgentPeer(a.public_key, sorted(f"{t.agent_ip}/32" for t in a.tunnels))
              for a in sorted(agents, key=lambda a: a.id)]
@@ -38,7 +41,7 @@ def agent_config(db: Database, agent_id: str) -> protocol.AgentConfig | None:
     agent = db.Agent.get(id=agent_id)
     if agent is None:
         return None
-    tunnels = sorted(agent.tunnels, key=lambda t: t.domain)
+    tunnels = sorted(filter(_servable, agent.tunnels), key=lambda t: t.domain)
     allowed_by_gateway: dict[str, list[str]] = {}  # from this agent's tunnels only: the cost grows with them
     for tunnel in tunnels:
         for row in tunnel.gateway_ips:
@@ -56,6 +59,21 @@ def agent_config(db: Database, agent_id: str) -> protocol.AgentConfig | None:
                 for t in tunnels]
     return protocol.AgentConfig(version=current_version(db), addresses=sorted(t.agent_ip for t in tunnels),
                                 gateways=gateways, tunnels=mappings)
+
+
+def _servable(tunnel) -> bool:
+    """A tunnel stored before control checked domains and targets as kakuremichi.values does (`*.com`,
+    `tcp://…`) is left out: every gateway's or agent's decoder would refuse the whole config for it."""
+    return _parses(tunnel.domain, tunnel.target)
+
+
+@functools.lru_cache(maxsize=65536)  # asked for every tunnel of every config built
+def _parses(domain: str, target: str) -> bool:
+    try:
+        Domain.parse(domain), Target.parse(target)
+    except InvalidValue:
+        return False
+    return True
 
 
 def _exit_gateway_ips(tunnel, peered: set[str]) -> list[str]:

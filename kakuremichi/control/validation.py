@@ -6,18 +6,15 @@ ValueError with a message meant for the API user.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from kakuremichi import protocol
-from kakuremichi.gateway.hostname import InvalidHost, normalize_host
+from kakuremichi.values import Domain, Target
 
 Check = Callable[[Any], Any]
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,63}\Z")
-_TARGET_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\Z")
 
 
 class ApiError(Exception):
@@ -59,42 +56,13 @@ def name(value: Any) -> str:
 
 
 def domain(value: Any) -> str:
-    """A host name (optionally `*.`-wildcard), lowercased; no port, no IP address."""
-    if not isinstance(value, str) or ":" in value or "/" in value:
-        raise ValueError("must be a host name like app.example.com (no scheme, port or path)")
-    try:
-        normalised = normalize_host(value, allow_wildcard=True)
-        ipaddress.ip_address(normalised)
-    except InvalidHost as exc:
-        raise ValueError(f"not a valid host name ({exc})") from None
-    except ValueError:
-        return normalised
-    raise ValueError("must be a host name, not an IP address")
+    """A tunnel's public name (kakuremichi.values.Domain), in canonical form."""
+    return str(Domain.parse(value))
 
 
 def target(value: Any) -> str:
-    """Where the agent forwards: `host:port`, or `http://host:port` / `https://host:port`."""
-    if not isinstance(value, str):
-        raise ValueError("must be a string like localhost:8080 or http://127.0.0.1:8080")
-    text = value.strip()
-    parts = urlsplit(text if "://" in text else "tcp://" + text)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    host = parts.hostname or ""
-    if (parts.scheme not in ("tcp", "http", "https") or port is None or port == 0 or parts.path not in ("", "/")
-            or parts.query or parts.fragment or parts.username or not _is_host(host)):
-        raise ValueError("must be host:port or http(s)://host:port, like localhost:8080")
-    return text
-
-
-def _is_host(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return bool(_TARGET_HOST.match(host))
+    """Where the agent forwards (kakuremichi.values.Target), in canonical form."""
+    return str(Target.parse(value))
 
 
 def boolean(value: Any) -> bool:

@@ -15,9 +15,10 @@ import trio
 
 from kakuremichi.egress import socks5
 from kakuremichi.egress.dialer import ExitFailed
-from kakuremichi.gateway.forwarding import strip_hop_by_hop
+from kakuremichi.httpheaders import strip_hop_by_hop
 from kakuremichi.logs import log
 from kakuremichi.pipe import CHUNK, splice
+from kakuremichi.values import Endpoint, InvalidEndpoint
 
 logger = logging.getLogger("kakuremichi.agent.exit")
 
@@ -31,14 +32,12 @@ class BadRequest(Exception):
     pass
 
 
-def split_authority(target: str) -> tuple[str, int]:
-    """`host:port` or `[v6]:port` of a CONNECT request."""
-    host, sep, port = target.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise BadRequest(f"CONNECT needs host:port, not {target!r}")
-    return host, int(port)
+def split_authority(target: str, default_port: int | None = None) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` of a CONNECT request (or of an http:// URL, port 80 by default)."""
+    try:
+        return Endpoint.parse(target, default_port).address
+    except InvalidEndpoint as exc:
+        raise BadRequest(f"expected host:port: {exc}") from None
 
 
 def destination(request: h11.Request) -> tuple[str, int]:
@@ -47,12 +46,11 @@ def destination(request: h11.Request) -> tuple[str, int]:
         return split_authority(target)
     try:
         parts = urlsplit(target)  # ValueError for a bracket left open ("http://[::1/")
-        host, port = parts.hostname, parts.port  # ValueError for a port out of range
     except ValueError as exc:
         raise BadRequest(f"malformed URL {target!r}: {exc}") from None
-    if parts.scheme != "http" or not host:
+    if parts.scheme != "http" or not parts.netloc:
         raise BadRequest("this is a proxy: send absolute http:// URLs, or CONNECT for anything else")
-    return host, port or 80
+    return split_authority(parts.netloc.rpartition("@")[2], 80)
 
 
 def origin_request(request: h11.Request) -> h11.Request:

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from kakuremichi.certpair import check_pair, names
-from kakuremichi.gateway.hostname import normalize_host
+from kakuremichi.values import Domain
 
 PRIVATE_MODE = 0o600
 
@@ -55,8 +55,8 @@ class CheckedPair:
 
     @classmethod
     def parse(cls, domain: str, chain_pem: bytes, key_pem: bytes) -> CheckedPair:
-        """Raises CertificateError (or InvalidHost) when the pair is unusable for `domain`."""
-        domain = normalize_host(domain, allow_wildcard=True)
+        """Raises CertificateError (or InvalidDomain) when the pair is unusable for `domain`."""
+        domain = str(Domain.parse(domain))
         return cls(domain, *check_pair(domain, chain_pem, key_pem))
 
     @property

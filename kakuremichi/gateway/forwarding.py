@@ -1,4 +1,5 @@
-"""Headers a reverse proxy must rewrite: hop-by-hop ones removed, X-Forwarded-* and Forwarded added.
+"""Headers a reverse proxy must rewrite: X-Forwarded-* and Forwarded added (hop-by-hop ones are dropped
+with kakuremichi.httpheaders).
 
 A client can send any X-Forwarded-For it likes, so the incoming chain is only kept when the peer is
 a configured trusted proxy (a load balancer in front of the gateway); otherwise the gateway's own
@@ -11,23 +12,10 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-Headers = list[tuple[bytes, bytes]]
+from kakuremichi.httpheaders import Headers
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-# RFC 9110 §7.6.1 connection-specific fields, plus the de-facto ones proxies also drop.
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
 _CLIENT_SET = frozenset(
     {b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"x-real-ip", b"forwarded"}
 )
@@ -51,21 +39,6 @@ class ForwardingPolicy:
         except ValueError:
             return False
         return any(address in net for net in self.trusted_proxies)
-
-
-def connection_tokens(headers: Headers) -> set[bytes]:
-    """Lower-cased tokens of every Connection header (names of extra hop-by-hop fields, `upgrade`, …)."""
-    tokens: set[bytes] = set()
-    for name, value in headers:
-        if name == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
-    return tokens
-
-
-def strip_hop_by_hop(headers: Headers, *, keep: Iterable[bytes] = ()) -> Headers:
-    """Drop hop-by-hop fields (and those named in Connection) except the ones in `keep`."""
-    drop = (HOP_BY_HOP | connection_tokens(headers)) - set(keep)
-    return [(n, v) for n, v in headers if n not in drop]
 
 
 def _forwarded_node(ip: str) -> str:

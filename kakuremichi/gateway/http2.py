@@ -32,9 +32,9 @@ from kakuremichi.gateway import errorpages
 from kakuremichi.gateway.accesslog import AccessRecord
 from kakuremichi.gateway.connection import CHUNK, STREAM_ERRORS
 from kakuremichi.gateway.errorpages import GatewayError
-from kakuremichi.gateway.forwarding import strip_hop_by_hop
 from kakuremichi.gateway.proxy import END, Abort, Proxy, Stale
 from kakuremichi.gateway.upstream import UpstreamConnection
+from kakuremichi.httpheaders import strip_hop_by_hop
 from kakuremichi.logs import log
 
 logger = logging.getLogger("kakuremichi.gateway.http2")

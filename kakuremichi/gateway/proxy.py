@@ -25,14 +25,7 @@ from kakuremichi.gateway.accesslog import AccessRecord
 from kakuremichi.gateway.challenges import ChallengeStore
 from kakuremichi.gateway.connection import CHUNK, DEFAULT_MAX_HEADER_BYTES, STREAM_ERRORS, HttpConnection
 from kakuremichi.gateway.errorpages import GatewayError
-from kakuremichi.gateway.forwarding import (
-    ForwardingPolicy,
-    client_ip,
-    connection_tokens,
-    forwarded_headers,
-    strip_hop_by_hop,
-)
-from kakuremichi.gateway.hostname import InvalidHost, normalize_host
+from kakuremichi.gateway.forwarding import ForwardingPolicy, client_ip, forwarded_headers
 from kakuremichi.gateway.routes import Route, RouteTable, TlsMode
 from kakuremichi.gateway.timeouts import Guard, Watchdog, tick_for
 from kakuremichi.gateway.upstream import (
@@ -44,8 +37,10 @@ from kakuremichi.gateway.upstream import (
     UpstreamPool,
     open_upstream_pool,
 )
+from kakuremichi.httpheaders import connection_tokens, strip_hop_by_hop
 from kakuremichi.logs import log
 from kakuremichi.pipe import splice
+from kakuremichi.values import InvalidHost, request_host
 
 logger = logging.getLogger("kakuremichi.gateway.proxy")
 _DISCARD_LIMIT = 1 << 20  # request body bytes read away after answering early, to keep the connection
@@ -198,7 +193,7 @@ class Proxy:
             raise errorpages.bad_request("Request headers are too large.", 431)
         raw_host, target = _host_and_target(request)
         try:
-            host = normalize_host(raw_host)
+            host = request_host(raw_host)
         except InvalidHost as exc:
             raise errorpages.bad_request(f"Invalid Host header: {exc}.") from None
         record.host = host

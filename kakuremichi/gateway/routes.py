@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import trio
 
-from kakuremichi.gateway.hostname import normalize_host, wildcard_parent
+from kakuremichi.values import Domain, wildcard_parent
 
 
 class TlsMode(str, enum.Enum):
@@ -38,7 +38,7 @@ class Route:
     tunnel_id: str | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "domain", normalize_host(self.domain, allow_wildcard=True))
+        object.__setattr__(self, "domain", str(Domain.parse(self.domain)))
         object.__setattr__(self, "tls", TlsMode(self.tls))
         if not 0 < self.port < 65536:
             raise ValueError(f"route {self.domain}: port {self.port} out of range")

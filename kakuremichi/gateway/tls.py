@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import ssl
 
-from kakuremichi.gateway.hostname import InvalidHost, normalize_host, wildcard_parent
+from kakuremichi.values import InvalidHost, request_host, wildcard_parent
 
 # TLS 1.2 suites with forward secrecy and AEAD only; TLS 1.3 suites are OpenSSL's (all modern).
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
@@ -52,7 +52,7 @@ class CertificateSelector:
         if not server_name:
             return
         try:
-            name = normalize_host(server_name)
+            name = request_host(server_name)
         except InvalidHost:
             return
         context = self._by_domain.get(name)

@@ -10,6 +10,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kakuremichi.values import Endpoint
 from kakuremichi.wg import keys
 from kakuremichi.wg.constants import DEFAULT_MTU
 
@@ -141,7 +142,7 @@ def _build_peer(section: _Section, name: str) -> PeerConfig:
             peer.preshared_key = keys.decode(entry[1], "PresharedKey")
     if entry := section.get("endpoint"):
         with _at(name, entry[0]):
-            peer.endpoint = parse_endpoint(entry[1])
+            peer.endpoint = Endpoint.parse(entry[1]).address
     for lineno, value in section.entries.get("allowedips", []):
         with _at(name, lineno):
             peer.allowed_ips += [ipaddress.ip_network(a, strict=False) for a in _items(value)]
@@ -152,18 +153,6 @@ def _build_peer(section: _Section, name: str) -> PeerConfig:
             if not 0 <= peer.persistent_keepalive <= 65535:
                 raise ValueError("PersistentKeepalive must be 0-65535 seconds or 'off'")
     return peer
-
-
-def parse_endpoint(text: str) -> tuple[str, int]:
-    """`host:port` or `[v6addr]:port` into (host, port)."""
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-    else:
-        host, sep, port = text.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"endpoint {text!r} must be host:port (IPv6 as [addr]:port)")
-    return host, _port(port, "endpoint port")
 
 
 def _port(text: str, what: str, allow_zero: bool = False) -> int:

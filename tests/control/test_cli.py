@@ -51,4 +51,4 @@ def test_a_listen_address_out_of_range_is_refused_before_starting(capsys):
     with pytest.raises(SystemExit) as exited:
         main(["--listen", "127.0.0.1:99999"])
     assert exited.value.code == 2
-    assert "must look like 127.0.0.1:8000" in capsys.readouterr().err
+    assert "the port '99999' is not a number from 1 to 65535 (like 127.0.0.1:8000)" in capsys.readouterr().err

@@ -53,7 +53,7 @@ def test_certificate_repr_hides_the_private_key():
     ('{"type": "auth", "apiKey": "k", "role": "agent", "publicKey": "short", "version": 1}', "publicKey"),
     ('{"type": "auth", "apiKey": "k", "role": "agent", "publicKey": "%s", "version": true}' % KEY, "integer"),
     ('{"type": "auth", "apiKey": "k", "role": "gateway", "publicKey": "%s", "version": 1, '
-     '"publicEndpoint": "host:99999"}' % KEY, "out of range"),
+     '"publicEndpoint": "host:99999"}' % KEY, "from 1 to 65535"),
     ('{"type": "config_update", "version": 1, "role": "agent", "config": {"addresses": ["10.1.0.999"], '
      '"gateways": [], "tunnels": []}}', "not an IP address"),
     ('{"type": "config_update", "version": 1, "role": "gateway", "config": {"addresses": [], "peers": [], '

@@ -8,9 +8,10 @@ import pytest
 import trio
 
 from kakuremichi.gateway import errorpages
-from kakuremichi.gateway.forwarding import ForwardingPolicy, forwarded_headers, strip_hop_by_hop
-from kakuremichi.gateway.hostname import InvalidHost, normalize_host
+from kakuremichi.gateway.forwarding import ForwardingPolicy, forwarded_headers
 from kakuremichi.gateway.routes import Route, RouteTable
+from kakuremichi.httpheaders import strip_hop_by_hop
+from kakuremichi.values import InvalidHost, request_host
 
 
 @pytest.mark.parametrize("raw, expected", [
@@ -21,16 +22,16 @@ from kakuremichi.gateway.routes import Route, RouteTable
     ("[2001:DB8::1]:80", "[2001:db8::1]"),
     ("127.0.0.1:80", "127.0.0.1"),
 ])
-def test_normalize_host(raw, expected):
-    assert normalize_host(raw) == expected
+def test_request_host(raw, expected):
+    assert request_host(raw) == expected
 
 
 @pytest.mark.parametrize("raw", ["", ":80", "a..b", "exa mple.com", "example.com:http", "example.com:0",
                                  "-bad.com", "a" * 64 + ".com", "[::1", "evil.com/path", "*.example.com",
                                  b"\xff.com", "x:99999"])
-def test_normalize_host_rejects_garbage(raw):
+def test_request_host_rejects_garbage(raw):
     with pytest.raises(InvalidHost):
-        normalize_host(raw)
+        request_host(raw)
 
 
 def test_route_lookup_exact_then_wildcard_and_disabled():

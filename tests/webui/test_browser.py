@@ -153,13 +153,13 @@ def test_tunnel_form_shows_validation_next_to_fields_then_edit_and_delete(admin,
     assert "web-server" in row.text and "localhost:8080" in row.text
 
     row.find_element(By.LINK_TEXT, "app.example.com").click()
-    fill(admin, {"target": "http://127.0.0.1:9000"})
+    fill(admin, {"target": "HTTP://127.0.0.1:9000/"})
     admin.find_element(By.ID, "f-enabled").click()
     submit(admin, "Save")
     row = admin.find_element(By.XPATH, "//tr[.//a[normalize-space()='app.example.com']]")
-    assert "http://127.0.0.1:9000" in row.text and "disabled" in row.text
+    assert "127.0.0.1:9000" in row.text and "http" not in row.text and "disabled" in row.text  # canonical form
     tunnel = control.api.get("/api/tunnels").json()["items"][0]
-    assert tunnel["target"] == "http://127.0.0.1:9000" and tunnel["enabled"] is False
+    assert tunnel["target"] == "127.0.0.1:9000" and tunnel["enabled"] is False
 
     row.find_element(By.LINK_TEXT, "app.example.com").click()
     admin.find_element(By.LINK_TEXT, "Delete").click()

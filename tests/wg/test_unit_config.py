@@ -8,7 +8,7 @@ import re
 import pytest
 
 from kakuremichi.wg import keys
-from kakuremichi.wg.config import ConfigError, load, parse, parse_endpoint
+from kakuremichi.wg.config import ConfigError, load, parse
 
 PRIVATE = bytes([0x48] * 31 + [0x41])  # fixed keys: test ids stay stable
 PEER1, PEER2 = keys.public_from_private(bytes([1] * 32)), keys.public_from_private(bytes([2] * 32))
@@ -147,12 +147,3 @@ def test_missing_public_key_names_the_peer_section(text, lines):
 def test_no_interface_section_at_all():
     with pytest.raises(ConfigError, match="no \\[Interface\\]"):
         parse(f"[Peer]\nPublicKey = {E(PEER1)}\n", "bad.conf")
-
-
-def test_parse_endpoint():
-    assert parse_endpoint("1.2.3.4:51820") == ("1.2.3.4", 51820)
-    assert parse_endpoint(" [fe80::1]:1 ") == ("fe80::1", 1)
-    assert parse_endpoint("host.example:65535") == ("host.example", 65535)
-    for bad in (":80", "host", "host:", "host:65536", "[::1]", "[::1]80"):
-        with pytest.raises(ValueError):
-            parse_endpoint(bad)
