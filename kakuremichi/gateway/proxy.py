@@ -83,8 +83,9 @@ class ClientSide(Protocol):
         """The agent's response to the client; errors before it starts raise GatewayError (or Stale)."""
 
     async def pump_request_body(self, upstream: UpstreamConnection, record: AccessRecord,
-                                scope: trio.CancelScope) -> None:
-        """The client's request body to the agent; a client failure cancels `scope`."""
+                                scope: trio.CancelScope) -> GatewayError | None:
+        """The client's request body to the agent; a client failure cancels `scope`, and a malformed body
+        is also returned as the error to answer (if the response has not begun)."""
 
 
 class _Http1Side:
@@ -146,7 +147,8 @@ class Proxy:
                     with self.watchdog.guard(client):
                         await self._answer(client, error, request, record)
                 record.emit()
-                if request is None:  # malformed: read away what it still sends so the answer arrives
+                if request is None or client.peer_erred:
+                    # malformed: read away what it still sends so the answer arrives
                     await _linger(client.stream)
                     return
                 if not client.reusable:
@@ -288,8 +290,12 @@ class Proxy:
         if not has_body:
             await side.relay_response(upstream, host, replayable, record)
             return
+        async def pump() -> None:
+            nonlocal failure
+            failure = await side.pump_request_body(upstream, record, nursery.cancel_scope)
+
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(side.pump_request_body, upstream, record, nursery.cancel_scope)
+            nursery.start_soon(pump)
             try:
                 await side.relay_response(upstream, host, False, record)
             except (GatewayError, Abort, Stale) as exc:
@@ -340,26 +346,28 @@ class Proxy:
                 raise Abort()  # nothing else can come mid-body
 
     async def _pump_request_body(self, client: HttpConnection, upstream: UpstreamConnection,
-                                 record: AccessRecord, scope: trio.CancelScope) -> None:
-        """Client body → agent. A client failure aborts the exchange; an agent that breaks the connection
-        just ends the pump, and one that stops reading leaves it waiting until the answer is relayed (it may
-        already be answering, e.g. 413)."""
+                                 record: AccessRecord, scope: trio.CancelScope) -> GatewayError | None:
+        """Client body → agent. A client failure aborts the exchange (a malformed body is answered 400); an
+        agent that breaks the connection just ends the pump, and one that stops reading leaves it waiting
+        until the answer is relayed (it may already be answering, e.g. 413)."""
         while True:
             try:
                 event = await self._client_event(client)
-            except Abort:
+            except Abort as exc:
                 scope.cancel()
+                if isinstance(exc.__cause__, h11.RemoteProtocolError):
+                    return errorpages.bad_request(f"Malformed request body: {exc.__cause__}.")
                 client.h11.send_failed()
-                return
+                return None
             try:
                 if isinstance(event, h11.Data):
                     record.bytes_in += len(event.data)
                     await self.upstream_send(upstream, event, body=True)
                 else:
                     await self.upstream_send(upstream, END, body=True)
-                    return
+                    return None
             except Abort:
-                return
+                return None
 
     async def _switch_protocols(self, client: HttpConnection, upstream: UpstreamConnection,
                                 event: h11.InformationalResponse, record: AccessRecord) -> None:
@@ -384,7 +392,9 @@ class Proxy:
     async def _client_event(self, client: HttpConnection):
         try:
             event = await client.next_event(self.settings.client_timeout)
-        except (h11.RemoteProtocolError, *STREAM_ERRORS):
+        except h11.RemoteProtocolError as exc:
+            raise Abort() from exc  # the pump answers it
+        except STREAM_ERRORS:
             raise Abort() from None
         if not isinstance(event, (h11.Data, h11.EndOfMessage)):
             raise Abort()
