@@ -68,6 +68,20 @@ def strip_hop_by_hop(headers: Headers, *, keep: Iterable[bytes] = ()) -> Headers
     return [(n, v) for n, v in headers if n not in drop]
 
 
+# HSTS on the HTTPS responses of a tunnel with forceHttps: a year, the usual figure (and the least the
+# browsers' preload lists take), without includeSubDomains: a subdomain may be another tenant's tunnel.
+HSTS = (b"strict-transport-security", b"max-age=31536000")
+
+
+def response_headers(headers: Headers, hsts: bool, *, keep: Iterable[bytes] = ()) -> Headers:
+    """An agent's response headers as the client gets them: hop-by-hop fields dropped (but `keep`), and
+    HSTS added when `hsts` unless the agent's service set its own."""
+    out = strip_hop_by_hop(list(headers), keep=keep)
+    if hsts and not any(n == HSTS[0] for n, _ in out):
+        out.append(HSTS)
+    return out
+
+
 def _forwarded_node(ip: str) -> str:
     """RFC 7239 §6 node: IPv6 addresses are bracketed and quoted."""
     return f'"[{ip}]"' if ":" in ip else ip

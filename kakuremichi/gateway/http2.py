@@ -32,7 +32,7 @@ from kakuremichi.gateway import errorpages
 from kakuremichi.gateway.accesslog import AccessRecord
 from kakuremichi.gateway.connection import CHUNK, STREAM_ERRORS
 from kakuremichi.gateway.errorpages import GatewayError
-from kakuremichi.gateway.forwarding import strip_hop_by_hop
+from kakuremichi.gateway.forwarding import response_headers
 from kakuremichi.gateway.proxy import END, Abort, Proxy, Stale
 from kakuremichi.gateway.upstream import UpstreamConnection
 from kakuremichi.logs import log
@@ -419,7 +419,7 @@ class Http2Stream:
             self._discard_body()  # the agent stopped reading; it may be answering already
 
     async def relay_response(self, upstream: UpstreamConnection, host: str, replayable: bool,
-                             record: AccessRecord) -> None:
+                             record: AccessRecord, hsts: bool) -> None:
         timeout = self.conn.proxy.settings.upstream_timeout
         while True:
             try:
@@ -438,7 +438,7 @@ class Http2Stream:
         if not isinstance(event, h11.Response):
             raise errorpages.agent_unreachable(host)
         record.status = event.status_code
-        self._send_headers(event, end=False)
+        self._send_headers(event, end=False, hsts=hsts)
         self.responded = True
         while True:
             try:
@@ -460,10 +460,11 @@ class Http2Stream:
 
     # Sending on the stream.
 
-    def _send_headers(self, response: h11.Response | h11.InformationalResponse, *, end: bool) -> None:
+    def _send_headers(self, response: h11.Response | h11.InformationalResponse, *, end: bool,
+                      hsts: bool = False) -> None:
         """Response headers without the connection-specific fields HTTP/2 forbids (RFC 9113 §8.2.2)."""
         headers = [(b":status", b"%d" % response.status_code)]
-        headers += strip_hop_by_hop(list(response.headers))
+        headers += response_headers(response.headers, hsts)
         try:
             self.conn.h2.send_headers(self.id, headers, end_stream=end)
         except h2.exceptions.ProtocolError:

@@ -30,6 +30,7 @@ from kakuremichi.gateway.forwarding import (
     client_ip,
     connection_tokens,
     forwarded_headers,
+    response_headers,
     strip_hop_by_hop,
 )
 from kakuremichi.gateway.hostname import InvalidHost, normalize_host
@@ -79,8 +80,9 @@ class ClientSide(Protocol):
     """The client's half of one exchange: an HTTP/1.1 connection, or one HTTP/2 stream (http2.py)."""
 
     async def relay_response(self, upstream: UpstreamConnection, host: str, replayable: bool,
-                             record: AccessRecord) -> None:
-        """The agent's response to the client; errors before it starts raise GatewayError (or Stale)."""
+                             record: AccessRecord, hsts: bool) -> None:
+        """The agent's response to the client (with HSTS when `hsts`); errors before it starts raise
+        GatewayError (or Stale)."""
 
     async def pump_request_body(self, upstream: UpstreamConnection, record: AccessRecord,
                                 scope: trio.CancelScope) -> GatewayError | None:
@@ -96,8 +98,9 @@ class _Http1Side:
     def __init__(self, proxy: Proxy, client: HttpConnection) -> None:
         self.proxy, self.client = proxy, client
 
-    def relay_response(self, upstream: UpstreamConnection, host: str, replayable: bool, record: AccessRecord):
-        return self.proxy._relay_response(self.client, upstream, host, replayable, record)
+    def relay_response(self, upstream: UpstreamConnection, host: str, replayable: bool, record: AccessRecord,
+                       hsts: bool):
+        return self.proxy._relay_response(self.client, upstream, host, replayable, record, hsts)
 
     def pump_request_body(self, upstream: UpstreamConnection, record: AccessRecord, scope: trio.CancelScope):
         return self.proxy._pump_request_body(self.client, upstream, record, scope)
@@ -254,13 +257,14 @@ class Proxy:
         pooled connection found dead before answering a body-less idempotent request is replaced once by a
         fresh one (RFC 9110 §9.2.2: a POST or PATCH may have taken effect, so it is never repeated)."""
         replayable = not has_body and request.method not in _NOT_IDEMPOTENT
+        hsts = route.force_https and record.scheme == "https"
         record.upstream = f"{route.address}:{route.port}"
         for attempt in (0, 1):
             upstream = await self._acquire(route, host, fresh=attempt > 0)
             guard.waiters.append(upstream)
             record.reused = upstream.reused
             try:
-                await self._relay(side, upstream, request, has_body, replayable, host, record)
+                await self._relay(side, upstream, request, has_body, replayable, host, record, hsts)
                 return
             except Stale:
                 pass
@@ -279,7 +283,7 @@ class Proxy:
             raise errorpages.agent_unreachable(host) from None
 
     async def _relay(self, side: ClientSide, upstream: UpstreamConnection, request: h11.Request,
-                     has_body: bool, replayable: bool, host: str, record: AccessRecord) -> None:
+                     has_body: bool, replayable: bool, host: str, record: AccessRecord, hsts: bool) -> None:
         failure: BaseException | None = None
         try:
             await self.upstream_send(upstream, request)
@@ -288,7 +292,7 @@ class Proxy:
         except Abort:
             raise (Stale() if upstream.reused and replayable else errorpages.agent_unreachable(host))
         if not has_body:
-            await side.relay_response(upstream, host, replayable, record)
+            await side.relay_response(upstream, host, replayable, record, hsts)
             return
         async def pump() -> None:
             nonlocal failure
@@ -297,7 +301,7 @@ class Proxy:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pump)
             try:
-                await side.relay_response(upstream, host, False, record)
+                await side.relay_response(upstream, host, False, record, hsts)
             except (GatewayError, Abort, Stale) as exc:
                 failure = exc
             nursery.cancel_scope.cancel()  # an early answer leaves no use for the rest of the upload
@@ -305,7 +309,7 @@ class Proxy:
             raise failure
 
     async def _relay_response(self, client: HttpConnection, upstream: UpstreamConnection, host: str,
-                              replayable: bool, record: AccessRecord) -> None:
+                              replayable: bool, record: AccessRecord, hsts: bool) -> None:
         while True:
             try:
                 event = await upstream.next_event(self.settings.upstream_timeout)
@@ -325,7 +329,7 @@ class Proxy:
         record.status = event.status_code
         self._client_queue(client, h11.Response(
             status_code=event.status_code, reason=event.reason,
-            headers=strip_hop_by_hop(list(event.headers), keep=[b"content-length"])))
+            headers=response_headers(event.headers, hsts, keep=[b"content-length"])))
         while True:
             # Relay what already arrived in one write; wait for the agent only when nothing is left.
             try:
