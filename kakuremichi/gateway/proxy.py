@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
+from kakuremichi.faults import Contained
 from kakuremichi.gateway import errorpages
 from kakuremichi.gateway.accesslog import AccessRecord
 from kakuremichi.gateway.challenges import ChallengeStore
@@ -116,6 +117,7 @@ class Proxy:
         self.settings = settings or ProxySettings()
         self.challenges = challenges
         self.watchdog = Watchdog(tick_for(self.settings.client_timeout, self.settings.upstream_timeout))
+        self.faults = Contained(logger, "gateway connection")  # what escaped serving one
 
     async def serve(self, stream: trio.abc.Stream, *, scheme: str, peer_ip: str) -> None:
         """Serve one client connection (already TLS-unwrapped for https) until it closes or idles out.

@@ -549,3 +549,23 @@ async def test_malformed_chunked_bodies_get_400(gateway):
         assert b"Malformed request body" in answer
     largest = await raw_exchange(gateway.port, head + b"7fffffffffffffff\r\nabc")
     assert b"too large" not in largest  # the largest 64-bit size is a body (only cut short by the EOF)
+
+
+async def test_a_bug_in_one_connection_is_contained_counted_and_logged_once(gateway, caplog):
+    real_serve = gateway.proxy.serve
+
+    async def buggy_serve(stream, *, scheme, peer_ip):
+        raise RuntimeError("a bug in the proxy")
+
+    gateway.proxy.serve = buggy_serve
+    for _ in range(3):
+        try:
+            answer = await raw_exchange(gateway.port, b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        except trio.BrokenResourceError:  # reset: the gateway closed with the request unread
+            answer = b""
+        assert answer == b""  # closed without an answer
+    assert gateway.proxy.faults.counts == {"RuntimeError": 3}
+    assert caplog.text.count("gateway connection: unexpected error contained") == 1
+    gateway.proxy.serve = real_serve
+    answer = await raw_exchange(gateway.port, b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ")  # the listener goes on
