@@ -1,0 +1,47 @@
+"""An agent that goes away, as separate processes: killed mid-response, the client's exchange ends within
+seconds (not after the upstream timeout); stopped cleanly, the next request is a 502 naming it offline."""
+
+from __future__ import annotations
+
+import signal
+import socket
+
+import pytest
+
+from tests.deployment import Deployment, wait_for
+from tests.e2e.test_tunnel_end_to_end import APP, serves
+
+MB = 1024 * 1024
+CLIENT_TIMEOUT = 20.0  # the gateway's upstream timeout is 60 s: a wait this long would be that one's
+
+
+@pytest.fixture
+def deployment(tmp_path):
+    d = Deployment(tmp_path, apps={"one": ("-c", APP)}, gateways=("gw1",))
+    try:
+        d.tunnel("app.example.test", "one")
+        wait_for(lambda: serves(d, "gw1", "app.example.test", "one"), 20, "the tunnel")
+        yield d
+    finally:
+        d.close()
+
+
+def test_an_agent_killed_mid_response_ends_the_clients_exchange(deployment):
+    size = 64 * MB  # far more than the buffers on the way hold once the client has read 4 MB
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)  # the client, not its kernel, sets the pace
+    sock.settimeout(CLIENT_TIMEOUT)
+    with sock:
+        sock.connect(("127.0.0.1", deployment.gateways["gw1"][1]))
+        sock.sendall(b"GET /bytes/%d HTTP/1.1\r\nHost: app.example.test\r\n\r\n" % size)
+        received = 0
+        while received < 4 * MB:
+            received += len(sock.recv(1 << 16))
+        deployment.agent.popen.send_signal(signal.SIGKILL)
+        deployment.agent.popen.wait()
+        try:
+            while data := sock.recv(1 << 16):  # socket.timeout here: the gateway kept the client waiting
+                received += len(data)
+        except ConnectionResetError:
+            pass
+    assert received < size  # the exchange ended, cut short, without the client having to time out
