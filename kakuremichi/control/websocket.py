@@ -78,6 +78,7 @@ class ClientSession:
         self.config_dirty = trio.Event()
         self.config_dirty.set()  # the full config goes out right after auth
         self.close_reason: tuple[int, str] | None = None
+        self.stopping = False  # the client said it is stopping cleanly (its last message)
         self._scope = trio.CancelScope()
         self._sent: dict | None = None
         self._sent_certificates: dict[str, str] = {}  # domain → serial
@@ -122,6 +123,9 @@ class ClientSession:
                     version=message.version)
             elif isinstance(message, protocol.StatusUpdate):
                 self._store_stats(message.stats)
+            elif isinstance(message, protocol.Stopping):
+                self.stopping = True
+                return
             elif isinstance(message, ACME_MESSAGES) and self.role == "gateway":
                 await self._acme(message, nursery)
 
@@ -322,9 +326,12 @@ def _register(state: ControlState, message: protocol.Auth) -> ClientSession:
         certificates.forget_acks(state.db, row.id)  # a new connection answers no challenge before it says so
         if message.public_endpoint:
             reported["public_endpoint"] = message.public_endpoint
-    if any(getattr(row, column) != value for column, value in reported.items()):
+    stopped = bool((row.metadata or {}).get(configs.STOPPED))
+    if stopped or any(getattr(row, column) != value for column, value in reported.items()):
         lock_for_writing(state.db)
         row.set(**reported)
+        if stopped:  # back: its gateways serve it again
+            row.metadata = {k: v for k, v in row.metadata.items() if k != configs.STOPPED}
         bump_config_version(state.db)
         state.changed()  # other clients peer with this one: their configs change too
     row.set(status="online", last_seen_at=utcnow())
@@ -333,9 +340,18 @@ def _register(state: ControlState, message: protocol.Auth) -> ClientSession:
 
 @db_session
 def _mark_offline(state: ControlState, session: ClientSession) -> None:
+    """Offline; an agent that said it was stopping is also marked stopped in its gateways' configs, whose
+    requests for it then get a 502 at once (one that just lost control keeps being served: the data plane
+    does not depend on control)."""
     row = session.row()
-    if row is not None:
-        row.set(status="offline", last_seen_at=utcnow())
+    if row is None:
+        return
+    if session.stopping and session.role == "agent":
+        lock_for_writing(state.db)
+        row.metadata = {**(row.metadata or {}), configs.STOPPED: True}
+        bump_config_version(state.db)
+        state.changed()
+    row.set(status="offline", last_seen_at=utcnow())
 
 
 async def watch_database(state: ControlState) -> None:

@@ -126,7 +126,7 @@ class Gateway:
         for r in config.routes:
             try:
                 routes.append(Route(r.domain, r.agent_ip, r.port, enabled=r.enabled, force_https=r.force_https,
-                                    tls=r.tls_mode, tunnel_id=r.tunnel_id))
+                                    tls=r.tls_mode, tunnel_id=r.tunnel_id, agent_stopped=r.agent_stopped))
             except ValueError as exc:
                 log(logger, logging.ERROR, "route skipped", domain=r.domain, error=str(exc))
                 continue

@@ -258,6 +258,8 @@ class Proxy:
         """Send the request to the route's agent (its waits under `guard`) and relay its answer to `side`; a
         pooled connection found dead before answering a body-less idempotent request is replaced once by a
         fresh one (RFC 9110 §9.2.2: a POST or PATCH may have taken effect, so it is never repeated)."""
+        if route.agent_stopped:
+            raise errorpages.agent_offline(host)
         replayable = not has_body and request.method not in _NOT_IDEMPOTENT
         hsts = route.force_https and record.scheme == "https"
         record.upstream = f"{route.address}:{route.port}"

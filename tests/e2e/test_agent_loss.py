@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import socket
 
+import httpx
 import pytest
 
 from tests.deployment import Deployment, wait_for
@@ -45,3 +46,21 @@ def test_an_agent_killed_mid_response_ends_the_clients_exchange(deployment):
         except ConnectionResetError:
             pass
     assert received < size  # the exchange ended, cut short, without the client having to time out
+
+
+def config_applications(deployment: Deployment) -> int:
+    return (deployment.tmp / "gatewaygw1.log").read_text().count("config applied")
+
+
+def test_an_agent_stopped_cleanly_gets_an_immediate_502_naming_it_offline(deployment):
+    applied = config_applications(deployment)
+    deployment.agent.popen.send_signal(signal.SIGTERM)
+    assert deployment.agent.popen.wait(20) == 0
+    wait_for(lambda: config_applications(deployment) > applied, 10, "control to tell the gateway")
+    response = httpx.get(deployment.url("gw1"), headers={"host": "app.example.test", "accept": "application/json"},
+                         timeout=CLIENT_TIMEOUT)
+    assert response.status_code == 502  # at once: not a 504 after the connect timeout
+    assert response.json()["code"] == "agent_offline"
+    assert "app.example.test has been stopped" in response.json()["details"]
+    deployment.agent.start()
+    wait_for(lambda: serves(deployment, "gw1", "app.example.test", "one"), 30, "the agent to be back")
