@@ -196,7 +196,10 @@ class Http2Connection:
     def _refuse(self, stream_id: int, code: ErrorCodes, error: str, why: str) -> None:
         """Reset a request stream without serving it: a malformed request is a stream error of type
         PROTOCOL_ERROR (RFC 9113 §8.1.1), one stream too many is REFUSED_STREAM (safe to retry)."""
-        self.h2.reset_stream(stream_id, code)
+        try:
+            self.h2.reset_stream(stream_id, code)
+        except h2.exceptions.StreamClosedError:
+            pass  # the client reset it in the same read (its RST_STREAM came after its HEADERS)
         record = AccessRecord(client=self.peer_ip, scheme="https")
         record.protocol, record.error = "h2", error
         record.emit()

@@ -564,3 +564,17 @@ async def test_a_method_with_control_characters_stays_out_of_the_access_log(nurs
             await trio.sleep(0.01)
     (line,) = _access_lines(caplog)
     assert line["status"] == 400 and "\x1b" not in line["method"]
+
+
+async def test_a_malformed_request_reset_by_the_client_at_once_leaves_the_connection(nursery, tmp_path, app_port):
+    """HEADERS then RST_STREAM in one read: the stream is closed before the gateway refuses it; that refusal
+    broke the whole connection (h2's StreamClosedError escaped). Found by tests/fuzz/test_gateway_http.py."""
+    gw = await start_h2_gateway(nursery, tmp_path, app_port)
+    client = await RawH2Client.connect(gw.https_port, validate=False)
+    stream_id = client.h2.get_next_available_stream_id()
+    client.h2.send_headers(stream_id, [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/")])  # no authority
+    client.h2.reset_stream(stream_id)
+    await client.flush()
+    status, _ = await client.response(await client.get("/after"))
+    assert status == 200
+    assert gw.proxy.faults.total == 0
