@@ -153,3 +153,24 @@ def test_auth_failure_log_forgets_old_addresses(monkeypatch):
         clock[0] += 0.1
         failures.record(f"198.51.100.{i % 250}-{i}", "invalid_key")
     assert len(failures._windows) <= ws_module.MAX_TRACKED_ADDRESSES + 1 + 600
+
+
+async def test_an_agent_that_says_it_stops_is_marked_stopped_in_gateway_configs_until_it_returns(control):
+    agent = await control.create("agents", name="laptop")
+    gw = await control.create("gateways", name="gw1")
+    agent_key = public_key()
+    async with connect(control, gw["apiKey"], "gateway", public_key(), "203.0.113.1:51820") as gateway:
+        async with connect(control, agent["apiKey"], "agent", agent_key):
+            await control.create("tunnels", domain="app.example.com", agentId=agent["id"], target="localhost:8080",
+                                 tlsMode="off")
+            assert (await gateway.config()).routes[0].agent_stopped is False
+        # a connection that just ends (control lost, a crash) changes nothing for the gateways
+        with trio.fail_after(5):
+            while (row := (await control.api.get(f"/api/agents/{agent['id']}")).json())["status"] != "offline":
+                await trio.sleep(0.05)
+        assert "stopped" not in (row.get("metadata") or {})
+        async with connect(control, agent["apiKey"], "agent", agent_key) as agent_ws:
+            await agent_ws.send(protocol.Stopping())
+            assert (await gateway.config()).routes[0].agent_stopped is True
+        async with connect(control, agent["apiKey"], "agent", agent_key):
+            assert (await gateway.config()).routes[0].agent_stopped is False
