@@ -1,4 +1,4 @@
-"""An agent that goes away, as separate processes: killed mid-response, the client's exchange ends within
+"""An agent that goes away, as separate processes: killed mid-response, the client's exchange ends (HTTP/1.1: its connection, HTTP/2: its stream) within
 seconds (not after the upstream timeout); stopped cleanly, the next request is a 502 naming it offline."""
 
 from __future__ import annotations
@@ -46,6 +46,33 @@ def test_an_agent_killed_mid_response_ends_the_clients_exchange(deployment):
         except ConnectionResetError:
             pass
     assert received < size  # the exchange ended, cut short, without the client having to time out
+
+
+def test_an_agent_killed_mid_response_resets_the_clients_http2_stream(tmp_path):
+    d = Deployment(tmp_path, apps={"one": ("-c", APP)}, gateways=("gw1",), https=True)
+    try:
+        d.tunnel("app.example.test", "one", tlsMode="self-signed")
+        url = f"https://127.0.0.1:{d.https_ports['gw1']}/bytes/{64 * MB}"
+        with httpx.Client(http2=True, verify=False, headers={"host": "app.example.test"},
+                          timeout=CLIENT_TIMEOUT) as client:
+            def serving() -> bool:
+                try:
+                    return client.get(url.rsplit("/", 1)[0] + "/1").status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            wait_for(serving, 30, "the tunnel over HTTPS")
+            received = 0
+            with pytest.raises(httpx.RemoteProtocolError), client.stream("GET", url) as response:
+                assert response.http_version == "HTTP/2"
+                for chunk in response.iter_bytes():  # httpx.ReadTimeout here: the gateway kept it waiting
+                    received += len(chunk)
+                    if received >= 4 * MB and d.agent.popen.poll() is None:
+                        d.agent.popen.send_signal(signal.SIGKILL)
+                        d.agent.popen.wait()
+            assert 4 * MB <= received < 64 * MB
+    finally:
+        d.close()
 
 
 def config_applications(deployment: Deployment) -> int:
