@@ -1,5 +1,6 @@
-"""An agent that goes away, as separate processes: killed mid-response, the client's exchange ends (HTTP/1.1: its connection, HTTP/2: its stream) within
-seconds (not after the upstream timeout); stopped cleanly, the next request is a 502 naming it offline."""
+"""An agent that goes away, as separate processes: killed mid-response, the client's exchange (HTTP/1.1: its
+connection, HTTP/2: its stream) ends within seconds, not after the upstream timeout; stopped cleanly, the
+next request is a 502 naming it offline."""
 
 from __future__ import annotations
 
