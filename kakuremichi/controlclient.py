@@ -22,6 +22,7 @@ from kakuremichi.logs import log
 logger = logging.getLogger("kakuremichi.controlclient")
 
 AUTH_TIMEOUT = 10.0
+STOPPING_TIMEOUT = 1.0  # the most a clean stop waits to tell control
 BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 30.0
 
@@ -142,7 +143,15 @@ class ControlClient:
             raise _Refused(f"control refused authentication: {reply.code}: {reply.message}")
         if not isinstance(reply, protocol.AuthSuccess):
             raise _SessionEnded(f"expected auth_success, got {reply.type}")
-        await self._authenticated(ws, reply)
+        try:
+            await self._authenticated(ws, reply)
+        except trio.Cancelled:  # the daemon is stopping: say so, so that control need not wait out our silence
+            with trio.CancelScope(shield=True), trio.move_on_after(STOPPING_TIMEOUT):
+                try:
+                    await ws.send_message(protocol.Stopping().to_json())
+                except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+            raise
 
     async def _authenticated(self, ws: WebSocketConnection, welcome: protocol.AuthSuccess) -> None:
         self.connected = True

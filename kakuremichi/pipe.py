@@ -8,22 +8,24 @@ among many.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 
 import trio
+
+from kakuremichi.faults import Contained
 
 CHUNK = 65536
 
 
 async def contained(handle: Callable[[], Awaitable[object]], stream: trio.abc.AsyncResource,
-                    logger: logging.Logger, message: str, **fields: object) -> None:
-    """`handle()`, then close `stream`; whatever escapes the handler is logged and ends that connection only:
-    connections share a nursery, which an exception would cancel with every other connection in it."""
+                    faults: Contained, **fields: object) -> None:
+    """`handle()`, then close `stream`; whatever escapes the handler is counted and logged by `faults` (at
+    most once per interval) and ends that connection only: connections share a nursery, which an exception
+    would cancel with every other connection in it."""
     try:
         await handle()
-    except Exception:
-        logger.exception(message, extra={"fields": fields})
+    except Exception as exc:
+        faults.record(exc, **fields)
     finally:
         await trio.aclose_forcefully(stream)
 

@@ -166,11 +166,12 @@ class RouteConfig:
     tls_mode: str = "acme"
     force_https: bool = False
     exit: bool = False  # the agent may send traffic out through this gateway (its HTTP or SOCKS5 proxy is on)
+    agent_stopped: bool = False  # the agent said it was stopping (and has not connected since): 502 at once
 
     def to_json(self) -> dict:
         return {"domain": self.domain, "agentIp": self.agent_ip, "port": self.port, "gatewayIp": self.gateway_ip,
                 "enabled": self.enabled, "tlsMode": self.tls_mode, "forceHttps": self.force_https,
-                "tunnelId": self.tunnel_id, "exit": self.exit}
+                "tunnelId": self.tunnel_id, "exit": self.exit, "agentStopped": self.agent_stopped}
 
     @classmethod
     def from_json(cls, obj: dict, where: str = "route") -> RouteConfig:
@@ -185,7 +186,8 @@ class RouteConfig:
                    enabled=_get(obj, "enabled", bool, where, True),
                    tls_mode=tls_mode,
                    force_https=_get(obj, "forceHttps", bool, where, False),
-                   exit=_get(obj, "exit", bool, where, False))
+                   exit=_get(obj, "exit", bool, where, False),
+                   agent_stopped=_get(obj, "agentStopped", bool, where, False))
 
 
 @dataclass(frozen=True)
@@ -385,6 +387,14 @@ class Ping(_Message):
 @dataclass(frozen=True)
 class Pong(_Message):
     type: ClassVar[str] = "pong"
+
+
+@dataclass(frozen=True)
+class Stopping(_Message):
+    """A client stopping cleanly (SIGTERM, Ctrl-C), its last message: control tells the gateways of a stopped
+    agent at once, so its requests get a 502 saying so rather than waiting out its silence."""
+
+    type: ClassVar[str] = "stopping"
 
 
 @dataclass(frozen=True)
@@ -676,7 +686,7 @@ class CertificateInstall(_CertificateMessage):
     type: ClassVar[str] = "certificate"
 
 
-Message = Union[Auth, AuthSuccess, AuthError, Ping, Pong, StatusUpdate, ConfigUpdate, ConfigAck, ChallengePublished,
+Message = Union[Auth, AuthSuccess, AuthError, Ping, Pong, Stopping, StatusUpdate, ConfigUpdate, ConfigAck, ChallengePublished,
                 ChallengeWithdrawn, ChallengeReady, Challenges, ChallengesAck, LeaseRequest, Lease, CertificateUpload,
                 CertificateInstall]
 _TYPES: dict[str, type] = {cls.type: cls for cls in Message.__args__}

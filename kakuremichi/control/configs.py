@@ -16,6 +16,9 @@ from kakuremichi.control.models import get_setting
 from kakuremichi.values import Domain, InvalidValue, Target
 
 
+STOPPED = "stopped"  # an agent's metadata key: it said it was stopping, and has not connected since
+
+
 def current_version(db: Database) -> int:
     return int(get_setting(db, "config_version") or 0)
 
@@ -31,7 +34,8 @@ def gateway_config(db: Database, gateway_id: str) -> protocol.GatewayConfig | No
              for a in sorted(agents, key=lambda a: a.id)]
     routes = [protocol.RouteConfig(domain=t.domain, agent_ip=t.agent_ip, gateway_ip=my_ip[t.id], tunnel_id=t.id,
                                    enabled=t.enabled, tls_mode=t.tls_mode, force_https=t.force_https,
-                                   exit=t.enabled and (t.http_proxy_enabled or t.socks_proxy_enabled))
+                                   exit=t.enabled and (t.http_proxy_enabled or t.socks_proxy_enabled),
+                                   agent_stopped=bool((t.agent.metadata or {}).get(STOPPED)))
               for t in tunnels if t.id in my_ip]
     return protocol.GatewayConfig(version=current_version(db), wireguard_port=gateway.wireguard_port,
                                   addresses=sorted(my_ip.values()), peers=peers, routes=routes)

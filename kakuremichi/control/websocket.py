@@ -82,6 +82,7 @@ class ClientSession:
         self.config_dirty = trio.Event()
         self.config_dirty.set()  # the full config goes out right after auth
         self.close_reason: tuple[int, str] | None = None
+        self.stopping = False  # the client said it is stopping cleanly (its last message)
         self._scope = trio.CancelScope()
         self._sent: dict | None = None
         self._sent_certificates: dict[str, str] = {}  # domain → serial
@@ -118,6 +119,9 @@ class ClientSession:
                 log(logger, logging.WARNING, "ignoring a malformed frame", role=self.role, name=self.name,
                     error=str(exc))
                 continue
+            if isinstance(message, protocol.Stopping):
+                self.stopping = True  # a clean stop: its routes say so once the session ends
+                return
             try:
                 await self._handle(message, nursery)
             except Exception as exc:  # what decoding did not foresee ends this session only, logged once a minute
@@ -357,7 +361,8 @@ def _registered(state: ControlState, message: protocol.Auth) -> ClientSession:
         certificates.forget_acks(state.db, row.id)  # a new connection answers no challenge before it says so
         if message.public_endpoint:
             reported["public_endpoint"] = message.public_endpoint
-    if any(getattr(row, column) != value for column, value in reported.items()):
+    stopped = bool((row.metadata or {}).get(configs.STOPPED))
+    if stopped or any(getattr(row, column) != value for column, value in reported.items()):
         lock_for_writing(state.db)
         holder = public_key_holder(state.db, message.public_key)  # again, now in turn with the other controls
         if holder not in (None, me):
@@ -365,6 +370,8 @@ def _registered(state: ControlState, message: protocol.Auth) -> ClientSession:
         if holder is None:
             claim_public_key(state.db, message.role, row.id, message.public_key)
         row.set(**reported)
+        if stopped:  # back: its gateways serve it again
+            row.metadata = {k: v for k, v in row.metadata.items() if k != configs.STOPPED}
         bump_config_version(state.db)
         state.changed()  # other clients peer with this one: their configs change too
     row.set(status="online", last_seen_at=utcnow())
@@ -373,9 +380,18 @@ def _registered(state: ControlState, message: protocol.Auth) -> ClientSession:
 
 @db_session
 def _mark_offline(state: ControlState, session: ClientSession) -> None:
+    """Offline; an agent that said it was stopping is also marked stopped in its gateways' configs, whose
+    requests for it then get a 502 at once (one that just lost control keeps being served: the data plane
+    does not depend on control)."""
     row = session.row()
-    if row is not None:
-        row.set(status="offline", last_seen_at=utcnow())
+    if row is None:
+        return
+    if session.stopping and session.role == "agent":
+        lock_for_writing(state.db)
+        row.metadata = {**(row.metadata or {}), configs.STOPPED: True}
+        bump_config_version(state.db)
+        state.changed()
+    row.set(status="offline", last_seen_at=utcnow())
 
 
 async def watch_database(state: ControlState) -> None:

@@ -20,6 +20,7 @@ import trio
 from kakuremichi.egress import socks5
 from kakuremichi.egress.policy import DestinationPolicy, Refused
 from kakuremichi.egress.socksio import accept_request, refuse
+from kakuremichi.faults import Contained
 from kakuremichi.logs import log
 from kakuremichi.pipe import splice
 from kakuremichi.protocol import EXIT_KEEPALIVE, EXIT_PORT, RouteConfig
@@ -83,6 +84,7 @@ class ExitServer:
         self._tunnels: dict[tuple[str, str], str] = {}  # (our address, agent address) -> domain, exit tunnels only
         self._open: collections.Counter[tuple[str, str]] = collections.Counter()  # pair -> connections handled
         self._active: dict[object, tuple[str, str]] = {}  # tunnel stream past its connect -> (ours, agent's)
+        self.faults = Contained(logger, "exit connection")
 
     @property
     def active_connections(self) -> int:
@@ -110,8 +112,8 @@ class ExitServer:
         self._open[pair] += 1
         try:
             await self._handle(stream)
-        except Exception:
-            logger.exception("exit connection handler failed", extra={"fields": {"agent": pair[1]}})
+        except Exception as exc:
+            self.faults.record(exc, agent=pair[1])
             stream.abort()
         finally:
             self._open[pair] -= 1

@@ -17,6 +17,7 @@ import trio
 from kakuremichi.egress import httpproxy, socks5
 from kakuremichi.egress.dialer import ExitDialer, ExitFailed, ExitRoute
 from kakuremichi.egress.socksio import accept_request, refuse
+from kakuremichi.faults import Contained
 from kakuremichi.logs import log
 from kakuremichi.pipe import contained, splice
 from kakuremichi.protocol import TunnelMapping
@@ -50,6 +51,7 @@ class LocalProxies:
         self.ports: dict[str, int] = {}  # kind -> the port it listens on, while it does
         self._scopes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
+        self.faults = Contained(logger, "local proxy connection")
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -74,7 +76,7 @@ class LocalProxies:
         host, port = getattr(self.listen, kind)
         serve = self._socks if kind == "socks" else functools.partial(httpproxy.serve, open_exit=
                                                                       functools.partial(self._open, "http"))
-        handler = functools.partial(_guarded, kind, serve)
+        handler = functools.partial(self._guarded, kind, serve)
         try:
             listeners = await trio.open_tcp_listeners(port, host=host)
         except OSError as exc:
@@ -100,6 +102,9 @@ class LocalProxies:
 
     async def _open(self, kind: str, host: str, port: int) -> tuple[trio.abc.Stream, bytes]:
         return await self.dialer.open(self.routes.get(kind, []), host, port)
+
+    async def _guarded(self, kind: str, serve, stream: trio.SocketStream) -> None:
+        await contained(lambda: serve(stream), stream, self.faults, proxy=kind)
 
     async def _socks(self, stream: trio.SocketStream) -> None:
         handshake = socks5.ServerHandshake()
@@ -128,10 +133,6 @@ class LocalProxies:
             await trio.aclose_forcefully(stream)
             return
         await splice(stream, upstream)
-
-
-async def _guarded(kind: str, serve, stream: trio.SocketStream) -> None:
-    await contained(lambda: serve(stream), stream, logger, "local proxy connection failed", proxy=kind)
 
 
 def _is_loopback(host: str) -> bool:

@@ -22,6 +22,10 @@ import trio
 
 CHUNK = 65536
 DEFAULT_MAX_HEADER_BYTES = 65536
+# The largest chunk size a signed 64-bit length holds. h11 takes up to 20 hex digits into a Python int, so
+# `fffffffffffffffff` (2**68 - 1) would pass; the servers behind the agents would wrap it (to 0, a body-less
+# request smuggled past the gateway's view), so a bigger size is a malformed message (RFC 9112 §7.1).
+MAX_CHUNK_SIZE = (1 << 63) - 1
 
 # What a dead or reset peer raises from a Trio stream, whichever transport sits underneath.
 STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
@@ -38,6 +42,7 @@ class HttpConnection:
         self.bytes_received = 0
         self.read_deadline = self.write_deadline = math.inf
         self._unsent: list[bytes] = []  # queued events' bytes, written together by `flush`
+        self._malformed: h11.RemoteProtocolError | None = None  # what _checked refused (h11 would read on)
 
     @property
     def deadline(self) -> float:
@@ -49,9 +54,11 @@ class HttpConnection:
         h11.ConnectionClosed (or RemoteProtocolError)."""
         deadline = None
         while True:
+            if self._malformed is not None:
+                raise self._malformed
             event = self.h11.next_event()
             if event is not h11.NEED_DATA:
-                return event
+                return self._checked(event)
             if deadline is None:
                 deadline = trio.current_time() + timeout
             self.read_deadline = deadline
@@ -65,7 +72,18 @@ class HttpConnection:
     def buffered_event(self) -> h11.Event | type[h11.PAUSED] | None:
         """The next event if h11 can produce it from bytes already received, else None (no waiting)."""
         event = self.h11.next_event()
-        return None if event is h11.NEED_DATA else event
+        return None if event is h11.NEED_DATA else self._checked(event)
+
+    def _checked(self, event: h11.Event | type[h11.PAUSED]) -> h11.Event | type[h11.PAUSED]:
+        """`event`, unless it starts a chunk bigger than MAX_CHUNK_SIZE. h11 does not expose the size it
+        parsed: its chunked reader keeps what is left of the chunk (tests/gateway pin this down)."""
+        if isinstance(event, h11.Data) and event.chunk_start:
+            left = getattr(getattr(self.h11, "_reader", None), "_bytes_in_chunk", 0)
+            if len(event.data) + left > MAX_CHUNK_SIZE:
+                self._malformed = h11.RemoteProtocolError(f"chunk size {len(event.data) + left:x} is too large",
+                                                          400)
+                raise self._malformed
+        return event
 
     def queue(self, event: h11.Event) -> None:
         """Serialise `event` now, write it with the next `flush`: a small response's head, body and end
@@ -94,6 +112,11 @@ class HttpConnection:
         """Begin the next request/response on a kept-alive connection."""
         self.h11.start_next_cycle()
         self.bytes_received = 0
+
+    @property
+    def peer_erred(self) -> bool:
+        """The peer's message was malformed: whatever it sends next is not to be parsed."""
+        return self._malformed is not None or self.h11.their_state is h11.ERROR
 
     @property
     def reusable(self) -> bool:

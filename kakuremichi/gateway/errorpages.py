@@ -38,6 +38,11 @@ def agent_unreachable(host: str) -> GatewayError:
                         "answered badly. Check that the agent is running and its local service is up.")
 
 
+def agent_offline(host: str) -> GatewayError:
+    return GatewayError(502, "agent_offline", "The tunnel's agent is offline",
+                        f"The agent serving {host} has been stopped. The site is back once its agent runs again.")
+
+
 def upstream_timeout(host: str) -> GatewayError:
     return GatewayError(504, "upstream_timeout", "The tunnel's agent did not answer in time",
                         f"The service behind {host} took too long to respond.")

@@ -12,7 +12,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from kakuremichi.httpheaders import Headers
+from kakuremichi.httpheaders import Headers, strip_hop_by_hop
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -39,6 +39,20 @@ class ForwardingPolicy:
         except ValueError:
             return False
         return any(address in net for net in self.trusted_proxies)
+
+
+# HSTS on the HTTPS responses of a tunnel with forceHttps: a year, the usual figure (and the least the
+# browsers' preload lists take), without includeSubDomains: a subdomain may be another tenant's tunnel.
+HSTS = (b"strict-transport-security", b"max-age=31536000")
+
+
+def response_headers(headers: Headers, hsts: bool, *, keep: Iterable[bytes] = ()) -> Headers:
+    """An agent's response headers as the client gets them: hop-by-hop fields dropped (but `keep`), and
+    HSTS added when `hsts` unless the agent's service set its own."""
+    out = strip_hop_by_hop(list(headers), keep=keep)
+    if hsts and not any(n == HSTS[0] for n, _ in out):
+        out.append(HSTS)
+    return out
 
 
 def _forwarded_node(ip: str) -> str:

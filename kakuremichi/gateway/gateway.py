@@ -38,6 +38,11 @@ logger = logging.getLogger("kakuremichi.gateway")
 # An agent sends at least a keepalive every AGENT_KEEPALIVE seconds; silence for two of them (one may be
 # lost) and a little more means it is gone, and a request gets its 502 at once, not after a connect timeout.
 AGENT_SILENCE_LIMIT = 2 * AGENT_KEEPALIVE + 5
+# A connection to an agent that stops answering (the agent killed, its machine gone) is probed after 2 s of
+# silence and reset after 3 unanswered probes, 8 s in all, whichever way the data was flowing: the client's
+# exchange ends then (its connection closed, its HTTP/2 stream reset) instead of after the upstream timeout.
+# A live agent's netstack answers a probe at once, however slow the service behind it.
+UPSTREAM_KEEPALIVE = (2.0, 2.0, 3)  # idle, interval (seconds), probes
 
 
 @dataclass
@@ -84,8 +89,10 @@ class Gateway:
         silent = 0.0 if heard is None else self.node.device.clock() - heard
         if silent > AGENT_SILENCE_LIMIT:
             raise OSError(errno.EHOSTUNREACH, f"the agent of {route.domain} has been silent for {silent:.0f} s")
-        return await self.node.stack.open_tcp_stream(route.address, route.port,
-                                                     local_address=self._sources.get(route.address))
+        stream = await self.node.stack.open_tcp_stream(route.address, route.port,
+                                                       local_address=self._sources.get(route.address))
+        stream.set_keepalive(*UPSTREAM_KEEPALIVE)
+        return stream
 
     def stats(self) -> dict:
         return {**self.node.stats(), "configVersion": self.config_version, "routes": len(self._sources),
@@ -119,7 +126,7 @@ class Gateway:
         for r in config.routes:
             try:
                 routes.append(Route(r.domain, r.agent_ip, r.port, enabled=r.enabled, force_https=r.force_https,
-                                    tls=r.tls_mode, tunnel_id=r.tunnel_id))
+                                    tls=r.tls_mode, tunnel_id=r.tunnel_id, agent_stopped=r.agent_stopped))
             except ValueError as exc:
                 log(logger, logging.ERROR, "route skipped", domain=r.domain, error=str(exc))
                 continue

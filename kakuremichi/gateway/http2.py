@@ -32,6 +32,7 @@ from kakuremichi.gateway import errorpages
 from kakuremichi.gateway.accesslog import AccessRecord
 from kakuremichi.gateway.connection import CHUNK, STREAM_ERRORS
 from kakuremichi.gateway.errorpages import GatewayError
+from kakuremichi.gateway.forwarding import response_headers
 from kakuremichi.gateway.proxy import END, Abort, Proxy, Stale
 from kakuremichi.gateway.upstream import UpstreamConnection
 from kakuremichi.httpheaders import strip_hop_by_hop
@@ -196,7 +197,10 @@ class Http2Connection:
     def _refuse(self, stream_id: int, code: ErrorCodes, error: str, why: str) -> None:
         """Reset a request stream without serving it: a malformed request is a stream error of type
         PROTOCOL_ERROR (RFC 9113 §8.1.1), one stream too many is REFUSED_STREAM (safe to retry)."""
-        self.h2.reset_stream(stream_id, code)
+        try:
+            self.h2.reset_stream(stream_id, code)
+        except h2.exceptions.StreamClosedError:
+            pass  # the client reset it in the same read (its RST_STREAM came after its HEADERS)
         record = AccessRecord(client=self.peer_ip, scheme="https")
         record.protocol, record.error = "h2", error
         record.emit()
@@ -419,7 +423,7 @@ class Http2Stream:
             self._discard_body()  # the agent stopped reading; it may be answering already
 
     async def relay_response(self, upstream: UpstreamConnection, host: str, replayable: bool,
-                             record: AccessRecord) -> None:
+                             record: AccessRecord, hsts: bool) -> None:
         timeout = self.conn.proxy.settings.upstream_timeout
         while True:
             try:
@@ -438,7 +442,7 @@ class Http2Stream:
         if not isinstance(event, h11.Response):
             raise errorpages.agent_unreachable(host)
         record.status = event.status_code
-        self._send_headers(event, end=False)
+        self._send_headers(event, end=False, hsts=hsts)
         self.responded = True
         while True:
             try:
@@ -460,10 +464,11 @@ class Http2Stream:
 
     # Sending on the stream.
 
-    def _send_headers(self, response: h11.Response | h11.InformationalResponse, *, end: bool) -> None:
+    def _send_headers(self, response: h11.Response | h11.InformationalResponse, *, end: bool,
+                      hsts: bool = False) -> None:
         """Response headers without the connection-specific fields HTTP/2 forbids (RFC 9113 §8.2.2)."""
         headers = [(b":status", b"%d" % response.status_code)]
-        headers += strip_hop_by_hop(list(response.headers))
+        headers += response_headers(response.headers, hsts)
         try:
             self.conn.h2.send_headers(self.id, headers, end_stream=end)
         except h2.exceptions.ProtocolError:

@@ -30,7 +30,7 @@ def _peer_ip(stream: trio.SocketStream) -> str:
 async def _guarded(proxy: Proxy, stream: trio.abc.Stream, scheme: str, peer_ip: str, *, h2: bool = False) -> None:
     handle = (lambda: serve_http2(proxy, stream, peer_ip)) if h2 else (
         lambda: proxy.serve(stream, scheme=scheme, peer_ip=peer_ip))
-    await contained(handle, stream, logger, "connection handler failed", client=peer_ip, scheme=scheme)
+    await contained(handle, stream, proxy.faults, client=peer_ip, scheme=scheme)
 
 
 async def serve_http(proxy: Proxy, port: int, host: str | None = None, *,

@@ -20,12 +20,13 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
+from kakuremichi.faults import Contained
 from kakuremichi.gateway import errorpages
 from kakuremichi.gateway.accesslog import AccessRecord
 from kakuremichi.gateway.challenges import ChallengeStore
 from kakuremichi.gateway.connection import CHUNK, DEFAULT_MAX_HEADER_BYTES, STREAM_ERRORS, HttpConnection
 from kakuremichi.gateway.errorpages import GatewayError
-from kakuremichi.gateway.forwarding import ForwardingPolicy, client_ip, forwarded_headers
+from kakuremichi.gateway.forwarding import ForwardingPolicy, client_ip, forwarded_headers, response_headers
 from kakuremichi.gateway.routes import Route, RouteTable, TlsMode
 from kakuremichi.gateway.timeouts import Guard, Watchdog, tick_for
 from kakuremichi.gateway.upstream import (
@@ -74,12 +75,14 @@ class ClientSide(Protocol):
     """The client's half of one exchange: an HTTP/1.1 connection, or one HTTP/2 stream (http2.py)."""
 
     async def relay_response(self, upstream: UpstreamConnection, host: str, replayable: bool,
-                             record: AccessRecord) -> None:
-        """The agent's response to the client; errors before it starts raise GatewayError (or Stale)."""
+                             record: AccessRecord, hsts: bool) -> None:
+        """The agent's response to the client (with HSTS when `hsts`); errors before it starts raise
+        GatewayError (or Stale)."""
 
     async def pump_request_body(self, upstream: UpstreamConnection, record: AccessRecord,
-                                scope: trio.CancelScope) -> None:
-        """The client's request body to the agent; a client failure cancels `scope`."""
+                                scope: trio.CancelScope) -> GatewayError | None:
+        """The client's request body to the agent; a client failure cancels `scope`, and a malformed body
+        is also returned as the error to answer (if the response has not begun)."""
 
 
 class _Http1Side:
@@ -90,8 +93,9 @@ class _Http1Side:
     def __init__(self, proxy: Proxy, client: HttpConnection) -> None:
         self.proxy, self.client = proxy, client
 
-    def relay_response(self, upstream: UpstreamConnection, host: str, replayable: bool, record: AccessRecord):
-        return self.proxy._relay_response(self.client, upstream, host, replayable, record)
+    def relay_response(self, upstream: UpstreamConnection, host: str, replayable: bool, record: AccessRecord,
+                       hsts: bool):
+        return self.proxy._relay_response(self.client, upstream, host, replayable, record, hsts)
 
     def pump_request_body(self, upstream: UpstreamConnection, record: AccessRecord, scope: trio.CancelScope):
         return self.proxy._pump_request_body(self.client, upstream, record, scope)
@@ -107,6 +111,7 @@ class Proxy:
         self.settings = settings or ProxySettings()
         self.challenges = challenges
         self.watchdog = Watchdog(tick_for(self.settings.client_timeout, self.settings.upstream_timeout))
+        self.faults = Contained(logger, "gateway connection")  # what escaped serving one
 
     async def serve(self, stream: trio.abc.Stream, *, scheme: str, peer_ip: str) -> None:
         """Serve one client connection (already TLS-unwrapped for https) until it closes or idles out.
@@ -141,7 +146,8 @@ class Proxy:
                     with self.watchdog.guard(client):
                         await self._answer(client, error, request, record)
                 record.emit()
-                if request is None:  # malformed: read away what it still sends so the answer arrives
+                if request is None or client.peer_erred:
+                    # malformed: read away what it still sends so the answer arrives
                     await _linger(client.stream)
                     return
                 if not client.reusable:
@@ -246,14 +252,17 @@ class Proxy:
         """Send the request to the route's agent (its waits under `guard`) and relay its answer to `side`; a
         pooled connection found dead before answering a body-less idempotent request is replaced once by a
         fresh one (RFC 9110 §9.2.2: a POST or PATCH may have taken effect, so it is never repeated)."""
+        if route.agent_stopped:
+            raise errorpages.agent_offline(host)
         replayable = not has_body and request.method not in _NOT_IDEMPOTENT
+        hsts = route.force_https and record.scheme == "https"
         record.upstream = f"{route.address}:{route.port}"
         for attempt in (0, 1):
             upstream = await self._acquire(route, host, fresh=attempt > 0)
             guard.waiters.append(upstream)
             record.reused = upstream.reused
             try:
-                await self._relay(side, upstream, request, has_body, replayable, host, record)
+                await self._relay(side, upstream, request, has_body, replayable, host, record, hsts)
                 return
             except Stale:
                 pass
@@ -272,7 +281,7 @@ class Proxy:
             raise errorpages.agent_unreachable(host) from None
 
     async def _relay(self, side: ClientSide, upstream: UpstreamConnection, request: h11.Request,
-                     has_body: bool, replayable: bool, host: str, record: AccessRecord) -> None:
+                     has_body: bool, replayable: bool, host: str, record: AccessRecord, hsts: bool) -> None:
         failure: BaseException | None = None
         try:
             await self.upstream_send(upstream, request)
@@ -281,12 +290,16 @@ class Proxy:
         except Abort:
             raise (Stale() if upstream.reused and replayable else errorpages.agent_unreachable(host))
         if not has_body:
-            await side.relay_response(upstream, host, replayable, record)
+            await side.relay_response(upstream, host, replayable, record, hsts)
             return
+        async def pump() -> None:
+            nonlocal failure
+            failure = await side.pump_request_body(upstream, record, nursery.cancel_scope)
+
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(side.pump_request_body, upstream, record, nursery.cancel_scope)
+            nursery.start_soon(pump)
             try:
-                await side.relay_response(upstream, host, False, record)
+                await side.relay_response(upstream, host, False, record, hsts)
             except (GatewayError, Abort, Stale) as exc:
                 failure = exc
             nursery.cancel_scope.cancel()  # an early answer leaves no use for the rest of the upload
@@ -294,7 +307,7 @@ class Proxy:
             raise failure
 
     async def _relay_response(self, client: HttpConnection, upstream: UpstreamConnection, host: str,
-                              replayable: bool, record: AccessRecord) -> None:
+                              replayable: bool, record: AccessRecord, hsts: bool) -> None:
         while True:
             try:
                 event = await upstream.next_event(self.settings.upstream_timeout)
@@ -314,7 +327,7 @@ class Proxy:
         record.status = event.status_code
         self._client_queue(client, h11.Response(
             status_code=event.status_code, reason=event.reason,
-            headers=strip_hop_by_hop(list(event.headers), keep=[b"content-length"])))
+            headers=response_headers(event.headers, hsts, keep=[b"content-length"])))
         while True:
             # Relay what already arrived in one write; wait for the agent only when nothing is left.
             try:
@@ -335,26 +348,28 @@ class Proxy:
                 raise Abort()  # nothing else can come mid-body
 
     async def _pump_request_body(self, client: HttpConnection, upstream: UpstreamConnection,
-                                 record: AccessRecord, scope: trio.CancelScope) -> None:
-        """Client body → agent. A client failure aborts the exchange; an agent that breaks the connection
-        just ends the pump, and one that stops reading leaves it waiting until the answer is relayed (it may
-        already be answering, e.g. 413)."""
+                                 record: AccessRecord, scope: trio.CancelScope) -> GatewayError | None:
+        """Client body → agent. A client failure aborts the exchange (a malformed body is answered 400); an
+        agent that breaks the connection just ends the pump, and one that stops reading leaves it waiting
+        until the answer is relayed (it may already be answering, e.g. 413)."""
         while True:
             try:
                 event = await self._client_event(client)
-            except Abort:
+            except Abort as exc:
                 scope.cancel()
+                if isinstance(exc.__cause__, h11.RemoteProtocolError):
+                    return errorpages.bad_request(f"Malformed request body: {exc.__cause__}.")
                 client.h11.send_failed()
-                return
+                return None
             try:
                 if isinstance(event, h11.Data):
                     record.bytes_in += len(event.data)
                     await self.upstream_send(upstream, event, body=True)
                 else:
                     await self.upstream_send(upstream, END, body=True)
-                    return
+                    return None
             except Abort:
-                return
+                return None
 
     async def _switch_protocols(self, client: HttpConnection, upstream: UpstreamConnection,
                                 event: h11.InformationalResponse, record: AccessRecord) -> None:
@@ -379,7 +394,9 @@ class Proxy:
     async def _client_event(self, client: HttpConnection):
         try:
             event = await client.next_event(self.settings.client_timeout)
-        except (h11.RemoteProtocolError, *STREAM_ERRORS):
+        except h11.RemoteProtocolError as exc:
+            raise Abort() from exc  # the pump answers it
+        except STREAM_ERRORS:
             raise Abort() from None
         if not isinstance(event, (h11.Data, h11.EndOfMessage)):
             raise Abort()

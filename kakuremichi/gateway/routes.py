@@ -36,6 +36,7 @@ class Route:
     force_https: bool = False
     tls: TlsMode = TlsMode.ACME
     tunnel_id: str | None = None
+    agent_stopped: bool = False  # its agent stopped cleanly (control said so): requests get a 502 at once
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "domain", str(Domain.parse(self.domain)))

@@ -191,3 +191,24 @@ async def test_a_client_cannot_claim_another_clients_public_key(control):
     await control.api.delete(f"/api/agents/{thief['id']}")  # and a deleted client's key is free again
     async with connect(control, victim["apiKey"], "agent", victim_key):
         pass
+
+
+async def test_an_agent_that_says_it_stops_is_marked_stopped_in_gateway_configs_until_it_returns(control):
+    agent = await control.create("agents", name="laptop")
+    gw = await control.create("gateways", name="gw1")
+    agent_key = public_key()
+    async with connect(control, gw["apiKey"], "gateway", public_key(), "203.0.113.1:51820") as gateway:
+        async with connect(control, agent["apiKey"], "agent", agent_key):
+            await control.create("tunnels", domain="app.example.com", agentId=agent["id"], target="localhost:8080",
+                                 tlsMode="off")
+            assert (await gateway.config()).routes[0].agent_stopped is False
+        # a connection that just ends (control lost, a crash) changes nothing for the gateways
+        with trio.fail_after(5):
+            while (row := (await control.api.get(f"/api/agents/{agent['id']}")).json())["status"] != "offline":
+                await trio.sleep(0.05)
+        assert "stopped" not in (row.get("metadata") or {})
+        async with connect(control, agent["apiKey"], "agent", agent_key) as agent_ws:
+            await agent_ws.send(protocol.Stopping())
+            assert (await gateway.config()).routes[0].agent_stopped is True
+        async with connect(control, agent["apiKey"], "agent", agent_key):
+            assert (await gateway.config()).routes[0].agent_stopped is False

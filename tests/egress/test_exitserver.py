@@ -144,15 +144,18 @@ async def test_a_host_name_the_resolver_cannot_encode_is_unreachable():
             assert reply[:4] == bytes((5, 0, 5, socks5.HOST_UNREACHABLE)), (name, reply)
 
 
-async def test_a_failure_in_one_connection_leaves_the_exit_serving():
+async def test_a_failure_in_one_connection_leaves_the_exit_serving(caplog):
     class BrokenPolicy(DestinationPolicy):
         async def resolve(self, host, port):
             raise RuntimeError("a bug in the exit")
 
     async with exit_pair() as (server, agent, _gateway):
         server.policy = BrokenPolicy()
-        with pytest.raises(trio.BrokenResourceError):
-            await ask_exit(agent, free_port())  # reset, without an answer
+        for _ in range(3):
+            with pytest.raises(trio.BrokenResourceError):
+                await ask_exit(agent, free_port())  # reset, without an answer
+        assert server.faults.counts == {"RuntimeError": 3}
+        assert caplog.text.count("exit connection: unexpected error contained") == 1  # once per interval
         server.policy = DestinationPolicy(allow_private=True)
         event, _ = await ask_exit(agent, free_port())
         assert event.code == socks5.CONNECTION_REFUSED

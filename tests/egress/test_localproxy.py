@@ -22,7 +22,7 @@ class BrokenDialer(ExitDialer):
         raise RuntimeError("a bug in the dialer")
 
 
-async def test_a_failure_in_one_connection_leaves_the_proxies_serving():
+async def test_a_failure_in_one_connection_leaves_the_proxies_serving(caplog):
     proxies = LocalProxies(BrokenDialer(node=None), ProxyListen(socks=("127.0.0.1", 0), http=("127.0.0.1", 0)))
     async with trio.open_nursery() as nursery:
         await nursery.start(proxies.run)
@@ -39,6 +39,8 @@ async def test_a_failure_in_one_connection_leaves_the_proxies_serving():
                     await stream.aclose()
                 assert reply[:2] == (b"\x05\x00" if kind == "socks" else b""), reply  # closed after the greeting
         assert set(proxies.ports) == {"socks", "http"}
+        assert proxies.faults.counts == {"RuntimeError": 4}  # counted, and logged once per interval:
+        assert caplog.text.count("local proxy connection: unexpected error contained") == 1
         nursery.cancel_scope.cancel()
 
 

@@ -1,6 +1,7 @@
 """A real local web app (ASGI on Hypercorn/Trio) standing behind the gateway in tests.
 
-/headers   → JSON: request headers, method, path, and the peer port (tells connections apart)
+/headers   → JSON: request headers, method, path, and the peer port (tells connections apart); any other
+             path too, with ?sts=V answered with Strict-Transport-Security: V
 /upload    → streams the request body, answers its length and SHA-256
 /download  → ?size=N streams N deterministic bytes (?chunked=1: no Content-Length)
 /slow      → ?delay=S sleeps before answering
@@ -78,15 +79,16 @@ def make_app(name: str):
                 "app": name, "method": scope["method"], "path": path,
                 "query": scope["query_string"].decode(), "peer_port": scope["client"][1],
                 "headers": [[k.decode(), v.decode()] for k, v in scope["headers"]],
-            })
+            }, [(b"strict-transport-security", query["sts"].encode())] if "sts" in query else [])
 
     return app
 
 
-async def _json(send, obj) -> None:
+async def _json(send, obj, headers=()) -> None:
     body = json.dumps(obj).encode()
     await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
     await send({"type": "http.response.body", "body": body})
 
 

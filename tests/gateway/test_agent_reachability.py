@@ -6,15 +6,17 @@ from __future__ import annotations
 import errno
 import logging
 
+import httpx
 import pytest
 import trio
 
 from kakuremichi.gateway.endpoints import EndpointMemory
 from kakuremichi.gateway.gateway import AGENT_SILENCE_LIMIT, Gateway, Listen
-from kakuremichi.gateway.routes import Route
+from kakuremichi.gateway.routes import Route, RouteTable
 from kakuremichi.tunnel import TunnelNode
 from kakuremichi.wg import keys
 from kakuremichi.wg.device import Device
+from tests.gateway.conftest import start_gateway
 
 
 def test_addresses_survive_a_restart_and_only_changes_are_written(tmp_path):
@@ -51,3 +53,18 @@ async def test_an_agent_silent_past_its_keepalives_gets_a_502_at_once(tmp_path):
     with trio.fail_after(1), pytest.raises(OSError) as raised:
         await gateway._dial(Route("gone.test", "10.1.0.2", 80))
     assert raised.value.errno == errno.EHOSTUNREACH and "silent for" in str(raised.value)
+
+
+async def test_a_stopped_agent_gets_502_agent_offline_without_a_dial(nursery):
+    dialled = []
+
+    async def dial(route):
+        dialled.append(route)
+        await trio.sleep_forever()
+
+    gw = await start_gateway(nursery, RouteTable([Route("app.test", "10.1.0.2", 80, agent_stopped=True)]), dial=dial)
+    async with httpx.AsyncClient(base_url=gw.url) as client:
+        response = await client.get("/", headers={"host": "app.test", "accept": "application/json"})
+    assert response.status_code == 502 and response.json()["code"] == "agent_offline"
+    assert "app.test has been stopped" in response.json()["details"]
+    assert not dialled

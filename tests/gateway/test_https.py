@@ -120,6 +120,24 @@ async def test_force_https_redirects_but_answers_challenges(nursery, store, app_
         assert gone.status_code == 308
 
 
+async def test_force_https_responses_over_https_carry_hsts(nursery, store, app_port):
+    routes = RouteTable([Route("secure.test", "127.0.0.1", app_port, tls=TlsMode.SELF_SIGNED, force_https=True),
+                         Route("plain.test", "127.0.0.1", app_port, tls=TlsMode.SELF_SIGNED)])
+    gw, _, _ = await start_tls_gateway(nursery, store, routes)
+    for http2 in (False, True):
+        async with httpx.AsyncClient(verify=False, http2=http2,
+                                     base_url=f"https://127.0.0.1:{gw.https_port}") as client:
+            secure = await client.get("/", headers={"host": "secure.test"})
+            assert secure.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
+            assert secure.headers.get_list("strict-transport-security") == ["max-age=31536000"]
+            own = await client.get("/?sts=max-age=60", headers={"host": "secure.test"})
+            assert own.headers.get_list("strict-transport-security") == ["max-age=60"]  # the service's own
+            plain = await client.get("/", headers={"host": "plain.test"})
+            assert plain.status_code == 200 and "strict-transport-security" not in plain.headers
+    async with httpx.AsyncClient(base_url=gw.url) as client:  # never over plain HTTP (RFC 6797 §7.2)
+        assert "strict-transport-security" not in (await client.get("/", headers={"host": "secure.test"})).headers
+
+
 async def test_route_removal_drops_its_certificate_from_sni(nursery, store, app_port):
     route = Route("dev.test", "127.0.0.1", app_port, tls=TlsMode.SELF_SIGNED)
     gw, manager, _ = await start_tls_gateway(nursery, store, RouteTable([route]))

@@ -536,3 +536,36 @@ async def test_an_upload_longer_than_the_upstream_timeout_gets_its_answer(nurser
     async with httpx.AsyncClient(base_url=gw.url, headers={"host": "app.test"}, timeout=30) as client:
         response = await client.post("/upload", content=trickle())
     assert response.status_code == 200 and response.json()["length"] == 6000
+
+
+async def test_malformed_chunked_bodies_get_400(gateway):
+    """A chunk size past 64 bits (h11 takes 20 hex digits) or an unparsable one is a 400, not a body cut
+    short or a connection closed without a word."""
+    head = b"POST /upload HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    for chunks in (b"fffffffffffffffff\r\nabc\r\n0\r\n\r\n", b"3\r\nabc\r\n8000000000000000\r\nabc\r\n0\r\n\r\n",
+                   b"zz\r\nabc\r\n0\r\n\r\n"):
+        answer = await raw_exchange(gateway.port, head + chunks)
+        assert answer.startswith(b"HTTP/1.1 400 "), chunks
+        assert b"Malformed request body" in answer
+    largest = await raw_exchange(gateway.port, head + b"7fffffffffffffff\r\nabc")
+    assert b"too large" not in largest  # the largest 64-bit size is a body (only cut short by the EOF)
+
+
+async def test_a_bug_in_one_connection_is_contained_counted_and_logged_once(gateway, caplog):
+    real_serve = gateway.proxy.serve
+
+    async def buggy_serve(stream, *, scheme, peer_ip):
+        raise RuntimeError("a bug in the proxy")
+
+    gateway.proxy.serve = buggy_serve
+    for _ in range(3):
+        try:
+            answer = await raw_exchange(gateway.port, b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        except trio.BrokenResourceError:  # reset: the gateway closed with the request unread
+            answer = b""
+        assert answer == b""  # closed without an answer
+    assert gateway.proxy.faults.counts == {"RuntimeError": 3}
+    assert caplog.text.count("gateway connection: unexpected error contained") == 1
+    gateway.proxy.serve = real_serve
+    answer = await raw_exchange(gateway.port, b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ")  # the listener goes on
