@@ -27,7 +27,7 @@ from kakuremichi.gateway.endpoints import EndpointMemory
 from kakuremichi.gateway.listeners import serve_http, serve_https
 from kakuremichi.gateway.proxy import ProxySettings, open_proxy
 from kakuremichi.gateway.routes import Route, RouteTable
-from kakuremichi.gateway.upstream import PoolLimits
+from kakuremichi.gateway.upstream import EXCHANGE_KEEPALIVE, PoolLimits
 from kakuremichi.logs import log
 from kakuremichi.protocol import AGENT_KEEPALIVE, GatewayConfig
 from kakuremichi.tunnel import PeerSpec, TunnelNode
@@ -38,11 +38,6 @@ logger = logging.getLogger("kakuremichi.gateway")
 # An agent sends at least a keepalive every AGENT_KEEPALIVE seconds; silence for two of them (one may be
 # lost) and a little more means it is gone, and a request gets its 502 at once, not after a connect timeout.
 AGENT_SILENCE_LIMIT = 2 * AGENT_KEEPALIVE + 5
-# A connection to an agent that stops answering (the agent killed, its machine gone) is probed after 2 s of
-# silence and reset after 3 unanswered probes, 8 s in all, whichever way the data was flowing: the client's
-# exchange ends then (its connection closed, its HTTP/2 stream reset) instead of after the upstream timeout.
-# A live agent's netstack answers a probe at once, however slow the service behind it.
-UPSTREAM_KEEPALIVE = (2.0, 2.0, 3)  # idle, interval (seconds), probes
 
 
 @dataclass
@@ -91,7 +86,7 @@ class Gateway:
             raise OSError(errno.EHOSTUNREACH, f"the agent of {route.domain} has been silent for {silent:.0f} s")
         stream = await self.node.stack.open_tcp_stream(route.address, route.port,
                                                        local_address=self._sources.get(route.address))
-        stream.set_keepalive(*UPSTREAM_KEEPALIVE)
+        stream.set_keepalive(*EXCHANGE_KEEPALIVE)
         return stream
 
     def stats(self) -> dict:

@@ -35,7 +35,9 @@ from kakuremichi.gateway.upstream import (
     DialTimeout,
     PoolLimits,
     UpstreamConnection,
+    QUIET_KEEPALIVE,
     UpstreamPool,
+    keepalive,
     open_upstream_pool,
 )
 from kakuremichi.httpheaders import connection_tokens, strip_hop_by_hop
@@ -387,6 +389,7 @@ class Proxy:
                 await upstream.stream.send_all(early_up)
         except STREAM_ERRORS:
             return
+        keepalive(upstream, QUIET_KEEPALIVE)
         bytes_up, bytes_down = await splice(client.stream, upstream.stream)
         record.bytes_in += len(early_up) + bytes_up
         record.bytes_out += len(early_down) + bytes_down

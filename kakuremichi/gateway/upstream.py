@@ -25,10 +25,26 @@ import trio
 
 from kakuremichi.gateway.connection import DEFAULT_MAX_HEADER_BYTES, STREAM_ERRORS, HttpConnection
 from kakuremichi.gateway.routes import Route
+from kakuremichi.protocol import EXIT_KEEPALIVE
 
 Dial = Callable[[Route], Awaitable[trio.abc.Stream]]
 
 WATCH_AFTER = 1.0  # seconds of idleness before a pooled connection gets its watcher
+# During an exchange, a connection to an agent that stops answering (the agent killed, its machine gone) is
+# probed after 2 s of silence and reset after 3 unanswered probes, 8 s in all, whichever way the data was
+# flowing: the client's exchange ends then (its connection closed, its HTTP/2 stream reset) instead of after
+# the upstream timeout. A live agent's netstack answers a probe at once, however slow the service behind it.
+EXCHANGE_KEEPALIVE = (2.0, 2.0, 3)  # idle, interval (seconds), probes
+# Idle in the pool (retired after its idle timeout, before any probe) or spliced after an Upgrade (a WebSocket
+# may be quiet for hours): probed as rarely as the exit's connections, not every 2 s each.
+QUIET_KEEPALIVE = EXIT_KEEPALIVE
+
+
+def keepalive(conn: HttpConnection, setting: tuple[float, float, int]) -> None:
+    """Probe the agent at `setting`'s pace, where the stream can (the netstack's; plain sockets in tests not)."""
+    set_keepalive = getattr(conn.stream, "set_keepalive", None)
+    if set_keepalive is not None:
+        set_keepalive(*setting)
 
 
 class DialFailed(Exception):
@@ -94,6 +110,7 @@ class UpstreamPool:
                     await conn._watch_done.wait()
             if not conn.retired and self._fit(conn, since):
                 conn.reused = True
+                keepalive(conn, EXCHANGE_KEEPALIVE)
                 return conn
             if not conn.retired:
                 await conn.aclose()
@@ -114,6 +131,7 @@ class UpstreamPool:
             await conn.aclose()
             return
         conn.start_next_cycle()
+        keepalive(conn, QUIET_KEEPALIVE)
         conn.idle_since = since = trio.current_time()
         self._idle.setdefault(conn.key, []).append(conn)
         self._unwatched.append((since, conn))
