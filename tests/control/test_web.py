@@ -63,12 +63,28 @@ async def test_anonymous_requests_are_sent_to_login(control):
         assert page.status_code == 302 and page.headers["location"] == "/login?next=/agents/abc"
         assert (await anonymous.get("/events")).status_code == 401
         assert (await anonymous.get("/assets/style.css")).status_code == 200
-        for target in ("//evil.example", "https://evil.example/"):
-            anonymous.cookies.clear()
-            token = _csrf(await anonymous.get("/login"))
-            response = await anonymous.post("/login", params={"next": target},
-                                            data={"csrf_token": token, "password": ADMIN})
-            assert response.headers["location"] == "/"
+
+
+_OFF_SITE = ["/%09/evil.example/x", "/%0d/evil.example/x", "/%0a/evil.example/x", "%09//evil.example", "/\\evil.example",
+             "/%5Cevil.example", "\\\\evil.example", "//evil.example", "///evil.example", "/%2F/evil.example",
+             "/%252F/evil.example", "https://evil.example/", "https:evil.example", "javascript:alert(1)",
+             "%20/evil.example", "/x%0a%0dSet-Cookie:%20a=b", "/%00/evil.example", "/%E2%80%A8/evil.example", "evil"]
+
+
+async def _login_redirect(url: str, raw_next: str) -> str:
+    """Where the login form sends a browser that came with `?next=` exactly as `raw_next` (not re-encoded)."""
+    async with httpx.AsyncClient(base_url=url) as browser:
+        token = _csrf(await browser.get("/login"))
+        response = await browser.post(f"/login?next={raw_next}", data={"csrf_token": token, "password": ADMIN})
+        assert response.status_code == 302
+        return response.headers["location"]
+
+
+async def test_login_goes_on_only_to_a_path_of_this_site(control):
+    for raw_next in _OFF_SITE:
+        assert await _login_redirect(control.url, raw_next) == "/", raw_next
+    assert await _login_redirect(control.url, "/agents/abc%3Fx") == "/agents/abc?x"
+    assert await _login_redirect(control.url, "/tunnels/new%3Fagent%3D1") == "/tunnels/new?agent=1"
 
 
 async def test_event_stream_sends_status_changes(control):

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import shlex
+import unicodedata
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import trio
 from pony.orm import db_session
@@ -107,10 +109,19 @@ async def _confirm(title: str, action: str, consequence: str, cancel: str) -> Re
 
 
 def _safe_next(target: str | None) -> str:
-    """Where to go after logging in: only a path on this site (never //other.host or a URL)."""
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+    """Where to go after logging in: only a path on this site, else the overview. Browsers drop tabs and
+    newlines from a Location and read a backslash as a slash, so `/\t/evil.example` would be `//evil.example`."""
+    if target and all(_same_origin_path(text) for text in (target, unquote(target))):
         return target
     return url_for("web.overview")
+
+
+def _same_origin_path(text: str) -> bool:
+    if (not text.startswith("/") or text.startswith("//") or "\\" in text
+            or any(char.isspace() or unicodedata.category(char).startswith("C") for char in text)):
+        return False
+    parts = urlsplit(text)  # and what a URL parser makes of it agrees
+    return not parts.scheme and not parts.netloc and parts.path.startswith("/") and not parts.path.startswith("//")
 
 
 @blueprint.route("/login", methods=["GET", "POST"])
