@@ -27,11 +27,7 @@ blueprint = Blueprint("api", __name__, url_prefix="/api")
 
 @blueprint.before_request
 async def require_admin() -> None:
-    token = auth.bearer_token(request.headers.get("Authorization"))
-    if token is None:
-        raise ApiError(401, "unauthorized", "missing admin token: send Authorization: Bearer kma_…")
-    if not auth.matches(token, current().admin_token_hash):
-        raise ApiError(403, "forbidden", "the admin token is not valid")
+    auth.require_bearer(request.headers.get("Authorization"), current().admin_token_hash, what="the admin token kma_…")
 
 
 async def _body() -> Any:

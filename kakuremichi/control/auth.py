@@ -10,6 +10,8 @@ import hashlib
 import hmac
 import secrets
 
+from kakuremichi.control.validation import ApiError
+
 AGENT_PREFIX = "agt_"
 GATEWAY_PREFIX = "gtw_"
 ADMIN_PREFIX = "kma_"
@@ -35,3 +37,12 @@ def bearer_token(header: str | None) -> str | None:
         return None
     scheme, _, token = header.partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def require_bearer(header: str | None, *accepted_hashes: str | None, what: str = "the admin token") -> None:
+    """Raise the API's 401 (no token) or 403 (a token matching none of `accepted_hashes`)."""
+    token = bearer_token(header)
+    if token is None:
+        raise ApiError(401, "unauthorized", f"missing token: send Authorization: Bearer <{what}>")
+    if not any([matches(token, stored) for stored in accepted_hashes]):  # a list: every one is compared
+        raise ApiError(403, "forbidden", f"the token is not {what}")

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import httpx
 import pytest
 import trio
+
+from kakuremichi.control import cli
+from tests.control.conftest import ADMIN, start_control
 
 pytestmark = pytest.mark.both_databases
 
@@ -117,3 +122,30 @@ async def test_metrics_and_healthz(control):
     assert (await control.api.get("/healthz")).json()["configVersion"] == 1
 
 
+
+
+@pytest.mark.parametrize("metrics_public", [False, True])
+async def test_metrics_need_a_token_unless_public(nursery, settings, metrics_public):
+    settings = dataclasses.replace(settings, metrics_token="prometheus-secret", metrics_public=metrics_public)
+    control = await start_control(nursery, settings)
+    async with control.api, httpx.AsyncClient(base_url=control.url) as scraper:
+        anonymous = await scraper.get("/metrics")
+        wrong = await scraper.get("/metrics", headers={"Authorization": "Bearer kma_wrong"})
+        if metrics_public:
+            assert anonymous.status_code == wrong.status_code == 200
+        else:
+            assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"] == "Bearer"
+            assert wrong.status_code == 403 and wrong.json()["code"] == "forbidden"
+        for token in ("prometheus-secret", ADMIN):
+            scraped = await scraper.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+            assert scraped.status_code == 200 and "kakuremichi_control_config_version 0" in scraped.text
+        refused = await scraper.get("/api/agents", headers={"Authorization": "Bearer prometheus-secret"})
+        assert refused.status_code == 403  # the metrics token reads metrics only
+
+
+def test_metrics_flags(tmp_path):
+    args = cli.parser().parse_args(["--metrics-public"])
+    assert args.metrics_public and args.metrics_token is None
+    (tmp_path / "metrics-token").write_text("prometheus-secret\n")
+    args = cli.parser().parse_args(["--metrics-token-file", str(tmp_path / "metrics-token")])
+    assert args.metrics_token == "prometheus-secret" and not args.metrics_public
