@@ -65,7 +65,7 @@ def _list(entity_name: str, serialise: Callable[[Any], dict], order: Callable[[A
 
 
 def get_row(db: Database, entity_name: str, item_id: str) -> Any:
-    row = getattr(db, entity_name).get(id=item_id)
+    row = getattr(db, entity_name).get(id=item_id) if v.is_identifier(item_id) else None
     if row is None:
         raise ApiError(404, "not_found", f"no {entity_name.lower()} with id {item_id}")
     return row

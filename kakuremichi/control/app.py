@@ -61,7 +61,12 @@ def create_app(settings: Settings) -> QuartTrio:
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
         code = (error.name or "error").lower().replace(" ", "_")
-        return json_response({"error": error.description or error.name, "code": code, "details": {}}, error.code or 500)
+        response = json_response({"error": error.description or error.name, "code": code, "details": {}},
+                                 error.code or 500)
+        for name, value in error.get_headers():  # Allow with 405
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:
