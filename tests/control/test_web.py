@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
@@ -13,7 +14,7 @@ import httpx
 import pytest
 import trio
 
-from kakuremichi.control.web import status
+from kakuremichi.control.web import session, status
 from tests.control.conftest import ADMIN, start_control
 
 
@@ -216,3 +217,24 @@ async def test_the_tunnel_form_turns_the_exit_node_proxies_on_and_off(control):
         assert re.search(r'name="socksProxyEnabled"[^>]*checked', page.text)
         await browser.post(f"/tunnels/{tunnel['id']}/edit", data={**form, "csrf_token": _csrf(page)})
         assert not (await control.api.get(f"/api/tunnels/{tunnel['id']}")).json()["socksProxyEnabled"]
+
+
+async def _try_password(client: httpx.AsyncClient, password: str) -> httpx.Response:
+    client.cookies.clear()
+    token = _csrf(await client.get("/login"))
+    return await client.post("/login", data={"csrf_token": token, "password": password})
+
+
+async def test_login_guesses_are_throttled_per_address_and_logged_once(control, caplog):
+    caplog.set_level(logging.WARNING, "kakuremichi.control.web")
+    async with httpx.AsyncClient(base_url=control.url) as guesser, httpx.AsyncClient(
+            base_url=control.url, transport=httpx.AsyncHTTPTransport(local_address="127.0.0.2")) as elsewhere:
+        for _ in range(session.LOGIN_ATTEMPTS):
+            assert (await _try_password(guesser, "kma_guess")).status_code == 401
+        throttled = await _try_password(guesser, "kma_guess")
+        assert throttled.status_code == 429 and 0 < int(throttled.headers["retry-after"]) <= session.LOGIN_REFILL
+        assert "Too many wrong tokens" in throttled.text
+        assert (await _try_password(guesser, ADMIN)).status_code == 429  # not even the right one, for now
+        assert (await _try_password(elsewhere, ADMIN)).status_code == 302  # another source is not held back
+    refused = [r for r in caplog.records if r.getMessage() == "web login refused"]
+    assert [r.fields["remote"] for r in refused] == ["127.0.0.1"]

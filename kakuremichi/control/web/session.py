@@ -11,11 +11,12 @@ import errno
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 from datetime import timedelta
 from pathlib import Path
 
-from quart import Quart, has_request_context, request, session
+from quart import Quart, current_app, has_request_context, request, session
 from quart.sessions import SecureCookieSessionInterface
 
 from kakuremichi.control import auth, datadir
@@ -27,6 +28,26 @@ logger = logging.getLogger("kakuremichi.control.web")
 SECRET_FILE = "web-session-secret"
 LIFETIME = timedelta(hours=12)
 CSRF_FIELD = "csrf_token"
+LOGIN_ATTEMPTS = 5  # wrong tokens one address may send at once, then
+LOGIN_REFILL = 12.0  # one more every this many seconds
+GUARD = "kakuremichi.web.logins"
+
+
+class LoginGuard:
+    """What stands between /login and a guesser, per source address: a throttle and a log line a minute.
+    Control trusts no proxy header for the address (it has no trusted-proxy setting): the socket's peer."""
+
+    def __init__(self) -> None:
+        self.throttle = auth.Throttle(LOGIN_ATTEMPTS, LOGIN_REFILL)
+        self.failures = auth.FailureLog(logger, "web login refused", burst=1)
+
+
+class LoginThrottled(Exception):
+    """Too many wrong tokens from this address: try again after `retry_after` seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"retry after {retry_after} s")
+        self.retry_after = retry_after
 
 
 class SessionInterface(SecureCookieSessionInterface):
@@ -43,6 +64,7 @@ def install(app: Quart, data_dir: str) -> None:
     """Sign this app's sessions with the secret in `data_dir` (created on first start)."""
     app.secret_key = _secret(Path(data_dir) / SECRET_FILE)
     app.session_interface = SessionInterface()
+    app.extensions[GUARD] = LoginGuard()
     app.config.update(SESSION_COOKIE_NAME="kakuremichi_session", SESSION_COOKIE_HTTPONLY=True,
                       SESSION_COOKIE_SAMESITE="Lax", PERMANENT_SESSION_LIFETIME=LIFETIME)
 
@@ -69,9 +91,17 @@ def logged_in() -> bool:
 
 
 def log_in(password: str) -> bool:
-    """Open an admin session if `password` is the admin token (compared in constant time)."""
+    """Open an admin session if `password` is the admin token (compared in constant time); raises
+    LoginThrottled, without looking at `password`, while this address has to wait."""
+    guard: LoginGuard = current_app.extensions[GUARD]
+    remote = request.remote_addr or "?"
+    wait = guard.throttle.wait(remote)
+    if wait > 0:
+        guard.failures.record(remote, reason="throttled")
+        raise LoginThrottled(math.ceil(wait))
     if not auth.matches(password.strip(), current().admin_token_hash):
-        log(logger, logging.WARNING, "web login refused", remote=request.remote_addr or "?")
+        guard.throttle.failed(remote)
+        guard.failures.record(remote, reason="wrong token")
         return False
     session.clear()
     session.permanent = True

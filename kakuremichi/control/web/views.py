@@ -23,7 +23,8 @@ from kakuremichi.control.models import utcnow
 from kakuremichi.control.state import current
 from kakuremichi.control.validation import ApiError
 from kakuremichi.control.web import certificates, status
-from kakuremichi.control.web.session import CSRF_FIELD, csrf_token, csrf_valid, log_in, log_out, logged_in
+from kakuremichi.control.web.session import (CSRF_FIELD, LoginThrottled, csrf_token, csrf_valid, log_in, log_out,
+                                             logged_in)
 
 blueprint = Blueprint("web", __name__, template_folder="templates", static_folder="static",
                       static_url_path="/assets")
@@ -128,8 +129,14 @@ def _same_origin_path(text: str) -> bool:
 async def login() -> Any:
     error = None
     if request.method == "POST":
-        if log_in((await request.form).get("password", "")):
-            return redirect(_safe_next(request.args.get("next")))
+        try:
+            if log_in((await request.form).get("password", "")):
+                return redirect(_safe_next(request.args.get("next")))
+        except LoginThrottled as throttled:
+            page = await _page("login.html", 429, error=f"Too many wrong tokens from your address. Try again in "
+                                                        f"{throttled.retry_after} seconds.")
+            page.headers["Retry-After"] = str(throttled.retry_after)
+            return page
         error = "That is not the admin token. Use the token control printed on its first start."
     elif logged_in():
         return redirect(url_for("web.overview"))
