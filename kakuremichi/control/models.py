@@ -152,6 +152,14 @@ def define(db: Database) -> None:
         client_id = Required(str)
         composite_key(role, client_id)
 
+    class WebSession(db.Entity):
+        """A web UI login, so that logging out ends it on every control sharing the database. The cookie
+        carries the session id; this row only its hash. A new table only (created by generate_mapping), so
+        the schema version stays: an older control ignores it."""
+        _table_ = "web_sessions"
+        id_hash = PrimaryKey(str)
+        expires_at = Required(datetime)
+
     class Setting(db.Entity):
         _table_ = "settings"
         key = PrimaryKey(str)

@@ -124,6 +124,22 @@ async def test_deleting_an_agent_says_what_goes_with_it(control):
     assert (await control.api.get("/api/tunnels")).json()["total"] == 0
 
 
+@pytest.mark.both_databases
+async def test_a_cookie_copied_before_logout_is_refused_after_it_by_every_control(nursery, settings):
+    first = await start_control(nursery, settings)
+    second = await start_control(nursery, dataclasses.replace(settings))  # same database and data dir
+    async with first.api, second.api, _logged_in(first.url) as browser:
+        copied = httpx.Cookies(browser.cookies)
+        async with httpx.AsyncClient(base_url=second.url, cookies=copied) as thief:
+            assert (await thief.get("/agents")).status_code == 200
+            logout = await browser.post("/logout", data={"csrf_token": _csrf(await browser.get("/"))})
+            assert logout.status_code == 302 and logout.headers["location"] == "/login"
+            assert (await thief.get("/agents")).status_code == 302
+        async with httpx.AsyncClient(base_url=first.url, cookies=copied) as thief:
+            assert (await thief.get("/agents")).status_code == 302
+            assert (await thief.get("/events")).status_code == 401
+
+
 async def test_sessions_survive_a_restart_but_not_a_new_admin_token(settings):
     async def run(settings, check) -> None:
         async with trio.open_nursery() as nursery:

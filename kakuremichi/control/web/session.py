@@ -3,6 +3,8 @@
 The cookie is signed (HMAC-SHA256) with a secret kept 0600 in the data directory, so a leaked database
 alone cannot forge a session; controls sharing a database behind one address share that file too. A
 session remembers a fingerprint of the admin token it was opened with: changing the token logs everyone out.
+It is also a row in the database (WebSession, by the hash of an id the cookie carries), which logging out
+deletes: a copy of the cookie is worth nothing afterwards, on any control sharing the database.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import secrets
 from datetime import timedelta
 from pathlib import Path
 
-from quart import Quart, current_app, has_request_context, request, session
+from pony.orm import Database, db_session
+from quart import Quart, current_app, g, has_request_context, request, session
 from quart.sessions import SecureCookieSessionInterface
 
 from kakuremichi.control import auth, datadir
+from kakuremichi.control.models import utcnow
 from kakuremichi.control.state import current
 from kakuremichi.logs import log
 
@@ -28,6 +32,7 @@ logger = logging.getLogger("kakuremichi.control.web")
 SECRET_FILE = "web-session-secret"
 LIFETIME = timedelta(hours=12)
 CSRF_FIELD = "csrf_token"
+SESSION_ID = "sid"
 LOGIN_ATTEMPTS = 5  # wrong tokens one address may send at once, then
 LOGIN_REFILL = 12.0  # one more every this many seconds
 GUARD = "kakuremichi.web.logins"
@@ -87,7 +92,29 @@ def _token_fingerprint() -> str:
 
 
 def logged_in() -> bool:
-    return hmac.compare_digest(str(session.get("admin", "")).encode(), _token_fingerprint().encode())
+    """Whether this request's cookie is a live admin session (looked up once per request)."""
+    if "logged_in" not in g:
+        g.logged_in = (hmac.compare_digest(str(session.get("admin", "")).encode(), _token_fingerprint().encode())
+                       and _session_open(session.get(SESSION_ID)))
+    return g.logged_in
+
+
+@db_session
+def _session_open(session_id: object) -> bool:
+    if not isinstance(session_id, str):
+        return False
+    row = current().db.WebSession.get(id_hash=auth.key_hash(session_id))
+    return row is not None and row.expires_at > utcnow()
+
+
+def _open_session(db: Database, id_hash: str) -> None:
+    now = utcnow()
+    db.WebSession.select(lambda row: row.expires_at <= now).delete(bulk=True)  # logins that were never ended
+    db.WebSession(id_hash=id_hash, expires_at=now + LIFETIME)
+
+
+def _end_session(db: Database, id_hash: str) -> None:
+    db.WebSession.select(lambda row: row.id_hash == id_hash).delete(bulk=True)
 
 
 def log_in(password: str) -> bool:
@@ -103,16 +130,24 @@ def log_in(password: str) -> bool:
         guard.throttle.failed(remote)
         guard.failures.record(remote, reason="wrong token")
         return False
+    session_id = secrets.token_urlsafe(32)
+    current().write(_open_session, auth.key_hash(session_id))
     session.clear()
     session.permanent = True
     session["admin"] = _token_fingerprint()
+    session[SESSION_ID] = session_id
     session[CSRF_FIELD] = secrets.token_urlsafe(32)  # a fresh token: nothing issued before login stays valid
     log(logger, logging.INFO, "web login", remote=request.remote_addr or "?")
     return True
 
 
 def log_out() -> None:
+    """End this session here and on every other control: its row goes, so copies of the cookie fail too."""
+    session_id = session.get(SESSION_ID)
+    if isinstance(session_id, str):
+        current().write(_end_session, auth.key_hash(session_id))
     session.clear()
+    g.logged_in = False
 
 
 def csrf_token() -> str:
