@@ -254,3 +254,11 @@ async def test_login_guesses_are_throttled_per_address_and_logged_once(control, 
         assert (await _try_password(elsewhere, ADMIN)).status_code == 302  # another source is not held back
     refused = [r for r in caplog.records if r.getMessage() == "web login refused"]
     assert [r.fields["remote"] for r in refused] == ["127.0.0.1"]
+
+
+async def test_a_port_in_other_digits_is_a_validation_message(control):
+    async with _logged_in(control.url) as browser:
+        token = _csrf(await browser.get("/gateways/new"))
+        for port in ("²", "١٢٣", "8" * 20):
+            page = await browser.post("/gateways/new", data={"csrf_token": token, "name": "gw", "wireguardPort": port})
+            assert page.status_code == 400 and "1-65535" in page.text, port

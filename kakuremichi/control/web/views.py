@@ -7,6 +7,7 @@ validates exactly as the API does and shows the API's messages next to the field
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import unicodedata
 from typing import Any
@@ -48,6 +49,7 @@ SECURITY_HEADERS = {
 _TLS_NAMES = {"acme": "ACME (Let’s Encrypt)", "self-signed": "Self-signed", "off": "Off (HTTP only)",
               "custom": "Custom certificate"}
 TLS_LABELS = {mode: _TLS_NAMES.get(mode, mode) for mode in protocol.TLS_MODES}
+_PORT_DIGITS = re.compile(r"[0-9]{1,5}\Z")  # str.isdigit takes '²', which int() refuses
 SECTIONS = {"": "overview", "gateways": "gateway", "agents": "agent", "tunnels": "tunnel"}  # path → navigation item
 ROLES = {
     "agent": {"title": "Agents", "label": "agent", "serialise": api.agent_json, "entity": "Agent",
@@ -194,7 +196,7 @@ def _client_body(role: str, form) -> dict:
     body = {"name": form.get("name", "").strip()}
     if role == "gateway":
         port = form.get("wireguardPort", "").strip()
-        body["wireguardPort"] = None if not port else int(port) if port.isdigit() else port
+        body["wireguardPort"] = None if not port else int(port) if _PORT_DIGITS.match(port) else port
     return body
 
 
