@@ -114,9 +114,12 @@ async def _confirm(title: str, action: str, consequence: str, cancel: str) -> Re
 def _safe_next(target: str | None) -> str:
     """Where to go after logging in: only a path on this site, else the overview. Browsers drop tabs and
     newlines from a Location and read a backslash as a slash, so `/\t/evil.example` would be `//evil.example`."""
-    if target and all(_same_origin_path(text) for text in (target, unquote(target))):
-        return target
-    return url_for("web.overview")
+    return target if target and is_local_target(target) else url_for("web.overview")
+
+
+def is_local_target(target: str) -> bool:
+    """Whether `target`, and what it reads as once percent-decoded, are both a plain path of this site."""
+    return all(_same_origin_path(text) for text in (target, unquote(target)))
 
 
 def _same_origin_path(text: str) -> bool:
