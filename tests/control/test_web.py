@@ -132,8 +132,15 @@ async def test_a_cookie_copied_before_logout_is_refused_after_it_by_every_contro
         copied = httpx.Cookies(browser.cookies)
         async with httpx.AsyncClient(base_url=second.url, cookies=copied) as thief:
             assert (await thief.get("/agents")).status_code == 200
-            logout = await browser.post("/logout", data={"csrf_token": _csrf(await browser.get("/"))})
-            assert logout.status_code == 302 and logout.headers["location"] == "/login"
+            async with thief.stream("GET", "/events") as stream:
+                lines = stream.aiter_lines()
+                with trio.fail_after(5):
+                    assert await anext(lines) == "event: status"
+                logout = await browser.post("/logout", data={"csrf_token": _csrf(await browser.get("/"))})
+                assert logout.status_code == 302 and logout.headers["location"] == "/login"
+                with trio.fail_after(10):  # the open stream ends too
+                    async for _ in lines:
+                        pass
             assert (await thief.get("/agents")).status_code == 302
         async with httpx.AsyncClient(base_url=first.url, cookies=copied) as thief:
             assert (await thief.get("/agents")).status_code == 302

@@ -95,15 +95,21 @@ def logged_in() -> bool:
     """Whether this request's cookie is a live admin session (looked up once per request)."""
     if "logged_in" not in g:
         g.logged_in = (hmac.compare_digest(str(session.get("admin", "")).encode(), _token_fingerprint().encode())
-                       and _session_open(session.get(SESSION_ID)))
+                       and session_open(current().db, session.get(SESSION_ID)))
     return g.logged_in
 
 
+def session_id() -> str | None:
+    """This request's session id, for what outlives the request (an event stream) to check `session_open`."""
+    return session.get(SESSION_ID)
+
+
 @db_session
-def _session_open(session_id: object) -> bool:
+def session_open(db: Database, session_id: object) -> bool:
+    """Whether the session is still live in the database: not logged out, not expired."""
     if not isinstance(session_id, str):
         return False
-    row = current().db.WebSession.get(id_hash=auth.key_hash(session_id))
+    row = db.WebSession.get(id_hash=auth.key_hash(session_id))
     return row is not None and row.expires_at > utcnow()
 
 

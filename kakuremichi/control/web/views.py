@@ -25,7 +25,7 @@ from kakuremichi.control.state import current
 from kakuremichi.control.validation import ApiError
 from kakuremichi.control.web import certificates, status
 from kakuremichi.control.web.session import (CSRF_FIELD, LoginThrottled, csrf_token, csrf_valid, log_in, log_out,
-                                             logged_in)
+                                             logged_in, session_id, session_open)
 
 blueprint = Blueprint("web", __name__, template_folder="templates", static_folder="static",
                       static_url_path="/assets")
@@ -170,12 +170,14 @@ async def overview() -> Response:
 
 @blueprint.get("/events")
 async def events() -> Response:
-    """Server-sent events: the live text of every agent and gateway, sent again whenever it changes."""
+    """Server-sent events: the live text of every agent and gateway, sent again whenever it changes, until
+    the session that opened the stream is logged out."""
     state = current()
+    opened_by = session_id()
 
     async def stream():
         sent, quiet_since = None, trio.current_time()
-        while True:
+        while session_open(state.db, opened_by):
             snapshot = status.snapshot(state.db)
             if snapshot != sent:
                 sent, quiet_since = snapshot, trio.current_time()
