@@ -105,11 +105,11 @@ def session_id() -> str | None:
 
 
 @db_session
-def session_open(db: Database, session_id: object) -> bool:
-    """Whether the session is still live in the database: not logged out, not expired."""
-    if not isinstance(session_id, str):
+def session_open(db: Database, opened: object) -> bool:
+    """Whether the session `opened` is still live in the database: not logged out, not expired."""
+    if not isinstance(opened, str):
         return False
-    row = db.WebSession.get(id_hash=auth.key_hash(session_id))
+    row = db.WebSession.get(id_hash=auth.key_hash(opened))
     return row is not None and row.expires_at > utcnow()
 
 
@@ -136,12 +136,12 @@ def log_in(password: str) -> bool:
         guard.throttle.failed(remote)
         guard.failures.record(remote, reason="wrong token")
         return False
-    session_id = secrets.token_urlsafe(32)
-    current().write(_open_session, auth.key_hash(session_id))
+    opened = secrets.token_urlsafe(32)
+    current().write(_open_session, auth.key_hash(opened))
     session.clear()
     session.permanent = True
     session["admin"] = _token_fingerprint()
-    session[SESSION_ID] = session_id
+    session[SESSION_ID] = opened
     session[CSRF_FIELD] = secrets.token_urlsafe(32)  # a fresh token: nothing issued before login stays valid
     log(logger, logging.INFO, "web login", remote=request.remote_addr or "?")
     return True
@@ -149,9 +149,9 @@ def log_in(password: str) -> bool:
 
 def log_out() -> None:
     """End this session here and on every other control: its row goes, so copies of the cookie fail too."""
-    session_id = session.get(SESSION_ID)
-    if isinstance(session_id, str):
-        current().write(_end_session, auth.key_hash(session_id))
+    ending = session.get(SESSION_ID)
+    if isinstance(ending, str):
+        current().write(_end_session, auth.key_hash(ending))
     session.clear()
     g.logged_in = False
 
