@@ -27,11 +27,7 @@ blueprint = Blueprint("api", __name__, url_prefix="/api")
 
 @blueprint.before_request
 async def require_admin() -> None:
-    token = auth.bearer_token(request.headers.get("Authorization"))
-    if token is None:
-        raise ApiError(401, "unauthorized", "missing admin token: send Authorization: Bearer kma_…")
-    if not auth.matches(token, current().admin_token_hash):
-        raise ApiError(403, "forbidden", "the admin token is not valid")
+    auth.require_bearer(request.headers.get("Authorization"), current().admin_token_hash, what="the admin token kma_…")
 
 
 async def _body() -> Any:
@@ -69,7 +65,7 @@ def _list(entity_name: str, serialise: Callable[[Any], dict], order: Callable[[A
 
 
 def get_row(db: Database, entity_name: str, item_id: str) -> Any:
-    row = getattr(db, entity_name).get(id=item_id)
+    row = getattr(db, entity_name).get(id=item_id) if v.is_identifier(item_id) else None
     if row is None:
         raise ApiError(404, "not_found", f"no {entity_name.lower()} with id {item_id}")
     return row

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 
+from quart import request
 from quart_trio.wrappers.response import TrioResponse as Response
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from kakuremichi.control import api, openapi, web, websocket
+from kakuremichi.control import api, auth, openapi, web, websocket
 from kakuremichi.control.api import json_response
 from kakuremichi.control.state import ControlState, Settings, current
 from kakuremichi.control.validation import ApiError
@@ -38,6 +39,9 @@ def create_app(settings: Settings) -> QuartTrio:
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        if not state.settings.metrics_public:  # it names clients and counts failed logins
+            auth.require_bearer(request.headers.get("Authorization"), state.metrics_token_hash,
+                                state.admin_token_hash, what="--metrics-token or the admin token")
         gauges = {("kakuremichi_control_clients_connected", (("role", role),)): float(count)
                   for role, count in state.connected_counts().items()}
         gauges["kakuremichi_control_config_version", ()] = float(state.config_version())
@@ -57,7 +61,12 @@ def create_app(settings: Settings) -> QuartTrio:
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
         code = (error.name or "error").lower().replace(" ", "_")
-        return json_response({"error": error.description or error.name, "code": code, "details": {}}, error.code or 500)
+        response = json_response({"error": error.description or error.name, "code": code, "details": {}},
+                                 error.code or 500)
+        for name, value in error.get_headers():  # Allow with 405
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:

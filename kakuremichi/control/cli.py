@@ -60,6 +60,10 @@ def parser(prog: str | None = None) -> EnvArgumentParser:
     p.add_argument("--acme-lease", type=_positive, default=Settings.acme_lease, metavar="SECONDS",
                    help="how long one gateway alone may order a domain's ACME certificate before another may "
                         "(it passes on at once when the holder goes offline)")
+    p.add_secret("metrics-token", "a token Prometheus sends as Authorization: Bearer to read /metrics (the admin "
+                 "token is accepted too)")
+    p.add_argument("--metrics-public", action="store_true",
+                   help="serve /metrics without any token (it names connected clients and counts failed logins)")
     logs.add_arguments(p)
     return p
 
@@ -75,7 +79,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     settings = Settings(listen=args.listen, data_dir=args.data_dir, database_url=args.database_url,
                         admin_token=args.admin_token, heartbeat_interval=args.heartbeat_interval,
                         subnet_pool=args.subnet_pool, acme_lease=args.acme_lease, secrets_key=args.secrets_key,
-                        secrets_key_source=args.secrets_key_source)
+                        secrets_key_source=args.secrets_key_source, metrics_token=args.metrics_token,
+                        metrics_public=args.metrics_public)
     failure: BaseException | None = None
     try:
         trio.run(_run, settings)

@@ -19,7 +19,8 @@ from pony.orm import Database, Json, LongStr, Optional, PrimaryKey, Required, Se
 
 from kakuremichi.control import certificates, datadir
 
-SCHEMA_VERSION = 4  # 2: certificates, acme_challenges, acme_leases; 3: acme_acks; 4: wireguard_keys (new tables)
+SCHEMA_VERSION = 5  # 2: certificates, acme_challenges, acme_leases; 3: acme_acks; 4: wireguard_keys; 5: web_sessions
+# (new tables each)
 
 
 class SchemaError(RuntimeError):
@@ -152,6 +153,14 @@ def define(db: Database) -> None:
         client_id = Required(str)
         composite_key(role, client_id)
 
+    class WebSession(db.Entity):
+        """A web UI login, so that logging out ends it on every control sharing the database. The cookie
+        carries the session id; this row only its hash. A new table only (created by generate_mapping), so
+        the schema version stays: an older control ignores it."""
+        _table_ = "web_sessions"
+        id_hash = PrimaryKey(str)
+        expires_at = Required(datetime)
+
     class Setting(db.Entity):
         _table_ = "settings"
         key = PrimaryKey(str)
@@ -210,7 +219,7 @@ def _create_schema(db: Database) -> None:
     _check_schema(db)
 
 
-MIGRATED_BY_CREATE_TABLES = {1, 2, 3}  # older versions whose upgrade adds tables (and fills wireguard_keys)
+MIGRATED_BY_CREATE_TABLES = {1, 2, 3, 4}  # older versions whose upgrade adds tables (and fills wireguard_keys)
 
 
 @db_session
@@ -219,8 +228,9 @@ def _check_schema(db: Database) -> None:
     if row is None:
         db.Setting(key="schema_version", value=str(SCHEMA_VERSION))
     elif int(row.value) in MIGRATED_BY_CREATE_TABLES:
+        if int(row.value) < 4:
+            _claim_reported_keys(db)
         row.value = str(SCHEMA_VERSION)  # generate_mapping(create_tables=True) added the new tables
-        _claim_reported_keys(db)
     elif int(row.value) != SCHEMA_VERSION:
         raise SchemaError(f"database schema version {row.value} is not supported by this control "
                           f"(expects {SCHEMA_VERSION}); upgrade kakuremichi or use the matching release")

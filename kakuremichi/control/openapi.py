@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from kakuremichi.control.validation import ID_PATTERN, MAX_OFFSET
+
 
 def _ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
@@ -23,7 +25,7 @@ def _collection(kind: str, schema: str, create: str) -> dict:
                 "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
                                                                          "maximum": 500, "default": 100}},
                                {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0,
-                                                                          "default": 0}}],
+                                                                          "maximum": MAX_OFFSET, "default": 0}}],
                 "responses": {"200": {"description": "One page", **_json_body({
                     "type": "object", "properties": {"items": {"type": "array", "items": _ref(schema)},
                                                      "total": {"type": "integer"}, "limit": {"type": "integer"},
@@ -37,10 +39,14 @@ def _collection(kind: str, schema: str, create: str) -> dict:
     }
 
 
+_ID = {"type": "string", "pattern": ID_PATTERN}
+_ID_PARAMETER = [{"name": "id", "in": "path", "required": True, "schema": _ID,
+                  "description": "Anything else is not found (404)"}]
+
+
 def _item(kind: str, schema: str, update: str) -> dict:
-    param = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
     return {
-        "parameters": param,
+        "parameters": _ID_PARAMETER,
         "get": {"summary": f"Get a {kind}", "tags": [kind],
                 "responses": {"200": {"description": f"The {kind}", **_json_body(_ref(schema))},
                               **_errors(401, 403, 404)}},
@@ -54,7 +60,7 @@ def _item(kind: str, schema: str, update: str) -> dict:
 
 
 def _rotate(kind: str) -> dict:
-    return {"parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+    return {"parameters": _ID_PARAMETER,
             "post": {"summary": f"Replace the {kind}'s API key (its current connection is closed)", "tags": [kind],
                      "responses": {"200": {"description": "The new key, shown only here", **_json_body({
                          "type": "object", "properties": {"id": {"type": "string"}, "apiKey": {"type": "string"}}})},
@@ -69,7 +75,7 @@ _STATUS = {"type": "string", "enum": ["online", "offline"]}
 _PORT = {"type": ["integer", "null"], "minimum": 1, "maximum": 65535}
 _TUNNEL_INPUT = {
     "domain": {"type": "string", "description": "Host name (lowercased; `*.` wildcard allowed), unique"},
-    "agentId": _STRING,
+    "agentId": _ID,
     "target": {"type": "string", "description": "host:port or http(s)://host:port, seen from the agent"},
     "enabled": {"type": "boolean", "default": True},
     "description": {"type": "string", "maxLength": 500},

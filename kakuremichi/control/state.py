@@ -42,6 +42,8 @@ class Settings:
     acme_lease: float = 600.0  # seconds one gateway alone may order a domain's certificate
     secrets_key: str | None = None  # base64url, encrypts TLS keys in the database; default: secrets.key in data_dir
     secrets_key_source: str = "KAKUREMICHI_SECRETS_KEY"  # the flag or variable it came from, for errors
+    metrics_token: str | None = None  # /metrics also accepts it (the admin token always works)
+    metrics_public: bool = False  # /metrics without any token
 
     @property
     def database(self) -> str:
@@ -79,6 +81,7 @@ class ControlState:
         self.status_changes = Broadcast()  # clients came, went, reported stats, or data changed: for the web UI
         self.challenge_acks = Broadcast()  # a gateway confirmed the ACME challenges it answers, or went away
         self.admin_token_hash, self.new_admin_token = _admin_token(self.db, settings.admin_token)
+        self.metrics_token_hash = auth.key_hash(settings.metrics_token) if settings.metrics_token else None
 
     def write(self, change: Callable[..., Any], *args: Any, bump: bool = False) -> Any:
         """`change(db, *args)` in one transaction, in turn with the other controls sharing the database (so two

@@ -15,6 +15,10 @@ from kakuremichi.values import Domain, Target
 
 Check = Callable[[Any], Any]
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,63}\Z")
+ID_PATTERN = "^[A-Za-z0-9_-]{1,64}$"  # what control makes (uuid4 hex), with room; never blank or padded
+_ID = re.compile(ID_PATTERN.rstrip("$") + r"\Z")
+MAX_OFFSET = 2**31 - 1  # past it the database's integer overflows; no list is that long
+_QUERY_INTEGER = re.compile(r"[0-9]{1,10}\Z")  # ASCII digits only: str.isdigit takes '²', int() takes '١'
 
 
 class ApiError(Exception):
@@ -96,19 +100,24 @@ def metadata(value: Any) -> dict:
 
 
 def identifier(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError("must be an id string")
+    if not is_identifier(value):
+        raise ValueError("must be an id: 1-64 letters, digits, '_' or '-'")
     return value
 
 
+def is_identifier(value: Any) -> bool:
+    """Whether `value` could be an id control made. The database strips strings, so ' ' would reach it as ''."""
+    return isinstance(value, str) and bool(_ID.match(value))
+
+
 def page(args: Any) -> tuple[int, int]:
-    """`?limit=&offset=` for list endpoints: limit 1-500 (default 100), offset ≥ 0."""
+    """`?limit=&offset=` for list endpoints: limit 1-500 (default 100), offset 0-MAX_OFFSET."""
     errors = {}
     values = {}
-    for key, default, low, high in (("limit", 100, 1, 500), ("offset", 0, 0, None)):
+    for key, default, low, high in (("limit", 100, 1, 500), ("offset", 0, 0, MAX_OFFSET)):
         raw = args.get(key, str(default))
-        if not raw.isdigit() or int(raw) < low or (high is not None and int(raw) > high):
-            errors[key] = f"must be an integer ≥ {low}" + (f" and ≤ {high}" if high else "")
+        if not _QUERY_INTEGER.match(raw) or not low <= int(raw) <= high:
+            errors[key] = f"must be an integer from {low} to {high}"
         else:
             values[key] = int(raw)
     if errors:

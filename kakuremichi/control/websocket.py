@@ -9,7 +9,6 @@ therefore reaches exactly the affected clients, without control having to know w
 from __future__ import annotations
 
 import logging
-import time
 from datetime import timedelta
 
 import trio
@@ -46,31 +45,7 @@ class _Rejected(Exception):
         self.code, self.message, self.close_code = code, message, close_code
 
 
-MAX_TRACKED_ADDRESSES = 1024
-
-
-class _FailureLog:
-    """Logs auth failures at most `burst` times per minute per remote address, counting what it skipped."""
-
-    def __init__(self, burst: int = 5) -> None:
-        self.burst = burst
-        self._windows: dict[str, tuple[float, int]] = {}
-
-    def record(self, remote: str, code: str) -> None:
-        now = time.monotonic()
-        if len(self._windows) > MAX_TRACKED_ADDRESSES:  # many addresses: forget finished windows
-            self._windows = {r: w for r, w in self._windows.items() if now - w[0] < 60}
-        start, count = self._windows.get(remote, (now, 0))
-        if now - start >= 60:
-            if count > self.burst:
-                log(logger, logging.WARNING, "auth failures suppressed", remote=remote, count=count - self.burst)
-            start, count = now, 0
-        self._windows[remote] = (start, count + 1)
-        if count < self.burst:
-            log(logger, logging.WARNING, "client authentication failed", remote=remote, code=code)
-
-
-_failures = _FailureLog()
+_failures = auth.FailureLog(logger, "client authentication failed")
 _contained = Contained(logger, "control /ws session")
 
 
@@ -310,7 +285,7 @@ async def endpoint() -> None:
 
 async def _refuse(state: ControlState, remote: str, rejected: _Rejected) -> None:
     state.metrics.inc("kakuremichi_control_auth_failures_total", reason=rejected.code)
-    _failures.record(remote, rejected.code)
+    _failures.record(remote, code=rejected.code)
     with trio.move_on_after(1):
         await websocket.send(protocol.AuthError(rejected.code, rejected.message).to_json())
         await websocket.close(rejected.close_code, rejected.message)

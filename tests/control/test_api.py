@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import httpx
 import pytest
 import trio
+
+from kakuremichi.control import cli
+from tests.control.conftest import ADMIN, start_control
 
 pytestmark = pytest.mark.both_databases
 
@@ -117,3 +122,53 @@ async def test_metrics_and_healthz(control):
     assert (await control.api.get("/healthz")).json()["configVersion"] == 1
 
 
+
+
+@pytest.mark.parametrize("metrics_public", [False, True])
+async def test_metrics_need_a_token_unless_public(nursery, settings, metrics_public):
+    settings = dataclasses.replace(settings, metrics_token="prometheus-secret", metrics_public=metrics_public)
+    control = await start_control(nursery, settings)
+    async with control.api, httpx.AsyncClient(base_url=control.url) as scraper:
+        anonymous = await scraper.get("/metrics")
+        wrong = await scraper.get("/metrics", headers={"Authorization": "Bearer kma_wrong"})
+        if metrics_public:
+            assert anonymous.status_code == wrong.status_code == 200
+        else:
+            assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"] == "Bearer"
+            assert wrong.status_code == 403 and wrong.json()["code"] == "forbidden"
+        for token in ("prometheus-secret", ADMIN):
+            scraped = await scraper.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+            assert scraped.status_code == 200 and "kakuremichi_control_config_version 0" in scraped.text
+        refused = await scraper.get("/api/agents", headers={"Authorization": "Bearer prometheus-secret"})
+        assert refused.status_code == 403  # the metrics token reads metrics only
+
+
+def test_metrics_flags(tmp_path):
+    args = cli.parser().parse_args(["--metrics-public"])
+    assert args.metrics_public and args.metrics_token is None
+    (tmp_path / "metrics-token").write_text("prometheus-secret\n")
+    args = cli.parser().parse_args(["--metrics-token-file", str(tmp_path / "metrics-token")])
+    assert args.metrics_token == "prometheus-secret" and not args.metrics_public
+
+
+async def test_ids_and_pages_out_of_range_are_client_errors(control):
+    agent = await control.create("agents", name="a")
+    huge = await control.api.get("/api/gateways", params={"offset": str(2**63)})
+    assert huge.status_code == 400 and set(huge.json()) == {"error", "code", "details"}
+    assert "offset" in huge.json()["details"]
+    for raw in ("²", "١", "-1", "1e3", "9" * 5000, ""):
+        assert (await control.api.get("/api/agents", params={"limit": raw})).status_code == 400, raw
+    for kind in ("agents", "gateways", "tunnels"):
+        for item_id in ("%20", "%09", "%20" + agent["id"], agent["id"] + "%20", "x" * 65):
+            for method, path in (("GET", ""), ("PATCH", ""), ("DELETE", ""), ("POST", "/rotate-key")):
+                if kind == "tunnels" and path:
+                    continue
+                response = await control.api.request(method, f"/api/{kind}/{item_id}{path}", json={})
+                assert response.status_code == 404, (method, kind, item_id, response.text)
+                assert response.json()["code"] == "not_found"
+    assert (await control.api.get(f"/api/agents/{agent['id']}")).status_code == 200  # still there
+    blank = await control.api.post("/api/tunnels", json={"domain": "a.example.com", "agentId": " ",
+                                                         "target": "localhost:80"})
+    assert blank.status_code == 400 and "agentId" in blank.json()["details"]
+    wrong_method = await control.api.put("/api/agents")
+    assert wrong_method.status_code == 405 and set(wrong_method.headers["allow"].split(", ")) >= {"GET", "POST"}

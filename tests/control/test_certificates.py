@@ -188,8 +188,9 @@ def test_the_issuer_is_named_by_common_name_and_organisation():
     assert issuer((NameOID.COUNTRY_NAME, "JP")) == "C=JP"
 
 
-@pytest.mark.parametrize("version, dropped", [("1", ["certificates", "acme_acks", "wireguard_keys"]),
-                                              ("2", ["acme_acks", "wireguard_keys"]), ("3", ["wireguard_keys"])])
+@pytest.mark.parametrize("version, dropped", [("1", ["certificates", "acme_acks", "wireguard_keys", "web_sessions"]),
+                                              ("2", ["acme_acks", "wireguard_keys", "web_sessions"]),
+                                              ("3", ["wireguard_keys", "web_sessions"]), ("4", ["web_sessions"])])
 def test_an_older_database_is_upgraded(tmp_path, version, dropped):
     url = f"sqlite:///{tmp_path}/old.sqlite"
     db = open_database(url)
@@ -200,7 +201,7 @@ def test_an_older_database_is_upgraded(tmp_path, version, dropped):
     db.disconnect()
     db = open_database(url)
     with db_session:
-        assert db.Setting["schema_version"].value == str(SCHEMA_VERSION) == "4"
+        assert db.Setting["schema_version"].value == str(SCHEMA_VERSION) == "5"
         assert db.Certificate.select().count() == db.AcmeAck.select().count() == 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
@@ -13,7 +14,7 @@ import httpx
 import pytest
 import trio
 
-from kakuremichi.control.web import status
+from kakuremichi.control.web import session, status
 from tests.control.conftest import ADMIN, start_control
 
 
@@ -63,12 +64,28 @@ async def test_anonymous_requests_are_sent_to_login(control):
         assert page.status_code == 302 and page.headers["location"] == "/login?next=/agents/abc"
         assert (await anonymous.get("/events")).status_code == 401
         assert (await anonymous.get("/assets/style.css")).status_code == 200
-        for target in ("//evil.example", "https://evil.example/"):
-            anonymous.cookies.clear()
-            token = _csrf(await anonymous.get("/login"))
-            response = await anonymous.post("/login", params={"next": target},
-                                            data={"csrf_token": token, "password": ADMIN})
-            assert response.headers["location"] == "/"
+
+
+_OFF_SITE = ["/%09/evil.example/x", "/%0d/evil.example/x", "/%0a/evil.example/x", "%09//evil.example", "/\\evil.example",
+             "/%5Cevil.example", "\\\\evil.example", "//evil.example", "///evil.example", "/%2F/evil.example",
+             "/%252F/evil.example", "https://evil.example/", "https:evil.example", "javascript:alert(1)",
+             "%20/evil.example", "/x%0a%0dSet-Cookie:%20a=b", "/%00/evil.example", "/%E2%80%A8/evil.example", "evil"]
+
+
+async def _login_redirect(url: str, raw_next: str) -> str:
+    """Where the login form sends a browser that came with `?next=` exactly as `raw_next` (not re-encoded)."""
+    async with httpx.AsyncClient(base_url=url) as browser:
+        token = _csrf(await browser.get("/login"))
+        response = await browser.post(f"/login?next={raw_next}", data={"csrf_token": token, "password": ADMIN})
+        assert response.status_code == 302
+        return response.headers["location"]
+
+
+async def test_login_goes_on_only_to_a_path_of_this_site(control):
+    for raw_next in _OFF_SITE:
+        assert await _login_redirect(control.url, raw_next) == "/", raw_next
+    assert await _login_redirect(control.url, "/agents/abc%3Fx") == "/agents/abc?x"
+    assert await _login_redirect(control.url, "/tunnels/new%3Fagent%3D1") == "/tunnels/new?agent=1"
 
 
 async def test_event_stream_sends_status_changes(control):
@@ -105,6 +122,29 @@ async def test_deleting_an_agent_says_what_goes_with_it(control):
         again = await browser.post(f"/agents/{agent['id']}/delete", data={"csrf_token": _csrf(page)})
         assert again.status_code == 404 and "<h1>Not found</h1>" in again.text
     assert (await control.api.get("/api/tunnels")).json()["total"] == 0
+
+
+@pytest.mark.both_databases
+async def test_a_cookie_copied_before_logout_is_refused_after_it_by_every_control(nursery, settings):
+    first = await start_control(nursery, settings)
+    second = await start_control(nursery, dataclasses.replace(settings))  # same database and data dir
+    async with first.api, second.api, _logged_in(first.url) as browser:
+        copied = httpx.Cookies(browser.cookies)
+        async with httpx.AsyncClient(base_url=second.url, cookies=copied) as thief:
+            assert (await thief.get("/agents")).status_code == 200
+            async with thief.stream("GET", "/events") as stream:
+                lines = stream.aiter_lines()
+                with trio.fail_after(5):
+                    assert await anext(lines) == "event: status"
+                logout = await browser.post("/logout", data={"csrf_token": _csrf(await browser.get("/"))})
+                assert logout.status_code == 302 and logout.headers["location"] == "/login"
+                with trio.fail_after(10):  # the open stream ends too
+                    async for _ in lines:
+                        pass
+            assert (await thief.get("/agents")).status_code == 302
+        async with httpx.AsyncClient(base_url=first.url, cookies=copied) as thief:
+            assert (await thief.get("/agents")).status_code == 302
+            assert (await thief.get("/events")).status_code == 401
 
 
 async def test_sessions_survive_a_restart_but_not_a_new_admin_token(settings):
@@ -200,3 +240,32 @@ async def test_the_tunnel_form_turns_the_exit_node_proxies_on_and_off(control):
         assert re.search(r'name="socksProxyEnabled"[^>]*checked', page.text)
         await browser.post(f"/tunnels/{tunnel['id']}/edit", data={**form, "csrf_token": _csrf(page)})
         assert not (await control.api.get(f"/api/tunnels/{tunnel['id']}")).json()["socksProxyEnabled"]
+
+
+async def _try_password(client: httpx.AsyncClient, password: str) -> httpx.Response:
+    client.cookies.clear()
+    token = _csrf(await client.get("/login"))
+    return await client.post("/login", data={"csrf_token": token, "password": password})
+
+
+async def test_login_guesses_are_throttled_per_address_and_logged_once(control, caplog):
+    caplog.set_level(logging.WARNING, "kakuremichi.control.web")
+    async with httpx.AsyncClient(base_url=control.url) as guesser, httpx.AsyncClient(
+            base_url=control.url, transport=httpx.AsyncHTTPTransport(local_address="127.0.0.2")) as elsewhere:
+        for _ in range(session.LOGIN_ATTEMPTS):
+            assert (await _try_password(guesser, "kma_guess")).status_code == 401
+        throttled = await _try_password(guesser, "kma_guess")
+        assert throttled.status_code == 429 and 0 < int(throttled.headers["retry-after"]) <= session.LOGIN_REFILL
+        assert "Too many wrong tokens" in throttled.text
+        assert (await _try_password(guesser, ADMIN)).status_code == 429  # not even the right one, for now
+        assert (await _try_password(elsewhere, ADMIN)).status_code == 302  # another source is not held back
+    refused = [r for r in caplog.records if r.getMessage() == "web login refused"]
+    assert [r.fields["remote"] for r in refused] == ["127.0.0.1"]
+
+
+async def test_a_port_in_other_digits_is_a_validation_message(control):
+    async with _logged_in(control.url) as browser:
+        token = _csrf(await browser.get("/gateways/new"))
+        for port in ("²", "١٢٣", "8" * 20):
+            page = await browser.post("/gateways/new", data={"csrf_token": token, "name": "gw", "wireguardPort": port})
+            assert page.status_code == 400 and "1-65535" in page.text, port

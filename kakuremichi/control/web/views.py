@@ -7,8 +7,11 @@ validates exactly as the API does and shows the API's messages next to the field
 from __future__ import annotations
 
 import json
+import re
 import shlex
+import unicodedata
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import trio
 from pony.orm import db_session
@@ -21,7 +24,8 @@ from kakuremichi.control.models import utcnow
 from kakuremichi.control.state import current
 from kakuremichi.control.validation import ApiError
 from kakuremichi.control.web import certificates, status
-from kakuremichi.control.web.session import CSRF_FIELD, csrf_token, csrf_valid, log_in, log_out, logged_in
+from kakuremichi.control.web.session import (CSRF_FIELD, LoginThrottled, csrf_token, csrf_valid, log_in, log_out,
+                                             logged_in, session_id, session_open)
 
 blueprint = Blueprint("web", __name__, template_folder="templates", static_folder="static",
                       static_url_path="/assets")
@@ -45,6 +49,7 @@ SECURITY_HEADERS = {
 _TLS_NAMES = {"acme": "ACME (Let’s Encrypt)", "self-signed": "Self-signed", "off": "Off (HTTP only)",
               "custom": "Custom certificate"}
 TLS_LABELS = {mode: _TLS_NAMES.get(mode, mode) for mode in protocol.TLS_MODES}
+_PORT_DIGITS = re.compile(r"[0-9]{1,5}\Z")  # str.isdigit takes '²', which int() refuses
 SECTIONS = {"": "overview", "gateways": "gateway", "agents": "agent", "tunnels": "tunnel"}  # path → navigation item
 ROLES = {
     "agent": {"title": "Agents", "label": "agent", "serialise": api.agent_json, "entity": "Agent",
@@ -107,18 +112,36 @@ async def _confirm(title: str, action: str, consequence: str, cancel: str) -> Re
 
 
 def _safe_next(target: str | None) -> str:
-    """Where to go after logging in: only a path on this site (never //other.host or a URL)."""
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return url_for("web.overview")
+    """Where to go after logging in: only a path on this site, else the overview. Browsers drop tabs and
+    newlines from a Location and read a backslash as a slash, so `/\t/evil.example` would be `//evil.example`."""
+    return target if target and is_local_target(target) else url_for("web.overview")
+
+
+def is_local_target(target: str) -> bool:
+    """Whether `target`, and what it reads as once percent-decoded, are both a plain path of this site."""
+    return all(_same_origin_path(text) for text in (target, unquote(target)))
+
+
+def _same_origin_path(text: str) -> bool:
+    if (not text.startswith("/") or text.startswith("//") or "\\" in text
+            or any(char.isspace() or unicodedata.category(char).startswith("C") for char in text)):
+        return False
+    parts = urlsplit(text)  # and what a URL parser makes of it agrees
+    return not parts.scheme and not parts.netloc and parts.path.startswith("/") and not parts.path.startswith("//")
 
 
 @blueprint.route("/login", methods=["GET", "POST"])
 async def login() -> Any:
     error = None
     if request.method == "POST":
-        if log_in((await request.form).get("password", "")):
-            return redirect(_safe_next(request.args.get("next")))
+        try:
+            if log_in((await request.form).get("password", "")):
+                return redirect(_safe_next(request.args.get("next")))
+        except LoginThrottled as throttled:
+            page = await _page("login.html", 429, error=f"Too many wrong tokens from your address. Try again in "
+                                                        f"{throttled.retry_after} seconds.")
+            page.headers["Retry-After"] = str(throttled.retry_after)
+            return page
         error = "That is not the admin token. Use the token control printed on its first start."
     elif logged_in():
         return redirect(url_for("web.overview"))
@@ -147,12 +170,14 @@ async def overview() -> Response:
 
 @blueprint.get("/events")
 async def events() -> Response:
-    """Server-sent events: the live text of every agent and gateway, sent again whenever it changes."""
+    """Server-sent events: the live text of every agent and gateway, sent again whenever it changes, until
+    the session that opened the stream is logged out."""
     state = current()
+    opened_by = session_id()
 
     async def stream():
         sent, quiet_since = None, trio.current_time()
-        while True:
+        while session_open(state.db, opened_by):
             snapshot = status.snapshot(state.db)
             if snapshot != sent:
                 sent, quiet_since = snapshot, trio.current_time()
@@ -176,7 +201,7 @@ def _client_body(role: str, form) -> dict:
     body = {"name": form.get("name", "").strip()}
     if role == "gateway":
         port = form.get("wireguardPort", "").strip()
-        body["wireguardPort"] = None if not port else int(port) if port.isdigit() else port
+        body["wireguardPort"] = None if not port else int(port) if _PORT_DIGITS.match(port) else port
     return body
 
 
