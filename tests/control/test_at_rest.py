@@ -21,6 +21,7 @@ from kakuremichi.control.sealing import PREFIX, UnsealError
 from kakuremichi.control.state import ControlState, Settings
 from tests.control.conftest import ADMIN, connect, start_control
 from tests.control.test_acme_websocket import DOMAIN, setup, upload
+from tests.deployment import free_port
 from tests.gateway.testca import TestCA
 
 
@@ -117,7 +118,7 @@ def test_the_cli_names_the_secrets_key_that_does_not_open_the_database(tmp_path)
                        not_after=datetime.datetime(2030, 2, 1), issuer="x", uploaded_by="gw")
     db.disconnect()
     result = subprocess.run([sys.executable, "-m", "kakuremichi.control", "--data-dir", str(tmp_path),
-                             "--listen", "127.0.0.1:0"], capture_output=True, text=True, timeout=30,
+                             "--listen", f"127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=30,
                             env={**os.environ, "KAKUREMICHI_ADMIN_TOKEN": ADMIN})
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"the TLS key of {DOMAIN} in the database does not open with the secrets key from " in result.stderr

@@ -442,10 +442,11 @@ async def test_an_answer_to_a_complete_body_does_not_reset_the_stream(nursery, t
 
 async def test_a_stream_over_the_concurrency_limit_is_refused_alone(nursery, tmp_path, app_port):
     """One stream more than MAX_CONCURRENT_STREAMS is reset with REFUSED_STREAM (the client may retry it);
-    the connection and the streams already open go on."""
+    the connection and the streams already open go on. The streams take 3 s each, so that none has ended
+    before the last one arrives, even on a loaded machine."""
     gw = await start_h2_gateway(nursery, tmp_path, app_port)
     client = await RawH2Client.connect(gw.https_port)  # sends before reading the limit, as a client may
-    opened = [await client.get("/slow?delay=0.5") for _ in range(MAX_CONCURRENT_STREAMS + 1)]
+    opened = [await client.get("/slow?delay=3") for _ in range(MAX_CONCURRENT_STREAMS + 1)]
     statuses: dict[int, int] = {}
     ended: set[int] = set()
     with trio.fail_after(30):
