@@ -342,6 +342,15 @@ class Device:
         else:
             self.dropped["malformed"] += 1
 
+    def sender(self, data: bytes | memoryview, source: Endpoint) -> Peer | Endpoint:
+        """Whom a datagram counts against when the driver shares its work fairly: the peer whose session
+        a transport message's receiver index names, else the source endpoint. Reads the header only."""
+        if len(data) >= messages.TRANSPORT_MIN_SIZE and data[0] == messages.MESSAGE_TRANSPORT:
+            entry = self._index.get(int.from_bytes(data[4:8], "little"))
+            if type(entry) is Session:
+                return entry.peer
+        return source
+
     def _handshake_admitted(self, msg: memoryview, source: Endpoint) -> bool:
         """mac1 always; under load, mac2 (else answer with a cookie) and a per-source rate limit."""
         if not self.cookie_checker.mac1_valid(msg):

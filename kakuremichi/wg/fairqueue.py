@@ -1,0 +1,63 @@
+"""Received datagrams waiting for the device, served round-robin by sender.
+
+The kernel's socket buffer is one FIFO: a tenant flooding the interface puts thousands of its datagrams
+ahead of another tenant's one, which then waits for all of them to be decrypted first. The driver
+instead reads the socket ahead (cheap: a receive and a copy) into one queue per sender, and hands the
+device at most `quantum` datagrams of each sender per round, so every sender's next datagram is handled
+within a turn however much another one sends. A sender whose queue is full loses its newest datagrams
+(like a full NIC ring); the total waiting is bounded too. Sans-IO: no sockets, no clock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable
+
+QUANTUM = 16  # datagrams of one sender handed to the device per round
+SENDER_QUEUE = 1024  # datagrams of one sender waiting at most
+MAX_WAITING = 8192  # datagrams waiting in all; the driver stops reading the socket ahead past it
+
+
+class FairQueue:
+    def __init__(self, *, quantum: int = QUANTUM, sender_queue: int = SENDER_QUEUE,
+                 max_waiting: int = MAX_WAITING) -> None:
+        self.quantum, self.sender_queue, self.max_waiting = quantum, sender_queue, max_waiting
+        self._queues: dict[Hashable, deque] = {}  # insertion order is the round-robin order
+        self.waiting = 0
+        self.dropped = 0  # datagrams refused because their sender's queue was full
+
+    @property
+    def full(self) -> bool:
+        return self.waiting >= self.max_waiting
+
+    def __len__(self) -> int:
+        return self.waiting
+
+    def put(self, sender: Hashable, item) -> bool:
+        """Queue `item` from `sender`; False (dropped) if that sender already has a full queue."""
+        queue = self._queues.get(sender)
+        if queue is None:
+            queue = self._queues[sender] = deque()
+        elif len(queue) >= self.sender_queue:
+            self.dropped += 1
+            return False
+        queue.append(item)
+        self.waiting += 1
+        return True
+
+    def take(self, limit: int) -> list:
+        """Up to `limit` items, `quantum` per sender per round, in round-robin order. A sender served
+        now goes to the back of the order, so the next turn starts with those not served yet."""
+        taken: list = []
+        queues = self._queues
+        while queues and len(taken) < limit:
+            for sender in list(queues):
+                queue = queues.pop(sender)
+                for _ in range(min(self.quantum, len(queue), limit - len(taken))):
+                    taken.append(queue.popleft())
+                if queue:
+                    queues[sender] = queue  # back of the order
+                if len(taken) >= limit:
+                    break
+        self.waiting -= len(taken)
+        return taken
