@@ -24,6 +24,7 @@ import os
 import socket
 import struct
 import sys
+import time
 from collections import deque
 from typing import Callable
 
@@ -37,6 +38,7 @@ log = logging.getLogger("kakuremichi.wg")
 
 BATCH = 128  # datagrams handled per wake-up before yielding to other tasks
 READ_AHEAD = 1024  # datagrams read from the socket per wake-up at most, into the fair queue
+TURN_BUDGET = 0.001  # seconds of datagram handling per wake-up, past which the turn ends early
 OFFLOAD_SWITCH = "KAKUREMICHI_UDP_OFFLOAD"  # "off": plain sendto/recvfrom even where GSO/GRO would work
 SOCKET_BUFFER = 4 << 20
 MAX_BACKLOG = 4096  # datagrams waiting for the socket to become writable before we drop (like a NIC)
@@ -238,30 +240,43 @@ class WireGuardInterface:
                     break
                 except OSError:
                     continue  # ICMP port-unreachable surfaced on the socket: nothing to read
-                datagram = memoryview(bytes(view[:size]))
-                if ancillary:  # a coalesced run of equal-sized datagrams
+                datagram = bytes(view[:size])
+                if ancillary:  # a coalesced run of equal-sized datagrams from one source: queued as one
                     segment = int.from_bytes(ancillary[0][2], sys.byteorder) or size
-                    for offset in range(0, size, segment):
-                        piece = datagram[offset:offset + segment]
-                        if not queue.put(sender(piece, source), (piece, source)):
-                            dropped["sender_queue_full"] += 1
-                elif not queue.put(sender(datagram, source), (datagram, source)):
-                    dropped["sender_queue_full"] += 1
-            self._handle(queue.take(BATCH))
+                    run = memoryview(datagram)
+                    items = [(run[offset:offset + segment], source) for offset in range(0, size, segment)]
+                else:
+                    items = [(datagram, source)]
+                lost = queue.put(sender(items[0][0], source), items)
+                if lost:
+                    dropped["sender_queue_full"] += lost
+            self._handle_turn()
             self.flush()
             if drained and not queue:
                 await trio.lowlevel.wait_readable(sock)
             else:
                 await trio.lowlevel.checkpoint()
 
-    def _handle(self, datagrams: list) -> None:
-        """Feed one turn's datagrams to the device; one that raises is dropped and counted."""
+    def _handle_turn(self) -> None:
+        """Feed the device up to BATCH datagrams, QUANTUM at a time round-robin by sender, until the turn
+        has spent TURN_BUDGET: under a flood every turn stays short, so a datagram of another
+        peer that arrives meanwhile, and the tasks waiting for it, wait one short turn. One that raises
+        is dropped and counted."""
+        queue = self._queue
         receive = self.device.receive_datagram
-        for datagram, source in datagrams:
-            try:
-                receive(datagram, source)
-            except Exception as exc:
-                self.contained.record(exc, stage="datagram", source=f"{source[0]}:{source[1]}", size=len(datagram))
+        end = time.perf_counter() + TURN_BUDGET
+        handled = 0
+        while queue and handled < BATCH:
+            datagrams = queue.take(min(queue.quantum, BATCH - handled))
+            handled += len(datagrams)
+            for datagram, source in datagrams:
+                try:
+                    receive(datagram, source)
+                except Exception as exc:
+                    self.contained.record(exc, stage="datagram", source=f"{source[0]}:{source[1]}",
+                                          size=len(datagram))
+            if time.perf_counter() >= end:
+                break
 
     async def _timer_loop(self) -> None:
         device = self.device

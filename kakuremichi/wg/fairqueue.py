@@ -33,17 +33,19 @@ class FairQueue:
     def __len__(self) -> int:
         return self.waiting
 
-    def put(self, sender: Hashable, item) -> bool:
-        """Queue `item` from `sender`; False (dropped) if that sender already has a full queue."""
+    def put(self, sender: Hashable, items: list) -> int:
+        """Queue `items` (one datagram, or a coalesced run of them) from `sender`; returns how many were
+        dropped because that sender's queue was full."""
         queue = self._queues.get(sender)
         if queue is None:
             queue = self._queues[sender] = deque()
-        elif len(queue) >= self.sender_queue:
-            self.dropped += 1
-            return False
-        queue.append(item)
-        self.waiting += 1
-        return True
+        room = self.sender_queue - len(queue)
+        kept = items if len(items) <= room else items[:room]
+        queue.extend(kept)
+        self.waiting += len(kept)
+        dropped = len(items) - len(kept)
+        self.dropped += dropped
+        return dropped
 
     def take(self, limit: int) -> list:
         """Up to `limit` items, `quantum` per sender per round, in round-robin order. A sender served

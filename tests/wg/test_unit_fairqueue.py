@@ -9,9 +9,8 @@ from tests.wg.sansio_helpers import A_ADDR, established_pair
 
 def test_each_sender_gets_a_quantum_per_round_whatever_it_queued():
     queue = FairQueue(quantum=4)
-    for n in range(100):
-        queue.put("hostile", ("hostile", n))
-    queue.put("legit", ("legit", 0))
+    queue.put("hostile", [("hostile", n) for n in range(100)])
+    queue.put("legit", [("legit", 0)])
     taken = queue.take(8)
     assert taken == [("hostile", n) for n in range(4)] + [("legit", 0)] + [("hostile", n) for n in range(4, 7)]
     assert len(queue) == 100 - 7
@@ -20,18 +19,17 @@ def test_each_sender_gets_a_quantum_per_round_whatever_it_queued():
 def test_the_next_turn_starts_with_the_senders_this_one_did_not_reach():
     queue = FairQueue(quantum=2)
     for sender in "abc":
-        for n in range(4):
-            queue.put(sender, (sender, n))
+        queue.put(sender, [(sender, n) for n in range(4)])
     assert [s for s, _ in queue.take(3)] == ["a", "a", "b"]
     assert [s for s, _ in queue.take(4)] == ["c", "c", "a", "a"]  # b was served (partly): it waits its turn
 
 
 def test_a_full_sender_queue_drops_its_newest_and_leaves_others_room():
     queue = FairQueue(sender_queue=3, max_waiting=5)
-    assert all(queue.put("flood", n) for n in range(3))
-    assert not queue.put("flood", 3)
-    assert queue.dropped == 1 and not queue.full
-    assert queue.put("other", 0) and queue.put("other", 1)
+    assert queue.put("flood", [0, 1]) == 0
+    assert queue.put("flood", [2, 3, 4]) == 2  # a coalesced run: what fits is kept
+    assert queue.dropped == 2 and not queue.full
+    assert queue.put("other", [0]) == 0 and queue.put("other", [1]) == 0
     assert queue.full  # the driver stops reading ahead
     assert queue.take(100) == [0, 1, 2, 0, 1] and len(queue) == 0
 
