@@ -6,7 +6,8 @@ gateway, then reads lines `KIND SECONDS` from stdin and answers each with one JS
 
 - transport: valid transport packets (small UDP packets to a closed port of the gateway's tunnel address);
 - handshake: one authentic handshake initiation sent again and again (each costs the gateway its mac1 and
-  Curve25519 work before the replay is seen; past the load threshold, a cookie reply);
+  Curve25519 work before the replay is seen; once the gateway is under load, a mac1 and the per-source
+  rate limit, or a cookie reply);
 - syn: TCP SYNs to closed ports of the gateway's tunnel address, from random ports.
 """
 
