@@ -14,8 +14,10 @@ from collections import deque
 from collections.abc import Hashable
 
 QUANTUM = 16  # datagrams of one sender handed to the device per round
-SENDER_QUEUE = 1024  # datagrams of one sender waiting at most
-MAX_WAITING = 8192  # datagrams waiting in all; the driver stops reading the socket ahead past it
+# Datagrams of one sender waiting at most: about what the socket's buffer held before it was read ahead,
+# so a single fast sender (a bulk download) that the device falls behind loses no more than it used to.
+SENDER_QUEUE = 4096
+MAX_WAITING = 16384  # datagrams waiting in all; the driver stops reading the socket ahead past it
 
 
 class FairQueue:
