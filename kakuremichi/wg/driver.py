@@ -37,7 +37,8 @@ from kakuremichi.wg.fairqueue import FairQueue
 log = logging.getLogger("kakuremichi.wg")
 
 BATCH = 128  # datagrams handled per wake-up before yielding to other tasks
-READ_AHEAD = 1024  # datagrams read from the socket per wake-up at most, into the fair queue
+READ_AHEAD = 2 * BATCH  # datagrams read from the socket per wake-up at most, into the fair queue (more
+# would lengthen every turn of the Trio loop that the interface shares with its stack and proxies)
 TURN_BUDGET = 0.001  # seconds of datagram handling per wake-up, past which a contended turn ends
 OFFLOAD_SWITCH = "KAKUREMICHI_UDP_OFFLOAD"  # "off": plain sendto/recvfrom even where GSO/GRO would work
 SOCKET_BUFFER = 4 << 20
