@@ -21,6 +21,9 @@ TARGETS = [
     ("scale_connections", "gateway_kb_per_connection", "<=", 30, "gateway <= 30 KB per idle tunnelled connection"),
     ("scale_connections", "agent_kb_per_connection", "<=", 30, "agent <= 30 KB per idle tunnelled connection"),
     ("memory", "agent_idle_rss_mb", "<=", 60, "agent idle RSS <= 60 MB"),
+] + [  # issue 13: another tenant's flood at most doubles a tenant's request latency
+    ("fairness", f"{kind}_flood_{stat}_ratio", "<=", 2, f"{kind} flood: legit {stat} <= 2 x no flood")
+    for kind in ("transport", "handshake", "syn") for stat in ("p50", "p99")
 ]
 
 
@@ -78,7 +81,7 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(scenario)
         for key, value in figures.items():
             terminalreporter.write_line(f"    {key:<44} {value}")
-    terminalreporter.write_line("targets (issue 7)")
+    terminalreporter.write_line("targets (issues 7, 13)")
     for label, verdict in _targets().items():
         terminalreporter.write_line(f"    {'PASS' if verdict['pass'] else 'FAIL'}  {label:<52} "
                                     f"{verdict['value']} (target {verdict['target']})")

@@ -342,20 +342,32 @@ class Device:
         else:
             self.dropped["malformed"] += 1
 
+    def sender(self, data: bytes | memoryview, source: Endpoint) -> Peer | Endpoint:
+        """Whom a datagram counts against when the driver shares its work fairly: the peer whose session
+        a transport message's receiver index names, else the source endpoint. Reads the header only."""
+        if len(data) >= messages.TRANSPORT_MIN_SIZE and data[0] == messages.MESSAGE_TRANSPORT:
+            entry = self._index.get(int.from_bytes(data[4:8], "little"))
+            if type(entry) is Session:
+                return entry.peer
+        return source
+
     def _handshake_admitted(self, msg: memoryview, source: Endpoint) -> bool:
-        """mac1 always; under load, mac2 (else answer with a cookie) and a per-source rate limit."""
+        """mac1 always; under load, a per-source rate limit, then mac2 (else answer with a cookie).
+
+        The rate limit comes before the cookie (wireguard-go's order is the reverse) so that a source
+        flooding handshake messages costs a mac1 each, not a cookie reply's encryption and send each."""
         if not self.cookie_checker.mac1_valid(msg):
             self.dropped["mac1"] += 1
             return False
         if not self._under_load():
             return True
+        if not self.rate_limiter.allow(source[0]):
+            self.dropped["rate_limited"] += 1
+            return False
         source_bytes = _endpoint_bytes(source)
         if not self.cookie_checker.mac2_valid(msg, source_bytes):
             self.outgoing.append((self.cookie_checker.create_reply(msg, source_bytes), source))
             self.dropped["cookie_sent"] += 1
-            return False
-        if not self.rate_limiter.allow(source[0]):
-            self.dropped["rate_limited"] += 1
             return False
         return True
 

@@ -1,14 +1,18 @@
 """Runs a sans-IO `Device` on a real UDP socket under Trio.
 
-The receive loop drains the socket with non-blocking receives into one reused buffer until EAGAIN (or a
-batch limit, to stay fair to other tasks), feeds each datagram to the device, hands the decrypted
-packets to the attached network stack in one call, flushes the device's datagrams, and only then awaits
+The receive loop reads the socket ahead with non-blocking receives (until EAGAIN or a read-ahead limit)
+into a `FairQueue` keyed by sender, feeds the device a batch taken round-robin from it (so one peer's
+flood cannot push another peer's datagram to the end of a long backlog), hands the decrypted packets to
+the attached network stack in one call, flushes the device's datagrams, and only then awaits
 readability: one await per batch, not per packet. Timers are a single cancel scope whose deadline
-tracks `device.next_deadline()`.
+tracks `device.next_deadline()`. An unexpected exception while handling one datagram, a timer or the
+stack's receive callback is contained (`faults.Contained`): that datagram or batch is dropped, the
+interface goes on.
 
 On Linux, UDP generic segmentation offload cuts the per-datagram syscall cost: runs of equal-sized
 datagrams to one endpoint leave in a single `sendmsg` (UDP_SEGMENT), and the kernel hands back
-coalesced runs in a single receive (UDP_GRO). Elsewhere, or if the kernel refuses, plain calls are used.
+coalesced runs in a single receive (UDP_GRO). Elsewhere (Windows' Python has no `recvmsg`/`sendmsg`),
+if the kernel refuses, or with KAKUREMICHI_UDP_OFFLOAD=off, plain sendto/recvfrom are used.
 """
 
 from __future__ import annotations
@@ -16,23 +20,40 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import os
 import socket
 import struct
 import sys
+import time
 from collections import deque
 from typing import Callable
 
 import trio
 
+from kakuremichi.faults import Contained
 from kakuremichi.wg.device import Device
+from kakuremichi.wg.fairqueue import FairQueue
 
 log = logging.getLogger("kakuremichi.wg")
 
 BATCH = 128  # datagrams handled per wake-up before yielding to other tasks
+READ_AHEAD = 2 * BATCH  # datagrams read from the socket per wake-up at most, into the fair queue (more
+# would lengthen every turn of the Trio loop that the interface shares with its stack and proxies)
+TURN_BUDGET = 0.001  # seconds of datagram handling per wake-up, past which a contended turn ends
+OFFLOAD_SWITCH = "KAKUREMICHI_UDP_OFFLOAD"  # "off": plain sendto/recvfrom even where GSO/GRO would work
 SOCKET_BUFFER = 4 << 20
 MAX_BACKLOG = 4096  # datagrams waiting for the socket to become writable before we drop (like a NIC)
 
 PacketReceiver = Callable[[list], None]
+
+
+def udp_offload_possible(sock: socket.socket) -> bool:
+    """Whether GSO/GRO may be tried: Linux, a Python socket with sendmsg/recvmsg_into and CMSG_SPACE
+    (Windows' has none of them), and not switched off by the environment."""
+    return (sys.platform == "linux" and os.environ.get(OFFLOAD_SWITCH, "on").lower() != "off"
+            and all(hasattr(sock, name) for name in ("sendmsg", "recvmsg_into"))
+            and hasattr(socket, "CMSG_SPACE"))
+
 
 _SOL_UDP = getattr(socket, "SOL_UDP", 17)
 _UDP_SEGMENT = 103  # linux/udp.h
@@ -69,9 +90,9 @@ class WireGuardInterface:
             raise OSError(exc.errno, f"cannot listen for WireGuard on UDP {listen_host}:{listen_port}: "
                                      f"{exc.strerror} (choose another --listen-port)") from exc
         self.sock.setblocking(False)
-        self._gso = sys.platform == "linux"
+        self._gso = udp_offload_possible(self.sock)
         self._gro = False
-        if sys.platform == "linux":
+        if self._gso:
             try:
                 self.sock.setsockopt(_SOL_UDP, _UDP_GRO, 1)
                 self._gro = True
@@ -81,7 +102,9 @@ class WireGuardInterface:
         self._backlog: deque = deque()
         self._writable = trio.Event()
         self._timer_scope: trio.CancelScope | None = None
+        self._queue = FairQueue()
         self.send_errors = 0
+        self.contained = Contained(log, "wireguard receive")
 
     @property
     def mtu(self) -> int:
@@ -112,7 +135,10 @@ class WireGuardInterface:
         if device.incoming:
             packets, device.incoming = device.incoming, []
             if self._receiver is not None:  # with nothing attached, decrypted packets have nowhere to go
-                self._receiver(packets)
+                try:
+                    self._receiver(packets)
+                except Exception as exc:  # the stack's bug: this batch is lost, the interface goes on
+                    self.contained.record(exc, stage="stack", packets=len(packets))
         scope = self._timer_scope
         if scope is not None:
             deadline = device.next_deadline()
@@ -191,17 +217,19 @@ class WireGuardInterface:
 
     async def _receive_loop(self) -> None:
         sock = self.sock
-        device = self.device
+        queue = self._queue
+        dropped = self.device.dropped
         buffer = bytearray(65536)
         view = memoryview(buffer)
-        buffers = [buffer]
         recvfrom_into = sock.recvfrom_into
-        recvmsg_into = sock.recvmsg_into
-        ancillary_size = socket.CMSG_SPACE(4)
-        receive = device.receive_datagram
+        if self._gro:  # looked up only here: where GRO is off these may not exist (Windows)
+            recvmsg_into, buffers, ancillary_size = sock.recvmsg_into, [buffer], socket.CMSG_SPACE(4)
+        sender = self.device.sender
         while True:
             drained = False
-            for _ in range(BATCH):
+            for _ in range(READ_AHEAD):
+                if queue.full:
+                    break
                 try:
                     if self._gro:
                         size, ancillary, _, source = recvmsg_into(buffers, ancillary_size)
@@ -213,17 +241,43 @@ class WireGuardInterface:
                     break
                 except OSError:
                     continue  # ICMP port-unreachable surfaced on the socket: nothing to read
-                if ancillary:  # a coalesced run of equal-sized datagrams
+                datagram = bytes(view[:size])
+                if ancillary:  # a coalesced run of equal-sized datagrams from one source: queued as one
                     segment = int.from_bytes(ancillary[0][2], sys.byteorder) or size
-                    for offset in range(0, size, segment):
-                        receive(view[offset:min(offset + segment, size)], source)
+                    run = memoryview(datagram)
+                    items = [(run[offset:offset + segment], source) for offset in range(0, size, segment)]
                 else:
-                    receive(view[:size], source)
+                    items = [(datagram, source)]
+                lost = queue.put(sender(items[0][0], source), items)
+                if lost:
+                    dropped["sender_queue_full"] += lost
+            self._handle_turn()
             self.flush()
-            if drained:
+            if drained and not queue:
                 await trio.lowlevel.wait_readable(sock)
             else:
                 await trio.lowlevel.checkpoint()
+
+    def _handle_turn(self) -> None:
+        """Feed the device up to BATCH datagrams, QUANTUM at a time round-robin by sender; while several
+        senders wait, only until the turn has spent TURN_BUDGET, so that under a flood the other peers'
+        datagrams, and the tasks waiting for them, wait one short turn (a lone sender keeps whole batches:
+        bulk throughput). One that raises is dropped and counted."""
+        queue = self._queue
+        receive = self.device.receive_datagram
+        end = time.perf_counter() + TURN_BUDGET
+        handled = 0
+        while queue and handled < BATCH:
+            datagrams = queue.take(min(queue.quantum, BATCH - handled))
+            handled += len(datagrams)
+            for datagram, source in datagrams:
+                try:
+                    receive(datagram, source)
+                except Exception as exc:
+                    self.contained.record(exc, stage="datagram", source=f"{source[0]}:{source[1]}",
+                                          size=len(datagram))
+            if queue.contended and time.perf_counter() >= end:
+                break
 
     async def _timer_loop(self) -> None:
         device = self.device
@@ -233,7 +287,10 @@ class WireGuardInterface:
             with trio.CancelScope(deadline=when) as self._timer_scope:
                 await trio.sleep_forever()
             self._timer_scope = None
-            device.tick()
+            try:
+                device.tick()
+            except Exception as exc:
+                self.contained.record(exc, stage="timers")
             self.flush()
 
     async def _backlog_loop(self) -> None:

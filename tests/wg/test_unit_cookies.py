@@ -165,19 +165,31 @@ def test_per_source_rate_limit_under_load():
             jar.stamp(msg)
             pair.b.receive_datagram(bytes(msg), source)
 
-    jar1 = jar_for(ATTACKER)
+    jar1 = jar_for(ATTACKER)  # its cookie request took one of the source's tokens
     burst(jar1, ATTACKER, BURST + 3)
-    assert pair.b.dropped["rate_limited"] == 3
-    assert pair.b.dropped["unknown_peer"] == BURST  # the admitted ones were fully processed
+    assert pair.b.dropped["rate_limited"] == 4
+    assert pair.b.dropped["unknown_peer"] == BURST - 1  # the admitted ones were fully processed
     assert pair.b.outgoing == []
 
     other = ("203.0.113.8", 40000)  # another address is not starved by the first
     burst(jar_for(other), other, 2)
-    assert pair.b.dropped["unknown_peer"] == BURST + 2 and pair.b.dropped["rate_limited"] == 3
+    assert pair.b.dropped["unknown_peer"] == BURST + 1 and pair.b.dropped["rate_limited"] == 4
 
     pair.clock.advance(1.5 / PACKETS_PER_SECOND)  # tokens refill at 20 a second
     burst(jar1, ATTACKER, 2)
-    assert pair.b.dropped["unknown_peer"] == BURST + 3 and pair.b.dropped["rate_limited"] == 4
+    assert pair.b.dropped["unknown_peer"] == BURST + 2 and pair.b.dropped["rate_limited"] == 5
+
+
+def test_a_source_flooding_without_cookies_gets_no_more_cookie_replies_than_its_rate():
+    """Past its rate a source's handshake messages cost mac1 only: no cookie reply is encrypted or sent."""
+    pair = under_load_pair()
+    stranger = bytes(31) + b"\x40"
+    for i in range(100):
+        msg = bytearray(craft_initiation(stranger, pair.b.public_key, tai64n(100 + i), i).message)
+        CookieJar(pair.b.public_key, pair.clock).stamp(msg)
+        pair.b.receive_datagram(bytes(msg), ATTACKER)
+    assert len(pair.b.outgoing) == BURST == pair.b.dropped["cookie_sent"]
+    assert pair.b.dropped["rate_limited"] == 100 - BURST
 
 
 # ---------------------------------------------------------------------------------------------- the pieces
