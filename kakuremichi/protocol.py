@@ -165,10 +165,10 @@ def _check_stats(stats: Any) -> Stats:
         value, depth = pending.pop()
         if isinstance(value, (dict, list)):
             if depth > STATS_MAX_DEPTH:
-                raise ValueError(f"stats nest deeper than {STATS_MAX_DEPTH} levels")
+                raise ValueError(f"nest deeper than {STATS_MAX_DEPTH} levels")
             entries += len(value)
             if entries > STATS_MAX_ENTRIES:
-                raise ValueError(f"stats have more than {STATS_MAX_ENTRIES} entries")
+                raise ValueError(f"more than {STATS_MAX_ENTRIES} entries")
             items = list(value.items()) if isinstance(value, dict) else [(None, item) for item in value]
             for key, item in items:
                 if key is not None:
@@ -177,17 +177,17 @@ def _check_stats(stats: Any) -> Stats:
         elif isinstance(value, str):
             _check_stats_string(value)
         elif isinstance(value, int) and not isinstance(value, bool) and not -(1 << 63) <= value < (1 << 64):
-            raise ValueError("a stats number is out of the 64-bit range")
+            raise ValueError("a number is out of the 64-bit range")
         elif isinstance(value, float) and not math.isfinite(value):  # no JSON column stores Infinity or NaN
-            raise ValueError("a stats number is not finite")
+            raise ValueError("a number is not finite")
     return Stats(stats)
 
 
 def _check_stats_string(text: str) -> None:
     if len(text) > STATS_MAX_STRING:
-        raise ValueError(f"a stats string or key is longer than {STATS_MAX_STRING} characters")
+        raise ValueError(f"a string or key is longer than {STATS_MAX_STRING} characters")
     if "\0" in text:  # PostgreSQL's JSON refuses it
-        raise ValueError("a stats string or key contains NUL")
+        raise ValueError("a string or key contains NUL")
 
 
 def _decode_hook(kind: type, value: Any) -> Any:
@@ -532,12 +532,12 @@ def _named(exc: msgspec.ValidationError, where: str = "") -> ProtocolError:
 
 
 def _in_message(error: ProtocolError, frame: str | bytes) -> ProtocolError:
-    """`error` prefixed with the type of the message it is in, when the frame has one."""
+    """`error` prefixed with the type of the message it is in (or `frame`)."""
     try:
         kind = msgspec.json.decode(frame, type=_Untyped).type
     except (msgspec.MsgspecError, UnicodeEncodeError, RecursionError):
-        return error
-    return ProtocolError(f"{kind}: {error}") if kind in _TYPES else error
+        kind = None
+    return ProtocolError(f"{kind if kind in _TYPES else 'frame'}: {error}")
 
 
 def decode(frame: str | bytes) -> Message:

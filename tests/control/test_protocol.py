@@ -88,6 +88,8 @@ def test_certificate_repr_hides_the_private_key():
     ("not json", "not JSON"),
     ("[1]", "object"),
     ('{"type": "hello"}', "unknown message type"),
+    ('{"kind": "ping"}', "^frame: .*`type`"),
+    ('{"type": "status_update", "stats": {"a": {"b": {"c": {"d": {}}}}}}', "^status_update: stats: nest deeper"),
     ('{"type": "auth", "role": "gateway", "publicKey": "%s", "version": 1}' % KEY, "auth: .*apiKey"),
     ('{"type": "auth", "apiKey": "k", "role": "boss", "publicKey": "%s", "version": 1}' % KEY, "role"),
     ('{"type": "auth", "apiKey": "k", "role": "agent", "publicKey": "short", "version": 1}', "publicKey"),
