@@ -152,8 +152,8 @@ def test_the_protocol_decodes_to_canonical_forms_and_names_the_field():
     peer = protocol.GatewayPeer.from_json({"publicKey": "A" * 43 + "=", "endpoint": "[2001:DB8::1]:51820",
                                            "allowedIps": []})
     assert peer.endpoint == "[2001:db8::1]:51820"
-    for obj, message in (({"target": "tcp://127.0.0.1:8080"}, "tunnel.target: 'tcp://127.0.0.1:8080'"),
-                         ({"domain": "*.com"}, "tunnel.domain: '*.com': a wildcard")):
+    for obj, message in (({"target": "tcp://127.0.0.1:8080"}, "^target: 'tcp://127.0.0.1:8080'"),
+                         ({"domain": "*.com"}, "^domain: '*.com': a wildcard")):
         with pytest.raises(protocol.ProtocolError, match=message.replace("*", r"\*")):
             protocol.TunnelMapping.from_json({"tunnelId": "t", "domain": "a.test", "agentIp": "10.1.0.2",
                                               "target": "localhost:80", **obj})

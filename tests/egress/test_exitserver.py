@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import socket
 import struct
 
+import msgspec
 import pytest
 import trio
 
@@ -121,7 +121,7 @@ async def test_an_exit_turned_off_during_the_connect_is_not_spliced(monkeypatch)
 
     async with listener, exit_pair() as (server, agent, _gateway):
         async def connect_while_turned_off(policy, host, port_):
-            server.update([dataclasses.replace(EXIT_ROUTE, exit=False)])  # a config push arrives meanwhile
+            server.update([msgspec.structs.replace(EXIT_ROUTE, exit=False)])  # a config push arrives meanwhile
             return await real_connect(policy, host, port_)
 
         monkeypatch.setattr(exitserver, "connect_checked", connect_while_turned_off)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 
+import msgspec
 import trio
 import trio.testing
 
@@ -52,7 +52,7 @@ async def test_a_proxy_turned_off_and_on_at_once_keeps_its_port():
     async with trio.open_nursery() as nursery:
         await nursery.start(proxies.run)
         await proxies.update(on)
-        await proxies.update([dataclasses.replace(on[0], socks_proxy=False)])
+        await proxies.update([msgspec.structs.replace(on[0], socks_proxy=False)])
         await proxies.update(on)
         await trio.testing.wait_all_tasks_blocked()
         assert set(proxies.ports) == {"socks"}

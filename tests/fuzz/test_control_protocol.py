@@ -1,6 +1,7 @@
 """Fuzzing control's protocol: every message decoder fed random frames, random JSON objects of each type and
-valid messages mutated; only ProtocolError may come out. Then a running control's /ws fed arbitrary frames
-after auth: the session answers on or closes cleanly, and nothing escapes its handler."""
+valid messages mutated; only ProtocolError may come out, and a frame that decodes re-encodes to the same
+message. Then a running control's /ws fed arbitrary frames after auth: the session answers on or closes
+cleanly, and nothing escapes its handler."""
 
 from __future__ import annotations
 
@@ -29,9 +30,9 @@ VALID = [
     protocol.AuthSuccess("id", "name", 30.0), protocol.AuthError("invalid_key", "no"),
     protocol.Ping(), protocol.Pong(), protocol.Stopping(), protocol.StatusUpdate({"peers": {KEY: {"rxBytes": 1, "connected": True}}}),
     protocol.ConfigAck(3),
-    protocol.ConfigUpdate(protocol.GatewayConfig(4, 51820, ["10.1.0.254/24"], [protocol.AgentPeer(KEY, ["10.1.0.2/32"])],
+    protocol.ConfigUpdate(protocol.GatewayConfig(4, 51820, ["10.1.0.254"], [protocol.AgentPeer(KEY, ["10.1.0.2/32"])],
                                                  [protocol.RouteConfig("a.example", "10.1.0.2", "10.1.0.254", "t1", agent_stopped=True)])),
-    protocol.ConfigUpdate(protocol.AgentConfig(5, ["10.1.0.2/24"], [protocol.GatewayPeer(KEY, ENDPOINT, ["10.1.0.254/32"])],
+    protocol.ConfigUpdate(protocol.AgentConfig(5, ["10.1.0.2"], [protocol.GatewayPeer(KEY, ENDPOINT, ["10.1.0.254/32"])],
                                                [protocol.TunnelMapping("t1", "a.example", "10.1.0.2", "localhost:80",
                                                                        gateway_ips=["10.1.0.254"])])),
     protocol.ChallengePublished(protocol.AcmeChallenge("a.example", "tok", "tok.thumb")),
@@ -42,6 +43,7 @@ VALID = [
     protocol.CertificateInstall("a.example", "chain", "key", NOW),
 ]
 assert {m.type for m in VALID} == set(TYPES)
+assert all(protocol.decode(m.to_json()) == m for m in VALID)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(1 << 70), 1 << 70) | st.floats(allow_nan=True) | st.text(max_size=30),
@@ -50,10 +52,12 @@ json_values = st.recursive(
 
 
 def decodes_or_refuses(frame: str | bytes) -> None:
+    """Only ProtocolError comes out; what decodes encodes again to the same message."""
     try:
-        protocol.decode(frame)
+        message = protocol.decode(frame)
     except protocol.ProtocolError:
-        pass
+        return
+    assert protocol.decode(message.to_json()) == message
 
 
 @FUZZ
