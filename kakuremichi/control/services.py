@@ -240,6 +240,12 @@ def delete(state: ControlState, kind: str, item_id: str) -> None:
     _write(state, lambda db: get_row(db, ENTITIES[kind], item_id).delete())
 
 
+def agent_names(state: ControlState) -> list[dict]:
+    """Every agent's id and name, by name: what a tunnel's form offers."""
+    with db_session:
+        return [{"id": a.id, "name": a.name} for a in state.db.Agent.select().order_by(lambda a: a.name)]
+
+
 def counts(state: ControlState) -> tuple[dict[str, int], dict[str, int]]:
     """How many gateways, agents and tunnels there are, and how many gateways and agents are online."""
     with db_session:

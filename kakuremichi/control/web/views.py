@@ -346,11 +346,6 @@ def _tunnel_body(form) -> dict:
             "socksProxyEnabled": "socksProxyEnabled" in form, "httpProxyEnabled": "httpProxyEnabled" in form}
 
 
-def _agents() -> list[dict]:
-    with db_session:
-        return [{"id": a.id, "name": a.name} for a in current().db.Agent.select().order_by(lambda a: a.name)]
-
-
 def _tunnel(item_id: str) -> dict:
     with db_session:
         tunnel = services.get_row(current().db, "Tunnel", item_id)
@@ -360,7 +355,7 @@ def _tunnel(item_id: str) -> dict:
 async def _tunnel_form(item: dict | None, values: dict, errors: dict, message: str | None,
                        code: int = 200) -> Response:
     return await _page("tunnel_form.html", code, item=item, values=values, errors=errors,
-                       message=message, agents=_agents())
+                       message=message, agents=services.agent_names(current()))
 
 
 @blueprint.get("/tunnels")
@@ -369,7 +364,7 @@ async def tunnel_index() -> Response:
         items = [{**services.tunnel_json(t), "agentName": t.agent.name,
                   "agentLive": status.live_key("agent", t.agent.id), "agentStatus": t.agent.status}
                  for t in services.ordered(current().db, "tunnel")]
-    return await _page("tunnels.html", items=items, have_agents=bool(_agents()))
+    return await _page("tunnels.html", items=items, have_agents=bool(services.agent_names(current())))
 
 
 @blueprint.route("/tunnels/new", methods=["GET", "POST"])
