@@ -14,7 +14,6 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pony.orm import Database
 
-from kakuremichi.control import models
 from kakuremichi.logs import log
 
 logger = logging.getLogger("kakuremichi.control")
@@ -50,12 +49,9 @@ class Sealer:
 
 
 def seal_stored_keys(db: Database, sealer: Sealer) -> None:
-    """At start: encrypt the keys stored in plaintext (by an older control), and check that every sealed one
-    opens, so a control with the wrong secrets key stops at once instead of failing at its first push."""
-    models.write(db, _seal_plaintext_keys, sealer)  # in turn: controls sharing PostgreSQL may all start at once
-
-
-def _seal_plaintext_keys(db: Database, sealer: Sealer) -> None:
+    """At start, as a write (`models.write`, in turn with the controls starting at once): encrypt the keys stored
+    in plaintext (by an older control), and check that every sealed one opens, so a control with the wrong
+    secrets key stops at once instead of failing at its first push."""
     sealed = 0
     for row in db.Certificate.select():
         if row.key_pem.startswith(PREFIX):

@@ -79,7 +79,7 @@ class ControlState:
         data_dir = datadir.prepare(settings.data_dir)
         self.sealer = Sealer(*datadir.secrets_key(data_dir, settings.secrets_key, settings.secrets_key_source))
         self.db: Database = open_database(settings.database)
-        seal_stored_keys(self.db, self.sealer)
+        models.write(self.db, seal_stored_keys, self.sealer)
         self.metrics = Metrics()
         self.clients: dict[tuple[str, str], Session] = {}
         self.status_changes = Broadcast()  # clients came, went, reported stats, or data changed: for the web UI
