@@ -35,17 +35,18 @@ def _write(state: ControlState, work: Callable[[Database], Any], bump: bool = Tr
         raise ApiError(409, "conflict", "a concurrent change conflicted with this one; retry") from None
 
 
-def get_row(db: Database, entity_name: str, item_id: str) -> Any:
-    row = getattr(db, entity_name).get(id=item_id) if v.is_identifier(item_id) else None
+def get_row(db: Database, kind: str, item_id: str) -> Any:
+    """The agent's, gateway's or tunnel's row (inside a db_session); a 404 if there is none."""
+    row = getattr(db, ENTITIES[kind]).get(id=item_id) if v.is_identifier(item_id) else None
     if row is None:
-        raise ApiError(404, "not_found", f"no {entity_name.lower()} with id {item_id}")
+        raise ApiError(404, "not_found", f"no {kind} with id {item_id}")
     return row
 
 
-def _unique_name(db: Database, entity_name: str, name: str, own_id: str | None = None) -> None:
-    other = getattr(db, entity_name).get(name=name)
+def _unique_name(db: Database, role: str, name: str, own_id: str | None = None) -> None:
+    other = getattr(db, ENTITIES[role]).get(name=name)
     if other is not None and other.id != own_id:
-        raise ApiError(409, "duplicate", f"a {entity_name.lower()} named {name!r} already exists",
+        raise ApiError(409, "duplicate", f"a {role} named {name!r} already exists",
                        {"name": "already in use"})
 
 
@@ -74,30 +75,28 @@ _CLIENT_COLUMNS = {"name": "name", "metadata": "metadata", "wireguardPort": "wir
 
 def _create_client(state: ControlState, role: str, body: Any) -> dict:
     """Validate `body` and create an agent/gateway: its JSON plus `apiKey`, the only time the key is shown."""
-    entity, serialise = ENTITIES[role], SERIALISERS[role]
     values = v.parse_body(body, _CLIENT_FIELDS[role])
     key = auth.new_key(auth.PREFIXES[role])
 
     def work(db: Database) -> dict:
-        _unique_name(db, entity, values["name"])
-        row = getattr(db, entity)(api_key_hash=auth.key_hash(key),
+        _unique_name(db, role, values["name"])
+        row = getattr(db, ENTITIES[role])(api_key_hash=auth.key_hash(key),
                                   **{_CLIENT_COLUMNS[k]: val for k, val in values.items()})
         if role == "gateway":
             allocation.assign_gateway_addresses(db, db.Tunnel.select(), [row])
         row.flush()
-        return serialise(row)
+        return SERIALISERS[role](row)
 
     return {**_write(state, work), "apiKey": key}
 
 
 def _update_client(state: ControlState, role: str, item_id: str, body: Any) -> dict:
-    entity = ENTITIES[role]
     values = v.parse_body(body, _CLIENT_FIELDS[role], partial=True)
 
     def work(db: Database) -> dict:
-        row = get_row(db, entity, item_id)
+        row = get_row(db, role, item_id)
         if "name" in values:
-            _unique_name(db, entity, values["name"], item_id)
+            _unique_name(db, role, values["name"], item_id)
         row.set(**{_CLIENT_COLUMNS[k]: val for k, val in values.items()})
         return SERIALISERS[role](row)
 
@@ -109,7 +108,7 @@ def rotate_client_key(state: ControlState, role: str, item_id: str) -> dict:
     key = auth.new_key(auth.PREFIXES[role])
 
     def work(db: Database) -> None:
-        get_row(db, ENTITIES[role], item_id).api_key_hash = auth.key_hash(key)
+        get_row(db, role, item_id).api_key_hash = auth.key_hash(key)
 
     _write(state, work, bump=False)
     state.disconnect(role, item_id, 4001, "API key rotated")
@@ -191,7 +190,7 @@ def _update_tunnel(state: ControlState, item_id: str, body: Any) -> dict:
     values = v.parse_body(body, _TUNNEL_FIELDS, partial=True)
 
     def work(db: Database) -> dict:
-        tunnel = get_row(db, "Tunnel", item_id)
+        tunnel = get_row(db, "tunnel", item_id)
         columns = _tunnel_columns(db, values, item_id)
         if columns.get("domain", tunnel.domain) != tunnel.domain:
             certificates.forget(db, tunnel.domain)
@@ -222,7 +221,7 @@ def page(state: ControlState, kind: str, limit: int, offset: int) -> dict:
 
 def get(state: ControlState, kind: str, item_id: str) -> dict:
     with db_session:
-        return SERIALISERS[kind](get_row(state.db, ENTITIES[kind], item_id))
+        return SERIALISERS[kind](get_row(state.db, kind, item_id))
 
 
 def create(state: ControlState, kind: str, body: Any) -> dict:
@@ -237,7 +236,7 @@ def update(state: ControlState, kind: str, item_id: str, body: Any) -> dict:
 
 def delete(state: ControlState, kind: str, item_id: str) -> None:
     """Delete it; an agent's tunnels go with it, and a tunnel's certificate with the tunnel (models.py)."""
-    _write(state, lambda db: get_row(db, ENTITIES[kind], item_id).delete())
+    _write(state, lambda db: get_row(db, kind, item_id).delete())
 
 
 def agent_names(state: ControlState) -> list[dict]:

@@ -52,11 +52,11 @@ TLS_LABELS = {mode: _TLS_NAMES.get(mode, mode) for mode in protocol.TLS_MODES}
 _PORT_DIGITS = re.compile(r"[0-9]{1,5}\Z")  # str.isdigit takes '²', which int() refuses
 SECTIONS = {"": "overview", "gateways": "gateway", "agents": "agent", "tunnels": "tunnel"}  # path → navigation item
 ROLES = {
-    "agent": {"title": "Agents", "label": "agent", "serialise": services.agent_json,
+    "agent": {"title": "Agents", "label": "agent",
               "about": "An agent runs next to your private services and connects out to every gateway. "
                        "It needs no root and opens no inbound port.",
               "peers": "Gateways"},
-    "gateway": {"title": "Gateways", "label": "gateway", "serialise": services.gateway_json,
+    "gateway": {"title": "Gateways", "label": "gateway",
                 "about": "A gateway is a public entry node: it accepts HTTP(S) for your domains and forwards it "
                          "through WireGuard to the right agent. Run one or several.",
                 "peers": "Agents"},
@@ -203,7 +203,7 @@ def _client_body(role: str, form) -> dict:
 def _client_item(role: str, row, names: dict[str, str], now) -> dict:
     """What the pages show of one agent/gateway: its API object, live text and the peers it reported."""
     reported = status.peers(row, names)
-    return {**ROLES[role]["serialise"](row), "live": status.describe(row, reported, now),
+    return {**services.SERIALISERS[role](row), "live": status.describe(row, reported, now),
             "liveKey": status.live_key(role, row.id), "peers": reported}
 
 
@@ -217,7 +217,7 @@ def _client_rows(role: str) -> list[dict]:
 def _client_detail(role: str, item_id: str) -> dict:
     with db_session:
         db = current().db
-        row = services.get_row(db, services.ENTITIES[role], item_id)
+        row = services.get_row(db, role, item_id)
         detail = _client_item(role, row, status.key_names(db), utcnow())
         if role == "agent":
             detail["tunnels"] = [services.tunnel_json(t) for t in sorted(row.tunnels, key=lambda t: t.domain)]
@@ -348,7 +348,7 @@ def _tunnel_body(form) -> dict:
 
 def _tunnel(item_id: str) -> dict:
     with db_session:
-        tunnel = services.get_row(current().db, "Tunnel", item_id)
+        tunnel = services.get_row(current().db, "tunnel", item_id)
         return {**services.tunnel_json(tunnel), "agentName": tunnel.agent.name}
 
 
