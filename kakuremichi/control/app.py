@@ -9,7 +9,7 @@ from quart_trio.wrappers.response import TrioResponse as Response
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from kakuremichi.control import api, auth, openapi, web, websocket
+from kakuremichi.control import api, auth, openapi, presence, web, websocket
 from kakuremichi.control.api import json_response
 from kakuremichi.control.state import ControlState, Settings, current
 from kakuremichi.control.validation import ApiError
@@ -30,8 +30,8 @@ def create_app(settings: Settings) -> QuartTrio:
 
     @app.before_serving
     async def start_background() -> None:
-        websocket.mark_stale_offline(state)
-        app.add_background_task(websocket.watch_database, state)
+        presence.mark_stale_offline(state)
+        app.add_background_task(presence.watch_database, state)
 
     @app.get("/healthz")
     async def healthz() -> Response:

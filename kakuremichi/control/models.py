@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from pony.orm import Database, Json, LongStr, Optional, PrimaryKey, Required, Set, composite_key, db_session
@@ -21,6 +23,7 @@ from kakuremichi.control import certificates, datadir
 
 SCHEMA_VERSION = 5  # 2: certificates, acme_challenges, acme_leases; 3: acme_acks; 4: wireguard_keys; 5: web_sessions
 # (new tables each)
+WRITE_RETRIES = 3  # a transaction that met a concurrent write (another control's) is replayed
 
 
 class SchemaError(RuntimeError):
@@ -298,3 +301,20 @@ def bump_config_version(db: Database) -> int:
     version = int(get_setting(db, "config_version") or 0) + 1
     put_setting(db, "config_version", str(version))
     return version
+
+
+def write(db: Database, change: Callable[..., Any], *args: Any, bump: bool = False) -> Any:
+    """`change(db, *args)` in one transaction, in turn with the other controls sharing the database (so two
+    of them never allocate one subnet or grant one lease twice), replayed if it met a concurrent write.
+    `bump`: the change alters configs, so the config version advances with it (a change that alters them only
+    sometimes calls `bump_config_version` itself, and tells its caller)."""
+
+    @db_session(retry=WRITE_RETRIES)
+    def transaction() -> Any:
+        lock_for_writing(db)
+        result = change(db, *args)
+        if bump:
+            bump_config_version(db)
+        return result
+
+    return transaction()

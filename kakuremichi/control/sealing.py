@@ -12,9 +12,8 @@ import os
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from pony.orm import Database, db_session
+from pony.orm import Database
 
-from kakuremichi.control import models
 from kakuremichi.logs import log
 
 logger = logging.getLogger("kakuremichi.control")
@@ -49,11 +48,10 @@ class Sealer:
                               "--secrets-key-file)") from exc
 
 
-@db_session(retry=3)  # controls sharing PostgreSQL may all start at once
 def seal_stored_keys(db: Database, sealer: Sealer) -> None:
-    """At start: encrypt the keys stored in plaintext (by an older control), and check that every sealed one
-    opens, so a control with the wrong secrets key stops at once instead of failing at its first push."""
-    models.lock_for_writing(db)
+    """At start, as a write (`models.write`, in turn with the controls starting at once): encrypt the keys stored
+    in plaintext (by an older control), and check that every sealed one opens, so a control with the wrong
+    secrets key stops at once instead of failing at its first push."""
     sealed = 0
     for row in db.Certificate.select():
         if row.key_pem.startswith(PREFIX):

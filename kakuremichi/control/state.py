@@ -7,24 +7,28 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 from pony.orm import Database, db_session
 from quart import current_app
 
-from kakuremichi.control import auth, configs, datadir
+from kakuremichi.control import auth, configs, datadir, models
 from kakuremichi.control.allocation import parse_pool
 from kakuremichi.control.metrics import Metrics
-from kakuremichi.control.models import bump_config_version, get_setting, lock_for_writing, open_database, put_setting
+from kakuremichi.control.models import get_setting, open_database, put_setting
 from kakuremichi.control.sealing import Sealer, seal_stored_keys
 from kakuremichi.logs import log
 
-if TYPE_CHECKING:
-    from kakuremichi.control.websocket import ClientSession
-
 logger = logging.getLogger("kakuremichi.control")
-WRITE_RETRIES = 3  # a transaction that met a concurrent write (another control's) is replayed
+
+
+class Session(Protocol):
+    """What the state needs of a connected client's session (the /ws endpoint's ClientSession)."""
+
+    config_dirty: trio.Event
+
+    def close(self, code: int, reason: str) -> None: ...
 
 
 @dataclass
@@ -75,28 +79,17 @@ class ControlState:
         data_dir = datadir.prepare(settings.data_dir)
         self.sealer = Sealer(*datadir.secrets_key(data_dir, settings.secrets_key, settings.secrets_key_source))
         self.db: Database = open_database(settings.database)
-        seal_stored_keys(self.db, self.sealer)
+        models.write(self.db, seal_stored_keys, self.sealer)
         self.metrics = Metrics()
-        self.clients: dict[tuple[str, str], ClientSession] = {}
+        self.clients: dict[tuple[str, str], Session] = {}
         self.status_changes = Broadcast()  # clients came, went, reported stats, or data changed: for the web UI
         self.challenge_acks = Broadcast()  # a gateway confirmed the ACME challenges it answers, or went away
         self.admin_token_hash, self.new_admin_token = _admin_token(self.db, settings.admin_token)
         self.metrics_token_hash = auth.key_hash(settings.metrics_token) if settings.metrics_token else None
 
     def write(self, change: Callable[..., Any], *args: Any, bump: bool = False) -> Any:
-        """`change(db, *args)` in one transaction, in turn with the other controls sharing the database (so two
-        of them never allocate one subnet or grant one lease twice), replayed if it met a concurrent write.
-        `bump`: the change alters configs — advance the config version with it, then wake every client."""
-
-        @db_session(retry=WRITE_RETRIES)
-        def transaction() -> Any:
-            lock_for_writing(self.db)
-            result = change(self.db, *args)
-            if bump:
-                bump_config_version(self.db)
-            return result
-
-        result = transaction()
+        """`models.write` on this control's database; `bump`: the change alters configs — wake every client too."""
+        result = models.write(self.db, change, *args, bump=bump)
         if bump:
             self.changed()
         return result
@@ -133,12 +126,15 @@ def current() -> ControlState:
     return current_app.extensions["kakuremichi.control"]
 
 
-@db_session
 def _admin_token(db: Database, configured: str | None) -> tuple[str, str | None]:
     """The admin token hash to check against, and a newly generated token to show once (or None)."""
     if configured:
         return auth.key_hash(configured), None
-    lock_for_writing(db)  # controls started at once on a new database generate one token, not one each
+    # in turn: controls started at once on a new database generate one token, not one each
+    return models.write(db, _stored_admin_token)
+
+
+def _stored_admin_token(db: Database) -> tuple[str, str | None]:
     stored = get_setting(db, "admin_token_hash")
     if stored:
         return stored, None

@@ -9,19 +9,17 @@ therefore reaches exactly the affected clients, without control having to know w
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 
 import trio
-from pony.orm import IntegrityError, TransactionIntegrityError, db_session
+from pony.orm import Database, IntegrityError, TransactionIntegrityError, db_session
 from quart import Blueprint, websocket
 
 from kakuremichi import protocol
 from kakuremichi.certpair import CertificateError
-from kakuremichi.control import auth, certificates, configs
-from kakuremichi.control.models import (bump_config_version, claim_public_key, get_setting, lock_for_writing,
-                                       public_key_holder, utcnow)
+from kakuremichi.control import auth, certificates, configs, presence
+from kakuremichi.control.models import WRITE_RETRIES, bump_config_version, claim_public_key, public_key_holder, utcnow
 from kakuremichi.control.sealing import UnsealError
-from kakuremichi.control.state import WRITE_RETRIES, ControlState, current
+from kakuremichi.control.state import ControlState, current
 from kakuremichi.faults import Contained
 from kakuremichi.logs import log
 
@@ -87,7 +85,7 @@ class ClientSession:
                 return
             if trio.current_time() - last_written >= interval / 2:
                 last_written = trio.current_time()
-                self._touch()
+                presence.touch(self.state.db, self.role, self.client_id)
             try:
                 message = protocol.decode(frame)
             except protocol.ProtocolError as exc:
@@ -228,14 +226,7 @@ class ClientSession:
 
     def row(self):
         """This client's database row (inside a db_session), None once deleted."""
-        entity = self.state.db.Gateway if self.role == "gateway" else self.state.db.Agent
-        return entity.get(id=self.client_id)
-
-    @db_session
-    def _touch(self) -> None:
-        row = self.row()
-        if row is not None:
-            row.set(status="online", last_seen_at=utcnow())
+        return presence.client_row(self.state.db, self.role, self.client_id)
 
     @db_session(retry=WRITE_RETRIES)  # the admin may be changing the metadata through another instance
     def _store_stats(self, stats: dict) -> None:
@@ -273,7 +264,7 @@ async def endpoint() -> None:
     finally:
         if state.clients.get((session.role, session.client_id)) is session:
             del state.clients[session.role, session.client_id]
-            _mark_offline(state, session)
+            presence.went_offline(state, session.role, session.client_id, session.stopping)
             state.challenge_acks.set()  # nobody waits for this gateway's confirmation any more
             state.status_changed()
         log(logger, logging.INFO, "client disconnected", role=session.role, name=session.name,
@@ -309,9 +300,12 @@ def _authenticate(state: ControlState, frame: str | bytes) -> ClientSession:
 
 def _register(state: ControlState, message: protocol.Auth) -> ClientSession:
     try:
-        return _registered(state, message)
+        (client_id, name), configs_changed = state.write(_registered, message)
     except (IntegrityError, TransactionIntegrityError):  # another control gave the key to another client between check and commit
         raise _key_in_use() from None
+    if configs_changed:
+        state.changed()  # other clients peer with this one: their configs change too
+    return ClientSession(state, message.role, client_id, name)
 
 
 def _key_in_use() -> _Rejected:
@@ -319,84 +313,29 @@ def _key_in_use() -> _Rejected:
                      "client needs its own (delete its copied wireguard.key to have a new one made)", CLOSE_AUTH_FAILED)
 
 
-@db_session
-def _registered(state: ControlState, message: protocol.Auth) -> ClientSession:
-    """Look the key up, record what the client reported (never erasing what it did not), mark it online. A
-    WireGuard public key another client holds is refused: gateways would re-point that client's peer here."""
-    entity = state.db.Gateway if message.role == "gateway" else state.db.Agent
+def _registered(db: Database, message: protocol.Auth) -> tuple[tuple[str, str], bool]:
+    """Look the key up, record what the client reported (never erasing what it did not), mark it online: its
+    (id, name), and whether configs changed. A WireGuard public key another client holds is refused: gateways
+    would re-point that client's peer here."""
+    entity = db.Gateway if message.role == "gateway" else db.Agent
     digest = auth.key_hash(message.api_key)
     row = entity.get(api_key_hash=digest)
     if row is None or not auth.matches(message.api_key, row.api_key_hash):
         raise _Rejected("invalid_key", "the API key is not valid (rotated or deleted?)", CLOSE_AUTH_FAILED)
-    me = (message.role, row.id)
-    if public_key_holder(state.db, message.public_key) not in (None, me):
+    holder = public_key_holder(db, message.public_key)  # in turn with the other controls: it stays so
+    if holder not in (None, (message.role, row.id)):
         raise _key_in_use()
     reported = {"public_key": message.public_key}
     if message.role == "gateway":
-        certificates.forget_acks(state.db, row.id)  # a new connection answers no challenge before it says so
+        certificates.forget_acks(db, row.id)  # a new connection answers no challenge before it says so
         if message.public_endpoint:
             reported["public_endpoint"] = message.public_endpoint
-    stopped = bool((row.metadata or {}).get(configs.STOPPED))
-    if stopped or any(getattr(row, column) != value for column, value in reported.items()):
-        lock_for_writing(state.db)
-        holder = public_key_holder(state.db, message.public_key)  # again, now in turn with the other controls
-        if holder not in (None, me):
-            raise _key_in_use()
+    changed = any(getattr(row, column) != value for column, value in reported.items())
+    if changed:
         if holder is None:
-            claim_public_key(state.db, message.role, row.id, message.public_key)
+            claim_public_key(db, message.role, row.id, message.public_key)
         row.set(**reported)
-        if stopped:  # back: its gateways serve it again
-            row.metadata = {k: v for k, v in row.metadata.items() if k != configs.STOPPED}
-        bump_config_version(state.db)
-        state.changed()  # other clients peer with this one: their configs change too
-    row.set(status="online", last_seen_at=utcnow())
-    return ClientSession(state, message.role, row.id, row.name)
-
-
-@db_session
-def _mark_offline(state: ControlState, session: ClientSession) -> None:
-    """Offline; an agent that said it was stopping is also marked stopped in its gateways' configs, whose
-    requests for it then get a 502 at once (one that just lost control keeps being served: the data plane
-    does not depend on control)."""
-    row = session.row()
-    if row is None:
-        return
-    if session.stopping and session.role == "agent":
-        lock_for_writing(state.db)
-        row.metadata = {**(row.metadata or {}), configs.STOPPED: True}
-        bump_config_version(state.db)
-        state.changed()
-    row.set(status="offline", last_seen_at=utcnow())
-
-
-async def watch_database(state: ControlState) -> None:
-    """Notice changes committed by other control instances sharing the database, and push them too; and, once a
-    heartbeat, mark offline the clients nobody hears from any more (their instance died without saying so)."""
-    with db_session:
-        seen = get_setting(state.db, "config_version")
-    next_sweep = trio.current_time() + state.settings.heartbeat_interval
-    while True:
-        await trio.sleep(state.settings.change_poll_interval)
-        with db_session:
-            version = get_setting(state.db, "config_version")
-        if version != seen:
-            seen = version
-            state.changed()
-        if trio.current_time() >= next_sweep:
-            next_sweep = trio.current_time() + state.settings.heartbeat_interval
-            if mark_stale_offline(state):
-                state.status_changed()
-
-
-@db_session(retry=WRITE_RETRIES)
-def mark_stale_offline(state: ControlState) -> int:
-    """Clients not heard from within two heartbeats are offline: a crashed control instance left them online,
-    and a live session refreshes its client's `last_seen_at` every half heartbeat. How many were."""
-    cutoff = utcnow() - timedelta(seconds=2 * state.settings.heartbeat_interval)
-    stale = 0
-    for entity in (state.db.Agent, state.db.Gateway):
-        for row in entity.select(lambda r: r.status == "online"):
-            if row.last_seen_at is None or row.last_seen_at < cutoff:
-                row.status = "offline"
-                stale += 1
-    return stale
+    changed = presence.mark_online(row) or changed
+    if changed:
+        bump_config_version(db)
+    return (row.id, row.name), changed

@@ -1,6 +1,6 @@
 """How the web UI words a tunnel's certificate status: the badge in the tunnel list and the times on its page.
 
-Works from the tunnel's REST representation (kakuremichi.control.api.tunnel_json), so the page says exactly
+Works from the tunnel's REST representation (kakuremichi.control.services.tunnel_json), so the page says exactly
 what the API reports.
 """
 

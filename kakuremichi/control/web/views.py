@@ -1,7 +1,7 @@
 """The web UI's pages: log in, then gateways, agents and tunnels — lists with live status, forms, install commands.
 
-Every change goes through the functions behind the REST API (kakuremichi.control.api), so the web UI
-validates exactly as the API does and shows the API's messages next to the fields they are about.
+Every read and change goes through the functions behind the REST API (kakuremichi.control.services), so the
+web UI validates exactly as the API does and shows the API's messages next to the fields they are about.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from quart import Blueprint, redirect, render_template, request, url_for
 from quart_trio.wrappers.response import TrioResponse as Response
 
 from kakuremichi import protocol
-from kakuremichi.control import api, auth
+from kakuremichi.control import auth, services
 from kakuremichi.control.models import utcnow
 from kakuremichi.control.state import current
 from kakuremichi.control.validation import ApiError
@@ -52,11 +52,11 @@ TLS_LABELS = {mode: _TLS_NAMES.get(mode, mode) for mode in protocol.TLS_MODES}
 _PORT_DIGITS = re.compile(r"[0-9]{1,5}\Z")  # str.isdigit takes '²', which int() refuses
 SECTIONS = {"": "overview", "gateways": "gateway", "agents": "agent", "tunnels": "tunnel"}  # path → navigation item
 ROLES = {
-    "agent": {"title": "Agents", "label": "agent", "serialise": api.agent_json, "entity": "Agent",
+    "agent": {"title": "Agents", "label": "agent",
               "about": "An agent runs next to your private services and connects out to every gateway. "
                        "It needs no root and opens no inbound port.",
               "peers": "Gateways"},
-    "gateway": {"title": "Gateways", "label": "gateway", "serialise": api.gateway_json, "entity": "Gateway",
+    "gateway": {"title": "Gateways", "label": "gateway",
                 "about": "A gateway is a public entry node: it accepts HTTP(S) for your domains and forwards it "
                          "through WireGuard to the right agent. Run one or several.",
                 "peers": "Agents"},
@@ -159,12 +159,7 @@ async def logout() -> Any:
 
 @blueprint.get("/")
 async def overview() -> Response:
-    with db_session:
-        db = current().db
-        counts = {"gateway": db.Gateway.select().count(), "agent": db.Agent.select().count(),
-                  "tunnel": db.Tunnel.select().count()}
-        online = {"gateway": db.Gateway.select(lambda g: g.status == "online").count(),
-                  "agent": db.Agent.select(lambda a: a.status == "online").count()}
+    counts, online = services.counts(current())
     return await _page("overview.html", counts=counts, online=online)
 
 
@@ -208,7 +203,7 @@ def _client_body(role: str, form) -> dict:
 def _client_item(role: str, row, names: dict[str, str], now) -> dict:
     """What the pages show of one agent/gateway: its API object, live text and the peers it reported."""
     reported = status.peers(row, names)
-    return {**ROLES[role]["serialise"](row), "live": status.describe(row, reported, now),
+    return {**services.SERIALISERS[role](row), "live": status.describe(row, reported, now),
             "liveKey": status.live_key(role, row.id), "peers": reported}
 
 
@@ -216,25 +211,22 @@ def _client_rows(role: str) -> list[dict]:
     with db_session:
         db = current().db
         names, now = status.key_names(db), utcnow()
-        rows = getattr(db, ROLES[role]["entity"]).select().order_by(lambda r: r.created_at)
-        return [_client_item(role, row, names, now) for row in rows]
+        return [_client_item(role, row, names, now) for row in services.ordered(db, role)]
 
 
 def _client_detail(role: str, item_id: str) -> dict:
     with db_session:
         db = current().db
-        row = api.get_row(db, ROLES[role]["entity"], item_id)
+        row = services.get_row(db, role, item_id)
         detail = _client_item(role, row, status.key_names(db), utcnow())
         if role == "agent":
-            detail["tunnels"] = [api.tunnel_json(t) for t in sorted(row.tunnels, key=lambda t: t.domain)]
+            detail["tunnels"] = [services.tunnel_json(t) for t in sorted(row.tunnels, key=lambda t: t.domain)]
         return detail
 
 
 def _client_json(role: str, item_id: str) -> dict:
     """The agent's/gateway's API object alone: what its forms and confirmations show (no live status)."""
-    kind = ROLES[role]
-    with db_session:
-        return kind["serialise"](api.get_row(current().db, kind["entity"], item_id))
+    return services.get(current(), role, item_id)
 
 
 def install_commands(role: str, control_url: str, api_key: str | None, wireguard_port: int | None = None) -> list[dict]:
@@ -291,7 +283,7 @@ def _client_routes(role: str) -> None:
         if request.method == "POST":
             values = _client_body(role, await request.form)
             try:
-                created = api.create_client(role, values)
+                created = services.create(current(), role, values)
             except ApiError as error:
                 return await _client_form(role, None, values, error.details, error.message, error.status)
             return await _client_page(role, created["id"], new_key=created["apiKey"], code=201)
@@ -305,7 +297,7 @@ def _client_routes(role: str) -> None:
         if request.method == "POST":
             values = _client_body(role, await request.form)
             try:
-                api.update_client(role, item_id, values)
+                services.update(current(), role, item_id, values)
             except ApiError as error:
                 return await _client_form(role, item, values, error.details, error.message, error.status)
             return redirect(url_for(f"web.{role}_show", item_id=item_id))
@@ -313,7 +305,7 @@ def _client_routes(role: str) -> None:
 
     async def delete(item_id: str) -> Response:
         if request.method == "POST":
-            api.delete_client(role, item_id)
+            services.delete(current(), role, item_id)
             return redirect(url_for(f"web.{role}_index"))
         item = _client_json(role, item_id)
         count = len(item.get("tunnelIds", []))
@@ -325,7 +317,7 @@ def _client_routes(role: str) -> None:
 
     async def rotate_key(item_id: str) -> Response:
         if request.method == "POST":
-            return await _client_page(role, item_id, new_key=api.rotate_client_key(role, item_id)["apiKey"])
+            return await _client_page(role, item_id, new_key=services.rotate_client_key(current(), role, item_id)["apiKey"])
         item = _client_json(role, item_id)
         return await _confirm(f"Rotate the key of {item['name']}", "Rotate key",
                               f"A new key is made and shown once. The current key stops working at once: a running "
@@ -354,29 +346,25 @@ def _tunnel_body(form) -> dict:
             "socksProxyEnabled": "socksProxyEnabled" in form, "httpProxyEnabled": "httpProxyEnabled" in form}
 
 
-def _agents() -> list[dict]:
-    with db_session:
-        return [{"id": a.id, "name": a.name} for a in current().db.Agent.select().order_by(lambda a: a.name)]
-
-
 def _tunnel(item_id: str) -> dict:
     with db_session:
-        tunnel = api.get_row(current().db, "Tunnel", item_id)
-        return {**api.tunnel_json(tunnel), "agentName": tunnel.agent.name}
+        tunnel = services.get_row(current().db, "tunnel", item_id)
+        return {**services.tunnel_json(tunnel), "agentName": tunnel.agent.name}
 
 
 async def _tunnel_form(item: dict | None, values: dict, errors: dict, message: str | None,
                        code: int = 200) -> Response:
     return await _page("tunnel_form.html", code, item=item, values=values, errors=errors,
-                       message=message, agents=_agents())
+                       message=message, agents=services.agent_names(current()))
 
 
 @blueprint.get("/tunnels")
 async def tunnel_index() -> Response:
     with db_session:
-        items = [{**api.tunnel_json(t), "agentName": t.agent.name, "agentLive": status.live_key("agent", t.agent.id),
-                  "agentStatus": t.agent.status} for t in current().db.Tunnel.select().order_by(lambda t: t.domain)]
-    return await _page("tunnels.html", items=items, have_agents=bool(_agents()))
+        items = [{**services.tunnel_json(t), "agentName": t.agent.name,
+                  "agentLive": status.live_key("agent", t.agent.id), "agentStatus": t.agent.status}
+                 for t in services.ordered(current().db, "tunnel")]
+    return await _page("tunnels.html", items=items, have_agents=bool(services.agent_names(current())))
 
 
 @blueprint.route("/tunnels/new", methods=["GET", "POST"])
@@ -384,7 +372,7 @@ async def tunnel_new() -> Response:
     if request.method == "POST":
         values = _tunnel_body(await request.form)
         try:
-            api.create_tunnel(values)
+            services.create(current(), "tunnel", values)
         except ApiError as error:
             return await _tunnel_form(None, values, error.details, error.message, error.status)
         return redirect(url_for("web.tunnel_index"))
@@ -398,7 +386,7 @@ async def tunnel_edit(item_id: str) -> Response:
     if request.method == "POST":
         values = _tunnel_body(await request.form)
         try:
-            api.update_tunnel(item_id, values)
+            services.update(current(), "tunnel", item_id, values)
         except ApiError as error:
             return await _tunnel_form(item, values, error.details, error.message, error.status)
         return redirect(url_for("web.tunnel_index"))
@@ -409,7 +397,7 @@ async def tunnel_edit(item_id: str) -> Response:
 async def tunnel_delete(item_id: str) -> Response:
     item = _tunnel(item_id)
     if request.method == "POST":
-        api.delete_tunnel(item_id)
+        services.delete(current(), "tunnel", item_id)
         return redirect(url_for("web.tunnel_index"))
     return await _confirm(f"Delete tunnel {item['domain']}", "Delete",
                           f"{item['domain']} stops being served by every gateway, and control forgets its "

@@ -1,0 +1,256 @@
+"""Gateways, agents and tunnels: list, get, create, update, delete and rotate-key, with their validation,
+allocation and JSON form — what the REST API (api.py) and the web UI's forms (web/views.py) both call, so they
+validate, allocate and word their errors alike.
+
+Database work runs synchronously on the Trio thread, one short db_session per call, so within one process
+every allocation is atomic by construction. Changes go through `ControlState.write`: controls sharing a
+PostgreSQL database take turns (`lock_for_writing`), the database's unique constraints back that up, a
+change that met a row a client session wrote meanwhile (status, stats) is replayed, and each committed change
+bumps the global config version and wakes the WebSocket sessions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pony.orm import Database, TransactionIntegrityError, db_session
+
+from kakuremichi.control import allocation, auth, certificates, validation as v
+from kakuremichi.control.models import utcnow
+from kakuremichi.control.state import ControlState
+from kakuremichi.control.validation import ApiError
+
+
+def _iso(value) -> str | None:
+    return None if value is None else value.isoformat() + "Z"
+
+
+def _write(state: ControlState, work: Callable[[Database], Any], bump: bool = True) -> Any:
+    """Run `work` as a write (`ControlState.write`), config-changing unless told; a conflict it could not
+    replay is a 409."""
+    try:
+        return state.write(work, bump=bump)
+    except TransactionIntegrityError:
+        raise ApiError(409, "conflict", "a concurrent change conflicted with this one; retry") from None
+
+
+def get_row(db: Database, kind: str, item_id: str) -> Any:
+    """The agent's, gateway's or tunnel's row (inside a db_session); a 404 if there is none."""
+    row = getattr(db, ENTITIES[kind]).get(id=item_id) if v.is_identifier(item_id) else None
+    if row is None:
+        raise ApiError(404, "not_found", f"no {kind} with id {item_id}")
+    return row
+
+
+def _unique_name(db: Database, role: str, name: str, own_id: str | None = None) -> None:
+    other = getattr(db, ENTITIES[role]).get(name=name)
+    if other is not None and other.id != own_id:
+        raise ApiError(409, "duplicate", f"a {role} named {name!r} already exists",
+                       {"name": "already in use"})
+
+
+# -- agents and gateways ---------------------------------------------------------------------------------------
+
+
+def agent_json(agent) -> dict:
+    return {"id": agent.id, "name": agent.name, "publicKey": agent.public_key, "status": agent.status,
+            "lastSeenAt": _iso(agent.last_seen_at), "metadata": agent.metadata or {},
+            "createdAt": _iso(agent.created_at), "tunnelIds": sorted(t.id for t in agent.tunnels)}
+
+
+def gateway_json(gateway) -> dict:
+    return {"id": gateway.id, "name": gateway.name, "publicKey": gateway.public_key,
+            "publicEndpoint": gateway.public_endpoint, "wireguardPort": gateway.wireguard_port,
+            "metadata": gateway.metadata or {},
+            "status": gateway.status, "lastSeenAt": _iso(gateway.last_seen_at), "createdAt": _iso(gateway.created_at)}
+
+
+_CLIENT_FIELDS = {
+    "agent": {"name": (v.name, True), "metadata": (v.metadata, False)},
+    "gateway": {"name": (v.name, True), "wireguardPort": (v.optional_port, False), "metadata": (v.metadata, False)},
+}
+_CLIENT_COLUMNS = {"name": "name", "metadata": "metadata", "wireguardPort": "wireguard_port"}
+
+
+def _create_client(state: ControlState, role: str, body: Any) -> dict:
+    """Validate `body` and create an agent/gateway: its JSON plus `apiKey`, the only time the key is shown."""
+    values = v.parse_body(body, _CLIENT_FIELDS[role])
+    key = auth.new_key(auth.PREFIXES[role])
+
+    def work(db: Database) -> dict:
+        _unique_name(db, role, values["name"])
+        row = getattr(db, ENTITIES[role])(api_key_hash=auth.key_hash(key),
+                                  **{_CLIENT_COLUMNS[k]: val for k, val in values.items()})
+        if role == "gateway":
+            allocation.assign_gateway_addresses(db, db.Tunnel.select(), [row])
+        row.flush()
+        return SERIALISERS[role](row)
+
+    return {**_write(state, work), "apiKey": key}
+
+
+def _update_client(state: ControlState, role: str, item_id: str, body: Any) -> dict:
+    values = v.parse_body(body, _CLIENT_FIELDS[role], partial=True)
+
+    def work(db: Database) -> dict:
+        row = get_row(db, role, item_id)
+        if "name" in values:
+            _unique_name(db, role, values["name"], item_id)
+        row.set(**{_CLIENT_COLUMNS[k]: val for k, val in values.items()})
+        return SERIALISERS[role](row)
+
+    return _write(state, work)
+
+
+def rotate_client_key(state: ControlState, role: str, item_id: str) -> dict:
+    """A new key for the agent/gateway; the old one stops working and its session is closed."""
+    key = auth.new_key(auth.PREFIXES[role])
+
+    def work(db: Database) -> None:
+        get_row(db, role, item_id).api_key_hash = auth.key_hash(key)
+
+    _write(state, work, bump=False)
+    state.disconnect(role, item_id, 4001, "API key rotated")
+    return {"id": item_id, "apiKey": key}
+
+
+# -- tunnels ---------------------------------------------------------------------------------------------------
+
+
+def tunnel_json(tunnel) -> dict:
+    return {"id": tunnel.id, "domain": tunnel.domain, "agentId": tunnel.agent.id, "target": tunnel.target,
+            "enabled": tunnel.enabled, "description": tunnel.description or "", "subnet": tunnel.subnet,
+            "agentIp": tunnel.agent_ip, "gatewayIps": {row.gateway.id: row.ip for row in tunnel.gateway_ips},
+            "tlsMode": tunnel.tls_mode, "forceHttps": tunnel.force_https,
+            "httpProxyEnabled": tunnel.http_proxy_enabled, "socksProxyEnabled": tunnel.socks_proxy_enabled,
+            "createdAt": _iso(tunnel.created_at), "certificate": tunnel_certificate(tunnel)}
+
+
+def tunnel_certificate(tunnel) -> dict | None:
+    """The shared ACME certificate, without its key; None until one is stored, and for the other TLS modes,
+    whose certificates stay on the gateways."""
+    if tunnel.tls_mode != "acme":
+        return None
+    now = utcnow()
+    cert = certificates.summary(tunnel._database_, tunnel.domain, now)
+    if cert is None:
+        return None
+    return {"issuer": cert.issuer, "notBefore": _iso(cert.not_before), "notAfter": _iso(cert.not_after),
+            "daysLeft": cert.days_left(now),
+            "fingerprintSha256": cert.fingerprint_sha256, "domains": list(cert.domains),
+            "lease": cert.lease and {"holder": cert.lease.holder, "expiresAt": _iso(cert.lease.expires_at)}}
+
+
+_TUNNEL_FIELDS = {
+    "domain": (v.domain, True), "agentId": (v.identifier, True), "target": (v.target, True),
+    "enabled": (v.boolean, False), "description": (v.description, False), "tlsMode": (v.tls_mode, False),
+    "forceHttps": (v.boolean, False), "httpProxyEnabled": (v.boolean, False),
+    "socksProxyEnabled": (v.boolean, False),
+}
+_TUNNEL_COLUMNS = {"domain": "domain", "target": "target", "enabled": "enabled", "description": "description",
+                   "tlsMode": "tls_mode", "forceHttps": "force_https", "httpProxyEnabled": "http_proxy_enabled",
+                   "socksProxyEnabled": "socks_proxy_enabled"}
+
+
+def _tunnel_columns(db: Database, values: dict, own_id: str | None = None) -> dict:
+    """Database columns for validated tunnel fields, checking the agent exists and the domain is free."""
+    columns = {_TUNNEL_COLUMNS[k]: val for k, val in values.items() if k != "agentId"}
+    if "agentId" in values:
+        columns["agent"] = db.Agent.get(id=values["agentId"])
+        if columns["agent"] is None:
+            raise ApiError(400, "validation_failed", "invalid request: agentId", {"agentId": "no such agent"})
+    if "domain" in values:
+        other = db.Tunnel.get(domain=values["domain"])
+        if other is not None and other.id != own_id:
+            raise ApiError(409, "duplicate", f"a tunnel for {values['domain']} already exists",
+                           {"domain": "already in use"})
+    return columns
+
+
+def _create_tunnel(state: ControlState, body: Any) -> dict:
+    """Validate `body` and create a tunnel with its own subnet and an address for every gateway."""
+    values = v.parse_body(body, _TUNNEL_FIELDS)
+
+    def work(db: Database) -> dict:
+        columns = _tunnel_columns(db, values)
+        try:
+            subnet, agent_ip = allocation.allocate_tunnel(db, state.pool)
+        except allocation.AllocationError as exc:
+            raise ApiError(409, "pool_exhausted", str(exc)) from None
+        tunnel = db.Tunnel(subnet=subnet, agent_ip=agent_ip, **columns)
+        allocation.assign_gateway_addresses(db, [tunnel], db.Gateway.select())
+        tunnel.flush()
+        return tunnel_json(tunnel)
+
+    return _write(state, work)
+
+
+def _update_tunnel(state: ControlState, item_id: str, body: Any) -> dict:
+    values = v.parse_body(body, _TUNNEL_FIELDS, partial=True)
+
+    def work(db: Database) -> dict:
+        tunnel = get_row(db, "tunnel", item_id)
+        columns = _tunnel_columns(db, values, item_id)
+        if columns.get("domain", tunnel.domain) != tunnel.domain:
+            certificates.forget(db, tunnel.domain)
+        tunnel.set(**columns)
+        return tunnel_json(tunnel)
+
+    return _write(state, work)
+
+
+# -- every kind ------------------------------------------------------------------------------------------------
+
+ENTITIES = {"agent": "Agent", "gateway": "Gateway", "tunnel": "Tunnel"}
+SERIALISERS = {"agent": agent_json, "gateway": gateway_json, "tunnel": tunnel_json}
+_ORDER = {"agent": lambda row: row.created_at, "gateway": lambda row: row.created_at, "tunnel": lambda row: row.domain}
+
+
+def ordered(db: Database, kind: str):
+    """Every agent, gateway or tunnel (inside a db_session), in the order lists show them."""
+    return getattr(db, ENTITIES[kind]).select().order_by(_ORDER[kind])
+
+
+def page(state: ControlState, kind: str, limit: int, offset: int) -> dict:
+    with db_session:
+        query = ordered(state.db, kind)
+        return {"items": [SERIALISERS[kind](row) for row in query.limit(limit, offset=offset)],
+                "total": query.count(), "limit": limit, "offset": offset}
+
+
+def get(state: ControlState, kind: str, item_id: str) -> dict:
+    with db_session:
+        return SERIALISERS[kind](get_row(state.db, kind, item_id))
+
+
+def create(state: ControlState, kind: str, body: Any) -> dict:
+    """Validate `body` and create one; an agent's or gateway's answer carries its API key, shown only then."""
+    return _create_tunnel(state, body) if kind == "tunnel" else _create_client(state, kind, body)
+
+
+def update(state: ControlState, kind: str, item_id: str, body: Any) -> dict:
+    """Validate `body` (any of the fields) and change them."""
+    return _update_tunnel(state, item_id, body) if kind == "tunnel" else _update_client(state, kind, item_id, body)
+
+
+def delete(state: ControlState, kind: str, item_id: str) -> None:
+    """Delete it; an agent's tunnels go with it, and a tunnel's certificate with the tunnel (models.py)."""
+    _write(state, lambda db: get_row(db, kind, item_id).delete())
+
+
+def agent_names(state: ControlState) -> list[dict]:
+    """Every agent's id and name, by name: what a tunnel's form offers."""
+    with db_session:
+        return [{"id": a.id, "name": a.name} for a in state.db.Agent.select().order_by(lambda a: a.name)]
+
+
+def counts(state: ControlState) -> tuple[dict[str, int], dict[str, int]]:
+    """How many gateways, agents and tunnels there are, and how many gateways and agents are online."""
+    with db_session:
+        db = state.db
+        total = {"gateway": db.Gateway.select().count(), "agent": db.Agent.select().count(),
+                 "tunnel": db.Tunnel.select().count()}
+        online = {"gateway": db.Gateway.select(lambda g: g.status == "online").count(),
+                  "agent": db.Agent.select(lambda a: a.status == "online").count()}
+    return total, online
