@@ -21,12 +21,12 @@ import pytest
 import trio
 import trio.testing
 
-from kakuremichi.gateway.certmanager import CertificateManager
-from kakuremichi.gateway.certstore import CertStore
-from kakuremichi.gateway.challenges import ChallengeStore
-from kakuremichi.gateway.connection import CHUNK
-from kakuremichi.gateway.http2 import _READ_AHEAD, MAX_CONCURRENT_STREAMS, Http2Stream, serve_http2
-from kakuremichi.gateway.proxy import ProxySettings, open_proxy
+from kakuremichi.gateway.certs.manager import CertificateManager
+from kakuremichi.gateway.certs.store import CertStore
+from kakuremichi.gateway.certs.challenges import ChallengeStore
+from kakuremichi.gateway.http.connection import CHUNK
+from kakuremichi.gateway.http.http2 import _READ_AHEAD, MAX_CONCURRENT_STREAMS, Http2Stream, serve_http2
+from kakuremichi.gateway.http.proxy import ProxySettings, open_proxy
 from kakuremichi.gateway.routes import Route, RouteTable, TlsMode
 from kakuremichi.pipe import splice
 from tests.gateway.app import payload_sha256

@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from kakuremichi.gateway.timeouts import Watchdog, tick_for
+from kakuremichi.gateway.http.timeouts import Watchdog, tick_for
 
 
 class Waiter:

@@ -21,15 +21,15 @@ import h11
 import trio
 
 from kakuremichi.faults import Contained
-from kakuremichi.gateway import errorpages
-from kakuremichi.gateway.accesslog import AccessRecord
-from kakuremichi.gateway.challenges import ChallengeStore
-from kakuremichi.gateway.connection import CHUNK, DEFAULT_MAX_HEADER_BYTES, STREAM_ERRORS, HttpConnection
-from kakuremichi.gateway.errorpages import GatewayError
-from kakuremichi.gateway.forwarding import ForwardingPolicy, client_ip, forwarded_headers, response_headers
+from kakuremichi.gateway.http import errorpages
+from kakuremichi.gateway.http.accesslog import AccessRecord
+from kakuremichi.gateway.certs.challenges import ChallengeStore
+from kakuremichi.gateway.http.connection import CHUNK, DEFAULT_MAX_HEADER_BYTES, STREAM_ERRORS, HttpConnection
+from kakuremichi.gateway.http.errorpages import GatewayError
+from kakuremichi.gateway.http.forwarding import ForwardingPolicy, client_ip, forwarded_headers, response_headers
 from kakuremichi.gateway.routes import Route, RouteTable, TlsMode
-from kakuremichi.gateway.timeouts import Guard, Watchdog, tick_for
-from kakuremichi.gateway.upstream import (
+from kakuremichi.gateway.http.timeouts import Guard, Watchdog, tick_for
+from kakuremichi.gateway.http.upstream import (
     Dial,
     DialFailed,
     DialTimeout,

@@ -28,13 +28,13 @@ import h2.utilities
 import trio
 from h2.errors import ErrorCodes
 
-from kakuremichi.gateway import errorpages
-from kakuremichi.gateway.accesslog import AccessRecord
-from kakuremichi.gateway.connection import CHUNK, STREAM_ERRORS
-from kakuremichi.gateway.errorpages import GatewayError
-from kakuremichi.gateway.forwarding import response_headers
-from kakuremichi.gateway.proxy import END, Abort, Proxy, Stale
-from kakuremichi.gateway.upstream import UpstreamConnection
+from kakuremichi.gateway.http import errorpages
+from kakuremichi.gateway.http.accesslog import AccessRecord
+from kakuremichi.gateway.http.connection import CHUNK, STREAM_ERRORS
+from kakuremichi.gateway.http.errorpages import GatewayError
+from kakuremichi.gateway.http.forwarding import response_headers
+from kakuremichi.gateway.http.proxy import END, Abort, Proxy, Stale
+from kakuremichi.gateway.http.upstream import UpstreamConnection
 from kakuremichi.httpheaders import strip_hop_by_hop
 from kakuremichi.logs import log
 
