@@ -19,15 +19,15 @@ from kakuremichi.controlclient import ControlClient
 from kakuremichi.egress.exitserver import ExitServer
 from kakuremichi.egress.policy import DestinationPolicy
 from kakuremichi.gateway.certs.acme import AcmeSettings
+from kakuremichi.gateway.certs.challenges import ChallengeStore
 from kakuremichi.gateway.certs.manager import CertificateManager
 from kakuremichi.gateway.certs.store import CertStore
 from kakuremichi.gateway.certs.sync import CertificateSync
-from kakuremichi.gateway.certs.challenges import ChallengeStore
 from kakuremichi.gateway.endpoints import EndpointMemory
-from kakuremichi.gateway.listeners import serve_http, serve_https
 from kakuremichi.gateway.http.proxy import ProxySettings, open_proxy
-from kakuremichi.gateway.routes import Route, RouteTable
 from kakuremichi.gateway.http.upstream import EXCHANGE_KEEPALIVE, PoolLimits
+from kakuremichi.gateway.listeners import serve_http, serve_https
+from kakuremichi.gateway.routes import Route, RouteTable
 from kakuremichi.logs import log
 from kakuremichi.protocol import AGENT_KEEPALIVE, GatewayConfig
 from kakuremichi.tunnel import PeerSpec, TunnelNode

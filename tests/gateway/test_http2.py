@@ -21,9 +21,9 @@ import pytest
 import trio
 import trio.testing
 
+from kakuremichi.gateway.certs.challenges import ChallengeStore
 from kakuremichi.gateway.certs.manager import CertificateManager
 from kakuremichi.gateway.certs.store import CertStore
-from kakuremichi.gateway.certs.challenges import ChallengeStore
 from kakuremichi.gateway.http.connection import CHUNK
 from kakuremichi.gateway.http.http2 import _READ_AHEAD, MAX_CONCURRENT_STREAMS, Http2Stream, serve_http2
 from kakuremichi.gateway.http.proxy import ProxySettings, open_proxy

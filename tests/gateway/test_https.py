@@ -10,11 +10,11 @@ import httpx
 import pytest
 import trio
 
-from kakuremichi.gateway.certs.acme import AcmeSettings
-from kakuremichi.gateway.certs.manager import FALLBACK_NAME, CertificateManager, RenewalPolicy
 from kakuremichi.certpair import CertificateError
-from kakuremichi.gateway.certs.store import CertStore
+from kakuremichi.gateway.certs.acme import AcmeSettings
 from kakuremichi.gateway.certs.challenges import Challenge, ChallengeStore
+from kakuremichi.gateway.certs.manager import FALLBACK_NAME, CertificateManager, RenewalPolicy
+from kakuremichi.gateway.certs.store import CertStore
 from kakuremichi.gateway.http.proxy import ProxySettings
 from kakuremichi.gateway.routes import Route, RouteTable, TlsMode
 from tests.gateway.conftest import peer_certificate, start_gateway, tls_handshake

@@ -14,8 +14,8 @@ import trio_websocket
 
 from kakuremichi.gateway.http.forwarding import ForwardingPolicy
 from kakuremichi.gateway.http.proxy import ProxySettings
-from kakuremichi.gateway.routes import Route, RouteTable
 from kakuremichi.gateway.http.upstream import PoolLimits
+from kakuremichi.gateway.routes import Route, RouteTable
 from tests.gateway.app import BLOCK, payload_sha256, start_app
 from tests.gateway.conftest import start_gateway
 

@@ -24,11 +24,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from kakuremichi.certpair import CertificateError, covers
 from kakuremichi.gateway.certs.acme import AcmeClient, AcmeError, AcmeSettings
-from kakuremichi.gateway.certs.store import CertStore, CheckedPair, StoredCertificate, write_private
 from kakuremichi.gateway.certs.challenges import Challenge, ChallengeStore
-from kakuremichi.gateway.routes import Route, TlsMode
 from kakuremichi.gateway.certs.selfsigned import make_self_signed
+from kakuremichi.gateway.certs.store import CertStore, CheckedPair, StoredCertificate, write_private
 from kakuremichi.gateway.certs.tls import CertificateSelector
+from kakuremichi.gateway.routes import Route, TlsMode
 from kakuremichi.logs import log
 
 logger = logging.getLogger("kakuremichi.gateway.certs")

@@ -16,9 +16,9 @@ from kakuremichi import protocol
 from kakuremichi.certpair import CertificateError
 from kakuremichi.controlclient import ControlClient, NotConnected
 from kakuremichi.gateway.certs.acme import AcmeError
+from kakuremichi.gateway.certs.challenges import Challenge, ChallengeStore
 from kakuremichi.gateway.certs.manager import CertificateManager, LeaseHeld
 from kakuremichi.gateway.certs.store import StoredCertificate
-from kakuremichi.gateway.certs.challenges import Challenge, ChallengeStore
 from kakuremichi.logs import log
 
 logger = logging.getLogger("kakuremichi.gateway.certsync")
