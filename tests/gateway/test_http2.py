@@ -289,6 +289,16 @@ async def test_idle_connection_gets_goaway_after_the_client_timeout(nursery, tmp
     assert await client.stream.receive_some() == b""
 
 
+async def test_the_idle_timeout_counts_from_the_last_stream_not_from_the_last_read(nursery, tmp_path, app_port):
+    # A stream longer than the client timeout, with the client silent meanwhile: the connection is idle
+    # only once it ends, so a request soon after still gets its answer.
+    gw = await start_h2_gateway(nursery, tmp_path, app_port, settings=ProxySettings(client_timeout=0.3))
+    client = await RawH2Client.connect(gw.https_port)
+    assert (await client.response(await client.get("/slow?delay=0.6")))[0] == 200
+    await trio.sleep(0.1)  # idle for a third of the client timeout
+    assert (await client.response(await client.get("/")))[0] == 200
+
+
 async def test_malformed_requests_are_stream_errors_and_protocol_errors_get_goaway(nursery, tmp_path, app_port, caplog):
     caplog.set_level(logging.DEBUG, logger="kakuremichi.gateway.http2")
     gw = await start_h2_gateway(nursery, tmp_path, app_port)

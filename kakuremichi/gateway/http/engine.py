@@ -227,8 +227,8 @@ class Engine:
             await upstream.send(event, math.inf if body else self.settings.upstream_timeout)
         except (h11.LocalProtocolError, *STREAM_ERRORS):
             raise Abort() from None
-        if body and upstream.read_deadline != math.inf:
-            upstream.read_deadline = trio.current_time() + self.settings.upstream_timeout
+        if body:
+            upstream.restart_read(self.settings.upstream_timeout)
 
 
 def _host_and_target(request: h11.Request) -> tuple[str, bytes]:

@@ -34,6 +34,7 @@ from kakuremichi.gateway.http.connection import CHUNK, STREAM_ERRORS
 from kakuremichi.gateway.http.engine import END, Abort, Engine
 from kakuremichi.gateway.http.errorpages import GatewayError
 from kakuremichi.gateway.http.forwarding import response_headers
+from kakuremichi.gateway.http.timeouts import Waits
 from kakuremichi.gateway.http.upstream import UpstreamConnection
 from kakuremichi.logs import log
 
@@ -69,13 +70,14 @@ async def serve_http2(engine: Engine, stream: trio.abc.Stream, peer_ip: str) -> 
     await Http2Connection(engine, stream, peer_ip).serve()
 
 
-class Http2Connection:
+class Http2Connection(Waits):
     """One client connection: its h2 state, its open streams, its reader and writer.
 
     As a watchdog waiter its `deadline` is the client timeout of whichever applies: a write the client
-    does not take, or the connection sitting idle without any open stream."""
+    does not take, or the read loop's wait while no stream is open (the connection sitting idle)."""
 
     def __init__(self, engine: Engine, stream: trio.abc.Stream, peer_ip: str) -> None:
+        super().__init__()
         self.engine = engine
         self.stream = stream
         self.peer_ip = peer_ip
@@ -95,8 +97,6 @@ class Http2Connection:
         self.h2.decoder.max_header_list_size = 2 * max_headers
         self.streams: dict[int, Http2Stream] = {}
         self._nursery: trio.Nursery | None = None
-        self._idle_deadline = math.inf
-        self._write_deadline = math.inf
         self._read_while_writing = 0  # client bytes read since the write under way began
         self._dirty = trio.Event()  # h2 has bytes to send
         self._closing = False
@@ -106,7 +106,7 @@ class Http2Connection:
 
     @property
     def deadline(self) -> float:
-        return min(self._write_deadline, math.inf if self.streams else self._idle_deadline)
+        return min(self.write_until, math.inf if self.streams else self.read_until)
 
     async def serve(self) -> None:
         self.h2.initiate_connection()
@@ -133,11 +133,11 @@ class Http2Connection:
     async def _read_loop(self) -> None:
         """Feed the client's bytes to h2 and act on its events, until EOF or a connection error."""
         while True:
-            self._idle_deadline = trio.current_time() + self.timeout
+            self.start_read(self.timeout)  # never ended: the read loop always reads
             data = await self.stream.receive_some(CHUNK)
             if not data:
                 return
-            if self._write_deadline != math.inf:
+            if self.write_until != math.inf:
                 # h2 answers PING and SETTINGS by itself: a client that sends them without reading our
                 # side would have the answers pile up. Legitimate traffic is bounded by the windows.
                 self._read_while_writing += len(data)
@@ -216,7 +216,7 @@ class Http2Connection:
     def stream_done(self, stream: Http2Stream) -> None:
         del self.streams[stream.id]
         if not self.streams:
-            self._idle_deadline = trio.current_time() + self.timeout
+            self.restart_read(self.timeout)  # idle from now
         self.wake()
 
     def wake(self) -> int:
@@ -239,11 +239,11 @@ class Http2Connection:
             ticket = self._requested
             data = self.h2.data_to_send()
             if data:
-                self._write_deadline = trio.current_time() + self.timeout
+                self.start_write(self.timeout)
                 try:
                     await self.stream.send_all(data)
                 finally:
-                    self._write_deadline = math.inf
+                    self.end_write()
                     self._read_while_writing = 0
             self._written = ticket
             self._flushed.set()
@@ -265,23 +265,22 @@ class Http2Connection:
                 pass
 
 
-class Http2Stream:
+class Http2Stream(Waits):
     """One request stream: proxied like an HTTP/1.1 request, answered on this stream only.
 
     As a watchdog waiter its `deadline` is the client timeout while it waits for the client: for request
-    body (`read_deadline`) or for window to send the response (`write_deadline`); the two waits run in
-    different tasks at the same time, so the end of one must not clear the other's deadline."""
+    body (a read) or for window to send the response (a write), in two tasks at the same time."""
 
-    __slots__ = ("conn", "id", "headers", "ended", "read_deadline", "write_deadline", "responded", "_end_sent",
+    __slots__ = ("conn", "id", "headers", "ended", "responded", "_end_sent",
                  "_reset_sent", "_body", "_body_arrived", "_unsent", "_discarding", "_reset", "_scope")
 
     def __init__(self, conn: Http2Connection, stream_id: int, headers: list[tuple[bytes, bytes]], *,
                  ended: bool) -> None:
+        super().__init__()
         self.conn = conn
         self.id = stream_id
         self.headers = headers
         self.ended = ended  # the client has sent all of its request
-        self.read_deadline = self.write_deadline = math.inf
         self.responded = False  # response headers sent: an error can now only reset the stream
         self._end_sent = self._reset_sent = False  # our side of the stream is closed
         self._body: deque[tuple[bytes, int]] = deque()  # received, not yet forwarded (bounded by the window)
@@ -290,10 +289,6 @@ class Http2Stream:
         self._discarding = False  # nobody will forward more of the body: acknowledge it as it comes
         self._reset = False
         self._scope = trio.CancelScope()
-
-    @property
-    def deadline(self) -> float:
-        return min(self.read_deadline, self.write_deadline)
 
     # Called by the connection's reader.
 
@@ -398,11 +393,11 @@ class Http2Stream:
             while True:
                 while not self._body and not self.ended and self._unsent != 0:
                     self._body_arrived = trio.Event()
-                    self.read_deadline = trio.current_time() + self.conn.timeout
+                    self.start_read(self.conn.timeout)
                     try:
                         await self._body_arrived.wait()
                     finally:
-                        self.read_deadline = math.inf
+                        self.end_read()
                 if not self._body:
                     # Done: the client ended the stream, or sent all the announced bytes (the agent
                     # may answer before the END_STREAM that follows: no reason to reset the stream then).
@@ -484,11 +479,11 @@ class Http2Stream:
             except h2.exceptions.ProtocolError:
                 raise Abort() from None
             opened = conn.window_opened
-            self.write_deadline = trio.current_time() + conn.timeout
+            self.start_write(conn.timeout)
             try:
                 await opened.wait()
             finally:
-                self.write_deadline = math.inf
+                self.end_write()
 
     async def _answer(self, error: GatewayError, request: h11.Request | None, record: AccessRecord) -> None:
         """The error page on this stream; once the response began, only a reset can say something broke."""
