@@ -16,7 +16,7 @@ import trio
 
 from kakuremichi import command, logs
 from kakuremichi.egress.policy import DestinationPolicy
-from kakuremichi.gateway.acmeclient import LETS_ENCRYPT, AcmeSettings
+from kakuremichi.gateway.certs.acme import LETS_ENCRYPT, AcmeSettings
 from kakuremichi.gateway.gateway import Gateway, Listen
 from kakuremichi.options import EnvArgumentParser
 from kakuremichi.tunnel import TunnelNode

@@ -18,16 +18,16 @@ import trio
 from kakuremichi.controlclient import ControlClient
 from kakuremichi.egress.exitserver import ExitServer
 from kakuremichi.egress.policy import DestinationPolicy
-from kakuremichi.gateway.acmeclient import AcmeSettings
-from kakuremichi.gateway.certmanager import CertificateManager
-from kakuremichi.gateway.certstore import CertStore
-from kakuremichi.gateway.certsync import CertificateSync
-from kakuremichi.gateway.challenges import ChallengeStore
+from kakuremichi.gateway.certs.acme import AcmeSettings
+from kakuremichi.gateway.certs.challenges import ChallengeStore
+from kakuremichi.gateway.certs.manager import CertificateManager
+from kakuremichi.gateway.certs.store import CertStore
+from kakuremichi.gateway.certs.sync import CertificateSync
 from kakuremichi.gateway.endpoints import EndpointMemory
+from kakuremichi.gateway.http.proxy import ProxySettings, open_proxy
+from kakuremichi.gateway.http.upstream import EXCHANGE_KEEPALIVE, PoolLimits
 from kakuremichi.gateway.listeners import serve_http, serve_https
-from kakuremichi.gateway.proxy import ProxySettings, open_proxy
 from kakuremichi.gateway.routes import Route, RouteTable
-from kakuremichi.gateway.upstream import EXCHANGE_KEEPALIVE, PoolLimits
 from kakuremichi.logs import log
 from kakuremichi.protocol import AGENT_KEEPALIVE, GatewayConfig
 from kakuremichi.tunnel import PeerSpec, TunnelNode

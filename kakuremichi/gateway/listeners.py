@@ -11,9 +11,9 @@ import ssl
 
 import trio
 
-from kakuremichi.gateway.connection import STREAM_ERRORS
-from kakuremichi.gateway.http2 import serve_http2
-from kakuremichi.gateway.proxy import Proxy
+from kakuremichi.gateway.http.connection import STREAM_ERRORS
+from kakuremichi.gateway.http.http2 import serve_http2
+from kakuremichi.gateway.http.proxy import Proxy
 from kakuremichi.logs import log
 from kakuremichi.pipe import contained
 
@@ -48,8 +48,8 @@ async def serve_http(proxy: Proxy, port: int, host: str | None = None, *,
 async def serve_https(proxy: Proxy, context: ssl.SSLContext, port: int, host: str | None = None, *,
                       handshake_timeout: float = 10.0,
                       task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED) -> None:
-    """HTTPS on `host:port`; `context` picks each connection's certificate by SNI (see tls.py). Clients
-    that negotiate "h2" by ALPN get HTTP/2 (http2.py), the others HTTP/1.1."""
+    """HTTPS on `host:port`; `context` picks each connection's certificate by SNI (see certs/tls.py). Clients
+    that negotiate "h2" by ALPN get HTTP/2 (http/http2.py), the others HTTP/1.1."""
     listeners = await trio.open_tcp_listeners(port, host=host)
 
     async def handle(stream: trio.SocketStream) -> None:

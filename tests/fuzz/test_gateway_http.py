@@ -19,10 +19,10 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kakuremichi.gateway.http2 import Http2Connection
-from kakuremichi.gateway.proxy import ProxySettings, open_proxy
+from kakuremichi.gateway.http.http2 import Http2Connection
+from kakuremichi.gateway.http.proxy import ProxySettings, open_proxy
+from kakuremichi.gateway.http.upstream import PoolLimits
 from kakuremichi.gateway.routes import Route, RouteTable
-from kakuremichi.gateway.upstream import PoolLimits
 
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                         HealthCheck.data_too_large])

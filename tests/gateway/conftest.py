@@ -8,11 +8,11 @@ import pytest
 import trio
 from cryptography import x509
 
-from kakuremichi.gateway.challenges import ChallengeStore
+from kakuremichi.gateway.certs.challenges import ChallengeStore
+from kakuremichi.gateway.http.proxy import Proxy, ProxySettings, open_proxy
+from kakuremichi.gateway.http.upstream import PoolLimits
 from kakuremichi.gateway.listeners import serve_http, serve_https
-from kakuremichi.gateway.proxy import Proxy, ProxySettings, open_proxy
 from kakuremichi.gateway.routes import Route, RouteTable
-from kakuremichi.gateway.upstream import PoolLimits
 from tests.gateway.app import start_app
 
 

@@ -10,10 +10,10 @@ import ssl
 import httpx
 import trio
 
-from kakuremichi.gateway.acmeclient import AcmeSettings
-from kakuremichi.gateway.certmanager import CertificateManager, RenewalPolicy
-from kakuremichi.gateway.certstore import CertStore
-from kakuremichi.gateway.challenges import ChallengeStore
+from kakuremichi.gateway.certs.acme import AcmeSettings
+from kakuremichi.gateway.certs.challenges import ChallengeStore
+from kakuremichi.gateway.certs.manager import CertificateManager, RenewalPolicy
+from kakuremichi.gateway.certs.store import CertStore
 from kakuremichi.gateway.routes import Route, RouteTable, TlsMode
 from tests.gateway.conftest import peer_certificate, start_gateway, tls_handshake
 from tests.gateway.pebble import Pebble, free_port, needs_pebble

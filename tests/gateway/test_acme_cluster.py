@@ -24,8 +24,8 @@ from kakuremichi.agent.agent import Agent
 from kakuremichi.control.server import serve
 from kakuremichi.control.state import Settings
 from kakuremichi.controlclient import ControlClient
-from kakuremichi.gateway.acmeclient import AcmeError, AcmeSettings
-from kakuremichi.gateway.certmanager import LeaseHeld
+from kakuremichi.gateway.certs.acme import AcmeError, AcmeSettings
+from kakuremichi.gateway.certs.manager import LeaseHeld
 from kakuremichi.gateway.gateway import Gateway, Listen
 from kakuremichi.tunnel import TunnelNode
 from kakuremichi.wg import keyfile, keys

@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 import trio
 
-from kakuremichi.gateway.acmeclient import AcmeSettings
-from kakuremichi.gateway.certmanager import CertificateManager, RenewalPolicy
-from kakuremichi.gateway.certstore import CertStore
-from kakuremichi.gateway.challenges import ChallengeStore
+from kakuremichi.gateway.certs.acme import AcmeSettings
+from kakuremichi.gateway.certs.challenges import ChallengeStore
+from kakuremichi.gateway.certs.manager import CertificateManager, RenewalPolicy
+from kakuremichi.gateway.certs.store import CertStore
 from kakuremichi.gateway.routes import Route, TlsMode
 from tests.gateway.testca import TestCA
 

@@ -7,8 +7,8 @@ import json
 import pytest
 import trio
 
-from kakuremichi.gateway import errorpages
-from kakuremichi.gateway.forwarding import ForwardingPolicy, forwarded_headers
+from kakuremichi.gateway.http import errorpages
+from kakuremichi.gateway.http.forwarding import ForwardingPolicy, forwarded_headers
 from kakuremichi.gateway.routes import Route, RouteTable
 from kakuremichi.httpheaders import strip_hop_by_hop
 from kakuremichi.values import InvalidHost, request_host

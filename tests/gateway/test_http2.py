@@ -21,12 +21,12 @@ import pytest
 import trio
 import trio.testing
 
-from kakuremichi.gateway.certmanager import CertificateManager
-from kakuremichi.gateway.certstore import CertStore
-from kakuremichi.gateway.challenges import ChallengeStore
-from kakuremichi.gateway.connection import CHUNK
-from kakuremichi.gateway.http2 import _READ_AHEAD, MAX_CONCURRENT_STREAMS, Http2Stream, serve_http2
-from kakuremichi.gateway.proxy import ProxySettings, open_proxy
+from kakuremichi.gateway.certs.challenges import ChallengeStore
+from kakuremichi.gateway.certs.manager import CertificateManager
+from kakuremichi.gateway.certs.store import CertStore
+from kakuremichi.gateway.http.connection import CHUNK
+from kakuremichi.gateway.http.http2 import _READ_AHEAD, MAX_CONCURRENT_STREAMS, Http2Stream, serve_http2
+from kakuremichi.gateway.http.proxy import ProxySettings, open_proxy
 from kakuremichi.gateway.routes import Route, RouteTable, TlsMode
 from kakuremichi.pipe import splice
 from tests.gateway.app import payload_sha256
@@ -287,6 +287,16 @@ async def test_idle_connection_gets_goaway_after_the_client_timeout(nursery, tmp
             pass
     assert event.error_code == 0 and event.last_stream_id == 1
     assert await client.stream.receive_some() == b""
+
+
+async def test_the_idle_timeout_counts_from_the_last_stream_not_from_the_last_read(nursery, tmp_path, app_port):
+    # A stream longer than the client timeout, with the client silent meanwhile: the connection is idle
+    # only once it ends, so a request soon after still gets its answer.
+    gw = await start_h2_gateway(nursery, tmp_path, app_port, settings=ProxySettings(client_timeout=0.3))
+    client = await RawH2Client.connect(gw.https_port)
+    assert (await client.response(await client.get("/slow?delay=0.6")))[0] == 200
+    await trio.sleep(0.1)  # idle for a third of the client timeout
+    assert (await client.response(await client.get("/")))[0] == 200
 
 
 async def test_malformed_requests_are_stream_errors_and_protocol_errors_get_goaway(nursery, tmp_path, app_port, caplog):

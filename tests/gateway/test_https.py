@@ -10,12 +10,12 @@ import httpx
 import pytest
 import trio
 
-from kakuremichi.gateway.acmeclient import AcmeSettings
-from kakuremichi.gateway.certmanager import FALLBACK_NAME, CertificateManager, RenewalPolicy
 from kakuremichi.certpair import CertificateError
-from kakuremichi.gateway.certstore import CertStore
-from kakuremichi.gateway.challenges import Challenge, ChallengeStore
-from kakuremichi.gateway.proxy import ProxySettings
+from kakuremichi.gateway.certs.acme import AcmeSettings
+from kakuremichi.gateway.certs.challenges import Challenge, ChallengeStore
+from kakuremichi.gateway.certs.manager import FALLBACK_NAME, CertificateManager, RenewalPolicy
+from kakuremichi.gateway.certs.store import CertStore
+from kakuremichi.gateway.http.proxy import ProxySettings
 from kakuremichi.gateway.routes import Route, RouteTable, TlsMode
 from tests.gateway.conftest import peer_certificate, start_gateway, tls_handshake
 from tests.gateway.pebble import free_port

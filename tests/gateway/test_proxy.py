@@ -12,10 +12,10 @@ import httpx
 import trio
 import trio_websocket
 
-from kakuremichi.gateway.forwarding import ForwardingPolicy
-from kakuremichi.gateway.proxy import ProxySettings
+from kakuremichi.gateway.http.forwarding import ForwardingPolicy
+from kakuremichi.gateway.http.proxy import ProxySettings
+from kakuremichi.gateway.http.upstream import PoolLimits
 from kakuremichi.gateway.routes import Route, RouteTable
-from kakuremichi.gateway.upstream import PoolLimits
 from tests.gateway.app import BLOCK, payload_sha256, start_app
 from tests.gateway.conftest import start_gateway
 
@@ -172,7 +172,7 @@ async def test_pooled_connection_closed_by_agent_while_idle_is_dropped(nursery):
 
 async def test_an_idle_connection_gets_its_watcher_only_after_a_moment(nursery):
     """Under load a pooled connection is reused within milliseconds: no watcher task per request."""
-    from kakuremichi.gateway.upstream import WATCH_AFTER
+    from kakuremichi.gateway.http.upstream import WATCH_AFTER
 
     port = await start_app(nursery, "app")
     gw = await start_gateway(nursery, RouteTable([Route("app.test", "127.0.0.1", port)]))
@@ -190,7 +190,7 @@ async def test_an_idle_connection_gets_its_watcher_only_after_a_moment(nursery):
 async def test_a_request_cancelled_while_picking_up_a_watched_connection_does_not_lose_it(nursery):
     """An HTTP/2 client resetting its stream, or a withdrawn route, may cancel the request just as it takes
     a watched connection from the pool: the connection still ends up with the request (which closes it)."""
-    from kakuremichi.gateway.upstream import WATCH_AFTER
+    from kakuremichi.gateway.http.upstream import WATCH_AFTER
 
     port = await start_app(nursery, "app")
     route = Route("app.test", "127.0.0.1", port)

@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from kakuremichi.gateway.timeouts import Watchdog, tick_for
+from kakuremichi.gateway.http.timeouts import Waits, Watchdog, tick_for
 
 
 class Waiter:
@@ -69,3 +69,20 @@ async def test_a_guard_cancelled_by_someone_else_names_no_waiter(nursery, autoju
 def test_tick_follows_the_shortest_timeout():
     assert tick_for(60.0, math.inf) == 1.0
     assert tick_for(0.2, 60.0) == pytest.approx(0.05)
+
+
+async def test_waits_keep_read_and_write_apart_and_restart_only_a_read_under_way(autojump_clock):
+    waits = Waits()
+    waits.restart_read(5)  # no read under way: nothing to restart
+    assert waits.deadline == math.inf
+    start = trio.current_time()
+    waits.start_read(10)
+    waits.start_write(2)
+    assert waits.deadline == start + 2
+    waits.end_write()  # the write's end leaves the read's deadline
+    assert waits.deadline == start + 10
+    await trio.sleep(8)
+    waits.restart_read(10)  # the peer showed it is alive: the read gets its time again
+    assert waits.deadline == start + 18
+    waits.end_read()
+    assert waits.deadline == math.inf

@@ -23,12 +23,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from kakuremichi.certpair import CertificateError, covers
-from kakuremichi.gateway.acmeclient import AcmeClient, AcmeError, AcmeSettings
-from kakuremichi.gateway.certstore import CertStore, CheckedPair, StoredCertificate, write_private
-from kakuremichi.gateway.challenges import Challenge, ChallengeStore
+from kakuremichi.gateway.certs.acme import AcmeClient, AcmeError, AcmeSettings
+from kakuremichi.gateway.certs.challenges import Challenge, ChallengeStore
+from kakuremichi.gateway.certs.selfsigned import make_self_signed
+from kakuremichi.gateway.certs.store import CertStore, CheckedPair, StoredCertificate, write_private
+from kakuremichi.gateway.certs.tls import CertificateSelector
 from kakuremichi.gateway.routes import Route, TlsMode
-from kakuremichi.gateway.selfsigned import make_self_signed
-from kakuremichi.gateway.tls import CertificateSelector
 from kakuremichi.logs import log
 
 logger = logging.getLogger("kakuremichi.gateway.certs")
@@ -57,7 +57,7 @@ class LeaseHeld(Exception):
 
 
 class Coordinator(Protocol):
-    """How gateways order together (kakuremichi/gateway/certsync.py, through control)."""
+    """How gateways order together (sync.py, through control)."""
 
     async def lease(self, domain: str) -> None:
         """Return once this gateway may order `domain` now; raise LeaseHeld or AcmeError otherwise."""

@@ -2,7 +2,7 @@
 
 The h2 library is the sans-IO core (frames, HPACK, stream states, flow-control accounting); this
 module drives it. One task reads and feeds bytes, one writes whatever h2 has to send (so two writes
-never overlap on the TLS stream), and each request stream runs as its own task through the proxy's
+never overlap on the TLS stream), and each request stream runs as its own task through the engine's
 routing, forwarding headers, upstream pool, timeouts and error pages, talking HTTP/1.1 to the agent.
 
 Flow control is end to end: request body bytes are acknowledged to the client only once forwarded to
@@ -28,14 +28,14 @@ import h2.utilities
 import trio
 from h2.errors import ErrorCodes
 
-from kakuremichi.gateway import errorpages
-from kakuremichi.gateway.accesslog import AccessRecord
-from kakuremichi.gateway.connection import CHUNK, STREAM_ERRORS
-from kakuremichi.gateway.errorpages import GatewayError
-from kakuremichi.gateway.forwarding import response_headers
-from kakuremichi.gateway.proxy import END, Abort, Proxy, Stale
-from kakuremichi.gateway.upstream import UpstreamConnection
-from kakuremichi.httpheaders import strip_hop_by_hop
+from kakuremichi.gateway.http import errorpages
+from kakuremichi.gateway.http.accesslog import AccessRecord
+from kakuremichi.gateway.http.connection import CHUNK, STREAM_ERRORS
+from kakuremichi.gateway.http.engine import END, Abort, Engine
+from kakuremichi.gateway.http.errorpages import GatewayError
+from kakuremichi.gateway.http.forwarding import response_headers
+from kakuremichi.gateway.http.timeouts import Waits
+from kakuremichi.gateway.http.upstream import UpstreamConnection
 from kakuremichi.logs import log
 
 logger = logging.getLogger("kakuremichi.gateway.http2")
@@ -65,39 +65,38 @@ class _LocalSettings(h2.settings.Settings):
         return 2**32 + 1  # h2's "unlimited"
 
 
-async def serve_http2(proxy: Proxy, stream: trio.abc.Stream, peer_ip: str) -> None:
+async def serve_http2(engine: Engine, stream: trio.abc.Stream, peer_ip: str) -> None:
     """Serve one HTTP/2 client connection (TLS already negotiated "h2") until it closes, idles out or breaks."""
-    await Http2Connection(proxy, stream, peer_ip).serve()
+    await Http2Connection(engine, stream, peer_ip).serve()
 
 
-class Http2Connection:
+class Http2Connection(Waits):
     """One client connection: its h2 state, its open streams, its reader and writer.
 
     As a watchdog waiter its `deadline` is the client timeout of whichever applies: a write the client
-    does not take, or the connection sitting idle without any open stream."""
+    does not take, or the read loop's wait while no stream is open (the connection sitting idle)."""
 
-    def __init__(self, proxy: Proxy, stream: trio.abc.Stream, peer_ip: str) -> None:
-        self.proxy = proxy
+    def __init__(self, engine: Engine, stream: trio.abc.Stream, peer_ip: str) -> None:
+        super().__init__()
+        self.engine = engine
         self.stream = stream
         self.peer_ip = peer_ip
-        self.timeout = proxy.settings.client_timeout
+        self.timeout = engine.settings.client_timeout
         # Request headers are validated here, stream by stream: h2 would make a malformed request a
         # connection error, where RFC 9113 §8.1.1 wants a stream error.
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=False, header_encoding=None, validate_inbound_headers=False))
-        max_headers = proxy.settings.max_header_bytes
+        max_headers = engine.settings.max_header_bytes
         self.h2.local_settings = _LocalSettings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: max_headers,
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
         })
-        # The proxy answers a header list over its limit with 431 on the stream; only one far beyond
+        # The engine answers a header list over its limit with 431 on the stream; only one far beyond
         # what was advertised makes h2 end the connection (an HPACK bomb).
         self.h2.decoder.max_header_list_size = 2 * max_headers
         self.streams: dict[int, Http2Stream] = {}
         self._nursery: trio.Nursery | None = None
-        self._idle_deadline = math.inf
-        self._write_deadline = math.inf
         self._read_while_writing = 0  # client bytes read since the write under way began
         self._dirty = trio.Event()  # h2 has bytes to send
         self._closing = False
@@ -107,12 +106,12 @@ class Http2Connection:
 
     @property
     def deadline(self) -> float:
-        return min(self._write_deadline, math.inf if self.streams else self._idle_deadline)
+        return min(self.write_until, math.inf if self.streams else self.read_until)
 
     async def serve(self) -> None:
         self.h2.initiate_connection()
         self.h2.increment_flow_control_window(CONNECTION_WINDOW - _INITIAL_WINDOW)
-        with self.proxy.watchdog.guard(self):
+        with self.engine.watchdog.guard(self):
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._write_loop)
@@ -134,11 +133,11 @@ class Http2Connection:
     async def _read_loop(self) -> None:
         """Feed the client's bytes to h2 and act on its events, until EOF or a connection error."""
         while True:
-            self._idle_deadline = trio.current_time() + self.timeout
+            self.start_read(self.timeout)  # never ended: the read loop always reads
             data = await self.stream.receive_some(CHUNK)
             if not data:
                 return
-            if self._write_deadline != math.inf:
+            if self.write_until != math.inf:
                 # h2 answers PING and SETTINGS by itself: a client that sends them without reading our
                 # side would have the answers pile up. Legitimate traffic is bounded by the windows.
                 self._read_while_writing += len(data)
@@ -217,7 +216,7 @@ class Http2Connection:
     def stream_done(self, stream: Http2Stream) -> None:
         del self.streams[stream.id]
         if not self.streams:
-            self._idle_deadline = trio.current_time() + self.timeout
+            self.restart_read(self.timeout)  # idle from now
         self.wake()
 
     def wake(self) -> int:
@@ -240,11 +239,11 @@ class Http2Connection:
             ticket = self._requested
             data = self.h2.data_to_send()
             if data:
-                self._write_deadline = trio.current_time() + self.timeout
+                self.start_write(self.timeout)
                 try:
                     await self.stream.send_all(data)
                 finally:
-                    self._write_deadline = math.inf
+                    self.end_write()
                     self._read_while_writing = 0
             self._written = ticket
             self._flushed.set()
@@ -266,23 +265,22 @@ class Http2Connection:
                 pass
 
 
-class Http2Stream:
+class Http2Stream(Waits):
     """One request stream: proxied like an HTTP/1.1 request, answered on this stream only.
 
     As a watchdog waiter its `deadline` is the client timeout while it waits for the client: for request
-    body (`read_deadline`) or for window to send the response (`write_deadline`); the two waits run in
-    different tasks at the same time, so the end of one must not clear the other's deadline."""
+    body (a read) or for window to send the response (a write), in two tasks at the same time."""
 
-    __slots__ = ("conn", "id", "headers", "ended", "read_deadline", "write_deadline", "responded", "_end_sent",
+    __slots__ = ("conn", "id", "headers", "ended", "responded", "_end_sent",
                  "_reset_sent", "_body", "_body_arrived", "_unsent", "_discarding", "_reset", "_scope")
 
     def __init__(self, conn: Http2Connection, stream_id: int, headers: list[tuple[bytes, bytes]], *,
                  ended: bool) -> None:
+        super().__init__()
         self.conn = conn
         self.id = stream_id
         self.headers = headers
         self.ended = ended  # the client has sent all of its request
-        self.read_deadline = self.write_deadline = math.inf
         self.responded = False  # response headers sent: an error can now only reset the stream
         self._end_sent = self._reset_sent = False  # our side of the stream is closed
         self._body: deque[tuple[bytes, int]] = deque()  # received, not yet forwarded (bounded by the window)
@@ -291,10 +289,6 @@ class Http2Stream:
         self._discarding = False  # nobody will forward more of the body: acknowledge it as it comes
         self._reset = False
         self._scope = trio.CancelScope()
-
-    @property
-    def deadline(self) -> float:
-        return min(self.read_deadline, self.write_deadline)
 
     # Called by the connection's reader.
 
@@ -318,24 +312,24 @@ class Http2Stream:
     # The stream's own task.
 
     async def run(self) -> None:
-        proxy = self.conn.proxy
+        engine = self.conn.engine
         record = AccessRecord(client=self.conn.peer_ip, scheme="https")
         record.protocol = "h2"
         request = error = None
         try:
             with self._scope:
-                guard = proxy.watchdog.guard(self)
+                guard = engine.watchdog.guard(self)
                 with guard:
                     try:
                         request = self._request(record)
-                        proxy.begin(record, request, self.conn.peer_ip)
-                        raw_host, host, target = proxy.resolve(request, record)
-                        route = proxy.route_for(host)
-                        upstream_request = proxy.upstream_request(request, raw_host, host, target, "https",
+                        engine.begin(record, request, self.conn.peer_ip)
+                        raw_host, host, target = engine.resolve(request, record)
+                        route = engine.route_for(host)
+                        upstream_request = engine.upstream_request(request, raw_host, host, target, "https",
                                                                   self.conn.peer_ip)
-                        with proxy.routes.hold(route, guard.scope):
-                            await proxy.exchange(self, upstream_request, not self.ended, route, host, record,
-                                                 guard)
+                        with engine.routes.hold(route, guard.scope):
+                            await engine.exchange(self, upstream_request, not self.ended, route, host, record,
+                                                  guard)
                     except GatewayError as exc:
                         error = exc
                     except Abort:
@@ -343,7 +337,7 @@ class Http2Stream:
                 if guard.scope.cancelled_caught:
                     error = self._interrupted(guard, record)
                 if error is not None:
-                    with proxy.watchdog.guard(self):
+                    with engine.watchdog.guard(self):
                         await self._answer(error, request, record)
             if self._reset:
                 record.error = record.error or "client_reset"
@@ -388,12 +382,9 @@ class Http2Stream:
             record.error = "client_timeout"
             self._send_reset(ErrorCodes.CANCEL)
             return None
-        if guard.expired is None:
-            record.error = "route_withdrawn"
-            return errorpages.unknown_host(record.host)
-        return errorpages.upstream_timeout(record.host)
+        return self.conn.engine.interrupted(guard, record)
 
-    # The ClientSide of the proxy's exchange.
+    # The ClientSide of the engine's exchange.
 
     async def pump_request_body(self, upstream: UpstreamConnection, record: AccessRecord,
                                 scope: trio.CancelScope) -> None:
@@ -402,21 +393,21 @@ class Http2Stream:
             while True:
                 while not self._body and not self.ended and self._unsent != 0:
                     self._body_arrived = trio.Event()
-                    self.read_deadline = trio.current_time() + self.conn.timeout
+                    self.start_read(self.conn.timeout)
                     try:
                         await self._body_arrived.wait()
                     finally:
-                        self.read_deadline = math.inf
+                        self.end_read()
                 if not self._body:
                     # Done: the client ended the stream, or sent all the announced bytes (the agent
                     # may answer before the END_STREAM that follows: no reason to reset the stream then).
-                    await self.conn.proxy.upstream_send(upstream, END, body=True)
+                    await self.conn.engine.upstream_send(upstream, END, body=True)
                     return
                 data, length = self._body.popleft()
                 record.bytes_in += len(data)
                 if self._unsent is not None:
                     self._unsent -= len(data)
-                await self.conn.proxy.upstream_send(upstream, h11.Data(data=data), body=True)
+                await self.conn.engine.upstream_send(upstream, h11.Data(data=data), body=True)
                 self.conn.acknowledge(length, self.id)
                 self.conn.wake()
         except Abort:
@@ -424,15 +415,10 @@ class Http2Stream:
 
     async def relay_response(self, upstream: UpstreamConnection, host: str, replayable: bool,
                              record: AccessRecord, hsts: bool) -> None:
-        timeout = self.conn.proxy.settings.upstream_timeout
+        engine = self.conn.engine
+        timeout = engine.settings.upstream_timeout
         while True:
-            try:
-                event = await upstream.next_event(timeout)
-            except (h11.RemoteProtocolError, *STREAM_ERRORS) as exc:
-                if upstream.reused and upstream.bytes_received == 0 and replayable:
-                    raise Stale() from None
-                log(logger, logging.WARNING, "agent answered badly", host=host, error=str(exc))
-                raise errorpages.agent_unreachable(host) from None
+            event = await engine.response_event(upstream, host, replayable)
             if not isinstance(event, h11.InformationalResponse):
                 break
             if event.status_code == 101:
@@ -493,11 +479,11 @@ class Http2Stream:
             except h2.exceptions.ProtocolError:
                 raise Abort() from None
             opened = conn.window_opened
-            self.write_deadline = trio.current_time() + conn.timeout
+            self.start_write(conn.timeout)
             try:
                 await opened.wait()
             finally:
-                self.write_deadline = math.inf
+                self.end_write()
 
     async def _answer(self, error: GatewayError, request: h11.Request | None, record: AccessRecord) -> None:
         """The error page on this stream; once the response began, only a reset can say something broke."""

@@ -4,13 +4,11 @@ Both sides of the proxy use it — the client connection (h11 SERVER role) and e
 connection to an agent (h11 CLIENT role). Bytes are fed to h11 one chunk at a time and only when it
 asks for more, so memory stays bounded by the chunk size plus the header limit.
 
-A wait gives up after the `timeout` it was called with: it writes its deadline into a float, and a
-`timeouts.Guard` covering the connection is cancelled once the wait outlives it (the guard's `expired`
-then names the connection). Reads and writes keep separate floats: one task may wait to read while
-another waits to write (a request body pumped to the agent while its response is awaited), and the
-end of one wait must not clear the other's deadline; a read's may be pushed back while it waits (the
-agent took more of the request body). An event h11 already has buffered, or a write the kernel takes
-at once, costs nothing more than that float.
+A wait gives up after the `timeout` it was called with: the connection is a `timeouts.Waits` noting
+when, and a `timeouts.Guard` covering the connection is cancelled once the wait outlives it (the
+guard's `expired` then names the connection). A read's deadline may be pushed back while it waits
+(`restart_read`: the agent took more of the request body). An event h11 already has buffered, or a
+write the kernel takes at once, costs nothing more than noting the deadline.
 """
 
 from __future__ import annotations
@@ -19,6 +17,8 @@ import math
 
 import h11
 import trio
+
+from kakuremichi.gateway.http.timeouts import Waits
 
 CHUNK = 65536
 DEFAULT_MAX_HEADER_BYTES = 65536
@@ -31,43 +31,39 @@ MAX_CHUNK_SIZE = (1 << 63) - 1
 STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
-class HttpConnection:
+class HttpConnection(Waits):
     """`next_event()`/`send()` over `stream`; `bytes_received` tells whether the peer said anything yet in this
     cycle; `deadline` is when the current read or write times out, whichever is sooner (inf while not waiting)."""
 
     def __init__(self, stream: trio.abc.Stream, role: type[h11.CLIENT] | type[h11.SERVER],
                  max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> None:
+        super().__init__()
         self.stream = stream
         self.h11 = h11.Connection(role, max_incomplete_event_size=max_header_bytes)
         self.bytes_received = 0
-        self.read_deadline = self.write_deadline = math.inf
         self._unsent: list[bytes] = []  # queued events' bytes, written together by `flush`
         self._malformed: h11.RemoteProtocolError | None = None  # what _checked refused (h11 would read on)
-
-    @property
-    def deadline(self) -> float:
-        """For the watchdog (read once a tick): the sooner of the read's and the write's deadlines."""
-        return min(self.read_deadline, self.write_deadline)
 
     async def next_event(self, timeout: float = math.inf) -> h11.Event | type[h11.PAUSED]:
         """Next event from the peer within `timeout` seconds (enforced by a guard); EOF shows up as
         h11.ConnectionClosed (or RemoteProtocolError)."""
-        deadline = None
-        while True:
-            if self._malformed is not None:
-                raise self._malformed
-            event = self.h11.next_event()
-            if event is not h11.NEED_DATA:
-                return self._checked(event)
-            if deadline is None:
-                deadline = trio.current_time() + timeout
-            self.read_deadline = deadline
-            try:
+        waiting = False
+        try:
+            while True:
+                if self._malformed is not None:
+                    raise self._malformed
+                event = self.h11.next_event()
+                if event is not h11.NEED_DATA:
+                    return self._checked(event)
+                if not waiting:  # one deadline for the whole event, however many reads it takes
+                    self.start_read(timeout)
+                    waiting = True
                 data = await self.stream.receive_some(CHUNK)
-            finally:
-                deadline, self.read_deadline = self.read_deadline, math.inf  # kept if pushed back meanwhile
-            self.bytes_received += len(data)
-            self.h11.receive_data(data)
+                self.bytes_received += len(data)
+                self.h11.receive_data(data)
+        finally:
+            if waiting:
+                self.end_read()
 
     def buffered_event(self) -> h11.Event | type[h11.PAUSED] | None:
         """The next event if h11 can produce it from bytes already received, else None (no waiting)."""
@@ -98,11 +94,11 @@ class HttpConnection:
             return
         data = b"".join(self._unsent) if len(self._unsent) > 1 else self._unsent[0]
         self._unsent.clear()
-        self.write_deadline = trio.current_time() + timeout
+        self.start_write(timeout)
         try:
             await self.stream.send_all(data)
         finally:
-            self.write_deadline = math.inf
+            self.end_write()
 
     async def send(self, event: h11.Event, timeout: float = math.inf) -> None:
         self.queue(event)

@@ -14,11 +14,11 @@ from kakuremichi.values import InvalidHost, request_host, wildcard_parent
 
 # TLS 1.2 suites with forward secrecy and AEAD only; TLS 1.3 suites are OpenSSL's (all modern).
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
-ALPN = ["h2", "http/1.1"]  # HTTP/2 for clients that offer it (http2.py), else HTTP/1.1
+ALPN = ["h2", "http/1.1"]  # HTTP/2 for clients that offer it (http/http2.py), else HTTP/1.1
 
 
 def server_context(pem_path: str | os.PathLike) -> ssl.SSLContext:
-    """A server context for a PEM holding private key and chain (see certstore.py)."""
+    """A server context for a PEM holding private key and chain (see store.py)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(TLS12_CIPHERS)

@@ -15,10 +15,10 @@ import trio
 from kakuremichi import protocol
 from kakuremichi.certpair import CertificateError
 from kakuremichi.controlclient import ControlClient, NotConnected
-from kakuremichi.gateway.acmeclient import AcmeError
-from kakuremichi.gateway.certmanager import CertificateManager, LeaseHeld
-from kakuremichi.gateway.certstore import StoredCertificate
-from kakuremichi.gateway.challenges import Challenge, ChallengeStore
+from kakuremichi.gateway.certs.acme import AcmeError
+from kakuremichi.gateway.certs.challenges import Challenge, ChallengeStore
+from kakuremichi.gateway.certs.manager import CertificateManager, LeaseHeld
+from kakuremichi.gateway.certs.store import StoredCertificate
 from kakuremichi.logs import log
 
 logger = logging.getLogger("kakuremichi.gateway.certsync")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import h11
 import trio
 
-from kakuremichi.gateway.connection import DEFAULT_MAX_HEADER_BYTES, STREAM_ERRORS, HttpConnection
+from kakuremichi.gateway.http.connection import DEFAULT_MAX_HEADER_BYTES, STREAM_ERRORS, HttpConnection
 from kakuremichi.gateway.routes import Route
 from kakuremichi.protocol import EXIT_KEEPALIVE
 

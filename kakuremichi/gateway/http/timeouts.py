@@ -2,10 +2,10 @@
 
 A proxied request waits about four times (request head, write to the agent, response head, write to the
 client). A trio deadline on each wait costs a cancel scope entered and left, with its deadline heap
-entries: an eighth of the gateway's CPU per request. Here a wait only writes its deadline into a float
-on the connection (`HttpConnection.read_deadline` or `write_deadline`); one `Guard` — a cancel scope —
+entries: an eighth of the gateway's CPU per request. Here each connection or stream is a `Waits`: a wait
+starts and ends through its methods, which only note when it gives up; one `Guard` — a cancel scope —
 covers all the waits of a stretch of work, and the watchdog looks every `tick` and cancels the guard of
-a connection still waiting past its deadline. A timeout fires up to one tick late, which is nothing
+a waiter still waiting past its deadline. A timeout fires up to one tick late, which is nothing
 against limits of seconds.
 """
 
@@ -18,9 +18,44 @@ import trio
 
 
 class Waiter(Protocol):
-    """Something that waits: `deadline` is when its current wait gives up (inf while not waiting)."""
+    """Something that waits: `deadline` is when its current wait gives up (inf while not waiting); a
+    `Waits`, or anything else with a deadline."""
 
     deadline: float
+
+
+class Waits:
+    """When the current read and write of one connection or stream give up (inf: not waiting), changed
+    only by these methods. Reads and writes are apart: one task may wait to read while another waits to
+    write (a request body pumped to the agent while its response is awaited), and the end of one wait
+    must not clear the other's deadline."""
+
+    __slots__ = ("read_until", "write_until")
+
+    def __init__(self) -> None:
+        self.read_until = self.write_until = math.inf
+
+    @property
+    def deadline(self) -> float:
+        """For the watchdog (read once a tick): the sooner of the two."""
+        return min(self.read_until, self.write_until)
+
+    def start_read(self, timeout: float) -> None:
+        self.read_until = trio.current_time() + timeout
+
+    def restart_read(self, timeout: float) -> None:
+        """The read under way, if any, gets `timeout` again from now (the peer showed it is alive)."""
+        if self.read_until != math.inf:
+            self.read_until = trio.current_time() + timeout
+
+    def end_read(self) -> None:
+        self.read_until = math.inf
+
+    def start_write(self, timeout: float) -> None:
+        self.write_until = trio.current_time() + timeout
+
+    def end_write(self) -> None:
+        self.write_until = math.inf
 
 
 class Guard:
