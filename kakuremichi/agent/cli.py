@@ -54,7 +54,8 @@ def _listen_address(text: str) -> tuple[str, int]:
 
 async def run(args) -> None:
     private = keyfile.load_or_create(Path(args.data_dir) / "wireguard.key")
-    node = TunnelNode(private, listen_port=args.wireguard_port)
+    with command.listening("WireGuard (UDP)", args.wireguard_port, "--wireguard-port"):
+        node = TunnelNode(private, listen_port=args.wireguard_port)
     agent = Agent(node, proxies=ProxyListen(socks=args.socks_listen, http=args.http_proxy_listen))
     client = agent.control_client(args.control_url, args.api_key, heartbeat=args.heartbeat)
     logs.log(logger, logging.INFO, "agent starting", public_key=keys.encode(node.public_key),

@@ -10,7 +10,7 @@ import sys
 import trio
 from pony.orm.dbapiprovider import DatabaseError
 
-from kakuremichi import logs
+from kakuremichi import command, logs
 from kakuremichi.control.allocation import parse_pool
 from kakuremichi.control.datadir import SecretsKeyError
 from kakuremichi.control.models import DatabaseUrlError, SchemaError
@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                         metrics_public=args.metrics_public)
     failure: BaseException | None = None
     try:
+        host, port = Endpoint.parse(args.listen).address  # before a new admin token is made and shown once
+        command.check_can_listen(host, port, "control's HTTP and WebSocket", "--listen")
         trio.run(_run, settings)
     except* (SchemaError, DatabaseUrlError, DatabaseError, OSError, SecretsKeyError, UnsealError) as group:
         failure = group

@@ -53,9 +53,13 @@ def build_parser(prog: str) -> EnvArgumentParser:
 
 
 async def run(args) -> None:
+    for port, what, flag in ((args.http_port, "HTTP", "--http-port"), (args.https_port, "HTTPS", "--https-port")):
+        if port:
+            command.check_can_listen(args.listen_host, port, what, flag)
     data = Path(args.data_dir)
     private = keyfile.load_or_create(data / "wireguard.key")
-    node = TunnelNode(private, listen_port=args.wireguard_port)
+    with command.listening("WireGuard (UDP)", args.wireguard_port, "--wireguard-port"):
+        node = TunnelNode(private, listen_port=args.wireguard_port)
     acme = None if args.acme_directory == "off" else AcmeSettings(args.acme_directory, args.acme_email,
                                                                   args.acme_ca_bundle)
     gateway = Gateway(node, data, Listen(args.listen_host, args.http_port, args.https_port or None, acme),
