@@ -43,10 +43,10 @@ def build_parser(prog: str) -> EnvArgumentParser:
     parser.add_argument("--expose", default=None,
                         help="local target to publish: PORT, HOST:PORT or http(s)://HOST:PORT "
                              "(default: a built-in demo page)")
-    parser.add_argument("--domain", default="app.localhost", help="public domain of the tunnel (default app.localhost)")
-    parser.add_argument("--http-port", type=int, default=8081, help="gateway HTTP port (default 8081)")
-    parser.add_argument("--control-port", type=int, default=8000, help="control server port (default 8000)")
-    parser.add_argument("--data-dir", default="kakuremichi-dev", help="state directory (default ./kakuremichi-dev)")
+    parser.add_argument("--domain", default="app.localhost", help="public domain of the tunnel")
+    parser.add_argument("--http-port", type=int, default=8081, help="gateway HTTP port")
+    parser.add_argument("--control-port", type=int, default=8000, help="control server port")
+    parser.add_argument("--data-dir", default="kakuremichi-dev", help="state directory")
     logs.add_arguments(parser)
     return parser
 
