@@ -119,6 +119,8 @@ def _target(expose: str) -> str:
 
 
 async def run(args) -> None:
+    for port, what, flag in ((args.control_port, "control", "--control-port"), (args.http_port, "HTTP", "--http-port")):
+        command.check_can_listen("127.0.0.1", port, what, flag)
     data = Path(args.data_dir)
     token = _admin_token(data)
     async with trio.open_nursery() as nursery:

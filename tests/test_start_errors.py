@@ -98,3 +98,11 @@ def test_control_that_cannot_listen_makes_no_admin_token(tmp_path, held_tcp_port
     finally:
         control.send_signal(signal.SIGTERM)
         control.wait(timeout=30)
+
+
+@pytest.mark.parametrize("flag", ["--control-port", "--http-port"])
+def test_dev_names_the_port_in_use_and_its_flag(tmp_path, held_tcp_port, flag):
+    result = kakuremichi("dev", "--data-dir", str(tmp_path / "dev"), flag, str(held_tcp_port))
+    assert result.returncode == 2
+    assert f"on port {held_tcp_port} ({flag}): Address already in use" in result.stderr
+    assert not (tmp_path / "dev").exists()  # nothing started or made
