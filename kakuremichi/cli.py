@@ -15,9 +15,10 @@ COMMANDS = {
 
 
 def usage() -> str:
-    lines = ["usage: kakuremichi COMMAND [ARGS...]", "", "commands:"]
+    lines = ["usage: kakuremichi [--version] COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "Run `kakuremichi COMMAND --help` for a command's options."]
+    lines += ["", "options:", f"  {'--version':<9} print the version and exit",
+              "", "Run `kakuremichi COMMAND --help` for a command's options."]
     return "\n".join(lines)
 
 

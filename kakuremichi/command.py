@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
 import sys
+from contextlib import contextmanager
 
 import trio
 
@@ -13,6 +16,55 @@ from kakuremichi import logs
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+PRIVILEGED_PORTS = 1024
+
+
+class CannotListen(OSError):
+    """A port this command was told to listen on cannot be bound; the message names the flag and the way out."""
+
+
+def cannot_listen(exc: OSError, what: str, port: int, flag: str) -> CannotListen:
+    """`exc` (from bind) as one line: what could not listen on which port, set by which flag, and what to do."""
+    bind_error = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+    if bind_error.errno == errno.EADDRINUSE:
+        advice = f"another process is listening on it: stop that one or choose another port with {flag}"
+    elif bind_error.errno == errno.EACCES and port < PRIVILEGED_PORTS:
+        advice = (f"ports below {PRIVILEGED_PORTS} need privileges: choose a port >= {PRIVILEGED_PORTS} with {flag} "
+                  f"and map the public port to it (docker run -p {port}:{port + 8000}), or grant the process "
+                  f"CAP_NET_BIND_SERVICE")
+    elif bind_error.errno == errno.EADDRNOTAVAIL:
+        advice = "that address is not on this machine: listen on one of its addresses, or on all of them"
+    else:
+        advice = f"choose another port with {flag}"
+    return CannotListen(f"cannot listen for {what} on port {port} ({flag}): {bind_error.strerror or bind_error}; "
+                        f"{advice}")
+
+
+@contextmanager
+def listening(what: str, port: int, flag: str):
+    """Turn a bind's OSError inside the block into CannotListen naming `flag`."""
+    try:
+        yield
+    except CannotListen:
+        raise
+    except OSError as exc:
+        raise cannot_listen(exc, what, port, flag) from None
+
+
+def check_can_listen(host: str | None, port: int, what: str, flag: str) -> None:
+    """Raise CannotListen now, before anything is started or created, if TCP `host:port` cannot be bound (the
+    same way trio and Hypercorn bind it: SO_REUSEADDR, every address `host` resolves to, all when None)."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return  # the listener itself reports an unresolvable host
+    with listening(what, port, flag):
+        for family, kind, proto, _, address in addresses:
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
 
 
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:

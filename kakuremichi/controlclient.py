@@ -7,14 +7,17 @@ silence detection), so there is no nursery whose failure could take the daemon d
 
 from __future__ import annotations
 
+import errno
 import logging
 import random
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
+from trio_websocket import (ConnectionClosed, ConnectionRejected, ConnectionTimeout, HandshakeError, WebSocketConnection,
+                            open_websocket_url)
 
 from kakuremichi import protocol
 from kakuremichi.logs import log
@@ -100,7 +103,10 @@ class ControlClient:
                 async with open_websocket_url(self.url, ssl_context=self._ssl_context,
                                               connect_timeout=AUTH_TIMEOUT) as ws:
                     await self._session(ws)
-            except (OSError, HandshakeError, ConnectionClosed, trio.BrokenResourceError) as exc:
+            except HandshakeError as exc:
+                tls_error = await _tls_error(self.url, self._ssl_context) if isinstance(exc, ConnectionTimeout) else None
+                reason = _not_opened(exc, self.url, tls_error)
+            except (OSError, ConnectionClosed, trio.BrokenResourceError) as exc:
                 reason = _describe(exc)
             except (_SessionEnded, protocol.ProtocolError) as exc:
                 reason = str(exc)
@@ -220,3 +226,66 @@ def _describe(exc: BaseException) -> str:
         reason = exc.reason
         return f"closed by control: {reason.code} {reason.reason or reason.name}" if reason else "connection closed"
     return str(exc) or type(exc).__name__
+
+
+async def _tls_error(url: str, context: ssl.SSLContext | None) -> ssl.SSLError | None:
+    """Why TLS with a wss:// `url` fails, if it does: trio-websocket reports a failed TLS handshake (an untrusted
+    certificate, a plain-HTTP server) only as a timeout, so the handshake is tried again alone."""
+    parts = urlsplit(url)
+    if parts.scheme != "wss":
+        return None
+    with trio.move_on_after(AUTH_TIMEOUT):
+        try:
+            stream = await trio.open_ssl_over_tcp_stream(parts.hostname, parts.port or 443,
+                                                         ssl_context=context or ssl.create_default_context())
+        except OSError:
+            return None
+        try:
+            await stream.do_handshake()
+        except trio.BrokenResourceError as exc:
+            return exc.__cause__ if isinstance(exc.__cause__, ssl.SSLError) else None
+        finally:
+            await trio.aclose_forcefully(stream)
+    return None
+
+
+def _not_opened(exc: HandshakeError, url: str, tls_error: ssl.SSLError | None = None) -> str:
+    """Why the WebSocket to control at `url` did not open, in words (trio-websocket's own are bare class names),
+    and what to check."""
+    parts = urlsplit(url)
+    where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'wss' else 80)}"
+    cause = tls_error or _root_cause(exc)
+    if isinstance(exc, ConnectionRejected):
+        return (f"{where} answered HTTP {exc.status_code} instead of opening a WebSocket: check that the control URL "
+                f"leads to control (its WebSocket is at /ws)")
+    if isinstance(cause, socket.gaierror):
+        return (f"cannot resolve the host name {parts.hostname!r} ({cause.strerror}): check the host in the control "
+                f"URL and this machine's DNS")
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return (f"control's TLS certificate at {where} is not trusted ({cause.verify_message}): give control a "
+                f"certificate from a public CA, or check the host in the control URL")
+    if isinstance(cause, ssl.SSLError):
+        return (f"TLS with {where} failed ({cause.reason or cause}): if control serves plain HTTP there, use an "
+                f"http:// control URL")
+    if isinstance(cause, OSError) and cause.errno == errno.ECONNREFUSED:
+        return (f"connection refused by {where}: nothing listens there; check that control is running and the host "
+                f"and port of the control URL")
+    if isinstance(cause, OSError):
+        return (f"cannot connect to {where} ({cause.strerror or cause}): check that control is running there and "
+                f"that no firewall blocks the port")
+    if isinstance(exc, ConnectionTimeout):
+        return (f"no WebSocket handshake from {where} within {AUTH_TIMEOUT:g}s: check that control, not another "
+                f"server, listens there")
+    return f"WebSocket handshake with {where} failed: {cause or type(exc).__name__}"
+
+
+def _root_cause(exc: BaseException) -> BaseException | None:
+    """The innermost error behind `exc` (through `raise … from` and the groups of trio's connect attempts)."""
+    cause = exc.__cause__
+    while True:
+        if isinstance(cause, BaseExceptionGroup):
+            cause = cause.exceptions[-1]
+        elif cause is not None and cause.__cause__ is not None:
+            cause = cause.__cause__
+        else:
+            return cause

@@ -43,10 +43,10 @@ def build_parser(prog: str) -> EnvArgumentParser:
     parser.add_argument("--expose", default=None,
                         help="local target to publish: PORT, HOST:PORT or http(s)://HOST:PORT "
                              "(default: a built-in demo page)")
-    parser.add_argument("--domain", default="app.localhost", help="public domain of the tunnel (default app.localhost)")
-    parser.add_argument("--http-port", type=int, default=8081, help="gateway HTTP port (default 8081)")
-    parser.add_argument("--control-port", type=int, default=8000, help="control server port (default 8000)")
-    parser.add_argument("--data-dir", default="kakuremichi-dev", help="state directory (default ./kakuremichi-dev)")
+    parser.add_argument("--domain", default="app.localhost", help="public domain of the tunnel")
+    parser.add_argument("--http-port", type=int, default=8081, help="gateway HTTP port")
+    parser.add_argument("--control-port", type=int, default=8000, help="control server port")
+    parser.add_argument("--data-dir", default="kakuremichi-dev", help="state directory")
     logs.add_arguments(parser)
     return parser
 
@@ -119,6 +119,8 @@ def _target(expose: str) -> str:
 
 
 async def run(args) -> None:
+    for port, what, flag in ((args.control_port, "control", "--control-port"), (args.http_port, "HTTP", "--http-port")):
+        command.check_can_listen("127.0.0.1", port, what, flag)
     data = Path(args.data_dir)
     token = _admin_token(data)
     async with trio.open_nursery() as nursery:

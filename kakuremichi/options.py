@@ -8,6 +8,18 @@ import sys
 from pathlib import Path
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every option's help shows its default, before the environment variable; an option whose default is
+    nothing (None, off) or whose help already explains it keeps its text."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_ = action.help or ""
+        if not action.option_strings or "(default" in help_ or action.default in (None, False, argparse.SUPPRESS):
+            return help_
+        text, env, variable = help_.rpartition(" [env ")
+        return f"{text} (default: %(default)s){env}{variable}" if env else f"{help_} (default: %(default)s)"
+
+
 class EnvArgumentParser(argparse.ArgumentParser):
     """An ArgumentParser whose long options default to `KAKUREMICHI_<OPTION>` from the environment.
 
@@ -16,8 +28,13 @@ class EnvArgumentParser(argparse.ArgumentParser):
     """
 
     def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
         self._secrets: list[SecretOption] = []
+        if self.add_help:  # not on the parent parsers argparse copies from
+            from kakuremichi import __version__
+
+            self.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
 
     def add_secret(self, name: str, help: str, required: bool = False) -> None:
         """`--NAME-file`, `KAKUREMICHI_NAME(_FILE)` and a warned `--NAME`: parse_args sets `args.NAME` to the
@@ -46,6 +63,27 @@ class EnvArgumentParser(argparse.ArgumentParser):
                     kwargs["default"] = value
                 kwargs.pop("required", None)
         return super().add_argument(*names, **kwargs)
+
+
+def seconds(text: str) -> float:
+    """A positive number of seconds (an argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def add_heartbeat_interval(parser: EnvArgumentParser) -> None:
+    """A gateway's or agent's --heartbeat-interval, the name control uses too; --heartbeat, its name in 0.1,
+    still works but is no longer shown."""
+    parser.add_argument("--heartbeat-interval", type=seconds, default=30.0, metavar="SECONDS",
+                        help="seconds between heartbeats to control (more often if control's "
+                             "--heartbeat-interval is shorter)")
+    parser.add_argument("--heartbeat", dest="heartbeat_interval", type=seconds, default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)
 
 
 class SecretOption:

@@ -97,7 +97,7 @@ class Deployment:
         if agent:
             self.agent = self.spawn("kakuremichi.agent", "--control-url", f"http://127.0.0.1:{self.control_port}",
                                     "--api-key", self.agent_key, "--data-dir", str(tmp / "agent"),
-                                    "--heartbeat", self.heartbeat, *agent_args)
+                                    "--heartbeat-interval", self.heartbeat, *agent_args)
 
     def add_gateway(self, name: str) -> Process:
         """Create a gateway in control and start it."""
@@ -108,7 +108,7 @@ class Deployment:
                              "--public-host", "127.0.0.1", "--wireguard-port", str(free_port(socket.SOCK_DGRAM)),
                              "--http-port", str(http_port), "--https-port", str(https_port), "--acme-directory", "off",
                              "--listen-host", "127.0.0.1", "--data-dir", str(self.tmp / name),
-                             "--heartbeat", self.heartbeat, *self.gateway_args)
+                             "--heartbeat-interval", self.heartbeat, *self.gateway_args)
         self.gateways[name] = (process, http_port)
         return process
 

@@ -39,6 +39,12 @@ def require_netns() -> None:
         pytest.skip(reason)
 
 
+def needs(program: str, package: str) -> pytest.MarkDecorator:
+    """Skip the marked test where `program` is missing, naming the Debian package to install (a mark, not
+    pytest.skip() in the test: pytest-trio loses the reason of a skip inside an async test)."""
+    return pytest.mark.skipif(shutil.which(program) is None, reason=f"needs {program} (apt-get install {package})")
+
+
 def run(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(args, check=check, capture_output=True, text=True, **kwargs)
 

@@ -16,7 +16,7 @@ import trio
 from kakuremichi import command, logs
 from kakuremichi.agent.agent import Agent
 from kakuremichi.egress.localproxy import ProxyListen
-from kakuremichi.options import EnvArgumentParser
+from kakuremichi.options import EnvArgumentParser, add_heartbeat_interval
 from kakuremichi.tunnel import TunnelNode
 from kakuremichi.values import Endpoint
 from kakuremichi.wg import keyfile, keys
@@ -31,16 +31,16 @@ def build_parser(prog: str) -> EnvArgumentParser:
     parser.add_argument("--control-url", required=True, help="control server URL (http(s):// or ws(s)://)")
     parser.add_secret("api-key", "this agent's API key (agt_...), shown once at creation", required=True)
     parser.add_argument("--data-dir", default="kakuremichi-agent",
-                        help="where the agent keeps its WireGuard private key (default ./kakuremichi-agent)")
+                        help="where the agent keeps its WireGuard private key")
     parser.add_argument("--wireguard-port", type=int, default=0,
                         help="local UDP port for WireGuard (default: any free port; only outbound is needed)")
     parser.add_argument("--socks-listen", type=_listen_address, default="127.0.0.1:1080",
                         help="host:port of the local SOCKS5 proxy, served while a tunnel has socksProxyEnabled; its "
-                             "connections leave through a gateway (default 127.0.0.1:1080)")
+                             "connections leave through a gateway")
     parser.add_argument("--http-proxy-listen", type=_listen_address, default="127.0.0.1:3128",
                         help="host:port of the local HTTP proxy (CONNECT and http:// URLs), served while a tunnel has "
-                             "httpProxyEnabled (default 127.0.0.1:3128)")
-    parser.add_argument("--heartbeat", type=float, default=30.0, help="seconds between heartbeats to control")
+                             "httpProxyEnabled")
+    add_heartbeat_interval(parser)
     logs.add_arguments(parser)
     return parser
 
@@ -54,9 +54,10 @@ def _listen_address(text: str) -> tuple[str, int]:
 
 async def run(args) -> None:
     private = keyfile.load_or_create(Path(args.data_dir) / "wireguard.key")
-    node = TunnelNode(private, listen_port=args.wireguard_port)
+    with command.listening("WireGuard (UDP)", args.wireguard_port, "--wireguard-port"):
+        node = TunnelNode(private, listen_port=args.wireguard_port)
     agent = Agent(node, proxies=ProxyListen(socks=args.socks_listen, http=args.http_proxy_listen))
-    client = agent.control_client(args.control_url, args.api_key, heartbeat=args.heartbeat)
+    client = agent.control_client(args.control_url, args.api_key, heartbeat=args.heartbeat_interval)
     logs.log(logger, logging.INFO, "agent starting", public_key=keys.encode(node.public_key),
              control=args.control_url)
     async with trio.open_nursery() as nursery:

@@ -10,24 +10,17 @@ import sys
 import trio
 from pony.orm.dbapiprovider import DatabaseError
 
-from kakuremichi import logs
+from kakuremichi import command, logs
 from kakuremichi.control.allocation import parse_pool
 from kakuremichi.control.datadir import SecretsKeyError
 from kakuremichi.control.models import DatabaseUrlError, SchemaError
 from kakuremichi.control.sealing import UnsealError
 from kakuremichi.control.server import serve
 from kakuremichi.control.state import Settings
-from kakuremichi.options import EnvArgumentParser
+from kakuremichi.options import EnvArgumentParser, seconds
 from kakuremichi.values import Endpoint, InvalidEndpoint
 
 logger = logging.getLogger("kakuremichi.control")
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise ValueError(text)
-    return value
 
 
 def _listen_address(text: str) -> str:
@@ -53,11 +46,11 @@ def parser(prog: str | None = None) -> EnvArgumentParser:
     p.add_secret("secrets-key", "key (32 bytes, base64url) encrypting the TLS private keys in the database; "
                  "without it, secrets.key in --data-dir, made on first start. Controls sharing a database must "
                  "share it")
-    p.add_argument("--heartbeat-interval", type=_positive, default=Settings.heartbeat_interval, metavar="SECONDS",
+    p.add_argument("--heartbeat-interval", type=seconds, default=Settings.heartbeat_interval, metavar="SECONDS",
                    help="client ping interval; a client silent for two intervals is marked offline")
     p.add_argument("--subnet-pool", default=Settings.subnet_pool, metavar="CIDR",
                    help="IPv4 range tunnels get their /24 subnets from")
-    p.add_argument("--acme-lease", type=_positive, default=Settings.acme_lease, metavar="SECONDS",
+    p.add_argument("--acme-lease", type=seconds, default=Settings.acme_lease, metavar="SECONDS",
                    help="how long one gateway alone may order a domain's ACME certificate before another may "
                         "(it passes on at once when the holder goes offline)")
     p.add_secret("metrics-token", "a token Prometheus sends as Authorization: Bearer to read /metrics (the admin "
@@ -83,6 +76,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                         metrics_public=args.metrics_public)
     failure: BaseException | None = None
     try:
+        host, port = Endpoint.parse(args.listen).address  # before a new admin token is made and shown once
+        command.check_can_listen(host, port, "control's HTTP and WebSocket", "--listen")
         trio.run(_run, settings)
     except* (SchemaError, DatabaseUrlError, DatabaseError, OSError, SecretsKeyError, UnsealError) as group:
         failure = group

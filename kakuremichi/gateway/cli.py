@@ -18,7 +18,7 @@ from kakuremichi import command, logs
 from kakuremichi.egress.policy import DestinationPolicy
 from kakuremichi.gateway.certs.acme import LETS_ENCRYPT, AcmeSettings
 from kakuremichi.gateway.gateway import Gateway, Listen
-from kakuremichi.options import EnvArgumentParser
+from kakuremichi.options import EnvArgumentParser, add_heartbeat_interval
 from kakuremichi.tunnel import TunnelNode
 from kakuremichi.wg import keyfile, keys
 
@@ -34,11 +34,11 @@ def build_parser(prog: str) -> EnvArgumentParser:
     parser.add_argument("--public-host", required=True,
                         help="host name or IP at which agents reach this gateway's WireGuard port")
     parser.add_argument("--data-dir", default="kakuremichi-gateway",
-                        help="WireGuard key, certificates and ACME account (default ./kakuremichi-gateway)")
-    parser.add_argument("--wireguard-port", type=int, default=51820, help="UDP port for WireGuard (default 51820)")
+                        help="WireGuard key, certificates and ACME account")
+    parser.add_argument("--wireguard-port", type=int, default=51820, help="UDP port for WireGuard")
     parser.add_argument("--listen-host", default=None, help="address for HTTP(S) listeners (default: all)")
-    parser.add_argument("--http-port", type=int, default=80, help="public HTTP port (default 80)")
-    parser.add_argument("--https-port", type=int, default=443, help="public HTTPS port, 0 to disable (default 443)")
+    parser.add_argument("--http-port", type=int, default=80, help="public HTTP port")
+    parser.add_argument("--https-port", type=int, default=443, help="public HTTPS port, 0 to disable")
     parser.add_argument("--acme-directory", default=LETS_ENCRYPT,
                         help="ACME directory URL; 'off' disables ACME (default: Let's Encrypt)")
     parser.add_argument("--acme-email", default=None, help="contact e-mail for the ACME account")
@@ -47,15 +47,19 @@ def build_parser(prog: str) -> EnvArgumentParser:
                         help="let exit tunnels reach loopback, private, link-local and other non-public "
                              "addresses from this gateway (labs and tests only: it opens the gateway's networks "
                              "to every exit tunnel's agent)")
-    parser.add_argument("--heartbeat", type=float, default=30.0, help="seconds between heartbeats to control")
+    add_heartbeat_interval(parser)
     logs.add_arguments(parser)
     return parser
 
 
 async def run(args) -> None:
+    for port, what, flag in ((args.http_port, "HTTP", "--http-port"), (args.https_port, "HTTPS", "--https-port")):
+        if port:
+            command.check_can_listen(args.listen_host, port, what, flag)
     data = Path(args.data_dir)
     private = keyfile.load_or_create(data / "wireguard.key")
-    node = TunnelNode(private, listen_port=args.wireguard_port)
+    with command.listening("WireGuard (UDP)", args.wireguard_port, "--wireguard-port"):
+        node = TunnelNode(private, listen_port=args.wireguard_port)
     acme = None if args.acme_directory == "off" else AcmeSettings(args.acme_directory, args.acme_email,
                                                                   args.acme_ca_bundle)
     gateway = Gateway(node, data, Listen(args.listen_host, args.http_port, args.https_port or None, acme),
@@ -64,7 +68,7 @@ async def run(args) -> None:
         logs.log(logger, logging.WARNING, "exit tunnels may reach this gateway's private networks "
                                           "(--exit-allow-private)")
     endpoint = f"{args.public_host}:{node.listen_port}"
-    client = gateway.control_client(args.control_url, args.api_key, endpoint, heartbeat=args.heartbeat)
+    client = gateway.control_client(args.control_url, args.api_key, endpoint, heartbeat=args.heartbeat_interval)
     logs.log(logger, logging.INFO, "gateway starting", public_key=keys.encode(node.public_key),
              endpoint=endpoint, control=args.control_url)
     async with trio.open_nursery() as nursery:

@@ -68,10 +68,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                                    "no TUN) and ping ADDRESS from the [Interface] Address through it. "
                                    "Exits 0 if any reply came, 1 otherwise.")
     p.add_argument("--config", required=True, help="wg-quick configuration file")
-    p.add_argument("-c", "--count", type=int, default=4, help="echo requests to send (default 4)")
-    p.add_argument("-i", "--interval", type=float, default=1.0, help="seconds between requests (default 1)")
+    p.add_argument("-c", "--count", type=int, default=4, help="echo requests to send")
+    p.add_argument("-i", "--interval", type=float, default=1.0, help="seconds between requests")
     p.add_argument("-W", "--timeout", type=float, default=5.0,
-                   help="seconds to wait for the last reply (default 5)")
+                   help="seconds to wait for the last reply")
     p.add_argument("address", help="IPv4 address inside the tunnel")
     p.set_defaults(func=_ping)
 

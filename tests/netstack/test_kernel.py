@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 
 import pytest
 import trio
 
+from tests.netns import needs
 from tests.netstack.kernel_side import (download_from_kernel, kernel_curl_from_us, kernel_process, peer, read_all,
                                         run_in_namespace)
 
@@ -21,9 +21,8 @@ CONNECTIONS = 200
 BULK = 50 * 1024 * 1024
 
 
+@needs("ping", "iputils-ping")
 async def test_kernel_pings_our_address(tun, kernel_stack):
-    if shutil.which("ping") is None:
-        pytest.skip("needs ping (apt-get install iputils-ping)")
     out = await run_in_namespace(tun.namespace, ["ping", "-c", "3", "-i", "0.2", "-W", "2", tun.our_address])
     assert "3 received" in out
 
@@ -33,9 +32,8 @@ async def test_download_50_mb_from_a_kernel_http_server(tun, kernel_stack, tmp_p
     print(f"\nkernel -> ours: {rate:.1f} MB/s")
 
 
+@needs("curl", "curl")
 async def test_kernel_curl_downloads_50_mb_from_us(tun, kernel_stack, nursery):
-    if shutil.which("curl") is None:
-        pytest.skip("needs curl (apt-get install curl)")
     rate = await kernel_curl_from_us(kernel_stack, nursery, tun.namespace, tun.our_address, BULK)
     print(f"\nours -> kernel curl: {rate:.1f} MB/s")
 

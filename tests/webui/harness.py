@@ -63,7 +63,7 @@ class Control:
         """A real agent/gateway process connected to this control."""
         name = f"{component}-{free_port()}"
         return Process("-m", f"kakuremichi.{component}", "--control-url", self.url, "--api-key", api_key,
-                       "--data-dir", str(self.tmp / name), "--heartbeat", "1", *args, log=self.tmp / f"{name}.log")
+                       "--data-dir", str(self.tmp / name), "--heartbeat-interval", "1", *args, log=self.tmp / f"{name}.log")
 
     def gateway(self, api_key: str) -> tuple[Process, int]:
         """A real gateway on loopback (plain HTTP); its process and HTTP port."""

@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from kakuremichi.wg import keys, portmap
-from tests.netns import KernelWireGuardPeer, require_netns
+from tests.netns import KernelWireGuardPeer, needs, require_netns
 
 pytestmark = pytest.mark.netns
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,6 +86,8 @@ async def test_forward_downloads_50_mb_from_a_kernel_http_server(tunnel, big_fil
         server.kill()
 
 
+@needs("curl", "curl")
+@needs("ping", "iputils-ping")
 async def test_expose_serves_50_mb_to_kernel_curl(tunnel, big_file):
     kernel, conf = tunnel
     directory, digest = big_file
@@ -151,6 +153,7 @@ async def test_forward_to_a_closed_port_closes_the_client_quickly(tunnel):
         nursery.cancel_scope.cancel()
 
 
+@needs("ping", "iputils-ping")  # the readiness probe
 def test_expose_command_stops_cleanly_on_ctrl_c(tunnel):
     kernel, conf = tunnel
     process = subprocess.Popen([sys.executable, "-m", "kakuremichi.wg", "expose", "--config", conf,
