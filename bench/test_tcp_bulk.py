@@ -68,7 +68,7 @@ def test_ours_both_ends(record, tmp_path):
     conf_b.write_text(f"[Interface]\nPrivateKey = {keys.encode(b)}\nAddress = 10.66.0.2/24\nListenPort = {port_b}\n"
                       f"[Peer]\nPublicKey = {keys.encode(keys.public_from_private(a))}\n"
                       f"Endpoint = 127.0.0.1:{port_a}\nAllowedIPs = 10.66.0.1/32\n")
-    tool = [sys.executable, "-m", "kakuremichi.wg"]
+    tool = [sys.executable, "-m", "kakuremichi.tools"]
     processes = [
         subprocess.Popen(["iperf3", "-s", "-B", "127.0.0.1", "-p", str(iperf_port)], stdout=subprocess.DEVNULL),
         subprocess.Popen(tool + ["--log-level", "warning", "expose", "--config", str(conf_b),

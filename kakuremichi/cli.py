@@ -6,7 +6,7 @@ import importlib
 import sys
 
 COMMANDS = {
-    "wg": ("kakuremichi.wg.cli", "userspace WireGuard tools: genkey, pubkey, genpsk, ping, forward, expose"),
+    "wg": ("kakuremichi.tools.cli", "userspace WireGuard tools: genkey, pubkey, genpsk, ping, forward, expose"),
     "control": ("kakuremichi.control.cli", "run the control server (web UI, REST API and the WebSocket that configures gateways and agents)"),
     "gateway": ("kakuremichi.gateway.cli", "run a public gateway"),
     "agent": ("kakuremichi.agent.cli", "run an agent next to private services"),

@@ -14,7 +14,7 @@ from kakuremichi.cli import usage
 from kakuremichi.control.cli import parser as control_parser
 from kakuremichi.dev import build_parser as dev_parser
 from kakuremichi.gateway.cli import build_parser as gateway_parser
-from kakuremichi.wg.cli import build_parser as wg_parser
+from kakuremichi.tools.cli import build_parser as wg_parser
 from tests.deployment import child_env
 
 URL = ["--control-url", "ws://127.0.0.1:9/ws", "--api-key", "k"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import trio
 
 from kakuremichi.egress import socks5
-from kakuremichi.egress.socksio import request_connect
+from kakuremichi.egress.trio_socks5 import request_connect
 from kakuremichi.logs import log
 from kakuremichi.protocol import EXIT_KEEPALIVE, EXIT_PORT
 from kakuremichi.wg.constants import REJECT_AFTER_TIME, REKEY_TIMEOUT

@@ -19,7 +19,7 @@ import trio
 
 from kakuremichi.egress import socks5
 from kakuremichi.egress.policy import DestinationPolicy, Refused
-from kakuremichi.egress.socksio import accept_request, refuse
+from kakuremichi.egress.trio_socks5 import accept_request, refuse
 from kakuremichi.faults import Contained
 from kakuremichi.logs import log
 from kakuremichi.pipe import splice

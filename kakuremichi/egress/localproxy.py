@@ -16,7 +16,7 @@ import trio
 
 from kakuremichi.egress import httpproxy, socks5
 from kakuremichi.egress.dialer import ExitDialer, ExitFailed, ExitRoute
-from kakuremichi.egress.socksio import accept_request, refuse
+from kakuremichi.egress.trio_socks5 import accept_request, refuse
 from kakuremichi.faults import Contained
 from kakuremichi.logs import log
 from kakuremichi.pipe import contained, splice

@@ -18,7 +18,7 @@ import trio
 from kakuremichi.agent.agent import Agent
 from kakuremichi.egress import socks5
 from kakuremichi.egress.localproxy import ProxyListen
-from kakuremichi.egress.socksio import request_connect
+from kakuremichi.egress.trio_socks5 import request_connect
 from kakuremichi.protocol import EXIT_PORT
 from kakuremichi.tunnel import TunnelNode
 from kakuremichi.wg import keys

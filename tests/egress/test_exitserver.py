@@ -15,7 +15,7 @@ from kakuremichi.egress import exitserver, socks5
 from kakuremichi.egress.dialer import ExitDialer, ExitRoute
 from kakuremichi.egress.exitserver import ExitServer, connect_checked, reply_code
 from kakuremichi.egress.policy import DestinationPolicy, Refused
-from kakuremichi.egress.socksio import request_connect
+from kakuremichi.egress.trio_socks5 import request_connect
 from kakuremichi.protocol import EXIT_PORT, RouteConfig
 from kakuremichi.tunnel import PeerSpec, TunnelNode
 from kakuremichi.wg import keys

@@ -15,7 +15,8 @@ import httpx
 import pytest
 import trio
 
-from kakuremichi.wg import keys, portmap
+from kakuremichi.tools import portmap
+from kakuremichi.wg import keys
 from tests.netns import KernelWireGuardPeer, needs, require_netns
 
 pytestmark = pytest.mark.netns
@@ -156,7 +157,7 @@ async def test_forward_to_a_closed_port_closes_the_client_quickly(tunnel):
 @needs("ping", "iputils-ping")  # the readiness probe
 def test_expose_command_stops_cleanly_on_ctrl_c(tunnel):
     kernel, conf = tunnel
-    process = subprocess.Popen([sys.executable, "-m", "kakuremichi.wg", "expose", "--config", conf,
+    process = subprocess.Popen([sys.executable, "-m", "kakuremichi.tools", "expose", "--config", conf,
                                 "8080=127.0.0.1:9"], stderr=subprocess.PIPE, text=True,
                                env=dict(os.environ, PYTHONPATH=str(ROOT)))
     deadline = time.monotonic() + 10

@@ -21,7 +21,7 @@ from kakuremichi.pipe import splice
 from kakuremichi.wg import config as wg_config
 from kakuremichi.wg.driver import WireGuardInterface, interface_from_config
 
-logger = logging.getLogger("kakuremichi.wg.portmap")
+logger = logging.getLogger("kakuremichi.tools.portmap")
 _ids = itertools.count(1)
 
 

@@ -1,4 +1,4 @@
-"""`kakuremichi wg` / `python -m kakuremichi.wg`: key tools and diagnostics for the userspace WireGuard.
+"""`kakuremichi wg` / `python -m kakuremichi.tools`: key tools and diagnostics for the userspace WireGuard.
 
 `genkey`, `pubkey` and `genpsk` read and write exactly what `wg` does, so keys move freely between
 kakuremichi and standard WireGuard. `ping`, `forward` and `expose` bring up a device from a wg-quick
@@ -36,7 +36,7 @@ def _pubkey(args) -> int:
 
 
 def _ping(args) -> int:
-    from kakuremichi.wg import ping
+    from kakuremichi.tools import ping
 
     return command.run("kakuremichi wg ping", ping.run, args.config, args.address, args.count, args.interval,
                        args.timeout)
@@ -44,7 +44,7 @@ def _ping(args) -> int:
 
 def _portmap(args) -> int:
     """`forward` and `expose`: parse the mappings, then carry connections until Ctrl-C."""
-    from kakuremichi.wg import portmap
+    from kakuremichi.tools import portmap
 
     parse, serve = ((portmap.parse_forward, portmap.forward) if args.command == "forward"
                     else (portmap.parse_expose, portmap.expose))

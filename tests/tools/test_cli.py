@@ -18,7 +18,7 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
 
 def wg_tool(*args: str, stdin: str = "", check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kakuremichi.wg", *args], input=stdin, text=True,
+    return subprocess.run([sys.executable, "-m", "kakuremichi.tools", *args], input=stdin, text=True,
                           capture_output=True, env=ENV, check=check, timeout=60)
 
 

@@ -1,5 +1,0 @@
-import sys
-
-from kakuremichi.wg.cli import main
-
-sys.exit(main(prog="python -m kakuremichi.wg"))
