@@ -88,7 +88,7 @@ class WireGuardInterface:
         except OSError as exc:
             self.sock.close()
             raise OSError(exc.errno, f"cannot listen for WireGuard on UDP {listen_host}:{listen_port}: "
-                                     f"{exc.strerror} (choose another --listen-port)") from exc
+                                     f"{exc.strerror}") from exc  # the caller names its own flag or file key
         self.sock.setblocking(False)
         self._gso = udp_offload_possible(self.sock)
         self._gro = False
