@@ -1,12 +1,6 @@
 """A minimal userspace IPv4 stack (ICMP, UDP, TCP) on the decrypted side of a WireGuard device.
 
-`Stack` (stack.py) is the sans-IO core; `NetStack` (trio_stack.py) drives it under Trio and hands out
-`TcpStream`, `TcpListener` and `UdpSocket` objects (streams.py).
+`stack.Stack` is the sans-IO core (with `tcp.Connection`, `ipv4`, `udp`, `icmp`); `trio_stack.NetStack`
+drives it under Trio and hands out the `streams` module's `TcpStream`, `TcpListener` and `UdpSocket`.
+This package's face imports none of them, so that importing a core loads no Trio.
 """
-
-from kakuremichi.netstack.stack import Stack
-from kakuremichi.netstack.streams import TcpListener, TcpStream, UdpSocket
-from kakuremichi.netstack.tcp import Config
-from kakuremichi.netstack.trio_stack import NetStack
-
-__all__ = ["Config", "NetStack", "Stack", "TcpListener", "TcpStream", "UdpSocket"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kakuremichi.netstack import NetStack
+from kakuremichi.netstack.trio_stack import NetStack
 from tests.netstack.tun import TunLink, tun_unavailable
 
 

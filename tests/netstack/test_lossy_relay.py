@@ -7,7 +7,8 @@ import os
 
 import trio
 
-from kakuremichi.netstack import Config, NetStack
+from kakuremichi.netstack.tcp import Config
+from kakuremichi.netstack.trio_stack import NetStack
 from tests.netstack.links import UdpLink
 from tests.udp_relay import ImpairedRelay
 

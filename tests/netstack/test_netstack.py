@@ -9,7 +9,9 @@ import pytest
 import trio
 import trio.testing
 
-from kakuremichi.netstack import Config, NetStack, icmp, ipv4
+from kakuremichi.netstack import icmp, ipv4
+from kakuremichi.netstack.tcp import Config
+from kakuremichi.netstack.trio_stack import NetStack
 from kakuremichi.netstack.trio_stack import EAGER_FLUSH
 from tests.netstack.links import MemoryLink
 

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from kakuremichi.netstack import NetStack
+from kakuremichi.netstack.trio_stack import NetStack
 from kakuremichi.wg import keys
 from kakuremichi.wg.device import Device
 from kakuremichi.wg.driver import WireGuardInterface

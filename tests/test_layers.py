@@ -1,0 +1,20 @@
+"""The sans-IO cores load no I/O: importing one brings in neither Trio nor any daemon package, so a core can be
+fed bytes and a clock anywhere (tests, fuzzers, another event loop)."""
+
+import subprocess
+import sys
+
+import pytest
+
+CORES = ["kakuremichi.netstack.stack", "kakuremichi.netstack.tcp", "kakuremichi.netstack.ipv4",
+         "kakuremichi.wg.device", "kakuremichi.egress.socks5", "kakuremichi.protocol", "kakuremichi.values",
+         "kakuremichi.faults", "kakuremichi.httpheaders"]
+FORBIDDEN = ("trio", "kakuremichi.gateway", "kakuremichi.control", "kakuremichi.agent")
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_importing_a_core_loads_no_io(core):
+    probe = (f"import sys, {core}; "
+             f"print(sorted(m for m in sys.modules if m.split('.')[0] == 'trio' or m.startswith({FORBIDDEN[1:]!r})))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]", f"importing {core} loaded {loaded.strip()}"
