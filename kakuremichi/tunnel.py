@@ -8,7 +8,9 @@ drops traffic it does not concern (rebuilding the stack on every change was a bu
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -17,7 +19,9 @@ import trio
 from kakuremichi.logs import log
 from kakuremichi.netstack.trio_stack import NetStack
 from kakuremichi.wg import keys
+from kakuremichi.wg.constants import REJECT_AFTER_TIME
 from kakuremichi.wg.device import Device
+from kakuremichi.wg.peer import Peer
 from kakuremichi.wg.driver import WireGuardInterface, resolve_endpoint
 
 logger = logging.getLogger("kakuremichi.tunnel")
@@ -34,8 +38,9 @@ class PeerSpec:
 
 
 class TunnelNode:
-    def __init__(self, private_key: bytes, *, listen_host: str = "0.0.0.0", listen_port: int = 0) -> None:
-        self.device = Device(private_key)
+    def __init__(self, private_key: bytes, *, listen_host: str = "0.0.0.0", listen_port: int = 0,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.device = Device(private_key) if clock is None else Device(private_key, clock=clock)
         self.interface = WireGuardInterface(self.device, listen_host=listen_host, listen_port=listen_port)
         self.stack = NetStack(self.interface, [])
         self.interface.attach(self.stack.receive_packets)
@@ -48,6 +53,40 @@ class TunnelNode:
     @property
     def listen_port(self) -> int:
         return self.interface.listen_port
+
+    def now(self) -> float:
+        """The clock every peer's timestamps are on."""
+        return self.device.clock()
+
+    def _peer_routing(self, address: str) -> Peer | None:
+        return self.device.allowed_ips.lookup(ipaddress.ip_address(address).packed)
+
+    def silence(self, address: str) -> float | None:
+        """Seconds since the peer that `address` is routed to was last heard from (0 before it first was);
+        None when no peer takes the address or that peer has no endpoint yet: nothing can reach it."""
+        peer = self._peer_routing(address)
+        if peer is None or peer.endpoint is None:
+            return None
+        heard = peer.stats.last_received
+        return 0.0 if heard is None else self.now() - heard
+
+    def peer_alive(self, address: str) -> bool:
+        """A session with the peer that `address` is routed to, which has been heard from within its lifetime."""
+        peer = self._peer_routing(address)
+        if peer is None or peer.current is None or peer.stats.last_received is None:
+            return False
+        return self.now() - peer.stats.last_received < REJECT_AFTER_TIME
+
+    def hint_endpoint(self, public_key: bytes, endpoint: tuple[str, int] | None) -> None:
+        """Where to reach a peer that has not been heard from since the start (a gateway recalls where its
+        agents were); a peer that was heard from keeps the address it was heard at."""
+        peer = self.device.peers.get(public_key)
+        if peer is not None and peer.endpoint is None and endpoint is not None:
+            peer.endpoint = endpoint
+
+    def endpoints(self) -> dict[bytes, tuple[str, int]]:
+        """Each peer's current address, by public key, for the peers that have one."""
+        return {key: tuple(peer.endpoint[:2]) for key, peer in self.device.peers.items() if peer.endpoint}
 
     def stats(self) -> dict:
         """What control shows about this node: per peer, when it last completed a handshake and traffic."""

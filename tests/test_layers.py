@@ -1,8 +1,10 @@
 """The sans-IO cores load no I/O: importing one brings in neither Trio nor any daemon package, so a core can be
 fed bytes and a clock anywhere (tests, fuzzers, another event loop)."""
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,3 +20,14 @@ def test_importing_a_core_loads_no_io(core):
              f"print(sorted(m for m in sys.modules if m.split('.')[0] == 'trio' or m.startswith({FORBIDDEN[1:]!r})))")
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]", f"importing {core} loaded {loaded.strip()}"
+
+
+def test_gateway_egress_and_agent_ask_the_tunnel_node_not_its_device():
+    """They use TunnelNode's silence / peer_alive / hint_endpoint / endpoints, not the device's peer tables, so
+    the WireGuard core can change inside without the daemons following it."""
+    root = Path(__file__).parent.parent / "kakuremichi"
+    reaching = [f"{path.relative_to(root)}:{number}" for package in ("gateway", "egress", "agent")
+                for path in sorted((root / package).rglob("*.py"))
+                for number, line in enumerate(path.read_text().splitlines(), 1)
+                if re.search(r"\.device\.(peers|allowed_ips|clock)\b", line)]
+    assert reaching == []

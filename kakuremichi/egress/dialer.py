@@ -8,7 +8,6 @@ answer, the same from every gateway, so it ends the attempt.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from dataclasses import dataclass
 
@@ -18,7 +17,7 @@ from kakuremichi.egress import socks5
 from kakuremichi.egress.trio_socks5 import request_connect
 from kakuremichi.logs import log
 from kakuremichi.protocol import EXIT_KEEPALIVE, EXIT_PORT
-from kakuremichi.wg.constants import REJECT_AFTER_TIME, REKEY_TIMEOUT
+from kakuremichi.wg.constants import REKEY_TIMEOUT
 
 logger = logging.getLogger("kakuremichi.agent.exit")
 
@@ -52,23 +51,17 @@ class ExitDialer:
 
     def mark_failed(self, gateway_ip: str) -> None:
         """Put a gateway at the back of the line for FAILURE_MEMORY seconds."""
-        self._failed[gateway_ip] = self.node.device.clock()
-
-    def _alive(self, gateway_ip: str) -> bool:
-        device = self.node.device
-        peer = device.allowed_ips.lookup(ipaddress.ip_address(gateway_ip).packed)
-        if peer is None or peer.current is None or peer.stats.last_received is None:
-            return False
-        return device.clock() - peer.stats.last_received < REJECT_AFTER_TIME
+        self._failed[gateway_ip] = self.node.now()
 
     def candidates(self, routes: list[ExitRoute]) -> list[ExitRoute]:
         """`routes` in the order to try: live and not recently failed first, config order within."""
-        now = self.node.device.clock()
+        now = self.node.now()
 
         def rank(indexed: tuple[int, ExitRoute]) -> tuple[bool, bool, int]:
             index, route = indexed
             failed = self._failed.get(route.gateway_ip)
-            return (failed is not None and now - failed < FAILURE_MEMORY, not self._alive(route.gateway_ip), index)
+            recently_failed = failed is not None and now - failed < FAILURE_MEMORY
+            return (recently_failed, not self.node.peer_alive(route.gateway_ip), index)
 
         return [route for _i, route in sorted(enumerate(routes), key=rank)]
 
@@ -98,7 +91,7 @@ class ExitDialer:
 
     def connect_timeout(self, gateway_ip: str) -> float:
         """How long a connect to `gateway_ip`'s exit may take before the next gateway is tried."""
-        return self.attempt_timeout + (0 if self._alive(gateway_ip) else REKEY_TIMEOUT)
+        return self.attempt_timeout + (0 if self.node.peer_alive(gateway_ip) else REKEY_TIMEOUT)
 
     async def _attempt(self, route: ExitRoute, host: str, port: int) -> tuple[trio.abc.Stream, bytes]:
         with trio.fail_after(self.connect_timeout(route.gateway_ip)):

@@ -17,8 +17,8 @@ from pathlib import Path
 import trio
 
 from kakuremichi.logs import log
+from kakuremichi.tunnel import TunnelNode
 from kakuremichi.wg import keys
-from kakuremichi.wg.device import Device
 
 logger = logging.getLogger("kakuremichi.gateway")
 
@@ -44,9 +44,9 @@ class EndpointMemory:
     def recall(self, public_key: bytes) -> tuple[str, int] | None:
         return self._saved.get(public_key)
 
-    def save(self, device: Device) -> None:
+    def save(self, node: TunnelNode) -> None:
         """Write the agents' current addresses if they changed since the last save (atomically)."""
-        current = {key: tuple(peer.endpoint[:2]) for key, peer in device.peers.items() if peer.endpoint}
+        current = node.endpoints()
         if current == self._saved:
             return
         temporary = self.path.with_suffix(".tmp")
@@ -58,10 +58,10 @@ class EndpointMemory:
             return
         self._saved = current
 
-    async def keep_saving(self, device: Device) -> None:
+    async def keep_saving(self, node: TunnelNode) -> None:
         try:
             while True:
                 await trio.sleep(SAVE_INTERVAL)
-                self.save(device)
+                self.save(node)
         finally:
-            self.save(device)  # a clean shutdown records the very latest
+            self.save(node)  # a clean shutdown records the very latest

@@ -8,7 +8,6 @@ control connection is down or reconnecting.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,12 +75,10 @@ class Gateway:
         return client
 
     async def _dial(self, route: Route) -> trio.abc.Stream:
-        peer = self.node.device.allowed_ips.lookup(ipaddress.ip_address(route.address).packed)
-        if peer is None or peer.endpoint is None:
+        silent = self.node.silence(route.address)
+        if silent is None:
             # fail fast (502) instead of letting SYNs time out: the agent never reached this gateway
             raise OSError(errno.EHOSTUNREACH, f"the agent of {route.domain} has not connected to this gateway")
-        heard = peer.stats.last_received
-        silent = 0.0 if heard is None else self.node.device.clock() - heard
         if silent > AGENT_SILENCE_LIMIT:
             raise OSError(errno.EHOSTUNREACH, f"the agent of {route.domain} has been silent for {silent:.0f} s")
         stream = await self.node.stack.open_tcp_stream(route.address, route.port,
@@ -98,7 +95,7 @@ class Gateway:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.node.run)
             await nursery.start(self.exit.run)
-            nursery.start_soon(self.endpoints.keep_saving, self.node.device)
+            nursery.start_soon(self.endpoints.keep_saving, self.node)
             if listen.https_port is not None:
                 listen.proxy.https_port = listen.https_port
             async with open_proxy(self.routes, self._dial, listen.proxy, listen.pool, self.challenges) as proxy:
@@ -128,9 +125,8 @@ class Gateway:
             sources[r.agent_ip] = r.gateway_ip
         peers = [PeerSpec(keys.decode(p.public_key), tuple(p.allowed_ips)) for p in config.peers]
         await self.node.apply(config.addresses, peers)
-        for key, peer in self.node.device.peers.items():
-            if peer.endpoint is None:  # not heard from since we started: try where the agent last was
-                peer.endpoint = self.endpoints.recall(key)
+        for peer in peers:  # one not heard from since we started: try where the agent last was
+            self.node.hint_endpoint(peer.public_key, self.endpoints.recall(peer.public_key))
         self._sources = sources
         self.exit.update(config.routes)
         self.routes.replace(routes)

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+import pytest
 
 from kakuremichi.egress.dialer import FAILURE_MEMORY, ExitDialer, ExitRoute
+from kakuremichi.tunnel import TunnelNode
 from kakuremichi.wg import keys
 from kakuremichi.wg.constants import REJECT_AFTER_TIME, REKEY_TIMEOUT
-from kakuremichi.wg.device import Device
 
 
-def dialer_with_gateways(*addresses: str):
-    now = [1000.0]
-    device = Device(keys.generate_private(), clock=lambda: now[0])
-    peers = [device.add_peer(keys.public_from_private(keys.generate_private()), allowed_ips=[f"{a}/32"])
-             for a in addresses]
-    return ExitDialer(SimpleNamespace(device=device)), peers, now
+@pytest.fixture
+def dialer_with_gateways():
+    """A dialer on a node (never run) with a peer per gateway address, on a fake clock."""
+    nodes = []
+
+    def make(*addresses: str):
+        now = [1000.0]
+        node = TunnelNode(keys.generate_private(), listen_host="127.0.0.1", clock=lambda: now[0])
+        nodes.append(node)
+        peers = [node.device.add_peer(keys.public_from_private(keys.generate_private()), allowed_ips=[f"{a}/32"])
+                 for a in addresses]
+        return ExitDialer(node), peers, now
+
+    yield make
+    for node in nodes:
+        node.interface.sock.close()
 
 
 def hear_from(peer, now: float) -> None:
@@ -23,7 +33,7 @@ def hear_from(peer, now: float) -> None:
     peer.stats.last_received = now
 
 
-def test_live_gateways_first_then_config_order():
+def test_live_gateways_first_then_config_order(dialer_with_gateways):
     routes = [ExitRoute("10.1.0.2", ip) for ip in ("10.1.0.254", "10.1.0.253", "10.1.0.252")]
     dialer, (first, second, third), now = dialer_with_gateways("10.1.0.254", "10.1.0.253", "10.1.0.252")
     assert dialer.candidates(routes) == routes  # nobody heard from yet: config order
@@ -34,7 +44,7 @@ def test_live_gateways_first_then_config_order():
     assert dialer.candidates(routes) == routes
 
 
-def test_a_failed_gateway_waits_at_the_back_for_a_while():
+def test_a_failed_gateway_waits_at_the_back_for_a_while(dialer_with_gateways):
     routes = [ExitRoute("10.1.0.2", ip) for ip in ("10.1.0.254", "10.1.0.253")]
     dialer, peers, now = dialer_with_gateways("10.1.0.254", "10.1.0.253")
     for peer in peers:
@@ -47,7 +57,7 @@ def test_a_failed_gateway_waits_at_the_back_for_a_while():
     assert dialer.candidates(routes) == routes
 
 
-def test_a_gateway_without_a_live_session_gets_time_for_a_handshake_retry():
+def test_a_gateway_without_a_live_session_gets_time_for_a_handshake_retry(dialer_with_gateways):
     dialer, (peer,), now = dialer_with_gateways("10.1.0.254")
     fresh = dialer.connect_timeout("10.1.0.254")
     assert fresh > REKEY_TIMEOUT  # one lost handshake initiation is sent again before the attempt gives up

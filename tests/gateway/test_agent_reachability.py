@@ -15,19 +15,19 @@ from kakuremichi.gateway.gateway import AGENT_SILENCE_LIMIT, Gateway, Listen
 from kakuremichi.gateway.routes import Route, RouteTable
 from kakuremichi.tunnel import TunnelNode
 from kakuremichi.wg import keys
-from kakuremichi.wg.device import Device
 from tests.gateway.conftest import start_gateway
 
 
 def test_addresses_survive_a_restart_and_only_changes_are_written(tmp_path):
-    device = Device(keys.generate_private())
+    node = TunnelNode(keys.generate_private(), listen_host="127.0.0.1")
+    node.interface.sock.close()  # never run: only its peers matter here
     agent = keys.public_from_private(keys.generate_private())
-    device.add_peer(agent, allowed_ips=["10.1.0.2/32"], endpoint=("192.0.2.7", 40123))
+    node.device.add_peer(agent, allowed_ips=["10.1.0.2/32"], endpoint=("192.0.2.7", 40123))
     path = tmp_path / "agent-endpoints.json"
     memory = EndpointMemory(path)
-    memory.save(device)
+    memory.save(node)
     written = path.stat().st_mtime_ns
-    memory.save(device)  # unchanged: not rewritten
+    memory.save(node)  # unchanged: not rewritten
     assert path.stat().st_mtime_ns == written
     assert EndpointMemory(path).recall(agent) == ("192.0.2.7", 40123)
     assert EndpointMemory(path).recall(keys.public_from_private(keys.generate_private())) is None
