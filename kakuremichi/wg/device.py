@@ -39,12 +39,14 @@ from kakuremichi.wg.constants import (
     ZERO_KEYS_AFTER,
 )
 from kakuremichi.wg.cookie import CookieChecker, CookieJar
-from kakuremichi.wg.peer import Endpoint, Peer
+from kakuremichi.wg.peer import Endpoint, Peer, Timer
 from kakuremichi.wg.primitives import AuthenticationError, dh, nonce, private_from_bytes, tai64n
 from kakuremichi.wg.ratelimit import RateLimiter
 from kakuremichi.wg.session import Session
 
 log = logging.getLogger("kakuremichi.wg")
+# The timers by bare name: a module global is read several times faster than an enum attribute (per packet).
+RETRANSMIT_HANDSHAKE, SEND_KEEPALIVE, NEW_HANDSHAKE, ZERO_KEYS, PERSISTENT_KEEPALIVE = Timer
 
 _TRANSPORT = messages.TRANSPORT_HEADER
 # Initiations kept from keys not configured yet (a gateway started before its config arrived): enough for
@@ -78,8 +80,11 @@ class Device:
         self.peers: dict[bytes, Peer] = {}
         self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
         self._index: dict[int, Peer | Session] = {}  # our receiver indices: handshakes and sessions
-        self._timers: list[tuple[float, int, Peer, str]] = []
+        self._timers: list[tuple[float, int, Peer, Timer]] = []
         self._timer_seq = itertools.count()
+        self._fire = {RETRANSMIT_HANDSHAKE: self._on_retransmit_handshake,
+                      SEND_KEEPALIVE: self._on_send_keepalive, NEW_HANDSHAKE: self._on_new_handshake,
+                      ZERO_KEYS: self._on_zero_keys, PERSISTENT_KEEPALIVE: self._on_persistent_keepalive}
 
         self.outgoing: list[tuple[bytes | bytearray, Endpoint]] = []
         self.incoming: list[bytes | memoryview] = []
@@ -172,10 +177,10 @@ class Device:
         self.outgoing.append((datagram, peer.endpoint))
         peer.stats.tx_bytes += len(datagram)
         self._authenticated_packet_traversal(peer, now)
-        peer.deadlines["send_keepalive"] = None  # any authenticated packet sent
+        peer.deadlines[SEND_KEEPALIVE] = None  # any authenticated packet sent
         if length:
-            if not peer.pending("new_handshake"):
-                self._set_timer(peer, "new_handshake", now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter_s())
+            if not peer.pending(NEW_HANDSHAKE):
+                self._set_timer(peer, NEW_HANDSHAKE, now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter_s())
 
     def _send_keepalive(self, peer: Peer) -> None:
         session = peer.current
@@ -212,8 +217,8 @@ class Device:
         peer.cookies.stamp(msg)
         self.outgoing.append((msg, peer.endpoint))
         self._authenticated_packet_traversal(peer, now)
-        peer.deadlines["send_keepalive"] = None
-        self._set_timer(peer, "retransmit_handshake", now + REKEY_TIMEOUT + self._jitter_s())
+        peer.deadlines[SEND_KEEPALIVE] = None
+        self._set_timer(peer, RETRANSMIT_HANDSHAKE, now + REKEY_TIMEOUT + self._jitter_s())
 
     def _consume_response(self, data: memoryview, source: Endpoint) -> None:
         receiver = int.from_bytes(data[8:12], "little")
@@ -235,7 +240,7 @@ class Device:
         self._index[local_index] = session
         self._install_session(peer, session)
         self._authenticated_packet_traversal(peer, now)
-        peer.deadlines["new_handshake"] = None  # any authenticated packet received
+        peer.deadlines[NEW_HANDSHAKE] = None  # any authenticated packet received
         self._handshake_complete(peer, now)
         if not self._flush_staged(peer):
             self._send_keepalive(peer)  # key confirmation for the responder
@@ -268,7 +273,7 @@ class Device:
         peer.last_initiation_consumed = now
         peer.endpoint = source
         self._authenticated_packet_traversal(peer, now)
-        peer.deadlines["new_handshake"] = None
+        peer.deadlines[NEW_HANDSHAKE] = None
 
         local_index = self._new_index(peer)
         msg, keys = noise.create_response(consumed.state, peer.public_key, peer.preshared_key, local_index)
@@ -278,7 +283,7 @@ class Device:
         self._install_session(peer, session)
         peer.cookies.stamp(msg)
         self.outgoing.append((msg, source))
-        peer.deadlines["send_keepalive"] = None
+        peer.deadlines[SEND_KEEPALIVE] = None
 
     def _install_session(self, peer: Peer, session: Session) -> None:
         """Place a fresh session as wireguard-go does: initiators use it at once, responders await
@@ -297,10 +302,10 @@ class Device:
             peer.next = session
             self._forget(peer.previous)
             peer.previous = None
-        self._set_timer(peer, "zero_keys", self.clock() + ZERO_KEYS_AFTER)
+        self._set_timer(peer, ZERO_KEYS, self.clock() + ZERO_KEYS_AFTER)
 
     def _handshake_complete(self, peer: Peer, now: float) -> None:
-        peer.deadlines["retransmit_handshake"] = None
+        peer.deadlines[RETRANSMIT_HANDSHAKE] = None
         peer.handshake_attempts = 0
         peer.sent_last_minute_handshake = False
         peer.stats.last_handshake = self.wall_clock()
@@ -413,11 +418,11 @@ class Device:
         peer.stats.rx_bytes += len(data)
         peer.stats.last_received = now
         self._authenticated_packet_traversal(peer, now)
-        peer.deadlines["new_handshake"] = None
+        peer.deadlines[NEW_HANDSHAKE] = None
         if not plaintext:
             return  # keepalive
-        if not peer.pending("send_keepalive"):
-            self._set_timer(peer, "send_keepalive", now + KEEPALIVE_TIMEOUT)
+        if not peer.pending(SEND_KEEPALIVE):
+            self._set_timer(peer, SEND_KEEPALIVE, now + KEEPALIVE_TIMEOUT)
         else:
             peer.need_another_keepalive = True
         length = packet_length(plaintext)
@@ -442,44 +447,44 @@ class Device:
         now = self.clock()
         timers = self._timers
         while timers and timers[0][0] <= now:
-            when, _, peer, name = heapq.heappop(timers)
-            if peer.armed[name] != when:
+            when, _, peer, timer = heapq.heappop(timers)
+            if peer.armed[timer] != when:
                 continue  # superseded by an earlier entry for the same timer
-            peer.armed[name] = None
-            deadline = peer.deadlines[name]
+            peer.armed[timer] = None
+            deadline = peer.deadlines[timer]
             if deadline is None or self.peers.get(peer.public_key) is not peer:
                 continue
             if deadline > now:  # pushed back since armed: re-arm lazily instead of per packet
-                self._arm(peer, name, deadline)
+                self._arm(peer, timer, deadline)
                 continue
-            peer.deadlines[name] = None
-            getattr(self, "_on_" + name)(peer)
+            peer.deadlines[timer] = None
+            self._fire[timer](peer)
 
-    def _set_timer(self, peer: Peer, name: str, deadline: float) -> None:
-        peer.deadlines[name] = deadline
-        armed = peer.armed[name]
+    def _set_timer(self, peer: Peer, timer: Timer, deadline: float) -> None:
+        peer.deadlines[timer] = deadline
+        armed = peer.armed[timer]
         if armed is None or deadline < armed:
-            self._arm(peer, name, deadline)
+            self._arm(peer, timer, deadline)
 
-    def _arm(self, peer: Peer, name: str, when: float) -> None:
-        peer.armed[name] = when
-        heapq.heappush(self._timers, (when, next(self._timer_seq), peer, name))
+    def _arm(self, peer: Peer, timer: Timer, when: float) -> None:
+        peer.armed[timer] = when
+        heapq.heappush(self._timers, (when, next(self._timer_seq), peer, timer))
 
     def _authenticated_packet_traversal(self, peer: Peer, now: float) -> None:
         if peer.persistent_keepalive:
-            self._set_timer(peer, "persistent_keepalive", now + peer.persistent_keepalive)
+            self._set_timer(peer, PERSISTENT_KEEPALIVE, now + peer.persistent_keepalive)
 
     def _on_retransmit_handshake(self, peer: Peer) -> None:
         if peer.handshake_attempts > MAX_TIMER_HANDSHAKES:
             log.info("handshake did not complete, giving up",
                      extra={"fields": {"peer": _short(peer.public_key), "attempts": peer.handshake_attempts + 1}})
             peer.staged.clear()
-            peer.deadlines["send_keepalive"] = None
+            peer.deadlines[SEND_KEEPALIVE] = None
             if peer.handshake is not None:
                 self._index.pop(peer.handshake.local_index, None)
                 peer.handshake = None
-            if not peer.pending("zero_keys"):
-                self._set_timer(peer, "zero_keys", self.clock() + ZERO_KEYS_AFTER)
+            if not peer.pending(ZERO_KEYS):
+                self._set_timer(peer, ZERO_KEYS, self.clock() + ZERO_KEYS_AFTER)
             return
         peer.handshake_attempts += 1
         self._initiate_handshake(peer, retry=True)
@@ -488,7 +493,7 @@ class Device:
         self._send_keepalive(peer)
         if peer.need_another_keepalive:
             peer.need_another_keepalive = False
-            self._set_timer(peer, "send_keepalive", self.clock() + KEEPALIVE_TIMEOUT)
+            self._set_timer(peer, SEND_KEEPALIVE, self.clock() + KEEPALIVE_TIMEOUT)
 
     def _on_new_handshake(self, peer: Peer) -> None:
         self._initiate_handshake(peer, retry=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -11,7 +12,17 @@ from kakuremichi.wg.session import Session
 
 Endpoint = tuple  # (host, port) as the socket module gives and takes them
 
-TIMER_NAMES = ("retransmit_handshake", "send_keepalive", "new_handshake", "zero_keys", "persistent_keepalive")
+
+
+class Timer(enum.IntEnum):
+    """A peer's timers, named as in wireguard-go's timers.go (the device's `_on_<name>` fires each). An
+    IntEnum: the per-packet paths index a peer's deadlines by timer, and an int hashes in C."""
+
+    RETRANSMIT_HANDSHAKE = 1  # our initiation went unanswered for REKEY_TIMEOUT
+    SEND_KEEPALIVE = 2  # we received data and sent nothing back for KEEPALIVE_TIMEOUT
+    NEW_HANDSHAKE = 3  # we sent data and heard nothing back: the session may be dead
+    ZERO_KEYS = 4  # no new session for a long while: forget the keys
+    PERSISTENT_KEEPALIVE = 5  # keep a NAT mapping open
 
 
 @dataclass
@@ -45,11 +56,11 @@ class Peer:
     staged: deque = field(default_factory=lambda: deque(maxlen=128))
 
     # timer deadlines (None = not pending) and the earliest heap entry armed for each
-    deadlines: dict = field(default_factory=lambda: dict.fromkeys(TIMER_NAMES))
-    armed: dict = field(default_factory=lambda: dict.fromkeys(TIMER_NAMES))
+    deadlines: dict[Timer, float | None] = field(default_factory=lambda: dict.fromkeys(Timer))
+    armed: dict[Timer, float | None] = field(default_factory=lambda: dict.fromkeys(Timer))
     stats: PeerStats = field(default_factory=PeerStats)
 
-    def pending(self, timer: str) -> bool:
+    def pending(self, timer: Timer) -> bool:
         return self.deadlines[timer] is not None
 
     def sessions(self) -> list[Session]:

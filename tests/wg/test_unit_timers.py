@@ -14,6 +14,7 @@ from kakuremichi.wg.constants import (
     REKEY_TIMEOUT_JITTER_MAX,
     ZERO_KEYS_AFTER,
 )
+from kakuremichi.wg.peer import Timer
 from tests.wg.sansio_helpers import (
     A_ADDR,
     B_ADDR,
@@ -268,7 +269,7 @@ def test_a_late_response_to_a_retried_initiation_completes_the_handshake():
     pair.net.run_until(t0 + 30)
     assert len(pair.net.sent(pair.a, INITIATION)) == 3
     assert [bytes(p) for p in pair.b.incoming] == [pair.a_to_b(b"patience")]
-    assert pair.a.next_deadline() is not None and pair.a_peer.deadlines["retransmit_handshake"] is None
+    assert pair.a.next_deadline() is not None and pair.a_peer.deadlines[Timer.RETRANSMIT_HANDSHAKE] is None
 
 
 def test_keys_are_zeroed_after_three_times_reject_after_time(pair):
