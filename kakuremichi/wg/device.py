@@ -1,8 +1,9 @@
 """A WireGuard device as a sans-IO state machine.
 
 Feed it UDP datagrams (`receive_datagram`), IP packets to tunnel (`send_packet`) and the passage of time
-(`tick` at `next_deadline()`); collect what it produced from `outgoing` (datagrams for the UDP socket)
-and `incoming` (decrypted IP packets, already checked against the sending peer's AllowedIPs). It never
+(`tick` at `next_deadline()`); take what it produced with `datagrams_to_send()` (for the UDP socket) and
+`packets_received()` (decrypted IP packets, already checked against the sending peer's AllowedIPs), as
+h11's `data_to_send()` hands over its bytes; tests may look at the `outgoing` / `incoming` lists. It never
 touches a socket or sleeps, so every behaviour, timers included, is testable with a fake clock; the
 Trio driver only moves bytes.
 
@@ -93,6 +94,18 @@ class Device:
         # about a new agent a moment after the agent's first initiation arrived, answering it at once saves
         # the initiator a REKEY_TIMEOUT wait. Bounded, and only ever replayed through the full checks.
         self._early_initiations: OrderedDict[bytes, tuple[bytes, Endpoint, float]] = OrderedDict()
+
+    # ----------------------------------------------------------------- output
+
+    def datagrams_to_send(self) -> list[tuple[bytes | bytearray, Endpoint]]:
+        """The datagrams produced since the last call, with where each goes (handed over, not copied)."""
+        out, self.outgoing = self.outgoing, []
+        return out
+
+    def packets_received(self) -> list[bytes | memoryview]:
+        """The decrypted IP packets accepted since the last call, for the stack above."""
+        packets, self.incoming = self.incoming, []
+        return packets
 
     # ----------------------------------------------------------------- configuration
 

@@ -130,10 +130,9 @@ class WireGuardInterface:
         """
         device = self.device
         if device.outgoing:
-            out, device.outgoing = device.outgoing, []
-            self._send(out)
+            self._send(device.datagrams_to_send())
         if device.incoming:
-            packets, device.incoming = device.incoming, []
+            packets = device.packets_received()
             if self._receiver is not None:  # with nothing attached, decrypted packets have nowhere to go
                 try:
                     self._receiver(packets)

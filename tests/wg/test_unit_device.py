@@ -282,6 +282,22 @@ def test_real_udp_packets_survive_the_tunnel(pair):
         assert parsed[UDP].dport == 53
 
 
+def test_output_is_handed_over_once():
+    """datagrams_to_send / packets_received give what was produced since the last call, then nothing."""
+    pair = make_pair()
+    a, b = pair.a, pair.b
+    a.send_packet(ipv4(A_IP, B_IP, b"staged until the handshake"))
+    (initiation, where), = a.datagrams_to_send()
+    assert initiation[0] == INITIATION and where == B_ADDR and a.datagrams_to_send() == []
+    b.receive_datagram(initiation, A_ADDR)
+    (response, _), = b.datagrams_to_send()
+    a.receive_datagram(response, B_ADDR)
+    for datagram, _ in a.datagrams_to_send():  # the staged packet, now in the session
+        b.receive_datagram(datagram, A_ADDR)
+    assert [bytes(p) for p in b.packets_received()] == [ipv4(A_IP, B_IP, b"staged until the handshake")]
+    assert b.packets_received() == [] and b.incoming == []
+
+
 def test_statistics_count_bytes(pair):
     pair.a.send_packet(pair.a_to_b(b"x" * 100))
     pair.net.flush()
