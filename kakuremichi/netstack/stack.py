@@ -25,7 +25,7 @@ from typing import Iterable, Protocol
 
 from kakuremichi.faults import Contained
 from kakuremichi.netstack import icmp, ipv4, tcp, udp
-from kakuremichi.netstack.ratelimit import AnswerLimit
+from kakuremichi.netstack.ratelimit import answer_limit
 from kakuremichi.netstack.tcp import ACK, RST, SYN, Config, Connection, State
 
 logger = logging.getLogger("kakuremichi.netstack")
@@ -111,7 +111,7 @@ class Stack:
         self.udp_ports: dict[tuple[int, int], udp.Endpoint] = {}
         self.drops: Counter[str] = Counter()
         self.reassembler = ipv4.Reassembler(drops=self.drops)
-        self.answers = AnswerLimit()  # RSTs, ICMP errors and echo replies, per source
+        self.answers = answer_limit()  # RSTs, ICMP errors and echo replies, per source
         self._now = 0.0  # the caller's clock as of the last call, for `faults`' log interval
         self.faults = Contained(logger, "netstack receive", clock=lambda: self._now)
         self._timers: list = []

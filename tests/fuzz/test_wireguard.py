@@ -76,7 +76,7 @@ def _assert_bounded(device: Device, inputs: int, outgoing: int, incoming: int) -
     assert len(pending) <= len(device.peers)  # one handshake of ours per peer at most
     assert len(device._index) <= 4 * len(device.peers)  # + current, previous, next session each
     assert len(device._early_initiations) <= MAX_EARLY_INITIATIONS
-    assert len(device.rate_limiter._buckets) <= len(SOURCES)
+    assert len(device.rate_limiter) <= len(SOURCES)
     assert all(len(peer.staged) <= peer.staged.maxlen for peer in device.peers.values())
     assert len(device._timers) <= 2 * len(device.peers) * 5 + inputs  # per peer and timer, re-armed at most
     assert outgoing <= 2 * inputs + 2 * len(device.peers) and incoming <= inputs

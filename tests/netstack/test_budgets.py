@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 
+from kakuremichi.buckets import TokenBuckets
 from kakuremichi.netstack import ipv4, ratelimit
-from kakuremichi.netstack.ratelimit import AnswerLimit
 from kakuremichi.netstack.tcp import State
 from tests.netstack.test_hostile import NOW, OURS, THEM, feed, handshake, new_stack, replies
 
@@ -64,7 +64,7 @@ def test_many_sources_together_stay_within_the_total():
 
 
 def test_the_table_of_sources_is_bounded_and_keeps_the_busiest():
-    limit = AnswerLimit(rate=1, burst=1, total_rate=1e9, max_sources=100)
+    limit = TokenBuckets(1, 1, total_rate=1e9, max_keys=100)
     assert limit.allow(1, 0.0) and not limit.allow(1, 0.0)
     for source in range(2, 10_000):
         limit.allow(source, 0.0)

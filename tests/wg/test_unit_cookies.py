@@ -7,7 +7,7 @@ import struct
 
 from kakuremichi.wg.constants import UNDER_LOAD_HOLD
 from kakuremichi.wg.cookie import COOKIE_REFRESH_TIME, CookieChecker, CookieJar
-from kakuremichi.wg.ratelimit import BURST, PACKETS_PER_SECOND, RateLimiter
+from kakuremichi.wg.ratelimit import BURST, MAX_ADDRESSES, PACKETS_PER_SECOND, RateLimiter
 from tests.wg.sansio_helpers import (
     A_ADDR,
     B_ADDR,
@@ -256,6 +256,14 @@ def test_rate_limiter_buckets():
     assert limiter.allow("a") and not limiter.allow("a")
     clock.advance(10)
     assert [limiter.allow("a") for _ in range(BURST + 1)] == [True] * BURST + [False]  # capped at BURST
+
+
+def test_rate_limiter_remembers_a_bounded_number_of_addresses():
+    """Forged source addresses within one second used to add a bucket each until the next clean-up."""
+    limiter = RateLimiter(FakeClock())
+    for n in range(3 * MAX_ADDRESSES):
+        limiter.allow(f"198.18.{n // 256 % 256}.{n % 256}:{n}")
+    assert len(limiter) == MAX_ADDRESSES
 
 
 def test_an_initiator_under_load_asks_the_responder_for_a_cookie():
