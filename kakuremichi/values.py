@@ -262,9 +262,11 @@ class Endpoint:
         return _with_port(self.host, self.port)
 
 
+@functools.lru_cache(maxsize=4096)
 def request_host(value: str | bytes) -> str:
     """The lookup key of a request's Host header, :authority or SNI name: its host without port or trailing
-    dot, lowercase ASCII; IP addresses are kept (IPv6 in brackets). Raises InvalidHost."""
+    dot, lowercase ASCII; IP addresses are kept (IPv6 in brackets). Raises InvalidHost. Cached: every request
+    asks, with the same few hosts (12 µs each uncached; a refused host is not cached)."""
     if isinstance(value, bytes):
         try:
             value = value.decode("utf-8")
