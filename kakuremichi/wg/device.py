@@ -89,6 +89,7 @@ class Device:
 
         self.outgoing: list[tuple[bytes | bytearray, Endpoint]] = []
         self.incoming: list[bytes | memoryview] = []
+        self.moved: dict[bytes, Endpoint | None] = {}  # see peers_moved()
         self.dropped: Counter[str] = Counter()
         # Authenticated initiations from keys we do not know yet, kept briefly: when control tells a gateway
         # about a new agent a moment after the agent's first initiation arrived, answering it at once saves
@@ -106,6 +107,12 @@ class Device:
         """The decrypted IP packets accepted since the last call, for the stack above."""
         packets, self.incoming = self.incoming, []
         return packets
+
+    def peers_moved(self) -> dict[bytes, Endpoint | None]:
+        """Peers heard from at a new address since the last call, by public key, with that address (None:
+        the peer was removed), for a driver that gives each peer a socket of its own."""
+        moved, self.moved = self.moved, {}
+        return moved
 
     # ----------------------------------------------------------------- configuration
 
@@ -140,6 +147,8 @@ class Device:
         if peer is None:
             return
         self.allowed_ips.remove_owner(peer)
+        if peer.heard_from is not None:
+            self.moved[public_key] = None
         self._zero_keys(peer)
         for name in peer.deadlines:
             peer.deadlines[name] = None
@@ -249,6 +258,8 @@ class Device:
         local_index = peer.handshake.local_index
         peer.handshake = None
         peer.endpoint = source
+        if source != peer.heard_from:
+            self._heard_at(peer, source)
         session = Session(peer, keys.send, keys.receive, now, True, local_index, remote_index)
         self._index[local_index] = session
         self._install_session(peer, session)
@@ -285,6 +296,8 @@ class Device:
         peer.latest_timestamp = consumed.timestamp
         peer.last_initiation_consumed = now
         peer.endpoint = source
+        if source != peer.heard_from:
+            self._heard_at(peer, source)
         self._authenticated_packet_traversal(peer, now)
         peer.deadlines[NEW_HANDSHAKE] = None
 
@@ -389,6 +402,10 @@ class Device:
             return False
         return True
 
+    def _heard_at(self, peer: Peer, source: Endpoint) -> None:
+        peer.heard_from = source
+        self.moved[peer.public_key] = source
+
     def _under_load(self) -> bool:
         now = self.clock()
         if now - self._load_window_start >= 1.0:
@@ -418,6 +435,8 @@ class Device:
             return
         peer: Peer = session.peer
         peer.endpoint = source
+        if source != peer.heard_from:
+            self._heard_at(peer, source)
         if session is peer.next:
             self._forget(peer.previous)
             peer.previous, peer.current, peer.next = peer.current, session, None

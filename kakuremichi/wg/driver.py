@@ -1,7 +1,8 @@
 """Runs a sans-IO `Device` on a real UDP socket under Trio.
 
 The receive loop reads the socket ahead with non-blocking receives (until EAGAIN or a read-ahead limit)
-into a `FairQueue` keyed by sender, feeds the device a batch taken round-robin from it (so one peer's
+(on Linux, the interface's socket and each peer's own, `peersockets.py`, a few datagrams of each per
+round) into a `FairQueue` keyed by sender, feeds the device a batch taken round-robin from it (so one peer's
 flood cannot push another peer's datagram to the end of a long backlog), hands the decrypted packets to
 the attached network stack in one call, flushes the device's datagrams, and only then awaits
 readability: one await per batch, not per packet. Timers are a single cancel scope whose deadline
@@ -31,8 +32,10 @@ from typing import Callable
 import trio
 
 from kakuremichi.faults import Contained
+from kakuremichi.wg import peersockets
 from kakuremichi.wg.device import Device
-from kakuremichi.wg.fairqueue import FairQueue
+from kakuremichi.wg.fairqueue import QUANTUM, FairQueue
+from kakuremichi.wg.peersockets import PeerSockets
 
 log = logging.getLogger("kakuremichi.wg")
 
@@ -72,8 +75,13 @@ class WireGuardInterface:
 
     authenticated = True  # every packet handed up passed its peer's Poly1305 tag and AllowedIPs check
 
-    def __init__(self, device: Device, *, listen_host: str = "0.0.0.0", listen_port: int = 0) -> None:
+    def __init__(self, device: Device, *, listen_host: str = "0.0.0.0", listen_port: int = 0,
+                 socket_per_peer: bool | None = None) -> None:
+        """`socket_per_peer`: queue each peer's datagrams in a socket of its own (peersockets.py); by
+        default where the OS can."""
         self.device = device
+        if socket_per_peer is None:
+            socket_per_peer = peersockets.possible()
         family = socket.AF_INET6 if ":" in listen_host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         if family == socket.AF_INET6:
@@ -84,27 +92,41 @@ class WireGuardInterface:
             except OSError:
                 pass
         try:
-            self.sock.bind((listen_host, listen_port))
+            if socket_per_peer:
+                peersockets.bind_shared(self.sock, (listen_host, listen_port))
+            else:
+                self.sock.bind((listen_host, listen_port))
         except OSError as exc:
             self.sock.close()
             raise OSError(exc.errno, f"cannot listen for WireGuard on UDP {listen_host}:{listen_port}: "
                                      f"{exc.strerror}") from exc  # the caller names its own flag or file key
         self.sock.setblocking(False)
         self._gso = udp_offload_possible(self.sock)
-        self._gro = False
-        if self._gso:
-            try:
-                self.sock.setsockopt(_SOL_UDP, _UDP_GRO, 1)
-                self._gro = True
-            except OSError:
-                pass
+        self._gro = self._gso and self._enable_gro(self.sock)
+        self.peer_sockets = PeerSockets(self.sock, configure=self._configure_peer_socket) \
+            if socket_per_peer else None
         self._receiver: PacketReceiver | None = None
         self._backlog: deque = deque()
         self._writable = trio.Event()
         self._timer_scope: trio.CancelScope | None = None
-        self._queue = FairQueue()
+        # With a socket per peer the kernel keeps each peer's backlog apart, and the fair queue needs only the
+        # next turns' worth (a flood left in the kernel costs nothing, and its overflow is dropped there);
+        # with one socket for all, it reads deep into that one FIFO to find the other senders' datagrams.
+        self._queue = FairQueue(max_waiting=READ_AHEAD) if self.peer_sockets is not None else FairQueue()
         self.send_errors = 0
         self.contained = Contained(log, "wireguard receive")
+
+    @staticmethod
+    def _enable_gro(sock: socket.socket) -> bool:
+        try:
+            sock.setsockopt(_SOL_UDP, _UDP_GRO, 1)
+        except OSError:
+            return False
+        return True
+
+    def _configure_peer_socket(self, sock: socket.socket) -> None:
+        if self._gro and not self._enable_gro(sock):
+            raise OSError("UDP GRO refused on a peer socket")  # the peer then shares the main socket
 
     @property
     def mtu(self) -> int:
@@ -131,6 +153,8 @@ class WireGuardInterface:
         device = self.device
         if device.outgoing:
             self._send(device.datagrams_to_send())
+        if device.moved and self.peer_sockets is not None:
+            self.peer_sockets.update(device.peers_moved())
         if device.incoming:
             packets = device.packets_received()
             if self._receiver is not None:  # with nothing attached, decrypted packets have nowhere to go
@@ -212,32 +236,63 @@ class WireGuardInterface:
                 nursery.start_soon(self._backlog_loop)
                 task_status.started(self)
         finally:
+            if self.peer_sockets is not None:
+                self.peer_sockets.close()
             self.sock.close()
 
     async def _receive_loop(self) -> None:
-        sock = self.sock
+        queue = self._queue
+        sockets = self.peer_sockets
+        awaited = sockets if sockets is not None else self.sock
+        buffer = bytearray(65536)
+        reader = self._reader(buffer)
+        while True:
+            ready = sockets.ready() if sockets is not None else [self.sock]
+            drained = self._read_ahead(ready, reader)
+            self._handle_turn()
+            self.flush()
+            if drained and not queue:
+                await trio.lowlevel.wait_readable(awaited)
+            else:
+                await trio.lowlevel.checkpoint()
+
+    def _read_ahead(self, ready: list[socket.socket], reader) -> bool:
+        """Read up to READ_AHEAD datagrams into the fair queue, QUANTUM of each ready socket per round, so a
+        flood in one peer's socket takes no more of the turn's reading than any other peer's; True when
+        every socket was read empty."""
+        queue = self._queue
+        budget = READ_AHEAD
+        while ready and budget > 0:
+            pending = []
+            for sock in ready:
+                if queue.full:
+                    return False
+                count = reader(sock, min(QUANTUM, budget))
+                budget -= count
+                if count == QUANTUM:
+                    pending.append(sock)  # may hold more
+            ready = pending
+        return not ready
+
+    def _reader(self, buffer: bytearray):
+        """A function reading up to n datagrams of one socket into the fair queue, returning how many it
+        read (fewer than n once the socket is empty)."""
         queue = self._queue
         dropped = self.device.dropped
-        buffer = bytearray(65536)
-        view = memoryview(buffer)
-        recvfrom_into = sock.recvfrom_into
-        if self._gro:  # looked up only here: where GRO is off these may not exist (Windows)
-            recvmsg_into, buffers, ancillary_size = sock.recvmsg_into, [buffer], socket.CMSG_SPACE(4)
         sender = self.device.sender
-        while True:
-            drained = False
-            for _ in range(READ_AHEAD):
-                if queue.full:
-                    break
+        view = memoryview(buffer)
+        gro, buffers, ancillary_size = self._gro, [buffer], socket.CMSG_SPACE(4) if self._gro else 0
+
+        def read(sock: socket.socket, n: int) -> int:
+            for count in range(n):
                 try:
-                    if self._gro:
-                        size, ancillary, _, source = recvmsg_into(buffers, ancillary_size)
+                    if gro:
+                        size, ancillary, _, source = sock.recvmsg_into(buffers, ancillary_size)
                     else:
-                        size, source = recvfrom_into(buffer)
+                        size, source = sock.recvfrom_into(buffer)
                         ancillary = None
                 except BlockingIOError:
-                    drained = True
-                    break
+                    return count
                 except OSError:
                     continue  # ICMP port-unreachable surfaced on the socket: nothing to read
                 datagram = bytes(view[:size])
@@ -250,12 +305,9 @@ class WireGuardInterface:
                 lost = queue.put(sender(items[0][0], source), items)
                 if lost:
                     dropped["sender_queue_full"] += lost
-            self._handle_turn()
-            self.flush()
-            if drained and not queue:
-                await trio.lowlevel.wait_readable(sock)
-            else:
-                await trio.lowlevel.checkpoint()
+            return n
+
+        return read
 
     def _handle_turn(self) -> None:
         """Feed the device up to BATCH datagrams, QUANTUM at a time round-robin by sender; while several

@@ -40,6 +40,7 @@ class Peer:
     static_static: bytes  # DH(our static, their static), fixed for the peer's lifetime
     cookies: CookieJar
     endpoint: Endpoint | None = None
+    heard_from: Endpoint | None = None  # where its last authenticated datagram came from
     persistent_keepalive: float = 0.0
 
     handshake: HandshakeState | None = None  # our initiation awaiting a response

@@ -1,0 +1,116 @@
+"""Each peer's datagrams queue in a socket of their own (wg/peersockets.py), on real loopback sockets."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+
+from kakuremichi.wg import keys, peersockets
+from kakuremichi.wg.device import Device
+from kakuremichi.wg.driver import WireGuardInterface
+from kakuremichi.wg.fairqueue import QUANTUM
+from tests.wg.sansio_helpers import ipv4
+
+pytestmark = pytest.mark.skipif(not peersockets.possible(), reason="a socket per peer needs Linux (SO_REUSEPORT, epoll)")
+
+GATEWAY_IP, HOSTILE_IP, LEGIT_IP = "10.0.0.1", "10.0.0.2", "10.0.0.3"
+
+
+def _node() -> WireGuardInterface:
+    return WireGuardInterface(Device(keys.generate_private()), listen_host="127.0.0.1")
+
+
+def _peer(a: WireGuardInterface, b: WireGuardInterface, a_ip: str, b_ip: str) -> None:
+    a.device.add_peer(b.device.public_key, endpoint=("127.0.0.1", b.listen_port), allowed_ips=[f"{b_ip}/32"])
+    b.device.add_peer(a.device.public_key, endpoint=("127.0.0.1", a.listen_port), allowed_ips=[f"{a_ip}/32"])
+
+
+async def _until(condition, what: str) -> None:
+    with trio.fail_after(10):
+        while not condition():
+            await trio.sleep(0.01)
+
+
+async def test_a_flood_bigger_than_any_socket_buffer_neither_delays_nor_loses_another_peers_datagram(monkeypatch):
+    """The hostile peer's 30,000 datagrams wait in its own socket, which overflows; the legitimate peer's
+    one, sent after all of them, is among the first handled, not behind thousands (or dropped by a
+    full shared buffer)."""
+    gateway, hostile, legit = _node(), _node(), _node()
+    _peer(hostile, gateway, HOSTILE_IP, GATEWAY_IP)
+    _peer(legit, gateway, LEGIT_IP, GATEWAY_IP)
+    arrived: list[bytes] = []
+    gateway.attach(lambda packets: arrived.extend(bytes(p[20:]) for p in packets))
+    handled: list[tuple] = []
+    real = gateway.device.receive_datagram
+
+    def receive(data, source):
+        handled.append(source)
+        real(data, source)
+
+    async with trio.open_nursery() as nursery:
+        for node in (gateway, hostile, legit):
+            await nursery.start(node.run)
+        hostile.send_packets([ipv4(HOSTILE_IP, GATEWAY_IP, b"hello")])
+        legit.send_packets([ipv4(LEGIT_IP, GATEWAY_IP, b"hello")])
+        await _until(lambda: arrived.count(b"hello") == 2, "both peers' sessions")
+        assert len(gateway.peer_sockets) == 2
+        monkeypatch.setattr(gateway.device, "receive_datagram", receive)
+        # no checkpoint from here until the legitimate packet is sent: the gateway reads nothing meanwhile
+        port = ("127.0.0.1", gateway.listen_port)
+        sent = 0
+        for _ in range(30_000):  # unknown receiver indices: cheap for the gateway to drop, once read
+            try:
+                hostile.sock.sendto(b"\x04\0\0\0" + bytes(60), port)
+                sent += 1
+            except BlockingIOError:
+                break
+        assert sent > 5_000
+        legit.send_packets([ipv4(LEGIT_IP, GATEWAY_IP, b"legitimate")])
+        legit_address = ("127.0.0.1", legit.listen_port)
+        await _until(lambda: b"legitimate" in arrived, "the legitimate peer's packet")
+        nursery.cancel_scope.cancel()
+    assert handled.index(legit_address) <= 2 * QUANTUM
+
+
+async def test_a_peer_gets_a_socket_when_heard_a_new_one_when_it_roams_and_none_once_removed():
+    gateway, agent = _node(), _node()
+    _peer(agent, gateway, HOSTILE_IP, GATEWAY_IP)
+    arrived: list[bytes] = []
+    gateway.attach(lambda packets: arrived.extend(bytes(p[20:]) for p in packets))
+    roamed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    roamed.bind(("127.0.0.1", 0))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.run)
+        await nursery.start(agent.run)
+        assert len(gateway.peer_sockets) == 0  # configured endpoints are not trusted: only where a peer is heard
+        agent.send_packets([ipv4(HOSTILE_IP, GATEWAY_IP, b"one")])
+        await _until(lambda: b"one" in arrived, "the first packet")
+        assert len(gateway.peer_sockets) == 1
+        first = gateway.peer_sockets._by_peer[agent.device.public_key]
+        assert first.getpeername() == ("127.0.0.1", agent.listen_port)
+        # the agent roams: its datagrams now leave from another port
+        agent.sock, old = roamed, agent.sock
+        agent.send_packets([ipv4(HOSTILE_IP, GATEWAY_IP, b"two")])
+        await _until(lambda: b"two" in arrived, "the packet from the new address")
+        moved = gateway.peer_sockets._by_peer[agent.device.public_key]
+        assert moved.getpeername() == roamed.getsockname() and first.fileno() == -1
+        gateway.device.remove_peer(agent.device.public_key)
+        gateway.flush()
+        assert len(gateway.peer_sockets) == 0
+        agent.sock = old
+        nursery.cancel_scope.cancel()
+    roamed.close()
+
+
+def test_a_wireguard_port_already_taken_is_refused_as_without_peer_sockets():
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    with taken, pytest.raises(OSError, match="cannot listen for WireGuard"):
+        WireGuardInterface(Device(keys.generate_private()), listen_host="127.0.0.1",
+                           listen_port=taken.getsockname()[1])
+    first = _node()
+    with pytest.raises(OSError, match="cannot listen for WireGuard"):
+        WireGuardInterface(Device(keys.generate_private()), listen_host="127.0.0.1", listen_port=first.listen_port)
+    first.sock.close()
