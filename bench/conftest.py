@@ -23,7 +23,7 @@ TARGETS = [
     ("memory", "agent_idle_rss_mb", "<=", 60, "agent idle RSS <= 60 MB"),
 ] + [  # issue 13: another tenant's flood at most doubles a tenant's request latency
     ("fairness", f"{kind}_flood_{stat}_ratio", "<=", 2, f"{kind} flood: legit {stat} <= 2 x no flood")
-    for kind in ("transport", "handshake", "syn") for stat in ("p50", "p99")
+    for kind in ("transport", "handshake", "syn", "connect", "exit") for stat in ("p50", "p99")
 ]
 
 

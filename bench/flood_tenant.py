@@ -8,11 +8,15 @@ gateway, then reads lines `KIND SECONDS` from stdin and answers each with one JS
 - handshake: one authentic handshake initiation sent again and again (each costs the gateway its mac1 and
   Curve25519 work before the replay is seen; once the gateway is under load, a mac1 and the per-source
   rate limit, or a cookie reply);
-- syn: TCP SYNs to closed ports of the gateway's tunnel address, from random ports.
+- syn: TCP SYNs to closed ports of the gateway's tunnel address, from random ports;
+- connect: whole TCP connections to the gateway's exit port, CONCURRENCY at a time, each closed at once;
+- exit: connections out through the gateway's exit (SOCKS5) to a server of the flooder's own, each sending a
+  line and reading its echo (its tunnel must have the exit on, and the gateway allow private destinations).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import sys
@@ -22,16 +26,57 @@ import trio
 
 from kakuremichi import command, logs
 from kakuremichi.agent.agent import Agent
+from kakuremichi.egress.trio_socks5 import request_connect
 from kakuremichi.netstack import ipv4, tcp
+from kakuremichi.protocol import EXIT_PORT
 from kakuremichi.tunnel import TunnelNode
 from kakuremichi.wg import keys, messages
 
 BURST = 64
+CONCURRENCY = 32  # connections in flight at once for the connect and exit floods
 
 
-async def _flood(node: TunnelNode, kind: str, seconds: float) -> dict:
+async def _echo(stream) -> None:
+    async with stream:
+        async for data in stream:
+            await stream.send_all(data)
+
+
+async def _connections(node: TunnelNode, gateway_ip: str, seconds: float, echo_port: int | None) -> int:
+    """Open connections to the gateway's exit port back to back from CONCURRENCY tasks; with `echo_port`,
+    each asks the exit for the flooder's echo server and exchanges a line through it."""
+    done = 0
+    end = trio.current_time() + seconds
+
+    async def worker():
+        nonlocal done
+        while trio.current_time() < end:
+            try:
+                with trio.fail_after(5):
+                    stream = await node.stack.open_tcp_stream(gateway_ip, EXIT_PORT)
+                    async with stream:
+                        if echo_port is not None:
+                            reply, _ = await request_connect(stream, "127.0.0.1", echo_port)
+                            await stream.send_all(b"ping\n")
+                            await stream.receive_some(64)
+            except (OSError, trio.BrokenResourceError, trio.TooSlowError):
+                await trio.sleep(0.01)  # refused or reset: the gateway's budget, try again shortly
+            done += 1
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(CONCURRENCY):
+            nursery.start_soon(worker)
+    return done
+
+
+async def _flood(node: TunnelNode, kind: str, seconds: float, echo_port: int) -> dict:
     (gateway_key, spec), = node._applied.items()
-    gateway = ipv4.address(spec.allowed_ips[0].split("/")[0])
+    gateway_ip = spec.allowed_ips[0].split("/")[0]
+    if kind in ("connect", "exit"):
+        start = time.perf_counter()
+        sent = await _connections(node, gateway_ip, seconds, echo_port if kind == "exit" else None)
+        return {"kind": kind, "sent": sent, "per_s": sent / (time.perf_counter() - start)}
+    gateway = ipv4.address(gateway_ip)
     me = ipv4.address(sorted(node.stack.addresses)[0])
     peer = node.device.peers[gateway_key]
     rng = random.Random(1)
@@ -62,6 +107,8 @@ async def main(control_url: str, api_key: str) -> None:
     node = TunnelNode(keys.generate_private(), listen_host="127.0.0.1")
     agent = Agent(node)
     async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, _echo, 0, host="127.0.0.1"))
+        echo_port = listeners[0].socket.getsockname()[1]
         await nursery.start(agent.run)
         await nursery.start(agent.control_client(control_url, api_key).run)
         with trio.fail_after(60):  # control's config, then the session its persistent keepalive starts
@@ -71,7 +118,7 @@ async def main(control_url: str, api_key: str) -> None:
         stdin = trio.wrap_file(sys.stdin)
         async for line in stdin:
             kind, seconds = line.split()
-            print(json.dumps(await _flood(node, kind, float(seconds))), flush=True)
+            print(json.dumps(await _flood(node, kind, float(seconds), echo_port)), flush=True)
         nursery.cancel_scope.cancel()
 
 
