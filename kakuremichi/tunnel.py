@@ -79,10 +79,13 @@ class TunnelNode:
 
     def hint_endpoint(self, public_key: bytes, endpoint: tuple[str, int] | None) -> None:
         """Where to reach a peer that has not been heard from since the start (a gateway recalls where its
-        agents were); a peer that was heard from keeps the address it was heard at."""
+        agents were): a handshake goes there at once, since the peer may hold a session from before the
+        restart that this node forgot. A peer that was heard from keeps the address it was heard at."""
         peer = self.device.peers.get(public_key)
         if peer is not None and peer.endpoint is None and endpoint is not None:
             peer.endpoint = endpoint
+            self.device.initiate_handshake(public_key)
+            self.interface.flush()
 
     def endpoints(self) -> dict[bytes, tuple[str, int]]:
         """Each peer's current address, by public key, for the peers that have one."""

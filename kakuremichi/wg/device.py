@@ -204,6 +204,15 @@ class Device:
             if not peer.pending(NEW_HANDSHAKE):
                 self._set_timer(peer, NEW_HANDSHAKE, now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter_s())
 
+    def initiate_handshake(self, public_key: bytes) -> None:
+        """Start a handshake with a peer now (rate-limited as any), for a node that has just learned where
+        the peer is but not whether the peer still holds a session with it: after a restart the peer's
+        session is one this device forgot, and only a handshake of ours replaces it before the peer's own
+        timers give up on it (KEEPALIVE_TIMEOUT + REKEY_TIMEOUT, 15 s)."""
+        peer = self.peers.get(public_key)
+        if peer is not None:
+            self._initiate_handshake(peer, retry=False)
+
     def _send_keepalive(self, peer: Peer) -> None:
         session = peer.current
         if session is None or self.clock() - session.created >= REJECT_AFTER_TIME:
