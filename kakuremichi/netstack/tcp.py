@@ -27,13 +27,10 @@ import errno
 import hashlib
 import struct
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from kakuremichi.netstack import ipv4
 from kakuremichi.netstack.checksum import finish, partial, pseudo_header, verify
-
-if TYPE_CHECKING:
-    from kakuremichi.netstack.stack import Host
 
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10  # URG is not used: urgent data is plain data
 MASK = 0xFFFFFFFF
@@ -52,6 +49,13 @@ _NOP_NOP_SACK = b"\x01\x01\x05"
 _RETRANSMIT, _PERSIST, _PROBE, _REORDER = 0, 1, 2, 3  # what the retransmission timer does when it fires
 WORST_CASE_DELAYED_ACK = 0.2  # RFC 8985 §7.2, added to the probe timeout when one segment is in flight
 MIN_PROBE_TIMEOUT = 0.01
+
+# Bits of `Connection.events`: what a call did that the caller (the stack) acts on when it collects them.
+NEEDS_FLUSH = 1  # a user call queued work (data, a FIN, a window update): flush the connection
+WAKE = 2  # readable, writable, established or closed: wake the user's waiting tasks
+ESTABLISHED_PASSIVE = 4  # a listener's handshake completed: move it to the accept queue
+ENTERED_TIME_WAIT = 8
+TERMINATED = 16  # CLOSED: drop it from every table
 
 
 class State(enum.IntEnum):
@@ -205,15 +209,17 @@ def os_error(code: int, message: str) -> OSError:
 
 
 class Connection:
-    """One TCP connection. The host (the stack) routes segments in and collects packets and events out.
+    """One TCP connection. It never calls out: whoever calls it (the stack) takes its output afterwards,
+    as smoltcp's sockets hand their packets to the interface: `outgoing` (packets to put on the link),
+    `events` (NEEDS_FLUSH, WAKE... bits, reset by the taker) and `deadline` (when `on_timer` must run).
 
     User side: `send`, `receive`, `shutdown` (half-close), `close`, `abort`; `error`, `eof_received`,
-    `send_space`, `readable`. After any call the host must `flush` the connection (the stack does it
-    once per batch) so that ACKs and data leave together.
+    `send_space`. After `on_segment`, and after a user call that raised NEEDS_FLUSH, the caller must
+    `flush` the connection (the stack does it once per batch) so that ACKs and data leave together.
     """
 
     __slots__ = (
-        "host", "config", "local", "remote", "key", "state", "error", "listener", "orphaned",
+        "outgoing", "events", "config", "local", "remote", "key", "state", "error", "listener", "orphaned",
         # send side
         "iss", "snd_una", "snd_nxt", "snd_max", "snd_wnd", "snd_wl1", "snd_wl2", "max_snd_wnd", "snd_wscale",
         "snd_mss", "snd_buf", "buf_start", "fin_queued", "sack_ok", "sacked", "nodelay",
@@ -230,9 +236,10 @@ class Connection:
         "queued_deadline", "user",
     )
 
-    def __init__(self, host: Host, config: Config, local: tuple[int, int], remote: tuple[int, int], iss: int,
-                 mtu: int, now: float) -> None:
-        self.host = host
+    def __init__(self, config: Config, local: tuple[int, int], remote: tuple[int, int], iss: int, mtu: int,
+                 now: float) -> None:
+        self.outgoing: list[bytes] = []
+        self.events = 0
         self.config = config
         self.local = local
         self.remote = remote
@@ -358,7 +365,7 @@ class Connection:
             return 0
         chunk = data[:room]
         self.snd_buf += chunk
-        self.host.dirty.add(self)
+        self.events |= NEEDS_FLUSH
         return len(chunk)
 
     def receive(self, max_bytes: int) -> bytearray:
@@ -375,13 +382,13 @@ class Connection:
             opened = self.rcv_cap - len(self.rcv_buf)
             if 2 * advertised <= self.rcv_cap and opened >= 2 * advertised + self.rcv_mss:
                 self.ack_now = True
-                self.host.dirty.add(self)
+                self.events |= NEEDS_FLUSH
         return data
 
     def set_keepalive(self, idle: float | None, interval: float, count: int) -> None:
         """Probe after `idle` seconds of silence, every `interval`; give up after `count` probes."""
         self.config = replace(self.config, keepalive_idle=idle, keepalive_interval=interval, keepalive_count=count)
-        self.host.dirty.add(self)
+        self.events |= NEEDS_FLUSH
 
     def shutdown(self) -> None:
         """Half-close: a FIN follows the data already queued."""
@@ -391,7 +398,7 @@ class Connection:
             self.terminate(None)
             return
         self.fin_queued = True
-        self.host.dirty.add(self)
+        self.events |= NEEDS_FLUSH
 
     def close(self) -> None:
         """Full close by the user: FIN, or RST if unread data would otherwise be silently lost (RFC 2525)."""
@@ -462,17 +469,14 @@ class Connection:
         if self.state == SYN_RECEIVED:
             ack = self._unwrap_ack(seg.ack)
             if not self.snd_una < ack <= self.snd_max:
-                self.host.outgoing.append(build_reset(self.local[0], self.remote[0], seg))
+                self.outgoing.append(build_reset(self.local[0], self.remote[0], seg))
                 return
             if self.listener is not None and not self.listener.can_accept():
                 return  # accept queue full: act as if the ACK was lost; the peer will retransmit
             self.state = ESTABLISHED
             self.snd_wnd = seg.window << self.snd_wscale
             self.snd_wl1, self.snd_wl2 = seq, ack
-            if self.listener is not None:
-                self.host.notify(self.listener)
-                self.listener.established(self)
-            self._notify()
+            self.events |= ESTABLISHED_PASSIVE | WAKE
         if not self._process_ack(seg, now):
             return
         # 7. segment text
@@ -509,7 +513,7 @@ class Connection:
             ack = self._unwrap_ack(seg.ack)
             if not self.iss < ack <= self.snd_max:
                 if not flags & RST:
-                    self.host.outgoing.append(build_reset(self.local[0], self.remote[0], seg))
+                    self.outgoing.append(build_reset(self.local[0], self.remote[0], seg))
                 return
             if flags & RST:
                 self.terminate(os_error(errno.ECONNREFUSED, "connection refused"))
@@ -523,8 +527,7 @@ class Connection:
             self.state = ESTABLISHED
             self._ack_advanced(self._unwrap_ack(seg.ack), now)
             self.ack_now = True
-            self.host.dirty.add(self)
-            self._notify()
+            self.events |= WAKE
         else:  # simultaneous open
             self.state = SYN_RECEIVED
             self._send_syn(now)
@@ -550,8 +553,6 @@ class Connection:
               and not seg.flags & (SYN | FIN) and window == self.snd_wnd):
             self._duplicate_ack(now)
         if self.snd_wl1 < seq or (self.snd_wl1 == seq and self.snd_wl2 <= ack):
-            if window > self.snd_wnd:
-                self.host.dirty.add(self)
             self.snd_wnd = window
             self.snd_wl1, self.snd_wl2 = seq, ack
             if window > self.max_snd_wnd:
@@ -559,7 +560,6 @@ class Connection:
             if window and self.timer_kind == _PERSIST and self.timer_rto is not None:
                 self.timer_rto = None
                 self.backoff = 0
-                self.host.dirty.add(self)
         if self.sacked:
             self._detect_losses(now)
         state = self.state
@@ -596,7 +596,7 @@ class Connection:
         if removable > 0:
             del self.snd_buf[:removable]
             self.buf_start += removable
-            self._notify()
+            self.events |= WAKE
         self.snd_una = ack
         if self.snd_nxt < ack:
             self.snd_nxt = ack
@@ -632,14 +632,12 @@ class Connection:
                     self.cwnd += mss
             self.cwnd = min(self.cwnd, 2 * self.config.send_buffer + 4 * mss)
         self._arm_retransmit(now)
-        self.host.dirty.add(self)
 
     def _duplicate_ack(self, now: float) -> None:
         self.dupacks += 1
         if self.in_recovery:
             if not self.sack_ok and not self._retransmit_hole(now):
                 self.cwnd += self.snd_mss  # NewReno: a segment left the network, let a new one in
-            self.host.dirty.add(self)
         elif self.dupacks == 3 and self.snd_una >= self.recover:  # RFC 6582 §3.2 step 1
             self._enter_recovery(now)
 
@@ -658,7 +656,6 @@ class Connection:
         self._retransmit_hole(now)
         self.cwnd = self.ssthresh if self.sack_ok else self.ssthresh + 3 * mss
         self._arm_retransmit(now)
-        self.host.dirty.add(self)
 
     def _pipe(self) -> int:
         """RFC 6675's estimate of bytes in flight: above the highest SACK, plus holes resent meanwhile."""
@@ -751,8 +748,7 @@ class Connection:
                 self.ack_now = True
             elif self.timer_ack is None:
                 self.timer_ack = now + self.config.delayed_ack
-            self.host.dirty.add(self)
-            self._notify()
+            self.events |= WAKE
         else:
             self._store_out_of_order(seq, payload)
             self._send_ack()  # an immediate duplicate ACK with SACK feeds the sender's fast retransmit
@@ -802,8 +798,7 @@ class Connection:
         self.eof_received = True
         self.fin_at = fin_seq
         self.ack_now = True
-        self.host.dirty.add(self)
-        self._notify()
+        self.events |= WAKE
         state = self.state
         if state in (SYN_RECEIVED, ESTABLISHED):
             self.state = CLOSE_WAIT
@@ -823,11 +818,11 @@ class Connection:
         self.rcv_buf = bytearray() if self.orphaned else self.rcv_buf
         self.ooo = []
         self.sacked = []
-        self._notify()
+        self.events |= ENTERED_TIME_WAIT | WAKE
         self._update_deadline()
 
     def terminate(self, error: OSError | None) -> None:
-        """Move to CLOSED; the host drops the connection from its table."""
+        """Move to CLOSED (raising TERMINATED: the stack drops the connection from its tables)."""
         if self.state == CLOSED:
             return
         self.state = CLOSED
@@ -838,11 +833,7 @@ class Connection:
         self.snd_buf = bytearray()
         self.ooo = []
         self.sacked = []
-        self.host.closed(self)
-        self._notify()
-
-    def _notify(self) -> None:
-        self.host.notify(self)
+        self.events |= TERMINATED | WAKE
 
     # ------------------------------------------------------------------ output
     def flush(self, now: float) -> None:
@@ -999,7 +990,7 @@ class Connection:
                                finish(_IP_CONSTANT + total + (src >> 16) + (src & 0xFFFF) + (dst >> 16)
                                       + (dst & 0xFFFF)), src, dst, sport, dport, seq, ack, offflags, window,
                                check, 0)
-        self.host.outgoing.append(b"".join((header, options, payload)))
+        self.outgoing.append(b"".join((header, options, payload)))
 
     # ------------------------------------------------------------------ timers
     def _backed_off_rto(self) -> float:
@@ -1042,7 +1033,6 @@ class Connection:
             if deadline is None or keepalive < deadline:
                 deadline = keepalive
         self.deadline = deadline
-        self.host.schedule(self)
 
     def on_timer(self, now: float) -> None:
         """Run every timer that is due, then flush."""

@@ -44,7 +44,7 @@ def test_window_scaling_lets_more_than_64k_fly():
     assert client.snd_wnd > 0xFFFF
     client.cwnd = 1 << 20  # take congestion control out of the picture
     client.send(DATA)
-    wire.a.poll(wire.now)
+    wire.poll(wire.a)
     in_flight = client.snd_max - client.snd_una
     assert in_flight > 0xFFFF
     assert in_flight <= server.rcv_adv - server.rcv_nxt + (1 << server.rcv_wscale)
@@ -56,7 +56,7 @@ def test_without_window_scaling_the_window_stops_at_64k():
     assert client.snd_wscale == 0 and client.rcv_wscale == 0
     client.cwnd = 1 << 20
     client.send(DATA)
-    wire.a.poll(wire.now)
+    wire.poll(wire.a)
     assert client.snd_max - client.snd_una <= 0xFFFF
 
 
@@ -109,13 +109,13 @@ def test_rtt_sampling_sets_rto_from_measured_rtt():
     wire = Wire(Config(min_rto=0.01))
     wire.b.listen(80)
     client = wire.a.connect(B, 80, wire.now)
-    wire.a.poll(wire.now)
+    wire.poll(wire.a)
     wire.now += 0.05  # the SYN-ACK comes back 50 ms later
     wire.deliver()
     assert client.state == State.ESTABLISHED
     assert client.srtt == pytest.approx(0.05) and client.rto == pytest.approx(0.05 + 4 * 0.025)
     client.send(b"a" * 5000)
-    wire.a.poll(wire.now)
+    wire.poll(wire.a)
     wire.now += 0.05  # and so does the ACK of the data
     wire.deliver()
     assert client.srtt == pytest.approx(0.05)
@@ -288,8 +288,8 @@ def test_time_wait_lets_a_new_syn_reuse_the_pair():
     assert server.state == State.TIME_WAIT
     wire.advance(1)
     # a new connection from the same client port: its sequence number is higher, so it is let in
-    new = tcp.Connection(wire.a, wire.a.config, client.local, client.remote, (client.snd_nxt + 100_000) & tcp.MASK,
-                         1420, wire.now)
+    new = tcp.Connection(wire.a.config, client.local, client.remote, (client.snd_nxt + 100_000) & tcp.MASK, 1420,
+                         wire.now)
     wire.a.connections[new.key] = new
     new.connect(wire.now)
     wire.flush()
@@ -400,10 +400,10 @@ def test_nagle_coalesces_small_writes_while_one_is_in_flight():
     wire = Wire(Config(nodelay=False))
     client, server = wire.connect()
     client.send(b"a")
-    wire.a.poll(wire.now)
+    wire.poll(wire.a)
     for _ in range(10):
         client.send(b"b")
-        wire.a.poll(wire.now)
+        wire.poll(wire.a)
     assert len([p for p in wire.a.outgoing if len(p) > 40]) == 1  # the rest waits for the ACK
     wire.deliver()
     wire.advance(0.05)
@@ -415,7 +415,7 @@ def test_nagle_coalesces_small_writes_while_one_is_in_flight():
     client, server = wire.connect()
     for _ in range(5):
         client.send(b"c")
-        wire.a.poll(wire.now)
+        wire.poll(wire.a)
     assert len([p for p in wire.a.outgoing if len(p) > 40]) == 5
 
 
@@ -463,7 +463,7 @@ def _connect_with_rtt(wire: Wire, rtt: float):
     """A connection whose handshake took `rtt`, so that srtt is known."""
     listener = wire.b.listen(80)
     client = wire.a.connect(B, 80, wire.now)
-    wire.a.poll(wire.now)
+    wire.poll(wire.a)
     wire.now += rtt
     wire.deliver()
     return client, listener.accept()
