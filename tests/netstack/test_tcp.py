@@ -42,7 +42,7 @@ def test_window_scaling_lets_more_than_64k_fly():
     wire.advance(0.1)
     assert server.receive(10) == b"x"
     assert client.snd_wnd > 0xFFFF
-    client.cwnd = 1 << 20  # take congestion control out of the picture
+    client.congestion.cwnd = 1 << 20  # take congestion control out of the picture
     client.send(DATA)
     wire.poll(wire.a)
     in_flight = client.snd_max - client.snd_una
@@ -54,7 +54,7 @@ def test_without_window_scaling_the_window_stops_at_64k():
     wire = Wire(Config(send_buffer=1 << 20), Config(receive_buffer=1 << 20, window_scaling=False))
     client, server = wire.connect()
     assert client.snd_wscale == 0 and client.rcv_wscale == 0
-    client.cwnd = 1 << 20
+    client.congestion.cwnd = 1 << 20
     client.send(DATA)
     wire.poll(wire.a)
     assert client.snd_max - client.snd_una <= 0xFFFF
@@ -113,14 +113,14 @@ def test_rtt_sampling_sets_rto_from_measured_rtt():
     wire.now += 0.05  # the SYN-ACK comes back 50 ms later
     wire.deliver()
     assert client.state == State.ESTABLISHED
-    assert client.srtt == pytest.approx(0.05) and client.rto == pytest.approx(0.05 + 4 * 0.025)
+    assert client.rtt.srtt == pytest.approx(0.05) and client.rtt.rto == pytest.approx(0.05 + 4 * 0.025)
     client.send(b"a" * 5000)
     wire.poll(wire.a)
     wire.now += 0.05  # and so does the ACK of the data
     wire.deliver()
-    assert client.srtt == pytest.approx(0.05)
-    assert client.rttvar == pytest.approx(0.75 * 0.025)
-    assert client.rto == pytest.approx(0.05 + 4 * 0.75 * 0.025)
+    assert client.rtt.srtt == pytest.approx(0.05)
+    assert client.rtt.rttvar == pytest.approx(0.75 * 0.025)
+    assert client.rtt.rto == pytest.approx(0.05 + 4 * 0.75 * 0.025)
 
 
 def _drop_nth_data(n_list, name="a"):
@@ -144,7 +144,7 @@ def _drop_nth_data(n_list, name="a"):
 def test_fast_retransmit_repairs_a_loss_before_the_rto():
     wire = Wire()
     client, server = wire.connect()
-    client.cwnd = 40 * client.snd_mss
+    client.congestion.cwnd = 40 * client.snd_mss
     wire.drop = _drop_nth_data({3})
     client.send(DATA[:30 * client.snd_mss])
     wire.flush()
@@ -153,14 +153,14 @@ def test_fast_retransmit_repairs_a_loss_before_the_rto():
     assert wire.now == 0.0
     dupacks = [s for s in wire.sent_by("b") if s.segment.sack_blocks]
     assert len(dupacks) >= 3
-    assert client.ssthresh < 40 * client.snd_mss  # congestion window was halved
+    assert client.congestion.ssthresh < 40 * client.snd_mss  # congestion window was halved
     assert not client.in_recovery
 
 
 def test_sack_repairs_several_holes_in_one_recovery():
     wire = Wire()
     client, server = wire.connect()
-    client.cwnd = 60 * client.snd_mss
+    client.congestion.cwnd = 60 * client.snd_mss
     wire.drop = _drop_nth_data({5, 15, 25})
     payload = DATA[:50 * client.snd_mss]
     client.send(payload)
@@ -175,7 +175,7 @@ def test_newreno_without_sack_recovers_with_partial_acks():
     wire = Wire(Config(sack=False))
     client, server = wire.connect()
     assert not client.sack_ok
-    client.cwnd = 60 * client.snd_mss
+    client.congestion.cwnd = 60 * client.snd_mss
     wire.drop = _drop_nth_data({5, 15})
     payload = DATA[:40 * client.snd_mss]
     client.send(payload)
@@ -187,7 +187,7 @@ def test_newreno_without_sack_recovers_with_partial_acks():
 def test_out_of_order_segments_are_reassembled_and_sacked():
     wire = Wire()
     client, server = wire.connect()
-    client.cwnd = 10 * client.snd_mss
+    client.congestion.cwnd = 10 * client.snd_mss
     held = []
     wire.drop = lambda sent: sent.sender == "a" and bool(sent.segment.payload) and not held.append(sent.packet)
     payload = DATA[:6 * client.snd_mss]
@@ -478,7 +478,7 @@ def test_tail_loss_probe_repairs_a_lost_tail_long_before_the_rto():
     wire.flush()
     wire.advance(0.05)
     assert server.receive(1 << 30) == payload  # repaired within 50 ms, where the RTO is 200 ms
-    assert client.backoff == 0 and client.rto >= Config().min_rto
+    assert client.rtt.backoff == 0 and client.rtt.rto >= Config().min_rto
 
 
 def test_reordering_window_declares_a_lone_hole_lost():
@@ -498,7 +498,7 @@ def test_reordering_window_declares_a_lone_hole_lost():
     payload = DATA[:5 * client.snd_mss]
     client.send(payload)
     wire.flush()
-    assert client.sacked and not client.in_recovery  # too little SACKed to call the hole lost yet
+    assert client.scoreboard.ranges and not client.in_recovery  # too little SACKed to call the hole lost yet
     wire.advance(0.006)  # a quarter of the RTT later it counts as lost
     resends = [s.time for s in wire.sent_by("a", data=True) if s.segment.seq == (client.iss + 1) & tcp.MASK]
     assert resends[1:] == [pytest.approx(0.02 + 0.005)]
