@@ -346,6 +346,21 @@ def test_abort_sends_rst_and_peer_sees_reset():
     assert isinstance(server.error, ConnectionResetError) and server.key not in wire.b.connections
 
 
+def test_an_abort_the_stack_has_not_collected_yet_still_answers_late_segments_with_rst():
+    """A user call takes effect at once: a segment arriving before the layer above reported the abort
+    finds no connection (RST), and the connection leaves the table."""
+    wire = Wire()
+    client, server = wire.connect()
+    server.abort()  # on b, not collected
+    client.send(b"late")
+    wire.a.collect(client)
+    wire.a.poll(wire.now)
+    wire.b.receive(wire.a.take_outgoing(), wire.now)
+    assert server.key not in wire.b.connections
+    flags = [tcp.parse(ipv4.parse(packet)).flags for packet in wire.b.take_outgoing()]
+    assert sorted(flags) == [RST, RST | ACK]  # the reset answering "late", and the abort's own
+
+
 def test_close_with_unread_data_resets():
     wire = Wire()
     client, server = wire.connect()
