@@ -18,6 +18,11 @@ Sequence numbers are kept "unwrapped" as unbounded ints (32-bit values from the 
 the variable they compare against), so every comparison is a plain `<`. Packets are built from a per
 connection header template with the checksums summed as integers (see checksum.py), so a data segment
 costs one struct.pack and one join.
+
+The pieces with arithmetic of their own live beside it: rtt.py (RFC 6298 estimator), congestion.py (the
+window), scoreboard.py (what the peer SACKed) and out_of_order.py (what we hold above rcv_nxt). The
+fields read for every segment (sequence numbers, windows, timers, Karn's timed segment, recovery flags)
+stay on the Connection: reaching them through another object costs an attribute load each in CPython.
 """
 
 from __future__ import annotations
