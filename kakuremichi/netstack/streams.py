@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 DEFAULT_RECEIVE_SIZE = 65536
 
 
-class NetStack(Protocol):
+class Driver(Protocol):
     """What the streams need from the driver that made them (trio_stack.NetStack)."""
 
     core: Stack
@@ -52,7 +52,7 @@ class Waiters:
 class TcpStream(trio.abc.HalfCloseableStream):
     """A TCP connection of the userspace stack, usable wherever Trio expects a stream."""
 
-    def __init__(self, netstack: NetStack, connection: Connection) -> None:
+    def __init__(self, netstack: Driver, connection: Connection) -> None:
         self._netstack = netstack
         self.connection = connection
         if connection.user is None:
@@ -196,7 +196,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
 class TcpListener(trio.abc.Listener[TcpStream]):
     """Accepts connections that completed their handshake on a listening port."""
 
-    def __init__(self, netstack: NetStack, listener: Listener) -> None:
+    def __init__(self, netstack: Driver, listener: Listener) -> None:
         self._netstack = netstack
         self.listener = listener
         listener.user = Waiters()
@@ -224,7 +224,7 @@ class TcpListener(trio.abc.Listener[TcpStream]):
 class UdpSocket:
     """A bound UDP port: `sendto` never blocks (the link may drop, as a NIC would), `recvfrom` waits."""
 
-    def __init__(self, netstack: NetStack, endpoint: Endpoint) -> None:
+    def __init__(self, netstack: Driver, endpoint: Endpoint) -> None:
         self._netstack = netstack
         self.endpoint = endpoint
         endpoint.user = Waiters()
