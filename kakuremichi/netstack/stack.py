@@ -239,7 +239,7 @@ class Stack:
             self.drops["udp-no-port"] += 1
             self._icmp_error(datagram, icmp.PORT_UNREACHABLE, now)
         elif endpoint.deliver(message):
-            self.notify(endpoint)
+            self._notify(endpoint)
         else:
             self.drops["udp-queue-full"] += 1
 
@@ -327,7 +327,7 @@ class Stack:
             connection = listener.queue.popleft()
             connection.abort()
             self.collect(connection)
-        self.notify(listener)
+        self._notify(listener)
 
     # ------------------------------------------------------------------ UDP
     def udp_bind(self, port: int = 0, *, address=None,
@@ -365,15 +365,15 @@ class Stack:
         if self.udp_ports.get((endpoint.address, endpoint.port)) is endpoint:
             del self.udp_ports[(endpoint.address, endpoint.port)]
         endpoint.closed = True
-        self.notify(endpoint)
+        self._notify(endpoint)
 
     # ------------------------------------------------------------------ timers and output
-    def notify(self, item) -> None:
+    def _notify(self, item) -> None:
         """Report a connection, listener or UDP port whose user (the layer above) should wake up."""
         if item.user is not None:
             self.changed.add(item)
 
-    def schedule(self, connection: Connection) -> None:
+    def _schedule(self, connection: Connection) -> None:
         """Make sure the timer heap holds an entry no later than the connection's deadline."""
         deadline = connection.deadline
         if deadline is None:
@@ -403,9 +403,9 @@ class Stack:
             if events & tcp.ESTABLISHED_PASSIVE and connection.listener is not None:
                 listener = connection.listener
                 listener.established(connection)
-                self.notify(listener)
-            if events & tcp.WAKE and connection.user is not None:
-                self.changed.add(connection)
+                self._notify(listener)
+            if events & tcp.WAKE:
+                self._notify(connection)
             if events & tcp.ENTERED_TIME_WAIT:
                 self._time_wait[connection.key] = connection
                 if len(self._time_wait) > MAX_TIME_WAIT:
@@ -414,7 +414,7 @@ class Stack:
                     self.collect(oldest)
             if events & tcp.TERMINATED:
                 self._forget(connection)
-        self.schedule(connection)
+        self._schedule(connection)
 
     def _forget(self, connection: Connection) -> None:
         if self.connections.get(connection.key) is connection:
@@ -442,7 +442,7 @@ class Stack:
                 except Exception as exc:
                     self._contain(exc, connection)
             else:
-                self.schedule(connection)
+                self._schedule(connection)
         if self.reassembler:
             self.reassembler.expire(now)
         self._flush(now)

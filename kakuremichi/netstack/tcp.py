@@ -59,7 +59,7 @@ MIN_PROBE_TIMEOUT = 0.01
 # Bits of `Connection.events`: what a call did that the caller (the stack) acts on when it collects them.
 NEEDS_FLUSH = 1  # a user call queued work (data, a FIN, a window update): flush the connection
 WAKE = 2  # readable, writable, established or closed: wake the user's waiting tasks
-ESTABLISHED_PASSIVE = 4  # a listener's handshake completed: move it to the accept queue
+ESTABLISHED_PASSIVE = 4  # SYN_RECEIVED became ESTABLISHED: a listener's connection joins its accept queue
 ENTERED_TIME_WAIT = 8
 TERMINATED = 16  # CLOSED: drop it from every table
 
