@@ -7,7 +7,9 @@ budget is taken back from whoever holds the most, and the RSTs and ICMP messages
 rate-limited per source. A packet that makes a handler fail unexpectedly is dropped and counted (`faults`,
 `drops["contained"]`) and never reaches the caller as an exception. The stack never blocks and never
 looks at a real clock: the caller passes `now` and drains `outgoing` (packets to put on the link) and
-`changed` (connections, listeners and UDP ports whose users should wake up) after each call.
+`changed` (connections, listeners and UDP ports whose users should wake up) after each call. Connections
+never call back into the stack: after each call it makes into one, the stack `collect`s what the
+connection produced (packets and events); the layer above does the same after a user call.
 Batching falls out of this shape: a whole batch of received packets produces one list of replies, and
 the ACKs owed to a connection leave once per batch (or ride on its data).
 """
@@ -21,31 +23,21 @@ import logging
 import os
 import random
 from collections import Counter, deque
-from typing import Iterable, Protocol
+from typing import Iterable
 
 from kakuremichi.faults import Contained
 from kakuremichi.netstack import icmp, ipv4, tcp, udp
 from kakuremichi.netstack.ratelimit import answer_limit
-from kakuremichi.netstack.tcp import ACK, RST, SYN, Config, Connection, State
+from kakuremichi.netstack.tcp import ACK, CLOSED, RST, SYN, TIME_WAIT, Config, Connection
 
 logger = logging.getLogger("kakuremichi.netstack")
 
 EPHEMERAL_PORTS = range(49152, 65536)
 DEFAULT_BACKLOG = 128
 MAX_TIME_WAIT = 4096  # like Linux's tcp_max_tw_buckets: beyond it the oldest TIME_WAIT goes early
-
-
-class Host(Protocol):
-    """What a Connection needs from its stack."""
-
-    outgoing: list
-    dirty: set
-
-    def notify(self, item) -> None: ...
-
-    def closed(self, connection: Connection) -> None: ...
-
-    def schedule(self, connection: Connection) -> None: ...
+# Events collected as soon as on_segment returns, not with the batch's flush: the next segment of the
+# batch must find a terminated connection gone, and a full accept queue full.
+_COLLECT_AT_ONCE = tcp.ESTABLISHED_PASSIVE | tcp.TERMINATED
 
 
 class Listener:
@@ -137,6 +129,7 @@ class Stack:
         for connection in [c for c in self.connections.values() if c.local[0] == value]:
             connection.error = connection.error or tcp.os_error(errno.EADDRNOTAVAIL, "local address removed")
             connection.abort()
+            self.collect(connection)
         for key in [k for k in self.listeners if k[0] == value]:
             self.close_listener(self.listeners[key])
         for key in [k for k in self.udp_ports if k[0] == value]:
@@ -187,18 +180,25 @@ class Stack:
         if connection is not None:
             connection.error = connection.error or tcp.os_error(errno.EPROTO, "connection failed internally")
             connection.terminate(None)
+            self.collect(connection)
 
     def _receive_tcp(self, datagram: ipv4.Datagram, now: float) -> None:
         segment = tcp.parse(datagram, self.verify_checksums)
         key = (datagram.source, segment.source_port, datagram.destination, segment.destination_port)
         connection = self.connections.get(key)
         if connection is not None:
-            if (connection.state == State.TIME_WAIT and segment.flags & (SYN | ACK | RST) == SYN
+            state = connection.state
+            if state == CLOSED:
+                self.collect(connection)  # closed by a user call whose caller has not collected it yet
+            elif (state == TIME_WAIT and segment.flags & (SYN | ACK | RST) == SYN
                     and (segment.seq - connection.rcv_nxt) & tcp.MASK < tcp.HALF):
                 connection.terminate(None)  # a new incarnation may reuse the pair (RFC 9293 §3.6.1)
+                self.collect(connection)
             else:
-                connection.on_segment(segment, now)
                 self.dirty.add(connection)
+                connection.on_segment(segment, now)
+                if connection.events & _COLLECT_AT_ONCE:
+                    self.collect(connection)
                 return
         listener = self.listeners.get((datagram.destination, segment.destination_port)) or self.listeners.get(
             (0, segment.destination_port))
@@ -219,10 +219,12 @@ class Stack:
             # no connection and is reset then.
             self.drops["syn-queue-full"] += 1
             heaviest = max(listener.half_open_by_source.values(), key=len)
-            next(iter(heaviest.values())).terminate(None)
+            victim = next(iter(heaviest.values()))
+            victim.terminate(None)
+            self.collect(victim)
         local, remote = (key[2], key[3]), (key[0], key[1])
         iss = tcp.initial_sequence(self.secret, local, remote, now)
-        connection = Connection(self, self.config, local, remote, iss, self.mtu, now)
+        connection = Connection(self.config, local, remote, iss, self.mtu, now)
         connection.listener = listener
         listener.add_half_open(connection)
         self.connections[key] = connection
@@ -237,7 +239,7 @@ class Stack:
             self.drops["udp-no-port"] += 1
             self._icmp_error(datagram, icmp.PORT_UNREACHABLE, now)
         elif endpoint.deliver(message):
-            self.notify(endpoint)
+            self._notify(endpoint)
         else:
             self.drops["udp-queue-full"] += 1
 
@@ -261,8 +263,9 @@ class Stack:
             mss = max(error.mtu - ipv4.HEADER_LEN - tcp.HEADER_LEN, tcp.MIN_MSS)
             if mss < connection.snd_mss:
                 connection.snd_mss = mss  # path MTU discovery (RFC 1191)
-        elif connection.state == State.SYN_SENT and error.code in (2, icmp.PORT_UNREACHABLE):
+        elif connection.state == tcp.SYN_SENT and error.code in (2, icmp.PORT_UNREACHABLE):
             connection.terminate(tcp.os_error(errno.ECONNREFUSED, "connection refused (ICMP unreachable)"))
+            self.collect(connection)
 
     def _icmp_error(self, datagram: ipv4.Datagram, code: int, now: float) -> None:
         """An ICMP unreachable, rate-limited per source so that a flood cannot turn us into an amplifier."""
@@ -278,7 +281,7 @@ class Stack:
             raise OSError(errno.EADDRNOTAVAIL, f"{tcp.ipv4_str(source)} is not one of this stack's addresses")
         local_port = self._ephemeral_port(source, remote)
         local = (source, local_port)
-        connection = Connection(self, self.config, local, remote,
+        connection = Connection(self.config, local, remote,
                                 tcp.initial_sequence(self.secret, local, remote, now), self.mtu, now)
         self.connections[connection.key] = connection
         connection.connect(now)
@@ -319,9 +322,12 @@ class Stack:
         listener.closed = True
         for connection in list(listener.half_open.values()):
             connection.terminate(None)
+            self.collect(connection)
         while listener.queue:
-            listener.queue.popleft().abort()
-        self.notify(listener)
+            connection = listener.queue.popleft()
+            connection.abort()
+            self.collect(connection)
+        self._notify(listener)
 
     # ------------------------------------------------------------------ UDP
     def udp_bind(self, port: int = 0, *, address=None,
@@ -359,15 +365,15 @@ class Stack:
         if self.udp_ports.get((endpoint.address, endpoint.port)) is endpoint:
             del self.udp_ports[(endpoint.address, endpoint.port)]
         endpoint.closed = True
-        self.notify(endpoint)
+        self._notify(endpoint)
 
     # ------------------------------------------------------------------ timers and output
-    def notify(self, item) -> None:
+    def _notify(self, item) -> None:
         """Report a connection, listener or UDP port whose user (the layer above) should wake up."""
         if item.user is not None:
             self.changed.add(item)
 
-    def schedule(self, connection: Connection) -> None:
+    def _schedule(self, connection: Connection) -> None:
         """Make sure the timer heap holds an entry no later than the connection's deadline."""
         deadline = connection.deadline
         if deadline is None:
@@ -380,7 +386,37 @@ class Stack:
         if len(self._timers) > 4 * len(self.connections) + 64:
             self._compact_timers()  # superseded entries of closed or rescheduled connections
 
-    def closed(self, connection: Connection) -> None:
+    def collect(self, connection: Connection) -> None:
+        """Take what `connection` produced since it was last collected: its packets, its events, its new
+        deadline. The stack does it after each call it makes into the connection; the layer above must do
+        it after each user call (send, receive, shutdown, close, abort, set_keepalive) so that the work
+        the call queued is flushed."""
+        packets = connection.outgoing
+        if packets:
+            self.outgoing += packets
+            packets.clear()
+        events = connection.events
+        if events:
+            connection.events = 0
+            if events & tcp.NEEDS_FLUSH:
+                self.dirty.add(connection)
+            if events & tcp.ESTABLISHED_PASSIVE and connection.listener is not None:
+                listener = connection.listener
+                listener.established(connection)
+                self._notify(listener)
+            if events & tcp.WAKE:
+                self._notify(connection)
+            if events & tcp.ENTERED_TIME_WAIT:
+                self._time_wait[connection.key] = connection
+                if len(self._time_wait) > MAX_TIME_WAIT:
+                    oldest = next(iter(self._time_wait.values()))
+                    oldest.terminate(None)
+                    self.collect(oldest)
+            if events & tcp.TERMINATED:
+                self._forget(connection)
+        self._schedule(connection)
+
+    def _forget(self, connection: Connection) -> None:
         if self.connections.get(connection.key) is connection:
             del self.connections[connection.key]
         self._time_wait.pop(connection.key, None)
@@ -397,23 +433,23 @@ class Stack:
             if connection.queued_deadline != deadline:
                 continue  # superseded by an earlier entry
             connection.queued_deadline = None
-            if connection.state == State.CLOSED:
+            if connection.state == CLOSED:
                 continue
             if connection.deadline is not None and connection.deadline <= now:
                 try:
                     connection.on_timer(now)
-                    self._track_time_wait(connection)
+                    self.collect(connection)
                 except Exception as exc:
                     self._contain(exc, connection)
             else:
-                self.schedule(connection)
+                self._schedule(connection)
         if self.reassembler:
             self.reassembler.expire(now)
         self._flush(now)
 
     def _compact_timers(self) -> None:
         live = [entry for entry in self._timers
-                if entry[2].state != State.CLOSED and entry[2].queued_deadline == entry[0]]
+                if entry[2].state != CLOSED and entry[2].queued_deadline == entry[0]]
         heapq.heapify(live)
         self._timers = live
 
@@ -422,15 +458,9 @@ class Stack:
         for connection in dirty:
             try:
                 connection.flush(now)
-                self._track_time_wait(connection)
+                self.collect(connection)
             except Exception as exc:
                 self._contain(exc, connection)
-
-    def _track_time_wait(self, connection: Connection) -> None:
-        if connection.state == State.TIME_WAIT and connection.key not in self._time_wait:
-            self._time_wait[connection.key] = connection
-            if len(self._time_wait) > MAX_TIME_WAIT:
-                next(iter(self._time_wait.values())).terminate(None)
 
     def next_deadline(self) -> float | None:
         """When `poll` must run next, or None if no timer is pending."""

@@ -10,18 +10,29 @@ from __future__ import annotations
 
 import errno
 import operator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
 from kakuremichi.netstack.tcp import Connection, State, ipv4_str
 
 if TYPE_CHECKING:
-    from kakuremichi.netstack.stack import Listener
-    from kakuremichi.netstack.trio_stack import NetStack
+    from kakuremichi.netstack.stack import Listener, Stack
     from kakuremichi.netstack.udp import Endpoint
 
 DEFAULT_RECEIVE_SIZE = 65536
+
+
+class Driver(Protocol):
+    """What the streams need from the driver that made them (trio_stack.NetStack)."""
+
+    core: Stack
+
+    def kick(self, connection: Connection | None = None) -> None: ...
+
+    def close_listener(self, listener: Listener) -> None: ...
+
+    def udp_send(self, endpoint: Endpoint, data, address: tuple[str, int]) -> None: ...
 
 
 class Waiters:
@@ -41,7 +52,7 @@ class Waiters:
 class TcpStream(trio.abc.HalfCloseableStream):
     """A TCP connection of the userspace stack, usable wherever Trio expects a stream."""
 
-    def __init__(self, netstack: NetStack, connection: Connection) -> None:
+    def __init__(self, netstack: Driver, connection: Connection) -> None:
         self._netstack = netstack
         self.connection = connection
         if connection.user is None:
@@ -80,7 +91,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
     def set_keepalive(self, idle: float | None, interval: float = 75.0, count: int = 9) -> None:
         """Probe an idle peer after `idle` seconds and reset the connection after `count` silent probes."""
         self.connection.set_keepalive(idle, interval, count)
-        self._netstack.kick()
+        self._netstack.kick(self.connection)
 
     def _broken(self) -> trio.BrokenResourceError:
         error = self.connection.error or OSError(errno.ENOTCONN, "connection closed")
@@ -108,7 +119,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
                     raise self._broken() from exc
                 if count:
                     sent += count
-                    self._netstack.kick()
+                    self._netstack.kick(connection)
                 else:
                     await self._waiters.write.park()
         finally:
@@ -145,7 +156,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
                     raise trio.ClosedResourceError("stream was closed")
                 data = connection.receive(max_bytes)
                 if data:
-                    self._netstack.kick()
+                    self._netstack.kick(connection)
                     return data
                 if connection.eof_received:
                     return b""
@@ -163,14 +174,14 @@ class TcpStream(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("stream was closed")
         self._eof_sent = True
         self.connection.shutdown()
-        self._netstack.kick()
+        self._netstack.kick(self.connection)
 
     async def aclose(self) -> None:
         """Close both directions: FIN after queued data, or RST if received data was left unread."""
         if not self._closed:
             self._closed = True
             self.connection.close()
-            self._netstack.kick()
+            self._netstack.kick(self.connection)
             self._waiters.wake()
         await trio.lowlevel.checkpoint()
 
@@ -178,14 +189,14 @@ class TcpStream(trio.abc.HalfCloseableStream):
         """Reset the connection at once (RST), discarding anything queued."""
         self._closed = True
         self.connection.abort()
-        self._netstack.kick()
+        self._netstack.kick(self.connection)
         self._waiters.wake()
 
 
 class TcpListener(trio.abc.Listener[TcpStream]):
     """Accepts connections that completed their handshake on a listening port."""
 
-    def __init__(self, netstack: NetStack, listener: Listener) -> None:
+    def __init__(self, netstack: Driver, listener: Listener) -> None:
         self._netstack = netstack
         self.listener = listener
         listener.user = Waiters()
@@ -213,7 +224,7 @@ class TcpListener(trio.abc.Listener[TcpStream]):
 class UdpSocket:
     """A bound UDP port: `sendto` never blocks (the link may drop, as a NIC would), `recvfrom` waits."""
 
-    def __init__(self, netstack: NetStack, endpoint: Endpoint) -> None:
+    def __init__(self, netstack: Driver, endpoint: Endpoint) -> None:
         self._netstack = netstack
         self.endpoint = endpoint
         endpoint.user = Waiters()

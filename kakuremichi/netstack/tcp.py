@@ -18,6 +18,11 @@ Sequence numbers are kept "unwrapped" as unbounded ints (32-bit values from the 
 the variable they compare against), so every comparison is a plain `<`. Packets are built from a per
 connection header template with the checksums summed as integers (see checksum.py), so a data segment
 costs one struct.pack and one join.
+
+The pieces with arithmetic of their own live beside it: rtt.py (RFC 6298 estimator), congestion.py (the
+window), scoreboard.py (what the peer SACKed) and out_of_order.py (what we hold above rcv_nxt). The
+fields read for every segment (sequence numbers, windows, timers, Karn's timed segment, recovery flags)
+stay on the Connection: reaching them through another object costs an attribute load each in CPython.
 """
 
 from __future__ import annotations
@@ -27,13 +32,14 @@ import errno
 import hashlib
 import struct
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from kakuremichi.netstack import ipv4
 from kakuremichi.netstack.checksum import finish, partial, pseudo_header, verify
-
-if TYPE_CHECKING:
-    from kakuremichi.netstack.stack import Host
+from kakuremichi.netstack.congestion import CongestionWindow
+from kakuremichi.netstack.out_of_order import OutOfOrder
+from kakuremichi.netstack.rtt import RttEstimator
+from kakuremichi.netstack.scoreboard import MAX_RANGES, Scoreboard
 
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10  # URG is not used: urgent data is plain data
 MASK = 0xFFFFFFFF
@@ -42,16 +48,20 @@ HEADER_LEN = 20
 MIN_MSS = 88  # a peer announcing less would make us send floods of tiny segments
 DEFAULT_MSS = 536  # RFC 9293 §3.7.1, when the peer sends no MSS option
 MAX_WSCALE = 14
-MAX_SACKED_RANGES = 32
-MAX_OUT_OF_ORDER = 64
 
 _HEADERS = struct.Struct("!HHHHHHIIHHIIHHHH")  # IPv4 + TCP, no options
 _TCP = struct.Struct("!HHIIHHHH")
 _IP_CONSTANT = 0x4500 + 0x4000 + (ipv4.DEFAULT_TTL << 8 | ipv4.PROTO_TCP)
-_NOP_NOP_SACK = b"\x01\x01\x05"
 _RETRANSMIT, _PERSIST, _PROBE, _REORDER = 0, 1, 2, 3  # what the retransmission timer does when it fires
 WORST_CASE_DELAYED_ACK = 0.2  # RFC 8985 §7.2, added to the probe timeout when one segment is in flight
 MIN_PROBE_TIMEOUT = 0.01
+
+# Bits of `Connection.events`: what a call did that the caller (the stack) acts on when it collects them.
+NEEDS_FLUSH = 1  # a user call queued work (data, a FIN, a window update): flush the connection
+WAKE = 2  # readable, writable, established or closed: wake the user's waiting tasks
+ESTABLISHED_PASSIVE = 4  # SYN_RECEIVED became ESTABLISHED: a listener's connection joins its accept queue
+ENTERED_TIME_WAIT = 8
+TERMINATED = 16  # CLOSED: drop it from every table
 
 
 class State(enum.IntEnum):
@@ -205,34 +215,37 @@ def os_error(code: int, message: str) -> OSError:
 
 
 class Connection:
-    """One TCP connection. The host (the stack) routes segments in and collects packets and events out.
+    """One TCP connection. It never calls out: whoever calls it (the stack) takes its output afterwards,
+    as smoltcp's sockets hand their packets to the interface: `outgoing` (packets to put on the link),
+    `events` (NEEDS_FLUSH, WAKE... bits, reset by the taker) and `deadline` (when `on_timer` must run).
 
     User side: `send`, `receive`, `shutdown` (half-close), `close`, `abort`; `error`, `eof_received`,
-    `send_space`, `readable`. After any call the host must `flush` the connection (the stack does it
-    once per batch) so that ACKs and data leave together.
+    `send_space`. After `on_segment`, and after a user call that raised NEEDS_FLUSH, the caller must
+    `flush` the connection (the stack does it once per batch) so that ACKs and data leave together.
     """
 
     __slots__ = (
-        "host", "config", "local", "remote", "key", "state", "error", "listener", "orphaned",
+        "outgoing", "events", "config", "local", "remote", "key", "state", "error", "listener", "orphaned",
         # send side
         "iss", "snd_una", "snd_nxt", "snd_max", "snd_wnd", "snd_wl1", "snd_wl2", "max_snd_wnd", "snd_wscale",
-        "snd_mss", "snd_buf", "buf_start", "fin_queued", "sack_ok", "sacked", "nodelay",
+        "snd_mss", "snd_buf", "buf_start", "fin_queued", "sack_ok", "scoreboard", "nodelay",
         # congestion control
-        "cwnd", "ssthresh", "dupacks", "in_recovery", "recover", "rexmit_next", "rexmits", "bytes_acked",
+        "congestion", "dupacks", "in_recovery", "recover", "rexmit_next", "rexmits",
         # RTT and timers
-        "srtt", "rttvar", "rto", "backoff", "retries", "rtt_seq", "rtt_time", "timer_rto", "timer_kind",
+        "rtt", "retries", "rtt_seq", "rtt_time", "timer_rto", "timer_kind",
         "probe_sent",
         "timer_ack", "timer_idle", "last_heard", "probes", "deadline",
         # receive side
         "irs", "rcv_nxt", "rcv_adv", "rcv_wscale", "rcv_mss", "rcv_buf", "rcv_cap", "ooo", "fin_at",
-        "eof_received", "ack_now", "unacked", "last_ooo",
+        "eof_received", "ack_now", "unacked",
         # heap bookkeeping
         "queued_deadline", "user",
     )
 
-    def __init__(self, host: Host, config: Config, local: tuple[int, int], remote: tuple[int, int], iss: int,
-                 mtu: int, now: float) -> None:
-        self.host = host
+    def __init__(self, config: Config, local: tuple[int, int], remote: tuple[int, int], iss: int, mtu: int,
+                 now: float) -> None:
+        self.outgoing: list[bytes] = []
+        self.events = 0
         self.config = config
         self.local = local
         self.remote = remote
@@ -251,19 +264,16 @@ class Connection:
         self.buf_start = iss + 1
         self.fin_queued = False
         self.sack_ok = False
-        self.sacked: list[list[int]] = []
+        self.scoreboard = Scoreboard()
         self.nodelay = config.nodelay
-        self.cwnd = self.ssthresh = 0
+        self.congestion = CongestionWindow(config.send_buffer)
         self.dupacks = 0
         self.in_recovery = False
         self.recover = iss
         self.rexmit_next = iss
         self.rexmits: list[list[int]] = []  # [start, end, snd_max when resent] of holes resent in recovery
-        self.bytes_acked = 0
-        self.srtt: float | None = None  # no RTT measured yet
-        self.rttvar = 0.0
-        self.rto = config.initial_rto
-        self.backoff = self.retries = 0
+        self.rtt = RttEstimator(config.initial_rto, config.min_rto, config.max_rto)
+        self.retries = 0
         self.rtt_seq: int | None = None
         self.rtt_time = 0.0
         self.timer_rto: float | None = None
@@ -282,12 +292,11 @@ class Connection:
             while self.rcv_wscale < MAX_WSCALE and (0xFFFF << self.rcv_wscale) < self.rcv_cap:
                 self.rcv_wscale += 1
         self.rcv_buf = bytearray()
-        self.ooo: list[list] = []  # sorted, disjoint [start, bytearray] runs above rcv_nxt
+        self.ooo = OutOfOrder()
         self.fin_at: int | None = None  # sequence number of the peer's FIN once seen (in or out of order)
         self.eof_received = False
         self.ack_now = False
         self.unacked = 0
-        self.last_ooo: int | None = None  # start of the run most recently changed, reported first in SACK
         self.queued_deadline: float | None = None
         self.user = None  # for the layer above (its wait queues)
 
@@ -319,8 +328,7 @@ class Connection:
         self.sack_ok = segment.sack_permitted and self.config.sack
         self.snd_wnd = self.max_snd_wnd = segment.window  # never scaled in a SYN
         self.snd_wl1, self.snd_wl2 = segment.seq, segment.ack
-        self.cwnd = min(10 * self.snd_mss, max(2 * self.snd_mss, 14600))
-        self.ssthresh = 1 << 30
+        self.congestion.start(self.snd_mss)
 
     def _send_syn(self, now: float) -> None:
         options = struct.pack("!BBH", 2, 4, self.rcv_mss)
@@ -340,7 +348,7 @@ class Connection:
         if self.rtt_seq is None and not self.retries:
             self.rtt_seq, self.rtt_time = self.iss, now
         self.timer_kind = _RETRANSMIT
-        self.timer_rto = now + self._backed_off_rto()
+        self.timer_rto = now + self.rtt.timeout()
 
     # ------------------------------------------------------------------ user calls
     @property
@@ -358,7 +366,7 @@ class Connection:
             return 0
         chunk = data[:room]
         self.snd_buf += chunk
-        self.host.dirty.add(self)
+        self.events |= NEEDS_FLUSH
         return len(chunk)
 
     def receive(self, max_bytes: int) -> bytearray:
@@ -375,13 +383,13 @@ class Connection:
             opened = self.rcv_cap - len(self.rcv_buf)
             if 2 * advertised <= self.rcv_cap and opened >= 2 * advertised + self.rcv_mss:
                 self.ack_now = True
-                self.host.dirty.add(self)
+                self.events |= NEEDS_FLUSH
         return data
 
     def set_keepalive(self, idle: float | None, interval: float, count: int) -> None:
         """Probe after `idle` seconds of silence, every `interval`; give up after `count` probes."""
         self.config = replace(self.config, keepalive_idle=idle, keepalive_interval=interval, keepalive_count=count)
-        self.host.dirty.add(self)
+        self.events |= NEEDS_FLUSH
 
     def shutdown(self) -> None:
         """Half-close: a FIN follows the data already queued."""
@@ -391,7 +399,7 @@ class Connection:
             self.terminate(None)
             return
         self.fin_queued = True
-        self.host.dirty.add(self)
+        self.events |= NEEDS_FLUSH
 
     def close(self) -> None:
         """Full close by the user: FIN, or RST if unread data would otherwise be silently lost (RFC 2525)."""
@@ -462,17 +470,14 @@ class Connection:
         if self.state == SYN_RECEIVED:
             ack = self._unwrap_ack(seg.ack)
             if not self.snd_una < ack <= self.snd_max:
-                self.host.outgoing.append(build_reset(self.local[0], self.remote[0], seg))
+                self.outgoing.append(build_reset(self.local[0], self.remote[0], seg))
                 return
             if self.listener is not None and not self.listener.can_accept():
                 return  # accept queue full: act as if the ACK was lost; the peer will retransmit
             self.state = ESTABLISHED
             self.snd_wnd = seg.window << self.snd_wscale
             self.snd_wl1, self.snd_wl2 = seq, ack
-            if self.listener is not None:
-                self.host.notify(self.listener)
-                self.listener.established(self)
-            self._notify()
+            self.events |= ESTABLISHED_PASSIVE | WAKE
         if not self._process_ack(seg, now):
             return
         # 7. segment text
@@ -509,7 +514,7 @@ class Connection:
             ack = self._unwrap_ack(seg.ack)
             if not self.iss < ack <= self.snd_max:
                 if not flags & RST:
-                    self.host.outgoing.append(build_reset(self.local[0], self.remote[0], seg))
+                    self.outgoing.append(build_reset(self.local[0], self.remote[0], seg))
                 return
             if flags & RST:
                 self.terminate(os_error(errno.ECONNREFUSED, "connection refused"))
@@ -523,8 +528,7 @@ class Connection:
             self.state = ESTABLISHED
             self._ack_advanced(self._unwrap_ack(seg.ack), now)
             self.ack_now = True
-            self.host.dirty.add(self)
-            self._notify()
+            self.events |= WAKE
         else:  # simultaneous open
             self.state = SYN_RECEIVED
             self._send_syn(now)
@@ -543,24 +547,21 @@ class Connection:
         seq = self.rcv_nxt + ((seg.seq - self.rcv_nxt + HALF) & MASK) - HALF
         window = seg.window << self.snd_wscale
         if seg.sack_blocks and self.sack_ok:
-            self._take_sack(seg.sack_blocks)
+            self.scoreboard.add(seg.sack_blocks, self.snd_una, self.snd_max)
         if ack > self.snd_una:
             self._ack_advanced(ack, now)
         elif (ack == self.snd_una and self.snd_max > self.snd_una and not seg.payload
               and not seg.flags & (SYN | FIN) and window == self.snd_wnd):
             self._duplicate_ack(now)
         if self.snd_wl1 < seq or (self.snd_wl1 == seq and self.snd_wl2 <= ack):
-            if window > self.snd_wnd:
-                self.host.dirty.add(self)
             self.snd_wnd = window
             self.snd_wl1, self.snd_wl2 = seq, ack
             if window > self.max_snd_wnd:
                 self.max_snd_wnd = window
             if window and self.timer_kind == _PERSIST and self.timer_rto is not None:
                 self.timer_rto = None
-                self.backoff = 0
-                self.host.dirty.add(self)
-        if self.sacked:
+                self.rtt.backoff = 0
+        if self.scoreboard.ranges:
             self._detect_losses(now)
         state = self.state
         fin_acked = self.fin_queued and self.snd_una > self.buf_start  # buffer empty and FIN covered
@@ -580,15 +581,15 @@ class Connection:
         if self.in_recovery:
             self._resend_lost_retransmissions()
         elif self.snd_una >= self.recover:
-            if self._sacked_bytes() >= min(3 * self.snd_mss, self.snd_max - self.snd_una - self.snd_mss):
+            if self.scoreboard.sacked_bytes() >= min(3 * self.snd_mss, self.snd_max - self.snd_una - self.snd_mss):
                 # RFC 6675 IsLost(snd_una): three segments SACKed above the first hole, or, in a flight
                 # too small to produce that many, everything but the first (early retransmit, RFC 5827).
                 self._enter_recovery(now)
-            elif self.timer_kind != _REORDER and self.srtt is not None:
+            elif self.timer_kind != _REORDER and self.rtt.srtt is not None:
                 # RACK (RFC 8985 §6.2): later data arrived, so the hole is lost unless it shows up
                 # within a reordering window of a quarter RTT.
                 self.timer_kind = _REORDER
-                self.timer_rto = now + max(self.srtt / 4, 0.001)
+                self.timer_rto = now + max(self.rtt.srtt / 4, 0.001)
 
     def _ack_advanced(self, ack: int, now: float) -> None:
         acked = ack - self.snd_una
@@ -596,50 +597,38 @@ class Connection:
         if removable > 0:
             del self.snd_buf[:removable]
             self.buf_start += removable
-            self._notify()
+            self.events |= WAKE
         self.snd_una = ack
         if self.snd_nxt < ack:
             self.snd_nxt = ack
         if self.rtt_seq is not None and ack > self.rtt_seq:
-            self._sample_rtt(now - self.rtt_time)
+            self.rtt.sample(now - self.rtt_time)
             self.rtt_seq = None
         self.retries = 0
-        self.backoff = 0
+        self.rtt.backoff = 0
         self.probe_sent = False
-        if self.sacked:
-            while self.sacked and self.sacked[0][1] <= ack:
-                self.sacked.pop(0)
-            if self.sacked and self.sacked[0][0] < ack:
-                self.sacked[0][0] = ack
+        if self.scoreboard.ranges:
+            self.scoreboard.acked(ack)
         mss = self.snd_mss
         if self.in_recovery:
             if ack >= self.recover:  # full ACK: leave recovery (RFC 6582 §3.2 step 3)
                 self.in_recovery = False
                 self.rexmits = []
-                self.cwnd = min(self.ssthresh, max(self.snd_max - ack, mss) + mss)
+                self.congestion.leave_recovery(self.snd_max - ack, mss)
                 self.dupacks = 0
             elif not self.sack_ok:  # NewReno partial ACK: repair the next hole now (RFC 6582 §3.2 step 4)
-                self.cwnd = max(self.cwnd - acked + (mss if acked >= mss else 0), mss)
+                self.congestion.partial_ack(acked, mss)
                 self._retransmit_hole(now)
         else:
             self.dupacks = 0
-            if self.cwnd < self.ssthresh:
-                self.cwnd += acked  # slow start, counting bytes (stretch ACKs included)
-            else:
-                self.bytes_acked += acked
-                if self.bytes_acked >= self.cwnd:
-                    self.bytes_acked -= self.cwnd
-                    self.cwnd += mss
-            self.cwnd = min(self.cwnd, 2 * self.config.send_buffer + 4 * mss)
+            self.congestion.grow(acked, mss)
         self._arm_retransmit(now)
-        self.host.dirty.add(self)
 
     def _duplicate_ack(self, now: float) -> None:
         self.dupacks += 1
         if self.in_recovery:
             if not self.sack_ok and not self._retransmit_hole(now):
-                self.cwnd += self.snd_mss  # NewReno: a segment left the network, let a new one in
-            self.host.dirty.add(self)
+                self.congestion.inflate(self.snd_mss)
         elif self.dupacks == 3 and self.snd_una >= self.recover:  # RFC 6582 §3.2 step 1
             self._enter_recovery(now)
 
@@ -647,36 +636,24 @@ class Connection:
         """Fast retransmit: halve the window and resend the first hole at once.
 
         With SACK the rest of recovery is RFC 6675's: holes and then new data go out while the estimated
-        data in flight (`_pipe`) is below cwnd. Without SACK it is NewReno's window inflation.
+        data in flight (the scoreboard's `pipe`) is below cwnd. Without SACK it is NewReno's window inflation.
         """
-        mss = self.snd_mss
-        self.ssthresh = max((self.snd_max - self.snd_una) // 2, 2 * mss)
+        self.congestion.enter_recovery(self.snd_max - self.snd_una, self.snd_mss, self.sack_ok)
         self.recover = self.snd_max
         self.in_recovery = True
         self.rexmit_next = self.snd_una
         self.rexmits = []
         self._retransmit_hole(now)
-        self.cwnd = self.ssthresh if self.sack_ok else self.ssthresh + 3 * mss
         self._arm_retransmit(now)
-        self.host.dirty.add(self)
-
-    def _pipe(self) -> int:
-        """RFC 6675's estimate of bytes in flight: above the highest SACK, plus holes resent meanwhile."""
-        una = self.snd_una
-        pipe = self.snd_max - max(self.sacked[-1][1] if self.sacked else una, una)
-        for start, end, _ in self.rexmits:
-            if end > una:
-                pipe += end - max(start, una)
-        return pipe
 
     def _resend_lost_retransmissions(self) -> None:
         """A resent hole is lost again once data sent after it shows up SACKed (RACK's insight, RFC 8985)."""
-        highest = self.sacked[-1][1]
+        highest = self.scoreboard.ranges[-1][1]
         kept = []
         for entry in self.rexmits:
             start, end, sent_before = entry
             start = max(start, self.snd_una)
-            if start >= end or any(left <= start and end <= right for left, right in self.sacked):
+            if start >= end or self.scoreboard.covers(start, end):
                 continue  # it arrived
             if highest - sent_before >= self.snd_mss:
                 self._send_range(start, end - start)
@@ -684,66 +661,26 @@ class Connection:
             kept.append(entry)
         self.rexmits = kept
 
-    def _sacked_bytes(self) -> int:
-        return sum(right - left for left, right in self.sacked)
-
-    def _take_sack(self, blocks: tuple[tuple[int, int], ...]) -> None:
-        una, top = self.snd_una, self.snd_max
-        for left, right in blocks:
-            left = una + ((left - una + HALF) & MASK) - HALF
-            right = una + ((right - una + HALF) & MASK) - HALF
-            if not una <= left < right <= top:
-                continue  # stale, D-SACK or bogus: ignore
-            runs = self.sacked
-            i = 0
-            while i < len(runs) and runs[i][1] < left:
-                i += 1
-            j = i
-            while j < len(runs) and runs[j][0] <= right:
-                left, right = min(left, runs[j][0]), max(right, runs[j][1])
-                j += 1
-            runs[i:j] = [[left, right]]
-        if len(self.sacked) > MAX_SACKED_RANGES:
-            del self.sacked[MAX_SACKED_RANGES:]
-
     def _retransmit_hole(self, now: float) -> bool:
         """Resend the first never-retransmitted hole below the highest SACKed byte (or at snd_una)."""
-        start = max(self.snd_una, self.rexmit_next)
-        limit = self.sacked[-1][1] if self.sacked else self.snd_una + 1
-        for left, right in self.sacked:
-            if start < left:
-                break
-            if start < right:
-                start = right
-        if start >= limit or start >= self.snd_max:
+        hole = self.scoreboard.next_hole(max(self.snd_una, self.rexmit_next), self.snd_una, self.snd_max,
+                                         self.snd_mss)
+        if hole is None:
             return False
-        end = min(start + self.snd_mss, self.snd_max)
-        for left, _ in self.sacked:
-            if left > start:
-                end = min(end, left)
-                break
+        start, end = hole
         self._send_range(start, end - start)
         self.rexmit_next = end
-        if len(self.rexmits) < MAX_SACKED_RANGES:
+        if len(self.rexmits) < MAX_RANGES:
             self.rexmits.append([start, end, self.snd_max])
         if self.rtt_seq is not None and self.rtt_seq >= start:
             self.rtt_seq = None  # Karn: no sample from retransmitted data
         return True
 
-    def _sample_rtt(self, rtt: float) -> None:
-        """RFC 6298 §2."""
-        if self.srtt is None:
-            self.srtt, self.rttvar = rtt, rtt / 2
-        else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
-            self.srtt = 0.875 * self.srtt + 0.125 * rtt
-        self.rto = min(max(self.srtt + max(0.001, 4 * self.rttvar), self.config.min_rto), self.config.max_rto)
-
     def _receive_text(self, seq: int, payload: memoryview, now: float) -> None:
         if seq == self.rcv_nxt:
             self.rcv_buf += payload
             self.rcv_nxt += len(payload)
-            if self.ooo:
+            if self.ooo.runs:
                 self._drain_out_of_order()
                 self.ack_now = True  # a hole got filled: tell the sender at once (RFC 5681 §4.2)
             self.unacked += len(payload)
@@ -751,43 +688,13 @@ class Connection:
                 self.ack_now = True
             elif self.timer_ack is None:
                 self.timer_ack = now + self.config.delayed_ack
-            self.host.dirty.add(self)
-            self._notify()
+            self.events |= WAKE
         else:
-            self._store_out_of_order(seq, payload)
+            self.ooo.add(seq, payload)
             self._send_ack()  # an immediate duplicate ACK with SACK feeds the sender's fast retransmit
 
-    def _store_out_of_order(self, seq: int, payload: memoryview) -> None:
-        end = seq + len(payload)
-        runs = self.ooo
-        i = 0
-        while i < len(runs) and runs[i][0] + len(runs[i][1]) < seq:
-            i += 1
-        j = i
-        start, data = seq, bytearray(payload)
-        while j < len(runs) and runs[j][0] <= end:
-            run_start, run = runs[j]
-            run_end = run_start + len(run)
-            if run_start < start:
-                data[0:0] = run[:start - run_start]
-                start = run_start
-            if run_end > end:
-                data += run[end - run_start:]
-                end = run_end
-            j += 1
-        if j - i == 0 and len(runs) >= MAX_OUT_OF_ORDER:
-            return  # too fragmented to keep: the sender will retransmit
-        runs[i:j] = [[start, data]]
-        self.last_ooo = start
-
     def _drain_out_of_order(self) -> None:
-        runs = self.ooo
-        while runs and runs[0][0] <= self.rcv_nxt:
-            start, data = runs.pop(0)
-            skip = self.rcv_nxt - start
-            if skip < len(data):
-                self.rcv_buf += memoryview(data)[skip:]
-                self.rcv_nxt = start + len(data)
+        self.rcv_nxt = self.ooo.drain_into(self.rcv_buf, self.rcv_nxt)
         if self.fin_at is not None and self.fin_at == self.rcv_nxt and not self.eof_received:
             self._receive_fin(self.rcv_nxt, self.last_heard)
 
@@ -802,8 +709,7 @@ class Connection:
         self.eof_received = True
         self.fin_at = fin_seq
         self.ack_now = True
-        self.host.dirty.add(self)
-        self._notify()
+        self.events |= WAKE
         state = self.state
         if state in (SYN_RECEIVED, ESTABLISHED):
             self.state = CLOSE_WAIT
@@ -821,13 +727,13 @@ class Connection:
         self.timer_idle = now + 2 * self.config.msl
         self.snd_buf = bytearray()
         self.rcv_buf = bytearray() if self.orphaned else self.rcv_buf
-        self.ooo = []
-        self.sacked = []
-        self._notify()
+        self.ooo.clear()
+        self.scoreboard.clear()
+        self.events |= ENTERED_TIME_WAIT | WAKE
         self._update_deadline()
 
     def terminate(self, error: OSError | None) -> None:
-        """Move to CLOSED; the host drops the connection from its table."""
+        """Move to CLOSED (raising TERMINATED: the stack drops the connection from its tables)."""
         if self.state == CLOSED:
             return
         self.state = CLOSED
@@ -836,13 +742,9 @@ class Connection:
         self.timer_rto = self.timer_ack = self.timer_idle = None
         self.deadline = None
         self.snd_buf = bytearray()
-        self.ooo = []
-        self.sacked = []
-        self.host.closed(self)
-        self._notify()
-
-    def _notify(self) -> None:
-        self.host.notify(self)
+        self.ooo.clear()
+        self.scoreboard.clear()
+        self.events |= TERMINATED | WAKE
 
     # ------------------------------------------------------------------ output
     def flush(self, now: float) -> None:
@@ -860,12 +762,12 @@ class Connection:
         buf_len = len(self.snd_buf)
         data_end = self.buf_start + buf_len
         if self.in_recovery and self.sack_ok:
-            budget = self.cwnd - self._pipe()
+            budget = self.congestion.cwnd - self.scoreboard.pipe(self.snd_una, self.snd_max, self.rexmits)
             while budget > 0 and self._retransmit_hole(now):
                 budget -= mss
             window_end = min(self.snd_una + self.snd_wnd, self.snd_max + budget)
         else:
-            cwnd = self.cwnd
+            cwnd = self.congestion.cwnd
             if 0 < self.dupacks < 3 and not self.in_recovery:
                 cwnd += self.dupacks * mss  # limited transmit (RFC 3042): new data keeps the ACK clock going
             window_end = self.snd_una + min(self.snd_wnd, cwnd)
@@ -875,8 +777,8 @@ class Connection:
             while True:
                 nxt = self.snd_nxt
                 limit = mss
-                if nxt < self.snd_max and self.sacked:  # resending after a timeout: skip what arrived
-                    nxt, limit = self._skip_sacked(nxt)
+                if nxt < self.snd_max and self.scoreboard.ranges:  # resending after a timeout: skip what arrived
+                    nxt, limit = self.scoreboard.skip(nxt, mss)
                     self.snd_nxt = nxt
                 available = data_end - nxt
                 room = window_end - nxt
@@ -924,16 +826,7 @@ class Connection:
         elif (self.snd_wnd == 0 and data_end > self.snd_nxt and self.snd_una == self.snd_max
               and self.timer_rto is None):
             self.timer_kind = _PERSIST  # zero window with data waiting: probe it
-            self.timer_rto = now + self._backed_off_rto()
-
-    def _skip_sacked(self, seq: int) -> tuple[int, int]:
-        """The first byte at or after `seq` the peer has not SACKed, and how much may follow it."""
-        for left, right in self.sacked:
-            if seq < left:
-                return seq, min(self.snd_mss, left - seq)
-            if seq < right:
-                seq = right
-        return seq, self.snd_mss
+            self.timer_rto = now + self.rtt.timeout()
 
     def _small_in_flight(self) -> bool:
         """Minshall's rule: is the last segment sent (below snd_max) still unacknowledged and small?"""
@@ -958,15 +851,7 @@ class Connection:
     def _send_ack(self) -> None:
         if self.state in (CLOSED, SYN_SENT):
             return
-        self._emit(self.snd_nxt, ACK, b"", self._sack_option() if self.ooo and self.sack_ok else b"")
-
-    def _sack_option(self) -> bytes:
-        """Up to four SACK blocks, the most recently changed first (RFC 2018 §4)."""
-        runs = sorted(self.ooo, key=lambda run: run[0] != self.last_ooo)[:4]
-        edges = []
-        for start, data in runs:
-            edges += ((start & MASK), ((start + len(data)) & MASK))
-        return _NOP_NOP_SACK + bytes((2 + 4 * len(edges),)) + struct.pack(f"!{len(edges)}I", *edges)
+        self._emit(self.snd_nxt, ACK, b"", self.ooo.sack_option() if self.ooo.runs and self.sack_ok else b"")
 
     def _advertise(self) -> int:
         """The window field: the right edge moves only by useful amounts (receiver SWS avoidance)."""
@@ -999,12 +884,9 @@ class Connection:
                                finish(_IP_CONSTANT + total + (src >> 16) + (src & 0xFFFF) + (dst >> 16)
                                       + (dst & 0xFFFF)), src, dst, sport, dport, seq, ack, offflags, window,
                                check, 0)
-        self.host.outgoing.append(b"".join((header, options, payload)))
+        self.outgoing.append(b"".join((header, options, payload)))
 
     # ------------------------------------------------------------------ timers
-    def _backed_off_rto(self) -> float:
-        return min(self.rto * (1 << self.backoff), self.config.max_rto)
-
     def _arm_retransmit(self, now: float) -> None:
         """Start the retransmission timer, preceded by a tail loss probe (RFC 8985 §7) when one may go.
 
@@ -1014,7 +896,7 @@ class Connection:
         if self.snd_una >= self.snd_max:
             self.timer_rto = None
             return
-        rto = self._backed_off_rto()
+        rto = self.rtt.timeout()
         probe = self._probe_timeout()
         if probe is not None and probe < rto:
             self.timer_kind = _PROBE
@@ -1025,9 +907,10 @@ class Connection:
 
     def _probe_timeout(self) -> float | None:
         """RFC 8985 §7.2's PTO, or None where no loss probe may be sent (no SACK, recovery, backoff)."""
-        if not self.sack_ok or self.srtt is None or self.in_recovery or self.probe_sent or self.backoff:
+        rtt = self.rtt
+        if not self.sack_ok or rtt.srtt is None or self.in_recovery or self.probe_sent or rtt.backoff:
             return None
-        timeout = 2 * self.srtt
+        timeout = 2 * rtt.srtt
         if self.snd_max - self.snd_una <= self.snd_mss:
             timeout += WORST_CASE_DELAYED_ACK
         return max(timeout, MIN_PROBE_TIMEOUT)
@@ -1042,7 +925,6 @@ class Connection:
             if deadline is None or keepalive < deadline:
                 deadline = keepalive
         self.deadline = deadline
-        self.host.schedule(self)
 
     def on_timer(self, now: float) -> None:
         """Run every timer that is due, then flush."""
@@ -1056,7 +938,7 @@ class Connection:
             elif self.timer_kind == _PROBE:
                 self._loss_probe(now)
             elif self.timer_kind == _REORDER:
-                if self.sacked and not self.in_recovery:
+                if self.scoreboard.ranges and not self.in_recovery:
                     self._enter_recovery(now)
                 else:
                     self._arm_retransmit(now)
@@ -1084,15 +966,12 @@ class Connection:
             self.terminate(os_error(errno.ETIMEDOUT, "connection timed out"))
             return
         self.retries += 1
-        self.backoff += 1
+        self.rtt.backoff += 1
         self.rtt_seq = None
         if self.state in (SYN_SENT, SYN_RECEIVED):
             self._send_syn(now)
             return
-        mss = self.snd_mss
-        if self.backoff == 1:
-            self.ssthresh = max((self.snd_max - self.snd_una) // 2, 2 * mss)
-        self.cwnd = mss
+        self.congestion.timeout(self.snd_max - self.snd_una, self.snd_mss, self.rtt.backoff == 1)
         self.in_recovery = False
         self.rexmits = []
         self.dupacks = 0
@@ -1100,7 +979,7 @@ class Connection:
         # Go back N from the first unacknowledged byte, skipping what the peer SACKed (RFC 6675 §5.1).
         self.snd_nxt = self.snd_una
         self.timer_kind = _RETRANSMIT
-        self.timer_rto = now + self._backed_off_rto()
+        self.timer_rto = now + self.rtt.timeout()
 
     def _loss_probe(self, now: float) -> None:
         """Resend the last segment sent; its ACK reveals (via SACK) any hole before it."""
@@ -1112,10 +991,10 @@ class Connection:
 
     def _probe_window(self, now: float) -> None:
         """Zero-window probe: an already-acknowledged sequence number makes the receiver report its window."""
-        self.backoff += 1
+        self.rtt.backoff += 1
         self._emit(self.snd_una - 1, ACK)
         self.timer_kind = _PERSIST
-        self.timer_rto = now + self._backed_off_rto()
+        self.timer_rto = now + self.rtt.timeout()
 
 
 def ipv4_str(address: int) -> str:

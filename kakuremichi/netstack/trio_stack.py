@@ -26,7 +26,7 @@ import trio
 
 from kakuremichi.netstack.stack import DEFAULT_BACKLOG, Listener, Stack
 from kakuremichi.netstack.streams import TcpListener, TcpStream, UdpSocket
-from kakuremichi.netstack.tcp import Config, State, ipv4_str, os_error
+from kakuremichi.netstack.tcp import Config, Connection, State, ipv4_str, os_error
 from kakuremichi.netstack.udp import Endpoint
 
 
@@ -82,6 +82,7 @@ class NetStack:
         for connection in list(self.core.connections.values()):
             connection.error = connection.error or os_error(errno.ENETDOWN, "network stack stopped")
             connection.abort()
+            self.core.collect(connection)
         for listener in list(self.core.listeners.values()):
             self.core.close_listener(listener)
         for endpoint in list(self.core.udp_ports.values()):
@@ -102,9 +103,11 @@ class NetStack:
             if deadline is not None and deadline < scope.deadline:
                 scope.deadline = deadline
 
-    def kick(self) -> None:
+    def kick(self, connection: Connection | None = None) -> None:
         """Ask the timer task to flush queued work at the end of this scheduler turn (at once, every
-        EAGER_FLUSH kicks)."""
+        EAGER_FLUSH kicks); `connection` is the one a user call just changed."""
+        if connection is not None:
+            self.core.collect(connection)
         if not self._running:
             return
         self._kicks += 1
@@ -155,7 +158,7 @@ class NetStack:
                 await connection.user.read.park()
         except BaseException:
             connection.abort()
-            self.kick()
+            self.kick(connection)
             raise
         if connection.error is not None:
             raise connection.error

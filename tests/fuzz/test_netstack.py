@@ -34,6 +34,7 @@ def _target(authenticated: bool) -> tuple[Stack, int, int]:
     stack.udp_bind(53)
     connection, seq, ack = handshake(stack)
     connection.send(b"r" * 3000)  # data in flight, so ACKs and SACKs of the peer mean something
+    stack.collect(connection)
     stack.poll(START)
     stack.take_outgoing()
     return stack, seq, ack

@@ -42,9 +42,9 @@ def test_window_scaling_lets_more_than_64k_fly():
     wire.advance(0.1)
     assert server.receive(10) == b"x"
     assert client.snd_wnd > 0xFFFF
-    client.cwnd = 1 << 20  # take congestion control out of the picture
+    client.congestion.cwnd = 1 << 20  # take congestion control out of the picture
     client.send(DATA)
-    wire.a.poll(wire.now)
+    wire.poll(wire.a)
     in_flight = client.snd_max - client.snd_una
     assert in_flight > 0xFFFF
     assert in_flight <= server.rcv_adv - server.rcv_nxt + (1 << server.rcv_wscale)
@@ -54,9 +54,9 @@ def test_without_window_scaling_the_window_stops_at_64k():
     wire = Wire(Config(send_buffer=1 << 20), Config(receive_buffer=1 << 20, window_scaling=False))
     client, server = wire.connect()
     assert client.snd_wscale == 0 and client.rcv_wscale == 0
-    client.cwnd = 1 << 20
+    client.congestion.cwnd = 1 << 20
     client.send(DATA)
-    wire.a.poll(wire.now)
+    wire.poll(wire.a)
     assert client.snd_max - client.snd_una <= 0xFFFF
 
 
@@ -109,18 +109,18 @@ def test_rtt_sampling_sets_rto_from_measured_rtt():
     wire = Wire(Config(min_rto=0.01))
     wire.b.listen(80)
     client = wire.a.connect(B, 80, wire.now)
-    wire.a.poll(wire.now)
+    wire.poll(wire.a)
     wire.now += 0.05  # the SYN-ACK comes back 50 ms later
     wire.deliver()
     assert client.state == State.ESTABLISHED
-    assert client.srtt == pytest.approx(0.05) and client.rto == pytest.approx(0.05 + 4 * 0.025)
+    assert client.rtt.srtt == pytest.approx(0.05) and client.rtt.rto == pytest.approx(0.05 + 4 * 0.025)
     client.send(b"a" * 5000)
-    wire.a.poll(wire.now)
+    wire.poll(wire.a)
     wire.now += 0.05  # and so does the ACK of the data
     wire.deliver()
-    assert client.srtt == pytest.approx(0.05)
-    assert client.rttvar == pytest.approx(0.75 * 0.025)
-    assert client.rto == pytest.approx(0.05 + 4 * 0.75 * 0.025)
+    assert client.rtt.srtt == pytest.approx(0.05)
+    assert client.rtt.rttvar == pytest.approx(0.75 * 0.025)
+    assert client.rtt.rto == pytest.approx(0.05 + 4 * 0.75 * 0.025)
 
 
 def _drop_nth_data(n_list, name="a"):
@@ -144,7 +144,7 @@ def _drop_nth_data(n_list, name="a"):
 def test_fast_retransmit_repairs_a_loss_before_the_rto():
     wire = Wire()
     client, server = wire.connect()
-    client.cwnd = 40 * client.snd_mss
+    client.congestion.cwnd = 40 * client.snd_mss
     wire.drop = _drop_nth_data({3})
     client.send(DATA[:30 * client.snd_mss])
     wire.flush()
@@ -153,14 +153,14 @@ def test_fast_retransmit_repairs_a_loss_before_the_rto():
     assert wire.now == 0.0
     dupacks = [s for s in wire.sent_by("b") if s.segment.sack_blocks]
     assert len(dupacks) >= 3
-    assert client.ssthresh < 40 * client.snd_mss  # congestion window was halved
+    assert client.congestion.ssthresh < 40 * client.snd_mss  # congestion window was halved
     assert not client.in_recovery
 
 
 def test_sack_repairs_several_holes_in_one_recovery():
     wire = Wire()
     client, server = wire.connect()
-    client.cwnd = 60 * client.snd_mss
+    client.congestion.cwnd = 60 * client.snd_mss
     wire.drop = _drop_nth_data({5, 15, 25})
     payload = DATA[:50 * client.snd_mss]
     client.send(payload)
@@ -175,7 +175,7 @@ def test_newreno_without_sack_recovers_with_partial_acks():
     wire = Wire(Config(sack=False))
     client, server = wire.connect()
     assert not client.sack_ok
-    client.cwnd = 60 * client.snd_mss
+    client.congestion.cwnd = 60 * client.snd_mss
     wire.drop = _drop_nth_data({5, 15})
     payload = DATA[:40 * client.snd_mss]
     client.send(payload)
@@ -187,7 +187,7 @@ def test_newreno_without_sack_recovers_with_partial_acks():
 def test_out_of_order_segments_are_reassembled_and_sacked():
     wire = Wire()
     client, server = wire.connect()
-    client.cwnd = 10 * client.snd_mss
+    client.congestion.cwnd = 10 * client.snd_mss
     held = []
     wire.drop = lambda sent: sent.sender == "a" and bool(sent.segment.payload) and not held.append(sent.packet)
     payload = DATA[:6 * client.snd_mss]
@@ -288,8 +288,8 @@ def test_time_wait_lets_a_new_syn_reuse_the_pair():
     assert server.state == State.TIME_WAIT
     wire.advance(1)
     # a new connection from the same client port: its sequence number is higher, so it is let in
-    new = tcp.Connection(wire.a, wire.a.config, client.local, client.remote, (client.snd_nxt + 100_000) & tcp.MASK,
-                         1420, wire.now)
+    new = tcp.Connection(wire.a.config, client.local, client.remote, (client.snd_nxt + 100_000) & tcp.MASK, 1420,
+                         wire.now)
     wire.a.connections[new.key] = new
     new.connect(wire.now)
     wire.flush()
@@ -346,6 +346,21 @@ def test_abort_sends_rst_and_peer_sees_reset():
     assert isinstance(server.error, ConnectionResetError) and server.key not in wire.b.connections
 
 
+def test_an_abort_the_stack_has_not_collected_yet_still_answers_late_segments_with_rst():
+    """A user call takes effect at once: a segment arriving before the layer above reported the abort
+    finds no connection (RST), and the connection leaves the table."""
+    wire = Wire()
+    client, server = wire.connect()
+    server.abort()  # on b, not collected
+    client.send(b"late")
+    wire.a.collect(client)
+    wire.a.poll(wire.now)
+    wire.b.receive(wire.a.take_outgoing(), wire.now)
+    assert server.key not in wire.b.connections
+    flags = [tcp.parse(ipv4.parse(packet)).flags for packet in wire.b.take_outgoing()]
+    assert sorted(flags) == [RST, RST | ACK]  # the reset answering "late", and the abort's own
+
+
 def test_close_with_unread_data_resets():
     wire = Wire()
     client, server = wire.connect()
@@ -400,10 +415,10 @@ def test_nagle_coalesces_small_writes_while_one_is_in_flight():
     wire = Wire(Config(nodelay=False))
     client, server = wire.connect()
     client.send(b"a")
-    wire.a.poll(wire.now)
+    wire.poll(wire.a)
     for _ in range(10):
         client.send(b"b")
-        wire.a.poll(wire.now)
+        wire.poll(wire.a)
     assert len([p for p in wire.a.outgoing if len(p) > 40]) == 1  # the rest waits for the ACK
     wire.deliver()
     wire.advance(0.05)
@@ -415,7 +430,7 @@ def test_nagle_coalesces_small_writes_while_one_is_in_flight():
     client, server = wire.connect()
     for _ in range(5):
         client.send(b"c")
-        wire.a.poll(wire.now)
+        wire.poll(wire.a)
     assert len([p for p in wire.a.outgoing if len(p) > 40]) == 5
 
 
@@ -463,7 +478,7 @@ def _connect_with_rtt(wire: Wire, rtt: float):
     """A connection whose handshake took `rtt`, so that srtt is known."""
     listener = wire.b.listen(80)
     client = wire.a.connect(B, 80, wire.now)
-    wire.a.poll(wire.now)
+    wire.poll(wire.a)
     wire.now += rtt
     wire.deliver()
     return client, listener.accept()
@@ -478,7 +493,7 @@ def test_tail_loss_probe_repairs_a_lost_tail_long_before_the_rto():
     wire.flush()
     wire.advance(0.05)
     assert server.receive(1 << 30) == payload  # repaired within 50 ms, where the RTO is 200 ms
-    assert client.backoff == 0 and client.rto >= Config().min_rto
+    assert client.rtt.backoff == 0 and client.rtt.rto >= Config().min_rto
 
 
 def test_reordering_window_declares_a_lone_hole_lost():
@@ -498,7 +513,7 @@ def test_reordering_window_declares_a_lone_hole_lost():
     payload = DATA[:5 * client.snd_mss]
     client.send(payload)
     wire.flush()
-    assert client.sacked and not client.in_recovery  # too little SACKed to call the hole lost yet
+    assert client.scoreboard.ranges and not client.in_recovery  # too little SACKed to call the hole lost yet
     wire.advance(0.006)  # a quarter of the RTT later it counts as lost
     resends = [s.time for s in wire.sent_by("a", data=True) if s.segment.seq == (client.iss + 1) & tcp.MASK]
     assert resends[1:] == [pytest.approx(0.02 + 0.005)]

@@ -42,8 +42,16 @@ class Wire:
         self.drop: Callable[[Sent], bool] = lambda sent: False
         self.log: list[Sent] = []
 
+    def collect(self) -> None:
+        """Collect every connection, as the layer above does after its user calls (the tests call a
+        connection's `send`, `receive`, `close`... directly)."""
+        for stack in (self.a, self.b):
+            for connection in list(stack.connections.values()):
+                stack.collect(connection)
+
     def deliver(self) -> None:
         """Move packets both ways until both stacks are quiet (no time passes)."""
+        self.collect()
         for _ in range(10_000):
             moved = False
             for name, source, target in (("a", self.a, self.b), ("b", self.b, self.a)):
@@ -63,8 +71,14 @@ class Wire:
                 return
         raise AssertionError("the stacks never went quiet")
 
+    def poll(self, stack: Stack) -> None:
+        """Let one stack send what user calls queued, delivering nothing yet."""
+        self.collect()
+        stack.poll(self.now)
+
     def flush(self) -> None:
         """Let both stacks send what user calls queued, then deliver."""
+        self.collect()
         self.a.poll(self.now)
         self.b.poll(self.now)
         self.deliver()
