@@ -56,8 +56,7 @@ Flag = Annotated[bool, Meta(description="true or false")]
 Metadata = Annotated[dict[str, Any], Meta(description="a JSON object")]
 Description = Annotated[str, Meta(max_length=500, description="a string of at most 500 characters")]
 TlsMode = Annotated[protocol.TlsMode, Meta(description="one of " + ", ".join(protocol.TLS_MODES))]
-Port = Annotated[int, Meta(ge=1, le=65535)]
-OptionalPort = Annotated[Port | None, Meta(description="a port number 1-65535, or null")]
+OptionalPort = Annotated[protocol.Port | None, Meta(description="a port number 1-65535, or null")]
 Time = Annotated[datetime.datetime, Meta(tz=True)]  # UTC, written with Z
 Status = Literal["online", "offline"]
 # Parsed by kakuremichi.values (see _decode_hook), documented by _SCHEMAS
@@ -132,17 +131,12 @@ class AgentCreate(Body):
     metadata: Metadata = {}
 
 
-class AgentUpdate(Body):
-    name: Name | UnsetType = UNSET
-    metadata: Metadata | UnsetType = UNSET
-
-
 class Gateway(Body):
     id: str
     name: str
     public_key: str | None
     public_endpoint: str | None
-    wireguard_port: Port | None
+    wireguard_port: protocol.Port | None
     metadata: dict[str, Any]
     status: Status
     last_seen_at: Time | None
@@ -157,12 +151,6 @@ class GatewayCreate(Body):
     name: Name
     wireguard_port: OptionalPort = None
     metadata: Metadata = {}
-
-
-class GatewayUpdate(Body):
-    name: Name | UnsetType = UNSET
-    wireguard_port: OptionalPort | UnsetType = UNSET
-    metadata: Metadata | UnsetType = UNSET
 
 
 class Lease(Body):
@@ -213,18 +201,15 @@ class TunnelCreate(Body):
     socks_proxy_enabled: Flag = False
 
 
-class TunnelUpdate(Body):
-    domain: DomainName | UnsetType = UNSET
-    agent_id: Identifier | UnsetType = UNSET
-    target: TargetText | UnsetType = UNSET
-    enabled: Flag | UnsetType = UNSET
-    description: Description | UnsetType = UNSET
-    tls_mode: TlsMode | UnsetType = UNSET
-    force_https: Flag | UnsetType = UNSET
-    http_proxy_enabled: Flag | UnsetType = UNSET
-    socks_proxy_enabled: Flag | UnsetType = UNSET
+def _changes(name: str, create: type[Body]) -> type[Body]:
+    """The body of a PATCH: `create`'s fields, each optional (UNSET unless given)."""
+    return msgspec.defstruct(name, [(field.name, field.type | UnsetType, UNSET)
+                                    for field in msgspec.structs.fields(create)], bases=(Body,), module=__name__)
 
 
+AgentUpdate = _changes("AgentUpdate", AgentCreate)
+GatewayUpdate = _changes("GatewayUpdate", GatewayCreate)
+TunnelUpdate = _changes("TunnelUpdate", TunnelCreate)
 VIEWS = {"agent": Agent, "gateway": Gateway, "tunnel": Tunnel}
 CREATED = {"agent": AgentWithKey, "gateway": GatewayWithKey, "tunnel": Tunnel}  # what a creation answers
 CREATES = {"agent": AgentCreate, "gateway": GatewayCreate, "tunnel": TunnelCreate}
