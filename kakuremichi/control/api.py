@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from quart import Blueprint, request
 from quart_trio.wrappers.response import TrioResponse as Response
 
@@ -28,11 +29,14 @@ async def require_admin() -> None:
 
 
 async def _body() -> Any:
+    """The request's JSON, strictly: no NaN, no lone surrogates, no nesting deeper than Python recurses."""
     raw = await request.get_data()
     try:
-        return json.loads(raw or b"null")
-    except ValueError as exc:
+        return msgspec.json.decode(raw or b"null")
+    except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", f"the request body is not JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the request body nests too deeply") from None
 
 
 def json_response(data: Any, status: int = 200) -> Response:
