@@ -93,6 +93,8 @@ class Error(Body):
 
 
 class Page(Body, Generic[T]):
+    """One page of a list, and how long the whole list is."""
+
     items: list[T]
     total: int
     limit: int
@@ -107,6 +109,8 @@ class PageQuery(Body):
 
 
 class KeyRotation(Body):
+    """The agent's or gateway's new API key, shown only here."""
+
     id: str
     api_key: str
 
@@ -269,5 +273,5 @@ def page_query(args: Any) -> PageQuery:
 
 
 def as_json(value: Body) -> dict:
-    """A body as JSON types: what the web UI's templates read."""
+    """A body as JSON types (dicts, lists, strings): what services hand to the API and the web UI's templates."""
     return msgspec.to_builtins(value)
