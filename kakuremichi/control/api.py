@@ -1,20 +1,24 @@
 """The admin REST API: agents, gateways and tunnels, behind the admin bearer token.
 
-Each handler reads the request and answers with what kakuremichi.control.services does (the web UI calls the
-same functions), as JSON.
+`ROUTES` is the one table of its operations: the app serves each with its view, and openapi.py documents each
+with the bodies (kakuremichi.control.bodies) the view decodes and answers. Each view answers with what
+kakuremichi.control.services does (the web UI calls the same functions), as JSON.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from quart import Blueprint, request
 from quart_trio.wrappers.response import TrioResponse as Response
 
-from kakuremichi.control import auth, services, validation as v
+from kakuremichi.control import auth, bodies, services
+from kakuremichi.control.bodies import ApiError
 from kakuremichi.control.state import current
-from kakuremichi.control.validation import ApiError
 
 blueprint = Blueprint("api", __name__, url_prefix="/api")
 
@@ -25,33 +29,59 @@ async def require_admin() -> None:
 
 
 async def _body() -> Any:
+    """The request's JSON, strictly: no NaN, no lone surrogates, no nesting deeper than Python recurses."""
     raw = await request.get_data()
     try:
-        return json.loads(raw or b"null")
-    except ValueError as exc:
+        return msgspec.json.decode(raw or b"null")
+    except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", f"the request body is not JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "the request body nests too deeply") from None
 
 
 def json_response(data: Any, status: int = 200) -> Response:
     return Response(json.dumps(data), status=status, content_type="application/json")
 
 
-def _routes(kind: str) -> None:
+@dataclass(frozen=True)
+class Route:
+    """One operation: its method and OpenAPI path (`{id}` for the item), what it is, the view serving it, the
+    bodies it decodes (`request`, `query`) and answers with `status` (`response`; None: no body), and the
+    error statuses it may answer."""
+
+    method: str
+    path: str
+    summary: str
+    tag: str
+    view: Callable[..., Awaitable[Response]]
+    status: int
+    response: type[bodies.Body] | None
+    errors: tuple[int, ...]
+    request: type[bodies.Body] | None = None
+    query: type[bodies.Body] | None = None
+
+    @property
+    def rule(self) -> str:
+        """The path as the blueprint's URL rule."""
+        return self.path.removeprefix(blueprint.url_prefix).replace("{id}", "<item_id>")
+
+
+def _routes(kind: str) -> list[Route]:
     """List/create/get/update/delete (and rotate-key for agents and gateways) of one kind."""
-    base = f"/{kind}s"
+    created, create, update = bodies.CREATED[kind], bodies.CREATES[kind], bodies.UPDATES[kind]
 
     async def list_items() -> Response:
-        limit, offset = v.page(request.args)
-        return json_response(services.page(current(), kind, limit, offset))
+        query = bodies.page_query(request.args)
+        return json_response(services.page(current(), kind, query.limit, query.offset))
 
     async def post() -> Response:
-        return json_response(services.create(current(), kind, await _body()), 201)
+        return json_response(services.create(current(), kind, bodies.decode(create, await _body())), 201)
 
     async def get(item_id: str) -> Response:
         return json_response(services.get(current(), kind, item_id))
 
     async def patch(item_id: str) -> Response:
-        return json_response(services.update(current(), kind, item_id, await _body()))
+        return json_response(services.update(current(), kind, item_id, bodies.decode(update, await _body())))
 
     async def delete(item_id: str) -> Response:
         services.delete(current(), kind, item_id)
@@ -60,13 +90,25 @@ def _routes(kind: str) -> None:
     async def rotate_key(item_id: str) -> Response:
         return json_response(services.rotate_client_key(current(), kind, item_id))
 
-    routes = [(base, list_items, ["GET"]), (base, post, ["POST"]), (base + "/<item_id>", get, ["GET"]),
-              (base + "/<item_id>", patch, ["PATCH"]), (base + "/<item_id>", delete, ["DELETE"])]
+    base, item, view, a = f"/api/{kind}s", f"/api/{kind}s/{{id}}", bodies.VIEWS[kind], "an" if kind == "agent" else "a"
+    routes = [
+        Route("GET", base, f"List {kind}s", kind, list_items, 200, bodies.Page[view], (400, 401, 403),
+              query=bodies.PageQuery),
+        Route("POST", base, f"Create {a} {kind}" + ("; apiKey is shown only in the answer" if kind != "tunnel" else ""),
+              kind, post, 201, created, (400, 401, 403, 409), request=create),
+        Route("GET", item, f"Get {a} {kind}", kind, get, 200, view, (401, 403, 404)),
+        Route("PATCH", item, f"Change {a} {kind}", kind, patch, 200, view, (400, 401, 403, 404, 409), request=update),
+        Route("DELETE", item, f"Delete {a} {kind}" + (" and its tunnels" if kind == "agent" else ""), kind, delete,
+              204, None, (401, 403, 404)),
+    ]
     if kind != "tunnel":
-        routes.append((base + "/<item_id>/rotate-key", rotate_key, ["POST"]))
-    for path, view, methods in routes:
-        blueprint.add_url_rule(path, f"{kind}_{view.__name__}", view, methods=methods)
+        routes.append(Route("POST", item + "/rotate-key",
+                            f"Replace the {kind}'s API key, shown only in the answer (its current connection is "
+                            "closed)", kind, rotate_key, 200, bodies.KeyRotation, (401, 403, 404)))
+    return routes
 
 
-for _kind in ("agent", "gateway", "tunnel"):
-    _routes(_kind)
+ROUTES = [route for kind in ("agent", "gateway", "tunnel") for route in _routes(kind)]
+for _route in ROUTES:
+    blueprint.add_url_rule(_route.rule, f"{_route.tag}_{_route.view.__name__}", _route.view,
+                           methods=[_route.method])

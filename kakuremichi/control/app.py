@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 from kakuremichi.control import api, auth, openapi, presence, web, websocket
 from kakuremichi.control.api import json_response
 from kakuremichi.control.state import ControlState, Settings, current
-from kakuremichi.control.validation import ApiError
+from kakuremichi.control.bodies import ApiError
 
 logger = logging.getLogger("kakuremichi.control")
 MAX_BODY = 1 << 20

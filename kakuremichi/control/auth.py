@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Callable
 
-from kakuremichi.control.validation import ApiError
+from kakuremichi.control.bodies import ApiError
 from kakuremichi.logs import log
 
 AGENT_PREFIX = "agt_"

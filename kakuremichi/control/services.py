@@ -1,6 +1,6 @@
-"""Gateways, agents and tunnels: list, get, create, update, delete and rotate-key, with their validation,
-allocation and JSON form — what the REST API (api.py) and the web UI's forms (web/views.py) both call, so they
-validate, allocate and word their errors alike.
+"""Gateways, agents and tunnels: list, get, create, update, delete and rotate-key, with their checks against
+the database, allocation and JSON form (kakuremichi.control.bodies) — what the REST API (api.py) and the web
+UI's forms (web/views.py) both call with the bodies they decoded, so they allocate and word their errors alike.
 
 Database work runs synchronously on the Trio thread, one short db_session per call, so within one process
 every allocation is atomic by construction. Changes go through `ControlState.write`: controls sharing a
@@ -11,19 +11,21 @@ bumps the global config version and wakes the WebSocket sessions.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable
 from typing import Any
 
 from pony.orm import Database, TransactionIntegrityError, db_session
 
-from kakuremichi.control import allocation, auth, certificates, validation as v
+from kakuremichi.control import allocation, auth, bodies, certificates
+from kakuremichi.control.bodies import ApiError
 from kakuremichi.control.models import utcnow
 from kakuremichi.control.state import ControlState
-from kakuremichi.control.validation import ApiError
 
 
-def _iso(value) -> str | None:
-    return None if value is None else value.isoformat() + "Z"
+def _utc(value: datetime.datetime | None) -> datetime.datetime | None:
+    """A database time (naive UTC) as the bodies carry it."""
+    return None if value is None else value.replace(tzinfo=datetime.timezone.utc)
 
 
 def _write(state: ControlState, work: Callable[[Database], Any], bump: bool = True) -> Any:
@@ -37,7 +39,7 @@ def _write(state: ControlState, work: Callable[[Database], Any], bump: bool = Tr
 
 def get_row(db: Database, kind: str, item_id: str) -> Any:
     """The agent's, gateway's or tunnel's row (inside a db_session); a 404 if there is none."""
-    row = getattr(db, ENTITIES[kind]).get(id=item_id) if v.is_identifier(item_id) else None
+    row = getattr(db, ENTITIES[kind]).get(id=item_id) if bodies.is_identifier(item_id) else None
     if row is None:
         raise ApiError(404, "not_found", f"no {kind} with id {item_id}")
     return row
@@ -54,34 +56,27 @@ def _unique_name(db: Database, role: str, name: str, own_id: str | None = None) 
 
 
 def agent_json(agent) -> dict:
-    return {"id": agent.id, "name": agent.name, "publicKey": agent.public_key, "status": agent.status,
-            "lastSeenAt": _iso(agent.last_seen_at), "metadata": agent.metadata or {},
-            "createdAt": _iso(agent.created_at), "tunnelIds": sorted(t.id for t in agent.tunnels)}
+    return bodies.as_json(bodies.Agent(
+        id=agent.id, name=agent.name, public_key=agent.public_key, status=agent.status,
+        last_seen_at=_utc(agent.last_seen_at), metadata=agent.metadata or {}, created_at=_utc(agent.created_at),
+        tunnel_ids=sorted(t.id for t in agent.tunnels)))
 
 
 def gateway_json(gateway) -> dict:
-    return {"id": gateway.id, "name": gateway.name, "publicKey": gateway.public_key,
-            "publicEndpoint": gateway.public_endpoint, "wireguardPort": gateway.wireguard_port,
-            "metadata": gateway.metadata or {},
-            "status": gateway.status, "lastSeenAt": _iso(gateway.last_seen_at), "createdAt": _iso(gateway.created_at)}
+    return bodies.as_json(bodies.Gateway(
+        id=gateway.id, name=gateway.name, public_key=gateway.public_key, public_endpoint=gateway.public_endpoint,
+        wireguard_port=gateway.wireguard_port, metadata=gateway.metadata or {}, status=gateway.status,
+        last_seen_at=_utc(gateway.last_seen_at), created_at=_utc(gateway.created_at)))
 
 
-_CLIENT_FIELDS = {
-    "agent": {"name": (v.name, True), "metadata": (v.metadata, False)},
-    "gateway": {"name": (v.name, True), "wireguardPort": (v.optional_port, False), "metadata": (v.metadata, False)},
-}
-_CLIENT_COLUMNS = {"name": "name", "metadata": "metadata", "wireguardPort": "wireguard_port"}
-
-
-def _create_client(state: ControlState, role: str, body: Any) -> dict:
-    """Validate `body` and create an agent/gateway: its JSON plus `apiKey`, the only time the key is shown."""
-    values = v.parse_body(body, _CLIENT_FIELDS[role])
+def _create_client(state: ControlState, role: str, body: bodies.AgentCreate | bodies.GatewayCreate) -> dict:
+    """Create an agent/gateway: its JSON plus `apiKey`, the only time the key is shown."""
+    values = bodies.given(body)
     key = auth.new_key(auth.PREFIXES[role])
 
     def work(db: Database) -> dict:
         _unique_name(db, role, values["name"])
-        row = getattr(db, ENTITIES[role])(api_key_hash=auth.key_hash(key),
-                                  **{_CLIENT_COLUMNS[k]: val for k, val in values.items()})
+        row = getattr(db, ENTITIES[role])(api_key_hash=auth.key_hash(key), **values)
         if role == "gateway":
             allocation.assign_gateway_addresses(db, db.Tunnel.select(), [row])
         row.flush()
@@ -90,14 +85,15 @@ def _create_client(state: ControlState, role: str, body: Any) -> dict:
     return {**_write(state, work), "apiKey": key}
 
 
-def _update_client(state: ControlState, role: str, item_id: str, body: Any) -> dict:
-    values = v.parse_body(body, _CLIENT_FIELDS[role], partial=True)
+def _update_client(state: ControlState, role: str, item_id: str, body: bodies.AgentUpdate | bodies.GatewayUpdate
+                   ) -> dict:
+    values = bodies.given(body)
 
     def work(db: Database) -> dict:
         row = get_row(db, role, item_id)
         if "name" in values:
             _unique_name(db, role, values["name"], item_id)
-        row.set(**{_CLIENT_COLUMNS[k]: val for k, val in values.items()})
+        row.set(**values)
         return SERIALISERS[role](row)
 
     return _write(state, work)
@@ -112,22 +108,23 @@ def rotate_client_key(state: ControlState, role: str, item_id: str) -> dict:
 
     _write(state, work, bump=False)
     state.disconnect(role, item_id, 4001, "API key rotated")
-    return {"id": item_id, "apiKey": key}
+    return bodies.as_json(bodies.KeyRotation(id=item_id, api_key=key))
 
 
 # -- tunnels ---------------------------------------------------------------------------------------------------
 
 
 def tunnel_json(tunnel) -> dict:
-    return {"id": tunnel.id, "domain": tunnel.domain, "agentId": tunnel.agent.id, "target": tunnel.target,
-            "enabled": tunnel.enabled, "description": tunnel.description or "", "subnet": tunnel.subnet,
-            "agentIp": tunnel.agent_ip, "gatewayIps": {row.gateway.id: row.ip for row in tunnel.gateway_ips},
-            "tlsMode": tunnel.tls_mode, "forceHttps": tunnel.force_https,
-            "httpProxyEnabled": tunnel.http_proxy_enabled, "socksProxyEnabled": tunnel.socks_proxy_enabled,
-            "createdAt": _iso(tunnel.created_at), "certificate": tunnel_certificate(tunnel)}
+    return bodies.as_json(bodies.Tunnel(
+        id=tunnel.id, domain=tunnel.domain, agent_id=tunnel.agent.id, target=tunnel.target, enabled=tunnel.enabled,
+        description=tunnel.description or "", subnet=tunnel.subnet, agent_ip=tunnel.agent_ip,
+        gateway_ips={row.gateway.id: row.ip for row in tunnel.gateway_ips}, tls_mode=tunnel.tls_mode,
+        force_https=tunnel.force_https, http_proxy_enabled=tunnel.http_proxy_enabled,
+        socks_proxy_enabled=tunnel.socks_proxy_enabled, created_at=_utc(tunnel.created_at),
+        certificate=tunnel_certificate(tunnel)))
 
 
-def tunnel_certificate(tunnel) -> dict | None:
+def tunnel_certificate(tunnel) -> bodies.Certificate | None:
     """The shared ACME certificate, without its key; None until one is stored, and for the other TLS modes,
     whose certificates stay on the gateways."""
     if tunnel.tls_mode != "acme":
@@ -136,28 +133,19 @@ def tunnel_certificate(tunnel) -> dict | None:
     cert = certificates.summary(tunnel._database_, tunnel.domain, now)
     if cert is None:
         return None
-    return {"issuer": cert.issuer, "notBefore": _iso(cert.not_before), "notAfter": _iso(cert.not_after),
-            "daysLeft": cert.days_left(now),
-            "fingerprintSha256": cert.fingerprint_sha256, "domains": list(cert.domains),
-            "lease": cert.lease and {"holder": cert.lease.holder, "expiresAt": _iso(cert.lease.expires_at)}}
+    lease = cert.lease and bodies.Lease(holder=cert.lease.holder, expires_at=_utc(cert.lease.expires_at))
+    return bodies.Certificate(issuer=cert.issuer, not_before=_utc(cert.not_before), not_after=_utc(cert.not_after),
+                              days_left=cert.days_left(now), fingerprint_sha256=cert.fingerprint_sha256,
+                              domains=list(cert.domains), lease=lease)
 
 
-_TUNNEL_FIELDS = {
-    "domain": (v.domain, True), "agentId": (v.identifier, True), "target": (v.target, True),
-    "enabled": (v.boolean, False), "description": (v.description, False), "tlsMode": (v.tls_mode, False),
-    "forceHttps": (v.boolean, False), "httpProxyEnabled": (v.boolean, False),
-    "socksProxyEnabled": (v.boolean, False),
-}
-_TUNNEL_COLUMNS = {"domain": "domain", "target": "target", "enabled": "enabled", "description": "description",
-                   "tlsMode": "tls_mode", "forceHttps": "force_https", "httpProxyEnabled": "http_proxy_enabled",
-                   "socksProxyEnabled": "socks_proxy_enabled"}
-
-
-def _tunnel_columns(db: Database, values: dict, own_id: str | None = None) -> dict:
-    """Database columns for validated tunnel fields, checking the agent exists and the domain is free."""
-    columns = {_TUNNEL_COLUMNS[k]: val for k, val in values.items() if k != "agentId"}
-    if "agentId" in values:
-        columns["agent"] = db.Agent.get(id=values["agentId"])
+def _tunnel_columns(db: Database, body: bodies.TunnelCreate | bodies.TunnelUpdate, own_id: str | None = None
+                    ) -> dict:
+    """Database columns for the tunnel fields `body` sets, checking the agent exists and the domain is free."""
+    values = bodies.given(body)
+    columns = {k: val for k, val in values.items() if k != "agent_id"}
+    if "agent_id" in values:
+        columns["agent"] = db.Agent.get(id=values["agent_id"])
         if columns["agent"] is None:
             raise ApiError(400, "validation_failed", "invalid request: agentId", {"agentId": "no such agent"})
     if "domain" in values:
@@ -168,12 +156,11 @@ def _tunnel_columns(db: Database, values: dict, own_id: str | None = None) -> di
     return columns
 
 
-def _create_tunnel(state: ControlState, body: Any) -> dict:
-    """Validate `body` and create a tunnel with its own subnet and an address for every gateway."""
-    values = v.parse_body(body, _TUNNEL_FIELDS)
+def _create_tunnel(state: ControlState, body: bodies.TunnelCreate) -> dict:
+    """Create a tunnel with its own subnet and an address for every gateway."""
 
     def work(db: Database) -> dict:
-        columns = _tunnel_columns(db, values)
+        columns = _tunnel_columns(db, body)
         try:
             subnet, agent_ip = allocation.allocate_tunnel(db, state.pool)
         except allocation.AllocationError as exc:
@@ -186,12 +173,10 @@ def _create_tunnel(state: ControlState, body: Any) -> dict:
     return _write(state, work)
 
 
-def _update_tunnel(state: ControlState, item_id: str, body: Any) -> dict:
-    values = v.parse_body(body, _TUNNEL_FIELDS, partial=True)
-
+def _update_tunnel(state: ControlState, item_id: str, body: bodies.TunnelUpdate) -> dict:
     def work(db: Database) -> dict:
         tunnel = get_row(db, "tunnel", item_id)
-        columns = _tunnel_columns(db, values, item_id)
+        columns = _tunnel_columns(db, body, item_id)
         if columns.get("domain", tunnel.domain) != tunnel.domain:
             certificates.forget(db, tunnel.domain)
         tunnel.set(**columns)
@@ -215,8 +200,8 @@ def ordered(db: Database, kind: str):
 def page(state: ControlState, kind: str, limit: int, offset: int) -> dict:
     with db_session:
         query = ordered(state.db, kind)
-        return {"items": [SERIALISERS[kind](row) for row in query.limit(limit, offset=offset)],
-                "total": query.count(), "limit": limit, "offset": offset}
+        return bodies.as_json(bodies.Page(items=[SERIALISERS[kind](row) for row in query.limit(limit, offset=offset)],
+                                          total=query.count(), limit=limit, offset=offset))
 
 
 def get(state: ControlState, kind: str, item_id: str) -> dict:
@@ -224,13 +209,14 @@ def get(state: ControlState, kind: str, item_id: str) -> dict:
         return SERIALISERS[kind](get_row(state.db, kind, item_id))
 
 
-def create(state: ControlState, kind: str, body: Any) -> dict:
-    """Validate `body` and create one; an agent's or gateway's answer carries its API key, shown only then."""
+def create(state: ControlState, kind: str, body: bodies.Body) -> dict:
+    """Create one from its bodies.CREATES body; an agent's or gateway's answer carries its API key, shown only
+    then."""
     return _create_tunnel(state, body) if kind == "tunnel" else _create_client(state, kind, body)
 
 
-def update(state: ControlState, kind: str, item_id: str, body: Any) -> dict:
-    """Validate `body` (any of the fields) and change them."""
+def update(state: ControlState, kind: str, item_id: str, body: bodies.Body) -> dict:
+    """Change the fields its bodies.UPDATES body sets."""
     return _update_tunnel(state, item_id, body) if kind == "tunnel" else _update_client(state, kind, item_id, body)
 
 

@@ -44,7 +44,8 @@ async def test_validation_errors_name_every_field(control):
     assert error["code"] == "validation_failed"
     assert set(error["details"]) == {"domain", "target", "enabled", "colour", "agentId"}
     assert error["details"]["agentId"] == "required" and error["details"]["colour"] == "unknown field"
-    for payload in (b"{not json", b"[1, 2]", b""):
+    for payload in (b"{not json", b"[1, 2]", b"", b"[" * 100_000, b'{"name": "a", "metadata": {"x": NaN}}',
+                    b'{"name": "a", "metadata": {"x": "\\ud800"}}'):
         response = await control.api.post("/api/agents", content=payload)
         assert response.status_code == 400 and response.json()["code"] in ("invalid_json",)
     response = await control.api.post("/api/tunnels", json={"domain": "a.example.com", "agentId": "nope",

@@ -1,7 +1,8 @@
 """The web UI's pages: log in, then gateways, agents and tunnels — lists with live status, forms, install commands.
 
-Every read and change goes through the functions behind the REST API (kakuremichi.control.services), so the
-web UI validates exactly as the API does and shows the API's messages next to the fields they are about.
+Every form is decoded with the REST API's bodies (kakuremichi.control.bodies), and every read and change goes
+through the functions behind the API (kakuremichi.control.services), so the web UI validates exactly as the
+API does and shows the API's messages next to the fields they are about.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from quart import Blueprint, redirect, render_template, request, url_for
 from quart_trio.wrappers.response import TrioResponse as Response
 
 from kakuremichi import protocol
-from kakuremichi.control import auth, services
+from kakuremichi.control import auth, bodies, services
+from kakuremichi.control.bodies import ApiError
 from kakuremichi.control.models import utcnow
 from kakuremichi.control.state import current
-from kakuremichi.control.validation import ApiError
 from kakuremichi.control.web import certificates, status
 from kakuremichi.control.web.session import (CSRF_FIELD, LoginThrottled, csrf_token, csrf_valid, log_in, log_out,
                                              logged_in, session_id, session_open)
@@ -283,7 +284,7 @@ def _client_routes(role: str) -> None:
         if request.method == "POST":
             values = _client_body(role, await request.form)
             try:
-                created = services.create(current(), role, values)
+                created = services.create(current(), role, bodies.decode(bodies.CREATES[role], values))
             except ApiError as error:
                 return await _client_form(role, None, values, error.details, error.message, error.status)
             return await _client_page(role, created["id"], new_key=created["apiKey"], code=201)
@@ -297,7 +298,7 @@ def _client_routes(role: str) -> None:
         if request.method == "POST":
             values = _client_body(role, await request.form)
             try:
-                services.update(current(), role, item_id, values)
+                services.update(current(), role, item_id, bodies.decode(bodies.UPDATES[role], values))
             except ApiError as error:
                 return await _client_form(role, item, values, error.details, error.message, error.status)
             return redirect(url_for(f"web.{role}_show", item_id=item_id))
@@ -372,7 +373,7 @@ async def tunnel_new() -> Response:
     if request.method == "POST":
         values = _tunnel_body(await request.form)
         try:
-            services.create(current(), "tunnel", values)
+            services.create(current(), "tunnel", bodies.decode(bodies.TunnelCreate, values))
         except ApiError as error:
             return await _tunnel_form(None, values, error.details, error.message, error.status)
         return redirect(url_for("web.tunnel_index"))
@@ -386,7 +387,7 @@ async def tunnel_edit(item_id: str) -> Response:
     if request.method == "POST":
         values = _tunnel_body(await request.form)
         try:
-            services.update(current(), "tunnel", item_id, values)
+            services.update(current(), "tunnel", item_id, bodies.decode(bodies.TunnelUpdate, values))
         except ApiError as error:
             return await _tunnel_form(item, values, error.details, error.message, error.status)
         return redirect(url_for("web.tunnel_index"))

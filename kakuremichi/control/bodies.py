@@ -1,0 +1,277 @@
+"""The admin REST API's request and response bodies, each declared once as a msgspec Struct: the API and the
+web UI's forms decode with them, services.py answers with them, and openapi.py generates the document from
+them, so what is documented is what is checked and sent.
+
+Wire names are camelCase (`rename="camel"`), unknown fields are refused, and decoding is strict and reports
+every problem at once as `{field: message}` in the API's error envelope. A field's description documents it
+and, after "must be", is the message when a value does not fit it; domains and targets are parsed (and stored
+in canonical form) by kakuremichi.values, whose messages say what is wrong.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import typing
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+from kakuremichi import protocol
+from kakuremichi.values import Domain, Target
+
+# `(?![\s\S])` is the end of the text in Python's and ECMAScript's regexes alike; Python's `$` would also
+# match before a final newline.
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}(?![\s\S])"  # what control makes (uuid4 hex), with room; never blank or padded
+_ID = re.compile(ID_PATTERN)
+MAX_OFFSET = 2**31 - 1  # past it the database's integer overflows; no list is that long
+_QUERY_INTEGER = re.compile(r"[0-9]{1,10}\Z")  # ASCII digits only: str.isdigit takes '²', int() takes '١'
+T = TypeVar("T")
+
+
+class ApiError(Exception):
+    """An error the API reports as an `Error` body with an HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str, details: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details or {}
+
+    def body(self) -> dict:
+        return msgspec.to_builtins(Error(self.message, self.code, self.details))
+
+
+def is_identifier(value: Any) -> bool:
+    """Whether `value` could be an id control made. The database strips strings, so ' ' would reach it as ''."""
+    return isinstance(value, str) and bool(_ID.match(value))
+
+
+# -- field types -----------------------------------------------------------------------------------------------
+
+Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,63}(?![\s\S])",
+                           description="1-64 characters: letters, digits, space, '.', '_' or '-', starting with a "
+                                       "letter or digit")]
+Identifier = Annotated[str, Meta(pattern=ID_PATTERN, description="an id: 1-64 letters, digits, '_' or '-'")]
+Flag = Annotated[bool, Meta(description="true or false")]
+Metadata = Annotated[dict[str, Any], Meta(description="a JSON object")]
+Description = Annotated[str, Meta(max_length=500, description="a string of at most 500 characters")]
+TlsMode = Annotated[protocol.TlsMode, Meta(description="one of " + ", ".join(protocol.TLS_MODES))]
+OptionalPort = Annotated[protocol.Port | None, Meta(description="a port number 1-65535, or null")]
+Time = Annotated[datetime.datetime, Meta(tz=True)]  # UTC, written with Z
+Status = Literal["online", "offline"]
+# Parsed by kakuremichi.values (see _decode_hook), documented by _SCHEMAS
+DomainName, TargetText = protocol.DomainName, protocol.TargetText
+_PARSERS = {DomainName: Domain.parse, TargetText: Target.parse}
+_SCHEMAS = {
+    DomainName: {"type": "string", "description": "Host name (lowercased; `*.` wildcard allowed), unique"},
+    TargetText: {"type": "string", "description": "host:port or http(s)://host:port, seen from the agent"},
+}
+
+
+def _decode_hook(kind: type, value: Any) -> Any:
+    return kind(str(_PARSERS[kind](value)))
+
+
+def schema_hook(kind: type) -> dict:
+    """The JSON Schema of a field type msgspec does not know (for msgspec.json.schema_components)."""
+    return _SCHEMAS[kind]
+
+
+# -- bodies ----------------------------------------------------------------------------------------------------
+
+
+class Body(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    """A JSON object of the API."""
+
+
+class Error(Body):
+    """What every failed request answers: a message, a code, and the fields at fault."""
+
+    error: str
+    code: str
+    details: dict[str, str]
+
+
+class Page(Body, Generic[T]):
+    """One page of a list, and how long the whole list is."""
+
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class PageQuery(Body):
+    """`?limit=&offset=` of a list."""
+
+    limit: Annotated[int, Meta(ge=1, le=500, description="an integer from 1 to 500")] = 100
+    offset: Annotated[int, Meta(ge=0, le=MAX_OFFSET, description=f"an integer from 0 to {MAX_OFFSET}")] = 0
+
+
+class KeyRotation(Body):
+    """The agent's or gateway's new API key, shown only here."""
+
+    id: str
+    api_key: str
+
+
+class Agent(Body):
+    id: str
+    name: str
+    public_key: str | None
+    status: Status
+    last_seen_at: Time | None
+    metadata: dict[str, Any]
+    created_at: Time
+    tunnel_ids: list[str]
+
+
+class AgentWithKey(Agent):
+    api_key: Annotated[str, Meta(pattern="^agt_", description="Shown only here")]
+
+
+class AgentCreate(Body):
+    name: Name
+    metadata: Metadata = {}
+
+
+class Gateway(Body):
+    id: str
+    name: str
+    public_key: str | None
+    public_endpoint: str | None
+    wireguard_port: protocol.Port | None
+    metadata: dict[str, Any]
+    status: Status
+    last_seen_at: Time | None
+    created_at: Time
+
+
+class GatewayWithKey(Gateway):
+    api_key: Annotated[str, Meta(pattern="^gtw_", description="Shown only here")]
+
+
+class GatewayCreate(Body):
+    name: Name
+    wireguard_port: OptionalPort = None
+    metadata: Metadata = {}
+
+
+class Lease(Body):
+    holder: str
+    expires_at: Time
+
+
+class Certificate(Body):
+    issuer: Annotated[str, Meta(description="Issuer common name (organisation)")]
+    not_before: Time
+    not_after: Time
+    days_left: Annotated[int, Meta(description="Whole days until notAfter; negative once expired")]
+    fingerprint_sha256: Annotated[str, Meta(pattern="^[0-9A-F]{2}(:[0-9A-F]{2}){31}$")]
+    domains: Annotated[list[str], Meta(description="DNS names of subjectAltName")]
+    lease: Annotated[Lease | None, Meta(description="The gateway (name) that alone may renew it until expiresAt, "
+                                                    "if any")]
+
+
+class Tunnel(Body):
+    id: str
+    domain: str
+    agent_id: str
+    target: str
+    enabled: bool
+    description: str
+    subnet: str
+    agent_ip: str
+    gateway_ips: Annotated[dict[str, str], Meta(description="gateway id → its address in this tunnel's subnet")]
+    tls_mode: protocol.TlsMode
+    force_https: bool
+    http_proxy_enabled: bool
+    socks_proxy_enabled: bool
+    created_at: Time
+    certificate: Annotated[Certificate | None, Meta(
+        description="The ACME certificate control stores and pushes to the gateways; null until one is obtained, "
+                    "and for the other TLS modes. Never the key.")]
+
+
+class TunnelCreate(Body):
+    domain: DomainName
+    agent_id: Identifier
+    target: TargetText
+    enabled: Flag = True
+    description: Description = ""
+    tls_mode: TlsMode = "acme"
+    force_https: Flag = False
+    http_proxy_enabled: Flag = False
+    socks_proxy_enabled: Flag = False
+
+
+def _changes(name: str, create: type[Body]) -> type[Body]:
+    """The body of a PATCH: `create`'s fields, each optional (UNSET unless given)."""
+    return msgspec.defstruct(name, [(field.name, field.type | UnsetType, UNSET)
+                                    for field in msgspec.structs.fields(create)], bases=(Body,), module=__name__)
+
+
+AgentUpdate = _changes("AgentUpdate", AgentCreate)
+GatewayUpdate = _changes("GatewayUpdate", GatewayCreate)
+TunnelUpdate = _changes("TunnelUpdate", TunnelCreate)
+VIEWS = {"agent": Agent, "gateway": Gateway, "tunnel": Tunnel}
+CREATED = {"agent": AgentWithKey, "gateway": GatewayWithKey, "tunnel": Tunnel}  # what a creation answers
+CREATES = {"agent": AgentCreate, "gateway": GatewayCreate, "tunnel": TunnelCreate}
+UPDATES = {"agent": AgentUpdate, "gateway": GatewayUpdate, "tunnel": TunnelUpdate}
+
+
+# -- decoding --------------------------------------------------------------------------------------------------
+
+
+def decode(model: type[Body], body: Any, what: str = "request") -> Body:
+    """`body` (parsed JSON, or a form's values) as `model`; else an ApiError naming every field at fault."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "the request body must be a JSON object")
+    try:
+        return msgspec.convert(body, model, dec_hook=_decode_hook)
+    except msgspec.ValidationError:
+        pass  # msgspec stops at the first problem: look at each field for all of them
+    fields = msgspec.structs.fields(model)
+    known = {field.encode_name for field in fields}
+    errors = {name: "unknown field" for name in body if name not in known}
+    for field in fields:
+        if field.encode_name not in body:
+            if field.required:
+                errors[field.encode_name] = "required"
+            continue
+        try:
+            msgspec.convert(body[field.encode_name], field.type, dec_hook=_decode_hook)
+        except msgspec.ValidationError as exc:
+            errors[field.encode_name] = _message(field.type, exc)
+    raise ApiError(400, "validation_failed", f"invalid {what}: " + ", ".join(sorted(errors)), errors)
+
+
+def _message(kind: Any, exc: msgspec.ValidationError) -> str:
+    """"must be" and the field type's description, else what msgspec or kakuremichi.values said."""
+    description = _description(kind)
+    return f"must be {description}" if description else str(exc).partition(" - at `$")[0]
+
+
+def _description(kind: Any) -> str | None:
+    if typing.get_origin(kind) is Annotated:
+        return next((meta.description for meta in kind.__metadata__
+                     if isinstance(meta, Meta) and meta.description), None)
+    return next(filter(None, map(_description, typing.get_args(kind))), None)  # a union: its described type
+
+
+def given(values: Body) -> dict[str, Any]:
+    """The fields a request set (PATCH: those it changes), by attribute name."""
+    return {name: value for name, value in msgspec.structs.asdict(values).items() if value is not UNSET}
+
+
+def page_query(args: Any) -> PageQuery:
+    """The list query of `args` (the request's query string): ASCII-digit numbers only."""
+    values = {field.encode_name: args[field.encode_name] for field in msgspec.structs.fields(PageQuery)
+              if field.encode_name in args}
+    return decode(PageQuery, {name: int(raw) if _QUERY_INTEGER.match(raw) else raw for name, raw in values.items()},
+                  "query")
+
+
+def as_json(value: Body) -> dict:
+    """A body as JSON types (dicts, lists, strings): what services hand to the API and the web UI's templates."""
+    return msgspec.to_builtins(value)
