@@ -94,13 +94,19 @@ PAUSED = object()  # the message is done; the next is read after start_next_cycl
 
 
 class _Head:
-    """llhttp's callbacks for one head: the fields as they arrive."""
+    """llhttp's callbacks for one head: the fields as they arrive, and whether the connection may stay open
+    after the message (asked at the end of the head: llhttp forgets it once a body-less message is done)."""
 
-    __slots__ = ("url", "reason", "headers")
+    __slots__ = ("url", "reason", "headers", "parser", "keep_alive")
 
     def __init__(self) -> None:
         self.url = self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.parser = None
+        self.keep_alive = False
+
+    def on_headers_complete(self) -> None:
+        self.keep_alive = self.parser.should_keep_alive()
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -192,8 +198,8 @@ class Connection:
                     return CLOSED  # between messages
                 raise Malformed("the connection closed before the response")
             self._head = _Head()
-            self._parser = (httptools.HttpRequestParser if self.server else httptools.HttpResponseParser)(
-                self._head)
+            self._parser = self._head.parser = (
+                httptools.HttpRequestParser if self.server else httptools.HttpResponseParser)(self._head)
             self._searched = self._fed = 0
         end = buffer.find(b"\r\n\r\n", max(self._searched - 3, 0))
         if end < 0:
@@ -211,11 +217,11 @@ class Connection:
         self._feed(bytes(buffer[self._fed:end]))
         del buffer[:end]
         parser, head = self._parser, self._head
-        self._parser = self._head = None
+        self._parser = self._head = head.parser = None
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
             raise Malformed(f"HTTP/{version} is not supported", 505)
-        keep_alive = version == "1.1" and parser.should_keep_alive()
+        keep_alive = version == "1.1" and head.keep_alive
         if self.server:
             return self._request(parser.get_method(), head, version, keep_alive)
         return self._response(parser.get_status_code(), head, version, keep_alive)

@@ -24,8 +24,9 @@ FIELDS = st.lists(st.tuples(TOKEN.filter(lambda n: n not in (b"content-length", 
                   max_size=6)
 
 
-def read_all(conn: h1parse.Connection, pieces: list[bytes]) -> list:
-    """Events from `pieces` fed one after another, then EOF; cycles are started as each message ends."""
+def read_all(conn: h1parse.Connection, pieces: list[bytes], answers: list[bytes] | None = None) -> list:
+    """Events from `pieces` fed one after another, then EOF; cycles are started as each message ends (a
+    server answers each request with a 204 first, its bytes added to `answers`)."""
     events = []
     for piece in [*pieces, b""]:
         conn.receive_data(piece)
@@ -40,8 +41,9 @@ def read_all(conn: h1parse.Connection, pieces: list[bytes]) -> list:
                 continue
             events.append(event)
             if isinstance(event, h1parse.EndOfMessage) and conn.server:
-                conn.send(h1parse.Response(204, []))  # the answer, so the next request may be read
-                conn.send(h1parse.END)
+                answer = conn.send(h1parse.Response(204, [])) + conn.send(h1parse.END)
+                if answers is not None:
+                    answers.append(answer)
     return events
 
 
@@ -61,22 +63,32 @@ def messages(events: list) -> list[tuple]:
 @FUZZ
 @given(st.lists(st.tuples(st.sampled_from([b"GET", b"POST", b"PUT"]), TOKEN, FIELDS, st.binary(max_size=500),
                           st.booleans()), min_size=1, max_size=3),
-       st.lists(st.integers(0, 3000), max_size=5))
-def test_written_requests_read_back_the_same_however_split(requests, cuts):
+       st.lists(st.integers(0, 3000), max_size=5), st.booleans())
+def test_written_requests_read_back_the_same_however_split(requests, cuts, close):
+    """With `close`, the last request asks for the connection to close: its answer says so, and the
+    connection cannot carry another request (whether or not the request had a body)."""
     writer, wire, expected = h1parse.Connection(server=False), b"", []
-    for method, path, fields, body, chunked in requests:
+    for i, (method, path, fields, body, chunked) in enumerate(requests):
         headers = [(b"host", b"app.test"), *fields]
+        if close and i == len(requests) - 1:
+            headers.append((b"connection", b"close"))
         if body:
             headers.append((b"transfer-encoding", b"chunked") if chunked else (b"content-length", b"%d" % len(body)))
         wire += writer.send(h1parse.Request(method, b"/" + path, headers))
         for piece in split(body, [len(body) // 3]):
             wire += writer.send(h1parse.Data(piece))
         wire += writer.send(h1parse.END)
-        writer.receive_data(b"HTTP/1.1 204 No Content\r\n\r\n")
-        assert isinstance(writer.next_event(), h1parse.Response) and writer.next_event() is h1parse.END
-        writer.start_next_cycle()
         expected.append((method, b"/" + path, headers, body))
-    assert messages(read_all(h1parse.Connection(server=True), split(wire, cuts))) == expected
+        if i < len(requests) - 1:
+            writer.receive_data(b"HTTP/1.1 204 No Content\r\n\r\n")
+            assert isinstance(writer.next_event(), h1parse.Response) and writer.next_event() is h1parse.END
+            writer.start_next_cycle()
+    server, answers = h1parse.Connection(server=True), []
+    assert messages(read_all(server, split(wire, cuts), answers)) == expected
+    assert (b"connection: close" in answers[-1]) is close
+    writer.receive_data(answers[-1])  # the last answer, as the client reads it
+    assert isinstance(writer.next_event(), h1parse.Response) and writer.next_event() is h1parse.END
+    assert writer.reusable is not close
 
 
 @FUZZ

@@ -75,3 +75,37 @@ async def test_an_agent_chunk_size_past_63_bits_ends_the_response(nursery):
                                                         listeners[0].socket.getsockname()[1])]))
     answer = await raw_exchange(gw.port, b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
     assert b"rest" not in answer and not answer.endswith(b"0\r\n\r\n")
+
+
+async def test_a_head_response_has_no_body_and_connection_close_ends_the_connection(gateway):
+    """The agent's answer to HEAD announces a length it does not send: read as a body, the next response
+    would be eaten by it. The GET after it asks to close: answered, the gateway closes (else the client
+    would wait for the end of the connection that never comes)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", gateway.port)
+    async with stream:
+        await stream.send_all(b"HEAD /headers HTTP/1.1\r\nHost: app.test\r\n\r\n"
+                              b"GET /headers HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+        answer = b""
+        with trio.fail_after(10):
+            while chunk := await stream.receive_some():
+                answer += chunk
+    head, rest = answer.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200 ") and b"content-length: " in head.lower()
+    assert rest.startswith(b"HTTP/1.1 200 ") and rest.endswith(b"}")  # the GET's JSON right after the head
+
+
+async def test_an_agent_connection_the_agent_asked_to_close_is_not_pooled(nursery):
+    """A body-less answer saying Connection: close, on a connection the agent leaves open a moment."""
+    async def agent(stream):
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await stream.receive_some()
+        await stream.send_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+        await trio.sleep(5)
+
+    listeners = await nursery.start(partial(trio.serve_tcp, agent, 0, host="127.0.0.1"))
+    route = Route("app.test", "127.0.0.1", listeners[0].socket.getsockname()[1])
+    gw = await start_gateway(nursery, RouteTable([route]))
+    answer = await raw_exchange(gw.port, b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 204 ")
+    assert gw.proxy.pool.idle_count(route.upstream) == 0
