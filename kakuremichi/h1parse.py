@@ -10,7 +10,8 @@ forwards was parsed and checked on the way in (or built by h11 from HTTP/2, or b
 not validated a second time.
 
 Refusals raise Malformed with the status to answer: 400, 431 (head larger than `max_header_bytes` or more
-than MAX_HEADERS fields), 501 (a transfer coding other than chunked), 505 (not HTTP/1.x).
+than MAX_HEADERS fields), 501 (a request's transfer coding other than chunked), 505 (not HTTP/1.x). A
+response is refused likewise (the proxy answers 502 then).
 """
 
 from __future__ import annotations
@@ -270,16 +271,19 @@ class Connection:
                 self.their_state = DONE
                 self.switched = True
             return InformationalResponse(status, head.headers, head.reason, version.encode())
-        framing, length, chunked = _UNTIL_CLOSE, None, None
+        framing, length, coding = _UNTIL_CLOSE, None, None
         for name, value in head.headers:
             if name == b"content-length":
                 length = value
             elif name == b"transfer-encoding":
-                chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+                coding = value if coding is None else coding + b", " + value
         if self._head_request or status in (204, 304):
             framing = _NONE
-        elif chunked is not None:
-            framing = _CHUNKED if chunked else _UNTIL_CLOSE
+        elif coding is not None:
+            # Transfer-Encoding is hop-by-hop: relayed without it, a body still gzipped would be corrupt
+            if coding.strip().lower() != b"chunked":
+                raise Malformed("only Transfer-Encoding: chunked is supported")
+            framing = _CHUNKED
         elif length is not None:
             framing, self._left = (_LENGTH, int(length)) if int(length) else (_NONE, 0)
         self._start_body(framing, keep_alive and framing != _UNTIL_CLOSE)

@@ -43,6 +43,7 @@ async def test_requests_readable_two_ways_are_refused(gateway, request_bytes, st
     b"HTTP/1.1 200 OK\r\nX: a\r\n Content-Length: 2\r\n\r\nok",
     b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",  # nobody asked
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",  # relayed gzipped
 ])
 async def test_agent_responses_readable_two_ways_are_502(nursery, response):
     async def agent(stream):
