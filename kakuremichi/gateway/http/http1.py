@@ -38,7 +38,7 @@ class Http1Connection:
 
     def __init__(self, engine: Engine, stream: trio.abc.Stream, scheme: str, peer_ip: str) -> None:
         self.engine = engine
-        self.client = HttpConnection(stream, True, engine.settings.max_header_bytes)
+        self.client = HttpConnection(stream, server=True, max_header_bytes=engine.settings.max_header_bytes)
         self.scheme, self.peer_ip = scheme, peer_ip
         self.client_timeout = engine.settings.client_timeout
         self.upstream_timeout = engine.settings.upstream_timeout

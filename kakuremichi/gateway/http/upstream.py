@@ -68,7 +68,7 @@ class UpstreamConnection(HttpConnection):
     """An HTTP/1.1 client connection to one agent endpoint; `reused` is true when it came from the pool."""
 
     def __init__(self, stream: trio.abc.Stream, key: tuple[str, int], max_header_bytes: int) -> None:
-        super().__init__(stream, False, max_header_bytes)
+        super().__init__(stream, server=False, max_header_bytes=max_header_bytes)
         self.key = key
         self.reused = False
         self.retired = False  # closed by the idle watcher (agent closed it, sent junk, or idle too long)
