@@ -5,7 +5,10 @@ Lines are `time level logger message key=value ...` for humans, or one JSON obje
 
 While `write_in_batches()` runs (every command runs it), lines below WARNING are held for at most a
 fraction of a second and written together: the gateway logs every request, and a write per line was a
-system call per request. A warning or worse goes out at once, with everything held before it.
+system call per request. A warning or worse goes out at once, with everything held before it. Such a
+held line is formatted straight from its fields when only this module's handler would see it (no other
+handler or filter on the way, as in the daemons): a LogRecord and the logging module's dispatch took
+5 of the 14 us the gateway spent on each access line.
 """
 
 from __future__ import annotations
@@ -28,23 +31,27 @@ class _Formatter(logging.Formatter):
         self._second: tuple[int, str] = (-1, "")  # the last timestamp's whole second, formatted
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = getattr(record, "fields", None) or {}
-        second = int(record.created)
+        exc = self.formatException(record.exc_info) if record.exc_info else None
+        return self.line(record.created, record.levelname, record.name, record.getMessage(),
+                         getattr(record, "fields", None) or {}, exc)
+
+    def line(self, created: float, level: str, name: str, message: str, fields: dict, exc: str | None = None
+             ) -> str:
+        second = int(created)
         if second != self._second[0]:
             self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-        ts = f"{self._second[1]}.{int(record.msecs):03d}Z"
-        message = record.getMessage()
+        ts = f"{self._second[1]}.{int((created - second) * 1000):03d}Z"
         if self.json_lines:
-            obj = {"ts": ts, "level": record.levelname.lower(), "logger": record.name, "msg": message}
+            obj = {"ts": ts, "level": level.lower(), "logger": name, "msg": message}
             obj.update(fields)
-            if record.exc_info:
-                obj["exc"] = self.formatException(record.exc_info)
+            if exc:
+                obj["exc"] = exc
             return json.dumps(obj, default=str)
-        parts = [ts, f"{record.levelname:<7}", record.name, message]
+        parts = [ts, f"{level:<7}", name, message]
         parts += [f"{k}={_quote(v)}" for k, v in fields.items()]
         line = " ".join(parts)
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+        if exc:
+            line += "\n" + exc
         return line
 
 
@@ -71,9 +78,14 @@ class _Handler(logging.StreamHandler):
         except Exception:
             self.handleError(record)
             return
+        self.hold(line)
+        if record.levelno >= logging.WARNING:
+            self.flush()
+
+    def hold(self, line: str) -> None:
         self._held.append(line)
         self._held_chars += len(line)
-        if record.levelno >= logging.WARNING or self._held_chars >= _BATCH_CHARS:
+        if self._held_chars >= _BATCH_CHARS:
             self.flush()
 
     def flush(self) -> None:
@@ -112,8 +124,27 @@ def add_arguments(parser) -> None:
 
 def log(logger: logging.Logger, level: int, message: str, **fields: object) -> None:
     """Log `message` with structured `fields` (rendered as key=value or JSON keys)."""
-    if logger.isEnabledFor(level):
-        logger.log(level, message, extra={"fields": fields})
+    write(logger, level, message, fields)
+
+
+def write(logger: logging.Logger, level: int, message: str, fields: dict) -> None:
+    """`log` with the fields as a dict: held as a formatted line at once when nothing else would see it."""
+    if not logger.isEnabledFor(level):
+        return
+    handler = _handler
+    if handler is not None and handler.batching and level < logging.WARNING and _only_ours(logger, handler):
+        handler.hold(handler.formatter.line(time.time(), logging.getLevelName(level), logger.name, message, fields))
+        return
+    logger.log(level, message, extra={"fields": fields})
+
+
+def _only_ours(logger: logging.Logger, handler: _Handler) -> bool:
+    """Whether a record of `logger` would reach `handler` alone, unfiltered (no caplog, no extra handler)."""
+    while logger.parent is not None:
+        if logger.handlers or logger.filters or not logger.propagate:
+            return False
+        logger = logger.parent
+    return logger.handlers == [handler] and not logger.filters and not handler.filters
 
 
 async def write_in_batches() -> None:

@@ -81,6 +81,27 @@ async def test_lines_are_held_and_written_together_but_a_warning_goes_out_at_onc
     assert stream.getvalue().splitlines()[-1].endswith("unbatched")
 
 
+def test_a_held_line_nobody_else_sees_is_formatted_without_a_record_and_reads_the_same(monkeypatch, root_logger):
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    logs.setup("info")
+    logs._handler.batching = True
+    made, make_record = [], logging.Logger.makeRecord
+    monkeypatch.setattr(logging.Logger, "makeRecord", lambda *args, **kw: made.append(1) or make_record(*args, **kw))
+    logger = logging.getLogger("kakuremichi.test.direct")
+    logs.log(logger, logging.INFO, "request", host="two words", status=200)
+    assert not made  # formatted straight from the fields
+    seen: list[logging.LogRecord] = []
+    other = logging.Handler()
+    other.emit = seen.append
+    root_logger.addHandler(other)  # another handler (pytest's caplog, say) must still get its record
+    logs.log(logger, logging.INFO, "request", host="two words", status=200)
+    assert made and seen[0].fields == {"host": "two words", "status": 200}
+    logs._handler.flush()
+    direct, recorded = (line.split(" ", 1)[1] for line in stream.getvalue().splitlines())
+    assert direct == recorded == 'INFO    kakuremichi.test.direct request host="two words" status=200'
+
+
 def test_sigterm_stops_a_daemon_cleanly(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     agent = subprocess.Popen([sys.executable, "-m", "kakuremichi.agent", "--control-url", "ws://127.0.0.1:9/ws",

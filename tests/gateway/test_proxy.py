@@ -171,7 +171,8 @@ async def test_pooled_connection_closed_by_agent_while_idle_is_dropped(nursery):
 
 
 async def test_an_idle_connection_gets_its_watcher_only_after_a_moment(nursery):
-    """Under load a pooled connection is reused within milliseconds: no watcher task per request."""
+    """Under load a pooled connection is reused within milliseconds: no watcher task per request, and its
+    keep-alive probing stays at the exchange's setting (no change, and no netstack wake-up, per request)."""
     from kakuremichi.gateway.http.upstream import WATCH_AFTER
 
     port = await start_app(nursery, "app")
@@ -179,12 +180,12 @@ async def test_an_idle_connection_gets_its_watcher_only_after_a_moment(nursery):
     async with httpx.AsyncClient(base_url=gw.url, headers={"host": "app.test"}) as client:
         await client.get("/")
         (conn,) = await idle_connections(gw, ("127.0.0.1", port), 1)
-        assert conn._watch is None
+        assert conn._watch is None and not conn.quiet
         await trio.sleep(WATCH_AFTER + 0.2)
-        assert conn._watch is not None  # idle for a while now: watched for the agent closing it
+        assert conn._watch is not None and conn.quiet  # idle a while now: watched for the agent closing it
         assert (await client.get("/")).status_code == 200
         (again,) = await idle_connections(gw, ("127.0.0.1", port), 1)
-        assert again is conn and conn._watch is None  # picked up, its watcher gone, back unwatched
+        assert again is conn and conn._watch is None and not conn.quiet  # picked up: back unwatched
 
 
 async def test_a_request_cancelled_while_picking_up_a_watched_connection_does_not_lose_it(nursery):

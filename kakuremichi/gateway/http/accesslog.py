@@ -10,6 +10,8 @@ import logging
 
 import trio
 
+from kakuremichi.logs import write
+
 logger = logging.getLogger("kakuremichi.gateway.access")
 
 
@@ -43,4 +45,4 @@ class AccessRecord:
             if value:
                 fields[name] = value
         fields["ms"] = round((trio.current_time() - self.started) * 1000, 1)
-        logger.info("request", extra={"fields": fields})
+        write(logger, logging.INFO, "request", fields)

@@ -1,8 +1,8 @@
 """The exchange engine both fronts share: a request routed by Host to an agent and its answer relayed back.
 
-A front (http1.py, http2.py) turns what its client sends into an h11.Request and hands it to
-`Engine.exchange` as a ClientSide: the engine picks the route, adds the forwarding headers, takes an
-agent connection from the pool, sends the request under the exchange's timeout guard and asks the
+A front (http1.py, http2.py) turns what its client sends into a Request (h1parse's; h11's from HTTP/2) and
+hands it to `Engine.exchange` as a ClientSide: the engine picks the route, adds the forwarding headers, takes
+an agent connection from the pool, sends the request under the exchange's timeout guard and asks the
 front to pump the body and relay the response. Bodies stream both ways chunk by chunk, so memory per
 exchange is bounded whatever the body size. What no agent can answer comes back as a GatewayError
 (unknown host 404, agent unreachable 502, agent too slow 504, malformed request 400) for the front to
@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlsplit
 
-import h11
 import trio
 
+from kakuremichi import h1parse
 from kakuremichi.faults import Contained
 from kakuremichi.gateway.certs.challenges import ChallengeStore
 from kakuremichi.gateway.http import errorpages
@@ -54,7 +54,7 @@ class Abort(Exception):
 
 
 _NOT_IDEMPOTENT = (b"POST", b"PATCH", b"CONNECT")
-END = h11.EndOfMessage()  # events are immutable: one serves every message (trailers are not relayed)
+END = h1parse.END  # one serves every message (trailers are not relayed)
 
 
 class Stale(Exception):
@@ -89,14 +89,14 @@ class Engine:
         self.watchdog = Watchdog(tick_for(self.settings.client_timeout, self.settings.upstream_timeout))
         self.faults = Contained(logger, "gateway connection")  # what escaped serving one
 
-    def begin(self, record: AccessRecord, request: h11.Request, peer_ip: str) -> None:
+    def begin(self, record: AccessRecord, request: h1parse.Request, peer_ip: str) -> None:
         """Start `record` for `request`: its clock starts now, not with the keep-alive wait before it."""
         record.started = trio.current_time()
         record.method = request.method.decode("ascii", "replace")
         record.set_target(request.target)
         record.client = client_ip(peer_ip, request.headers, self.settings.forwarding)
 
-    def resolve(self, request: h11.Request, record: AccessRecord) -> tuple[str, str, bytes]:
+    def resolve(self, request: h1parse.Request, record: AccessRecord) -> tuple[str, str, bytes]:
         """Host as sent, normalised host and origin-form target; a request the gateway refuses raises."""
         if sum(len(n) + len(v) + 4 for n, v in request.headers) > self.settings.max_header_bytes:
             raise errorpages.bad_request("Request headers are too large.", 431)
@@ -116,12 +116,12 @@ class Engine:
             raise errorpages.unknown_host(host)
         return route
 
-    def upstream_request(self, request: h11.Request, raw_host: str, host: str, target: bytes, scheme: str,
-                         peer_ip: str) -> h11.Request:
+    def upstream_request(self, request: h1parse.Request, raw_host: str, host: str, target: bytes, scheme: str,
+                         peer_ip: str) -> h1parse.Request:
         """The request as the agent gets it: hop-by-hop fields dropped, forwarding fields added."""
         forward_host = raw_host if raw_host.isascii() else host
-        return h11.Request(method=request.method, target=target,
-                           headers=self._upstream_headers(request, forward_host, scheme, peer_ip))
+        return h1parse.Request(request.method, target,
+                           self._upstream_headers(request, forward_host, scheme, peer_ip))
 
     @staticmethod
     def interrupted(guard: Guard, record: AccessRecord) -> GatewayError:
@@ -132,10 +132,10 @@ class Engine:
             return errorpages.unknown_host(record.host)
         return errorpages.upstream_timeout(record.host)
 
-    def _upstream_headers(self, request: h11.Request, host: str, scheme: str, peer_ip: str):
+    def _upstream_headers(self, request: h1parse.Request, host: str, scheme: str, peer_ip: str):
         keep = []
         if any(n == b"transfer-encoding" for n, _ in request.headers):
-            keep.append(b"transfer-encoding")  # h11 only accepted chunked; the agent must see the framing
+            keep.append(b"transfer-encoding")  # only chunked was accepted; the agent must see the framing
         upgrade = b"upgrade" in connection_tokens(request.headers)
         if upgrade:
             keep.append(b"upgrade")
@@ -147,7 +147,7 @@ class Engine:
         return forwarded_headers(headers, peer_ip=peer_ip, host=host, scheme=scheme,
                                  policy=self.settings.forwarding)
 
-    async def exchange(self, side: ClientSide, request: h11.Request, has_body: bool, route: Route, host: str,
+    async def exchange(self, side: ClientSide, request: h1parse.Request, has_body: bool, route: Route, host: str,
                        record: AccessRecord, guard: Guard) -> None:
         """Send the request to the route's agent (its waits under `guard`) and relay its answer to `side`; a
         pooled connection found dead before answering a body-less idempotent request is replaced once by a
@@ -180,7 +180,7 @@ class Engine:
             log(logger, logging.WARNING, "agent unreachable", host=host, error=str(exc))
             raise errorpages.agent_unreachable(host) from None
 
-    async def _relay(self, side: ClientSide, upstream: UpstreamConnection, request: h11.Request,
+    async def _relay(self, side: ClientSide, upstream: UpstreamConnection, request: h1parse.Request,
                      has_body: bool, replayable: bool, host: str, record: AccessRecord, hsts: bool) -> None:
         failure: BaseException | None = None
         try:
@@ -206,32 +206,32 @@ class Engine:
         if failure is not None:
             raise failure
 
-    async def response_event(self, upstream: UpstreamConnection, host: str, replayable: bool) -> h11.Event:
+    async def response_event(self, upstream: UpstreamConnection, host: str, replayable: bool) -> object:
         """The agent's next event up to its response head, within the upstream timeout; a pooled connection
         that dies before saying anything raises Stale if the request may be replayed, any other failure
         is the agent unreachable."""
         try:
             return await upstream.next_event(self.settings.upstream_timeout)
-        except (h11.RemoteProtocolError, *STREAM_ERRORS) as exc:
+        except (h1parse.Malformed, *STREAM_ERRORS) as exc:
             if upstream.reused and upstream.bytes_received == 0 and replayable:
                 raise Stale() from None
             log(logger, logging.WARNING, "agent answered badly", host=host, error=str(exc))
             raise errorpages.agent_unreachable(host) from None
 
-    async def upstream_send(self, upstream: UpstreamConnection, event: h11.Event, *, body: bool = False) -> None:
+    async def upstream_send(self, upstream: UpstreamConnection, event: object, *, body: bool = False) -> None:
         """`event` to the agent, within the upstream timeout unless it is request `body`: an agent may answer
         without reading the body, and the exchange's other task waits for that answer under the timeouts
         (the agent's pieces, the client's reads) and ends the pump when done. An agent that took more of
         the body is not slow to answer: the wait for its answer starts over."""
         try:
             await upstream.send(event, math.inf if body else self.settings.upstream_timeout)
-        except (h11.LocalProtocolError, *STREAM_ERRORS):
+        except (h1parse.SendError, *STREAM_ERRORS):
             raise Abort() from None
         if body:
             upstream.restart_read(self.settings.upstream_timeout)
 
 
-def _host_and_target(request: h11.Request) -> tuple[str, bytes]:
+def _host_and_target(request: h1parse.Request) -> tuple[str, bytes]:
     """Host and origin-form target; an absolute-form target's authority overrides Host (RFC 9112 §3.2.2)."""
     target = request.target
     if target[:7].lower() == b"http://" or target[:8].lower() == b"https://":

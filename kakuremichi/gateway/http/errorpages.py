@@ -10,7 +10,8 @@ import html
 import json
 from http import HTTPStatus
 
-import h11
+from kakuremichi import h1parse
+
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -93,9 +94,9 @@ def render(error: GatewayError, accept: bytes = b"") -> tuple[Headers, bytes]:
     return headers, body
 
 
-def response(error: GatewayError, accept: bytes = b"", *, close: bool = False) -> tuple[h11.Response, bytes]:
-    """An h11 Response plus body for `error`."""
+def response(error: GatewayError, accept: bytes = b"", *, close: bool = False) -> tuple[h1parse.Response, bytes]:
+    """An HTTP/1.1 Response plus body for `error`."""
     headers, body = render(error, accept)
     if close:
         headers.append((b"connection", b"close"))
-    return h11.Response(status_code=error.status, headers=headers, reason=HTTPStatus(error.status).phrase.encode()), body
+    return h1parse.Response(error.status, headers, HTTPStatus(error.status).phrase.encode()), body

@@ -9,6 +9,7 @@ view of the client replaces it. X-Real-IP is the client address alone — never 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -60,9 +61,12 @@ def _forwarded_node(ip: str) -> str:
     return f'"[{ip}]"' if ":" in ip else ip
 
 
+_TOKEN = re.compile(r"[\w!#$%&'*+.^`|~-]+")  # \w: what str.isalnum() takes, and "_"
+
+
 def _forwarded_token(value: str) -> str:
     """RFC 7239 values are tokens or quoted strings; quote anything that is not a plain token."""
-    if value and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in value):
+    if _TOKEN.fullmatch(value):
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -82,21 +86,33 @@ def client_ip(peer_ip: str, headers: Headers, policy: ForwardingPolicy) -> str:
 def forwarded_headers(
     headers: Headers, *, peer_ip: str, host: str, scheme: str, policy: ForwardingPolicy
 ) -> Headers:
-    """Request headers as sent upstream: incoming forwarding fields kept only from trusted peers."""
+    """Request headers as sent upstream: incoming forwarding fields kept only from trusted peers (one pass:
+    every request takes it)."""
     trusted = policy.trusts(peer_ip)
-    out = [(n, v) for n, v in headers if trusted or n not in _CLIENT_SET]
-    first = {n: v for n, v in reversed(out) if n in _CLIENT_SET}
-    out = [(n, v) for n, v in out if n not in (b"x-forwarded-for", b"x-real-ip", b"forwarded")]
+    out: Headers = []
+    chain: list[bytes] = []  # the X-Forwarded-For values a trusted peer handed us, then the peer
+    previous: list[bytes] = []  # its Forwarded elements, then ours
+    given: set[bytes] = set()
+    for name, value in headers:
+        if name not in _CLIENT_SET:
+            out.append((name, value))
+        elif trusted:
+            given.add(name)
+            if name == b"x-forwarded-for":
+                chain.append(value)
+            elif name == b"forwarded":
+                previous.append(value)
+            elif name != b"x-real-ip":
+                out.append((name, value))  # X-Forwarded-Host and -Proto as the trusted proxy set them
 
-    chain = [v for n, v in headers if trusted and n == b"x-forwarded-for"]
-    out.append((b"x-forwarded-for", b", ".join(chain + [peer_ip.encode()])))
-    out.append((b"x-real-ip", client_ip(peer_ip, headers, policy).encode()))
-    if b"x-forwarded-host" not in first:
+    peer = peer_ip.encode()
+    chain.append(peer)
+    out.append((b"x-forwarded-for", b", ".join(chain)))
+    out.append((b"x-real-ip", client_ip(peer_ip, headers, policy).encode() if trusted else peer))
+    if b"x-forwarded-host" not in given:
         out.append((b"x-forwarded-host", host.encode()))
-    if b"x-forwarded-proto" not in first:
+    if b"x-forwarded-proto" not in given:
         out.append((b"x-forwarded-proto", scheme.encode()))
-
-    element = f"for={_forwarded_node(peer_ip)};host={_forwarded_token(host)};proto={scheme}"
-    previous = [v for n, v in headers if trusted and n == b"forwarded"]
-    out.append((b"forwarded", b", ".join(previous + [element.encode()])))
+    previous.append(f"for={_forwarded_node(peer_ip)};host={_forwarded_token(host)};proto={scheme}".encode())
+    out.append((b"forwarded", b", ".join(previous)))
     return out

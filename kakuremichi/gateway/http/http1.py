@@ -1,6 +1,6 @@
 """The HTTP/1.1 front: one client connection, its requests one after another, each through the engine.
 
-The front reads each request with h11, answers by itself what only the gateway can (ACME challenges,
+The front reads each request with h1parse, answers by itself what only the gateway can (ACME challenges,
 HTTPS redirects, the error pages the engine raises), and is the ClientSide of every exchange: it
 pumps the request body to the agent and relays the agent's response, both streamed chunk by chunk.
 An Upgrade answered with 101 turns the exchange into a plain byte pipe (WebSocket).
@@ -8,9 +8,9 @@ An Upgrade answered with 101 turns the exchange into a plain byte pipe (WebSocke
 
 from __future__ import annotations
 
-import h11
 import trio
 
+from kakuremichi import h1parse
 from kakuremichi.gateway.http import errorpages
 from kakuremichi.gateway.http.accesslog import AccessRecord
 from kakuremichi.gateway.http.connection import CHUNK, STREAM_ERRORS, HttpConnection
@@ -38,7 +38,7 @@ class Http1Connection:
 
     def __init__(self, engine: Engine, stream: trio.abc.Stream, scheme: str, peer_ip: str) -> None:
         self.engine = engine
-        self.client = HttpConnection(stream, h11.SERVER, engine.settings.max_header_bytes)
+        self.client = HttpConnection(stream, server=True, max_header_bytes=engine.settings.max_header_bytes)
         self.scheme, self.peer_ip = scheme, peer_ip
         self.client_timeout = engine.settings.client_timeout
         self.upstream_timeout = engine.settings.upstream_timeout
@@ -56,13 +56,13 @@ class Http1Connection:
                 with guard:
                     try:
                         request = await client.next_event(self.client_timeout)
-                    except h11.RemoteProtocolError as exc:
-                        if client.h11.our_state is not h11.IDLE:
+                    except h1parse.Malformed as exc:
+                        if client.http.our_state is not h1parse.IDLE:
                             return
                         record.error = "bad_request"
-                        error = errorpages.bad_request(f"Malformed request: {exc}.", exc.error_status_hint)
+                        error = errorpages.bad_request(f"Malformed request: {exc}.", exc.status)
                     else:
-                        if not isinstance(request, h11.Request):
+                        if not isinstance(request, h1parse.Request):
                             return  # ConnectionClosed: the client is done
                         error = await self._handle(request, record, guard)
                 if guard.scope.cancelled_caught:
@@ -85,7 +85,7 @@ class Http1Connection:
         finally:
             await client.aclose()
 
-    async def _handle(self, request: h11.Request, record: AccessRecord, guard: Guard) -> GatewayError | None:
+    async def _handle(self, request: h1parse.Request, record: AccessRecord, guard: Guard) -> GatewayError | None:
         """Route and relay one request; an error the gateway must answer is returned, not sent."""
         engine, scheme = self.engine, self.scheme
         engine.begin(record, request, self.peer_ip)
@@ -103,20 +103,20 @@ class Http1Connection:
             upstream_request = engine.upstream_request(request, raw_host, host, target, scheme, self.peer_ip)
             has_body = _declares_body(upstream_request)
             if not has_body:
-                await self._event()  # the EndOfMessage h11 has ready for body-less requests
+                await self._event()  # the end the parser has ready for body-less requests
             with engine.routes.hold(route, guard.scope):
                 await engine.exchange(self, upstream_request, has_body, route, host, record, guard)
         except GatewayError as error:
             return error
         except Abort:
-            self.client.h11.send_failed()
+            self.client.http.send_failed()
         return None
 
     def _interrupted(self, guard: Guard, record: AccessRecord) -> GatewayError | None:
         """Why a request's guard was cancelled, as the error to answer (None: the client just goes)."""
         if guard.expired is self.client:
             record.error = "client_timeout"
-            self.client.h11.send_failed()
+            self.client.http.send_failed()
             return None
         return self.engine.interrupted(guard, record)
 
@@ -126,18 +126,17 @@ class Http1Connection:
                              record: AccessRecord, hsts: bool) -> None:
         while True:
             event = await self.engine.response_event(upstream, host, replayable)
-            if isinstance(event, h11.InformationalResponse) and event.status_code == 101:
+            if isinstance(event, h1parse.InformationalResponse) and event.status_code == 101:
                 await self._switch_protocols(upstream, event, record)
                 return
-            if not isinstance(event, h11.InformationalResponse):
+            if not isinstance(event, h1parse.InformationalResponse):
                 break
             await self._send(event)  # 100 Continue, 103 Early Hints
-        if not isinstance(event, h11.Response):
+        if not isinstance(event, h1parse.Response):
             raise errorpages.agent_unreachable(host)
         record.status = event.status_code
-        self._queue(h11.Response(
-            status_code=event.status_code, reason=event.reason,
-            headers=response_headers(event.headers, hsts, keep=[b"content-length"])))
+        self._queue(h1parse.Response(event.status_code, response_headers(event.headers, hsts, keep=[b"content-length"]),
+                                     event.reason))
         while True:
             # Relay what already arrived in one write; wait for the agent only when nothing is left.
             try:
@@ -145,12 +144,12 @@ class Http1Connection:
                 if event is None:
                     await self._flush()
                     event = await upstream.next_event(self.upstream_timeout)
-            except (h11.RemoteProtocolError, *STREAM_ERRORS):
+            except (h1parse.Malformed, *STREAM_ERRORS):
                 raise Abort() from None  # mid-body: truncation must show, so the client connection dies
-            if isinstance(event, h11.Data):
+            if isinstance(event, h1parse.Data):
                 record.bytes_out += len(event.data)
                 self._queue(event)
-            elif isinstance(event, h11.EndOfMessage):
+            elif isinstance(event, h1parse.EndOfMessage):
                 self._queue(END)
                 await self._flush()
                 return
@@ -168,12 +167,12 @@ class Http1Connection:
                 event = await self._event()
             except Abort as exc:
                 scope.cancel()
-                if isinstance(exc.__cause__, h11.RemoteProtocolError):
+                if isinstance(exc.__cause__, h1parse.Malformed):
                     return errorpages.bad_request(f"Malformed request body: {exc.__cause__}.")
-                self.client.h11.send_failed()
+                self.client.http.send_failed()
                 return None
             try:
-                if isinstance(event, h11.Data):
+                if isinstance(event, h1parse.Data):
                     record.bytes_in += len(event.data)
                     await engine.upstream_send(upstream, event, body=True)
                 else:
@@ -182,15 +181,15 @@ class Http1Connection:
             except Abort:
                 return None
 
-    async def _switch_protocols(self, upstream: UpstreamConnection, event: h11.InformationalResponse,
+    async def _switch_protocols(self, upstream: UpstreamConnection, event: h1parse.InformationalResponse,
                                 record: AccessRecord) -> None:
         """101 from the agent: answer the client likewise, then splice raw bytes until either side ends."""
         client = self.client
         record.status = 101
         headers = strip_hop_by_hop(list(event.headers), keep=[b"upgrade"]) + [(b"connection", b"upgrade")]
-        await self._send(h11.InformationalResponse(status_code=101, reason=event.reason, headers=headers))
-        early_up, _ = client.h11.trailing_data
-        early_down, _ = upstream.h11.trailing_data
+        await self._send(h1parse.InformationalResponse(101, headers, event.reason))
+        early_up = client.http.trailing_data
+        early_down = upstream.http.trailing_data
         try:
             if early_down:
                 await client.stream.send_all(early_down)
@@ -208,22 +207,22 @@ class Http1Connection:
     async def _event(self):
         try:
             event = await self.client.next_event(self.client_timeout)
-        except h11.RemoteProtocolError as exc:
+        except h1parse.Malformed as exc:
             raise Abort() from exc  # the pump answers it
         except STREAM_ERRORS:
             raise Abort() from None
-        if not isinstance(event, (h11.Data, h11.EndOfMessage)):
+        if not isinstance(event, (h1parse.Data, h1parse.EndOfMessage)):
             raise Abort()
         return event
 
-    async def _send(self, event: h11.Event) -> None:
+    async def _send(self, event: object) -> None:
         self._queue(event)
         await self._flush()
 
-    def _queue(self, event: h11.Event) -> None:
+    def _queue(self, event: object) -> None:
         try:
             self.client.queue(event)
-        except h11.LocalProtocolError:
+        except h1parse.SendError:
             raise Abort() from None
 
     async def _flush(self) -> None:
@@ -238,30 +237,30 @@ class Http1Connection:
         """A complete response from the gateway itself; the unread request body is drained if small."""
         record.status = status
         headers = list(headers) + [(b"content-length", str(len(body)).encode())]
-        await self._send(h11.Response(status_code=status, headers=headers))
+        await self._send(h1parse.Response(status, headers))
         if body:
-            await self._send(h11.Data(data=body))
+            await self._send(h1parse.Data(body))
         await self._send(END)
         await self._discard_request_body()
 
-    async def _answer(self, error: GatewayError, request: h11.Request | None, record: AccessRecord) -> None:
+    async def _answer(self, error: GatewayError, request: h1parse.Request | None, record: AccessRecord) -> None:
         """The error page for `error`, in the form the request accepts; if the response already began,
         nothing can be said any more and the connection just closes."""
         client = self.client
         record.error = record.error or error.code
-        if client.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):  # IDLE: the request was malformed
-            client.h11.send_failed()
+        if client.http.our_state is not h1parse.IDLE:
+            client.http.send_failed()
             return
         accept = b", ".join(v for n, v in request.headers if n == b"accept") if request is not None else b""
         response, body = errorpages.response(error, accept)
         record.status = error.status
         try:
             await self._send(response)
-            await self._send(h11.Data(data=body))
+            await self._send(h1parse.Data(body))
             await self._send(END)
             await self._discard_request_body()
         except Abort:
-            client.h11.send_failed()
+            client.http.send_failed()
 
     async def _redirect(self, host: str, target: bytes, record: AccessRecord) -> None:
         https_port = self.engine.settings.https_port
@@ -273,13 +272,13 @@ class Http1Connection:
     async def _discard_request_body(self) -> None:
         """Read away a small unread request body so the connection can serve the next request."""
         client = self.client
-        if client.h11.client_is_waiting_for_100_continue:
+        if client.http.client_is_waiting_for_100_continue:
             return  # it won't send the body now that it has its answer; the connection just closes
         read = 0
         with trio.move_on_after(1):
-            while client.h11.their_state is h11.SEND_BODY and read <= _DISCARD_LIMIT:
+            while client.http.their_state is h1parse.BODY and read <= _DISCARD_LIMIT:
                 event = await self._event()
-                if isinstance(event, h11.Data):
+                if isinstance(event, h1parse.Data):
                     read += len(event.data)
 
 
@@ -292,7 +291,7 @@ async def _linger(stream: trio.abc.Stream) -> None:
             read += len(data)
 
 
-def _declares_body(request: h11.Request) -> bool:
+def _declares_body(request: h1parse.Request) -> bool:
     for name, value in request.headers:
         if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
             return True

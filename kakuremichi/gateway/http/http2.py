@@ -28,6 +28,7 @@ import h2.utilities
 import trio
 from h2.errors import ErrorCodes
 
+from kakuremichi import h1parse
 from kakuremichi.gateway.http import errorpages
 from kakuremichi.gateway.http.accesslog import AccessRecord
 from kakuremichi.gateway.http.connection import CHUNK, STREAM_ERRORS
@@ -407,7 +408,7 @@ class Http2Stream(Waits):
                 record.bytes_in += len(data)
                 if self._unsent is not None:
                     self._unsent -= len(data)
-                await self.conn.engine.upstream_send(upstream, h11.Data(data=data), body=True)
+                await self.conn.engine.upstream_send(upstream, h1parse.Data(data), body=True)
                 self.conn.acknowledge(length, self.id)
                 self.conn.wake()
         except Abort:
@@ -419,13 +420,13 @@ class Http2Stream(Waits):
         timeout = engine.settings.upstream_timeout
         while True:
             event = await engine.response_event(upstream, host, replayable)
-            if not isinstance(event, h11.InformationalResponse):
+            if not isinstance(event, h1parse.InformationalResponse):
                 break
             if event.status_code == 101:
                 raise errorpages.agent_unreachable(host)  # nothing asked for an upgrade
             self._send_headers(event, end=False)  # 100 Continue, 103 Early Hints
             await self.conn.flush()
-        if not isinstance(event, h11.Response):
+        if not isinstance(event, h1parse.Response):
             raise errorpages.agent_unreachable(host)
         record.status = event.status_code
         self._send_headers(event, end=False, hsts=hsts)
@@ -436,12 +437,12 @@ class Http2Stream(Waits):
                 if event is None:
                     await self.conn.flush()
                     event = await upstream.next_event(timeout)
-            except (h11.RemoteProtocolError, *STREAM_ERRORS):
+            except (h1parse.Malformed, *STREAM_ERRORS):
                 raise Abort() from None  # mid-body: the reset shows the truncation
-            if isinstance(event, h11.Data):
+            if isinstance(event, h1parse.Data):
                 record.bytes_out += len(event.data)
                 await self._send_data(event.data)
-            elif isinstance(event, h11.EndOfMessage):
+            elif isinstance(event, h1parse.EndOfMessage):
                 await self._send_data(b"", end=True)
                 await self.conn.flush()
                 return
@@ -450,7 +451,7 @@ class Http2Stream(Waits):
 
     # Sending on the stream.
 
-    def _send_headers(self, response: h11.Response | h11.InformationalResponse, *, end: bool,
+    def _send_headers(self, response: h1parse.Response, *, end: bool,
                       hsts: bool = False) -> None:
         """Response headers without the connection-specific fields HTTP/2 forbids (RFC 9113 §8.2.2)."""
         headers = [(b":status", b"%d" % response.status_code)]

@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import h11
 import trio
 
 from kakuremichi.gateway.http.connection import DEFAULT_MAX_HEADER_BYTES, STREAM_ERRORS, HttpConnection
@@ -36,7 +35,9 @@ WATCH_AFTER = 1.0  # seconds of idleness before a pooled connection gets its wat
 # the upstream timeout. A live agent's netstack answers a probe at once, however slow the service behind it.
 EXCHANGE_KEEPALIVE = (2.0, 2.0, 3)  # idle, interval (seconds), probes
 # Idle in the pool (retired after its idle timeout, before any probe) or spliced after an Upgrade (a WebSocket
-# may be quiet for hours): probed as rarely as the exit's connections, not every 2 s each.
+# may be quiet for hours): probed as rarely as the exit's connections, not every 2 s each. A pooled connection
+# is switched to it only when it gets its watcher, WATCH_AFTER into its idleness (before the exchange setting
+# would probe): one back in use within that second never changes setting (two netstack wake-ups a request).
 QUIET_KEEPALIVE = EXIT_KEEPALIVE
 
 
@@ -67,10 +68,11 @@ class UpstreamConnection(HttpConnection):
     """An HTTP/1.1 client connection to one agent endpoint; `reused` is true when it came from the pool."""
 
     def __init__(self, stream: trio.abc.Stream, key: tuple[str, int], max_header_bytes: int) -> None:
-        super().__init__(stream, h11.CLIENT, max_header_bytes)
+        super().__init__(stream, server=False, max_header_bytes=max_header_bytes)
         self.key = key
         self.reused = False
         self.retired = False  # closed by the idle watcher (agent closed it, sent junk, or idle too long)
+        self.quiet = False  # probed at QUIET_KEEPALIVE (idle a while), else at EXCHANGE_KEEPALIVE (as dialled)
         self.idle_since: float | None = None  # when it went back to the pool; None while in use
         self._watch: trio.CancelScope | None = None
         self._watch_done = trio.Event()
@@ -110,7 +112,9 @@ class UpstreamPool:
                     await conn._watch_done.wait()
             if not conn.retired and self._fit(conn, since):
                 conn.reused = True
-                keepalive(conn, EXCHANGE_KEEPALIVE)
+                if conn.quiet:
+                    keepalive(conn, EXCHANGE_KEEPALIVE)
+                    conn.quiet = False
                 return conn
             if not conn.retired:
                 await conn.aclose()
@@ -131,7 +135,6 @@ class UpstreamPool:
             await conn.aclose()
             return
         conn.start_next_cycle()
-        keepalive(conn, QUIET_KEEPALIVE)
         conn.idle_since = since = trio.current_time()
         self._idle.setdefault(conn.key, []).append(conn)
         self._unwatched.append((since, conn))
@@ -152,6 +155,8 @@ class UpstreamPool:
                 continue
             queue.popleft()
             if conn.idle_since == since and conn._watch is None:
+                keepalive(conn, QUIET_KEEPALIVE)
+                conn.quiet = True
                 conn._watch = trio.CancelScope(deadline=since + self.limits.idle_timeout)
                 conn._watch_done = trio.Event()
                 self._nursery.start_soon(self._watch_idle, conn, conn._watch)
