@@ -95,9 +95,9 @@ def pytest_terminal_summary(terminalreporter):
             if isinstance(value, dict):  # a yardstick's figures
                 terminalreporter.write_line(f"    {key}")
                 for name, figure in value.items():
-                    terminalreporter.write_line(f"        {name:<40} {figure}")
+                    terminalreporter.write_line(f"        {name:<44} {figure}")
             else:
-                terminalreporter.write_line(f"    {key:<44} {value}")
+                terminalreporter.write_line(f"    {key:<48} {value}")
     terminalreporter.write_line("targets (issues 7, 13, 14)")
     for label, verdict in _targets().items():
         terminalreporter.write_line(f"    {'PASS' if verdict['pass'] else 'FAIL'}  {label:<52} "
