@@ -76,7 +76,9 @@ def built(d: Deployment, app: str, gateway: str, tmp: Path, host: str):
                 "ssh_r": lambda: ssh_r(tmp / "ssh_r", d.apps[app], host)}
     skipped = {name: missing(name) for name in builders}
     try:
-        systems += [build() for name, build in builders.items() if not skipped[name]]
+        for name, build in builders.items():
+            if not skipped[name]:
+                systems.append(build())  # one at a time: those built are torn down if the next fails
         yield systems, {name: reason for name, reason in skipped.items() if reason}
     finally:
         for system in systems:
@@ -144,6 +146,7 @@ def ssh_r(tmp: Path, app_port: int, host: str) -> System:
         stack.callback(_stop, sshd)
         wait_for(lambda: b"Server listening" in (tmp / "sshd.log").read_bytes() or sshd.poll() is not None,
                  10, "sshd to listen")
+        assert sshd.poll() is None, f"sshd exited; see {tmp / 'sshd.log'}"
         ssh = subprocess.Popen(
             ["ssh", "-N", "-F", "/dev/null", "-i", str(tmp / "client"), "-p", str(ssh_port),
              "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
@@ -175,7 +178,7 @@ def _nginx(prefix: Path, listen: str, upstream: str, namespace: KernelWireGuardP
     stays under `prefix`."""
     prefix.mkdir(parents=True)
     (prefix / "nginx.conf").write_text(f"""
-user root;
+user root;  # not nobody: the temp paths under the prefix are root's
 worker_processes auto;
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
