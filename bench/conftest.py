@@ -21,6 +21,14 @@ TARGETS = [
     ("scale_connections", "gateway_kb_per_connection", "<=", 30, "gateway <= 30 KB per idle tunnelled connection"),
     ("scale_connections", "agent_kb_per_connection", "<=", 30, "agent <= 30 KB per idle tunnelled connection"),
     ("memory", "agent_idle_rss_mb", "<=", 60, "agent idle RSS <= 60 MB"),
+] + [  # issue 14: against the yardsticks measured in the same rounds
+    ("http_full_path", "ratio_rps_c64_vs_nginx_wireguard_go", ">=", 0.5,
+     "full path req/s at c64 >= 0.5 x nginx + wireguard-go"),
+    ("http_full_path", "ratio_p99_ms_c64_vs_nginx_wireguard_go", "<=", 3,
+     "full path p99 at c64 <= 3 x nginx + wireguard-go"),
+    ("http_full_path", "ratio_download_vs_ssh_r", ">=", 1.0, "full path 100 MB download >= 1.0 x nginx + ssh -R"),
+    ("http_full_path", "ratio_cpu_s_per_1000_req_vs_nginx_wireguard_go", "<=", 3,
+     "CPU s per 1,000 requests <= 3 x nginx + wireguard-go"),
 ] + [  # issue 13: another tenant's flood at most doubles a tenant's request latency
     ("fairness", f"{kind}_flood_{stat}_ratio", "<=", 2, f"{kind} flood: legit {stat} <= 2 x no flood")
     for kind in ("transport", "handshake", "syn", "connect", "exit") for stat in ("p50", "p99")
@@ -32,10 +40,14 @@ def record():
     """record(scenario, **figures): merge figures into the scenario's entry of summary.json."""
 
     def _record(scenario: str, **figures) -> None:
-        _results.setdefault(scenario, {}).update(
-            {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()})
+        _results.setdefault(scenario, {}).update(_rounded(figures))
 
     return _record
+
+
+def _rounded(figures: dict) -> dict:
+    return {k: round(v, 3) if isinstance(v, float) else _rounded(v) if isinstance(v, dict) else v
+            for k, v in figures.items()}
 
 
 def _derive_ratios() -> None:
@@ -80,8 +92,13 @@ def pytest_terminal_summary(terminalreporter):
             continue
         terminalreporter.write_line(scenario)
         for key, value in figures.items():
-            terminalreporter.write_line(f"    {key:<44} {value}")
-    terminalreporter.write_line("targets (issues 7, 13)")
+            if isinstance(value, dict):  # a yardstick's figures
+                terminalreporter.write_line(f"    {key}")
+                for name, figure in value.items():
+                    terminalreporter.write_line(f"        {name:<44} {figure}")
+            else:
+                terminalreporter.write_line(f"    {key:<48} {value}")
+    terminalreporter.write_line("targets (issues 7, 13, 14)")
     for label, verdict in _targets().items():
         terminalreporter.write_line(f"    {'PASS' if verdict['pass'] else 'FAIL'}  {label:<52} "
                                     f"{verdict['value']} (target {verdict['target']})")

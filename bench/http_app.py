@@ -6,7 +6,8 @@ keep-alive, and precomputed responses.
 `Connection: upgrade` is answered 101 and then echoed byte for byte, which is how the benchmarks hold
 tunnelled connections open. Request bodies are not read (the benchmarks send none).
 
-Run as `python bench/http_app.py PORT NAME`; prints "ready" once listening.
+Run as `python bench/http_app.py PORT NAME [ADDRESS]` (ADDRESS 127.0.0.1 unless given); prints "ready" once
+listening.
 """
 
 from __future__ import annotations
@@ -91,9 +92,9 @@ class Connection:
         return bool(self.outbox or self.remaining)
 
 
-def serve(port: int) -> None:
+def serve(port: int, address: str = "127.0.0.1") -> None:
     selector = selectors.DefaultSelector()
-    listener = socket.create_server(("127.0.0.1", port), backlog=4096)
+    listener = socket.create_server((address, port), backlog=4096)
     listener.setblocking(False)
     selector.register(listener, selectors.EVENT_READ)
     print("ready", flush=True)
@@ -129,4 +130,4 @@ def _accept(listener: socket.socket, selector: selectors.BaseSelector) -> None:
 
 
 if __name__ == "__main__":
-    serve(int(sys.argv[1]))
+    serve(int(sys.argv[1]), *sys.argv[3:4])

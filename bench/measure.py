@@ -52,12 +52,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def download_mbps(port: int, host: str, size: int, tls: bool = False) -> float:
-    """Mbit/s of one `GET /bytes/size` over a fresh connection (TLS, unverified, if `tls`), from sending the
-    request to the last byte (the TLS handshake included)."""
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants now (nginx's workers, sshd's session process), from /proc."""
+    tree = [pid]
+    for parent in tree:
+        for task in Path(f"/proc/{parent}/task").iterdir():
+            tree.extend(int(child) for child in (task / "children").read_text().split())
+    return tree
+
+
+def download_mbps(port: int, host: str, size: int, tls: bool = False, address: str = "127.0.0.1") -> float:
+    """Mbit/s of one `GET /bytes/size` to address:port over a fresh connection (TLS, unverified, if `tls`),
+    from sending the request to the last byte (the TLS handshake included)."""
     buffer = bytearray(1 << 20)
     start = time.perf_counter()
-    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock = socket.create_connection((address, port), timeout=60)
     if tls:
         sock = _UNVERIFIED.wrap_socket(sock, server_hostname=host)
     with sock:
@@ -83,7 +92,8 @@ _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
 def wrk(url: str, host: str, connections: int, seconds: float) -> dict[str, float]:
-    """Requests/s, p50/p99 latency in ms, and errors of one wrk run (keep-alive, `connections` in parallel)."""
+    """Requests/s, requests, p50/p99 latency in ms, and errors of one wrk run (keep-alive, `connections` in
+    parallel)."""
     threads = min(2, connections)
     out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s", "--latency",
                           "-H", f"Host: {host}", url], capture_output=True, text=True, check=True,
@@ -91,7 +101,8 @@ def wrk(url: str, host: str, connections: int, seconds: float) -> dict[str, floa
     latency = {p: float(v) * _UNITS[u] for p, v, u in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50_ms": latency["50"],
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "requests": int(re.search(r"(\d+) requests in", out).group(1)), "p50_ms": latency["50"],
             "p99_ms": latency["99"], "errors": errors + (int(non_2xx.group(1)) if non_2xx else 0)}
 
 

@@ -1,6 +1,7 @@
 """Scenarios 3, 4a and 5: the full path client → gateway (process) → WireGuard → agent (process) → local
 app, against the same app reached directly, and the same over HTTPS (TLS terminated at the gateway); then
-1,000 tunnelled connections held open; with the gateway's and agent's memory after each load.
+1,000 tunnelled connections held open; with the gateway's and agent's memory after each load. Last, issue
+14's yardsticks (bench/yardsticks.py) measured in the same rounds as this deployment.
 
 The tests of this module run in order on one deployment, so each memory figure is taken after the load
 before it; VmHWM is the process's peak so far.
@@ -9,10 +10,11 @@ before it; VmHWM is the process's peak so far.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import pytest
-
+import yardsticks
 from measure import (
     MB,
     HeldConnections,
@@ -24,6 +26,7 @@ from measure import (
     wrk,
 )
 from tests.deployment import Deployment, wait_for
+from tests.netns import needs
 
 HERE = Path(__file__).parent
 DOMAIN = "full.bench.test"
@@ -31,6 +34,8 @@ DOWNLOAD = 100 * MB
 DOWNLOADS = 3
 WRK_SECONDS = 5
 HELD = 1000
+YARDSTICK_ROUNDS = 2
+YARDSTICK_WRK_SECONDS = 3
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +89,7 @@ def test_download(deployment, record):
     _record_memory(record, deployment, "download")
 
 
+@needs("wrk", "wrk")
 @pytest.mark.parametrize("connections", [1, 16, 64])
 def test_requests(deployment, record, connections):
     direct = wrk(f"http://127.0.0.1:{deployment.apps['app']}/", DOMAIN, connections, WRK_SECONDS)
@@ -102,6 +108,7 @@ def test_requests(deployment, record, connections):
     assert through["rps"] > 0
 
 
+@needs("wrk", "wrk")
 def test_https(deployment, record):
     """The same path with TLS terminated at the gateway: 1 KB requests at 64 connections (one handshake per
     connection, as browsers keep theirs alive), and the download."""
@@ -149,3 +156,21 @@ def test_held_connections(deployment, record):
     record("scale_connections", seconds_until_agent_released_all=closed,
            **{f"{role}_rss_mb_after_close": memory_kb(pid)["rss"] / 1024 for role, pid in pids.items()})
     assert not refused, f"{len(refused)} of {HELD} upgrades refused: {sorted(set(refused))}; logs in {deployment.tmp}"
+
+
+@needs("wrk", "wrk")
+def test_yardsticks(deployment, record):
+    """kakuremichi, the app directly, nginx + wireguard-go and nginx + `ssh -R`, under the same wrk loads and
+    download in interleaved rounds; a yardstick whose tools are missing is skipped, and says which packages
+    it needs, in the table and summary.json."""
+    tmp = fresh_directory("yardsticks")
+    with yardsticks.built(deployment, "app", "gw", tmp, DOMAIN) as (systems, skipped):
+        figures = yardsticks.measure(systems, DOMAIN, YARDSTICK_ROUNDS, YARDSTICK_WRK_SECONDS, DOWNLOAD)
+    for name, reason in skipped.items():
+        warnings.warn(f"yardstick {name} skipped: {reason}")
+        record("yardsticks", **{name: {"skipped": reason}})
+    record("yardsticks", **figures)
+    if ratios := yardsticks.ratios(figures):
+        record("http_full_path", **ratios)
+    failing = {name: f["wrk_errors"] for name, f in figures.items() if f["wrk_errors"]}
+    assert not failing, f"wrk counted errors (figures meaningless): {failing}; logs in {tmp}"

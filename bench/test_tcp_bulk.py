@@ -4,7 +4,6 @@ loopback connection, as the yardsticks for our WireGuard + netstack."""
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import time
@@ -12,7 +11,7 @@ import time
 import pytest
 
 from tests.deployment import free_port
-from tests.netns import KernelWireGuardPeer, netns_available
+from tests.netns import needs, netns_available, wireguard_go_pair
 
 SECONDS = 5
 
@@ -29,25 +28,23 @@ def _iperf(client_exec, server_exec, address: str) -> float:
         server.wait()
 
 
-@pytest.mark.skipif(shutil.which("iperf3") is None, reason="needs iperf3")
+@needs("iperf3", "iperf3")
 def test_direct_loopback(record):
     mbps = _iperf(lambda a: subprocess.run(a, capture_output=True, text=True, check=True).stdout,
                   lambda a: subprocess.Popen(a, stdout=subprocess.DEVNULL), "127.0.0.1")
     record("tcp_bulk", direct_mbps=mbps)
 
 
-@pytest.mark.skipif(bool(netns_available()) or shutil.which("iperf3") is None,
-                    reason=netns_available() or "needs iperf3")
+@needs("iperf3", "iperf3")
+@pytest.mark.skipif(bool(netns_available()), reason=netns_available() or "")
 def test_wireguard_go_kernel_tcp(record):
-    with KernelWireGuardPeer("10.88.0.1/24") as a, KernelWireGuardPeer("10.88.0.2/24", link_to=a) as b:
-        a.set_peer(b.public_key, allowed_ips="10.88.0.2/32", endpoint=f"{b.ns_ip}:{b.listen_port}")
-        b.set_peer(a.public_key, allowed_ips="10.88.0.1/32", endpoint=f"{b.host_ip}:{a.listen_port}")
+    with wireguard_go_pair("10.88.0.1/24", "10.88.0.2/24") as (a, b):
         mbps = _iperf(lambda args: a.exec(*args).stdout,
                       lambda args: b.popen(*args, stdout=subprocess.DEVNULL), "10.88.0.2")
     record("tcp_bulk", wireguard_go_mbps=mbps)
 
 
-@pytest.mark.skipif(shutil.which("iperf3") is None, reason="needs iperf3")
+@needs("iperf3", "iperf3")
 def test_ours_both_ends(record, tmp_path):
     """iperf3 → `wg forward` (our netstack + WireGuard, process 1) → `wg expose` (process 2) → iperf3."""
     import os

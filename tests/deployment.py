@@ -85,8 +85,8 @@ class Deployment:
                                 headers={"authorization": f"Bearer {ADMIN}"}, timeout=30)
         self.processes: list[Process] = []
         self.apps = {name: free_port() for name in apps}
-        for name, args in apps.items():
-            self.processes.append(Process(*args, str(self.apps[name]), name, ready="ready", env=self.env))
+        self.app_processes = {name: self.track(Process(*args, str(self.apps[name]), name, ready="ready", env=self.env))
+                              for name, args in apps.items()}
         self.control = self.spawn_control()
         self.gateways: dict[str, tuple[Process, int]] = {}
         if agent:

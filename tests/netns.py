@@ -7,6 +7,7 @@ wireguard-tools; `require_netns()` skips the test cleanly where they are missing
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -166,3 +167,13 @@ class KernelWireGuardPeer:
             if key == keys.encode(public_key):
                 return int(stamp)
         return 0
+
+
+@contextlib.contextmanager
+def wireguard_go_pair(address_a: str, address_b: str):
+    """Two wireguard-go peers in two namespaces: `a` has a veth to ours, `b` one to `a` only, so what `a`
+    sends to b's tunnel address crosses both wireguard-go processes and the veth between them."""
+    with KernelWireGuardPeer(address_a) as a, KernelWireGuardPeer(address_b, link_to=a) as b:
+        a.set_peer(b.public_key, allowed_ips=f"{b.tunnel_ip}/32", endpoint=f"{b.ns_ip}:{b.listen_port}")
+        b.set_peer(a.public_key, allowed_ips=f"{a.tunnel_ip}/32", endpoint=f"{b.host_ip}:{a.listen_port}")
+        yield a, b
