@@ -86,9 +86,14 @@ _TUNNEL_INPUT = {
 }
 _AGENT = {"id": _STRING, "name": _STRING, "publicKey": _NULLABLE_STRING, "status": _STATUS, "lastSeenAt": _TIME,
           "metadata": {"type": "object"}, "createdAt": _TIME, "tunnelIds": {"type": "array", "items": _STRING}}
+_WORKER = {"index": {"type": "integer", "minimum": 1}, "id": _STRING, "publicKey": _NULLABLE_STRING,
+           "publicEndpoint": _NULLABLE_STRING, "status": _STATUS, "lastSeenAt": _TIME}
 _GATEWAY = {"id": _STRING, "name": _STRING, "publicKey": _NULLABLE_STRING, "publicEndpoint": _NULLABLE_STRING,
             "wireguardPort": _PORT, "metadata": {"type": "object"}, "status": _STATUS, "lastSeenAt": _TIME,
-            "createdAt": _TIME}
+            "createdAt": _TIME,
+            "workers": {"type": "array", "items": {"type": "object", "properties": _WORKER, "additionalProperties": False},
+                        "description": "Its worker processes beyond the first (kakuremichi gateway --workers), each a "
+                                       "WireGuard peer of every agent with an address in every tunnel"}}
 
 
 def _object(properties: dict, required: list[str] | None = None) -> dict:

@@ -112,9 +112,10 @@ class CertificateManager:
 
     def _fallback(self) -> Path:
         path = self.store.root / "certs" / "_fallback.pem"
-        if not path.exists():
-            cert_pem, key_pem = make_self_signed(FALLBACK_NAME, days=3650)
-            write_private(path, key_pem + cert_pem)
+        with self.store.locked():
+            if not path.exists():
+                cert_pem, key_pem = make_self_signed(FALLBACK_NAME, days=3650)
+                write_private(path, key_pem + cert_pem)
         return path
 
     def update_routes(self, routes: Iterable[Route]) -> None:
@@ -128,7 +129,8 @@ class CertificateManager:
                 continue
             stored = self._usable(domain)
             if stored is None and route.tls is TlsMode.SELF_SIGNED:
-                stored = self.store.save(domain, *make_self_signed(domain))
+                with self.store.locked():  # another worker may be making it: all serve the first one made
+                    stored = self._usable(domain) or self.store.save(domain, *make_self_signed(domain))
             if stored is not None:
                 self._serve(stored)
             elif route.tls is TlsMode.CUSTOM:
