@@ -79,10 +79,13 @@ def define(db: Database) -> None:
         workers = Set("GatewayWorker", reverse="gateway", cascade_delete=True)
         worker_of = Optional("GatewayWorker", reverse="worker", cascade_delete=True)
 
-        def before_delete(self) -> None:
-            release_public_key(self._database_, "gateway", self.id)
+        def delete(self) -> None:
             for link in list(self.workers):  # its worker processes' identities go with it
                 link.worker.delete()
+            super().delete()
+
+        def before_delete(self) -> None:
+            release_public_key(self._database_, "gateway", self.id)
 
     class GatewayWorker(db.Entity):
         """Worker process `index` (1, 2, …) of a gateway started with --workers: a gateway row of its own (key,

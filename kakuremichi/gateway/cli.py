@@ -39,8 +39,7 @@ def build_parser(prog: str) -> EnvArgumentParser:
                         help="host name or IP at which agents reach this gateway's WireGuard port")
     parser.add_argument("--data-dir", default="kakuremichi-gateway",
                         help="WireGuard key, certificates and ACME account")
-    parser.add_argument("--wireguard-port", type=int, default=51820,
-                        help="UDP port for WireGuard (worker i of --workers: this port + i)")
+    parser.add_argument("--wireguard-port", type=int, default=51820, help="UDP port for WireGuard")
     parser.add_argument("--listen-host", default=None, help="address for HTTP(S) listeners (default: all)")
     parser.add_argument("--http-port", type=int, default=80, help="public HTTP port")
     parser.add_argument("--https-port", type=int, default=443, help="public HTTPS port, 0 to disable")
@@ -53,8 +52,9 @@ def build_parser(prog: str) -> EnvArgumentParser:
                              "addresses from this gateway (labs and tests only: it opens the gateway's networks "
                              "to every exit tunnel's agent)")
     parser.add_argument("--workers", type=worker_count, default=workers.cpu_count(), metavar="N",
-                        help="worker processes, one per CPU, sharing the HTTP(S) ports; each is a WireGuard peer of "
-                             "its own for the agents (one where the OS cannot share ports: Windows) "
+                        help="worker processes sharing the HTTP(S) ports, each a WireGuard peer of its own for the "
+                             "agents, worker i on UDP port --wireguard-port + i (one where the OS cannot share ports: "
+                             "Windows) "
                              f"(default: the number of CPUs, {workers.cpu_count()} here)")
     parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
     add_heartbeat_interval(parser)

@@ -62,7 +62,9 @@ class Gateway:
         self.challenges = ChallengeStore()
         self.certs = CertificateManager(CertStore(Path(state_dir)), self.challenges, listen.acme)
         self._sources: dict[str, str] = {}  # agent address -> our address in that tunnel's subnet
-        self.endpoints = EndpointMemory(per_worker(Path(state_dir) / "agent-endpoints.json", worker))
+        endpoints = Path(state_dir) / "agent-endpoints.json"
+        self.endpoints = EndpointMemory(per_worker(endpoints, worker),
+                                        sorted(Path(state_dir).glob("agent-endpoints*.json")))  # every worker's
         self.config_version = 0
         self.http_ports: list[int] = []
         self.https_ports: list[int] = []

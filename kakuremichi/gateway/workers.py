@@ -79,7 +79,8 @@ def worker_environment(api_key: str) -> dict[str, str]:
 def check_udp_ports(host: str | None, port: int, count: int) -> None:
     """Raise CannotListen now if one of the workers' WireGuard ports cannot be bound."""
     for index in range(count):
-        with command.listening(f"WireGuard (UDP) of worker {index}", worker_port(port, index), "--wireguard-port"):
+        what = "WireGuard (UDP)" + (f" of worker {index}" if index else "")
+        with command.listening(what, worker_port(port, index), "--wireguard-port"):
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
                 probe.bind((host or "0.0.0.0", worker_port(port, index)))
 
