@@ -36,7 +36,7 @@ HELD = 1000
 @pytest.fixture(scope="module")
 def deployment():
     d = Deployment(fresh_directory("full_path"), apps={"app": (str(HERE / "http_app.py"),)},
-                   gateways=("gw",), https=True)
+                   gateways=("gw",), https=True, workers=None)  # as users run it: --workers' default
     try:
         d.tunnel(DOMAIN, "app", tlsMode="self-signed")  # HTTPS with a certificate the gateway makes itself
         wait_for(lambda: serves_http_app(d, "gw", DOMAIN), 30, "the tunnel to serve")
@@ -46,7 +46,9 @@ def deployment():
 
 
 def _pids(d: Deployment) -> dict[str, int]:
-    return {"gateway": d.gateways["gw"][0].popen.pid, "agent": d.agent.popen.pid}
+    """The gateway's process (with --workers > 1, the supervisor), each of its workers, and the agent."""
+    workers = {f"gateway_worker{index}": pid for index, pid in sorted(d.worker_pids("gw").items())}
+    return {"gateway": d.gateways["gw"][0].popen.pid, **workers, "agent": d.agent.popen.pid}
 
 
 def _record_memory(record, d: Deployment, load: str) -> None:

@@ -135,6 +135,19 @@ class Deployment:
         self.gateways[name] = (process, http_port)
         return process
 
+    def worker_pids(self, gateway: str) -> dict[int, int]:
+        """Worker index → pid of the worker processes `gateway` runs (Linux: read from /proc)."""
+        supervisor, found = self.gateways[gateway][0].popen.pid, {}
+        for entry in Path("/proc").iterdir():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                arguments = (entry / "cmdline").read_bytes().split(b"\0")
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent == supervisor and b"--worker-index" in arguments:
+                found[int(arguments[arguments.index(b"--worker-index") + 1])] = int(entry.name)
+        return found
+
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.control_port}/ws"

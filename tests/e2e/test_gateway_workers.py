@@ -71,20 +71,6 @@ def open_connections(d: Deployment) -> list[socket.socket]:
     return [socket.create_connection(("127.0.0.1", d.gateways["gw"][1]), timeout=10) for _ in range(CONNECTIONS)]
 
 
-def workers_of(supervisor: int) -> dict[int, int]:
-    """Worker index → pid of the supervisor's children."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text()
-            arguments = (entry / "cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError):
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == supervisor and b"--worker-index" in arguments:
-            found[int(arguments[arguments.index(b"--worker-index") + 1])] = int(entry.name)
-    return found
-
-
 def test_both_workers_register_peer_with_the_agent_and_serve_one_certificate(deployment):
     gateways = deployment.api.get("/api/gateways").json()
     assert gateways["total"] == 1  # one gateway, listed with its worker
@@ -118,8 +104,7 @@ def test_both_workers_register_peer_with_the_agent_and_serve_one_certificate(dep
 
 
 def test_a_killed_worker_loses_only_its_connections_and_is_started_again(deployment):
-    supervisor = deployment.gateways["gw"][0].popen.pid
-    before = workers_of(supervisor)
+    before = deployment.worker_pids("gw")
     assert set(before) == {0, 1}
     # as after any time serving: the workers saved where the agent is (endpoints.py); the new worker 1 starts there
     wait_for(lambda: any(deployment.tmp.glob("gw/agent-endpoints*.json")), 15, "an agent address file")
@@ -139,8 +124,8 @@ def test_a_killed_worker_loses_only_its_connections_and_is_started_again(deploym
         for c in connections:
             c.close()
     assert 0 < alive < CONNECTIONS  # worker 0's connections still work, worker 1's went with it
-    wait_for(lambda: workers_of(supervisor).get(1) not in (None, before[1]), 20, "worker 1 to be started again")
-    assert workers_of(supervisor)[0] == before[0]
+    wait_for(lambda: deployment.worker_pids("gw").get(1) not in (None, before[1]), 20, "worker 1 to be started again")
+    assert deployment.worker_pids("gw")[0] == before[0]
 
     def served_by_new_worker() -> bool:
         for c in open_connections(deployment):
@@ -156,7 +141,7 @@ def test_a_killed_worker_loses_only_its_connections_and_is_started_again(deploym
 
 def test_sigterm_to_the_gateway_stops_every_worker(deployment):
     supervisor = deployment.gateways["gw"][0].popen
-    workers = workers_of(supervisor.pid)
+    workers = deployment.worker_pids("gw")
     assert len(workers) == 2
     supervisor.send_signal(signal.SIGTERM)
     assert supervisor.wait(20) == 0
