@@ -83,6 +83,8 @@ async def run(args, argv: list[str]) -> int | None:
         count = args.workers if workers.SHARED_PORTS else 1
         if count > 1:
             workers.check_udp_ports(None, args.wireguard_port, count)
+            for index in range(count):  # a key file's error is the gateway's, not a worker's to restart over
+                private_key(args, index)
             return await workers.supervise(argv, count, args.api_key)
         worker = 0
     else:
@@ -94,10 +96,9 @@ async def run(args, argv: list[str]) -> int | None:
 async def serve(args, worker: int) -> None:
     """Worker `worker` of the gateway (0: the gateway itself), until cancelled."""
     data = Path(args.data_dir)
-    private = keyfile.load_or_create(workers.per_worker(data / "wireguard.key", worker))
     port = workers.worker_port(args.wireguard_port, worker)
     with command.listening("WireGuard (UDP)", port, "--wireguard-port"):
-        node = TunnelNode(private, listen_port=port)
+        node = TunnelNode(private_key(args, worker), listen_port=port)
     acme = None if args.acme_directory == "off" else AcmeSettings(args.acme_directory, args.acme_email,
                                                                   args.acme_ca_bundle)
     listen = Listen(args.listen_host, args.http_port, args.https_port or None, acme, shared=args.worker_index is not None)
@@ -114,6 +115,11 @@ async def serve(args, worker: int) -> None:
             nursery.start_soon(workers.exit_with_supervisor, nursery.cancel_scope)
         await nursery.start(gateway.run)
         await nursery.start(client.run)
+
+
+def private_key(args, worker: int) -> bytes:
+    """Worker `worker`'s WireGuard key, made on its first start."""
+    return keyfile.load_or_create(workers.per_worker(Path(args.data_dir) / "wireguard.key", worker))
 
 
 def main(argv: list[str] | None = None, prog: str = "kakuremichi gateway") -> int:
