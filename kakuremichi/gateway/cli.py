@@ -53,8 +53,8 @@ def build_parser(prog: str) -> EnvArgumentParser:
                              "to every exit tunnel's agent)")
     parser.add_argument("--workers", type=worker_count, default=workers.cpu_count(), metavar="N",
                         help="worker processes sharing the HTTP(S) ports, each a WireGuard peer of its own for the "
-                             "agents, worker i on UDP port --wireguard-port + i (one where the OS cannot share ports: "
-                             "Windows) "
+                             "agents, worker i on UDP port --wireguard-port + i (one where the OS cannot spread a "
+                             "port's connections among processes: Windows, macOS) "
                              f"(default: the number of CPUs, {workers.cpu_count()} here)")
     parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
     add_heartbeat_interval(parser)
@@ -81,6 +81,9 @@ async def run(args, argv: list[str]) -> int | None:
             if port:
                 command.check_can_listen(args.listen_host, port, what, flag)
         count = args.workers if workers.SHARED_PORTS else 1
+        if count < args.workers:
+            logs.log(logger, logging.INFO, "one gateway worker: this OS cannot spread a port's connections among "
+                                           "processes", workers=args.workers)
         if count > 1:
             workers.check_udp_ports(None, args.wireguard_port, count)
             for index in range(count):  # a key file's error is the gateway's, not a worker's to restart over

@@ -46,7 +46,7 @@ class Listen:
     http_port: int = 80
     https_port: int | None = 443  # None: no HTTPS listener
     acme: AcmeSettings | None = None  # None: no ACME (self-signed / custom certificates only)
-    shared: bool = False  # the ports are shared with the gateway's other worker processes (SO_REUSEPORT)
+    shared: bool = False  # the ports are shared with the gateway's other worker processes (workers.py)
     proxy: ProxySettings = field(default_factory=ProxySettings)
     pool: PoolLimits = field(default_factory=PoolLimits)
 

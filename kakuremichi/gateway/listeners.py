@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import sys
 
 import trio
 
@@ -19,6 +20,12 @@ from kakuremichi.logs import log
 from kakuremichi.pipe import contained
 
 logger = logging.getLogger("kakuremichi.gateway.listeners")
+
+# The socket option under which the kernel spreads the connections to one port among the sockets of several
+# processes bound to it: Linux's SO_REUSEPORT, FreeBSD's SO_REUSEPORT_LB. None elsewhere: macOS and the other
+# BSDs hand every connection to one of the sockets, Windows shares no port.
+PORT_SHARING = getattr(socket, "SO_REUSEPORT_LB", None) or (
+    socket.SO_REUSEPORT if sys.platform.startswith("linux") else None)
 
 
 def _peer_ip(stream: trio.SocketStream) -> str:
@@ -35,7 +42,7 @@ async def _guarded(proxy: Proxy, stream: trio.abc.Stream, scheme: str, peer_ip: 
 
 
 async def open_listeners(port: int, host: str | None, shared: bool) -> list[trio.SocketListener]:
-    """TCP listeners on `host:port` as trio opens them; `shared`: with SO_REUSEPORT too, so that each of the
+    """TCP listeners on `host:port` as trio opens them; `shared`: with PORT_SHARING too, so that each of the
     gateway's worker processes listens on the port and the kernel spreads the connections among them."""
     if not shared:
         return await trio.open_tcp_listeners(port, host=host)
@@ -46,7 +53,7 @@ async def open_listeners(port: int, host: str | None, shared: bool) -> list[trio
             sock = trio.socket.socket(family, kind, proto)
             sockets.append(sock)  # closed with the others if a later one fails
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.setsockopt(socket.SOL_SOCKET, PORT_SHARING, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             await sock.bind(address)

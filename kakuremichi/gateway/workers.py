@@ -4,11 +4,11 @@ Python runs one core per process, so the gateway scales by processes, which shar
 through control. Each worker is a whole gateway with a WireGuard identity of its own (its key, UDP port
 --wireguard-port + index and agent address file in the data directory), registered with control as a worker
 of its gateway: control gives it an address in every tunnel's subnet and makes it a peer of every agent, as
-it does for every gateway. The public HTTP(S) ports are shared with SO_REUSEPORT, so the kernel spreads the
-connections among the workers; certificates reach every worker as they reach every gateway (ACME leases
+it does for every gateway. The public HTTP(S) ports are shared (SO_REUSEPORT on Linux, SO_REUSEPORT_LB on
+FreeBSD), so the kernel spreads the connections among the workers; certificates reach every worker as they reach every gateway (ACME leases
 through control let one order at a time), and the data directory's files are written atomically, those made
-locally under its lock (certs/store.py). Where the OS has no SO_REUSEPORT (Windows) the gateway runs one
-worker, in its own process.
+locally under its lock (certs/store.py). Where the OS cannot spread a port's connections (Windows, macOS)
+the gateway runs one worker, in its own process.
 
 The supervisor binds nothing for long: it checks that the ports are free, starts the workers, starts again
 one that exits (only that worker's connections are lost) with a growing delay, and stops them all on SIGTERM
@@ -26,11 +26,12 @@ from pathlib import Path
 import trio
 
 from kakuremichi import command
+from kakuremichi.gateway.listeners import PORT_SHARING
 from kakuremichi.logs import log
 
 logger = logging.getLogger("kakuremichi.gateway.workers")
 
-SHARED_PORTS = hasattr(socket, "SO_REUSEPORT")  # several processes can listen on one TCP port
+SHARED_PORTS = PORT_SHARING is not None  # several processes can share one TCP port's connections
 RESTART_DELAY = 0.5  # seconds before the first restart of a worker that exited; doubled up to RESTART_DELAY_MAX
 RESTART_DELAY_MAX = 30.0
 STABLE_RUN = 60.0  # a worker that ran this long is restarted after RESTART_DELAY again

@@ -18,7 +18,8 @@ from kakuremichi.gateway.workers import SHARED_PORTS
 from tests.deployment import Deployment, wait_for
 from tests.e2e.test_tunnel_end_to_end import APP, serves
 
-pytestmark = pytest.mark.skipif(not SHARED_PORTS, reason="the OS cannot share a port (SO_REUSEPORT): one worker")
+pytestmark = pytest.mark.skipif(not SHARED_PORTS, reason="this OS cannot spread a port's connections among processes: "
+                                                                 "the gateway runs one worker")
 
 DOMAIN = "app.example.test"
 CONNECTIONS = 40  # the kernel spreads each connection to either worker: all to one has a chance of 2^-39
