@@ -121,10 +121,10 @@ class Deployment:
                                     "--api-key", self.agent_key, "--data-dir", str(tmp / "agent"),
                                     "--heartbeat-interval", self.heartbeat, *agent_args)
 
-    def add_gateway(self, name: str) -> Process:
-        """Create a gateway in control and start it."""
+    def add_gateway(self, name: str, http_port: int | None = None) -> Process:
+        """Create a gateway in control and start it (on `http_port`, or a free port)."""
         key = self.create("gateways", name)["apiKey"]
-        http_port = free_port()
+        http_port = http_port or free_port()
         https_port = self.https_ports[name] = free_port() if self.https else 0
         workers = () if self.workers is None else ("--workers", str(self.workers))
         process = self.spawn("kakuremichi.gateway", "--control-url", self.ws_url, "--api-key", key, *workers,

@@ -13,10 +13,12 @@ import ssl
 from pathlib import Path
 
 import pytest
+import trio
 
 from kakuremichi.gateway.workers import SHARED_PORTS
-from tests.deployment import Deployment, wait_for
+from tests.deployment import Deployment, free_port, wait_for
 from tests.e2e.test_tunnel_end_to_end import APP, serves
+from tests.gateway.pebble import Pebble, needs_pebble
 
 pytestmark = pytest.mark.skipif(not SHARED_PORTS, reason="this OS cannot spread a port's connections among processes: "
                                                                  "the gateway runs one worker")
@@ -72,6 +74,19 @@ def open_connections(d: Deployment) -> list[socket.socket]:
     return [socket.create_connection(("127.0.0.1", d.gateways["gw"][1]), timeout=10) for _ in range(CONNECTIONS)]
 
 
+def fingerprints_over_https(d: Deployment, context: ssl.SSLContext, path: str) -> set[str]:
+    """The certificates served on CONNECTIONS new HTTPS connections, each of which GETs `path`."""
+    fingerprints = set()
+    for _ in range(CONNECTIONS):
+        with context.wrap_socket(socket.create_connection(("127.0.0.1", d.https_ports["gw"]), timeout=10),
+                                 server_hostname=DOMAIN) as tls:
+            fingerprints.add(hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest())
+            assert status(request(tls, path)) == 200
+    wait_for(lambda: sum(served_by(d, path).values()) == CONNECTIONS, 5, "the access lines")
+    assert set(served_by(d, path)) == {"0", "1"}
+    return fingerprints
+
+
 def test_both_workers_register_peer_with_the_agent_and_serve_one_certificate(deployment):
     gateways = deployment.api.get("/api/gateways").json()
     assert gateways["total"] == 1  # one gateway, listed with its worker
@@ -93,15 +108,37 @@ def test_both_workers_register_peer_with_the_agent_and_serve_one_certificate(dep
 
     context = ssl.create_default_context()
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    fingerprints = set()
-    for _ in range(CONNECTIONS):
-        with context.wrap_socket(socket.create_connection(("127.0.0.1", deployment.https_ports["gw"]), timeout=10),
-                                 server_hostname=DOMAIN) as tls:
-            fingerprints.add(hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest())
-            assert status(request(tls, "/https")) == 200
-    wait_for(lambda: sum(served_by(deployment, "/https").values()) == CONNECTIONS, 5, "the access lines")
-    assert set(served_by(deployment, "/https")) == {"0", "1"}
-    assert len(fingerprints) == 1  # both workers serve the one self-signed certificate
+    assert len(fingerprints_over_https(deployment, context, "/https")) == 1  # both serve the one self-signed one
+
+
+@needs_pebble
+def test_the_workers_order_one_acme_certificate_together_and_serve_it(tmp_path):
+    """Pebble validates through whichever worker the kernel hands its connection to: the challenge the ordering
+    worker published reaches the other one through control, as between gateways."""
+    http_port = free_port()
+    pebble = Pebble(tmp_path, http_port)
+    trio.run(pebble.start)
+    d = Deployment(tmp_path, apps={"one": ("-c", APP)}, gateways=(), workers=2, https=True,
+                   gateway_args=("--acme-directory", pebble.directory_url, "--acme-ca-bundle", str(pebble.ca_bundle)))
+    try:
+        d.add_gateway("gw", http_port)
+        d.tunnel(DOMAIN, "one", tlsMode="acme")
+        context = ssl.create_default_context(cadata=trio.run(pebble.root_pem).decode())
+
+        def verified() -> bool:
+            try:
+                with context.wrap_socket(socket.create_connection(("127.0.0.1", d.https_ports["gw"]), timeout=10),
+                                         server_hostname=DOMAIN):
+                    return True
+            except (ssl.SSLError, OSError):
+                return False
+
+        wait_for(lambda: verified() and all(verified() for _ in range(10)), 60, "both workers to serve the certificate")
+        assert len(fingerprints_over_https(d, context, "/acme")) == 1
+        assert (d.tmp / "controlcontrol.log").read_text().count("certificate uploaded") == 1  # one worker ordered
+    finally:
+        d.close()
+        pebble.stop()
 
 
 def test_a_killed_worker_loses_only_its_connections_and_is_started_again(deployment):
