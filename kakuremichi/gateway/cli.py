@@ -80,10 +80,10 @@ async def run(args, argv: list[str]) -> int | None:
         for port, what, flag in ((args.http_port, "HTTP", "--http-port"), (args.https_port, "HTTPS", "--https-port")):
             if port:
                 command.check_can_listen(args.listen_host, port, what, flag)
-        count = args.workers if workers.SHARED_PORTS else 1
-        if count < args.workers:
-            logs.log(logger, logging.INFO, "one gateway worker: this OS cannot spread a port's connections among "
-                                           "processes", workers=args.workers)
+        single = workers.why_one_worker(args.http_port) if args.workers > 1 else None
+        if single:
+            logs.log(logger, logging.INFO, "running one gateway worker", workers=args.workers, reason=single)
+        count = 1 if single else args.workers
         if count > 1:
             workers.check_udp_ports(None, args.wireguard_port, count)
             for index in range(count):  # a key file's error is the gateway's, not a worker's to restart over

@@ -48,6 +48,15 @@ def cpu_count() -> int:
     return os.cpu_count() or 1
 
 
+def why_one_worker(http_port: int) -> str | None:
+    """Why the gateway must run in one process whatever --workers says, if it must."""
+    if not SHARED_PORTS:
+        return "this OS cannot spread a port's connections among processes"
+    if not http_port:
+        return "with --http-port 0 each process would listen on a port of its own"
+    return None
+
+
 def per_worker(path: Path, index: int) -> Path:
     """The file of worker `index` for what `path` holds for the gateway: worker 0 is the gateway itself, so one
     started again with --workers 1 keeps its identity."""
