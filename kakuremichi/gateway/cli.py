@@ -51,7 +51,7 @@ def build_parser(prog: str) -> EnvArgumentParser:
                         help="let exit tunnels reach loopback, private, link-local and other non-public "
                              "addresses from this gateway (labs and tests only: it opens the gateway's networks "
                              "to every exit tunnel's agent)")
-    parser.add_argument("--workers", type=worker_count, default=workers.cpu_count(), metavar="N",
+    parser.add_argument("--workers", type=worker_count, default=None, metavar="N",
                         help="worker processes sharing the HTTP(S) ports, each a WireGuard peer of its own for the "
                              "agents, worker i on UDP port --wireguard-port + i (one where the OS cannot spread a "
                              "port's connections among processes: Windows, macOS) "
@@ -80,10 +80,11 @@ async def run(args, argv: list[str]) -> int | None:
         for port, what, flag in ((args.http_port, "HTTP", "--http-port"), (args.https_port, "HTTPS", "--https-port")):
             if port:
                 command.check_can_listen(args.listen_host, port, what, flag)
-        single = workers.why_one_worker(args.http_port) if args.workers > 1 else None
-        if single:
+        count = args.workers or workers.cpu_count()  # None: not given, one per CPU
+        single = workers.why_one_worker(args.http_port) if count > 1 else None
+        if single and args.workers:  # asked for: say why not
             logs.log(logger, logging.INFO, "running one gateway worker", workers=args.workers, reason=single)
-        count = 1 if single else args.workers
+        count = 1 if single else count
         if count > 1:
             workers.check_udp_ports(None, args.wireguard_port, count)
             for index in range(count):  # a key file's error is the gateway's, not a worker's to restart over
