@@ -1,7 +1,9 @@
 """Scenarios 3, 4a and 5: the full path client → gateway (process) → WireGuard → agent (process) → local
 app, against the same app reached directly, and the same over HTTPS (TLS terminated at the gateway); then
-1,000 tunnelled connections held open; with the gateway's and agent's memory after each load. Last, issue
-14's yardsticks (bench/yardsticks.py) measured in the same rounds as this deployment.
+1,000 tunnelled connections held open; with the gateway's and agent's memory after each load. The gateway
+runs as users run it, with --workers' default (one per CPU; KAKUREMICHI_WORKERS=1 for one): its CPU and
+memory figures are those of all its processes together. Last, issue 14's yardsticks (bench/yardsticks.py)
+measured in the same rounds as this deployment.
 
 The tests of this module run in order on one deployment, so each memory figure is taken after the load
 before it; VmHWM is the process's peak so far.
@@ -41,7 +43,7 @@ YARDSTICK_WRK_SECONDS = 3
 @pytest.fixture(scope="module")
 def deployment():
     d = Deployment(fresh_directory("full_path"), apps={"app": (str(HERE / "http_app.py"),)},
-                   gateways=("gw",), https=True)
+                   gateways=("gw",), https=True, workers=None)  # as users run it: --workers' default
     try:
         d.tunnel(DOMAIN, "app", tlsMode="self-signed")  # HTTPS with a certificate the gateway makes itself
         wait_for(lambda: serves_http_app(d, "gw", DOMAIN), 30, "the tunnel to serve")
@@ -50,31 +52,42 @@ def deployment():
         d.close()
 
 
-def _pids(d: Deployment) -> dict[str, int]:
-    return {"gateway": d.gateways["gw"][0].popen.pid, "agent": d.agent.popen.pid}
+def _pids(d: Deployment) -> dict[str, list[int]]:
+    """The gateway's processes (with --workers > 1, the supervisor and its workers) and the agent's."""
+    return {"gateway": [d.gateways["gw"][0].popen.pid, *d.worker_pids("gw").values()], "agent": [d.agent.popen.pid]}
+
+
+def _cpu(pids: list[int]) -> float:
+    return sum(map(cpu_seconds, pids))
+
+
+def _memory(pids: list[int]) -> dict[str, int]:
+    """RSS now and peaks, in KiB, summed over `pids` (the peaks of workers need not have been at once)."""
+    each = [memory_kb(pid) for pid in pids]
+    return {name: sum(memory[name] for memory in each) for name in ("rss", "hwm")}
 
 
 def _record_memory(record, d: Deployment, load: str) -> None:
     """RSS now and peak so far of gateway and agent, in MB, tagged with the load just applied."""
-    for role, pid in _pids(d).items():
-        memory = memory_kb(pid)
+    for role, pids in _pids(d).items():
+        memory = _memory(pids)
         record("memory", **{f"{role}_rss_mb_after_{load}": memory["rss"] / 1024,
                             f"{role}_peak_rss_mb_{load}": memory["hwm"] / 1024})
 
 
 def test_idle_memory(deployment, record):
     time.sleep(2)  # past start-up work, one request served: what an agent costs while it waits
-    for role, pid in _pids(deployment).items():
-        record("memory", **{f"{role}_idle_rss_mb": memory_kb(pid)["rss"] / 1024})
+    for role, pids in _pids(deployment).items():
+        record("memory", **{f"{role}_idle_rss_mb": _memory(pids)["rss"] / 1024})
 
 
 def _busy(d: Deployment, work):
     """work()'s result, and the CPU percent gateway and agent used meanwhile (100 = one core)."""
     pids = _pids(d)
-    before, start = {role: cpu_seconds(pid) for role, pid in pids.items()}, time.perf_counter()
+    before, start = {role: _cpu(group) for role, group in pids.items()}, time.perf_counter()
     result = work()
     elapsed = time.perf_counter() - start
-    return result, {role: (cpu_seconds(pid) - before[role]) / elapsed * 100 for role, pid in pids.items()}
+    return result, {role: (_cpu(group) - before[role]) / elapsed * 100 for role, group in pids.items()}
 
 
 def test_download(deployment, record):
@@ -97,6 +110,7 @@ def test_requests(deployment, record, connections):
     logged = access_log.stat().st_size
     through, cpu = _busy(deployment, lambda: wrk(deployment.url("gw"), DOMAIN, connections, WRK_SECONDS))
     figures = {f"{role}_cpu_percent_c{connections}": percent for role, percent in cpu.items()}
+    figures["gateway_workers"] = len(deployment.worker_pids("gw")) or 1
     # each request the gateway could not serve on a pooled connection paid a new tunnel connection
     requests = [line for line in access_log.read_bytes()[logged:].splitlines() if b"gateway.access" in line]
     figures[f"upstream_reused_fraction_c{connections}"] = (
@@ -129,7 +143,7 @@ def _active_connections(d: Deployment) -> int | None:
 
 def test_held_connections(deployment, record):
     pids = _pids(deployment)
-    before = {role: memory_kb(pid)["rss"] for role, pid in pids.items()}
+    before = {role: _memory(group)["rss"] for role, group in pids.items()}
     pooled = _active_connections(deployment) or 0  # the gateway's idle keep-alive connections from wrk
     held = HeldConnections()
     try:
@@ -138,10 +152,10 @@ def test_held_connections(deployment, record):
         opened = time.perf_counter() - start
         held.echo()
         time.sleep(1)
-        after = {role: memory_kb(pid)["rss"] for role, pid in pids.items()}
-        cpu = {role: cpu_seconds(pid) for role, pid in pids.items()}
+        after = {role: _memory(group)["rss"] for role, group in pids.items()}
+        cpu = {role: _cpu(group) for role, group in pids.items()}
         time.sleep(5)  # idle: per-connection timers would show here as CPU time
-        idle_cpu = {role: (cpu_seconds(pid) - cpu[role]) / 5 * 100 for role, pid in pids.items()}
+        idle_cpu = {role: (_cpu(group) - cpu[role]) / 5 * 100 for role, group in pids.items()}
         wait_for(lambda: _active_connections(deployment) >= len(held.socks), 10, "the agent to report them")
         held.echo()
     finally:
@@ -154,7 +168,7 @@ def test_held_connections(deployment, record):
     _record_memory(record, deployment, f"{HELD}_connections")
     closed = wait_for(lambda: _active_connections(deployment) <= pooled, 30, "the agent to drop closed connections")
     record("scale_connections", seconds_until_agent_released_all=closed,
-           **{f"{role}_rss_mb_after_close": memory_kb(pid)["rss"] / 1024 for role, pid in pids.items()})
+           **{f"{role}_rss_mb_after_close": _memory(group)["rss"] / 1024 for role, group in pids.items()})
     assert not refused, f"{len(refused)} of {HELD} upgrades refused: {sorted(set(refused))}; logs in {deployment.tmp}"
 
 

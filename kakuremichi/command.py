@@ -112,12 +112,12 @@ async def _cancel_on_signal(signals, scope: trio.CancelScope) -> None:
         return
 
 
-def run_client(name: str, args, function, *, kind: str, key_prefix: str) -> int:
-    """`run` for a daemon that logs in to control as `kind` ("an agent"): a wrong kind of API key is
-    refused before anything starts, with the way to get the right one."""
+def run_client(name: str, args, function, *extra, kind: str, key_prefix: str) -> int:
+    """`run(name, function, args, *extra)` for a daemon that logs in to control as `kind` ("an agent"): a wrong
+    kind of API key is refused before anything starts, with the way to get the right one."""
     if not args.api_key.startswith(key_prefix):
         print(f"{name}: --api-key must be {kind} key ({key_prefix}...); create {kind} in control to get one",
               file=sys.stderr)
         return EXIT_USAGE
     logs.setup(args.log_level, args.log_format)
-    return run(name, function, args)
+    return run(name, function, args, *extra)

@@ -15,6 +15,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
 
+import msgspec
 import trio
 from trio_websocket import (ConnectionClosed, ConnectionRejected, ConnectionTimeout, HandshakeError, WebSocketConnection,
                             open_websocket_url)
@@ -66,18 +67,21 @@ class ControlClient:
     first config after every reconnect when it differs from `last_config`); returning acks it to control.
     `stats`, if given, is called every heartbeat and its dict sent as a status_update. Other messages from
     control go to the `on_message` attribute, `on_connected` is awaited after each authentication (to
-    resend state), and `send` lets other tasks talk to control in between.
+    resend state), and `send` lets other tasks talk to control in between. `worker` is a gateway's worker
+    process index (--workers), 0 for the gateway itself.
     """
 
     def __init__(self, url: str, api_key: str, role: str, public_key: str, public_endpoint: str | None = None,
                  on_config: Callable[[protocol.Config], Awaitable[None]] | None = None, heartbeat: float = 30.0,
-                 *, stats: Callable[[], dict] | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
+                 *, stats: Callable[[], dict] | None = None, ssl_context: ssl.SSLContext | None = None,
+                 worker: int = 0) -> None:
         if role not in protocol.ROLES:
             raise ValueError(f"role must be 'gateway' or 'agent', not {role!r}")
         self.url = websocket_url(url)
         self.role = role
         self._auth = protocol.Auth(api_key, role, protocol.check_public_key(public_key),
-                                   None if public_endpoint is None else protocol.check_endpoint(public_endpoint))
+                                   None if public_endpoint is None else protocol.check_endpoint(public_endpoint),
+                                   worker=worker or msgspec.UNSET)
         self._on_config = on_config
         self._stats = stats
         self.on_message: Callable[[protocol.Message], Awaitable[None]] | None = None

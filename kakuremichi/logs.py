@@ -37,6 +37,8 @@ class _Formatter(logging.Formatter):
 
     def line(self, created: float, level: str, name: str, message: str, fields: dict, exc: str | None = None
              ) -> str:
+        if _label:
+            fields = {**fields, **_label}
         second = int(created)
         if second != self._second[0]:
             self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
@@ -100,6 +102,13 @@ class _Handler(logging.StreamHandler):
 
 
 _handler: _Handler | None = None
+_label: dict[str, object] = {}  # fields of every line of this process (which worker it is)
+
+
+def label(**fields: object) -> None:
+    """Add `fields` to every line this process logs from now on (a gateway worker's index: their lines share
+    one output)."""
+    _label.update(fields)
 
 
 def setup(level: str = "info", fmt: str = "text") -> None:

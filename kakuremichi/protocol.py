@@ -207,6 +207,8 @@ def _encode_hook(value: Any) -> Any:
 
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+MAX_WORKERS = 64  # worker processes of one gateway (`kakuremichi gateway --workers`)
+WorkerIndex = Annotated[int, msgspec.Meta(ge=1, lt=MAX_WORKERS)]
 
 
 class _Body(msgspec.Struct, frozen=True, rename="camel"):
@@ -347,9 +349,13 @@ class Auth(_Message, frozen=True, tag="auth"):
     public_key: PublicKey
     public_endpoint: EndpointText | None = None  # gateways: host:port of their WireGuard UDP socket
     version: int = PROTOCOL_VERSION
+    # a gateway's worker process 1, 2, …: a WireGuard identity of its own, registered beside the gateway's (worker
+    # 0, the gateway itself, sends none; unset fields are not sent, so the frame stays what version 1 peers send)
+    worker: WorkerIndex | msgspec.UnsetType = msgspec.UNSET
 
     def __repr__(self) -> str:  # never put the key into logs or tracebacks
-        return f"Auth(role={self.role!r}, public_key={self.public_key!r}, public_endpoint={self.public_endpoint!r})"
+        return (f"Auth(role={self.role!r}, public_key={self.public_key!r}, public_endpoint={self.public_endpoint!r}, "
+                f"worker={self.worker!r})")
 
 
 class AuthSuccess(_Message, frozen=True, tag="auth_success"):

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from kakuremichi.gateway.workers import cpu_count
+
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN = "kma_" + "e2e-admin-token-0123456789abcdef0123456789"
 
@@ -22,6 +24,24 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_udp_ports(count: int) -> int:
+    """The first of `count` consecutive free UDP ports (a gateway's workers take --wireguard-port + index)."""
+    while True:
+        first = free_port(socket.SOCK_DGRAM)
+        probes = []
+        try:
+            for port in range(first, first + count):
+                probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                probes.append(probe)
+                probe.bind(("0.0.0.0", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
 
 
 def child_env(log_level: str = "info") -> dict[str, str]:
@@ -68,18 +88,20 @@ class Deployment:
 
     `apps` maps a name to the Python arguments that run it (`("-c", script)` or `(path,)`); each gets a free
     port and its name as its two arguments, and must print "ready" once listening. With `https`, each gateway
-    also listens for HTTPS (its port in `https_ports`).
+    also listens for HTTPS (its port in `https_ports`). Gateways run `workers` worker processes (None: their
+    default, one per CPU).
     """
 
     def __init__(self, tmp: Path, apps: dict[str, tuple[str, ...]], gateways: tuple[str, ...] = ("gw1", "gw2"),
                  agent: bool = True, log_level: str = "info", heartbeat: float = 1.0, https: bool = False,
-                 gateway_args: tuple[str, ...] = (), agent_args: tuple[str, ...] = ()) -> None:
+                 gateway_args: tuple[str, ...] = (), agent_args: tuple[str, ...] = (), workers: int | None = 1) -> None:
         self.tmp = tmp
         self.https = https
         self.https_ports: dict[str, int] = {}
         self.heartbeat = str(heartbeat)  # short by default, so tests see clients come and go quickly
         self.env = child_env(log_level)
         self.gateway_args = gateway_args  # extra command-line flags for every gateway
+        self.workers = workers
         self.control_port = free_port()
         self.api = httpx.Client(base_url=f"http://127.0.0.1:{self.control_port}",
                                 headers={"authorization": f"Bearer {ADMIN}"}, timeout=30)
@@ -99,18 +121,32 @@ class Deployment:
                                     "--api-key", self.agent_key, "--data-dir", str(tmp / "agent"),
                                     "--heartbeat-interval", self.heartbeat, *agent_args)
 
-    def add_gateway(self, name: str) -> Process:
-        """Create a gateway in control and start it."""
+    def add_gateway(self, name: str, http_port: int | None = None) -> Process:
+        """Create a gateway in control and start it (on `http_port`, or a free port)."""
         key = self.create("gateways", name)["apiKey"]
-        http_port = free_port()
+        http_port = http_port or free_port()
         https_port = self.https_ports[name] = free_port() if self.https else 0
-        process = self.spawn("kakuremichi.gateway", "--control-url", self.ws_url, "--api-key", key,
-                             "--public-host", "127.0.0.1", "--wireguard-port", str(free_port(socket.SOCK_DGRAM)),
+        workers = () if self.workers is None else ("--workers", str(self.workers))
+        process = self.spawn("kakuremichi.gateway", "--control-url", self.ws_url, "--api-key", key, *workers,
+                             "--public-host", "127.0.0.1", "--wireguard-port", str(free_udp_ports(self.workers or cpu_count())),
                              "--http-port", str(http_port), "--https-port", str(https_port), "--acme-directory", "off",
                              "--listen-host", "127.0.0.1", "--data-dir", str(self.tmp / name),
                              "--heartbeat-interval", self.heartbeat, *self.gateway_args)
         self.gateways[name] = (process, http_port)
         return process
+
+    def worker_pids(self, gateway: str) -> dict[int, int]:
+        """Worker index → pid of the worker processes `gateway` runs (Linux: read from /proc)."""
+        supervisor, found = self.gateways[gateway][0].popen.pid, {}
+        for entry in Path("/proc").iterdir():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                arguments = (entry / "cmdline").read_bytes().split(b"\0")
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent == supervisor and b"--worker-index" in arguments:
+                found[int(arguments[arguments.index(b"--worker-index") + 1])] = int(entry.name)
+        return found
 
     @property
     def ws_url(self) -> str:

@@ -14,6 +14,7 @@ from kakuremichi.cli import usage
 from kakuremichi.control.cli import parser as control_parser
 from kakuremichi.dev import build_parser as dev_parser
 from kakuremichi.gateway.cli import build_parser as gateway_parser
+from kakuremichi.gateway.workers import cpu_count
 from kakuremichi.tools.cli import build_parser as wg_parser
 from tests.deployment import child_env
 
@@ -40,6 +41,8 @@ def test_defaults_read_as_the_values_they_are():
     help_ = " ".join(gateway_parser("kakuremichi gateway").format_help().split())
     assert "public HTTP port (default: 80) [env KAKUREMICHI_HTTP_PORT]" in help_
     assert "UDP port for WireGuard (default: 51820) [env KAKUREMICHI_WIREGUARD_PORT]" in help_
+    assert f"(default: the number of CPUs, {cpu_count()} here) [env KAKUREMICHI_WORKERS]" in help_
+    assert "--worker-index" not in help_  # the supervisor's business
 
 
 def test_version_is_in_the_help_and_answers_for_each_command():

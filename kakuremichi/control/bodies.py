@@ -135,6 +135,17 @@ class AgentCreate(Body):
     metadata: Metadata = {}
 
 
+class GatewayWorker(Body):
+    """One worker process of a gateway run with --workers beyond the first: a WireGuard peer of every agent,
+    with an address in every tunnel."""
+    index: Annotated[int, Meta(ge=1)]
+    id: str
+    public_key: str | None
+    public_endpoint: str | None
+    status: Status
+    last_seen_at: Time | None
+
+
 class Gateway(Body):
     id: str
     name: str
@@ -145,6 +156,8 @@ class Gateway(Body):
     status: Status
     last_seen_at: Time | None
     created_at: Time
+    workers: Annotated[list[GatewayWorker], Meta(description="Its worker processes beyond the first "
+                                                             "(kakuremichi gateway --workers)")]
 
 
 class GatewayWithKey(Gateway):

@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 from pony.orm import Database, Json, LongStr, Optional, PrimaryKey, Required, Set, composite_key, db_session
 
-from kakuremichi.control import certificates, datadir
+from kakuremichi.control import allocation, certificates, datadir
 
 SCHEMA_VERSION = 5  # 2: certificates, acme_challenges, acme_leases; 3: acme_acks; 4: wireguard_keys; 5: web_sessions
 # (new tables each)
@@ -76,9 +76,26 @@ def define(db: Database) -> None:
         acme_leases = Set("AcmeLease", cascade_delete=True)
         acme_challenges = Set("AcmeChallenge", cascade_delete=True)
         acme_ack = Optional("AcmeAck", cascade_delete=True)
+        workers = Set("GatewayWorker", reverse="gateway", cascade_delete=True)
+        worker_of = Optional("GatewayWorker", reverse="worker", cascade_delete=True)
+
+        def delete(self) -> None:
+            for link in list(self.workers):  # its worker processes' identities go with it
+                link.worker.delete()
+            super().delete()
 
         def before_delete(self) -> None:
             release_public_key(self._database_, "gateway", self.id)
+
+    class GatewayWorker(db.Entity):
+        """Worker process `index` (1, 2, …) of a gateway started with --workers: a gateway row of its own (key,
+        endpoint, tunnel addresses, session, ACME part), made when it first connects with its gateway's API key,
+        listed under its gateway and deleted with it. A new table only, so the schema version stays."""
+        _table_ = "gateway_workers"
+        worker = PrimaryKey("Gateway", reverse="worker_of")
+        gateway = Required("Gateway", reverse="workers")
+        index = Required(int)
+        composite_key(gateway, index)
 
     class Tunnel(db.Entity):
         _table_ = "tunnels"
@@ -267,6 +284,22 @@ def release_public_key(db: Database, role: str, client_id: str) -> None:
     claim = db.WireguardKey.get(role=role, client_id=client_id)
     if claim is not None:
         claim.delete()
+
+
+def worker_row(db: Database, gateway, index: int) -> tuple[Any, bool]:
+    """The gateway row of `gateway`'s worker `index` (call inside a db_session), and whether it was made just now,
+    with an address in every tunnel's subnet. It needs no key of its own (its worker logs in with its gateway's), so
+    its key hash is one no key has; its name follows its gateway's."""
+    name = f"{gateway.name}#{index}"  # '#' is in no name a user can give
+    link = db.GatewayWorker.get(gateway=gateway, index=index)
+    if link is not None:
+        if link.worker.name != name:
+            link.worker.name = name
+        return link.worker, False
+    worker = db.Gateway(name=name, api_key_hash=f"worker {index} of {gateway.id}")
+    db.GatewayWorker(worker=worker, gateway=gateway, index=index)
+    allocation.assign_gateway_addresses(db, db.Tunnel.select(), [worker])
+    return worker, True
 
 
 def get_setting(db: Database, key: str) -> str | None:

@@ -66,7 +66,15 @@ def gateway_json(gateway) -> dict:
     return bodies.as_json(bodies.Gateway(
         id=gateway.id, name=gateway.name, public_key=gateway.public_key, public_endpoint=gateway.public_endpoint,
         wireguard_port=gateway.wireguard_port, metadata=gateway.metadata or {}, status=gateway.status,
-        last_seen_at=_utc(gateway.last_seen_at), created_at=_utc(gateway.created_at)))
+        last_seen_at=_utc(gateway.last_seen_at), created_at=_utc(gateway.created_at),
+        workers=[_worker(link) for link in gateway.workers.order_by(lambda w: w.index)]))
+
+
+def _worker(link) -> bodies.GatewayWorker:
+    worker = link.worker
+    return bodies.GatewayWorker(index=link.index, id=worker.id, public_key=worker.public_key,
+                                public_endpoint=worker.public_endpoint, status=worker.status,
+                                last_seen_at=_utc(worker.last_seen_at))
 
 
 def _create_client(state: ControlState, role: str, body: bodies.AgentCreate | bodies.GatewayCreate) -> dict:
@@ -103,11 +111,14 @@ def rotate_client_key(state: ControlState, role: str, item_id: str) -> dict:
     """A new key for the agent/gateway; the old one stops working and its session is closed."""
     key = auth.new_key(auth.PREFIXES[role])
 
-    def work(db: Database) -> None:
-        get_row(db, role, item_id).api_key_hash = auth.key_hash(key)
+    def work(db: Database) -> list[str]:
+        row = get_row(db, role, item_id)
+        row.api_key_hash = auth.key_hash(key)
+        return [link.worker.id for link in row.workers] if role == "gateway" else []  # they log in with it too
 
-    _write(state, work, bump=False)
-    state.disconnect(role, item_id, 4001, "API key rotated")
+    worker_ids = _write(state, work, bump=False)
+    for client_id in (item_id, *worker_ids):
+        state.disconnect(role, client_id, 4001, "API key rotated")
     return bodies.as_json(bodies.KeyRotation(id=item_id, api_key=key))
 
 
@@ -193,8 +204,12 @@ _ORDER = {"agent": lambda row: row.created_at, "gateway": lambda row: row.create
 
 
 def ordered(db: Database, kind: str):
-    """Every agent, gateway or tunnel (inside a db_session), in the order lists show them."""
-    return getattr(db, ENTITIES[kind]).select().order_by(_ORDER[kind])
+    """Every agent, gateway or tunnel (inside a db_session), in the order lists show them; a gateway's workers are
+    listed in it, not beside it."""
+    rows = getattr(db, ENTITIES[kind]).select()
+    if kind == "gateway":
+        rows = rows.filter(lambda g: g.worker_of is None)
+    return rows.order_by(_ORDER[kind])
 
 
 def page(state: ControlState, kind: str, limit: int, offset: int) -> dict:
@@ -235,8 +250,8 @@ def counts(state: ControlState) -> tuple[dict[str, int], dict[str, int]]:
     """How many gateways, agents and tunnels there are, and how many gateways and agents are online."""
     with db_session:
         db = state.db
-        total = {"gateway": db.Gateway.select().count(), "agent": db.Agent.select().count(),
+        total = {"gateway": ordered(db, "gateway").count(), "agent": db.Agent.select().count(),
                  "tunnel": db.Tunnel.select().count()}
-        online = {"gateway": db.Gateway.select(lambda g: g.status == "online").count(),
+        online = {"gateway": ordered(db, "gateway").filter(lambda g: g.status == "online").count(),
                   "agent": db.Agent.select(lambda a: a.status == "online").count()}
     return total, online

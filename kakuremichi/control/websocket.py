@@ -17,7 +17,8 @@ from quart import Blueprint, websocket
 from kakuremichi import protocol
 from kakuremichi.certpair import CertificateError
 from kakuremichi.control import auth, certificates, configs, presence
-from kakuremichi.control.models import WRITE_RETRIES, bump_config_version, claim_public_key, public_key_holder, utcnow
+from kakuremichi.control.models import (WRITE_RETRIES, bump_config_version, claim_public_key, public_key_holder, utcnow,
+                                       worker_row)
 from kakuremichi.control.sealing import UnsealError
 from kakuremichi.control.state import ControlState, current
 from kakuremichi.faults import Contained
@@ -322,6 +323,9 @@ def _registered(db: Database, message: protocol.Auth) -> tuple[tuple[str, str], 
     row = entity.get(api_key_hash=digest)
     if row is None or not auth.matches(message.api_key, row.api_key_hash):
         raise _Rejected("invalid_key", "the API key is not valid (rotated or deleted?)", CLOSE_AUTH_FAILED)
+    new_worker = False
+    if message.role == "gateway" and message.worker:
+        row, new_worker = worker_row(db, row, message.worker)
     holder = public_key_holder(db, message.public_key)  # in turn with the other controls: it stays so
     if holder not in (None, (message.role, row.id)):
         raise _key_in_use()
@@ -335,7 +339,7 @@ def _registered(db: Database, message: protocol.Auth) -> tuple[tuple[str, str], 
         if holder is None:
             claim_public_key(db, message.role, row.id, message.public_key)
         row.set(**reported)
-    changed = presence.mark_online(row) or changed
+    changed = presence.mark_online(row) or changed or new_worker
     if changed:
         bump_config_version(db)
     return (row.id, row.name), changed

@@ -9,16 +9,20 @@ together through control, and all serve it. Run it unprivileged: in a container,
 
 from __future__ import annotations
 
+import argparse
 import logging
+import sys
 from pathlib import Path
 
 import trio
 
 from kakuremichi import command, logs
 from kakuremichi.egress.policy import DestinationPolicy
+from kakuremichi.gateway import workers
 from kakuremichi.gateway.certs.acme import LETS_ENCRYPT, AcmeSettings
 from kakuremichi.gateway.gateway import Gateway, Listen
 from kakuremichi.options import EnvArgumentParser, add_heartbeat_interval
+from kakuremichi.protocol import MAX_WORKERS
 from kakuremichi.tunnel import TunnelNode
 from kakuremichi.wg import keyfile, keys
 
@@ -47,23 +51,62 @@ def build_parser(prog: str) -> EnvArgumentParser:
                         help="let exit tunnels reach loopback, private, link-local and other non-public "
                              "addresses from this gateway (labs and tests only: it opens the gateway's networks "
                              "to every exit tunnel's agent)")
+    parser.add_argument("--workers", type=worker_count, default=None, metavar="N",
+                        help="worker processes sharing the HTTP(S) ports, each a WireGuard peer of its own for the "
+                             "agents, worker i on UDP port --wireguard-port + i (one where the OS cannot spread a "
+                             "port's connections among processes: Windows, macOS) "
+                             f"(default: the number of CPUs, {workers.cpu_count()} here)")
+    parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
     add_heartbeat_interval(parser)
     logs.add_arguments(parser)
     return parser
 
 
-async def run(args) -> None:
-    for port, what, flag in ((args.http_port, "HTTP", "--http-port"), (args.https_port, "HTTPS", "--https-port")):
-        if port:
-            command.check_can_listen(args.listen_host, port, what, flag)
+def worker_count(text: str) -> int:
+    """--workers: 1 to MAX_WORKERS (an argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value < MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers from 1 to {MAX_WORKERS - 1}")
+    return value
+
+
+async def run(args, argv: list[str]) -> int | None:
+    """The gateway: in this process with one worker, else the supervisor of its workers (workers.py)."""
+    worker = args.worker_index
+    if worker is None:  # the gateway itself, not one of its workers: the ports are free, or nothing starts
+        for port, what, flag in ((args.http_port, "HTTP", "--http-port"), (args.https_port, "HTTPS", "--https-port")):
+            if port:
+                command.check_can_listen(args.listen_host, port, what, flag)
+        count = args.workers or workers.cpu_count()  # None: not given, one per CPU
+        single = workers.why_one_worker(args.http_port) if count > 1 else None
+        if single and args.workers:  # asked for: say why not
+            logs.log(logger, logging.INFO, "running one gateway worker", workers=args.workers, reason=single)
+        count = 1 if single else count
+        if count > 1:
+            workers.check_udp_ports(None, args.wireguard_port, count)
+            for index in range(count):  # a key file's error is the gateway's, not a worker's to restart over
+                private_key(args, index)
+            return await workers.supervise(argv, count, args.api_key)
+        worker = 0
+    else:
+        logs.label(worker=worker)
+    await serve(args, worker)
+    return None
+
+
+async def serve(args, worker: int) -> None:
+    """Worker `worker` of the gateway (0: the gateway itself), until cancelled."""
     data = Path(args.data_dir)
-    private = keyfile.load_or_create(data / "wireguard.key")
-    with command.listening("WireGuard (UDP)", args.wireguard_port, "--wireguard-port"):
-        node = TunnelNode(private, listen_port=args.wireguard_port)
+    port = workers.worker_port(args.wireguard_port, worker)
+    with command.listening("WireGuard (UDP)", port, "--wireguard-port"):
+        node = TunnelNode(private_key(args, worker), listen_port=port)
     acme = None if args.acme_directory == "off" else AcmeSettings(args.acme_directory, args.acme_email,
                                                                   args.acme_ca_bundle)
-    gateway = Gateway(node, data, Listen(args.listen_host, args.http_port, args.https_port or None, acme),
-                      DestinationPolicy(allow_private=args.exit_allow_private))
+    listen = Listen(args.listen_host, args.http_port, args.https_port or None, acme, shared=args.worker_index is not None)
+    gateway = Gateway(node, data, listen, DestinationPolicy(allow_private=args.exit_allow_private), worker=worker)
     if args.exit_allow_private:
         logs.log(logger, logging.WARNING, "exit tunnels may reach this gateway's private networks "
                                           "(--exit-allow-private)")
@@ -72,10 +115,18 @@ async def run(args) -> None:
     logs.log(logger, logging.INFO, "gateway starting", public_key=keys.encode(node.public_key),
              endpoint=endpoint, control=args.control_url)
     async with trio.open_nursery() as nursery:
+        if args.worker_index is not None:
+            nursery.start_soon(workers.exit_with_supervisor, nursery.cancel_scope)
         await nursery.start(gateway.run)
         await nursery.start(client.run)
 
 
+def private_key(args, worker: int) -> bytes:
+    """Worker `worker`'s WireGuard key, made on its first start."""
+    return keyfile.load_or_create(workers.per_worker(Path(args.data_dir) / "wireguard.key", worker))
+
+
 def main(argv: list[str] | None = None, prog: str = "kakuremichi gateway") -> int:
-    return command.run_client(prog, build_parser(prog).parse_args(argv), run, kind="a gateway",
+    argv = sys.argv[1:] if argv is None else argv
+    return command.run_client(prog, build_parser(prog).parse_args(argv), run, argv, kind="a gateway",
                               key_prefix="gtw_")

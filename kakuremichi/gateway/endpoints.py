@@ -26,23 +26,31 @@ SAVE_INTERVAL = 5.0  # seconds between checks for a changed address
 
 
 class EndpointMemory:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._saved = self._load()
+    """`path` is this gateway's file; `siblings`, those of its other worker processes (workers.py), recall what
+    it has not seen itself: an agent sends to every worker from its one socket, so the address they saw is the
+    one to try, and a worker killed before it saved anything is started again knowing where its agents are."""
 
-    def _load(self) -> dict[bytes, tuple[str, int]]:
+    def __init__(self, path: Path, siblings: list[Path] | tuple[Path, ...] = ()) -> None:
+        self.path = path
+        self._saved = self._load(path)
+        self._known = {}
+        for sibling in siblings:
+            if sibling != path:
+                self._known.update(self._load(sibling))
+        self._known.update(self._saved)
+
+    def _load(self, path: Path) -> dict[bytes, tuple[str, int]]:
         try:
-            raw = json.loads(self.path.read_text())
+            raw = json.loads(path.read_text())
             return {keys.decode(key): (str(host), int(port)) for key, (host, port) in raw.items()}
         except FileNotFoundError:
             return {}
         except (OSError, ValueError, TypeError) as exc:
-            log(logger, logging.WARNING, "ignoring unreadable agent address file", path=str(self.path),
-                error=str(exc))
+            log(logger, logging.WARNING, "ignoring unreadable agent address file", path=str(path), error=str(exc))
             return {}
 
     def recall(self, public_key: bytes) -> tuple[str, int] | None:
-        return self._saved.get(public_key)
+        return self._known.get(public_key)
 
     def save(self, node: TunnelNode) -> None:
         """Write the agents' current addresses if they changed since the last save (atomically)."""
@@ -57,6 +65,7 @@ class EndpointMemory:
             log(logger, logging.WARNING, "cannot save agent addresses", path=str(self.path), error=str(exc))
             return
         self._saved = current
+        self._known.update(current)
 
     async def keep_saving(self, node: TunnelNode) -> None:
         try:

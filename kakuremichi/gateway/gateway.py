@@ -27,6 +27,7 @@ from kakuremichi.gateway.http.proxy import ProxySettings, open_proxy
 from kakuremichi.gateway.http.upstream import EXCHANGE_KEEPALIVE, PoolLimits
 from kakuremichi.gateway.listeners import serve_http, serve_https
 from kakuremichi.gateway.routes import Route, RouteTable
+from kakuremichi.gateway.workers import per_worker
 from kakuremichi.logs import log
 from kakuremichi.protocol import AGENT_KEEPALIVE, GatewayConfig
 from kakuremichi.tunnel import PeerSpec, TunnelNode
@@ -45,21 +46,25 @@ class Listen:
     http_port: int = 80
     https_port: int | None = 443  # None: no HTTPS listener
     acme: AcmeSettings | None = None  # None: no ACME (self-signed / custom certificates only)
+    shared: bool = False  # the ports are shared with the gateway's other worker processes (workers.py)
     proxy: ProxySettings = field(default_factory=ProxySettings)
     pool: PoolLimits = field(default_factory=PoolLimits)
 
 
 class Gateway:
     def __init__(self, node: TunnelNode, state_dir: str | Path, listen: Listen,
-                 exit_policy: DestinationPolicy | None = None) -> None:
+                 exit_policy: DestinationPolicy | None = None, worker: int = 0) -> None:
         self.node = node
+        self.worker = worker  # which of the gateway's worker processes this is (workers.py)
         self.listen = listen
         self.exit = ExitServer(node.stack, exit_policy)
         self.routes = RouteTable()
         self.challenges = ChallengeStore()
         self.certs = CertificateManager(CertStore(Path(state_dir)), self.challenges, listen.acme)
         self._sources: dict[str, str] = {}  # agent address -> our address in that tunnel's subnet
-        self.endpoints = EndpointMemory(Path(state_dir) / "agent-endpoints.json")
+        endpoints = Path(state_dir) / "agent-endpoints.json"
+        self.endpoints = EndpointMemory(per_worker(endpoints, worker),
+                                        sorted(Path(state_dir).glob("agent-endpoints*.json")))  # every worker's
         self.config_version = 0
         self.http_ports: list[int] = []
         self.https_ports: list[int] = []
@@ -68,7 +73,7 @@ class Gateway:
         """The link to control this gateway follows: its configs, and certificates ordered together with the
         other gateways (`options` go to ControlClient)."""
         client = ControlClient(url, api_key, "gateway", keys.encode(self.node.public_key), public_endpoint,
-                               on_config=self.apply, stats=self.stats, **options)
+                               on_config=self.apply, stats=self.stats, worker=self.worker, **options)
         sync = CertificateSync(self.certs, self.challenges, client)
         client.on_message, client.on_connected = sync.receive, sync.connected
         self.certs.coordinator = sync
@@ -99,11 +104,11 @@ class Gateway:
             if listen.https_port is not None:
                 listen.proxy.https_port = listen.https_port
             async with open_proxy(self.routes, self._dial, listen.proxy, listen.pool, self.challenges) as proxy:
-                http = await nursery.start(serve_http, proxy, listen.http_port, listen.host)
+                http = await nursery.start(serve_http, proxy, listen.http_port, listen.host, listen.shared)
                 self.http_ports = [l.socket.getsockname()[1] for l in http]
                 if listen.https_port is not None:
                     https = await nursery.start(serve_https, proxy, self.certs.context, listen.https_port,
-                                                listen.host)
+                                                listen.host, listen.shared)
                     self.https_ports = [l.socket.getsockname()[1] for l in https]
                     await nursery.start(self.certs.run)
                 log(logger, logging.INFO, "gateway serving", http=",".join(map(str, self.http_ports)),

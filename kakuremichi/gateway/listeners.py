@@ -7,7 +7,9 @@ the proxy and closes only its own connection.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
+import sys
 
 import trio
 
@@ -18,6 +20,12 @@ from kakuremichi.logs import log
 from kakuremichi.pipe import contained
 
 logger = logging.getLogger("kakuremichi.gateway.listeners")
+
+# The socket option under which the kernel spreads the connections to one port among the sockets of several
+# processes bound to it: Linux's SO_REUSEPORT, FreeBSD's SO_REUSEPORT_LB. None elsewhere: macOS and the other
+# BSDs hand every connection to one of the sockets, Windows shares no port.
+PORT_SHARING = getattr(socket, "SO_REUSEPORT_LB", None) or (
+    socket.SO_REUSEPORT if sys.platform.startswith("linux") else None)
 
 
 def _peer_ip(stream: trio.SocketStream) -> str:
@@ -33,10 +41,34 @@ async def _guarded(proxy: Proxy, stream: trio.abc.Stream, scheme: str, peer_ip: 
     await contained(handle, stream, proxy.faults, client=peer_ip, scheme=scheme)
 
 
-async def serve_http(proxy: Proxy, port: int, host: str | None = None, *,
+async def open_listeners(port: int, host: str | None, shared: bool) -> list[trio.SocketListener]:
+    """TCP listeners on `host:port` as trio opens them; `shared`: with PORT_SHARING too, so that each of the
+    gateway's worker processes listens on the port and the kernel spreads the connections among them."""
+    if not shared:
+        return await trio.open_tcp_listeners(port, host=host)
+    sockets = []
+    try:
+        for family, kind, proto, _, address in await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                                             flags=socket.AI_PASSIVE):
+            sock = trio.socket.socket(family, kind, proto)
+            sockets.append(sock)  # closed with the others if a later one fails
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, PORT_SHARING, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            await sock.bind(address)
+            sock.listen(socket.SOMAXCONN)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return [trio.SocketListener(sock) for sock in sockets]
+
+
+async def serve_http(proxy: Proxy, port: int, host: str | None = None, shared: bool = False, *,
                      task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED) -> None:
     """Plain HTTP on `host:port` (all interfaces when host is None); started() gets the listeners."""
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    listeners = await open_listeners(port, host, shared)
 
     async def handle(stream: trio.SocketStream) -> None:
         await _guarded(proxy, stream, "http", _peer_ip(stream))
@@ -45,12 +77,12 @@ async def serve_http(proxy: Proxy, port: int, host: str | None = None, *,
     await trio.serve_listeners(handle, listeners)
 
 
-async def serve_https(proxy: Proxy, context: ssl.SSLContext, port: int, host: str | None = None, *,
-                      handshake_timeout: float = 10.0,
+async def serve_https(proxy: Proxy, context: ssl.SSLContext, port: int, host: str | None = None,
+                      shared: bool = False, *, handshake_timeout: float = 10.0,
                       task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED) -> None:
     """HTTPS on `host:port`; `context` picks each connection's certificate by SNI (see certs/tls.py). Clients
     that negotiate "h2" by ALPN get HTTP/2 (http/http2.py), the others HTTP/1.1."""
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    listeners = await open_listeners(port, host, shared)
 
     async def handle(stream: trio.SocketStream) -> None:
         peer_ip = _peer_ip(stream)

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
+import msgspec
 import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
@@ -160,11 +161,12 @@ class WsClient:
 
 
 @asynccontextmanager
-async def connect(ctl: Control, api_key: str, role: str, key: str | None = None, endpoint: str | None = None):
-    """Open /ws and authenticate; the client carries `welcome` and its `first_config`."""
+async def connect(ctl: Control, api_key: str, role: str, key: str | None = None, endpoint: str | None = None,
+                  worker: int = 0):
+    """Open /ws and authenticate (as a gateway's `worker`); the client carries `welcome` and its `first_config`."""
     async with open_websocket_url(ctl.ws_url) as ws:
         client = WsClient(ws)
-        await client.send(protocol.Auth(api_key, role, key or public_key(), endpoint))
+        await client.send(protocol.Auth(api_key, role, key or public_key(), endpoint, worker=worker or msgspec.UNSET))
         client.welcome = await client.receive()
         assert isinstance(client.welcome, protocol.AuthSuccess), client.welcome
         client.first_config = await client.config()

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from kakuremichi.control.web import session, status
-from tests.control.conftest import ADMIN, start_control
+from tests.control.conftest import ADMIN, connect, start_control
 
 
 def _csrf(page: httpx.Response) -> str:
@@ -269,3 +269,13 @@ async def test_a_port_in_other_digits_is_a_validation_message(control):
         for port in ("²", "١٢٣", "8" * 20):
             page = await browser.post("/gateways/new", data={"csrf_token": token, "name": "gw", "wireguardPort": port})
             assert page.status_code == 400 and "1-65535" in page.text, port
+
+
+async def test_a_gateways_page_shows_its_workers_and_the_list_only_the_gateway(control):
+    gw = await control.create("gateways", name="gw")
+    async with connect(control, gw["apiKey"], "gateway", endpoint="203.0.113.1:51821", worker=1):
+        async with _logged_in(control.url) as browser:
+            page = (await browser.get(f"/gateways/{gw['id']}")).text
+            listing = (await browser.get("/gateways")).text
+    assert re.search(r"Worker processes</dt><dd>2; #1\s+online at <span class=\"code-inline\">203.0.113.1:51821", page)
+    assert "gw#1" not in listing

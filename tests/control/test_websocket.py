@@ -123,6 +123,37 @@ async def test_deleted_and_rotated_clients_are_disconnected(control):
         assert await closed_with(client) == 4005
 
 
+async def test_a_gateways_workers_are_gateways_of_their_own_listed_under_it(control):
+    """`kakuremichi gateway --workers 2`: worker 1 logs in with its gateway's key and becomes an agent's peer of its
+    own, with its own address in the tunnel; the API lists one gateway; the gateway's key and deletion end both."""
+    agent = await control.create("agents", name="laptop")
+    gw = await control.create("gateways", name="gw1")
+    tunnel = await control.create("tunnels", domain="app.example.com", agentId=agent["id"], target="localhost:8080",
+                                  tlsMode="off")
+    worker_key = public_key()
+    async with connect(control, agent["apiKey"], "agent") as agent_ws, \
+            connect(control, gw["apiKey"], "gateway", endpoint="203.0.113.1:51820") as gateway, \
+            connect(control, gw["apiKey"], "gateway", worker_key, "203.0.113.1:51821", worker=1) as worker:
+        assert worker.welcome.name == "gw1#1" and worker.welcome.client_id != gateway.welcome.client_id
+        assert [r.gateway_ip for r in worker.first_config.routes] == ["10.1.0.253"]
+        peers = agent_ws.first_config.gateways
+        while len(peers) < 2:
+            peers = (await agent_ws.config()).gateways
+        assert {(p.endpoint, tuple(p.allowed_ips)) for p in peers} == {("203.0.113.1:51820", ("10.1.0.254/32",)),
+                                                                         ("203.0.113.1:51821", ("10.1.0.253/32",))}
+        listed = (await control.api.get("/api/gateways")).json()
+        assert listed["total"] == 1 and listed["items"][0]["id"] == gw["id"]
+        (shown,) = listed["items"][0]["workers"]
+        assert shown["index"] == 1 and shown["publicKey"] == worker_key and shown["status"] == "online"
+        assert set((await control.api.get(f"/api/tunnels/{tunnel['id']}")).json()["gatewayIps"]) == {gw["id"],
+                                                                                                    shown["id"]}
+        await control.api.post(f"/api/gateways/{gw['id']}/rotate-key")
+        assert await closed_with(gateway) == 4001 and await closed_with(worker) == 4001
+    assert (await control.api.delete(f"/api/gateways/{gw['id']}")).status_code == 204
+    assert (await control.api.get(f"/api/gateways/{shown['id']}")).status_code == 404  # went with its gateway
+    assert (await control.api.get(f"/api/tunnels/{tunnel['id']}")).json()["gatewayIps"] == {}
+
+
 async def test_reconnect_never_erases_the_reported_endpoint(control):
     gw = await control.create("gateways", name="g")
     key = public_key()

@@ -4,6 +4,7 @@ shrugs off a damaged file, and a quick 502 for an agent that has gone silent."""
 from __future__ import annotations
 
 import errno
+import json
 import logging
 
 import httpx
@@ -32,6 +33,22 @@ def test_addresses_survive_a_restart_and_only_changes_are_written(tmp_path):
     assert EndpointMemory(path).recall(agent) == ("192.0.2.7", 40123)
     assert EndpointMemory(path).recall(keys.public_from_private(keys.generate_private())) is None
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_worker_recalls_where_its_siblings_saw_an_agent(tmp_path):
+    """A gateway worker killed before it saved anything starts again knowing where the agent is."""
+    node = TunnelNode(keys.generate_private(), listen_host="127.0.0.1")
+    node.interface.sock.close()
+    agent, other = (keys.public_from_private(keys.generate_private()) for _ in range(2))
+    node.device.add_peer(agent, allowed_ips=["10.1.0.2/32"], endpoint=("192.0.2.7", 40123))
+    node.device.add_peer(other, allowed_ips=["10.2.0.2/32"], endpoint=("192.0.2.8", 40124))
+    EndpointMemory(tmp_path / "agent-endpoints.json").save(node)
+    (tmp_path / "agent-endpoints-worker1.json").write_text(json.dumps({keys.encode(other): ["192.0.2.9", 9]}))
+    own = tmp_path / "agent-endpoints-worker1.json"
+    memory = EndpointMemory(own, sorted(tmp_path.glob("agent-endpoints*.json")))
+    assert memory.recall(agent) == ("192.0.2.7", 40123)  # from worker 0's file
+    assert memory.recall(other) == ("192.0.2.9", 9)  # its own file wins
+    assert EndpointMemory(own).recall(agent) is None
 
 
 def test_a_damaged_file_is_ignored_with_a_warning(tmp_path, caplog):

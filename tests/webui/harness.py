@@ -69,7 +69,7 @@ class Control:
         """A real gateway on loopback (plain HTTP); its process and HTTP port."""
         http_port = free_port()
         process = self.spawn("gateway", api_key, "--public-host", "127.0.0.1", "--listen-host", "127.0.0.1",
-                             "--http-port", str(http_port), "--https-port", "0", "--acme-directory", "off",
+                             "--http-port", str(http_port), "--https-port", "0", "--acme-directory", "off", "--workers", "1",
                              "--wireguard-port", str(free_port(socket.SOCK_DGRAM)))
         return process, http_port
 

@@ -11,6 +11,7 @@ from datetime import datetime
 
 from pony.orm import Database, db_session
 
+from kakuremichi.control import services
 from kakuremichi.control.models import utcnow
 
 
@@ -82,10 +83,11 @@ def key_names(db: Database) -> dict[str, str]:
 
 @db_session
 def snapshot(db: Database) -> dict[str, dict[str, str]]:
-    """Live text of every agent and gateway, keyed by `live_key`."""
+    """Live text of every agent and gateway (not of a gateway's workers, which no list shows), keyed by
+    `live_key`."""
     names, now = key_names(db), utcnow()
     result = {}
-    for role, entity in (("agent", db.Agent), ("gateway", db.Gateway)):
-        for row in entity.select():
+    for role in ("agent", "gateway"):
+        for row in services.ordered(db, role):
             result[live_key(role, row.id)] = {"name": row.name, **describe(row, peers(row, names), now)}
     return result

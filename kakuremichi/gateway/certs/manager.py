@@ -112,9 +112,10 @@ class CertificateManager:
 
     def _fallback(self) -> Path:
         path = self.store.root / "certs" / "_fallback.pem"
-        if not path.exists():
-            cert_pem, key_pem = make_self_signed(FALLBACK_NAME, days=3650)
-            write_private(path, key_pem + cert_pem)
+        with self.store.locked():
+            if not path.exists():
+                cert_pem, key_pem = make_self_signed(FALLBACK_NAME, days=3650)
+                write_private(path, key_pem + cert_pem)
         return path
 
     def update_routes(self, routes: Iterable[Route]) -> None:
@@ -128,7 +129,8 @@ class CertificateManager:
                 continue
             stored = self._usable(domain)
             if stored is None and route.tls is TlsMode.SELF_SIGNED:
-                stored = self.store.save(domain, *make_self_signed(domain))
+                with self.store.locked():  # another worker may be making it: all serve the first one made
+                    stored = self._usable(domain) or self.store.save(domain, *make_self_signed(domain))
             if stored is not None:
                 self._serve(stored)
             elif route.tls is TlsMode.CUSTOM:
@@ -145,18 +147,24 @@ class CertificateManager:
 
     def adopt(self, domain: str, chain_pem: bytes, key_pem: bytes) -> StoredCertificate | None:
         """Install a certificate another gateway obtained, unless the one kept here is the same or a later one
-        from the same CA (a self-signed or custom leftover is always replaced). Raises CertificateError."""
+        from the same CA (a self-signed or custom leftover is always replaced; the one kept is served if it was
+        not). Raises CertificateError."""
         pair = CheckedPair.parse(domain, chain_pem, key_pem)  # the pushed PEM's only parse
         incoming = pair.leaf
-        current = self._served.get(pair.domain) or self.store.load(pair.domain)
+        served = self._served.get(pair.domain)
+        current = served or self.store.load(pair.domain)
         if current is not None and (incoming.serial_number == current.serial
                                     or (incoming.issuer.rfc4514_string() == current.issuer
                                         and incoming.not_valid_after_utc <= current.not_after)):
-            return None
+            # one another worker of this gateway stored in the shared directory is not served here yet
+            return self._adopted(current) if served is None and pair.domain in self._routes else None
         return self._install(pair)
 
     def _install(self, pair: CheckedPair) -> StoredCertificate:
-        stored = self.store.keep(pair)
+        return self._adopted(self.store.keep(pair))
+
+    def _adopted(self, stored: StoredCertificate) -> StoredCertificate:
+        """Serve a certificate now on disk, which ends any wait for it."""
         self._serve(stored)
         log(logger, logging.INFO, "certificate installed", domain=stored.domain, not_after=stored.not_after,
             issuer=stored.issuer)

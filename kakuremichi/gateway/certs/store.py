@@ -15,6 +15,7 @@ import datetime
 import hashlib
 import os
 import secrets
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from kakuremichi.certpair import check_pair, names
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 from kakuremichi.values import Domain
 
 PRIVATE_MODE = 0o600
@@ -131,12 +137,28 @@ class CertStore:
         """The PEM account key for a CA directory, made on first use (RSA 2048, what every CA takes)."""
         digest = hashlib.sha256(directory_url.encode()).hexdigest()[:16]
         path = self.root / "acme" / f"{digest}.key.pem"
+        with self.locked():
+            try:
+                return path.read_bytes()
+            except FileNotFoundError:
+                pass
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+            write_private(path, pem)
+            return pem
+
+    @contextmanager
+    def locked(self):
+        """Hold the directory's lock: a gateway's worker processes share it, and each would otherwise make its own
+        self-signed certificate or account key in the same moment and serve a different one (where the OS has
+        no flock, the gateway runs one worker: workers.py)."""
+        if fcntl is None:
+            yield
+            return
+        fd = os.open(self.root / ".lock", os.O_WRONLY | os.O_CREAT, PRIVATE_MODE)
         try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            pass
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-        write_private(path, pem)
-        return pem
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
