@@ -42,7 +42,7 @@ log = logging.getLogger("kakuremichi.wg")
 BATCH = 128  # datagrams handled per wake-up before yielding to other tasks
 READ_AHEAD = 2 * BATCH  # datagrams read from the socket per wake-up at most, into the fair queue (more
 # would lengthen every turn of the Trio loop that the interface shares with its stack and proxies)
-TURN_BUDGET = 0.001  # seconds of datagram handling per wake-up, past which a contended turn ends
+TURN_BUDGET = 0.0003  # seconds of datagram handling per wake-up; a longer turn delays every other task
 OFFLOAD_SWITCH = "KAKUREMICHI_UDP_OFFLOAD"  # "off": plain sendto/recvfrom even where GSO/GRO would work
 SOCKET_BUFFER = 4 << 20
 MAX_BACKLOG = 4096  # datagrams waiting for the socket to become writable before we drop (like a NIC)
@@ -257,34 +257,38 @@ class WireGuardInterface:
                 await trio.lowlevel.checkpoint()
 
     def _read_ahead(self, ready: list[socket.socket], reader) -> bool:
-        """Read up to READ_AHEAD datagrams into the fair queue, QUANTUM of each ready socket per round, so a
-        flood in one peer's socket takes no more of the turn's reading than any other peer's; True when
-        every socket was read empty."""
+        """Read up to READ_AHEAD datagrams into the fair queue, about QUANTUM of each ready socket per round,
+        so a flood in one peer's socket takes no more of the turn's reading than any other peer's. Every
+        ready socket is read in the first round even when the queue is full (a flood's backlog must not keep
+        another peer's socket from being read at all). True when every socket was read empty."""
         queue = self._queue
         budget = READ_AHEAD
+        first = True
         while ready and budget > 0:
             pending = []
             for sock in ready:
-                if queue.full:
+                if not first and queue.full:
                     return False
-                count = reader(sock, min(QUANTUM, budget))
+                count, more = reader(sock, QUANTUM)
                 budget -= count
-                if count == QUANTUM:
-                    pending.append(sock)  # may hold more
-            ready = pending
+                if more:
+                    pending.append(sock)
+            ready, first = pending, False
         return not ready
 
     def _reader(self, buffer: bytearray):
-        """A function reading up to n datagrams of one socket into the fair queue, returning how many it
-        read (fewer than n once the socket is empty)."""
+        """A function reading one socket into the fair queue until at least `quota` datagrams were queued (a
+        coalesced GRO run counts as its datagrams) or the socket is empty; it returns how many it queued and
+        whether the socket may hold more."""
         queue = self._queue
         dropped = self.device.dropped
         sender = self.device.sender
         view = memoryview(buffer)
         gro, buffers, ancillary_size = self._gro, [buffer], socket.CMSG_SPACE(4) if self._gro else 0
 
-        def read(sock: socket.socket, n: int) -> int:
-            for count in range(n):
+        def read(sock: socket.socket, quota: int) -> tuple[int, bool]:
+            count = 0
+            while count < quota:
                 try:
                     if gro:
                         size, ancillary, _, source = sock.recvmsg_into(buffers, ancillary_size)
@@ -292,9 +296,10 @@ class WireGuardInterface:
                         size, source = sock.recvfrom_into(buffer)
                         ancillary = None
                 except BlockingIOError:
-                    return count
+                    return count, False
                 except OSError:
-                    continue  # ICMP port-unreachable surfaced on the socket: nothing to read
+                    count += 1  # ICMP port-unreachable surfaced on the socket: nothing to read
+                    continue
                 datagram = bytes(view[:size])
                 if ancillary:  # a coalesced run of equal-sized datagrams from one source: queued as one
                     segment = int.from_bytes(ancillary[0][2], sys.byteorder) or size
@@ -302,18 +307,19 @@ class WireGuardInterface:
                     items = [(run[offset:offset + segment], source) for offset in range(0, size, segment)]
                 else:
                     items = [(datagram, source)]
+                count += len(items)
                 lost = queue.put(sender(items[0][0], source), items)
                 if lost:
                     dropped["sender_queue_full"] += lost
-            return n
+            return count, True
 
         return read
 
     def _handle_turn(self) -> None:
-        """Feed the device up to BATCH datagrams, QUANTUM at a time round-robin by sender; while several
-        senders wait, only until the turn has spent TURN_BUDGET, so that under a flood the other peers'
-        datagrams, and the tasks waiting for them, wait one short turn (a lone sender keeps whole batches:
-        bulk throughput). One that raises is dropped and counted."""
+        """Feed the device up to BATCH datagrams, QUANTUM at a time round-robin by sender, and only until the
+        turn has spent TURN_BUDGET: a flood in a peer's own socket still shares this thread with the tasks
+        serving the other tenants (their proxies, their TCP), and each of their steps waits for the turn
+        to end. One that raises is dropped and counted."""
         queue = self._queue
         receive = self.device.receive_datagram
         end = time.perf_counter() + TURN_BUDGET
@@ -327,7 +333,7 @@ class WireGuardInterface:
                 except Exception as exc:
                     self.contained.record(exc, stage="datagram", source=f"{source[0]}:{source[1]}",
                                           size=len(datagram))
-            if queue.contended and time.perf_counter() >= end:
+            if time.perf_counter() >= end:
                 break
 
     async def _timer_loop(self) -> None:

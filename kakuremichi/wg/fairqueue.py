@@ -32,11 +32,6 @@ class FairQueue:
     def full(self) -> bool:
         return self.waiting >= self.max_waiting
 
-    @property
-    def contended(self) -> bool:
-        """More than one sender has datagrams waiting."""
-        return len(self._queues) > 1
-
     def __len__(self) -> int:
         return self.waiting
 
