@@ -13,6 +13,7 @@ from kakuremichi.control import api, auth, openapi, presence, web, websocket
 from kakuremichi.control.api import json_response
 from kakuremichi.control.state import ControlState, Settings, current
 from kakuremichi.control.bodies import ApiError
+from kakuremichi.control.web import views
 
 logger = logging.getLogger("kakuremichi.control")
 MAX_BODY = 1 << 20
@@ -60,6 +61,10 @@ def create_app(settings: Settings) -> QuartTrio:
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
+        if _for_a_browser():
+            return await views.error_page(error.code or 500, error.name or "Error",
+                                          "There is no such page here." if error.code == 404 else
+                                          error.description or "")
         code = (error.name or "error").lower().replace(" ", "_")
         response = json_response({"error": error.description or error.name, "code": code, "details": {}},
                                  error.code or 500)
@@ -74,3 +79,10 @@ def create_app(settings: Settings) -> QuartTrio:
         return json_response({"error": "internal error; see the control log", "code": "internal", "details": {}}, 500)
 
     return app
+
+
+def _for_a_browser() -> bool:
+    """An error outside the API's, /ws's and /metrics' URLs, asked by a client that takes HTML: the web UI's page
+    rather than the API's JSON."""
+    return (not request.path.startswith(("/api/", "/ws", "/metrics"))
+            and request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html")

@@ -279,3 +279,15 @@ async def test_a_gateways_page_shows_its_workers_and_the_list_only_the_gateway(c
             listing = (await browser.get("/gateways")).text
     assert re.search(r"Worker processes</dt><dd>2; #1\s+online at <span class=\"code-inline\">203.0.113.1:51821", page)
     assert "gw#1" not in listing
+
+
+async def test_an_unknown_url_gets_a_page_for_a_browser_and_json_for_the_api(control):
+    async with httpx.AsyncClient(base_url=control.url) as client:
+        page = await client.get("/no/such/page", headers={"accept": "text/html,*/*;q=0.8"})
+        assert page.status_code == 404 and "<h1>Not Found</h1>" in page.text
+        assert page.headers["content-type"].startswith("text/html") and '"code"' not in page.text
+        api = await client.get("/api/no-such-thing", headers={"accept": "text/html,*/*;q=0.8",
+                                                              "authorization": f"Bearer {ADMIN}"})
+        assert api.status_code == 404 and api.json()["code"] == "not_found"
+        plain = await client.get("/no/such/page")  # a script that takes anything gets the API's JSON
+        assert plain.status_code == 404 and plain.json()["code"] == "not_found"

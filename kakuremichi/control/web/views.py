@@ -97,6 +97,13 @@ async def api_error(error: ApiError) -> Response:
     return await _page("message.html", error.status, title=title, message=error.message)
 
 
+async def error_page(status: int, title: str, message: str) -> Response:
+    """An HTTP error on a URL outside the API (an unknown page, a wrong method), in the UI's frame."""
+    response = await _page("message.html", status, title=title, message=message, **template_globals())
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
 @blueprint.context_processor
 def template_globals() -> dict:
     return {"logged_in": logged_in(), "tls_labels": TLS_LABELS,
