@@ -12,6 +12,7 @@ import logging
 
 import trio
 
+from kakuremichi.agent.configcache import ConfigCache
 from kakuremichi.agent.targets import connect
 from kakuremichi.controlclient import ControlClient
 from kakuremichi.egress.dialer import ExitDialer
@@ -31,9 +32,11 @@ TUNNEL_BACKLOG = 4096
 
 
 class Agent:
-    def __init__(self, node: TunnelNode, *, connect_timeout: float = 10.0, proxies: ProxyListen | None = None
-                 ) -> None:
+    def __init__(self, node: TunnelNode, *, connect_timeout: float = 10.0, proxies: ProxyListen | None = None,
+                 cache: ConfigCache | None = None) -> None:
+        """`cache`: where the last config from control is kept, and served from at start."""
         self.node = node
+        self.cache = cache
         self.proxies = LocalProxies(ExitDialer(node), proxies)
         self.connect_timeout = connect_timeout
         self.targets: dict[str, tuple[str, Target]] = {}  # agent address -> (domain, target)
@@ -59,9 +62,13 @@ class Agent:
             await nursery.start(self.proxies.run)
             await nursery.start(functools.partial(self.node.stack.serve_tcp, self._handle, TUNNEL_PORT,
                                                   backlog=TUNNEL_BACKLOG))
+            saved = self.cache.load() if self.cache is not None else None
+            if saved is not None:  # until control answers, which may be never
+                log(logger, logging.INFO, "serving the last config saved from control", version=saved.version)
+                await self.apply(saved, save=False)
             task_status.started(self)
 
-    async def apply(self, config: AgentConfig) -> None:
+    async def apply(self, config: AgentConfig, *, save: bool = True) -> None:
         """Adopt a pushed config: gateways as peers, tunnel addresses, address → target mappings."""
         # the protocol decoder checked every target and endpoint: these parses cannot fail
         targets = {tunnel.agent_ip: (tunnel.domain, Target.parse(tunnel.target))
@@ -77,6 +84,8 @@ class Agent:
         await self.node.apply(config.addresses, peers)
         await self.proxies.update(config.tunnels)
         self.config_version = config.version
+        if save and self.cache is not None:
+            self.cache.save(config)
         log(logger, logging.INFO, "config applied", version=config.version, tunnels=len(targets),
             gateways=len(peers))
 

@@ -15,6 +15,7 @@ import trio
 
 from kakuremichi import command, logs
 from kakuremichi.agent.agent import Agent
+from kakuremichi.agent.configcache import ConfigCache
 from kakuremichi.egress.localproxy import ProxyListen
 from kakuremichi.options import EnvArgumentParser, add_heartbeat_interval
 from kakuremichi.tunnel import TunnelNode
@@ -56,7 +57,8 @@ async def run(args) -> None:
     private = keyfile.load_or_create(Path(args.data_dir) / "wireguard.key")
     with command.listening("WireGuard (UDP)", args.wireguard_port, "--wireguard-port"):
         node = TunnelNode(private, listen_port=args.wireguard_port)
-    agent = Agent(node, proxies=ProxyListen(socks=args.socks_listen, http=args.http_proxy_listen))
+    agent = Agent(node, proxies=ProxyListen(socks=args.socks_listen, http=args.http_proxy_listen),
+                  cache=ConfigCache(Path(args.data_dir) / "config.json"))
     client = agent.control_client(args.control_url, args.api_key, heartbeat=args.heartbeat_interval)
     logs.log(logger, logging.INFO, "agent starting", public_key=keys.encode(node.public_key),
              control=args.control_url)

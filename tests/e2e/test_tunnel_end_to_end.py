@@ -246,3 +246,17 @@ async def test_websocket_echo_through_the_tunnel(deployment):
             await ws.send_message(message)
             assert await ws.get_message() == message
         await ws.aclose()
+
+
+def test_an_agent_restarted_while_control_is_down_serves_from_its_saved_config(deployment):
+    deployment.tunnel("offline.example.test", "one")
+    wait_for(lambda: serves(deployment, "gw1", "offline.example.test", "one"), 20, "the tunnel")
+    saved = deployment.tmp / "agent" / "config.json"
+    assert saved.exists() and saved.stat().st_mode & 0o077 == 0  # it names targets and gateways: owner only
+    assert "offline.example.test" in saved.read_text()
+    deployment.control.stop()
+    deployment.agent.stop()
+    deployment.agent.start()
+    wait_for(lambda: serves(deployment, "gw1", "offline.example.test", "one"), 20,
+             "the restarted agent to serve without control")
+    assert "serving the last config saved from control" in deployment.agent.log.read_text()
