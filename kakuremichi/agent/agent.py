@@ -85,7 +85,11 @@ class Agent:
         await self.proxies.update(config.tunnels)
         self.config_version = config.version
         if save and self.cache is not None:
-            self.cache.save(config)
+            try:
+                self.cache.save(config)
+            except OSError as exc:  # applied all the same: only a start without control would miss it
+                log(logger, logging.WARNING, "cannot save the config for starts without control",
+                    path=str(self.cache.path), error=exc.strerror or str(exc))
         log(logger, logging.INFO, "config applied", version=config.version, tunnels=len(targets),
             gateways=len(peers))
 

@@ -1,8 +1,8 @@
 """Runs a sans-IO `Device` on a real UDP socket under Trio.
 
-The receive loop reads the socket ahead with non-blocking receives (until EAGAIN or a read-ahead limit)
-(on Linux, the interface's socket and each peer's own, `peersockets.py`, a few datagrams of each per
-round) into a `FairQueue` keyed by sender, feeds the device a batch taken round-robin from it (so one peer's
+The receive loop reads ahead with non-blocking receives, until EAGAIN or a read-ahead limit, from the
+interface's socket and (on Linux) each peer's own (`peersockets.py`), a few datagrams of each per round,
+into a `FairQueue` keyed by sender, feeds the device a batch taken round-robin from it (so one peer's
 flood cannot push another peer's datagram to the end of a long backlog), hands the decrypted packets to
 the attached network stack in one call, flushes the device's datagrams, and only then awaits
 readability: one await per batch, not per packet. Timers are a single cancel scope whose deadline

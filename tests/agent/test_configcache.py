@@ -35,3 +35,19 @@ def test_an_unusable_copy_is_ignored_with_a_warning(tmp_path, caplog):
             caplog.clear()
             assert cache.load() is None
         assert "waiting for control's" in caplog.text
+
+
+async def test_a_config_that_cannot_be_saved_is_applied_all_the_same(tmp_path, caplog):
+    from kakuremichi.agent.agent import Agent
+    from kakuremichi.tunnel import TunnelNode
+    from kakuremichi.wg import keys
+
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("")
+    agent = Agent(TunnelNode(keys.generate_private(), listen_host="127.0.0.1"),
+                  cache=ConfigCache(blocked / "config.json"))
+    with caplog.at_level(logging.WARNING, "kakuremichi.agent"):
+        await agent.apply(CONFIG)
+    assert agent.config_version == 5 and "10.1.0.2" in agent.targets
+    assert "cannot save the config" in caplog.text
+    agent.node.interface.sock.close()
