@@ -151,10 +151,10 @@ class WireGuardInterface:
         Call after changing the device directly (adding peers, sending a keepalive).
         """
         device = self.device
+        if device.moved and self.peer_sockets is not None:  # before sending: an answer to what we send now must
+            self.peer_sockets.update(device.peers_moved())  # not land in a socket about to close (a replaced peer's)
         if device.outgoing:
             self._send(device.datagrams_to_send())
-        if device.moved and self.peer_sockets is not None:
-            self.peer_sockets.update(device.peers_moved())
         if device.incoming:
             packets = device.packets_received()
             if self._receiver is not None:  # with nothing attached, decrypted packets have nowhere to go
