@@ -1,5 +1,6 @@
 """What every gateway and agent tells Prometheus about its tunnel node: WireGuard peers (handshake age, bytes,
-session), packets dropped by WireGuard and by the netstack by reason, and the link to control.
+session), packets dropped by WireGuard and by the netstack by reason, unexpected errors contained (faults.py),
+and the link to control.
 
 Nothing here runs per packet: the counters are those the device and the stack keep anyway, read when
 scraped, and the gauges are computed then too. The gateway and the agent add their own collectors.
@@ -8,11 +9,12 @@ scraped, and the gauges are computed then too. The gateway and the agent add the
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from kakuremichi.controlclient import ControlClient
+from kakuremichi.faults import Contained
 from kakuremichi.tunnel import TunnelNode
 from kakuremichi.wg import keys
 
@@ -28,10 +30,11 @@ class Collector:
 
 
 class NodeCollector(Collector):
-    """The samples of one TunnelNode and its ControlClient."""
+    """The samples of one TunnelNode and its ControlClient; `faults()`: the role's other Contained boundaries."""
 
-    def __init__(self, node: TunnelNode, client: ControlClient | None, role: str) -> None:
-        self.node, self.client, self.role = node, client, role
+    def __init__(self, node: TunnelNode, client: ControlClient | None, role: str,
+                 faults: Callable[[], list[Contained]] = list) -> None:
+        self.node, self.client, self.role, self.faults = node, client, role, faults
 
     def collect(self) -> Iterator[Metric]:
         device = self.node.device
@@ -57,6 +60,13 @@ class NodeCollector(Collector):
                         device.dropped)
         yield by_reason("kakuremichi_netstack_dropped", "IP packets the userspace stack dropped, by reason.",
                         self.node.stack.core.drops)
+        contained = CounterMetricFamily("kakuremichi_faults", "Unexpected errors contained at a boundary (that "
+                                        "packet dropped or that connection closed), by site and exception type.",
+                                        labels=["site", "kind"])
+        for boundary in [self.node.interface.contained, self.node.stack.core.faults, *self.faults()]:
+            for kind, count in sorted(boundary.counts.items()):
+                contained.add_metric([boundary.site, kind], count)
+        yield contained
         connected = GaugeMetricFamily("kakuremichi_control_connected", "1 while the link to control is up.",
                                       labels=["role"])
         connected.add_metric([self.role], 1.0 if self.client is not None and self.client.connected else 0.0)

@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from kakuremichi import command, logs
 from kakuremichi.controlclient import ControlClient
+from kakuremichi.faults import Contained
 from kakuremichi.metrics import NodeCollector
 from kakuremichi.options import EnvArgumentParser
 from kakuremichi.tunnel import TunnelNode
@@ -60,13 +61,14 @@ def host_port(text: str) -> tuple[str, int]:
 
 class Monitor:
     """The metrics and status of one gateway worker or agent: its node, its control link, and `describe()`, what
-    its role adds to the status document (configVersion, tunnels); `collector` adds the role's own metrics."""
+    its role adds to the status document (configVersion, tunnels); `collector` adds the role's own metrics,
+    `faults()` its Contained boundaries."""
 
     def __init__(self, role: str, node: TunnelNode, client: ControlClient, collector,
-                 describe: Callable[[], dict], worker: int = 0) -> None:
+                 describe: Callable[[], dict], worker: int = 0, faults: Callable[[], list[Contained]] = list) -> None:
         self.role, self.node, self.client, self.describe, self.worker = role, node, client, describe, worker
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(NodeCollector(node, client, role))
+        self.registry.register(NodeCollector(node, client, role, faults))
         self.registry.register(collector)
 
     def status(self) -> dict:

@@ -65,7 +65,8 @@ async def run(args) -> None:
     logs.log(logger, logging.INFO, "agent starting", public_key=keys.encode(node.public_key),
              control=args.control_url)
     monitor = monitoring.Monitor("agent", node, client, metrics.AgentCollector(agent),
-                                 lambda: {"configVersion": agent.config_version, "tunnels": metrics.tunnels(agent)})
+                                 lambda: {"configVersion": agent.config_version, "tunnels": metrics.tunnels(agent)},
+                                 faults=lambda: [agent.proxies.faults])
     async with trio.open_nursery() as nursery:
         await nursery.start(monitor.run, args.metrics_listen, args.metrics_token, Path(args.data_dir))
         await nursery.start(agent.run)

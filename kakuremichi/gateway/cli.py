@@ -121,7 +121,7 @@ async def serve(args, worker: int) -> None:
              endpoint=endpoint, control=args.control_url)
     monitor = monitoring.Monitor("gateway", node, client, metrics.GatewayCollector(gateway),
                                  lambda: {"configVersion": gateway.config_version, "tunnels": metrics.tunnels(gateway)},
-                                 worker)
+                                 worker, faults=lambda: metrics.faults(gateway))
     listen_metrics = args.metrics_listen and (args.metrics_listen[0],
                                               workers.worker_port(args.metrics_listen[1], worker))
     async with trio.open_nursery() as nursery:

@@ -51,6 +51,11 @@ class GatewayCollector(Collector):
         yield exits
 
 
+def faults(gateway) -> list:
+    """The gateway's Contained boundaries besides its node's: client connections, exit connections."""
+    return [gateway.exit.faults] + ([gateway.proxy.faults] if gateway.proxy is not None else [])
+
+
 def tunnels(gateway) -> list[dict]:
     """The routes this gateway worker serves, for `kakuremichi status`."""
     proxy = gateway.proxy

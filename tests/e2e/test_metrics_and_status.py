@@ -126,6 +126,7 @@ def test_the_gateway_counts_each_tunnels_requests_by_status_class_and_bytes(depl
                            reason="malformed") == 1, 10, "the malformed datagram counted")
     text = httpx.get(f"{deployment.gateway_metrics}/metrics", headers={"authorization": f"Bearer {TOKEN}"}).text
     assert "# TYPE kakuremichi_netstack_dropped_total counter" in text
+    assert "# TYPE kakuremichi_faults_total counter" in text
 
 
 def listening(url: str) -> bool:
@@ -146,6 +147,19 @@ def test_the_metrics_token_is_required_when_set(deployment):
     # the agent was started without one
     wait_for(lambda: listening(deployment.agent_metrics), 20, "the agent's metrics listener")
     assert httpx.get(deployment.agent_metrics + "/metrics", timeout=5).status_code == 200
+    # garbage, an oversized head, a request cut short: that connection is closed, the listener goes on
+    host, port = deployment.agent_metrics.removeprefix("http://").split(":")
+    for sent in (b"\x16\x03\x01garbage\r\n\r\n", b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 100_000, b"GET /met"):
+        with socket.create_connection((host, int(port)), timeout=15) as probe:
+            try:
+                probe.sendall(sent)
+                probe.shutdown(socket.SHUT_WR)
+                while probe.recv(65536):
+                    pass
+            except (ConnectionResetError, BrokenPipeError):
+                pass  # closed before all was sent: what it should do
+    samples = scrape(deployment.agent_metrics)
+    assert ("kakuremichi_control_connected", frozenset({("role", "agent")})) in samples
 
 
 def test_the_agent_counts_connections_per_tunnel(deployment):
