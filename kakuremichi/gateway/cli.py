@@ -94,7 +94,7 @@ async def run(args, argv: list[str]) -> int | None:
                                              "metrics" + (f" of worker {index}" if index else ""), "--metrics-listen")
             for index in range(count):  # a key file's error is the gateway's, not a worker's to restart over
                 private_key(args, index)
-            return await workers.supervise(argv, count, args.api_key)
+            return await workers.supervise(argv, count, {"api-key": args.api_key, "metrics-token": args.metrics_token})
         worker = 0
     else:
         logs.label(worker=worker)

@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import httpx
 import pytest
@@ -235,15 +236,23 @@ def test_status_shows_the_control_link_peers_and_tunnels_of_the_agent_and_the_ga
 
 
 def test_each_gateway_worker_has_its_own_metrics_port_and_status_socket(tmp_path):
+    """... and the metrics token, given to the supervisor in a file, reaches the workers without showing on
+    their command lines."""
     first = free_ports(2)
+    token = "worker-metrics-token-" + "x" * 20
+    (tmp_path / "metrics.token").write_text(token)
     d = Deployment(tmp_path, apps={"app": ("-c", APP)}, gateways=("gw1",), workers=2,
-                   gateway_args=("--metrics-listen", f"127.0.0.1:{first}"))
+                   gateway_args=("--metrics-listen", f"127.0.0.1:{first}",
+                                 "--metrics-token-file", str(tmp_path / "metrics.token")))
     try:
         d.tunnel(DOMAIN, "app")
         serving(d)
         for index in (0, 1):
-            wait_for(lambda: value(scrape(f"http://127.0.0.1:{first + index}"), "kakuremichi_control_connected",
-                                   role="gateway") == 1, 20, f"worker {index} connected")
+            wait_for(lambda: value(scrape(f"http://127.0.0.1:{first + index}", token),
+                                   "kakuremichi_control_connected", role="gateway") == 1, 20, f"worker {index} connected")
+            assert httpx.get(f"http://127.0.0.1:{first + index}/metrics", timeout=5).status_code == 401
+        for pid in d.worker_pids("gw1").values():
+            assert token.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
         shown = status_cli("--data-dir", str(tmp_path / "gw1"), "--json")
         assert shown.returncode == 0, shown.stderr
         workers = [json.loads(line) for line in shown.stdout.splitlines()]
