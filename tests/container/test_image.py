@@ -1,0 +1,88 @@
+"""The container image for real: built with podman from the Containerfile on a Debian base made here, and
+compose.yaml's control, gateway, agent and demo app run from it; a request to the gateway's port reaches the
+demo app through the tunnel. Skips, naming the package, where podman cannot run."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.container.podman import IMAGE_UID, Pod, base_image, build_image, require_podman, wheelhouse
+
+# Run inside the pod (it has only a loopback network): control's REST API with the admin token read from its
+# secret file, and a GET through the gateway.
+API = """
+import json, sys, urllib.request
+token = open("/run/secrets/admin_token").read().strip()
+request = urllib.request.Request("http://control:8000" + sys.argv[1], data=sys.argv[2].encode(),
+                                 headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
+print(urllib.request.urlopen(request, timeout=10).read().decode())
+"""
+GET = """
+import sys, urllib.request
+request = urllib.request.Request("http://gateway:8080/", headers={"Host": sys.argv[1]})
+with urllib.request.urlopen(request, timeout=10) as response:
+    print(response.status, response.read().decode())
+"""
+ADMIN = "kma_" + "container-test-admin-token-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def podman(tmp_path_factory):
+    return require_podman(tmp_path_factory.mktemp("podman"))
+
+
+@pytest.fixture(scope="module")
+def image(podman):
+    return build_image(podman, base_image(podman), wheelhouse())
+
+
+@pytest.fixture
+def pod(podman, image, tmp_path):
+    pod = Pod(podman, image, tmp_path)
+    yield pod
+    pod.remove()
+
+
+def api(pod: Pod, path: str, body: dict) -> dict:
+    done = pod.exec_python("control", API, path, json.dumps(body))
+    assert done.returncode == 0, done.stderr.decode()
+    return json.loads(done.stdout)
+
+
+def test_image_runs_as_its_own_user_with_a_healthcheck(podman, image):
+    inspected = json.loads(podman.out("image", "inspect", image))[0]
+    config = inspected["Config"]
+    assert config["User"] == "kakuremichi" and config["Entrypoint"] == ["kakuremichi"]
+    assert "/data" in config["Volumes"]
+    assert inspected["Healthcheck"]["Test"] == ["CMD", "kakuremichi", "healthcheck"]
+    uid = podman.out("run", "--rm", "--network", "none", "--entrypoint", "id", image, "-u")
+    assert uid == str(IMAGE_UID)
+
+
+def test_compose_services_serve_the_demo_app_through_the_gateway(pod):
+    pod.write_secret("admin_token", ADMIN)
+    pod.start("control")
+    pod.wait_healthy("control")
+    gateway = api(pod, "/api/gateways", {"name": "gw1"})
+    agent = api(pod, "/api/agents", {"name": "demo"})
+    api(pod, "/api/tunnels", {"domain": "demo.localhost", "agentId": agent["id"], "target": "demo:9000"})
+    pod.write_secret("gateway_api_key", gateway["apiKey"])
+    pod.write_secret("agent_api_key", agent["apiKey"])
+    for service in ("demo", "gateway", "agent"):
+        pod.start(service)
+    for service in ("demo", "gateway", "agent"):
+        pod.wait_healthy(service)
+
+    deadline = time.monotonic() + 60
+    while (done := pod.exec_python("demo", GET, "demo.localhost")).returncode != 0 or not done.stdout.startswith(b"200"):
+        assert time.monotonic() < deadline, f"{done.stdout!r} {done.stderr[-500:]!r}\n{pod.diagnose()}"
+        time.sleep(0.5)
+    assert b"hello from the demo app, through kakuremichi" in done.stdout
+    for service in ("control", "gateway", "agent", "demo"):  # none runs as root
+        uid = pod.podman.out("exec", pod.containers[service], "id", "-u")
+        assert uid == str(IMAGE_UID), service
+    unknown = pod.exec_python("demo", GET, "nothing.localhost")  # the gateway answers it, not the demo app
+    assert b"HTTP Error 404" in unknown.stderr, unknown
