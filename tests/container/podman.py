@@ -2,8 +2,9 @@
 wheelhouse so the build needs no index, the image built from the Containerfile, and compose.yaml's services
 run as containers of one pod.
 
-The base (debootstrap minbase + python3 + python3-venv, about a minute) and the wheelhouse are cached under
-~/.cache/kakuremichi, keyed by what goes into them, so that a later run only builds the image (seconds).
+The base (debootstrap minbase + python3 + python3-venv, about a minute) is cached under ~/.cache/kakuremichi
+like the wheelhouse (tests/wheelhouse.py), keyed by what goes into it, so that a later run only builds the
+image (seconds).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import os
 import resource
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from tests.deployment import ROOT
+from tests.wheelhouse import CACHE
 
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kakuremichi"
 BASE_PACKAGES = ("python3", "python3-venv")
 IMAGE = "localhost/kakuremichi:test"
 IMAGE_UID = 10001  # the Containerfile's user
@@ -101,27 +101,13 @@ def base_image(podman: Podman) -> str:
     return name
 
 
-def wheelhouse() -> Path:
-    """The project's dependencies (and its build backend) as wheels, cached by pyproject.toml's text: the
-    image build installs from it with no index."""
-    text = (ROOT / "pyproject.toml").read_bytes()
-    key = hashlib.sha256(text + sys.version.encode()).hexdigest()[:12]
-    house = CACHE / "wheelhouse" / key
-    if not (house / ".complete").exists():
-        shutil.rmtree(house, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(house), str(ROOT),
-                        "setuptools>=68", "wheel"], check=True, capture_output=True, timeout=600)
-        for own in house.glob("kakuremichi-*.whl"):  # the build makes its own, from the checkout
-            own.unlink()
-        (house / ".complete").touch()
-    return house
-
-
-def build_image(podman: Podman, base: str, house: Path) -> str:
+def build_image(podman: Podman, base: str, house: Path, context: str = str(ROOT), tag: str = IMAGE) -> str:
+    """The image of `context` (a checkout, or the URL of control's image context) on `base`, its
+    dependencies from `house`."""
     podman("build", "--format", "docker", "--network", "none", "-v", f"{house}:/wheelhouse:ro",
            "--build-arg", f"BASE={base}", "--build-arg", "PIP_NO_INDEX=1", "--build-arg", "PIP_FIND_LINKS=/wheelhouse",
-           "-t", IMAGE, "-f", str(ROOT / "Containerfile"), str(ROOT))
-    return IMAGE
+           "-t", tag, context)
+    return tag
 
 
 def compose_services() -> tuple[dict, dict]:

@@ -4,12 +4,16 @@ demo app through the tunnel. Skips, naming the package, where podman cannot run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
+import httpx
 import pytest
 
-from tests.container.podman import IMAGE_UID, Pod, base_image, build_image, require_podman, wheelhouse
+from tests.container.podman import IMAGE_UID, Pod, base_image, build_image, require_podman
+from tests.deployment import Deployment
+from tests.wheelhouse import wheelhouse
 
 # Run inside the pod (it has only a loopback network): control's REST API with the admin token read from its
 # secret file, and a GET through the gateway.
@@ -86,3 +90,21 @@ def test_compose_services_serve_the_demo_app_through_the_gateway(pod):
         assert uid == str(IMAGE_UID), service
     unknown = pod.exec_python("demo", GET, "nothing.localhost")  # the gateway answers it, not the demo app
     assert b"HTTP Error 404" in unknown.stderr, unknown
+
+
+def test_the_image_builds_from_the_context_control_serves(podman, image, tmp_path):
+    """The web UI's image command: `build <control>/dist/…-image.tar`, the Containerfile installing control's
+    wheel instead of building a checkout; the image then holds exactly the code control runs."""
+    deployment = Deployment(tmp_path, apps={}, gateways=(), agent=False)
+    try:
+        where = deployment.api.get("/api/install").json()
+        served = httpx.get(where["wheelUrl"]).content
+        built = build_image(podman, base_image(podman), wheelhouse(), where["imageContextUrl"],
+                            "localhost/kakuremichi:test-from-control")
+    finally:
+        deployment.close()
+    inside = podman.out("run", "--rm", "--network", "none", "--entrypoint", "python3", built, "-c",
+                        "import hashlib; from kakuremichi.control import dist; "
+                        "print(hashlib.sha256(dist.wheel_bytes()).hexdigest())")
+    assert inside == hashlib.sha256(served).hexdigest()
+    assert podman.out("image", "inspect", "--format", "{{.User}}", built) == "kakuremichi"
