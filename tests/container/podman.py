@@ -104,10 +104,21 @@ def base_image(podman: Podman) -> str:
 def build_image(podman: Podman, base: str, house: Path, context: str = str(ROOT), tag: str = IMAGE) -> str:
     """The image of `context` (a checkout, or the URL of control's image context) on `base`, its
     dependencies from `house`."""
-    podman("build", "--format", "docker", "--network", "none", "-v", f"{house}:/wheelhouse:ro",
+    previous = podman("image", "inspect", "--format", "{{.Id}}", tag, check=False).stdout.decode().strip()
+    podman("build", "--format", "docker", "--network", "none", "--layers=false", "-v", f"{house}:/wheelhouse:ro",
            "--build-arg", f"BASE={base}", "--build-arg", "PIP_NO_INDEX=1", "--build-arg", "PIP_FIND_LINKS=/wheelhouse",
            "-t", tag, context)
+    if previous:  # the last run's image, untagged now: not left to pile up
+        podman("rmi", previous, check=False)
     return tag
+
+
+def require_runnable(podman: Podman, image: str) -> None:
+    """Skip, naming the packages, where podman is installed but cannot start a container here."""
+    tried = podman("run", "--rm", "--network", "none", "--entrypoint", "true", image, check=False)
+    if tried.returncode != 0:
+        pytest.skip(f"podman cannot run a container here (needs podman, runc and catatonit: apt-get install "
+                    f"podman runc catatonit): {tried.stderr.decode(errors='replace')[-500:]}")
 
 
 def compose_services() -> tuple[dict, dict]:

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.container.podman import IMAGE_UID, Pod, base_image, build_image, require_podman
+from tests.container.podman import IMAGE_UID, Pod, base_image, build_image, require_podman, require_runnable
 from tests.deployment import Deployment
 from tests.wheelhouse import wheelhouse
 
@@ -39,8 +39,15 @@ def podman(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def image(podman):
-    return build_image(podman, base_image(podman), wheelhouse())
+def base(podman):
+    base = base_image(podman)
+    require_runnable(podman, base)
+    return base
+
+
+@pytest.fixture(scope="module")
+def image(podman, base):
+    return build_image(podman, base, wheelhouse())
 
 
 @pytest.fixture
@@ -92,14 +99,14 @@ def test_compose_services_serve_the_demo_app_through_the_gateway(pod):
     assert b"HTTP Error 404" in unknown.stderr, unknown
 
 
-def test_the_image_builds_from_the_context_control_serves(podman, image, tmp_path):
+def test_the_image_builds_from_the_context_control_serves(podman, base, tmp_path):
     """The web UI's image command: `build <control>/dist/…-image.tar`, the Containerfile installing control's
     wheel instead of building a checkout; the image then holds exactly the code control runs."""
     deployment = Deployment(tmp_path, apps={}, gateways=(), agent=False)
     try:
         where = deployment.api.get("/api/install").json()
         served = httpx.get(where["wheelUrl"]).content
-        built = build_image(podman, base_image(podman), wheelhouse(), where["imageContextUrl"],
+        built = build_image(podman, base, wheelhouse(), where["imageContextUrl"],
                             "localhost/kakuremichi:test-from-control")
     finally:
         deployment.close()
