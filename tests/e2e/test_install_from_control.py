@@ -1,4 +1,4 @@
-"""The web UI's pip command, run as printed in a fresh venv: it installs kakuremichi from control's /dist (no
+"""The web UI's pip and pipx commands, run as printed (pip in a fresh venv): it installs kakuremichi from control's /dist (no
 index has it), and the agent it starts serves a tunnel through a gateway. Dependencies come from a wheelhouse
 (tests/wheelhouse.py) through pip's own environment variables, since no index may be reachable."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,19 +59,35 @@ def deployment(tmp_path):
     d.close()
 
 
-def test_the_printed_pip_command_installs_from_control_and_its_agent_serves(deployment, tmp_path):
-    control_url = f"http://127.0.0.1:{deployment.control_port}"
-    command = printed_command(control_url, "install-pip")
-    assert command.startswith(f"pip install {control_url}/dist/kakuremichi-") and "--api-key " not in command
-    deployment.tunnel("app.localhost", "app", deployment.api.get("/api/agents").json()["items"][0]["id"])
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    home = tmp_path / "home"
-    home.mkdir()
+def installer_env(installer: str, tmp_path) -> tuple[dict[str, str], object]:
+    """The environment the printed command runs in (our checkout hidden, pip pointed at the wheelhouse) and
+    where the installer puts its venv."""
     env = {name: value for name, value in os.environ.items()
            if name != "PYTHONPATH" and not name.startswith("KAKUREMICHI_")}  # the venv's kakuremichi, not ours
-    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env['PATH']}", PIP_NO_INDEX="1", PIP_FIND_LINKS=str(wheelhouse()),
-               PIP_DISABLE_PIP_VERSION_CHECK="1", VIRTUAL_ENV=str(venv))
+    env.update(PIP_NO_INDEX="1", PIP_FIND_LINKS=str(wheelhouse()), PIP_DISABLE_PIP_VERSION_CHECK="1")
+    if installer == "pip":
+        venv = tmp_path / "venv"
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        bin_dir = venv / "bin"
+        env["VIRTUAL_ENV"] = str(venv)
+    else:
+        if shutil.which("pipx") is None:
+            pytest.skip("needs pipx (apt-get install pipx)")
+        venv, bin_dir = tmp_path / "pipx" / "venvs" / "kakuremichi", tmp_path / "pipx" / "bin"
+        env.update(PIPX_HOME=str(tmp_path / "pipx"), PIPX_BIN_DIR=str(bin_dir))
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    return env, venv
+
+
+@pytest.mark.parametrize("installer", ["pip", "pipx"])
+def test_the_printed_install_command_installs_from_control_and_its_agent_serves(deployment, tmp_path, installer):
+    control_url = f"http://127.0.0.1:{deployment.control_port}"
+    command = printed_command(control_url, f"install-{installer}")
+    assert command.startswith(f"{installer} install {control_url}/dist/kakuremichi-") and "--api-key " not in command
+    deployment.tunnel("app.localhost", "app", deployment.api.get("/api/agents").json()["items"][0]["id"])
+    env, venv = installer_env(installer, tmp_path)
+    home = tmp_path / "home"
+    home.mkdir()
     log = tmp_path / "printed-command.log"
     with open(log, "w") as output:
         shell = subprocess.Popen(["bash", "-ec", command], cwd=home, env=env, stdout=output,
