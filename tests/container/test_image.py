@@ -11,7 +11,8 @@ import time
 import httpx
 import pytest
 
-from tests.container.podman import IMAGE_UID, Pod, base_image, build_image, require_podman, require_runnable
+from tests.container.podman import (IMAGE_UID, Pod, base_image, build_image, compose_services, require_podman,
+                                    require_runnable)
 from tests.deployment import Deployment
 from tests.wheelhouse import wheelhouse
 
@@ -115,3 +116,15 @@ def test_the_image_builds_from_the_context_control_serves(podman, base, tmp_path
                         "print(hashlib.sha256(dist.wheel_bytes()).hexdigest())")
     assert inside == hashlib.sha256(served).hexdigest()
     assert podman.out("image", "inspect", "--format", "{{.User}}", built) == "kakuremichi"
+
+
+def test_compose_file_passes_secrets_as_files_only():
+    """No key or token in compose.yaml's environment or commands: each is a secret file that a *_FILE names."""
+    services, secret_files = compose_services()
+    for name, service in services.items():
+        for variable, value in service.get("environment", {}).items():
+            assert not variable.endswith(("_API_KEY", "_ADMIN_TOKEN", "_SECRETS_KEY", "_METRICS_TOKEN")), name
+            if variable.endswith("_FILE") and variable != "KAKUREMICHI_HEALTHCHECK_FILE":
+                assert value.removeprefix("/run/secrets/") in service["secrets"], (name, variable)
+        assert not any("--api-key" in part or "--admin-token" in part for part in service.get("command", [])), name
+    assert set(secret_files) == {secret for service in services.values() for secret in service.get("secrets", [])}
