@@ -259,6 +259,7 @@ ProxyProtocol = Literal["v1", "v2"]
 PROXY_PROTOCOLS = get_args(ProxyProtocol)
 UDP_IDLE_TIMEOUT = 60.0  # seconds a udp flow lives without a datagram either way
 UDP_MAX_FLOWS = 1024  # flows (client address and port) one udp tunnel holds at a time on each gateway
+PORT_ERRORS = "portErrors"  # a gateway's stats: tunnel id → why it cannot listen on that tunnel's port
 
 
 class IpNetwork(_Checked, canonical=lambda text: str(ipaddress.ip_network(text, strict=False))):
@@ -342,6 +343,7 @@ class TunnelMapping(_Body, frozen=True):
     gateway_ips: list[IpAddress] = msgspec.field(default_factory=list)  # the gateways' addresses in its subnet
     # udp: datagrams to agent_ip:TUNNEL_PORT go to the target too; unset for http (as version 1 peers send it)
     protocol: TunnelProtocol | msgspec.UnsetType = msgspec.UNSET
+    udp_idle_timeout: Annotated[float, msgspec.Meta(gt=0)] | msgspec.UnsetType = msgspec.UNSET  # udp: a flow's
 
 
 class AgentConfig(_Config, frozen=True):

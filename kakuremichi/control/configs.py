@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import functools
 
-import msgspec
-
 from pony.orm import Database
 
 from kakuremichi import protocol
@@ -44,7 +42,7 @@ def gateway_config(db: Database, gateway_id: str) -> protocol.GatewayConfig | No
                    for t in tunnels if t.id in my_ip and t.port is not None]
     return protocol.GatewayConfig(version=current_version(db), wireguard_port=gateway.wireguard_port,
                                   addresses=sorted(my_ip.values()), peers=peers, routes=routes,
-                                  ports=port_routes or msgspec.UNSET)
+                                  **({"ports": port_routes} if port_routes else {}))
 
 
 def agent_config(db: Database, agent_id: str) -> protocol.AgentConfig | None:
@@ -66,7 +64,7 @@ def agent_config(db: Database, agent_id: str) -> protocol.AgentConfig | None:
     mappings = [protocol.TunnelMapping(t.id, t.domain, t.agent_ip, t.target, t.enabled,
                                        http_proxy=t.http_proxy_enabled, socks_proxy=t.socks_proxy_enabled,
                                        gateway_ips=_exit_gateway_ips(t, peered),
-                                       protocol=t.port.protocol if t.port else msgspec.UNSET)
+                                       **ports.mapping_fields(t))
                 for t in tunnels]
     return protocol.AgentConfig(version=current_version(db), addresses=sorted(t.agent_ip for t in tunnels),
                                 gateways=gateways, tunnels=mappings)

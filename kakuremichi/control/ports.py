@@ -20,7 +20,6 @@ from kakuremichi.values import PortRanges, Target
 
 NO_DOMAIN = ".port.invalid"  # the stored domain of a tcp/udp tunnel without one ends so
 FIELDS = ("protocol", "public_port", "proxy_protocol", "name", "udp_idle_timeout", "udp_max_flows", "access")
-STATS_KEY = "portErrors"  # a gateway's stats: tunnel id → why it cannot listen on that tunnel's port
 
 
 def split(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -135,10 +134,18 @@ def bind_errors(tunnel) -> dict[str, str]:
     """Online gateways that reported they cannot listen on the tunnel's port: gateway name → their error."""
     errors = {}
     for gateway in tunnel._database_.Gateway.select(lambda g: g.status == "online"):
-        reported = ((gateway.metadata or {}).get("stats") or {}).get(STATS_KEY)
+        reported = ((gateway.metadata or {}).get("stats") or {}).get(protocol.PORT_ERRORS)
         if isinstance(reported, dict) and isinstance(reported.get(tunnel.id), str):
             errors[gateway.name] = reported[tunnel.id]
     return errors
+
+
+def mapping_fields(tunnel) -> dict[str, Any]:
+    """What an agent's TunnelMapping carries of a tcp/udp tunnel (nothing for http, as version 1 sent it)."""
+    row = tunnel.port
+    if row is None:
+        return {}
+    return {"protocol": row.protocol, **({"udp_idle_timeout": row.udp_idle_timeout} if row.protocol == "udp" else {})}
 
 
 def route(tunnel, gateway_ip: str, agent_stopped: bool) -> protocol.PortRoute:
