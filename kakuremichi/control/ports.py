@@ -36,6 +36,11 @@ def shown_domain(domain: str) -> str | None:
     return None if domain.endswith(NO_DOMAIN) else domain
 
 
+def label(tunnel: dict[str, Any]) -> str:
+    """What lists and titles call a tunnel (its JSON): its domain, else its name, else its protocol and port."""
+    return tunnel["domain"] or tunnel["name"] or f"{tunnel['protocol']} port {tunnel['publicPort']}"
+
+
 def _invalid(field: str, message: str, status: int = 400, code: str = "validation_failed") -> ApiError:
     first, *rest = field.split("_")
     name = first + "".join(word.title() for word in rest)  # as the bodies spell it

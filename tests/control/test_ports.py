@@ -117,3 +117,32 @@ def test_public_ports_flag(tmp_path, monkeypatch):
     monkeypatch.setenv("KAKUREMICHI_PUBLIC_PORTS", "4000-4001")
     assert cli.parser().parse_args([]).public_ports == "4000-4001"
     assert ControlState  # the setting reaches the state through Settings.public_ports
+
+
+async def test_the_web_ui_adds_a_tcp_tunnel_and_shows_its_port_and_bind_failure(control):
+    from tests.control.test_web import _csrf, _logged_in
+
+    agent = await control.create("agents", name="home")
+    gw = await control.create("gateways", name="gw1")
+    async with _logged_in(control.url) as browser, \
+            connect(control, gw["apiKey"], "gateway", public_key(), "203.0.113.1:51820") as gateway:
+        page = await browser.get("/tunnels/new")
+        assert 'name="protocol"' in page.text and 'name="publicPort"' in page.text
+        form = {"csrf_token": _csrf(page), "protocol": "udp", "domain": "", "name": "dns", "agentId": agent["id"],
+                "target": "127.0.0.1:53", "publicPort": "", "proxyProtocol": "v1", "tlsMode": "acme", "enabled": "on"}
+        refused = await browser.post("/tunnels/new", data=form)
+        assert refused.status_code == 400 and "use v2 for a udp tunnel" in refused.text
+        saved = await browser.post("/tunnels/new", data={**form, "protocol": "tcp"})
+        assert saved.status_code == 302
+        tunnel = (await control.api.get("/api/tunnels")).json()["items"][0]
+        assert (tunnel["protocol"], tunnel["publicPort"], tunnel["name"], tunnel["domain"]) == ("tcp", 20000, "dns", None)
+        assert (await gateway.config()).ports[0].public_port == 20000
+        await gateway.send(protocol.StatusUpdate(protocol.Stats(
+            {"portErrors": {tunnel["id"]: "tcp port 20000: Permission denied"}})))
+        await gateway.send(protocol.Ping())
+        await gateway.receive_pong()
+        listed = await browser.get("/tunnels")
+        assert "<code>tcp/20000</code>" in listed.text and "PROXY v1" in listed.text and ">dns</a>" in listed.text
+        assert "gw1: cannot listen (tcp port 20000: Permission denied)" in listed.text
+        edit = await browser.get(f"/tunnels/{tunnel['id']}/edit")
+        assert "Edit dns" in edit.text and 'value="20000"' in edit.text
