@@ -11,12 +11,12 @@ import shutil
 import socket
 import subprocess
 import textwrap
-from pathlib import Path
 
 import pytest
 
 from kakuremichi import proxyprotocol
 from tests.deployment import Deployment, free_port, wait_for
+from tests.sshd import throwaway_sshd
 
 ECHO = textwrap.dedent('''
     import socket, sys, threading
@@ -82,10 +82,10 @@ def port_tunnel(d: Deployment, kind: str, target_port: int, **extra) -> dict:
     return response.json()
 
 
-def echoes(port: int, payload: bytes = b"ping") -> bool:
-    """Whether a connection to `port` echoes `payload` (False while the tunnel is not up yet)."""
+def echoes(port: int, payload: bytes = b"ping", host: str = "127.0.0.1") -> bool:
+    """Whether a connection to `host:port` echoes `payload` (False while the tunnel is not up yet)."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=3) as conn:
+        with socket.create_connection((host, port), timeout=3) as conn:
             conn.sendall(payload)
             received = b""
             while len(received) < len(payload):
@@ -115,39 +115,33 @@ def test_a_tcp_connection_is_carried_and_logged(deployment):
 
 def test_ssh_through_a_tcp_tunnel_runs_a_command_and_copies_20_mb(deployment, tmp_path):
     need("sshd", "ssh", "scp", "ssh-keygen", package="openssh-server and openssh-client")
-    keys = tmp_path / "ssh"
-    keys.mkdir()
-    for name in ("host", "user"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
-    (keys / "authorized_keys").write_text((keys / "user.pub").read_text())
-    sshd_port = free_port()
-    config = keys / "sshd_config"
-    config.write_text(f"Port {sshd_port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\n"
-                      f"AuthorizedKeysFile {keys / 'authorized_keys'}\nPidFile none\nUsePAM no\nStrictModes no\n"
-                      f"PermitRootLogin prohibit-password\nPasswordAuthentication no\nSubsystem sftp internal-sftp\n")
-    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
-    sshd = subprocess.Popen([shutil.which("sshd"), "-D", "-e", "-f", str(config)], stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: _listening(sshd_port), 10, "sshd")
-        tunnel = port_tunnel(deployment, "tcp", sshd_port)
-        options = ["-i", str(keys / "user"), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                   "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]
-        user = os.environ.get("USER") or __import__("pwd").getpwuid(os.getuid()).pw_name
+    if os.geteuid() != 0:
+        pytest.skip("needs root (sshd's privilege separation)")
+    with throwaway_sshd(tmp_path / "sshd") as sshd:
+        tunnel = port_tunnel(deployment, "tcp", sshd.port)
+        login = [*sshd.options(), "-o", "Port=" + str(tunnel["publicPort"])]
 
         def command_runs() -> bool:
-            done = subprocess.run(["ssh", "-p", str(tunnel["publicPort"]), *options, f"{user}@127.0.0.1",
-                                   "echo through-the-tunnel $((6*7))"], capture_output=True, text=True, timeout=30)
+            done = subprocess.run(["ssh", *login, f"{sshd.user}@127.0.0.1", "echo through-the-tunnel $((6*7))"],
+                                  capture_output=True, text=True, timeout=30)
             return done.stdout == "through-the-tunnel 42\n"
 
         served(command_runs, "ssh through the tunnel")
         source, copy = tmp_path / "20mb", tmp_path / "20mb.copy"
         source.write_bytes(os.urandom(20 * 1024 * 1024))
-        subprocess.run(["scp", "-P", str(tunnel["publicPort"]), *options, str(source), f"{user}@127.0.0.1:{copy}"],
-                       check=True, timeout=120)
+        subprocess.run(["scp", *login, str(source), f"{sshd.user}@127.0.0.1:{copy}"], check=True, timeout=120)
         assert hashlib.sha256(copy.read_bytes()).digest() == hashlib.sha256(source.read_bytes()).digest()
-    finally:
-        sshd.terminate()
-        sshd.wait(10)
+
+
+def test_two_gateways_serve_the_port_and_one_survives_the_other(deployment):
+    deployment.gateway_args = ("--listen-host", "127.0.0.2")  # the second one's own address, the same port
+    deployment.add_gateway("gw2")
+    tunnel = port_tunnel(deployment, "tcp", deployment.apps["echo"])
+    port = tunnel["publicPort"]
+    served(lambda: echoes(port) and echoes(port, host="127.0.0.2"), "the port on both gateways")
+    deployment.gateways["gw1"][0].stop()
+    assert not _listening(port)
+    assert echoes(port, host="127.0.0.2")
 
 
 def test_nginx_sees_the_client_address_through_proxy_protocol(deployment, tmp_path):
