@@ -51,18 +51,21 @@ class UdpForwarder:
         with trio.CancelScope() as scope, self._stack.udp_socket(TUNNEL_PORT, address=address) as inner:
             task_status.started(scope)
             flows: dict[tuple[str, int], trio.MemorySendChannel] = {}
-            async with trio.open_nursery() as nursery:
-                while True:
-                    data, source = await inner.recvfrom()
-                    queue = flows.get(source)
-                    if queue is None:
-                        queue, receive = trio.open_memory_channel(FLOW_QUEUE)
-                        flows[source] = queue
-                        nursery.start_soon(self._flow, inner, source, target, idle, receive, flows)
-                    try:
-                        queue.send_nowait(data)
-                    except trio.WouldBlock:
-                        pass
+            try:
+                async with trio.open_nursery() as nursery:
+                    while True:
+                        data, source = await inner.recvfrom()
+                        queue = flows.get(source)
+                        if queue is None:
+                            queue, receive = trio.open_memory_channel(FLOW_QUEUE)
+                            flows[source] = queue
+                            nursery.start_soon(self._flow, inner, source, target, idle, receive, flows)
+                        try:
+                            queue.send_nowait(data)
+                        except trio.WouldBlock:
+                            pass
+            except* trio.ClosedResourceError:
+                pass  # the tunnel's address went away (deleted: the node drops it before update() is called)
 
     async def _flow(self, inner, source: tuple[str, int], target: Target, idle: float,
                     datagrams: trio.MemoryReceiveChannel, flows: dict) -> None:

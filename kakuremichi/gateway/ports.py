@@ -31,6 +31,7 @@ from kakuremichi.protocol import TUNNEL_PORT, PortRoute
 logger = logging.getLogger("kakuremichi.gateway.ports")
 Key = tuple[str, int]  # (protocol, public port)
 Dial = Callable[[str, int, str], Awaitable[trio.abc.Stream]]  # (agent address, port, what) → stream
+DIAL_TIMEOUT = 10.0  # seconds for the agent to answer a connection (its tunnel address may not be up yet)
 UDP_BATCH = 64  # datagrams read from a socket before the others get a turn
 UDP_MAX_DATAGRAM = 65535
 
@@ -118,10 +119,17 @@ class PortListeners:
     async def _carry_tcp(self, route: PortRoute, client: trio.SocketStream, peer, local) -> None:
         started = trio.current_time()
         try:
-            upstream = await self._dial(route.agent_ip, TUNNEL_PORT, f"tunnel {route.tunnel_id}")
+            with trio.fail_after(DIAL_TIMEOUT):
+                upstream = await self._dial(route.agent_ip, TUNNEL_PORT, f"tunnel {route.tunnel_id}")
+        except trio.TooSlowError:
+            upstream = None
+            error = f"the agent did not answer within {DIAL_TIMEOUT:g} s"
         except OSError as exc:
+            upstream = None
+            error = exc.strerror or str(exc)
+        if upstream is None:
             log(logger, logging.WARNING, "tcp connection: agent unreachable", tunnel=route.tunnel_id,
-                client=_text(peer), error=exc.strerror or str(exc))
+                client=_text(peer), error=error)
             reset(client)
             await trio.aclose_forcefully(client)
             return
@@ -224,6 +232,8 @@ class UdpFlow:
         try:
             with ports._sources.holding(route, self.client[0]), self.inner, self.scope:
                 await self._answer(route)
+        except trio.ClosedResourceError:
+            pass  # our address in the tunnel went away: the tunnel was deleted
         except Exception as exc:  # this flow only
             ports.faults.record(exc, port=route.public_port, client=_text(self.client))
         finally:

@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import textwrap
+import time
 
 import pytest
 
@@ -259,11 +260,30 @@ def test_udp_flows_carry_datagrams_with_a_proxy_header_each(deployment):
     log = deployment.tmp / "gatewaygw1.log"
     wait_for(lambda: b"udp flow" in log.read_bytes(), 15, "the flow's log line after its idle timeout")
 
+    # a udp tunnel deleted while a flow is open ends that flow only: the agent and gateway serve on
+    kept = port_tunnel(deployment, "tcp", deployment.apps["echo"])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(0.5)
+        client.sendto(b"again", ("127.0.0.1", tunnel["publicPort"]))
+        served(lambda: echoes(kept["publicPort"]), "the tcp tunnel")
+        assert deployment.api.delete(f"/api/tunnels/{tunnel['id']}").status_code == 204
+        served(lambda: not _udp_answers(client, tunnel["publicPort"]), "the deleted udp tunnel to stop")
+    time.sleep(1)  # the agent and gateway have applied the config without the tunnel
+    assert deployment.agent.popen.poll() is None and deployment.gateways["gw1"][0].popen.poll() is None
+    assert echoes(kept["publicPort"])
+    # with a flow open, the agent stops cleanly (its stack closes the udp sockets as it goes)
+    other = port_tunnel(deployment, "udp", deployment.apps["udp_echo"])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(0.5)
+        served(lambda: _udp_answers(client, other["publicPort"]), "another udp tunnel")
+        deployment.agent.stop()
+    assert b"Traceback" not in log.read_bytes() + (deployment.tmp / "agentagent.log").read_bytes()
+
 
 def test_dig_through_a_udp_tunnel_to_dnsmasq(deployment):
     need("dig", package="bind9-dnsutils")
     need("dnsmasq", package="dnsmasq-base")
-    dns_port = free_port(socket.SOCK_DGRAM)
+    dns_port = public_port()  # free for UDP and TCP: dnsmasq listens on both
     dnsmasq = subprocess.Popen(["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--bind-interfaces",
                                 "--listen-address=127.0.0.1", f"--port={dns_port}", "--user=root",
                                 "--address=/tunnelled.test/192.0.2.7", "--pid-file="])
@@ -317,6 +337,14 @@ def _echoing(port: int) -> socket.socket | None:
         pass
     conn.close()
     return None
+
+
+def _udp_answers(client: socket.socket, port: int) -> bool:
+    client.sendto(b"hello", ("127.0.0.1", port))
+    try:
+        return bool(client.recv(65535))
+    except OSError:
+        return False
 
 
 def _listening(port: int) -> bool:
