@@ -280,6 +280,17 @@ def test_udp_flows_carry_datagrams_with_a_proxy_header_each(deployment):
     assert b"Traceback" not in log.read_bytes() + (deployment.tmp / "agentagent.log").read_bytes()
 
 
+def test_a_udp_tunnel_holds_at_most_its_flow_cap(deployment):
+    tunnel = port_tunnel(deployment, "udp", deployment.apps["udp_echo"], udpMaxFlows=1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as first, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as second:
+        first.settimeout(0.5)
+        second.settimeout(0.5)
+        served(lambda: _udp_answers(first, tunnel["publicPort"]), "the first flow")
+        assert not any(_udp_answers(second, tunnel["publicPort"]) for _ in range(3))  # the cap is reached
+        assert _udp_answers(first, tunnel["publicPort"])
+
+
 def test_dig_through_a_udp_tunnel_to_dnsmasq(deployment):
     need("dig", package="bind9-dnsutils")
     need("dnsmasq", package="dnsmasq-base")
