@@ -207,6 +207,20 @@ def test_a_port_moved_by_patch_leaves_other_connections_open(deployment):
         assert open_connection.recv(100) == b"still"
 
 
+def test_a_gateways_workers_share_a_tunnel_port(tmp_path):
+    d = Deployment(tmp_path, {"echo": ("-c", ECHO)}, gateways=("gw1",), workers=2)
+    try:
+        tunnel = port_tunnel(d, "tcp", d.apps["echo"])
+        wait_for(lambda: len(d.worker_pids("gw1")) == 2, 30, "two workers")
+        listening = f"listening tunnel={tunnel['id']} protocol=tcp".encode()
+        wait_for(lambda: (d.tmp / "gatewaygw1.log").read_bytes().count(listening) == 2, 30,
+                 "both workers to listen on the port (SO_REUSEPORT) rather than one failing")
+        served(lambda: all(echoes(tunnel["publicPort"]) for _ in range(8)), "the port through both workers")
+        assert d.api.get(f"/api/tunnels/{tunnel['id']}").json()["bindErrors"] == {}
+    finally:
+        d.close()
+
+
 def test_a_port_the_gateway_cannot_bind_is_shown_on_the_tunnel(deployment):
     with socket.create_server(("127.0.0.1", public_port())) as squatter:
         port = squatter.getsockname()[1]
