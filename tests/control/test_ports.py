@@ -144,3 +144,10 @@ async def test_the_web_ui_adds_a_tcp_tunnel_and_shows_its_port_and_bind_failure(
         assert "gw1: cannot listen (tcp port 20000: Permission denied)" in listed.text
         edit = await browser.get(f"/tunnels/{tunnel['id']}/edit")
         assert "Edit dns" in edit.text and 'value="20000"' in edit.text
+
+        udp = {**form, "csrf_token": _csrf(edit), "proxyProtocol": "v2", "udpIdleTimeout": "soon", "udpMaxFlows": "8"}
+        refused = await browser.post("/tunnels/new", data=udp)
+        assert refused.status_code == 400 and 'id="f-udpIdleTimeout-error"' in refused.text
+        assert (await browser.post("/tunnels/new", data={**udp, "udpIdleTimeout": "2.5"})).status_code == 302
+        made = [t for t in (await control.api.get("/api/tunnels")).json()["items"] if t["protocol"] == "udp"]
+        assert (made[0]["udpIdleTimeout"], made[0]["udpMaxFlows"]) == (2.5, 8)

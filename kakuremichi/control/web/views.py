@@ -362,8 +362,17 @@ _DIGITS = re.compile(r"[0-9]{1,5}\Z")  # ASCII only: int() takes '١'
 def _port_fields(form) -> dict:
     """A tcp/udp tunnel's fields of the form: a blank port is allocated by control, a blank name is none."""
     port = form.get("publicPort", "").strip()
+    udp = {key: _number(form[key].strip()) for key in ("udpIdleTimeout", "udpMaxFlows") if form.get(key, "").strip()}
     return {"protocol": form.get("protocol", "http"), "publicPort": int(port) if _DIGITS.match(port) else port or None,
-            "proxyProtocol": form.get("proxyProtocol") or None, "name": form.get("name", "").strip() or None}
+            "proxyProtocol": form.get("proxyProtocol") or None, "name": form.get("name", "").strip() or None, **udp}
+
+
+def _number(text: str) -> float | int | str:
+    """A form's number as the API takes it; anything else is left for the API's message."""
+    try:
+        return int(text) if _DIGITS.match(text) else float(text) if text.isascii() else text
+    except ValueError:
+        return text
 
 
 def _tunnel(item_id: str) -> dict:
