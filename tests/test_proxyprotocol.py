@@ -45,7 +45,8 @@ def test_local_unknown_and_tlvs():
     assert decode(bytes(with_tlv) + b"\x04\x00\x01X")[1] == 16 + 16  # a TLV is skipped over
 
 
-@pytest.mark.parametrize("data", [b"", b"PROX", b"PROXY TCP4 1.2.3.4", b"\r\n\r\n\x00", b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c1234"])
+@pytest.mark.parametrize("data", [b"", b"PROX", b"PROXY TCP4 1.2.3.4", b"\r\n\r\n\x00",
+                                  b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c1234"])
 def test_incomplete_headers_ask_for_more(data):
     with pytest.raises(Incomplete):
         decode(data)

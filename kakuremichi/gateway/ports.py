@@ -58,7 +58,8 @@ class PortListeners:
     async def update(self, routes: list[PortRoute]) -> None:
         """Open the ports of `routes` (the enabled ones) not yet open, close those no longer wanted."""
         wanted = {(r.protocol, r.public_port): r for r in routes if r.enabled}
-        for key in [key for key in self._open if key not in wanted or wanted[key].tunnel_id != self.routes[key].tunnel_id]:
+        moved = [key for key in self._open if key not in wanted or wanted[key].tunnel_id != self.routes[key].tunnel_id]
+        for key in moved:
             self._open.pop(key).cancel()
             del self.routes[key]
         self.routes.update({key: route for key, route in wanted.items() if key in self._open})

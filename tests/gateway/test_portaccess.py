@@ -7,8 +7,8 @@ from kakuremichi.protocol import AccessRule, PortRoute
 
 
 def route(*rules: tuple[str, str], limit: int | None = None) -> PortRoute:
-    return PortRoute("t1", "tcp", 20000, "10.1.0.2", "10.1.0.254",
-                     access_rules=[AccessRule(action, cidr) for action, cidr in rules], max_connections_per_source=limit)
+    return PortRoute("t1", "tcp", 20000, "10.1.0.2", "10.1.0.254", max_connections_per_source=limit,
+                     access_rules=[AccessRule(action, cidr) for action, cidr in rules])
 
 
 def test_the_first_matching_rule_decides_and_allow_rules_close_the_rest():
@@ -19,7 +19,8 @@ def test_the_first_matching_rule_decides_and_allow_rules_close_the_rest():
     blocked = route(("deny", "198.51.100.0/24"))
     assert allowed(blocked, "203.0.113.9") and not allowed(blocked, "198.51.100.3")
     assert not allowed(blocked, "::ffff:198.51.100.3")  # a dual-stack listener's mapped client
-    assert allowed(route(("allow", "2001:db8::/32")), "2001:db8::1") and not allowed(route(("allow", "2001:db8::/32")), "10.0.0.1")
+    six = route(("allow", "2001:db8::/32"))
+    assert allowed(six, "2001:db8::1") and not allowed(six, "10.0.0.1")
 
 
 def test_the_limit_counts_what_each_address_holds():
