@@ -32,6 +32,9 @@ TARGETS = [
 ] + [  # issue 13: another tenant's flood at most doubles a tenant's request latency
     ("fairness", f"{kind}_flood_{stat}_ratio", "<=", 2, f"{kind} flood: legit {stat} <= 2 x no flood")
     for kind in ("transport", "handshake", "syn", "connect", "exit") for stat in ("p50", "p99")
+] + [  # issue 15: a tcp tunnel against ssh -R, a udp tunnel's loss at the offered rate
+    ("port_tunnels", "tcp_ratio_vs_ssh_r", ">=", 1.0, "tcp tunnel iperf3 >= 1.0 x ssh -R"),
+    ("port_tunnels", "udp_tunnel_loss_percent", "<=", 5, "udp tunnel loss <= 5 % at 50 Mbit/s"),
 ]
 
 

@@ -7,7 +7,6 @@ all alike, and charges each the CPU time of its own processes."""
 from __future__ import annotations
 
 import contextlib
-import getpass
 import os
 import shutil
 import statistics
@@ -20,6 +19,7 @@ from typing import Callable
 from measure import cpu_seconds, download_mbps, process_tree, wrk
 from tests.deployment import Deployment, free_port, wait_for
 from tests.netns import KernelWireGuardPeer, netns_available, wireguard_go_pair
+from tests.sshd import throwaway_sshd
 
 HERE = Path(__file__).parent
 CONNECTIONS = (1, 16, 64)
@@ -128,37 +128,18 @@ def ssh_r(tmp: Path, app_port: int, host: str) -> System:
     """nginx proxies to a port that `ssh -R` forwards from a throwaway sshd to the app."""
     tmp.mkdir(parents=True)
     with contextlib.ExitStack() as stack:
-        for key in ("host", "client"):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / key)], check=True)
-        shutil.copy(tmp / "client.pub", tmp / "authorized_keys")
-        ssh_port, forwarded_port = free_port(), free_port()
-        (tmp / "sshd_config").write_text(
-            f"ListenAddress 127.0.0.1\nPort {ssh_port}\nHostKey {tmp / 'host'}\n"
-            f"AuthorizedKeysFile {tmp / 'authorized_keys'}\nPidFile {tmp / 'sshd.pid'}\nStrictModes no\n"
-            "UsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-            "PermitRootLogin prohibit-password\nAllowTcpForwarding yes\n")
-        (tmp / "run").mkdir(mode=0o700)
-        # sshd insists on /run/sshd for privilege separation: it gets its own, in a private mount namespace
-        sshd = subprocess.Popen(
-            ["unshare", "--mount", "sh", "-c", 'mount --bind "$0" /run && mkdir /run/sshd && exec "$@"',
-             str(tmp / "run"), shutil.which("sshd"), "-D", "-e", "-f", str(tmp / "sshd_config")],
-            stdout=subprocess.DEVNULL, stderr=stack.enter_context(open(tmp / "sshd.log", "w")))
-        stack.callback(_stop, sshd)
-        wait_for(lambda: b"Server listening" in (tmp / "sshd.log").read_bytes() or sshd.poll() is not None,
-                 10, "sshd to listen")
-        assert sshd.poll() is None, f"sshd exited; see {tmp / 'sshd.log'}"
+        sshd = stack.enter_context(throwaway_sshd(tmp / "sshd"))
+        forwarded_port = free_port()
         ssh = subprocess.Popen(
-            ["ssh", "-N", "-F", "/dev/null", "-i", str(tmp / "client"), "-p", str(ssh_port),
-             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-             "-o", "ExitOnForwardFailure=yes", "-R", f"127.0.0.1:{forwarded_port}:127.0.0.1:{app_port}",
-             f"{getpass.getuser()}@127.0.0.1"],
+            ["ssh", "-N", *sshd.options(), "-p", str(sshd.port), "-o", "ExitOnForwardFailure=yes",
+             "-R", f"127.0.0.1:{forwarded_port}:127.0.0.1:{app_port}", f"{sshd.user}@127.0.0.1"],
             stdout=subprocess.DEVNULL, stderr=stack.enter_context(open(tmp / "ssh.log", "w")))
         stack.callback(_stop, ssh)
         port = free_port()
         nginx = _nginx(tmp / "nginx", f"127.0.0.1:{port}", f"127.0.0.1:{forwarded_port}")
         stack.callback(_stop, nginx)
         system = System("ssh_r", "127.0.0.1", port, close=stack.pop_all().close,
-                        pids=lambda: [*process_tree(nginx.pid), *process_tree(sshd.pid), ssh.pid])
+                        pids=lambda: [*process_tree(nginx.pid), *process_tree(sshd.process.pid), ssh.pid])
     _wait_serving(system, host)
     return system
 

@@ -251,6 +251,46 @@ class RouteConfig(_Body, frozen=True):
     agent_stopped: bool = False  # the agent said it was stopping (and has not connected since): 502 at once
 
 
+# -- tcp and udp tunnels on public ports (issue 15) --
+TunnelProtocol = Literal["http", "tcp", "udp"]
+TUNNEL_PROTOCOLS = get_args(TunnelProtocol)
+PortProtocol = Literal["tcp", "udp"]
+ProxyProtocol = Literal["v1", "v2"]
+PROXY_PROTOCOLS = get_args(ProxyProtocol)
+UDP_IDLE_TIMEOUT = 60.0  # seconds a udp flow lives without a datagram either way
+UDP_MAX_FLOWS = 1024  # flows (client address and port) one udp tunnel holds at a time on each gateway
+PORT_ERRORS = "portErrors"  # a gateway's stats: tunnel id → why it cannot listen on that tunnel's port
+
+
+class IpNetwork(_Checked, canonical=lambda text: str(ipaddress.ip_network(text, strict=False))):
+    """A CIDR such as 192.0.2.0/24 (host bits are cleared)."""
+
+
+class AccessRule(_Body, frozen=True):
+    """Allow or deny the clients whose address is in `cidr`; the first rule that matches decides."""
+
+    action: Literal["allow", "deny"]
+    cidr: IpNetwork
+
+
+class PortRoute(_Body, frozen=True):
+    """A tcp or udp tunnel a gateway serves on `public_port` of its listen host: each connection (tcp) or
+    flow (udp) goes to agent_ip:TUNNEL_PORT from gateway_ip, with a PROXY protocol header if asked for."""
+
+    tunnel_id: str
+    protocol: PortProtocol
+    public_port: Port
+    agent_ip: IpAddress
+    gateway_ip: IpAddress
+    enabled: bool = True
+    proxy_protocol: ProxyProtocol | None = None
+    udp_idle_timeout: Annotated[float, msgspec.Meta(gt=0)] = UDP_IDLE_TIMEOUT
+    udp_max_flows: Annotated[int, msgspec.Meta(ge=1)] = UDP_MAX_FLOWS
+    access_rules: list[AccessRule] = msgspec.field(default_factory=list)  # none: everyone may connect
+    max_connections_per_source: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    agent_stopped: bool = False
+
+
 class _Config(_Body, frozen=True):
     """A client's complete config: its body travels in `config_update` beside `version` and `role`."""
 
@@ -275,6 +315,8 @@ class GatewayConfig(_Config, frozen=True):
     addresses: list[IpAddress] = msgspec.field(default_factory=list)
     peers: list[AgentPeer] = msgspec.field(default_factory=list)
     routes: list[RouteConfig] = msgspec.field(default_factory=list)
+    # tcp and udp tunnels; unset (falsy) when there are none, so the frame stays what version 1 peers send
+    ports: list[PortRoute] | msgspec.UnsetType = msgspec.UNSET
 
     role: ClassVar[str] = "gateway"
 
@@ -299,6 +341,9 @@ class TunnelMapping(_Body, frozen=True):
     http_proxy: bool = False  # the agent offers a local HTTP proxy whose traffic leaves through a gateway
     socks_proxy: bool = False  # the same as a local SOCKS5 proxy
     gateway_ips: list[IpAddress] = msgspec.field(default_factory=list)  # the gateways' addresses in its subnet
+    # udp: datagrams to agent_ip:TUNNEL_PORT go to the target too; unset for http (as version 1 peers send it)
+    protocol: TunnelProtocol | msgspec.UnsetType = msgspec.UNSET
+    udp_idle_timeout: Annotated[float, msgspec.Meta(gt=0)] | msgspec.UnsetType = msgspec.UNSET  # udp: a flow's
 
 
 class AgentConfig(_Config, frozen=True):

@@ -44,6 +44,10 @@ class InvalidEndpoint(InvalidValue):
     pass
 
 
+class InvalidPortRange(InvalidValue):
+    pass
+
+
 @functools.cache
 def _public_suffixes():
     from publicsuffixlist import PublicSuffixList  # ~50 ms to read the list: only when a domain is checked
@@ -260,6 +264,47 @@ class Endpoint:
 
     def __str__(self) -> str:
         return _with_port(self.host, self.port)
+
+
+@dataclass(frozen=True)
+class PortRanges:
+    """The public ports control hands to tcp/udp tunnels: `20000-29999`, or several ranges and single ports
+    separated by commas (`22,2222,20000-29999`). Ports below 1024 are allowed when listed: whether a gateway
+    may bind them is the gateway's to say (it reports the failure)."""
+
+    ranges: tuple[tuple[int, int], ...]  # (first, last), inclusive, sorted, not overlapping
+
+    _EXPECTED = "ports or first-last ranges from 1 to 65535, separated by commas, like 20000-29999"
+
+    @classmethod
+    def parse(cls, value: Any) -> PortRanges:
+        text = _text(value, InvalidPortRange, cls._EXPECTED)
+        ranges = []
+        for part in (piece.strip() for piece in text.split(",")):
+            first, dash, last = part.partition("-")
+            bounds = (first.strip(), last.strip() if dash else first.strip())
+            if not all(_PORT.match(bound) and 0 < int(bound) < 65536 for bound in bounds):
+                raise InvalidPortRange(f"{text!r}: {part!r} is not a port or range; expected {cls._EXPECTED}")
+            low, high = map(int, bounds)
+            if low > high:
+                raise InvalidPortRange(f"{text!r}: the range {part!r} ends before it starts")
+            ranges.append((low, high))
+        ranges.sort()
+        for (_, high), (low, _) in zip(ranges, ranges[1:]):
+            if low <= high:
+                raise InvalidPortRange(f"{text!r}: ranges overlap at port {low}")
+        return cls(tuple(ranges))
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and any(low <= port <= high for low, high in self.ranges)
+
+    def __iter__(self):
+        """Every port, lowest first."""
+        for low, high in self.ranges:
+            yield from range(low, high + 1)
+
+    def __str__(self) -> str:
+        return ",".join(str(low) if low == high else f"{low}-{high}" for low, high in self.ranges)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -15,6 +15,7 @@ import trio
 from kakuremichi.agent.configcache import ConfigCache
 from kakuremichi.agent.metrics import TunnelCounts
 from kakuremichi.agent.targets import connect
+from kakuremichi.agent.udpflows import UdpForwarder
 from kakuremichi.controlclient import ControlClient
 from kakuremichi.egress.dialer import ExitDialer
 from kakuremichi.egress.localproxy import LocalProxies, ProxyListen
@@ -44,6 +45,7 @@ class Agent:
         self.config_version = 0
         self._active: dict[trio.CancelScope, tuple[str, Target]] = {}  # running splice -> (address, target)
         self.counts = TunnelCounts()  # per tunnel, for the metrics
+        self.udp = UdpForwarder(node.stack)  # udp tunnels
 
     @property
     def active_connections(self) -> int:
@@ -56,12 +58,14 @@ class Agent:
 
     def stats(self) -> dict:
         return {**self.node.stats(), "configVersion": self.config_version, "tunnels": len(self.targets),
-                "activeConnections": self.active_connections}
+                "activeConnections": self.active_connections,
+                "udpFlows": self.udp.flows, "udpRefused": self.udp.refused}
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.node.run)
             await nursery.start(self.proxies.run)
+            await nursery.start(self.udp.run)
             await nursery.start(functools.partial(self.node.stack.serve_tcp, self._handle, TUNNEL_PORT,
                                                   backlog=TUNNEL_BACKLOG))
             saved = self.cache.load() if self.cache is not None else None
@@ -74,7 +78,7 @@ class Agent:
         """Adopt a pushed config: gateways as peers, tunnel addresses, address → target mappings."""
         # the protocol decoder checked every target and endpoint: these parses cannot fail
         targets = {tunnel.agent_ip: (tunnel.domain, Target.parse(tunnel.target))
-                   for tunnel in config.tunnels if tunnel.enabled}
+                   for tunnel in config.tunnels if tunnel.enabled and tunnel.protocol != "udp"}
         peers = [PeerSpec(keys.decode(gateway.public_key), tuple(gateway.allowed_ips),
                           Endpoint.parse(gateway.endpoint).address, gateway.persistent_keepalive)
                  for gateway in config.gateways]
@@ -85,6 +89,7 @@ class Agent:
                 scope.cancel()  # re-targeted, disabled or deleted: its connections must not linger
         await self.node.apply(config.addresses, peers)
         await self.proxies.update(config.tunnels)
+        await self.udp.update(config.tunnels)
         self.config_version = config.version
         if save and self.cache is not None:
             try:

@@ -61,11 +61,21 @@ Time = Annotated[datetime.datetime, Meta(tz=True)]  # UTC, written with Z
 Status = Literal["online", "offline"]
 # Parsed by kakuremichi.values (see _decode_hook), documented by _SCHEMAS
 DomainName, TargetText = protocol.DomainName, protocol.TargetText
-_PARSERS = {DomainName: Domain.parse, TargetText: Target.parse}
+_PARSERS = {DomainName: Domain.parse, TargetText: Target.parse, protocol.IpNetwork: protocol.IpNetwork.canonical}
 _SCHEMAS = {
     DomainName: {"type": "string", "description": "Host name (lowercased; `*.` wildcard allowed), unique"},
     TargetText: {"type": "string", "description": "host:port or http(s)://host:port, seen from the agent"},
+    protocol.IpNetwork: {"type": "string", "description": "an address range in CIDR form, like 192.0.2.0/24"},
 }
+# tcp and udp tunnels on public ports (control/ports.py)
+TunnelProtocol = Annotated[protocol.TunnelProtocol, Meta(description="one of " + ", ".join(protocol.TUNNEL_PROTOCOLS))]
+PublicPort = Annotated[protocol.Port | None, Meta(description="a port number 1-65535, or null to have one allocated")]
+ProxyProtocol = Annotated[protocol.ProxyProtocol | None, Meta(description="one of v1, v2, or null")]
+IdleTimeout = Annotated[float, Meta(gt=0, le=86400, description="a number of seconds above 0, at most 86400")]
+MaxFlows = Annotated[int, Meta(ge=1, le=65536, description="an integer from 1 to 65536")]
+UDP_IDLE_TIMEOUT, UDP_MAX_FLOWS = protocol.UDP_IDLE_TIMEOUT, protocol.UDP_MAX_FLOWS  # `protocol` is a field too
+OptionalName = Annotated[Name | None, Meta(description="1-64 characters: letters, digits, space, '.', '_' or '-', "
+                                                       "starting with a letter or digit; or null")]
 
 
 def _decode_hook(kind: type, value: Any) -> Any:
@@ -186,9 +196,24 @@ class Certificate(Body):
                                                     "if any")]
 
 
+class AccessRule(Body):
+    """Clients in `cidr` are allowed or denied; the first matching rule decides, and a client none matches is
+    let in only when there is no allow rule."""
+    action: Annotated[Literal["allow", "deny"], Meta(description="allow or deny")]
+    cidr: protocol.IpNetwork
+
+
+class Access(Body):
+    """Who may reach a tcp or udp tunnel's public port."""
+    rules: Annotated[list[AccessRule], Meta(description="a list of {action, cidr} rules")] = []
+    max_connections_per_source: Annotated[Annotated[int, Meta(ge=1, le=65536)] | None, Meta(
+        description="an integer from 1 to 65536 (TCP connections or UDP flows at once from one client address, "
+                    "on each gateway), or null")] = None
+
+
 class Tunnel(Body):
     id: str
-    domain: str
+    domain: Annotated[str | None, Meta(description="null for a tcp or udp tunnel without one")]
     agent_id: str
     target: str
     enabled: bool
@@ -204,10 +229,19 @@ class Tunnel(Body):
     certificate: Annotated[Certificate | None, Meta(
         description="The ACME certificate control stores and pushes to the gateways; null until one is obtained, "
                     "and for the other TLS modes. Never the key.")]
+    protocol: TunnelProtocol
+    public_port: Annotated[int | None, Meta(description="tcp/udp: the port every gateway listens on")]
+    proxy_protocol: ProxyProtocol
+    name: str | None
+    udp_idle_timeout: float | None
+    udp_max_flows: int | None
+    access: Annotated[dict[str, Any] | None, Meta(description="tcp/udp: rules and maxConnectionsPerSource")]
+    bind_errors: Annotated[dict[str, str], Meta(
+        description="gateway name → why it cannot listen on publicPort (tcp/udp tunnels)")]
 
 
-class TunnelCreate(Body):
-    domain: DomainName
+class TunnelCreate(Body, kw_only=True):
+    domain: DomainName | None = None  # required for an http tunnel (control/ports.py says so)
     agent_id: Identifier
     target: TargetText
     enabled: Flag = True
@@ -216,6 +250,14 @@ class TunnelCreate(Body):
     force_https: Flag = False
     http_proxy_enabled: Flag = False
     socks_proxy_enabled: Flag = False
+    protocol: TunnelProtocol = "http"
+    public_port: PublicPort = None
+    proxy_protocol: ProxyProtocol = None
+    name: OptionalName = None
+    udp_idle_timeout: IdleTimeout = UDP_IDLE_TIMEOUT
+    udp_max_flows: MaxFlows = UDP_MAX_FLOWS
+    access: Annotated[Access | None, Meta(description="an object with rules and maxConnectionsPerSource, "
+                                                      "or null")] = None
 
 
 def _changes(name: str, create: type[Body]) -> type[Body]:

@@ -18,7 +18,7 @@ from kakuremichi.control.sealing import UnsealError
 from kakuremichi.control.server import serve
 from kakuremichi.control.state import Settings
 from kakuremichi.options import EnvArgumentParser, seconds
-from kakuremichi.values import Endpoint, InvalidEndpoint
+from kakuremichi.values import Endpoint, InvalidEndpoint, InvalidPortRange, PortRanges
 
 logger = logging.getLogger("kakuremichi.control")
 
@@ -57,8 +57,18 @@ def parser(prog: str | None = None) -> EnvArgumentParser:
                  "token is accepted too)")
     p.add_argument("--metrics-public", action="store_true",
                    help="serve /metrics without any token (it names connected clients and counts failed logins)")
+    p.add_argument("--public-ports", type=_port_ranges, default=Settings.public_ports, metavar="PORTS",
+                   help="ports tcp and udp tunnels get their public port from, like 20000-29999 or "
+                        "2222,20000-29999 (a tunnel may ask for one of them)")
     logs.add_arguments(p)
     return p
+
+
+def _port_ranges(text: str) -> str:
+    try:
+        return str(PortRanges.parse(text))
+    except InvalidPortRange as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -73,7 +83,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                         admin_token=args.admin_token, heartbeat_interval=args.heartbeat_interval,
                         subnet_pool=args.subnet_pool, acme_lease=args.acme_lease, secrets_key=args.secrets_key,
                         secrets_key_source=args.secrets_key_source, metrics_token=args.metrics_token,
-                        metrics_public=args.metrics_public)
+                        metrics_public=args.metrics_public, public_ports=args.public_ports)
     failure: BaseException | None = None
     try:
         host, port = Endpoint.parse(args.listen).address  # before a new admin token is made and shown once

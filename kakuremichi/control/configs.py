@@ -12,6 +12,7 @@ import functools
 from pony.orm import Database
 
 from kakuremichi import protocol
+from kakuremichi.control import ports
 from kakuremichi.control.models import get_setting
 from kakuremichi.values import Domain, InvalidValue, Target
 
@@ -36,9 +37,12 @@ def gateway_config(db: Database, gateway_id: str) -> protocol.GatewayConfig | No
                                    enabled=t.enabled, tls_mode=t.tls_mode, force_https=t.force_https,
                                    exit=t.enabled and (t.http_proxy_enabled or t.socks_proxy_enabled),
                                    agent_stopped=bool((t.agent.metadata or {}).get(STOPPED)))
-              for t in tunnels if t.id in my_ip]
+              for t in tunnels if t.id in my_ip and t.port is None]
+    port_routes = [ports.route(t, my_ip[t.id], bool((t.agent.metadata or {}).get(STOPPED)))
+                   for t in tunnels if t.id in my_ip and t.port is not None]
     return protocol.GatewayConfig(version=current_version(db), wireguard_port=gateway.wireguard_port,
-                                  addresses=sorted(my_ip.values()), peers=peers, routes=routes)
+                                  addresses=sorted(my_ip.values()), peers=peers, routes=routes,
+                                  **({"ports": port_routes} if port_routes else {}))
 
 
 def agent_config(db: Database, agent_id: str) -> protocol.AgentConfig | None:
@@ -59,7 +63,8 @@ def agent_config(db: Database, agent_id: str) -> protocol.AgentConfig | None:
             peered.add(gateway.id)
     mappings = [protocol.TunnelMapping(t.id, t.domain, t.agent_ip, t.target, t.enabled,
                                        http_proxy=t.http_proxy_enabled, socks_proxy=t.socks_proxy_enabled,
-                                       gateway_ips=_exit_gateway_ips(t, peered))
+                                       gateway_ips=_exit_gateway_ips(t, peered),
+                                       **ports.mapping_fields(t))
                 for t in tunnels]
     return protocol.AgentConfig(version=current_version(db), addresses=sorted(t.agent_ip for t in tunnels),
                                 gateways=gateways, tunnels=mappings)

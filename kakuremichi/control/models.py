@@ -113,10 +113,25 @@ def define(db: Database) -> None:
         socks_proxy_enabled = Required(bool, default=False)
         created_at = Required(datetime, default=utcnow)
         gateway_ips = Set("TunnelGatewayIp", cascade_delete=True)
+        port = Optional("TunnelPort", cascade_delete=True)  # tcp and udp tunnels only
 
         def before_delete(self) -> None:
             # However it goes (alone, or with its agent), its certificate's key is kept nowhere afterwards.
             certificates.forget(self._database_, self.domain)
+
+    class TunnelPort(db.Entity):
+        """A tcp or udp tunnel's public port and how it is carried (control/ports.py); http tunnels have none.
+        A new table only, so the schema version stays; the database refuses one port to two tunnels."""
+        _table_ = "tunnel_ports"
+        tunnel = PrimaryKey(Tunnel)
+        protocol = Required(str)  # "tcp" or "udp"
+        public_port = Required(int)
+        name = Optional(str, default="")
+        proxy_protocol = Optional(str, nullable=True)  # "v1", "v2" or None
+        udp_idle_timeout = Required(float, default=60.0)
+        udp_max_flows = Required(int, default=1024)
+        access = Optional(Json, nullable=True)  # {"rules": [{"action", "cidr"}], "maxConnectionsPerSource": n}
+        composite_key(protocol, public_port)
 
     class TunnelGatewayIp(db.Entity):
         _table_ = "tunnel_gateway_ips"

@@ -17,7 +17,7 @@ from typing import Any
 
 from pony.orm import Database, TransactionIntegrityError, db_session
 
-from kakuremichi.control import allocation, auth, bodies, certificates
+from kakuremichi.control import allocation, auth, bodies, certificates, models, ports
 from kakuremichi.control.bodies import ApiError
 from kakuremichi.control.models import utcnow
 from kakuremichi.control.state import ControlState
@@ -127,12 +127,12 @@ def rotate_client_key(state: ControlState, role: str, item_id: str) -> dict:
 
 def tunnel_json(tunnel) -> dict:
     return bodies.as_json(bodies.Tunnel(
-        id=tunnel.id, domain=tunnel.domain, agent_id=tunnel.agent.id, target=tunnel.target, enabled=tunnel.enabled,
+        id=tunnel.id, domain=ports.shown_domain(tunnel.domain), agent_id=tunnel.agent.id, target=tunnel.target, enabled=tunnel.enabled,
         description=tunnel.description or "", subnet=tunnel.subnet, agent_ip=tunnel.agent_ip,
         gateway_ips={row.gateway.id: row.ip for row in tunnel.gateway_ips}, tls_mode=tunnel.tls_mode,
         force_https=tunnel.force_https, http_proxy_enabled=tunnel.http_proxy_enabled,
         socks_proxy_enabled=tunnel.socks_proxy_enabled, created_at=_utc(tunnel.created_at),
-        certificate=tunnel_certificate(tunnel)))
+        certificate=tunnel_certificate(tunnel), **ports.view(tunnel)))
 
 
 def tunnel_certificate(tunnel) -> bodies.Certificate | None:
@@ -150,16 +150,14 @@ def tunnel_certificate(tunnel) -> bodies.Certificate | None:
                               domains=list(cert.domains), lease=lease)
 
 
-def _tunnel_columns(db: Database, body: bodies.TunnelCreate | bodies.TunnelUpdate, own_id: str | None = None
-                    ) -> dict:
-    """Database columns for the tunnel fields `body` sets, checking the agent exists and the domain is free."""
-    values = bodies.given(body)
+def _tunnel_columns(db: Database, values: dict, own_id: str | None = None) -> dict:
+    """Database columns for the tunnel fields a request sets, checking the agent exists and the domain is free."""
     columns = {k: val for k, val in values.items() if k != "agent_id"}
     if "agent_id" in values:
         columns["agent"] = db.Agent.get(id=values["agent_id"])
         if columns["agent"] is None:
             raise ApiError(400, "validation_failed", "invalid request: agentId", {"agentId": "no such agent"})
-    if "domain" in values:
+    if values.get("domain") is not None:
         other = db.Tunnel.get(domain=values["domain"])
         if other is not None and other.id != own_id:
             raise ApiError(409, "duplicate", f"a tunnel for {values['domain']} already exists",
@@ -171,12 +169,19 @@ def _create_tunnel(state: ControlState, body: bodies.TunnelCreate) -> dict:
     """Create a tunnel with its own subnet and an address for every gateway."""
 
     def work(db: Database) -> dict:
-        columns = _tunnel_columns(db, body)
+        values, port = ports.split(bodies.given(body))
+        ports.check(port["protocol"], values, port)
+        columns = _tunnel_columns(db, values)
         try:
             subnet, agent_ip = allocation.allocate_tunnel(db, state.pool)
         except allocation.AllocationError as exc:
             raise ApiError(409, "pool_exhausted", str(exc)) from None
+        if columns["domain"] is None:  # a tcp/udp tunnel without one
+            columns["id"] = models.new_id()
+            columns["domain"] = ports.placeholder_domain(columns["id"])
         tunnel = db.Tunnel(subnet=subnet, agent_ip=agent_ip, **columns)
+        if port["protocol"] != "http":
+            ports.create(db, tunnel, port, state.public_ports)
         allocation.assign_gateway_addresses(db, [tunnel], db.Gateway.select())
         tunnel.flush()
         return tunnel_json(tunnel)
@@ -187,10 +192,14 @@ def _create_tunnel(state: ControlState, body: bodies.TunnelCreate) -> dict:
 def _update_tunnel(state: ControlState, item_id: str, body: bodies.TunnelUpdate) -> dict:
     def work(db: Database) -> dict:
         tunnel = get_row(db, "tunnel", item_id)
-        columns = _tunnel_columns(db, body, item_id)
+        values, port = ports.split(bodies.given(body))
+        ports.check_update(tunnel, values, port)
+        columns = _tunnel_columns(db, values, item_id)
         if columns.get("domain", tunnel.domain) != tunnel.domain:
             certificates.forget(db, tunnel.domain)
         tunnel.set(**columns)
+        if tunnel.port is not None:
+            ports.update(db, tunnel, port, state.public_ports)
         return tunnel_json(tunnel)
 
     return _write(state, work)

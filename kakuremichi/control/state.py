@@ -19,6 +19,7 @@ from kakuremichi.control.metrics import Metrics
 from kakuremichi.control.models import get_setting, open_database, put_setting
 from kakuremichi.control.sealing import Sealer, seal_stored_keys
 from kakuremichi.logs import log
+from kakuremichi.values import PortRanges
 
 logger = logging.getLogger("kakuremichi.control")
 
@@ -48,6 +49,7 @@ class Settings:
     secrets_key_source: str = "KAKUREMICHI_SECRETS_KEY"  # the flag or variable it came from, for errors
     metrics_token: str | None = None  # /metrics also accepts it (the admin token always works)
     metrics_public: bool = False  # /metrics without any token
+    public_ports: str = "20000-29999"  # what tcp/udp tunnels' public ports are allocated from (values.PortRanges)
 
     @property
     def database(self) -> str:
@@ -76,6 +78,7 @@ class ControlState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.pool: ipaddress.IPv4Network = parse_pool(settings.subnet_pool)
+        self.public_ports = PortRanges.parse(settings.public_ports)
         data_dir = datadir.prepare(settings.data_dir)
         self.sealer = Sealer(*datadir.secrets_key(data_dir, settings.secrets_key, settings.secrets_key_source))
         self.db: Database = open_database(settings.database)

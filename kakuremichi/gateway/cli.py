@@ -40,7 +40,8 @@ def build_parser(prog: str) -> EnvArgumentParser:
     parser.add_argument("--data-dir", default="kakuremichi-gateway",
                         help="WireGuard key, certificates and ACME account")
     parser.add_argument("--wireguard-port", type=int, default=51820, help="UDP port for WireGuard")
-    parser.add_argument("--listen-host", default=None, help="address for HTTP(S) listeners (default: all)")
+    parser.add_argument("--listen-host", default=None,
+                        help="address for HTTP(S) listeners and tcp/udp tunnels' public ports (default: all)")
     parser.add_argument("--http-port", type=int, default=80, help="public HTTP port")
     parser.add_argument("--https-port", type=int, default=443, help="public HTTPS port, 0 to disable")
     parser.add_argument("--acme-directory", default=LETS_ENCRYPT,

@@ -26,10 +26,11 @@ from kakuremichi.gateway.endpoints import EndpointMemory
 from kakuremichi.gateway.http.proxy import ProxySettings, open_proxy
 from kakuremichi.gateway.http.upstream import EXCHANGE_KEEPALIVE, PoolLimits
 from kakuremichi.gateway.listeners import serve_http, serve_https
+from kakuremichi.gateway.ports import PortListeners
 from kakuremichi.gateway.routes import Route, RouteTable
 from kakuremichi.gateway.workers import per_worker
 from kakuremichi.logs import log
-from kakuremichi.protocol import AGENT_KEEPALIVE, GatewayConfig
+from kakuremichi.protocol import AGENT_KEEPALIVE, PORT_ERRORS, GatewayConfig
 from kakuremichi.tunnel import PeerSpec, TunnelNode
 from kakuremichi.wg import keys
 
@@ -69,6 +70,7 @@ class Gateway:
         self.http_ports: list[int] = []
         self.https_ports: list[int] = []
         self.proxy = None  # while serving: its requests and routes held are in the metrics
+        self.ports = PortListeners(listen.host, listen.shared, self.dial_agent, node.stack)  # tcp/udp tunnels
 
     def control_client(self, url: str, api_key: str, public_endpoint: str, **options) -> ControlClient:
         """The link to control this gateway follows: its configs, and certificates ordered together with the
@@ -81,26 +83,31 @@ class Gateway:
         return client
 
     async def _dial(self, route: Route) -> trio.abc.Stream:
-        silent = self.node.silence(route.address)
+        return await self.dial_agent(route.address, route.port, route.domain)
+
+    async def dial_agent(self, address: str, port: int, what: str) -> trio.abc.Stream:
+        """A connection to `address:port` of a tunnel's agent (serving `what`), from our address in the tunnel."""
+        silent = self.node.silence(address)
         if silent is None:
             # fail fast (502) instead of letting SYNs time out: the agent never reached this gateway
-            raise OSError(errno.EHOSTUNREACH, f"the agent of {route.domain} has not connected to this gateway")
+            raise OSError(errno.EHOSTUNREACH, f"the agent of {what} has not connected to this gateway")
         if silent > AGENT_SILENCE_LIMIT:
-            raise OSError(errno.EHOSTUNREACH, f"the agent of {route.domain} has been silent for {silent:.0f} s")
-        stream = await self.node.stack.open_tcp_stream(route.address, route.port,
-                                                       local_address=self._sources.get(route.address))
+            raise OSError(errno.EHOSTUNREACH, f"the agent of {what} has been silent for {silent:.0f} s")
+        stream = await self.node.stack.open_tcp_stream(address, port, local_address=self._sources.get(address))
         stream.set_keepalive(*EXCHANGE_KEEPALIVE)
         return stream
 
     def stats(self) -> dict:
         return {**self.node.stats(), "configVersion": self.config_version, "routes": len(self._sources),
-                "exitConnections": self.exit.active_connections}
+                "exitConnections": self.exit.active_connections,
+                PORT_ERRORS: dict(self.ports.errors), "portConnections": self.ports.active}
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         listen = self.listen
         async with trio.open_nursery() as nursery:
             await nursery.start(self.node.run)
             await nursery.start(self.exit.run)
+            await nursery.start(self.ports.run)
             nursery.start_soon(self.endpoints.keep_saving, self.node)
             if listen.https_port is not None:
                 listen.proxy.https_port = listen.https_port
@@ -130,6 +137,8 @@ class Gateway:
                 log(logger, logging.ERROR, "route skipped", domain=r.domain, error=str(exc))
                 continue
             sources[r.agent_ip] = r.gateway_ip
+        port_routes = list(config.ports or ())
+        sources.update({r.agent_ip: r.gateway_ip for r in port_routes})
         peers = [PeerSpec(keys.decode(p.public_key), tuple(p.allowed_ips)) for p in config.peers]
         await self.node.apply(config.addresses, peers)
         for peer in peers:  # one not heard from since we started: try where the agent last was
@@ -137,6 +146,7 @@ class Gateway:
         self._sources = sources
         self.exit.update(config.routes)
         self.routes.replace(routes)
+        await self.ports.update(port_routes)
         self.certs.update_routes(routes)
         self.config_version = config.version
         log(logger, logging.INFO, "config applied", version=config.version, routes=len(routes),

@@ -20,7 +20,7 @@ from quart import Blueprint, redirect, render_template, request, url_for
 from quart_trio.wrappers.response import TrioResponse as Response
 
 from kakuremichi import protocol
-from kakuremichi.control import auth, bodies, dist, services
+from kakuremichi.control import auth, bodies, dist, ports, services
 from kakuremichi.control.bodies import ApiError
 from kakuremichi.control.models import utcnow
 from kakuremichi.control.state import current
@@ -34,6 +34,7 @@ blueprint.add_app_template_filter(status.format_bytes, "bytes")
 blueprint.add_app_template_filter(certificates.badge, "certificate_badge")
 blueprint.add_app_template_filter(certificates.utc_date, "utc_date")
 blueprint.add_app_template_filter(certificates.utc_time, "utc_time")
+blueprint.add_app_template_filter(ports.label, "tunnel_label")
 blueprint.add_app_template_global(csrf_token, "csrf_token")  # globals: imported macros see them too
 blueprint.add_app_template_global(CSRF_FIELD, "csrf_field")
 
@@ -358,10 +359,30 @@ _client_routes("agent")
 
 
 def _tunnel_body(form) -> dict:
-    return {"domain": form.get("domain", "").strip(), "agentId": form.get("agentId", ""),
+    return {"domain": form.get("domain", "").strip() or None, "agentId": form.get("agentId", ""),
             "target": form.get("target", "").strip(), "description": form.get("description", ""),
             "tlsMode": form.get("tlsMode", ""), "enabled": "enabled" in form, "forceHttps": "forceHttps" in form,
-            "socksProxyEnabled": "socksProxyEnabled" in form, "httpProxyEnabled": "httpProxyEnabled" in form}
+            "socksProxyEnabled": "socksProxyEnabled" in form, "httpProxyEnabled": "httpProxyEnabled" in form,
+            **_port_fields(form)}
+
+
+_DIGITS = re.compile(r"[0-9]{1,5}\Z")  # ASCII only: int() takes '١'
+
+
+def _port_fields(form) -> dict:
+    """A tcp/udp tunnel's fields of the form: a blank port is allocated by control, a blank name is none."""
+    port = form.get("publicPort", "").strip()
+    udp = {key: _number(form[key].strip()) for key in ("udpIdleTimeout", "udpMaxFlows") if form.get(key, "").strip()}
+    return {"protocol": form.get("protocol", "http"), "publicPort": int(port) if _DIGITS.match(port) else port or None,
+            "proxyProtocol": form.get("proxyProtocol") or None, "name": form.get("name", "").strip() or None, **udp}
+
+
+def _number(text: str) -> float | int | str:
+    """A form's number as the API takes it; anything else is left for the API's message."""
+    try:
+        return int(text) if _DIGITS.match(text) else float(text) if text.isascii() else text
+    except ValueError:
+        return text
 
 
 def _tunnel(item_id: str) -> dict:
@@ -417,6 +438,6 @@ async def tunnel_delete(item_id: str) -> Response:
     if request.method == "POST":
         services.delete(current(), "tunnel", item_id)
         return redirect(url_for("web.tunnel_index"))
-    return await _confirm(f"Delete tunnel {item['domain']}", "Delete",
-                          f"{item['domain']} stops being served by every gateway, and control forgets its "
+    return await _confirm(f"Delete tunnel {ports.label(item)}", "Delete",
+                          f"{ports.label(item)} stops being served by every gateway, and control forgets its "
                           "certificate. This cannot be undone.", url_for("web.tunnel_index"))
