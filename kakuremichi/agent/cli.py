@@ -13,7 +13,7 @@ from pathlib import Path
 
 import trio
 
-from kakuremichi import command, logs
+from kakuremichi import command, datadirs, logs
 from kakuremichi.agent.agent import Agent
 from kakuremichi.agent.configcache import ConfigCache
 from kakuremichi.egress.localproxy import ProxyListen
@@ -31,8 +31,8 @@ def build_parser(prog: str) -> EnvArgumentParser:
                                       "--api-key-file /etc/kakuremichi/agent.key")
     parser.add_argument("--control-url", required=True, help="control server URL (http(s):// or ws(s)://)")
     parser.add_secret("api-key", "this agent's API key (agt_...), shown once at creation", required=True)
-    parser.add_argument("--data-dir", default="kakuremichi-agent",
-                        help="where the agent keeps its WireGuard private key")
+    parser.add_argument("--data-dir", default=datadirs.default("agent"),
+                        help="where the agent keeps its WireGuard private key and its last config (0700)")
     parser.add_argument("--wireguard-port", type=int, default=0,
                         help="local UDP port for WireGuard (default: any free port; only outbound is needed)")
     parser.add_argument("--socks-listen", type=_listen_address, default="127.0.0.1:1080",
@@ -54,6 +54,7 @@ def _listen_address(text: str) -> tuple[str, int]:
 
 
 async def run(args) -> None:
+    datadirs.prepare(args.data_dir)
     private = keyfile.load_or_create(Path(args.data_dir) / "wireguard.key")
     with command.listening("WireGuard (UDP)", args.wireguard_port, "--wireguard-port"):
         node = TunnelNode(private, listen_port=args.wireguard_port)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import trio
 
-from kakuremichi import command, logs
+from kakuremichi import command, datadirs, logs
 from kakuremichi.egress.policy import DestinationPolicy
 from kakuremichi.gateway import workers
 from kakuremichi.gateway.certs.acme import LETS_ENCRYPT, AcmeSettings
@@ -37,8 +37,8 @@ def build_parser(prog: str) -> EnvArgumentParser:
     parser.add_secret("api-key", "this gateway's API key (gtw_...), shown once at creation", required=True)
     parser.add_argument("--public-host", required=True,
                         help="host name or IP at which agents reach this gateway's WireGuard port")
-    parser.add_argument("--data-dir", default="kakuremichi-gateway",
-                        help="WireGuard key, certificates and ACME account")
+    parser.add_argument("--data-dir", default=datadirs.default("gateway"),
+                        help="WireGuard key, certificates and ACME account (0700)")
     parser.add_argument("--wireguard-port", type=int, default=51820, help="UDP port for WireGuard")
     parser.add_argument("--listen-host", default=None, help="address for HTTP(S) listeners (default: all)")
     parser.add_argument("--http-port", type=int, default=80, help="public HTTP port")
@@ -123,6 +123,7 @@ async def serve(args, worker: int) -> None:
 
 def private_key(args, worker: int) -> bytes:
     """Worker `worker`'s WireGuard key, made on its first start."""
+    datadirs.prepare(args.data_dir)
     return keyfile.load_or_create(workers.per_worker(Path(args.data_dir) / "wireguard.key", worker))
 
 
