@@ -17,7 +17,7 @@ from kakuremichi import command, datadirs, logs
 from kakuremichi.agent.agent import Agent
 from kakuremichi.agent.configcache import ConfigCache
 from kakuremichi.egress.localproxy import ProxyListen
-from kakuremichi.options import EnvArgumentParser, add_heartbeat_interval
+from kakuremichi.options import EnvArgumentParser, add_heartbeat_interval, add_udp_offload, apply_udp_offload
 from kakuremichi.tunnel import TunnelNode
 from kakuremichi.values import Endpoint
 from kakuremichi.wg import keyfile, keys
@@ -42,6 +42,7 @@ def build_parser(prog: str) -> EnvArgumentParser:
                         help="host:port of the local HTTP proxy (CONNECT and http:// URLs), served while a tunnel has "
                              "httpProxyEnabled")
     add_heartbeat_interval(parser)
+    add_udp_offload(parser)
     logs.add_arguments(parser)
     return parser
 
@@ -54,6 +55,7 @@ def _listen_address(text: str) -> tuple[str, int]:
 
 
 async def run(args) -> None:
+    apply_udp_offload(args)
     datadirs.prepare(args.data_dir)
     private = keyfile.load_or_create(Path(args.data_dir) / "wireguard.key")
     with command.listening("WireGuard (UDP)", args.wireguard_port, "--wireguard-port"):

@@ -21,7 +21,7 @@ from kakuremichi.egress.policy import DestinationPolicy
 from kakuremichi.gateway import workers
 from kakuremichi.gateway.certs.acme import LETS_ENCRYPT, AcmeSettings
 from kakuremichi.gateway.gateway import Gateway, Listen
-from kakuremichi.options import EnvArgumentParser, add_heartbeat_interval
+from kakuremichi.options import EnvArgumentParser, add_heartbeat_interval, add_udp_offload, apply_udp_offload
 from kakuremichi.protocol import MAX_WORKERS
 from kakuremichi.tunnel import TunnelNode
 from kakuremichi.wg import keyfile, keys
@@ -58,6 +58,7 @@ def build_parser(prog: str) -> EnvArgumentParser:
                              f"(default: the number of CPUs, {workers.cpu_count()} here)")
     parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
     add_heartbeat_interval(parser)
+    add_udp_offload(parser)
     logs.add_arguments(parser)
     return parser
 
@@ -75,6 +76,7 @@ def worker_count(text: str) -> int:
 
 async def run(args, argv: list[str]) -> int | None:
     """The gateway: in this process with one worker, else the supervisor of its workers (workers.py)."""
+    apply_udp_offload(args)
     worker = args.worker_index
     if worker is None:  # the gateway itself, not one of its workers: the ports are free, or nothing starts
         for port, what, flag in ((args.http_port, "HTTP", "--http-port"), (args.https_port, "HTTPS", "--https-port")):
