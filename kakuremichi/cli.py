@@ -11,6 +11,7 @@ COMMANDS = {
     "gateway": ("kakuremichi.gateway.cli", "run a public gateway"),
     "agent": ("kakuremichi.agent.cli", "run an agent next to private services"),
     "dev": ("kakuremichi.dev", "control + gateway + agent in one process, exposing a local port"),
+    "apply": ("kakuremichi.apply", "make control's gateways, agents and tunnels what a YAML file says (-f)"),
 }
 
 
