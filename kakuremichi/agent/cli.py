@@ -16,6 +16,7 @@ import trio
 from kakuremichi import command, datadirs, logs
 from kakuremichi.agent.agent import Agent
 from kakuremichi.agent.configcache import ConfigCache
+from kakuremichi.agent.declared import Declarations, watch_file
 from kakuremichi.egress.localproxy import ProxyListen
 from kakuremichi.options import EnvArgumentParser, add_heartbeat_interval, add_udp_offload, apply_udp_offload
 from kakuremichi.tunnel import TunnelNode
@@ -43,6 +44,10 @@ def build_parser(prog: str) -> EnvArgumentParser:
                              "httpProxyEnabled")
     add_heartbeat_interval(parser)
     add_udp_offload(parser)
+    parser.add_argument("--tunnels-file", default=None, metavar="PATH",
+                        help="YAML listing the tunnels this agent serves (tunnels: [{domain, target}]), made by "
+                             "control under the domains the admin delegated to this agent (its metadata's "
+                             "delegatedDomains); reread when it changes")
     logs.add_arguments(parser)
     return parser
 
@@ -65,7 +70,11 @@ async def run(args) -> None:
     client = agent.control_client(args.control_url, args.api_key, heartbeat=args.heartbeat_interval)
     logs.log(logger, logging.INFO, "agent starting", public_key=keys.encode(node.public_key),
              control=args.control_url)
+    declarations = Declarations(client) if args.tunnels_file else None
     async with trio.open_nursery() as nursery:
+        if declarations is not None:  # a broken file stops the agent before it starts
+            await nursery.start(watch_file, Path(args.tunnels_file), declarations)
+            await nursery.start(declarations.run)
         await nursery.start(agent.run)
         await nursery.start(client.run)
 
