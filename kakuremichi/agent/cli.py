@@ -48,6 +48,12 @@ def build_parser(prog: str) -> EnvArgumentParser:
                         help="YAML listing the tunnels this agent serves (tunnels: [{domain, target}]), made by "
                              "control under the domains the admin delegated to this agent (its metadata's "
                              "delegatedDomains); reread when it changes")
+    parser.add_argument("--discover", choices=("docker",), default=None,
+                        help="also serve the running containers labelled kakuremichi.domain (and kakuremichi.port, "
+                             "...), declared like --tunnels-file's tunnels, through the Docker Engine API")
+    parser.add_argument("--docker-socket", default="/var/run/docker.sock", metavar="PATH",
+                        help="the Docker Engine API's Unix socket for --discover docker (podman: "
+                             "/run/podman/podman.sock, or $XDG_RUNTIME_DIR/podman/podman.sock rootless)")
     logs.add_arguments(parser)
     return parser
 
@@ -70,10 +76,15 @@ async def run(args) -> None:
     client = agent.control_client(args.control_url, args.api_key, heartbeat=args.heartbeat_interval)
     logs.log(logger, logging.INFO, "agent starting", public_key=keys.encode(node.public_key),
              control=args.control_url)
-    declarations = Declarations(client) if args.tunnels_file else None
+    declarations = Declarations(client) if args.tunnels_file or args.discover else None
     async with trio.open_nursery() as nursery:
-        if declarations is not None:  # a broken file stops the agent before it starts
+        if args.tunnels_file:  # a broken file stops the agent before it starts
             await nursery.start(watch_file, Path(args.tunnels_file), declarations)
+        if args.discover == "docker":
+            from kakuremichi.agent import docker  # httpx, loaded only by the agents that discover
+
+            await nursery.start(docker.discover, declarations, args.docker_socket)
+        if declarations is not None:
             await nursery.start(declarations.run)
         await nursery.start(agent.run)
         await nursery.start(client.run)
