@@ -10,6 +10,7 @@ COMMANDS = {
     "control": ("kakuremichi.control.cli", "run the control server (web UI, REST API and the WebSocket that configures gateways and agents)"),
     "gateway": ("kakuremichi.gateway.cli", "run a public gateway"),
     "agent": ("kakuremichi.agent.cli", "run an agent next to private services"),
+    "status": ("kakuremichi.status", "what a running agent or gateway sees: control link, peers, tunnels"),
     "dev": ("kakuremichi.dev", "control + gateway + agent in one process, exposing a local port"),
     "apply": ("kakuremichi.apply", "make control's gateways, agents and tunnels what a YAML file says (-f)"),
 }

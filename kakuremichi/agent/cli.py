@@ -13,8 +13,9 @@ from pathlib import Path
 
 import trio
 
-from kakuremichi import command, datadirs, logs
+from kakuremichi import command, datadirs, logs, monitoring
 from kakuremichi.agent.agent import Agent
+from kakuremichi.agent import metrics
 from kakuremichi.agent.configcache import ConfigCache
 from kakuremichi.agent.declared import Declarations, watch_file
 from kakuremichi.egress.localproxy import ProxyListen
@@ -55,6 +56,7 @@ def build_parser(prog: str) -> EnvArgumentParser:
                         help="the Docker Engine API's Unix socket for --discover docker (podman: "
                              "/run/podman/podman.sock, or $XDG_RUNTIME_DIR/podman/podman.sock rootless)")
     logs.add_arguments(parser)
+    monitoring.add_arguments(parser)
     return parser
 
 
@@ -76,8 +78,12 @@ async def run(args) -> None:
     client = agent.control_client(args.control_url, args.api_key, heartbeat=args.heartbeat_interval)
     logs.log(logger, logging.INFO, "agent starting", public_key=keys.encode(node.public_key),
              control=args.control_url)
+    monitor = monitoring.Monitor("agent", node, client, metrics.AgentCollector(agent),
+                                 lambda: {"configVersion": agent.config_version, "tunnels": metrics.tunnels(agent)},
+                                 faults=lambda: [agent.proxies.faults])
     declarations = Declarations(client) if args.tunnels_file or args.discover else None
     async with trio.open_nursery() as nursery:
+        await nursery.start(monitor.run, args.metrics_listen, args.metrics_token, Path(args.data_dir))
         if args.tunnels_file:  # a broken file stops the agent before it starts
             await nursery.start(watch_file, Path(args.tunnels_file), declarations)
         if args.discover == "docker":

@@ -10,6 +10,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from kakuremichi.control import api, auth, openapi, presence, web, websocket
+from kakuremichi.control.metrics import client_statuses
 from kakuremichi.control.api import json_response
 from kakuremichi.control.state import ControlState, Settings, current
 from kakuremichi.control.bodies import ApiError
@@ -46,6 +47,7 @@ def create_app(settings: Settings) -> QuartTrio:
         gauges = {("kakuremichi_control_clients_connected", (("role", role),)): float(count)
                   for role, count in state.connected_counts().items()}
         gauges["kakuremichi_control_config_version", ()] = float(state.config_version())
+        gauges.update(client_statuses(state.db))
         return Response(state.metrics.render(gauges), content_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/api/openapi.json")
