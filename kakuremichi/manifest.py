@@ -22,6 +22,7 @@ KINDS = ("gateway", "agent", "tunnel")  # the order things are created in (a tun
 SECTIONS = {kind: f"{kind}s" for kind in KINDS}
 KEYS = {"gateway": "name", "agent": "name", "tunnel": "domain"}
 AGENT_NAME = "agent"  # a tunnel's agent by name, a field of the file only (the API takes agentId)
+OWN_METADATA = ("stats",)  # metadata keys control writes itself (a client's heartbeat stats): never a difference
 PLACEHOLDER_ID = "agent-in-this-file"  # stands for an agent id while a tunnel naming its agent is checked
 
 
@@ -155,6 +156,8 @@ def plan(manifest: Manifest, existing: dict[str, list[dict]], prune: bool = Fals
             changes.append(Change("create", entry.kind, entry.key, entry.fields))
             continue
         seen = dict(item, **{AGENT_NAME: agent_names.get(item.get("agentId"))})
+        if isinstance(seen.get("metadata"), dict):
+            seen["metadata"] = {k: v for k, v in seen["metadata"].items() if k not in OWN_METADATA}
         differ = {name: (seen.get(name), value) for name, value in entry.fields.items() if seen.get(name) != value}
         if differ:
             changes.append(Change("update", entry.kind, entry.key, differ, item["id"]))
