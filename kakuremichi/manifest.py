@@ -143,14 +143,17 @@ def plan(manifest: Manifest, existing: dict[str, list[dict]], prune: bool = Fals
     in the order to make them, and how many listed items are already so. With `prune`, items of a listed
     section that the file does not list are deleted."""
     agent_names = {item["id"]: item["name"] for item in existing.get("agent", [])}
-    known_agents = set(agent_names.values()) | {e.key for e in manifest.entries if e.kind == "agent"}
+    known_agents = {e.key for e in manifest.entries if e.kind == "agent"}
+    if not (prune and "agent" in manifest.sections):  # else the others are deleted, and their tunnels with them
+        known_agents |= set(agent_names.values())
     listed, changes, unchanged = {(e.kind, e.key) for e in manifest.entries}, [], 0
     current = {kind: {item[KEYS[kind]]: item for item in existing.get(kind, [])} for kind in KINDS}
     for entry in manifest.entries:
         agent = entry.fields.get(AGENT_NAME) if entry.kind == "tunnel" else None
         if agent is not None and agent not in known_agents:
-            raise ManifestError(f"{entry.where}: agent: no agent named {entry.fields[AGENT_NAME]!r} in control or "
-                                "in this file: list it under agents")
+            raise ManifestError(f"{entry.where}: agent: no agent named {entry.fields[AGENT_NAME]!r} in this file"
+                                + ("" if prune and "agent" in manifest.sections else " or in control")
+                                + ": list it under agents")
         item = current[entry.kind].get(entry.key)
         if item is None:
             changes.append(Change("create", entry.kind, entry.key, entry.fields))

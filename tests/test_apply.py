@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from kakuremichi import manifest
 from tests.deployment import ADMIN, Deployment, child_env
 
 FILE = """\
@@ -122,7 +123,7 @@ def test_a_file_the_api_would_refuse_is_refused_whole(control):
     assert not items(control, "agent") and not items(control, "gateway")  # the valid entries were not sent
     unknown_agent = apply(control, FILE.replace("agent: home", "agent: nobody"))
     assert unknown_agent.returncode == 2
-    assert "no agent named 'nobody' in control or in this file" in unknown_agent.stderr
+    assert "no agent named 'nobody' in this file or in control" in unknown_agent.stderr
 
 
 def test_a_wrong_admin_token_is_reported_with_controls_answer(control):
@@ -134,3 +135,12 @@ def test_a_wrong_admin_token_is_reported_with_controls_answer(control):
                             timeout=60)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("kakuremichi apply: listing gateways: ") and "(403 forbidden)" in result.stderr
+
+
+def test_with_prune_a_tunnel_cannot_name_an_agent_that_pruning_deletes():
+    wanted = manifest.load("agents: []\ntunnels:\n  - {domain: a.example.com, agent: old, target: 'localhost:1'}\n",
+                           "f.yaml")
+    existing = {"agent": [{"id": "a1", "name": "old"}], "gateway": [], "tunnel": []}
+    assert [c.action for c in manifest.plan(wanted, existing)[0]] == ["create"]  # without --prune, old stays
+    with pytest.raises(manifest.ManifestError, match="no agent named 'old' in this file: list it under agents"):
+        manifest.plan(wanted, existing, prune=True)  # its tunnel would go with it
