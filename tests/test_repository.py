@@ -17,7 +17,7 @@ from tests.test_cli_help import all_parsers
 def default_data_dirs() -> set[str]:
     """The defaults that are relative to the current directory (the others are the platform's user directory)."""
     return {action.default for parser in all_parsers() for action in parser._actions
-            if "--data-dir" in action.option_strings and isinstance(action.default, str)
+            if "--data-dir" in action.option_strings and isinstance(action.default, str)  # None: makes none
             and not os.path.isabs(action.default)}
 
 
