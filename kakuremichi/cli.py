@@ -13,6 +13,7 @@ COMMANDS = {
     "status": ("kakuremichi.status", "what a running agent or gateway sees: control link, peers, tunnels"),
     "dev": ("kakuremichi.dev", "control + gateway + agent in one process, exposing a local port"),
     "healthcheck": ("kakuremichi.healthcheck", "exit 0 when this container's control, gateway or agent serves"),
+    "apply": ("kakuremichi.apply", "make control's gateways, agents and tunnels what a YAML file says (-f)"),
 }
 
 

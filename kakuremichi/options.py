@@ -121,3 +121,19 @@ class SecretOption:
             parser.error(f"{self.variable}, {self.flag}-file or {self.flag} is required")
         setattr(args, attribute, value)
         setattr(args, f"{attribute}_source", source)
+
+
+UDP_OFFLOAD_CHOICES = ("auto", "off")
+
+
+def add_udp_offload(parser: EnvArgumentParser) -> None:
+    """--udp-offload, whose variable KAKUREMICHI_UDP_OFFLOAD is the switch the WireGuard driver reads."""
+    parser.add_argument("--udp-offload", choices=UDP_OFFLOAD_CHOICES, default="auto",
+                        help="WireGuard's UDP batching on Linux (GSO/GRO, sendmsg/recvmsg); 'off' forces plain "
+                             "sendto/recvfrom, the path Windows and macOS take, for kernels or virtual NICs that "
+                             "mishandle offload")
+
+
+def apply_udp_offload(args: argparse.Namespace) -> None:
+    """Hand --udp-offload to the driver (and to the worker processes a gateway starts) through the environment."""
+    os.environ["KAKUREMICHI_UDP_OFFLOAD"] = args.udp_offload

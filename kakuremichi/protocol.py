@@ -556,9 +556,36 @@ class CertificateInstall(_CertificateMessage, frozen=True, tag="certificate"):
     """Control → gateway: serve (and persist) this certificate for `domain`."""
 
 
+# -- tunnels an agent declares itself (its --tunnels-file, --discover docker) --------------------------------
+
+MAX_DECLARED_TUNNELS = 256  # per agent; a declaration is the whole set, each time
+
+
+class DeclaredTunnel(_Body, frozen=True):
+    """A tunnel as an agent declares it: control makes it, under the domains delegated to that agent."""
+
+    domain: DomainName
+    target: TargetText
+    tls_mode: TlsMode = "acme"
+    force_https: bool = False
+
+
+class TunnelsDeclared(_Message, frozen=True, tag="tunnels_declared"):
+    """Agent → control: every tunnel the agent declares; control makes the agent's tunnels under its delegated
+    domains exactly these (creating, changing and deleting)."""
+
+    tunnels: Annotated[list[DeclaredTunnel], msgspec.Meta(max_length=MAX_DECLARED_TUNNELS)]
+
+
+class DeclarationRefused(_Message, frozen=True, tag="tunnels_declared_refused"):
+    """Control → agent: the declared tunnels control did not make, domain → why."""
+
+    refused: dict[str, str]
+
+
 Message = Union[Auth, AuthSuccess, AuthError, Ping, Pong, Stopping, StatusUpdate, ConfigUpdate, ConfigAck, ChallengePublished,
                 ChallengeWithdrawn, ChallengeReady, Challenges, ChallengesAck, LeaseRequest, Lease, CertificateUpload,
-                CertificateInstall]
+                CertificateInstall, TunnelsDeclared, DeclarationRefused]
 _TYPES: dict[str, type] = {cls.type: cls for cls in Message.__args__}
 _FRAMES = {ConfigUpdate: _ConfigFrame, ChallengePublished: _PublishedFrame}
 _ENCODER = msgspec.json.Encoder(enc_hook=_encode_hook)

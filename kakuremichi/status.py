@@ -15,10 +15,11 @@ from pathlib import Path
 
 import httpx
 
+from kakuremichi import datadirs
 from kakuremichi.monitoring import STATUS_SOCKET
 from kakuremichi.options import EnvArgumentParser
 
-DEFAULT_DATA_DIRS = ("kakuremichi-agent", "kakuremichi-gateway")  # the daemons' own defaults
+DEFAULT_DATA_DIRS = (datadirs.default("agent"), datadirs.default("gateway"))  # the daemons' own defaults
 TIMEOUT = 5.0
 
 
@@ -31,7 +32,7 @@ def build_parser(prog: str) -> EnvArgumentParser:
                                epilog="Example: kakuremichi status --data-dir /var/lib/kakuremichi-agent")
     parser.add_argument("--data-dir", action="append", default=None, metavar="DIR",
                         help="the --data-dir of the agent or gateway (repeatable; default: "
-                             f"{' and '.join(DEFAULT_DATA_DIRS)} in the current directory, those present)")
+                             f"{' and '.join(DEFAULT_DATA_DIRS)}, those present)")
     parser.add_argument("--metrics-url", default=None, metavar="URL",
                         help="read http://HOST:PORT/status of the daemon's --metrics-listen instead")
     parser.add_secret("metrics-token", "the daemon's --metrics-token, for --metrics-url")
@@ -73,8 +74,8 @@ def sockets(data_dirs: list[str] | None) -> list[Path]:
     if data_dirs is None:
         data_dirs = [d for d in DEFAULT_DATA_DIRS if Path(d).is_dir()]
         if not data_dirs:
-            raise Unreachable(f"no {' or '.join(DEFAULT_DATA_DIRS)} here: give the daemon's data directory with "
-                              f"--data-dir")
+            raise Unreachable(f"neither {' nor '.join(DEFAULT_DATA_DIRS)} exists: give the daemon's data directory "
+                              f"with --data-dir")
     found = []
     for data_dir in data_dirs:
         paths = sorted(Path(data_dir).glob("status*.sock"), key=lambda p: (len(p.name), p.name))

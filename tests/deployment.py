@@ -94,13 +94,16 @@ class Deployment:
     `apps` maps a name to the Python arguments that run it (`("-c", script)` or `(path,)`); each gets a free
     port and its name as its two arguments, and must print "ready" once listening. With `https`, each gateway
     also listens for HTTPS (its port in `https_ports`). Gateways run `workers` worker processes (None: their
-    default, one per CPU).
+    default, one per CPU). With `launcher`, every component runs as `python -m LAUNCHER MODULE ...` (e.g.
+    tests.windows_sockets).
     """
 
     def __init__(self, tmp: Path, apps: dict[str, tuple[str, ...]], gateways: tuple[str, ...] = ("gw1", "gw2"),
                  agent: bool = True, log_level: str = "info", heartbeat: float = 1.0, https: bool = False,
-                 gateway_args: tuple[str, ...] = (), agent_args: tuple[str, ...] = (), workers: int | None = 1) -> None:
+                 gateway_args: tuple[str, ...] = (), agent_args: tuple[str, ...] = (), workers: int | None = 1,
+                 launcher: str | None = None) -> None:
         self.tmp = tmp
+        self.launcher = launcher
         self.https = https
         self.https_ports: dict[str, int] = {}
         self.heartbeat = str(heartbeat)  # short by default, so tests see clients come and go quickly
@@ -160,7 +163,8 @@ class Deployment:
     def spawn(self, module: str, *args: str) -> Process:
         name = module.rsplit(".", 1)[1] + (args[args.index("--data-dir") + 1].rsplit("/", 1)[1]
                                              if "--data-dir" in args else "")
-        return self.track(Process("-m", module, *args, log=self.tmp / f"{name}.log", env=self.env))
+        launch = ("-m", self.launcher, module) if self.launcher else ("-m", module)
+        return self.track(Process(*launch, *args, log=self.tmp / f"{name}.log", env=self.env))
 
     def track(self, process: Process) -> Process:
         """Stop `process` with the deployment."""

@@ -10,6 +10,7 @@ import pytest
 
 from kakuremichi import __version__
 from kakuremichi.agent.cli import build_parser as agent_parser
+from kakuremichi.apply import build_parser as apply_parser
 from kakuremichi.cli import usage
 from kakuremichi.control.cli import parser as control_parser
 from kakuremichi.dev import build_parser as dev_parser
@@ -27,7 +28,7 @@ def all_parsers() -> list[argparse.ArgumentParser]:
     subcommands = next(a for a in wg._actions if isinstance(a, argparse._SubParsersAction)).choices.values()
     return [control_parser("kakuremichi control"), gateway_parser("kakuremichi gateway"),
             agent_parser("kakuremichi agent"), dev_parser("kakuremichi dev"), wg, *subcommands,
-            status_parser("kakuremichi status")]
+            status_parser("kakuremichi status"), apply_parser("kakuremichi apply")]
 
 
 @pytest.mark.parametrize("parser", all_parsers(), ids=lambda p: p.prog)

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import trio
 
-from kakuremichi import command, logs, monitoring
+from kakuremichi import command, datadirs, logs, monitoring
 from kakuremichi.agent.agent import Agent
 from kakuremichi.agent import metrics
 from kakuremichi.agent.configcache import ConfigCache
+from kakuremichi.agent.declared import Declarations, watch_file
 from kakuremichi.egress.localproxy import ProxyListen
-from kakuremichi.options import EnvArgumentParser, add_heartbeat_interval
+from kakuremichi.options import EnvArgumentParser, add_heartbeat_interval, add_udp_offload, apply_udp_offload
 from kakuremichi.tunnel import TunnelNode
 from kakuremichi.values import Endpoint
 from kakuremichi.wg import keyfile, keys
@@ -32,8 +33,8 @@ def build_parser(prog: str) -> EnvArgumentParser:
                                       "--api-key-file /etc/kakuremichi/agent.key")
     parser.add_argument("--control-url", required=True, help="control server URL (http(s):// or ws(s)://)")
     parser.add_secret("api-key", "this agent's API key (agt_...), shown once at creation", required=True)
-    parser.add_argument("--data-dir", default="kakuremichi-agent",
-                        help="where the agent keeps its WireGuard private key")
+    parser.add_argument("--data-dir", default=datadirs.default("agent"),
+                        help="where the agent keeps its WireGuard private key and its last config (0700)")
     parser.add_argument("--wireguard-port", type=int, default=0,
                         help="local UDP port for WireGuard (default: any free port; only outbound is needed)")
     parser.add_argument("--socks-listen", type=_listen_address, default="127.0.0.1:1080",
@@ -43,6 +44,17 @@ def build_parser(prog: str) -> EnvArgumentParser:
                         help="host:port of the local HTTP proxy (CONNECT and http:// URLs), served while a tunnel has "
                              "httpProxyEnabled")
     add_heartbeat_interval(parser)
+    add_udp_offload(parser)
+    parser.add_argument("--tunnels-file", default=None, metavar="PATH",
+                        help="YAML listing the tunnels this agent serves (tunnels: [{domain, target}]), made by "
+                             "control under the domains the admin delegated to this agent (its metadata's "
+                             "delegatedDomains); reread when it changes")
+    parser.add_argument("--discover", choices=("docker",), default=None,
+                        help="also serve the running containers labelled kakuremichi.domain (and kakuremichi.port, "
+                             "...), declared like --tunnels-file's tunnels, through the Docker Engine API")
+    parser.add_argument("--docker-socket", default="/var/run/docker.sock", metavar="PATH",
+                        help="the Docker Engine API's Unix socket for --discover docker (podman: "
+                             "/run/podman/podman.sock, or $XDG_RUNTIME_DIR/podman/podman.sock rootless)")
     logs.add_arguments(parser)
     monitoring.add_arguments(parser)
     return parser
@@ -56,6 +68,8 @@ def _listen_address(text: str) -> tuple[str, int]:
 
 
 async def run(args) -> None:
+    apply_udp_offload(args)
+    datadirs.prepare(args.data_dir)
     private = keyfile.load_or_create(Path(args.data_dir) / "wireguard.key")
     with command.listening("WireGuard (UDP)", args.wireguard_port, "--wireguard-port"):
         node = TunnelNode(private, listen_port=args.wireguard_port)
@@ -67,8 +81,17 @@ async def run(args) -> None:
     monitor = monitoring.Monitor("agent", node, client, metrics.AgentCollector(agent),
                                  lambda: {"configVersion": agent.config_version, "tunnels": metrics.tunnels(agent)},
                                  faults=lambda: [agent.proxies.faults])
+    declarations = Declarations(client) if args.tunnels_file or args.discover else None
     async with trio.open_nursery() as nursery:
         await nursery.start(monitor.run, args.metrics_listen, args.metrics_token, Path(args.data_dir))
+        if args.tunnels_file:  # a broken file stops the agent before it starts
+            await nursery.start(watch_file, Path(args.tunnels_file), declarations)
+        if args.discover == "docker":
+            from kakuremichi.agent import docker  # httpx, loaded only by the agents that discover
+
+            await nursery.start(docker.discover, declarations, args.docker_socket)
+        if declarations is not None:
+            await nursery.start(declarations.run)
         await nursery.start(agent.run)
         await nursery.start(client.run)
 

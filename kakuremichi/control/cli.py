@@ -10,7 +10,7 @@ import sys
 import trio
 from pony.orm.dbapiprovider import DatabaseError
 
-from kakuremichi import command, logs
+from kakuremichi import command, datadirs, logs
 from kakuremichi.control.allocation import parse_pool
 from kakuremichi.control.datadir import SecretsKeyError
 from kakuremichi.control.models import DatabaseUrlError, SchemaError
@@ -36,7 +36,7 @@ def parser(prog: str | None = None) -> EnvArgumentParser:
                           "the web UI with the admin token.")
     p.add_argument("--listen", type=_listen_address, default=Settings.listen, metavar="HOST:PORT",
                    help="address to serve HTTP and WebSocket on (use 0.0.0.0:8000 behind a TLS proxy)")
-    p.add_argument("--data-dir", default=Settings.data_dir,
+    p.add_argument("--data-dir", default=datadirs.default("control"),
                    help="directory for the default SQLite database and the web UI's session secret")
     p.add_argument("--database-url", default=None, metavar="URL",
                    help="sqlite:///path/control.sqlite or postgres://user:password@host/db (default: SQLite in "

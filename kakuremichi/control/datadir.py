@@ -9,53 +9,18 @@ from __future__ import annotations
 
 import base64
 import binascii
-import logging
 import os
 import secrets
-import stat
-from contextlib import contextmanager
 from pathlib import Path
 
-from kakuremichi.logs import log
+from kakuremichi.datadirs import prepare, private_files, restrict_to_owner, tighten  # noqa: F401 (used by models, state)
 
-logger = logging.getLogger("kakuremichi.control")
 SECRETS_KEY_FILE = "secrets.key"
 SQLITE_COMPANIONS = ("", "-wal", "-shm", "-journal")
 
 
 class SecretsKeyError(ValueError):
     """The secrets key given or found is not usable: says which flag, variable or file, and what to do."""
-
-
-@contextmanager
-def private_files():
-    """Whatever is created meanwhile (directories, the SQLite database) is the owner's alone."""
-    previous = os.umask(0o077)
-    try:
-        yield
-    finally:
-        os.umask(previous)
-
-
-def prepare(directory: str | os.PathLike) -> Path:
-    """The data directory, created 0700, or tightened to it (with a warning) if others may enter it."""
-    path = Path(directory).absolute()
-    with private_files():
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tighten(path, 0o700)
-    return path
-
-
-def tighten(path: Path, mode: int) -> None:
-    """Take away every permission of group and others from an existing `path`, saying so."""
-    try:
-        current = stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        return
-    if current & 0o077:
-        os.chmod(path, current & mode)
-        log(logger, logging.WARNING, "was readable by other users; made private", path=str(path),
-            was=stat.filemode(current), now=stat.filemode(stat.S_IMODE(path.stat().st_mode)))
 
 
 def tighten_sqlite(database: str | os.PathLike) -> None:
@@ -95,6 +60,7 @@ def create_secret_file(path: Path, text: str) -> None:
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as file:
         file.write(text)
+    restrict_to_owner(temporary)
     try:
         os.link(temporary, path)
     except FileExistsError:

@@ -16,7 +16,7 @@ from quart import Blueprint, websocket
 
 from kakuremichi import protocol
 from kakuremichi.certpair import CertificateError
-from kakuremichi.control import auth, certificates, configs, presence
+from kakuremichi.control import auth, certificates, configs, declarations, presence
 from kakuremichi.control.models import (WRITE_RETRIES, bump_config_version, claim_public_key, public_key_holder, utcnow,
                                        worker_row)
 from kakuremichi.control.sealing import UnsealError
@@ -115,6 +115,9 @@ class ClientSession:
             self._store_stats(message.stats)
         elif isinstance(message, ACME_MESSAGES) and self.role == "gateway":
             await self._acme(message, nursery)
+        elif isinstance(message, protocol.TunnelsDeclared) and self.role == "agent":
+            refused = declarations.reconcile(self.state, self.client_id, message.tunnels)
+            await websocket.send(protocol.DeclarationRefused(refused).to_json())
 
     async def _acme(self, message, nursery: trio.Nursery) -> None:
         """One gateway's part in ordering certificates together (see certificates.py)."""

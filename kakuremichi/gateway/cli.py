@@ -16,12 +16,12 @@ from pathlib import Path
 
 import trio
 
-from kakuremichi import command, logs, monitoring
+from kakuremichi import command, datadirs, logs, monitoring
 from kakuremichi.egress.policy import DestinationPolicy
 from kakuremichi.gateway import metrics, workers
 from kakuremichi.gateway.certs.acme import LETS_ENCRYPT, AcmeSettings
 from kakuremichi.gateway.gateway import Gateway, Listen
-from kakuremichi.options import EnvArgumentParser, add_heartbeat_interval
+from kakuremichi.options import EnvArgumentParser, add_heartbeat_interval, add_udp_offload, apply_udp_offload
 from kakuremichi.protocol import MAX_WORKERS
 from kakuremichi.tunnel import TunnelNode
 from kakuremichi.wg import keyfile, keys
@@ -37,8 +37,8 @@ def build_parser(prog: str) -> EnvArgumentParser:
     parser.add_secret("api-key", "this gateway's API key (gtw_...), shown once at creation", required=True)
     parser.add_argument("--public-host", required=True,
                         help="host name or IP at which agents reach this gateway's WireGuard port")
-    parser.add_argument("--data-dir", default="kakuremichi-gateway",
-                        help="WireGuard key, certificates and ACME account")
+    parser.add_argument("--data-dir", default=datadirs.default("gateway"),
+                        help="WireGuard key, certificates and ACME account (0700)")
     parser.add_argument("--wireguard-port", type=int, default=51820, help="UDP port for WireGuard")
     parser.add_argument("--listen-host", default=None,
                         help="address for HTTP(S) listeners and tcp/udp tunnels' public ports (default: all)")
@@ -59,6 +59,7 @@ def build_parser(prog: str) -> EnvArgumentParser:
                              f"(default: the number of CPUs, {workers.cpu_count()} here)")
     parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
     add_heartbeat_interval(parser)
+    add_udp_offload(parser)
     logs.add_arguments(parser)
     monitoring.add_arguments(parser)
     return parser
@@ -77,6 +78,7 @@ def worker_count(text: str) -> int:
 
 async def run(args, argv: list[str]) -> int | None:
     """The gateway: in this process with one worker, else the supervisor of its workers (workers.py)."""
+    apply_udp_offload(args)
     worker = args.worker_index
     if worker is None:  # the gateway itself, not one of its workers: the ports are free, or nothing starts
         for port, what, flag in ((args.http_port, "HTTP", "--http-port"), (args.https_port, "HTTPS", "--https-port")):
@@ -135,6 +137,7 @@ async def serve(args, worker: int) -> None:
 
 def private_key(args, worker: int) -> bytes:
     """Worker `worker`'s WireGuard key, made on its first start."""
+    datadirs.prepare(args.data_dir)
     return keyfile.load_or_create(workers.per_worker(Path(args.data_dir) / "wireguard.key", worker))
 
 

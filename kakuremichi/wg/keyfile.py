@@ -1,7 +1,8 @@
 """The daemon's own WireGuard private key on disk: made on first start, never sent anywhere.
 
-Written 0600 in a 0700 directory; a key file that others can read is refused, as ssh does, because
-whoever reads it can impersonate this gateway or agent.
+Written 0600 in a 0700 directory (the parents it makes too; on Windows, with an ACL for the current user
+only); a key file that others can read is refused, as ssh does, because whoever reads it can impersonate
+this gateway or agent.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import os
 import stat
 from pathlib import Path
 
+from kakuremichi.datadirs import private_files, restrict_to_owner
 from kakuremichi.wg import keys
 
 
@@ -29,9 +31,11 @@ def load_or_create(path: str | Path) -> bytes:
             return keys.decode(path.read_text(), f"private key in {path}")
         except keys.InvalidKey as exc:
             raise KeyFileError(f"{exc}; delete the file to generate a new key") from None
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with private_files():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     private = keys.generate_private()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(keys.encode(private) + "\n")
+    restrict_to_owner(path)
     return private

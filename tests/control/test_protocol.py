@@ -37,11 +37,14 @@ MESSAGES = [
     p.CertificateInstall("app.example.com", "CHAIN", "KEY", NOT_AFTER),
 ]
 V1_FRAMES = (pathlib.Path(__file__).parent / "protocol_v1_frames.jsonl").read_text().splitlines()
+# Messages added since version 1 (optional for a peer: an old control ignores them, an old agent never sends them)
+SINCE_V1 = [p.TunnelsDeclared([p.DeclaredTunnel("app.example.com", "localhost:8080", "off", True)]),
+            p.DeclarationRefused({"app.example.com": "not delegated"})]
 
 
 def test_every_message_round_trips():
-    assert {m.type for m in MESSAGES} == set(p._TYPES)
-    for message in MESSAGES:
+    assert {m.type for m in MESSAGES + SINCE_V1} == set(p._TYPES)
+    for message in MESSAGES + SINCE_V1:
         assert p.decode(message.to_json()) == message
         assert p.decode(p.decode(message.to_json()).to_json()) == message  # decoded values encode again
 

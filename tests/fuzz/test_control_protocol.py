@@ -41,6 +41,8 @@ VALID = [
     protocol.LeaseRequest("a.example"), protocol.Lease("a.example", True, "gw1", 600.0),
     protocol.CertificateUpload("a.example", "-----BEGIN CERTIFICATE-----", "-----BEGIN PRIVATE KEY-----", NOW),
     protocol.CertificateInstall("a.example", "chain", "key", NOW),
+    protocol.TunnelsDeclared([protocol.DeclaredTunnel("a.example", "localhost:80", "off")]),
+    protocol.DeclarationRefused({"a.example": "not delegated"}),
 ]
 assert {m.type for m in VALID} == set(TYPES)
 assert all(protocol.decode(m.to_json()) == m for m in VALID)
