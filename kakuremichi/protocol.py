@@ -236,6 +236,39 @@ class AgentPeer(_Body, frozen=True):
     allowed_ips: list[IpInterface]
 
 
+class IpNetwork(_Checked, canonical=_accepting(lambda text: ipaddress.ip_network(text, strict=False),
+                                                "{!r} is not a CIDR such as 192.0.2.0/24")):
+    pass
+
+
+# -- access control (kakuremichi.access) -----------------------------------------------------------------------
+
+
+class AccessRule(_Body, frozen=True):
+    """A ranked CIDR rule: the first matching one decides (deny: 403, bypass: no login, allow: on to the login)."""
+
+    action: Literal["allow", "deny", "bypass"]
+    cidr: IpNetwork
+
+
+class AccessConfig(_Body, frozen=True):
+    """A tunnel's access policy as its gateways enforce it; secrets only as hashes."""
+
+    mode: Literal["public", "password", "sso"] = "public"
+    password_hash: str = ""
+    rules: list[AccessRule] = msgspec.field(default_factory=list)
+    bypass_paths: list[str] = msgspec.field(default_factory=list)
+    bypass_secret_digest: str = ""  # hex SHA-256 of the secret header's / Basic password's value
+    allowed_emails: list[str] = msgspec.field(default_factory=list)
+    allowed_domains: list[str] = msgspec.field(default_factory=list)
+    allowed_groups: list[str] = msgspec.field(default_factory=list)
+    epoch: int = 0  # sessions of an older epoch are revoked
+    revoked_before: float = 0.0  # Unix time: sessions issued before it are revoked
+    revoked_links: list[str] = msgspec.field(default_factory=list)  # share link ids, until they expire
+    session_lifetime: Annotated[int, msgspec.Meta(ge=60)] = 86400  # seconds
+    login_url: str = ""  # control's SSO login (sso mode)
+
+
 class RouteConfig(_Body, frozen=True):
     """A public domain a gateway serves, and the agent tunnel address behind it."""
 
@@ -249,6 +282,7 @@ class RouteConfig(_Body, frozen=True):
     force_https: bool = False
     exit: bool = False  # the agent may send traffic out through this gateway (its HTTP or SOCKS5 proxy is on)
     agent_stopped: bool = False  # the agent said it was stopping (and has not connected since): 502 at once
+    access: AccessConfig | msgspec.UnsetType = msgspec.UNSET  # left out (falsy): public, no rules
 
 
 class _Config(_Body, frozen=True):
@@ -275,6 +309,7 @@ class GatewayConfig(_Config, frozen=True):
     addresses: list[IpAddress] = msgspec.field(default_factory=list)
     peers: list[AgentPeer] = msgspec.field(default_factory=list)
     routes: list[RouteConfig] = msgspec.field(default_factory=list)
+    access_key: str | msgspec.UnsetType = msgspec.UNSET  # base64url: signs and checks the visitors' sessions and share links (kakuremichi.access)
 
     role: ClassVar[str] = "gateway"
 

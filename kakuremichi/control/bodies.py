@@ -186,6 +186,65 @@ class Certificate(Body):
                                                     "if any")]
 
 
+# -- access control (control/access.py) -------------------------------------------------------------------------
+
+AccessMode = Annotated[Literal["public", "password", "sso"], Meta(description="one of public, password, sso")]
+EmailList = Annotated[list[Annotated[str, Meta(max_length=254)]], Meta(max_length=1000, description="a list of strings")]
+
+
+class AccessRule(Body):
+    """Ranked: the first rule whose CIDR holds the visitor decides. deny answers 403, bypass skips the login, allow
+    goes on to it; with any allow rule, a visitor no rule holds is refused."""
+    action: Annotated[Literal["allow", "deny", "bypass"], Meta(description="one of allow, deny, bypass")]
+    cidr: Annotated[str, Meta(max_length=64, description="a CIDR such as 192.0.2.0/24 or 2001:db8::/32")]
+
+
+class AccessCommon(Body):
+    mode: AccessMode = "public"
+    allowed_emails: EmailList = []
+    allowed_domains: EmailList = []
+    allowed_groups: EmailList = []
+    rules: Annotated[list[AccessRule], Meta(max_length=256, description="a list of {action, cidr}")] = []
+    bypass_paths: Annotated[list[Annotated[str, Meta(pattern="^/", max_length=256)]], Meta(
+        max_length=64, description="a list of path prefixes starting with /")] = []
+    session_hours: Annotated[int, Meta(ge=1, le=8760, description="an integer from 1 to 8760")] = 24
+
+
+class Access(AccessCommon):
+    """A tunnel's access policy as written: `password` and `bypassSecret` are write-only (kept as hashes); left
+    out, the stored ones stay; `bypassSecret` null removes it."""
+    password: Annotated[str, Meta(min_length=8, max_length=1024, description="a password of 8 to 1024 "
+                                                                             "characters")] | UnsetType = UNSET
+    bypass_secret: Annotated[str, Meta(min_length=16, max_length=256, description="a secret of 16 to 256 "
+                                       "characters, or null")] | None | UnsetType = UNSET
+
+
+class AccessView(AccessCommon):
+    password_set: bool = False
+    bypass_secret_set: bool = False
+
+
+class ShareLinkCreate(Body):
+    expires_in_hours: Annotated[int, Meta(ge=1, le=8760, description="an integer from 1 to 8760")] = 24
+    note: Description = ""
+
+
+class ShareLink(Body):
+    id: str
+    note: str
+    created_at: Time
+    expires_at: Time
+    revoked: bool
+
+
+class ShareLinkWithUrl(ShareLink):
+    url: Annotated[str, Meta(description="Opens the tunnel without an account until expiresAt; shown only here")]
+
+
+class ShareLinks(Body):
+    items: list[ShareLink]
+
+
 class Tunnel(Body):
     id: str
     domain: str
@@ -204,6 +263,7 @@ class Tunnel(Body):
     certificate: Annotated[Certificate | None, Meta(
         description="The ACME certificate control stores and pushes to the gateways; null until one is obtained, "
                     "and for the other TLS modes. Never the key.")]
+    access: AccessView
 
 
 class TunnelCreate(Body):
@@ -216,6 +276,7 @@ class TunnelCreate(Body):
     force_https: Flag = False
     http_proxy_enabled: Flag = False
     socks_proxy_enabled: Flag = False
+    access: Access | None = None  # None: public
 
 
 def _changes(name: str, create: type[Body]) -> type[Body]:

@@ -13,7 +13,7 @@ import trio
 from pony.orm import Database, db_session
 from quart import current_app
 
-from kakuremichi.control import auth, configs, datadir, models
+from kakuremichi.control import access, auth, configs, datadir, models
 from kakuremichi.control.allocation import parse_pool
 from kakuremichi.control.metrics import Metrics
 from kakuremichi.control.models import get_setting, open_database, put_setting
@@ -77,7 +77,9 @@ class ControlState:
         self.settings = settings
         self.pool: ipaddress.IPv4Network = parse_pool(settings.subnet_pool)
         data_dir = datadir.prepare(settings.data_dir)
-        self.sealer = Sealer(*datadir.secrets_key(data_dir, settings.secrets_key, settings.secrets_key_source))
+        secrets_key, secrets_source = datadir.secrets_key(data_dir, settings.secrets_key, settings.secrets_key_source)
+        self.sealer = Sealer(secrets_key, secrets_source)
+        self.access = access.Deployment(access.derive_key(secrets_key))  # signs visitors' sessions and share links
         self.db: Database = open_database(settings.database)
         models.write(self.db, seal_stored_keys, self.sealer)
         self.metrics = Metrics()
