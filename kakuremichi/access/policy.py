@@ -63,6 +63,15 @@ class AccessPolicy:
     session_lifetime: float = DEFAULT_SESSION_LIFETIME
     login_url: str = ""  # control's SSO login start (sso mode)
 
+    @classmethod
+    def from_config(cls, tunnel_id: str, config, key: bytes) -> AccessPolicy:
+        """The policy of a route's pushed AccessConfig (kakuremichi.protocol), with the deployment's key."""
+        return cls(tunnel_id, key, config.mode, config.password_hash,
+                   tuple(Rule.parse(rule.action, rule.cidr) for rule in config.rules), tuple(config.bypass_paths),
+                   config.bypass_secret_digest, frozenset(config.allowed_emails), frozenset(config.allowed_domains),
+                   frozenset(config.allowed_groups), config.epoch, frozenset(config.revoked_links),
+                   config.revoked_before, float(config.session_lifetime), config.login_url)
+
     def rule_for(self, client_ip: str) -> Action | None:
         """The first matching rule's action; `deny` for a client outside an allowlist; None: no rule says."""
         if not self.rules:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import trio
 
+from kakuremichi.access.policy import AccessPolicy
 from kakuremichi.values import Domain, wildcard_parent
 
 
@@ -37,6 +38,7 @@ class Route:
     tls: TlsMode = TlsMode.ACME
     tunnel_id: str | None = None
     agent_stopped: bool = False  # its agent stopped cleanly (control said so): requests get a 502 at once
+    access: AccessPolicy | None = None  # None: public (kakuremichi.access)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "domain", str(Domain.parse(self.domain)))
