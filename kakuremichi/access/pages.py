@@ -7,7 +7,8 @@ import html
 _STYLE = ("font-family:system-ui,sans-serif;max-width:24rem;margin:4rem auto;padding:0 1rem")
 
 
-def _page(title: str, content: str) -> bytes:
+def page(title: str, content: str) -> bytes:
+    """A small page around `content` (HTML the caller escaped)."""
     return ("<!doctype html>\n<html lang=en><meta charset=utf-8>"
             "<meta name=viewport content='width=device-width,initial-scale=1'>"
             f"<title>{html.escape(title)}</title><body style='{_STYLE}'><h1>{html.escape(title)}</h1>"
@@ -17,7 +18,7 @@ def _page(title: str, content: str) -> bytes:
 def login(host: str, next_path: str, error: str = "") -> bytes:
     """The password form: it posts to the gateway's login path on the tunnel's own domain."""
     warning = f"<p role=alert style='color:#b00'>{html.escape(error)}</p>" if error else ""
-    return _page(f"{host} is protected",
+    return page(f"{host} is protected",
                  f"{warning}<form method=post action='/.kakuremichi/login'>"
                  f"<input type=hidden name=next value='{html.escape(next_path, quote=True)}'>"
                  "<label>Password <input type=password name=password autofocus required "
@@ -25,4 +26,4 @@ def login(host: str, next_path: str, error: str = "") -> bytes:
 
 
 def refused(title: str, details: str) -> bytes:
-    return _page(title, f"<p>{html.escape(details)}</p>")
+    return page(title, f"<p>{html.escape(details)}</p>")

@@ -43,12 +43,29 @@ def new_id() -> str:
 
 
 def sign(key: bytes, kind: Kind, claims: Claims) -> str:
-    payload = _b64(msgspec.json.encode(claims))
-    return payload + "." + _b64(_mac(key, kind, payload.encode()))
+    return seal(key, kind, msgspec.json.encode(claims))
 
 
 def verify(key: bytes, kind: Kind, token: str | bytes, now: float) -> Claims | None:
     """The claims of a genuine, unexpired token of `kind`; None for anything else (never raises)."""
+    data = unseal(key, kind, token)
+    try:
+        claims = _decoder.decode(data) if data is not None else None
+    except (ValueError, msgspec.DecodeError):
+        return None
+    if claims is None or not claims.expires > now:  # also refuses NaN
+        return None
+    return claims
+
+
+def seal(key: bytes, kind: str, data: bytes) -> str:
+    """`data` signed (not encrypted) as `payload.mac` for `kind`."""
+    payload = _b64(data)
+    return payload + "." + _b64(_mac(key, kind, payload.encode()))
+
+
+def unseal(key: bytes, kind: str, token: str | bytes) -> bytes | None:
+    """The data of a genuine token of `kind`, else None."""
     raw = token.encode("latin-1", "replace") if isinstance(token, str) else token
     if not key or len(raw) > MAX_TOKEN:
         return None
@@ -58,12 +75,9 @@ def verify(key: bytes, kind: Kind, token: str | bytes, now: float) -> Claims | N
     try:
         if not hmac.compare_digest(_mac(key, kind, payload), _unb64(mac)):
             return None
-        claims = _decoder.decode(_unb64(payload))
-    except (binascii.Error, ValueError, msgspec.DecodeError):
+        return _unb64(payload)
+    except (binascii.Error, ValueError):
         return None
-    if not claims.expires > now:  # also refuses NaN
-        return None
-    return claims
 
 
 def _mac(key: bytes, kind: str, payload: bytes) -> bytes:

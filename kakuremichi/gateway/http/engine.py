@@ -135,8 +135,12 @@ class Engine:
         receives nothing."""
         policy, target = route.access, request.target
         body = await side.read_body(MAX_FORM) if self.gate.wants_body(policy, request.method, target) else b""
+        if policy is None:
+            authority = host
+        else:  # with its port: an SSO login comes back to the very address the visitor used
+            authority = next((v.decode("latin-1") for n, v in request.headers if n == b"host"), host)
         outcome = self.gate.check(policy, method=request.method, target=target, headers=request.headers,
-                                  client_ip=record.client, host=host, scheme=scheme, body=body)
+                                  client_ip=record.client, host=authority, scheme=scheme, body=body)
         if isinstance(outcome, Forward):
             return h1parse.Request(request.method, target, outcome.headers)
         record.error = outcome.code
