@@ -351,7 +351,28 @@ def _tunnel_body(form) -> dict:
     return {"domain": form.get("domain", "").strip(), "agentId": form.get("agentId", ""),
             "target": form.get("target", "").strip(), "description": form.get("description", ""),
             "tlsMode": form.get("tlsMode", ""), "enabled": "enabled" in form, "forceHttps": "forceHttps" in form,
-            "socksProxyEnabled": "socksProxyEnabled" in form, "httpProxyEnabled": "httpProxyEnabled" in form}
+            "socksProxyEnabled": "socksProxyEnabled" in form, "httpProxyEnabled": "httpProxyEnabled" in form,
+            "access": _access_body(form)}
+
+
+def _access_body(form) -> dict:
+    """The access section of the tunnel form: lists one item a line (or comma-separated), rules as `action cidr`
+    lines; a blank password or bypass secret keeps the stored one."""
+    def lines(name: str, separators: str = ",") -> list[str]:
+        text = form.get(name, "")
+        for separator in separators:
+            text = text.replace(separator, "\n")
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+    rules = [line.split(None, 1) + [""] for line in lines("accessRules", "")]
+    access = {"mode": form.get("accessMode", "public"), "allowedEmails": lines("allowedEmails"),
+              "allowedDomains": lines("allowedDomains"), "allowedGroups": lines("allowedGroups"),
+              "rules": [{"action": rule[0], "cidr": rule[1].strip()} for rule in rules],
+              "bypassPaths": lines("bypassPaths")}
+    for field, name in (("accessPassword", "password"), ("bypassSecret", "bypassSecret")):
+        if form.get(field):
+            access[name] = form[field]
+    return access
 
 
 def _tunnel(item_id: str) -> dict:
