@@ -81,9 +81,11 @@ class Gate:
 
     def check(self, policy: AccessPolicy | None, *, method: bytes, target: bytes, headers: Headers,
               client_ip: str, host: str, scheme: str, body: bytes = b"") -> Forward | Reply:
+        if policy is None:  # public, no rules: what most requests take, so only the identity fields are looked for
+            if any(name.startswith(b"x-kakuremichi-") for name, _ in headers):
+                headers = [(name, value) for name, value in headers if not name.startswith(b"x-kakuremichi-")]
+            return Forward(headers)
         now = self.clock()
-        if policy is None:
-            return Forward(strip_identity(headers))
         action = policy.rule_for(client_ip)
         if action == "deny":
             return _forbidden("access_denied_rule", "Your address may not open this site.")

@@ -142,6 +142,8 @@ class Engine:
         outcome = self.gate.check(policy, method=request.method, target=target, headers=request.headers,
                                   client_ip=record.client, host=authority, scheme=scheme, body=body)
         if isinstance(outcome, Forward):
+            if outcome.headers is request.headers:
+                return request
             return h1parse.Request(request.method, target, outcome.headers)
         record.error = outcome.code
         raise errorpages.access_answer(outcome)
