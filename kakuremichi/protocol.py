@@ -265,6 +265,7 @@ class AccessConfig(_Body, frozen=True):
     epoch: int = 0  # sessions of an older epoch are revoked
     revoked_before: float = 0.0  # Unix time: sessions issued before it are revoked
     revoked_links: list[str] = msgspec.field(default_factory=list)  # share link ids, until they expire
+    revoked_users: dict[str, float] = msgspec.field(default_factory=dict)  # e-mail → sessions before it revoked
     session_lifetime: Annotated[int, msgspec.Meta(ge=60)] = 86400  # seconds
     login_url: str = ""  # control's SSO login (sso mode)
 

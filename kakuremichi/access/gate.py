@@ -99,8 +99,7 @@ class Gate:
         claims = tokens.verify(policy.key, "session", _cookie(headers), now)
         if claims is not None and policy.admits(claims):
             return Forward(strip_identity(headers) + _identity(claims))
-        if claims is not None and claims.tunnel == policy.tunnel_id and policy.mode == "sso" and not claims.link \
-                and claims.epoch == policy.epoch:
+        if claims is not None and policy.mode == "sso" and policy.current(claims) and claims.email:
             return _forbidden("access_denied_user", f"{claims.email or 'This account'} may not open this site.")
         return self._login_needed(policy, method, target, headers, host, scheme)
 

@@ -60,6 +60,7 @@ class AccessPolicy:
     epoch: int = 0  # sessions issued under an older epoch are revoked
     revoked_links: frozenset[str] = field(default_factory=frozenset)
     revoked_before: float = 0.0  # sessions issued before this Unix time are revoked
+    revoked_users: dict[str, float] = field(default_factory=dict, hash=False)  # e-mail → the same, per user
     session_lifetime: float = DEFAULT_SESSION_LIFETIME
     login_url: str = ""  # control's SSO login start (sso mode)
 
@@ -70,7 +71,8 @@ class AccessPolicy:
                    tuple(Rule.parse(rule.action, rule.cidr) for rule in config.rules), tuple(config.bypass_paths),
                    config.bypass_secret_digest, frozenset(config.allowed_emails), frozenset(config.allowed_domains),
                    frozenset(config.allowed_groups), config.epoch, frozenset(config.revoked_links),
-                   config.revoked_before, float(config.session_lifetime), config.login_url)
+                   config.revoked_before, dict(config.revoked_users), float(config.session_lifetime),
+                   config.login_url)
 
     def rule_for(self, client_ip: str) -> Action | None:
         """The first matching rule's action; `deny` for a client outside an allowlist; None: no rule says."""
@@ -106,13 +108,21 @@ class AccessPolicy:
             return False
         return hmac.compare_digest(secret_digest(presented), self.bypass_secret_digest)
 
-    def admits(self, claims: Claims) -> bool:
-        """Whether a genuine session of this tunnel still opens it: not revoked, and (single sign-on) a user
-        the tunnel allows."""
+    def current(self, claims: Claims) -> bool:
+        """Whether a genuine session is this tunnel's and not revoked (all, its user's, or its share link's)."""
         if claims.tunnel != self.tunnel_id or claims.epoch != self.epoch or claims.issued < self.revoked_before:
             return False
+        if claims.email and claims.issued < self.revoked_users.get(claims.email, 0.0):
+            return False
+        return not claims.link or claims.link not in self.revoked_links
+
+    def admits(self, claims: Claims) -> bool:
+        """Whether a genuine session opens the tunnel: current, and of the kind its mode takes (single sign-on:
+        a user the tunnel allows)."""
+        if not self.current(claims):
+            return False
         if claims.link:
-            return claims.link not in self.revoked_links
+            return True
         if self.mode == "password":
             return claims.user == "password"
         if self.mode == "sso":

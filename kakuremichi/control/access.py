@@ -55,7 +55,7 @@ def view(tunnel) -> bodies.AccessView:
     row = tunnel.access
     if row is None:
         return bodies.AccessView()
-    settings = dict(row.settings)
+    settings = {name: row.settings[name] for name in _SETTINGS if name in row.settings}
     settings["rules"] = [bodies.AccessRule(**rule) for rule in settings.get("rules", [])]
     return bodies.AccessView(**settings, password_set=bool(row.password_hash),
                              bypass_secret_set=bool(row.bypass_secret_digest))
@@ -111,6 +111,7 @@ def route_config(tunnel, deployment: Deployment | None, now: datetime.datetime
         allowed_emails=list(settings.get("allowed_emails", [])), allowed_domains=list(settings.get("allowed_domains", [])),
         allowed_groups=list(settings.get("allowed_groups", [])), epoch=row.epoch,
         revoked_before=_epoch_seconds(row.revoked_before) if row.revoked_before else 0.0, revoked_links=revoked,
+        revoked_users=dict(settings.get("revoked_users", {})),
         session_lifetime=int(settings.get("session_hours", 24)) * 3600,
         login_url=deployment.login_url if deployment else "")
 
@@ -124,11 +125,16 @@ def _policy_row(db: Database, tunnel):
     return tunnel.access or db.TunnelAccess(tunnel=tunnel, settings={name: getattr(public, name) for name in _SETTINGS})
 
 
-def revoke_sessions(db: Database, tunnel) -> None:
-    """Every session of the tunnel ends (its gateways refuse the older epoch)."""
+def revoke_sessions(db: Database, tunnel, email: str | None = None) -> None:
+    """Every session of the tunnel ends (its gateways refuse the older epoch), or those of the user `email`."""
     row = _policy_row(db, tunnel)
-    row.epoch += 1
-    row.revoked_before = utcnow()
+    if email is None:
+        row.epoch += 1
+        row.revoked_before = utcnow()
+        return
+    revoked = dict(row.settings.get("revoked_users", {}))
+    revoked[email.strip().lower()] = _epoch_seconds(utcnow())
+    row.settings = {**row.settings, "revoked_users": revoked}
 
 
 def link_json(link) -> bodies.ShareLink:

@@ -123,7 +123,9 @@ def _access_routes() -> list[Route]:
         return Response(status=204)
 
     async def revoke_sessions(item_id: str) -> Response:
-        return json_response(services.revoke_sessions(current(), item_id))
+        given = await _body()  # none at all: everyone's
+        body = bodies.decode(bodies.SessionRevocation, {} if given is None else given)
+        return json_response(services.revoke_sessions(current(), item_id, body))
 
     links = "/api/tunnels/{id}/share-links"
     return [
@@ -134,8 +136,9 @@ def _access_routes() -> list[Route]:
               (401, 403, 404)),
         Route("DELETE", links + "/{linkId}", "Revoke a share link (and the sessions it opened)", "tunnel",
               revoke_link, 204, None, (401, 403, 404)),
-        Route("POST", "/api/tunnels/{id}/revoke-sessions", "End every visitor session of the tunnel", "tunnel",
-              revoke_sessions, 200, bodies.Tunnel, (401, 403, 404)),
+        Route("POST", "/api/tunnels/{id}/revoke-sessions", "End the visitor sessions of the tunnel: every one, or "
+              "one user's ({\"email\": …})", "tunnel", revoke_sessions, 200, bodies.Tunnel, (400, 401, 403, 404),
+              request=bodies.SessionRevocation),
     ]
 
 

@@ -224,6 +224,11 @@ class AccessView(AccessCommon):
     bypass_secret_set: bool = False
 
 
+class SessionRevocation(Body):
+    """Whose sessions end: one SSO user's (by e-mail), or without `email` everyone's."""
+    email: Annotated[str, Meta(min_length=3, max_length=254, description="an e-mail address")] | None = None
+
+
 class ShareLinkCreate(Body):
     expires_in_hours: Annotated[int, Meta(ge=1, le=8760, description="an integer from 1 to 8760")] = 24
     note: Description = ""

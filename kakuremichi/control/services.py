@@ -216,10 +216,10 @@ def revoke_share_link(state: ControlState, tunnel_id: str, link_id: str) -> None
     _write(state, lambda db: access.revoke_link(db, get_row(db, "tunnel", tunnel_id), link_id))
 
 
-def revoke_sessions(state: ControlState, tunnel_id: str) -> dict:
+def revoke_sessions(state: ControlState, tunnel_id: str, body: bodies.SessionRevocation) -> dict:
     def work(db: Database) -> dict:
         tunnel = get_row(db, "tunnel", tunnel_id)
-        access.revoke_sessions(db, tunnel)
+        access.revoke_sessions(db, tunnel, body.email)
         return tunnel_json(tunnel)
 
     return _write(state, work)

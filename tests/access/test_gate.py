@@ -110,6 +110,23 @@ def test_revocation_by_epoch_and_by_time():
     assert check(gate, policy(revoked_before=clock.now + 1), headers=with_cookie(token)).status == 401
 
 
+def test_revoking_one_sso_user_leaves_the_others_in():
+    clock = Clock()
+    gate = Gate(clock=clock)
+    pol = policy(mode="sso", allowed_domains=frozenset({"example.com"}))
+    sessions = {}
+    for index, email in enumerate(("ann@example.com", "bob@example.com")):
+        reply = check(gate, pol, b"/.kakuremichi/sso?code=" + sso_code(clock, email, code_id=f"R{index}"))
+        sessions[email] = cookie_of(reply)
+    revoked = policy(mode="sso", allowed_domains=frozenset({"example.com"}),
+                     revoked_users={"ann@example.com": clock.now + 1})
+    assert check(gate, revoked, headers=with_cookie(sessions["ann@example.com"])).status == 401
+    assert isinstance(check(gate, revoked, headers=with_cookie(sessions["bob@example.com"])), Forward)
+    clock.now += 2  # a new login after the revocation opens it again
+    fresh = cookie_of(check(gate, revoked, b"/.kakuremichi/sso?code=" + sso_code(clock, code_id="R9")))
+    assert isinstance(check(gate, revoked, headers=with_cookie(fresh)), Forward)
+
+
 def share_link(clock, tunnel="tunA", lifetime=3600.0, link_id="L1") -> bytes:
     return tokens.sign(KEY, "share", Claims(tunnel=tunnel, expires=clock.now + lifetime, issued=clock.now,
                                             id=link_id)).encode()

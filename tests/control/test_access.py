@@ -77,3 +77,8 @@ async def test_share_links_created_listed_revoked_and_sessions_revoked(control):
         assert revoked.status_code == 200
         pushed = (await gateway.config()).routes[0].access
         assert pushed.epoch == 1 and pushed.revoked_before > 0
+        one = await control.api.post(f"/api/tunnels/{tunnel['id']}/revoke-sessions", json={"email": "Ann@Example.com"})
+        assert one.status_code == 200
+        pushed = (await gateway.config()).routes[0].access
+        assert pushed.epoch == 1 and set(pushed.revoked_users) == {"ann@example.com"}
+        assert (await control.api.post(f"/api/tunnels/{tunnel['id']}/revoke-sessions", json={"email": 5})).status_code == 400

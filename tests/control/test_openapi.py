@@ -57,4 +57,4 @@ async def test_each_documented_body_is_the_one_its_view_decodes(control):
             wrong = await control.api.request(method, url, params=dict.fromkeys(query, "x"))
             assert wrong.status_code == 400 and set(wrong.json()["details"]) == set(query), (method, path)
             checked.add((method, path))
-    assert len(checked) == 3 * 3 + 1  # each kind's list, create and change; creating a share link
+    assert len(checked) == 3 * 3 + 2  # each kind's list, create and change; creating a share link, revoking sessions
