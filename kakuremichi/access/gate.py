@@ -119,7 +119,7 @@ class Gate:
 
     def _password(self, policy: AccessPolicy, body: bytes, client_ip: str, host: str, scheme: str,
                   now: float) -> Reply:
-        form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=4)
+        form = _fields(body.decode("utf-8", "replace"))
         next_path = _local(form.get("next", ["/"])[0])
         if not self.throttle.allows(client_ip, policy.tunnel_id, now):
             return _throttled()
@@ -145,7 +145,7 @@ class Gate:
         return _session_redirect(policy, claims, "/", scheme, "access_share_ok", now)
 
     def _sso_return(self, policy: AccessPolicy, target: bytes, client_ip: str, scheme: str, now: float) -> Reply:
-        query = parse_qs(urlsplit(target.decode("latin-1")).query, max_num_fields=4)
+        query = _fields(urlsplit(target.decode("latin-1")).query)
         code = tokens.verify(policy.key, "code", query.get("code", [""])[0], now)
         self._redeemed = {key: until for key, until in self._redeemed.items() if until > now}
         if code is None or code.tunnel != policy.tunnel_id or code.id in self._redeemed:
@@ -197,6 +197,14 @@ def _forbidden(code: str, details: str) -> Reply:
 def _throttled() -> Reply:
     return Reply(429, "access_throttled", pages.refused("Too many attempts", "Wait a few minutes and try again."),
                  [(b"retry-after", b"300"), (b"cache-control", b"no-store")])
+
+
+def _fields(text: str) -> dict[str, list[str]]:
+    """A form's or query's fields; past a handful of fields nothing is taken (none of ours has more)."""
+    try:
+        return parse_qs(text, max_num_fields=8)
+    except ValueError:
+        return {}
 
 
 def _local(path: str) -> str:

@@ -66,8 +66,12 @@ def _tunnel_policy(tunnel_id: str) -> tuple[str, AccessPolicy] | None:
 def _on_domain(url: str, domain: str) -> bool:
     """Whether `url` is an http(s) URL on the tunnel's domain (a wildcard's one level below): the code goes
     nowhere else."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        parts.port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError:
+        return False
     if parts.scheme not in ("http", "https") or not host:
         return False
     if domain.startswith("*."):

@@ -122,7 +122,11 @@ class Gateway:
         """Adopt a pushed config: agents as peers, our tunnel addresses, and the route table."""
         routes = []
         sources = {}
-        access_key = base64.urlsafe_b64decode(config.access_key) if config.access_key else b""
+        try:
+            access_key = base64.urlsafe_b64decode(config.access_key) if config.access_key else b""
+        except ValueError:  # then no session or share link opens a protected tunnel: it stays closed
+            log(logger, logging.ERROR, "config has an unusable accessKey: protected tunnels stay closed")
+            access_key = b""
         for r in config.routes:
             try:
                 access = AccessPolicy.from_config(r.tunnel_id, r.access, access_key) if r.access else None

@@ -108,7 +108,8 @@ def test_a_user_outside_allowed_emails_gets_403_and_the_app_nothing(sso, browser
 def test_control_sends_codes_to_the_tunnels_domain_only_and_refuses_a_forged_login(sso):
     d = sso
     login = f"http://127.0.0.1:{d.control_port}/auth/login"
-    for elsewhere in ("http://evil.example/", "http://app.localhost.evil.example/", "javascript:alert(1)"):
+    for elsewhere in ("http://evil.example/", "http://app.localhost.evil.example/", "javascript:alert(1)", "http://[",
+                      "http://app.localhost:port/"):
         response = httpx.get(login, params={"tunnel": d.sso_tunnel["id"], "next": elsewhere})
         assert response.status_code == 400
     started = httpx.get(login, params={"tunnel": d.sso_tunnel["id"], "next": "http://app.localhost:1/"})
