@@ -382,9 +382,38 @@ def _tunnel(item_id: str) -> dict:
 
 
 async def _tunnel_form(item: dict | None, values: dict, errors: dict, message: str | None,
-                       code: int = 200) -> Response:
+                       code: int = 200, new_link: dict | None = None) -> Response:
+    links = services.share_links(current(), item["id"])["items"] if item else []
     return await _page("tunnel_form.html", code, item=item, values=values, errors=errors,
-                       message=message, agents=services.agent_names(current()))
+                       message=message, agents=services.agent_names(current()), links=links, new_link=new_link)
+
+
+@blueprint.post("/tunnels/<item_id>/share-links")
+async def tunnel_share_link(item_id: str) -> Response:
+    """A new share link, shown once on the tunnel's page."""
+    item = _tunnel(item_id)
+    form = await request.form
+    hours = form.get("expiresInHours", "24")
+    try:
+        body = bodies.decode(bodies.ShareLinkCreate, {"expiresInHours": int(hours) if hours.isdigit() else hours,
+                                                      "note": form.get("note", "")})
+        link = services.create_share_link(current(), item_id, body)
+    except ApiError as error:
+        return await _tunnel_form(item, item, error.details, error.message, error.status)
+    return await _tunnel_form(item, item, {}, None, new_link=link)
+
+
+@blueprint.post("/tunnels/<item_id>/share-links/<link_id>/revoke")
+async def tunnel_revoke_link(item_id: str, link_id: str) -> Response:
+    services.revoke_share_link(current(), item_id, link_id)
+    return redirect(url_for("web.tunnel_edit", item_id=item_id))
+
+
+@blueprint.post("/tunnels/<item_id>/revoke-sessions")
+async def tunnel_revoke_sessions(item_id: str) -> Response:
+    email = (await request.form).get("email", "").strip()
+    services.revoke_sessions(current(), item_id, bodies.SessionRevocation(email=email or None))
+    return redirect(url_for("web.tunnel_edit", item_id=item_id))
 
 
 @blueprint.get("/tunnels")
