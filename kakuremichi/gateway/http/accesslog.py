@@ -10,6 +10,7 @@ import logging
 
 import trio
 
+from kakuremichi.access.gate import SHARE
 from kakuremichi.logs import write
 
 logger = logging.getLogger("kakuremichi.gateway.access")
@@ -33,7 +34,10 @@ class AccessRecord:
         self.started = trio.current_time()
 
     def set_target(self, target: bytes) -> None:
-        self.path = target.split(b"?", 1)[0].decode("latin-1")[:512]
+        path = target.split(b"?", 1)[0]
+        if path.startswith(SHARE):
+            path = SHARE + b"..."  # the rest is the share link's secret
+        self.path = path.decode("latin-1")[:512]
 
     def emit(self) -> None:
         if not logger.isEnabledFor(logging.INFO):

@@ -145,7 +145,8 @@ class Engine:
             if outcome.headers is request.headers:
                 return request
             return h1parse.Request(request.method, target, outcome.headers)
-        record.error = outcome.code
+        if outcome.status >= 400:
+            record.error = outcome.code  # why it was refused (never the secret tried)
         raise errorpages.access_answer(outcome)
 
     @staticmethod

@@ -1,7 +1,12 @@
-"""The access gate on HTTP/2 streams (ALPN h2), over real sockets: the login form's body is read on the stream,
-and the session then opens the app."""
+"""The access gate in the gateway's fronts over real sockets: on HTTP/2 streams (ALPN h2) the login form's body
+is read on the stream and the session then opens the app; the access log says why requests were refused,
+never with the secret tried."""
 
 from __future__ import annotations
+
+import logging
+
+import httpx
 
 from kakuremichi.access.gate import MAX_FORM
 from kakuremichi.access.passwords import hash_password
@@ -12,6 +17,7 @@ from kakuremichi.gateway.certs.store import CertStore
 from kakuremichi.gateway.routes import Route, RouteTable, TlsMode
 from tests.gateway.conftest import start_gateway
 from tests.gateway.test_http2 import HOST, h2_client
+from tests.gateway.test_proxy import _access_lines
 
 
 async def test_password_login_over_http2(nursery, tmp_path, app_port):
@@ -31,3 +37,16 @@ async def test_password_login_over_http2(nursery, tmp_path, app_port):
         seen = await client.get("/headers", headers={"cookie": f"kakuremichi_session={ok.cookies['kakuremichi_session']}"})
         assert seen.status_code == 200
         assert ["x-kakuremichi-user", "password"] in seen.json()["headers"]
+
+
+async def test_refusals_are_logged_without_the_secrets(nursery, app_port, caplog):
+    caplog.set_level(logging.INFO, logger="kakuremichi.gateway.access")
+    policy = AccessPolicy("tun", b"k" * 32, mode="password", password_hash=hash_password("open sesame"))
+    gateway = await start_gateway(nursery, RouteTable([Route("app.test", "127.0.0.1", app_port, access=policy)]))
+    async with httpx.AsyncClient(base_url=gateway.url, headers={"host": "app.test"}) as client:
+        assert (await client.post("/.kakuremichi/login", data={"password": "guess-one"})).status_code == 401
+        assert (await client.get("/.kakuremichi/share/not-a-real-link-token")).status_code == 403
+    wrong, share = _access_lines(caplog)
+    assert wrong["error"] == "access_password_wrong" and share["error"] == "access_share_refused"
+    assert share["path"] == "/.kakuremichi/share/..."
+    assert "guess-one" not in caplog.text and "not-a-real-link-token" not in caplog.text
