@@ -1,7 +1,8 @@
 """The route table: which agent serves which domain, swapped atomically when control pushes config.
 
 Every exchange in flight holds its route (`RouteTable.hold`); when a new config withdraws a route,
-disables it or points it elsewhere, only the exchanges holding that route are cancelled. Everything
+disables it, points it elsewhere or changes its access policy (a revoked session must not keep its WebSocket),
+only the exchanges holding that route are cancelled. Everything
 else — other domains, and domains whose upstream did not change — keeps running untouched.
 """
 
@@ -83,7 +84,7 @@ class RouteTable:
 
     def _still_served(self, route: Route) -> bool:
         new = self._routes.get(route.domain)
-        return new is not None and new.enabled and new.upstream == route.upstream
+        return new is not None and new.enabled and new.upstream == route.upstream and new.access == route.access
 
     def hold(self, route: Route, scope: trio.CancelScope) -> _Hold:
         """While in the block, a config change withdrawing `route` cancels `scope` (the exchange's)."""

@@ -4,9 +4,11 @@ never with the secret tried."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import httpx
+import trio
 
 from kakuremichi.access.gate import MAX_FORM
 from kakuremichi.access.passwords import hash_password
@@ -50,3 +52,24 @@ async def test_refusals_are_logged_without_the_secrets(nursery, app_port, caplog
     assert wrong["error"] == "access_password_wrong" and share["error"] == "access_share_refused"
     assert share["path"] == "/.kakuremichi/share/..."
     assert "guess-one" not in caplog.text and "not-a-real-link-token" not in caplog.text
+
+
+async def test_a_policy_change_ends_the_exchanges_in_flight_on_that_tunnel(nursery, app_port):
+    """Revoking sessions must also end what they opened (a long request, a WebSocket), not only new requests."""
+    policy = AccessPolicy("tun", b"k" * 32, mode="password", password_hash=hash_password("open sesame"))
+    route = Route("app.test", "127.0.0.1", app_port, access=policy)
+    gateway = await start_gateway(nursery, RouteTable([route]))
+    async with httpx.AsyncClient(base_url=gateway.url, headers={"host": "app.test"}, timeout=30) as client:
+        login = await client.post("/.kakuremichi/login", data={"password": "open sesame"})
+        cookie = {"cookie": f"kakuremichi_session={login.cookies['kakuremichi_session']}"}
+        answers = []
+
+        async def slow() -> None:
+            answers.append(await client.get("/slow?delay=10", headers=cookie))
+
+        async with trio.open_nursery() as requests:
+            requests.start_soon(slow)
+            await trio.sleep(0.5)
+            gateway.routes.replace([dataclasses.replace(route, access=dataclasses.replace(policy, epoch=1))])
+        assert answers[0].status_code == 404  # cut off, not left to finish
+        assert (await client.get("/headers", headers=cookie)).status_code == 401
