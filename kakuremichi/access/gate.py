@@ -166,6 +166,10 @@ class Gate:
             back = f"{scheme}://{host}{_local(target.decode('latin-1'))}"
             location = f"{policy.login_url}?tunnel={quote(policy.tunnel_id)}&next={quote(back, safe='')}"
             return _redirect(location, "access_login_redirect")
+        if policy.mode == "sso" and browser:
+            return Reply(503, "access_sso_unconfigured", pages.refused(
+                "Login unavailable", "This site uses single sign-on, which control does not offer yet: its operator "
+                "must start control with --oidc-providers-file and --public-url."))
         if policy.mode == "password" and browser:
             return Reply(401, "access_login_required", pages.login(host, _local(target.decode("latin-1"))),
                          [(b"cache-control", b"no-store")])

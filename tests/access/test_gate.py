@@ -202,6 +202,7 @@ def test_sso_code_is_good_once_and_only_for_allowed_users():
     sent = check(gate, pol, b"/page")
     assert sent.status == 303 and dict(sent.headers)[b"location"].startswith(
         b"https://control.example.com/auth/login?tunnel=tunA&next=https%3A%2F%2Fa.example.com%2Fpage")
+    assert check(gate, policy(mode="sso", login_url=""), b"/page").status == 503  # no providers on control
     code = sso_code(clock)
     reply = check(gate, pol, b"/.kakuremichi/sso?code=" + code + b"&next=/page")
     assert reply.status == 303 and dict(reply.headers)[b"location"] == b"/page"
