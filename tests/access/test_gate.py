@@ -118,9 +118,9 @@ def test_revoking_one_sso_user_leaves_the_others_in():
     for index, email in enumerate(("ann@example.com", "bob@example.com")):
         reply = check(gate, pol, b"/.kakuremichi/sso?code=" + sso_code(clock, email, code_id=f"R{index}"))
         sessions[email] = cookie_of(reply)
-    revoked = policy(mode="sso", allowed_domains=frozenset({"example.com"}),
+    revoked = policy(mode="sso", allowed_domains=frozenset({"example.com"}), login_url="https://control/auth/login",
                      revoked_users={"ann@example.com": clock.now + 1})
-    assert check(gate, revoked, headers=with_cookie(sessions["ann@example.com"])).status == 401
+    assert check(gate, revoked, headers=with_cookie(sessions["ann@example.com"])).status == 303  # log in again
     assert isinstance(check(gate, revoked, headers=with_cookie(sessions["bob@example.com"])), Forward)
     clock.now += 2  # a new login after the revocation opens it again
     fresh = cookie_of(check(gate, revoked, b"/.kakuremichi/sso?code=" + sso_code(clock, code_id="R9")))
