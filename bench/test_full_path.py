@@ -6,15 +6,20 @@ memory figures are those of all its processes together. Last, issue 14's yardsti
 measured in the same rounds as this deployment.
 
 The tests of this module run in order on one deployment, so each memory figure is taken after the load
-before it; VmHWM is the process's peak so far.
+before it; VmHWM is the process's peak so far. With BENCH_METRICS=1 the gateway's workers and the agent serve
+--metrics-listen and are scraped every second meanwhile, to measure what the metrics cost.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 import yardsticks
 from measure import (
@@ -27,7 +32,8 @@ from measure import (
     serves_http_app,
     wrk,
 )
-from tests.deployment import Deployment, wait_for
+from kakuremichi.gateway.workers import cpu_count
+from tests.deployment import Deployment, free_port, free_ports, wait_for
 from tests.netns import needs
 
 HERE = Path(__file__).parent
@@ -38,12 +44,19 @@ WRK_SECONDS = 5
 HELD = 1000
 YARDSTICK_ROUNDS = 2
 YARDSTICK_WRK_SECONDS = 3
+METRICS = os.environ.get("BENCH_METRICS") == "1"
+SCRAPE_INTERVAL = 1.0  # seconds; Prometheus' default is 15
 
 
 @pytest.fixture(scope="module")
 def deployment():
+    scraped = [free_ports(cpu_count()), free_port()] if METRICS else []  # the gateway's workers' first, the agent's
     d = Deployment(fresh_directory("full_path"), apps={"app": (str(HERE / "http_app.py"),)},
-                   gateways=("gw",), https=True, workers=None)  # as users run it: --workers' default
+                   gateways=("gw",), https=True, workers=None,  # as users run it: --workers' default
+                   gateway_args=("--metrics-listen", f"127.0.0.1:{scraped[0]}") if METRICS else (),
+                   agent_args=("--metrics-listen", f"127.0.0.1:{scraped[1]}") if METRICS else ())
+    d.metrics_urls = ([f"http://127.0.0.1:{scraped[0] + i}/metrics" for i in range(cpu_count())]
+                      + [f"http://127.0.0.1:{scraped[1]}/metrics"]) if METRICS else []
     try:
         d.tunnel(DOMAIN, "app", tlsMode="self-signed")  # HTTPS with a certificate the gateway makes itself
         wait_for(lambda: serves_http_app(d, "gw", DOMAIN), 30, "the tunnel to serve")
@@ -108,8 +121,10 @@ def test_requests(deployment, record, connections):
     direct = wrk(f"http://127.0.0.1:{deployment.apps['app']}/", DOMAIN, connections, WRK_SECONDS)
     access_log = deployment.gateways["gw"][0].log
     logged = access_log.stat().st_size
-    through, cpu = _busy(deployment, lambda: wrk(deployment.url("gw"), DOMAIN, connections, WRK_SECONDS))
+    with _scraped(deployment) as scrapes:
+        through, cpu = _busy(deployment, lambda: wrk(deployment.url("gw"), DOMAIN, connections, WRK_SECONDS))
     figures = {f"{role}_cpu_percent_c{connections}": percent for role, percent in cpu.items()}
+    figures["metrics_scrapes"] = len(scrapes)
     figures["gateway_workers"] = len(deployment.worker_pids("gw")) or 1
     # each request the gateway could not serve on a pooled connection paid a new tunnel connection
     requests = [line for line in access_log.read_bytes()[logged:].splitlines() if b"gateway.access" in line]
@@ -120,6 +135,27 @@ def test_requests(deployment, record, connections):
     record("http_full_path", **figures)
     _record_memory(record, deployment, "requests")
     assert through["rps"] > 0
+
+
+@contextmanager
+def _scraped(d: Deployment):
+    """With BENCH_METRICS, every metrics endpoint scraped each SCRAPE_INTERVAL in the block; yields the sizes."""
+    scrapes: list[int] = []
+    done = threading.Event()
+
+    def scrape() -> None:
+        while not done.wait(SCRAPE_INTERVAL):
+            scrapes.extend(len(httpx.get(url, timeout=5).content) for url in d.metrics_urls)
+
+    thread = threading.Thread(target=scrape, daemon=True)
+    if d.metrics_urls:
+        thread.start()
+    try:
+        yield scrapes
+    finally:
+        done.set()
+        if d.metrics_urls:
+            thread.join()
 
 
 @needs("wrk", "wrk")

@@ -10,14 +10,16 @@ COMMANDS = {
     "control": ("kakuremichi.control.cli", "run the control server (web UI, REST API and the WebSocket that configures gateways and agents)"),
     "gateway": ("kakuremichi.gateway.cli", "run a public gateway"),
     "agent": ("kakuremichi.agent.cli", "run an agent next to private services"),
+    "status": ("kakuremichi.status", "what a running agent or gateway sees: control link, peers, tunnels"),
     "dev": ("kakuremichi.dev", "control + gateway + agent in one process, exposing a local port"),
+    "healthcheck": ("kakuremichi.healthcheck", "exit 0 when this container's control, gateway or agent serves"),
 }
 
 
 def usage() -> str:
     lines = ["usage: kakuremichi [--version] COMMAND [ARGS...]", "", "commands:"]
-    lines += [f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "options:", f"  {'--version':<9} print the version and exit",
+    lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "options:", f"  {'--version':<12} print the version and exit",
               "", "Run `kakuremichi COMMAND --help` for a command's options."]
     return "\n".join(lines)
 

@@ -12,6 +12,7 @@ import logging
 import random
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
 
@@ -91,6 +92,7 @@ class ControlClient:
         self.heartbeat = heartbeat
         self.connected = False
         self.last_config: protocol.Config | None = None
+        self.last_error: tuple[float, str] | None = None  # when and why the link last failed (wall clock)
         self._config_changed = trio.Condition()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -116,6 +118,7 @@ class ControlClient:
                 reason = str(exc)
                 level = logging.ERROR if isinstance(exc, _Refused) else level
             self._ws = None
+            self.last_error = (time.time(), reason)
             if self.connected:
                 self.connected = False
                 delay = BACKOFF_INITIAL

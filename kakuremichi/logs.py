@@ -17,6 +17,7 @@ import json
 import logging
 import sys
 import time
+from collections import deque
 
 import trio
 
@@ -72,6 +73,9 @@ class _Handler(logging.StreamHandler):
         self._held_chars = 0
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            _problems.append({"time": record.created, "level": record.levelname.lower(), "logger": record.name,
+                              "message": record.getMessage(), **(getattr(record, "fields", None) or {})})
         if not self.batching:
             super().emit(record)
             return
@@ -103,6 +107,12 @@ class _Handler(logging.StreamHandler):
 
 _handler: _Handler | None = None
 _label: dict[str, object] = {}  # fields of every line of this process (which worker it is)
+_problems: deque[dict] = deque(maxlen=20)  # the last warnings and errors, for `kakuremichi status`
+
+
+def recent_problems() -> list[dict]:
+    """The last warnings and errors this process logged (after `setup`), oldest first."""
+    return list(_problems)
 
 
 def label(**fields: object) -> None:

@@ -28,12 +28,17 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 def free_udp_ports(count: int) -> int:
     """The first of `count` consecutive free UDP ports (a gateway's workers take --wireguard-port + index)."""
+    return free_ports(count, socket.SOCK_DGRAM)
+
+
+def free_ports(count: int, kind: int = socket.SOCK_STREAM) -> int:
+    """The first of `count` consecutive free ports of `kind` (TCP: a gateway's workers' --metrics-listen)."""
     while True:
-        first = free_port(socket.SOCK_DGRAM)
+        first = free_port(kind)
         probes = []
         try:
             for port in range(first, first + count):
-                probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                probe = socket.socket(socket.AF_INET, kind)
                 probes.append(probe)
                 probe.bind(("0.0.0.0", port))
             return first

@@ -15,6 +15,7 @@ from kakuremichi.control.cli import parser as control_parser
 from kakuremichi.dev import build_parser as dev_parser
 from kakuremichi.gateway.cli import build_parser as gateway_parser
 from kakuremichi.gateway.workers import cpu_count
+from kakuremichi.status import build_parser as status_parser
 from kakuremichi.tools.cli import build_parser as wg_parser
 from tests.deployment import child_env
 
@@ -25,7 +26,8 @@ def all_parsers() -> list[argparse.ArgumentParser]:
     wg = wg_parser("kakuremichi wg")
     subcommands = next(a for a in wg._actions if isinstance(a, argparse._SubParsersAction)).choices.values()
     return [control_parser("kakuremichi control"), gateway_parser("kakuremichi gateway"),
-            agent_parser("kakuremichi agent"), dev_parser("kakuremichi dev"), wg, *subcommands]
+            agent_parser("kakuremichi agent"), dev_parser("kakuremichi dev"), wg, *subcommands,
+            status_parser("kakuremichi status")]
 
 
 @pytest.mark.parametrize("parser", all_parsers(), ids=lambda p: p.prog)

@@ -13,6 +13,7 @@ import logging
 import trio
 
 from kakuremichi.agent.configcache import ConfigCache
+from kakuremichi.agent.metrics import TunnelCounts
 from kakuremichi.agent.targets import connect
 from kakuremichi.controlclient import ControlClient
 from kakuremichi.egress.dialer import ExitDialer
@@ -42,6 +43,7 @@ class Agent:
         self.targets: dict[str, tuple[str, Target]] = {}  # agent address -> (domain, target)
         self.config_version = 0
         self._active: dict[trio.CancelScope, tuple[str, Target]] = {}  # running splice -> (address, target)
+        self.counts = TunnelCounts()  # per tunnel, for the metrics
 
     @property
     def active_connections(self) -> int:
@@ -109,16 +111,19 @@ class Agent:
             # a reset tells the gateway at once, so the user gets a 502 instead of a hang
             log(logger, logging.WARNING, "local target unreachable", id=conn, domain=domain, target=str(target),
                 error=exc.strerror or str(exc))
+            self.counts.unreachable(domain)
             stream.abort()
             return
         if self.targets.get(local_ip) != entry:  # the tunnel changed while we were connecting
             await trio.aclose_forcefully(upstream)
             stream.abort()
             return
+        self.counts.opened(domain)
         with trio.CancelScope() as scope:
             self._active[scope] = (local_ip, target)
             try:
                 sent, received = await splice(stream, upstream)
+                self.counts.finished(domain, sent, received)
                 log(logger, logging.DEBUG, "tunnel connection done", id=conn, domain=domain, gateway=gateway_ip,
                     bytes_to_target=sent, bytes_from_target=received)
             finally:

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import trio
 
-from kakuremichi import command, logs
+from kakuremichi import command, logs, monitoring
 from kakuremichi.agent.agent import Agent
+from kakuremichi.agent import metrics
 from kakuremichi.agent.configcache import ConfigCache
 from kakuremichi.egress.localproxy import ProxyListen
 from kakuremichi.options import EnvArgumentParser, add_heartbeat_interval
@@ -43,6 +44,7 @@ def build_parser(prog: str) -> EnvArgumentParser:
                              "httpProxyEnabled")
     add_heartbeat_interval(parser)
     logs.add_arguments(parser)
+    monitoring.add_arguments(parser)
     return parser
 
 
@@ -62,7 +64,11 @@ async def run(args) -> None:
     client = agent.control_client(args.control_url, args.api_key, heartbeat=args.heartbeat_interval)
     logs.log(logger, logging.INFO, "agent starting", public_key=keys.encode(node.public_key),
              control=args.control_url)
+    monitor = monitoring.Monitor("agent", node, client, metrics.AgentCollector(agent),
+                                 lambda: {"configVersion": agent.config_version, "tunnels": metrics.tunnels(agent)},
+                                 faults=lambda: [agent.proxies.faults])
     async with trio.open_nursery() as nursery:
+        await nursery.start(monitor.run, args.metrics_listen, args.metrics_token, Path(args.data_dir))
         await nursery.start(agent.run)
         await nursery.start(client.run)
 

@@ -16,7 +16,7 @@ import msgspec
 from quart import Blueprint, request
 from quart_trio.wrappers.response import TrioResponse as Response
 
-from kakuremichi.control import auth, bodies, services
+from kakuremichi.control import auth, bodies, dist, services
 from kakuremichi.control.bodies import ApiError
 from kakuremichi.control.state import current
 
@@ -142,7 +142,13 @@ def _access_routes() -> list[Route]:
     ]
 
 
+async def install() -> Response:
+    return json_response(dist.locations(request.host_url))
+
+
 ROUTES = [route for kind in ("agent", "gateway", "tunnel") for route in _routes(kind)] + _access_routes()
+ROUTES.append(Route("GET", "/api/install", "Where to install kakuremichi from: the wheel and image context of "
+                    "control's own version, served at /dist", "install", install, 200, bodies.Install, (401, 403)))
 for _route in ROUTES:
     blueprint.add_url_rule(_route.rule, f"{_route.tag}_{_route.view.__name__}", _route.view,
                            methods=[_route.method])

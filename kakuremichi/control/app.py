@@ -9,7 +9,8 @@ from quart_trio.wrappers.response import TrioResponse as Response
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from kakuremichi.control import api, auth, openapi, presence, sso, web, websocket
+from kakuremichi.control import api, auth, dist, openapi, presence, sso, web, websocket
+from kakuremichi.control.metrics import client_statuses
 from kakuremichi.control.api import json_response
 from kakuremichi.control.state import ControlState, Settings, current
 from kakuremichi.control.bodies import ApiError
@@ -28,6 +29,8 @@ def create_app(settings: Settings) -> QuartTrio:
     app.register_blueprint(api.blueprint)
     app.register_blueprint(websocket.blueprint)
     app.register_blueprint(sso.blueprint)
+    app.register_blueprint(dist.blueprint)
+    app.extensions["kakuremichi.dist"] = dist.Dist(settings.data_dir)
     web.install(app, settings)
 
     @app.before_serving
@@ -47,6 +50,7 @@ def create_app(settings: Settings) -> QuartTrio:
         gauges = {("kakuremichi_control_clients_connected", (("role", role),)): float(count)
                   for role, count in state.connected_counts().items()}
         gauges["kakuremichi_control_config_version", ()] = float(state.config_version())
+        gauges.update(client_statuses(state.db))
         return Response(state.metrics.render(gauges), content_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/api/openapi.json")

@@ -299,6 +299,15 @@ CREATES = {"agent": AgentCreate, "gateway": GatewayCreate, "tunnel": TunnelCreat
 UPDATES = {"agent": AgentUpdate, "gateway": GatewayUpdate, "tunnel": TunnelUpdate}
 
 
+class Install(Body):
+    """Where this control serves the kakuremichi it runs (kakuremichi/control/dist.py): the wheel for pip and
+    pipx, and a build context (its Containerfile and that wheel) for `podman build` / `docker build`."""
+
+    version: str
+    wheel_url: str
+    image_context_url: str
+
+
 # -- decoding --------------------------------------------------------------------------------------------------
 
 

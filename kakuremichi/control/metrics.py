@@ -1,8 +1,11 @@
-"""Prometheus text exposition for /metrics: connected clients, config pushes, auth failures."""
+"""Prometheus text exposition for /metrics: connected clients, agents and gateways by status, config pushes,
+auth failures."""
 
 from __future__ import annotations
 
 from collections import Counter
+
+from pony.orm import count, db_session, select
 
 _HELP = {
     "kakuremichi_control_clients_connected": ("gauge", "Authenticated WebSocket clients, by role."),
@@ -10,7 +13,19 @@ _HELP = {
     "kakuremichi_control_config_acks_total": ("counter", "Configs acknowledged by clients, by role."),
     "kakuremichi_control_auth_failures_total": ("counter", "Rejected WebSocket authentications, by reason."),
     "kakuremichi_control_config_version": ("gauge", "Current global config version."),
+    "kakuremichi_control_clients": ("gauge", "Agents and gateways (workers apart) by role and status (online, "
+                                             "offline, stopped), as every control sharing the database sees them."),
 }
+
+
+@db_session
+def client_statuses(db) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """kakuremichi_control_clients' samples, counted in the database."""
+    rows = [("agent", status, n) for status, n in select((a.status, count(a)) for a in db.Agent)]
+    rows += [("gateway", status, n) for status, n in select((g.status, count(g)) for g in db.Gateway
+                                                            if g.worker_of is None)]
+    return {("kakuremichi_control_clients", (("role", role), ("status", status))): float(n)
+            for role, status, n in rows}
 
 
 class Metrics:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import trio
 
-from kakuremichi import command, logs
+from kakuremichi import command, logs, monitoring
 from kakuremichi.egress.policy import DestinationPolicy
-from kakuremichi.gateway import workers
+from kakuremichi.gateway import metrics, workers
 from kakuremichi.gateway.certs.acme import LETS_ENCRYPT, AcmeSettings
 from kakuremichi.gateway.gateway import Gateway, Listen
 from kakuremichi.options import EnvArgumentParser, add_heartbeat_interval
@@ -59,6 +59,7 @@ def build_parser(prog: str) -> EnvArgumentParser:
     parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
     add_heartbeat_interval(parser)
     logs.add_arguments(parser)
+    monitoring.add_arguments(parser)
     return parser
 
 
@@ -87,9 +88,13 @@ async def run(args, argv: list[str]) -> int | None:
         count = 1 if single else count
         if count > 1:
             workers.check_udp_ports(None, args.wireguard_port, count)
+            if args.metrics_listen:
+                for index in range(count):
+                    command.check_can_listen(args.metrics_listen[0], workers.worker_port(args.metrics_listen[1], index),
+                                             "metrics" + (f" of worker {index}" if index else ""), "--metrics-listen")
             for index in range(count):  # a key file's error is the gateway's, not a worker's to restart over
                 private_key(args, index)
-            return await workers.supervise(argv, count, args.api_key)
+            return await workers.supervise(argv, count, {"api-key": args.api_key, "metrics-token": args.metrics_token})
         worker = 0
     else:
         logs.label(worker=worker)
@@ -114,9 +119,15 @@ async def serve(args, worker: int) -> None:
     client = gateway.control_client(args.control_url, args.api_key, endpoint, heartbeat=args.heartbeat_interval)
     logs.log(logger, logging.INFO, "gateway starting", public_key=keys.encode(node.public_key),
              endpoint=endpoint, control=args.control_url)
+    monitor = monitoring.Monitor("gateway", node, client, metrics.GatewayCollector(gateway),
+                                 lambda: {"configVersion": gateway.config_version, "tunnels": metrics.tunnels(gateway)},
+                                 worker, faults=lambda: metrics.faults(gateway))
+    listen_metrics = args.metrics_listen and (args.metrics_listen[0],
+                                              workers.worker_port(args.metrics_listen[1], worker))
     async with trio.open_nursery() as nursery:
         if args.worker_index is not None:
             nursery.start_soon(workers.exit_with_supervisor, nursery.cancel_scope)
+        await nursery.start(monitor.run, listen_metrics, args.metrics_token, data)
         await nursery.start(gateway.run)
         await nursery.start(client.run)
 

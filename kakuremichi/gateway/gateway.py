@@ -70,6 +70,7 @@ class Gateway:
         self.config_version = 0
         self.http_ports: list[int] = []
         self.https_ports: list[int] = []
+        self.proxy = None  # while serving: its requests and routes held are in the metrics
 
     def control_client(self, url: str, api_key: str, public_endpoint: str, **options) -> ControlClient:
         """The link to control this gateway follows: its configs, and certificates ordered together with the
@@ -106,6 +107,7 @@ class Gateway:
             if listen.https_port is not None:
                 listen.proxy.https_port = listen.https_port
             async with open_proxy(self.routes, self._dial, listen.proxy, listen.pool, self.challenges) as proxy:
+                self.proxy = proxy
                 http = await nursery.start(serve_http, proxy, listen.http_port, listen.host, listen.shared)
                 self.http_ports = [l.socket.getsockname()[1] for l in http]
                 if listen.https_port is not None:

@@ -90,6 +90,10 @@ class RouteTable:
         """While in the block, a config change withdrawing `route` cancels `scope` (the exchange's)."""
         return _Hold(self, route, scope)
 
+    def in_flight(self) -> dict[Route, int]:
+        """How many exchanges hold each route now (the metrics' active requests per tunnel)."""
+        return {route: len(scopes) for route, scopes in self._holders.items()}
+
     def __iter__(self) -> Iterator[Route]:
         return iter(list(self._routes.values()))
 

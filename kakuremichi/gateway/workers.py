@@ -36,7 +36,8 @@ RESTART_DELAY = 0.5  # seconds before the first restart of a worker that exited;
 RESTART_DELAY_MAX = 30.0
 STABLE_RUN = 60.0  # a worker that ran this long is restarted after RESTART_DELAY again
 ORPHAN_CHECK = 1.0  # seconds between a worker's looks at whether its supervisor is still there
-SECRET_FLAGS = ("--api-key", "--api-key-file")  # handed to workers in their environment instead
+SECRETS = ("api-key", "metrics-token")  # handed to workers in their environment, never on their command lines
+SECRET_FLAGS = tuple(f"--{name}{suffix}" for name in SECRETS for suffix in ("", "-file"))
 
 
 def cpu_count() -> int:
@@ -81,9 +82,11 @@ def worker_command(argv: list[str], index: int) -> list[str]:
     return [sys.executable, "-m", "kakuremichi.gateway", *kept, "--worker-index", str(index)]
 
 
-def worker_environment(api_key: str) -> dict[str, str]:
-    environment = {k: v for k, v in os.environ.items() if k != "KAKUREMICHI_API_KEY_FILE"}
-    return {**environment, "KAKUREMICHI_API_KEY": api_key}
+def worker_environment(secrets: dict[str, str | None]) -> dict[str, str]:
+    """The supervisor's environment with each secret (by flag name) as its resolved value, not its file."""
+    names = {name: "KAKUREMICHI_" + name.upper().replace("-", "_") for name in secrets}
+    environment = {k: v for k, v in os.environ.items() if k not in {f"{var}_FILE" for var in names.values()}}
+    return {**environment, **{names[name]: value for name, value in secrets.items() if value is not None}}
 
 
 def check_udp_ports(host: str | None, port: int, count: int) -> None:
@@ -95,9 +98,10 @@ def check_udp_ports(host: str | None, port: int, count: int) -> None:
                 probe.bind((host or "0.0.0.0", worker_port(port, index)))
 
 
-async def supervise(argv: list[str], count: int, api_key: str) -> int | None:
-    """Run `count` workers of the gateway started with `argv` until cancelled; EXIT_USAGE if one cannot start."""
-    environment = worker_environment(api_key)
+async def supervise(argv: list[str], count: int, secrets: dict[str, str | None]) -> int | None:
+    """Run `count` workers of the gateway started with `argv` until cancelled; EXIT_USAGE if one cannot start.
+    `secrets`: the resolved value of each of SECRETS, by name."""
+    environment = worker_environment(secrets)
     failed: list[int] = []
     log(logger, logging.INFO, "starting gateway workers", workers=count)
     async with trio.open_nursery() as nursery:

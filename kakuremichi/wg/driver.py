@@ -10,6 +10,12 @@ tracks `device.next_deadline()`. An unexpected exception while handling one data
 stack's receive callback is contained (`faults.Contained`): that datagram or batch is dropped, the
 interface goes on.
 
+A peer that keeps its socket full while other peers are heard from (a flood, or a bulk transfer) is muted:
+its socket leaves the set the receive loop awaits, and a second task serves it only in the thread's idle
+moments (when every other task is blocked and no I/O is ready), or after BULK_MAX_WAIT at the latest. So a
+flood takes what the other tenants leave, instead of a turn between each of their steps; it gets its
+socket back once it has read it empty, or once no one else has been heard from for CONTENTION_WINDOW.
+
 On Linux, UDP generic segmentation offload cuts the per-datagram syscall cost: runs of equal-sized
 datagrams to one endpoint leave in a single `sendmsg` (UDP_SEGMENT), and the kernel hands back
 coalesced runs in a single receive (UDP_GRO). Elsewhere (Windows' Python has no `recvmsg`/`sendmsg`),
@@ -30,6 +36,7 @@ from collections import deque
 from typing import Callable
 
 import trio
+from trio.testing import wait_all_tasks_blocked  # the scheduler's idle hook, for the muted peers' turns
 
 from kakuremichi.faults import Contained
 from kakuremichi.wg import peersockets
@@ -43,6 +50,8 @@ BATCH = 128  # datagrams handled per wake-up before yielding to other tasks
 READ_AHEAD = 2 * BATCH  # datagrams read from the socket per wake-up at most, into the fair queue (more
 # would lengthen every turn of the Trio loop that the interface shares with its stack and proxies)
 TURN_BUDGET = 0.0003  # seconds of datagram handling per wake-up; a longer turn delays every other task
+CONTENTION_WINDOW = 1.0  # seconds: a peer heard from this recently is one a flood must not slow down
+BULK_MAX_WAIT = 0.002  # seconds a muted peer's datagrams wait for an idle moment at most (its share when busy)
 OFFLOAD_SWITCH = "KAKUREMICHI_UDP_OFFLOAD"  # "off": plain sendto/recvfrom even where GSO/GRO would work
 SOCKET_BUFFER = 4 << 20
 MAX_BACKLOG = 4096  # datagrams waiting for the socket to become writable before we drop (like a NIC)
@@ -113,6 +122,9 @@ class WireGuardInterface:
         # next turns' worth (a flood left in the kernel costs nothing, and its overflow is dropped there);
         # with one socket for all, it reads deep into that one FIFO to find the other senders' datagrams.
         self._queue = FairQueue(max_waiting=READ_AHEAD) if self.peer_sockets is not None else FairQueue()
+        self._muted_queue = FairQueue(max_waiting=READ_AHEAD)  # the muted peers' datagrams
+        self._muted_pending = trio.Event()
+        self._heard: dict[socket.socket, float] = {}  # when each socket last had datagrams (unmuted ones)
         self.send_errors = 0
         self.contained = Contained(log, "wireguard receive")
 
@@ -234,6 +246,8 @@ class WireGuardInterface:
                 nursery.start_soon(self._receive_loop)
                 nursery.start_soon(self._timer_loop)
                 nursery.start_soon(self._backlog_loop)
+                if self.peer_sockets is not None:
+                    nursery.start_soon(self._muted_loop)
                 task_status.started(self)
         finally:
             if self.peer_sockets is not None:
@@ -244,43 +258,93 @@ class WireGuardInterface:
         queue = self._queue
         sockets = self.peer_sockets
         awaited = sockets if sockets is not None else self.sock
-        buffer = bytearray(65536)
-        reader = self._reader(buffer)
+        reader = self._reader(bytearray(65536), queue)
+        mute = self._mute_floods if sockets is not None else None
+        heard = self._heard
         while True:
-            ready = sockets.ready() if sockets is not None else [self.sock]
-            drained = self._read_ahead(ready, reader)
-            self._handle_turn()
+            if sockets is not None:
+                ready = sockets.ready()
+                now = time.monotonic()
+                for sock in ready:
+                    heard[sock] = now
+            else:
+                ready = [self.sock]
+            more = self._read_ahead(ready, reader, queue, mute=mute)
+            self._handle_turn(queue)
             self.flush()
-            if drained and not queue:
+            if not more and not queue:
                 await trio.lowlevel.wait_readable(awaited)
             else:
                 await trio.lowlevel.checkpoint()
 
-    def _read_ahead(self, ready: list[socket.socket], reader) -> bool:
-        """Read up to READ_AHEAD datagrams into the fair queue, about QUANTUM of each ready socket per round,
-        so a flood in one peer's socket takes no more of the turn's reading than any other peer's. Every
-        ready socket is read in the first round even when the queue is full (a flood's backlog must not keep
-        another peer's socket from being read at all). True when every socket was read empty."""
-        queue = self._queue
+    def _read_ahead(self, ready: list[socket.socket], reader, queue: FairQueue, *, mute=None) -> list:
+        """Read up to READ_AHEAD datagrams into `queue`, about QUANTUM of each ready socket per round, so a
+        flood in one peer's socket takes no more of the turn's reading than any other peer's. Every ready
+        socket is read in the first round even when the queue is full (a flood's backlog must not keep
+        another peer's socket from being read at all); after it, `mute` may take the sockets that still hold
+        more out of the turn. Returns the sockets that may hold more."""
         budget = READ_AHEAD
         first = True
         while ready and budget > 0:
             pending = []
-            for sock in ready:
+            for i, sock in enumerate(ready):
                 if not first and queue.full:
-                    return False
+                    return pending + ready[i:]
                 count, more = reader(sock, QUANTUM)
                 budget -= count
                 if more:
                     pending.append(sock)
+            if first and pending and mute is not None:
+                pending = mute(pending)
             ready, first = pending, False
-        return not ready
+        return ready
 
-    def _reader(self, buffer: bytearray):
-        """A function reading one socket into the fair queue until at least `quota` datagrams were queued (a
+    def _others_heard(self, excluded: set) -> bool:
+        """Whether a socket not in `excluded` had datagrams within CONTENTION_WINDOW (older entries are
+        forgotten here)."""
+        since = time.monotonic() - CONTENTION_WINDOW
+        heard = self._heard
+        for sock in [sock for sock, when in heard.items() if when < since]:
+            del heard[sock]
+        return any(sock not in excluded for sock in heard)
+
+    def _mute_floods(self, full: list[socket.socket]) -> list[socket.socket]:
+        """Mute the sockets still full after their quantum, if another peer is being heard from; returns
+        those left to the receive loop."""
+        sockets = self.peer_sockets
+        if not self._others_heard(sockets.muted.union(full)):
+            return full  # no one else to be fair to
+        for sock in full:
+            sockets.mute(sock)
+        self._muted_pending.set()
+        return []
+
+    async def _muted_loop(self) -> None:
+        """Serve the muted peers' sockets in idle moments; give each back once it is read empty and its
+        datagrams handled, or all of them once the others have gone quiet."""
+        sockets = self.peer_sockets
+        queue = self._muted_queue
+        reader = self._reader(bytearray(65536), queue)
+        while True:
+            await self._muted_pending.wait()
+            self._muted_pending = trio.Event()
+            while sockets.muted or queue:
+                with trio.move_on_after(BULK_MAX_WAIT):
+                    await wait_all_tasks_blocked()
+                muted = list(sockets.muted)
+                more = self._read_ahead(muted, reader, queue)
+                self._handle_turn(queue)
+                self.flush()
+                if not queue:
+                    contended = self._others_heard(sockets.muted)
+                    for sock in muted:
+                        if not contended or sock not in more:
+                            sockets.unmute(sock)
+
+    def _reader(self, buffer: bytearray, queue: FairQueue):
+        """A function reading one socket into `queue` until at least `quota` datagrams were queued (a
         coalesced GRO run counts as its datagrams) or the socket is empty; it returns how many it queued and
         whether the socket may hold more."""
-        queue = self._queue
         dropped = self.device.dropped
         sender = self.device.sender
         view = memoryview(buffer)
@@ -315,12 +379,11 @@ class WireGuardInterface:
 
         return read
 
-    def _handle_turn(self) -> None:
-        """Feed the device up to BATCH datagrams, QUANTUM at a time round-robin by sender, and only until the
-        turn has spent TURN_BUDGET: a flood in a peer's own socket still shares this thread with the tasks
-        serving the other tenants (their proxies, their TCP), and each of their steps waits for the turn
-        to end. One that raises is dropped and counted."""
-        queue = self._queue
+    def _handle_turn(self, queue: FairQueue) -> None:
+        """Feed the device up to BATCH datagrams of `queue`, QUANTUM at a time round-robin by sender, and only
+        until the turn has spent TURN_BUDGET: the datagrams share this thread with the tasks serving the
+        other tenants (their proxies, their TCP), and each of their steps waits for the turn to end. One
+        that raises is dropped and counted."""
         receive = self.device.receive_datagram
         end = time.perf_counter() + TURN_BUDGET
         handled = 0

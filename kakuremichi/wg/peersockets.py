@@ -55,6 +55,7 @@ class PeerSockets:
         self._epoll.register(main.fileno(), select.EPOLLIN)
         self._by_fd: dict[int, socket.socket] = {main.fileno(): main}
         self._by_peer: dict[bytes, socket.socket] = {}
+        self.muted: set[socket.socket] = set()  # out of `ready()` for now: read by whoever muted them
 
     def __len__(self) -> int:
         """Peers with a socket of their own."""
@@ -68,6 +69,17 @@ class PeerSockets:
         """The sockets with datagrams waiting, without blocking."""
         by_fd = self._by_fd
         return [by_fd[fd] for fd, _ in self._epoll.poll(0) if fd in by_fd]
+
+    def mute(self, sock: socket.socket) -> None:
+        """Leave `sock` out of `ready()` (and of the readability the driver awaits) until unmuted."""
+        if sock not in self.muted:
+            self._epoll.unregister(sock.fileno())
+            self.muted.add(sock)
+
+    def unmute(self, sock: socket.socket) -> None:
+        if sock in self.muted:
+            self.muted.discard(sock)
+            self._epoll.register(sock.fileno(), select.EPOLLIN)
 
     def update(self, moved: dict[bytes, tuple | None]) -> None:
         """Give each moved peer a socket connected to its new address (None: close the peer's socket)."""
@@ -101,7 +113,10 @@ class PeerSockets:
         sock = self._by_peer.pop(key, None)
         if sock is not None:
             del self._by_fd[sock.fileno()]
-            self._epoll.unregister(sock.fileno())
+            if sock in self.muted:
+                self.muted.discard(sock)
+            else:
+                self._epoll.unregister(sock.fileno())
             sock.close()  # datagrams still queued in it are lost, as on a roam in the kernel's WireGuard
 
     def close(self) -> None:

@@ -121,6 +121,10 @@ async def test_metrics_and_healthz(control):
     assert (await control.api.get("/healthz")).json()["configVersion"] == 0
     await control.create("agents", name="a")
     assert (await control.api.get("/healthz")).json()["configVersion"] == 1
+    # agents and gateways by status as the database has them: a new agent has not connected yet
+    metrics = (await control.api.get("/metrics")).text
+    assert 'kakuremichi_control_clients{role="agent",status="offline"} 1' in metrics
+    assert 'role="gateway",status=' not in metrics
 
 
 

@@ -25,8 +25,8 @@ def test_every_api_route_is_documented(settings):
     documented = {(path.replace("{id}", "<item_id>").replace("{linkId}", "<link_id>"), method)
                   for path, method, _ in _operations(DOCUMENT)}
     # list, create, get, change, delete of each kind; rotate-key of two; a tunnel's share links (create, list,
-    # revoke) and revoke-sessions
-    assert len(served) == 3 * 5 + 2 + 4
+    # revoke) and revoke-sessions; install
+    assert len(served) == 3 * 5 + 2 + 4 + 1
     assert served == documented
 
 

@@ -10,6 +10,7 @@ from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import hashes  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
+from kakuremichi import __version__  # noqa: E402
 from tests.gateway.testca import TestCA  # noqa: E402
 
 from tests.webui.harness import (DESKTOP, PHONE, Control, browser_missing, create_agent, fill,  # noqa: E402
@@ -79,6 +80,8 @@ def test_agent_key_shown_once_and_agent_goes_online_live(admin, control):
     commands = admin.find_element(By.ID, "install-pip").text
     assert f"(umask 077 && echo {key} > kakuremichi-agent.key)" in commands  # never on a command line
     assert f"kakuremichi agent --control-url {control.url} --api-key-file kakuremichi-agent.key" in commands
+    assert f"pip install {control.url}/dist/kakuremichi-{__version__}-py3-none-any.whl" in commands  # from control
+    assert f"pipx install {control.url}/dist/" in admin.find_element(By.ID, "install-pipx").text
     docker = admin.find_element(By.ID, "install-docker").text
     assert f"echo KAKUREMICHI_API_KEY={key} > kakuremichi-agent.env" in docker and "--env-file" in docker
     assert "--api-key " not in commands + docker and "-e KAKUREMICHI_API_KEY" not in docker
@@ -201,7 +204,9 @@ def test_gateway_form_uses_the_api_validation(admin, control):
     submit(admin, "Add gateway")
     assert admin.find_element(By.ID, "api-key").get_attribute("value").startswith("gtw_")
     docker = admin.find_element(By.ID, "install-docker").text
-    assert "-p 51821:51821/udp" in docker and "kakuremichi gateway" in docker
+    assert "-p 51821:51821/udp" in docker and "-e KAKUREMICHI_WORKERS=1" in docker
+    assert f"{control.url}/dist/kakuremichi-{__version__}-image.tar" in docker
+    assert f"kakuremichi:{__version__} gateway" in docker
 
 
 def test_list_says_when_items_were_added_elsewhere(admin, control):

@@ -8,7 +8,7 @@ import struct
 import pytest
 import trio
 
-from kakuremichi.wg import keys, peersockets
+from kakuremichi.wg import driver, keys, peersockets
 from kakuremichi.wg.device import Device
 from kakuremichi.wg.driver import WireGuardInterface
 from kakuremichi.wg.fairqueue import QUANTUM
@@ -134,3 +134,49 @@ def test_a_wireguard_port_already_taken_is_refused_as_without_peer_sockets():
     with pytest.raises(OSError, match="cannot listen for WireGuard"):
         WireGuardInterface(Device(keys.generate_private()), listen_host="127.0.0.1", listen_port=first.listen_port)
     first.sock.close()
+
+
+async def test_a_flooding_peer_is_muted_and_served_only_when_the_others_leave_the_thread_idle(monkeypatch):
+    """A backlog in the hostile peer's socket while the legitimate peer is heard: the hostile socket is
+    muted, so the work the legitimate packet sets off (here a task taking 50 scheduler rounds, as a proxy
+    answering it would) runs with no flood datagram handled in between; the flood is served once the
+    thread is idle, and the socket is given back when read empty."""
+    monkeypatch.setattr(driver, "BULK_MAX_WAIT", 60.0)  # idle moments only, however slow this machine is
+    gateway, hostile, legit = _node(), _node(), _node()
+    _peer(hostile, gateway, HOSTILE_IP, GATEWAY_IP)
+    _peer(legit, gateway, LEGIT_IP, GATEWAY_IP)
+    handled: list[tuple] = []
+    during: list[int] = []
+    async with trio.open_nursery() as nursery:
+
+        async def answer():  # the legitimate tenant's work: many steps, each a scheduler round
+            start = len(handled)
+            for _ in range(50):
+                await trio.lowlevel.checkpoint()
+            during.append(len(handled) - start)
+
+        def arrived(packets):
+            if any(bytes(p[20:]) == b"legitimate" for p in packets):
+                nursery.start_soon(answer)
+
+        gateway.attach(arrived)
+        for node in (gateway, hostile, legit):
+            await nursery.start(node.run)
+        for node, ip in ((hostile, HOSTILE_IP), (legit, LEGIT_IP)):
+            node.send_packets([ipv4(ip, GATEWAY_IP, b"hello")])
+        await _until(lambda: len(gateway.peer_sockets) == 2, "both peers' sockets")
+        legit.send_packets([ipv4(LEGIT_IP, GATEWAY_IP, b"heard")])  # now through its own socket
+        await trio.sleep(0.05)
+        real = gateway.device.receive_datagram
+        monkeypatch.setattr(gateway.device, "receive_datagram",
+                            lambda data, source: (handled.append(source), real(data, source)))
+        port = ("127.0.0.1", gateway.listen_port)
+        for _ in range(3_000):  # no checkpoint: all of it waits in the hostile peer's socket
+            hostile.sock.sendto(b"\x04\0\0\0" + bytes(60), port)
+        legit.send_packets([ipv4(LEGIT_IP, GATEWAY_IP, b"legitimate")])
+        await _until(lambda: during, "the legitimate tenant's work")
+        hostile_address = ("127.0.0.1", hostile.listen_port)
+        await _until(lambda: not gateway.peer_sockets.muted, "the hostile socket to be given back")
+        nursery.cancel_scope.cancel()
+    assert during == [0]
+    assert handled.count(hostile_address) > 1_000  # the flood was served all the same, once the thread was idle

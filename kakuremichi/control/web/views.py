@@ -20,7 +20,7 @@ from quart import Blueprint, redirect, render_template, request, url_for
 from quart_trio.wrappers.response import TrioResponse as Response
 
 from kakuremichi import protocol
-from kakuremichi.control import auth, bodies, services
+from kakuremichi.control import auth, bodies, dist, services
 from kakuremichi.control.bodies import ApiError
 from kakuremichi.control.models import utcnow
 from kakuremichi.control.state import current
@@ -238,9 +238,12 @@ def _client_json(role: str, item_id: str) -> dict:
 
 
 def install_commands(role: str, control_url: str, api_key: str | None, wireguard_port: int | None = None) -> list[dict]:
-    """Copy-paste commands that start this agent/gateway with its key (or a placeholder once it was shown). The
-    key goes into a 0600 file, never onto a command line, where every user of the machine sees it in `ps`."""
+    """Copy-paste commands that install kakuremichi from this control (the wheel and image of its own version,
+    kakuremichi/control/dist.py) and start this agent/gateway with its key (or a placeholder once it was shown).
+    The key goes into a 0600 file, never onto a command line, where every user of the machine sees it in `ps`."""
     key = api_key or f"{auth.PREFIXES[role]}YOUR_KEY"
+    where = dist.locations(control_url)
+    image = f"kakuremichi:{where['version']}"
     settings = {"control-url": control_url}
     if role == "agent":
         ports = "--network host"
@@ -252,17 +255,24 @@ def install_commands(role: str, control_url: str, api_key: str | None, wireguard
             settings["wireguard-port"] = str(port)
         ports = f"-p 80:8080 -p 443:8443 -p {port}:{port}/udp"
     flags = " ".join(f"--{name} {shlex.quote(value)}" for name, value in settings.items())
+    # one worker in a container: each worker has its own WireGuard port, and only one is published
+    in_container = settings if role == "agent" else {**settings, "workers": "1"}
     variables = [f"-e KAKUREMICHI_{name.upper().replace('-', '_')}={shlex.quote(value)}"
-                 for name, value in {**settings, "data-dir": "/data"}.items()]
+                 for name, value in in_container.items()]
     docker = " \\\n  ".join([f"docker run -d --name kakuremichi-{role} --restart unless-stopped {ports}",
                               f"-v kakuremichi-{role}:/data --env-file kakuremichi-{role}.env", *variables,
-                              f"python:3.12-slim sh -c 'pip install kakuremichi && exec kakuremichi {role}'"])
+                              f"{image} {role}"])
     # echo is a shell builtin: the key never appears in a process list
-    return [{"id": "install-pip", "label": "With pip (Python 3.11 or newer)",
-             "command": f"pip install kakuremichi\n(umask 077 && echo {shlex.quote(key)} > kakuremichi-{role}.key)\n"
-                        f"kakuremichi {role} {flags} --api-key-file kakuremichi-{role}.key"},
-            {"id": "install-docker", "label": "With Docker",
-             "command": f"(umask 077 && echo KAKUREMICHI_API_KEY={shlex.quote(key)} > kakuremichi-{role}.env)\n{docker}"}]
+    key_file = f"(umask 077 && echo {shlex.quote(key)} > kakuremichi-{role}.key)\n"
+    run = f"kakuremichi {role} {flags} --api-key-file kakuremichi-{role}.key"
+    return [{"id": f"install-{installer}", "label": label,
+             "command": f"{installer} install {where['wheelUrl']}\n{key_file}{run}"}
+            for installer, label in (("pip", "With pip (Python 3.11 or newer)"),
+                                     ("pipx", "With pipx (its own venv, Python 3.11 or newer)"))] + [
+            {"id": "install-docker", "label": "With Docker or Podman (the image built from this control's wheel)",
+             "command": f"docker build -t {image} {where['imageContextUrl']}\n"
+                        f"(umask 077 && echo KAKUREMICHI_API_KEY={shlex.quote(key)} > kakuremichi-{role}.env)\n"
+                        f"{docker}"}]
 
 
 async def _client_page(role: str, item_id: str, new_key: str | None = None, code: int = 200) -> Response:

@@ -21,7 +21,7 @@ class AccessRecord:
     0 meaning no response could be sent: client gone, or aborted mid-stream)."""
 
     __slots__ = ("client", "scheme", "protocol", "method", "host", "path", "status", "bytes_in", "bytes_out",
-                 "upstream", "reused", "error", "started")
+                 "upstream", "reused", "error", "started", "tunnel")
 
     def __init__(self, client: str, scheme: str) -> None:
         self.client = client
@@ -32,6 +32,7 @@ class AccessRecord:
         self.upstream = self.error = ""
         self.reused = False
         self.started = trio.current_time()
+        self.tunnel: tuple[str, str] | None = None  # (tunnel id, domain) of the route it took, for the metrics
 
     def set_target(self, target: bytes) -> None:
         path = target.split(b"?", 1)[0]

@@ -28,6 +28,7 @@ from kakuremichi.gateway.http.accesslog import AccessRecord
 from kakuremichi.gateway.http.connection import DEFAULT_MAX_HEADER_BYTES, STREAM_ERRORS
 from kakuremichi.gateway.http.errorpages import GatewayError
 from kakuremichi.gateway.http.forwarding import ForwardingPolicy, client_ip, forwarded_headers
+from kakuremichi.gateway.http.requeststats import RequestStats
 from kakuremichi.gateway.http.timeouts import Guard, Watchdog, tick_for
 from kakuremichi.gateway.http.upstream import DialFailed, DialTimeout, UpstreamConnection, UpstreamPool
 from kakuremichi.gateway.routes import Route, RouteTable
@@ -92,6 +93,7 @@ class Engine:
         self.challenges = challenges
         self.watchdog = Watchdog(tick_for(self.settings.client_timeout, self.settings.upstream_timeout))
         self.faults = Contained(logger, "gateway connection")  # what escaped serving one
+        self.requests = RequestStats()  # per tunnel, for the metrics
         self.gate = Gate()  # the access checks of protected tunnels (kakuremichi.access)
 
     def begin(self, record: AccessRecord, request: h1parse.Request, peer_ip: str) -> None:
@@ -100,6 +102,12 @@ class Engine:
         record.method = request.method.decode("ascii", "replace")
         record.set_target(request.target)
         record.client = client_ip(peer_ip, request.headers, self.settings.forwarding)
+
+    def finish(self, record: AccessRecord) -> None:
+        """`record`'s request is over: count it for its tunnel's metrics and write its access line."""
+        self.requests.count(record.tunnel, record.status, record.bytes_in, record.bytes_out,
+                            trio.current_time() - record.started)
+        record.emit()
 
     def resolve(self, request: h1parse.Request, record: AccessRecord) -> tuple[str, str, bytes]:
         """Host as sent, normalised host and origin-form target; a request the gateway refuses raises."""
@@ -178,6 +186,7 @@ class Engine:
         """Send the request to the route's agent (its waits under `guard`) and relay its answer to `side`; a
         pooled connection found dead before answering a body-less idempotent request is replaced once by a
         fresh one (RFC 9110 §9.2.2: a POST or PATCH may have taken effect, so it is never repeated)."""
+        record.tunnel = (route.tunnel_id or "", route.domain)
         if route.agent_stopped:
             raise errorpages.agent_offline(host)
         replayable = not has_body and request.method not in _NOT_IDEMPOTENT

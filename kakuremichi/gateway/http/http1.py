@@ -72,7 +72,7 @@ class Http1Connection:
                 if error is not None:
                     with watchdog.guard(client):
                         await self._answer(error, request, record)
-                record.emit()
+                self.engine.finish(record)
                 if request is None or client.peer_erred:
                     # malformed: read away what it still sends so the answer arrives
                     await _linger(client.stream)

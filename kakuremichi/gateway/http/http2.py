@@ -345,7 +345,7 @@ class Http2Stream(Waits):
                 record.error = record.error or "client_reset"
         finally:
             self._finish()
-            record.emit()
+            engine.finish(record)
 
     def _request(self, record: AccessRecord) -> h11.Request:
         """The HTTP/1.1 form of the request: :path in origin form, :authority becomes Host (RFC 9113 §8.3.1),
