@@ -29,6 +29,8 @@ TARGETS = [
     ("http_full_path", "ratio_download_vs_ssh_r", ">=", 1.0, "full path 100 MB download >= 1.0 x nginx + ssh -R"),
     ("http_full_path", "ratio_cpu_s_per_1000_req_vs_nginx_wireguard_go", "<=", 3,
      "CPU s per 1,000 requests <= 3 x nginx + wireguard-go"),
+] + [  # issue 16: a password-protected tunnel's requests (session checked on each) against a public one's
+    ("access", "ratio_rps_protected_vs_public", ">=", 0.85, "protected tunnel req/s >= 0.85 x public, same run"),
 ] + [  # issue 13: another tenant's flood at most doubles a tenant's request latency
     ("fairness", f"{kind}_flood_{stat}_ratio", "<=", 2, f"{kind} flood: legit {stat} <= 2 x no flood")
     for kind in ("transport", "handshake", "syn", "connect", "exit") for stat in ("p50", "p99")

@@ -91,12 +91,13 @@ def download_mbps(port: int, host: str, size: int, tls: bool = False, address: s
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-def wrk(url: str, host: str, connections: int, seconds: float) -> dict[str, float]:
+def wrk(url: str, host: str, connections: int, seconds: float, headers: tuple[str, ...] = ()) -> dict[str, float]:
     """Requests/s, requests, p50/p99 latency in ms, and errors of one wrk run (keep-alive, `connections` in
-    parallel)."""
+    parallel; `headers` as "Name: value" besides Host)."""
     threads = min(2, connections)
+    extra = [argument for header in headers for argument in ("-H", header)]
     out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s", "--latency",
-                          "-H", f"Host: {host}", url], capture_output=True, text=True, check=True,
+                          "-H", f"Host: {host}", *extra, url], capture_output=True, text=True, check=True,
                          timeout=seconds + 60).stdout
     latency = {p: float(v) * _UNITS[u] for p, v, u in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))

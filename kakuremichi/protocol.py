@@ -236,6 +236,40 @@ class AgentPeer(_Body, frozen=True):
     allowed_ips: list[IpInterface]
 
 
+class IpNetwork(_Checked, canonical=_accepting(lambda text: ipaddress.ip_network(text, strict=False),
+                                                "{!r} is not a CIDR such as 192.0.2.0/24")):
+    pass
+
+
+# -- access control (kakuremichi.access) -----------------------------------------------------------------------
+
+
+class AccessRule(_Body, frozen=True):
+    """A ranked CIDR rule: the first matching one decides (deny: 403, bypass: no login, allow: on to the login)."""
+
+    action: Literal["allow", "deny", "bypass"]
+    cidr: IpNetwork
+
+
+class AccessConfig(_Body, frozen=True):
+    """A tunnel's access policy as its gateways enforce it; secrets only as hashes."""
+
+    mode: Literal["public", "password", "sso"] = "public"
+    password_hash: str = ""
+    rules: list[AccessRule] = msgspec.field(default_factory=list)
+    bypass_paths: list[str] = msgspec.field(default_factory=list)
+    bypass_secret_digest: str = ""  # hex SHA-256 of the secret header's / Basic password's value
+    allowed_emails: list[str] = msgspec.field(default_factory=list)
+    allowed_domains: list[str] = msgspec.field(default_factory=list)
+    allowed_groups: list[str] = msgspec.field(default_factory=list)
+    epoch: int = 0  # sessions of an older epoch are revoked
+    revoked_before: float = 0.0  # Unix time: sessions issued before it are revoked
+    revoked_links: list[str] = msgspec.field(default_factory=list)  # share link ids, until they expire
+    revoked_users: dict[str, float] = msgspec.field(default_factory=dict)  # e-mail → sessions before it revoked
+    session_lifetime: Annotated[int, msgspec.Meta(ge=60)] = 86400  # seconds
+    login_url: str = ""  # control's SSO login (sso mode)
+
+
 class RouteConfig(_Body, frozen=True):
     """A public domain a gateway serves, and the agent tunnel address behind it."""
 
@@ -249,6 +283,7 @@ class RouteConfig(_Body, frozen=True):
     force_https: bool = False
     exit: bool = False  # the agent may send traffic out through this gateway (its HTTP or SOCKS5 proxy is on)
     agent_stopped: bool = False  # the agent said it was stopping (and has not connected since): 502 at once
+    access: AccessConfig | msgspec.UnsetType = msgspec.UNSET  # left out (falsy): public, no rules
 
 
 # -- tcp and udp tunnels on public ports (issue 15) --
@@ -260,17 +295,6 @@ PROXY_PROTOCOLS = get_args(ProxyProtocol)
 UDP_IDLE_TIMEOUT = 60.0  # seconds a udp flow lives without a datagram either way
 UDP_MAX_FLOWS = 1024  # flows (client address and port) one udp tunnel holds at a time on each gateway
 PORT_ERRORS = "portErrors"  # a gateway's stats: tunnel id → why it cannot listen on that tunnel's port
-
-
-class IpNetwork(_Checked, canonical=lambda text: str(ipaddress.ip_network(text, strict=False))):
-    """A CIDR such as 192.0.2.0/24 (host bits are cleared)."""
-
-
-class AccessRule(_Body, frozen=True):
-    """Allow or deny the clients whose address is in `cidr`; the first rule that matches decides."""
-
-    action: Literal["allow", "deny"]
-    cidr: IpNetwork
 
 
 class PortRoute(_Body, frozen=True):
@@ -317,6 +341,7 @@ class GatewayConfig(_Config, frozen=True):
     routes: list[RouteConfig] = msgspec.field(default_factory=list)
     # tcp and udp tunnels; unset (falsy) when there are none, so the frame stays what version 1 peers send
     ports: list[PortRoute] | msgspec.UnsetType = msgspec.UNSET
+    access_key: str | msgspec.UnsetType = msgspec.UNSET  # base64url: signs and checks the visitors' sessions and share links (kakuremichi.access)
 
     role: ClassVar[str] = "gateway"
 

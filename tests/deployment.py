@@ -101,7 +101,8 @@ class Deployment:
     def __init__(self, tmp: Path, apps: dict[str, tuple[str, ...]], gateways: tuple[str, ...] = ("gw1", "gw2"),
                  agent: bool = True, log_level: str = "info", heartbeat: float = 1.0, https: bool = False,
                  gateway_args: tuple[str, ...] = (), agent_args: tuple[str, ...] = (), workers: int | None = 1,
-                 launcher: str | None = None) -> None:
+                 launcher: str | None = None, control_port: int | None = None,
+                 control_args: tuple[str, ...] = ()) -> None:
         self.tmp = tmp
         self.launcher = launcher
         self.https = https
@@ -110,7 +111,8 @@ class Deployment:
         self.env = child_env(log_level)
         self.gateway_args = gateway_args  # extra command-line flags for every gateway
         self.workers = workers
-        self.control_port = free_port()
+        self.control_port = control_port or free_port()
+        self.control_args = control_args  # extra command-line flags for control
         self.api = httpx.Client(base_url=f"http://127.0.0.1:{self.control_port}",
                                 headers={"authorization": f"Bearer {ADMIN}"}, timeout=30)
         self.processes: list[Process] = []
@@ -173,7 +175,8 @@ class Deployment:
 
     def spawn_control(self) -> Process:
         process = self.spawn("kakuremichi.control", "--listen", f"127.0.0.1:{self.control_port}", "--data-dir",
-                             str(self.tmp / "control"), "--admin-token", ADMIN, "--heartbeat-interval", self.heartbeat)
+                             str(self.tmp / "control"), "--admin-token", ADMIN, "--heartbeat-interval", self.heartbeat,
+                             *self.control_args)
         wait_for(lambda: self._healthy(), 15, "control to start")
         return process
 

@@ -63,7 +63,7 @@ class Route:
     @property
     def rule(self) -> str:
         """The path as the blueprint's URL rule."""
-        return self.path.removeprefix(blueprint.url_prefix).replace("{id}", "<item_id>")
+        return self.path.removeprefix(blueprint.url_prefix).replace("{id}", "<item_id>").replace("{linkId}", "<link_id>")
 
 
 def _routes(kind: str) -> list[Route]:
@@ -108,11 +108,45 @@ def _routes(kind: str) -> list[Route]:
     return routes
 
 
+def _access_routes() -> list[Route]:
+    """Share links of a tunnel, and ending its visitors' sessions (control/access.py)."""
+
+    async def create_link(item_id: str) -> Response:
+        body = bodies.decode(bodies.ShareLinkCreate, await _body())
+        return json_response(services.create_share_link(current(), item_id, body), 201)
+
+    async def list_links(item_id: str) -> Response:
+        return json_response(services.share_links(current(), item_id))
+
+    async def revoke_link(item_id: str, link_id: str) -> Response:
+        services.revoke_share_link(current(), item_id, link_id)
+        return Response(status=204)
+
+    async def revoke_sessions(item_id: str) -> Response:
+        given = await _body()  # none at all: everyone's
+        body = bodies.decode(bodies.SessionRevocation, {} if given is None else given)
+        return json_response(services.revoke_sessions(current(), item_id, body))
+
+    links = "/api/tunnels/{id}/share-links"
+    return [
+        Route("POST", links, "Create a share link that opens the tunnel without an account until it expires; its url "
+              "is shown only in the answer", "tunnel", create_link, 201, bodies.ShareLinkWithUrl, (400, 401, 403, 404),
+              request=bodies.ShareLinkCreate),
+        Route("GET", links, "List the tunnel's share links", "tunnel", list_links, 200, bodies.ShareLinks,
+              (401, 403, 404)),
+        Route("DELETE", links + "/{linkId}", "Revoke a share link (and the sessions it opened)", "tunnel",
+              revoke_link, 204, None, (401, 403, 404)),
+        Route("POST", "/api/tunnels/{id}/revoke-sessions", "End the visitor sessions of the tunnel: every one, or "
+              "one user's ({\"email\": …})", "tunnel", revoke_sessions, 200, bodies.Tunnel, (400, 401, 403, 404),
+              request=bodies.SessionRevocation),
+    ]
+
+
 async def install() -> Response:
     return json_response(dist.locations(request.host_url))
 
 
-ROUTES = [route for kind in ("agent", "gateway", "tunnel") for route in _routes(kind)]
+ROUTES = [route for kind in ("agent", "gateway", "tunnel") for route in _routes(kind)] + _access_routes()
 ROUTES.append(Route("GET", "/api/install", "Where to install kakuremichi from: the wheel and image context of "
                     "control's own version, served at /dist", "install", install, 200, bodies.Install, (401, 403)))
 for _route in ROUTES:

@@ -9,7 +9,7 @@ from quart_trio.wrappers.response import TrioResponse as Response
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from kakuremichi.control import api, auth, dist, openapi, presence, web, websocket
+from kakuremichi.control import api, auth, dist, openapi, presence, sso, web, websocket
 from kakuremichi.control.metrics import client_statuses
 from kakuremichi.control.api import json_response
 from kakuremichi.control.state import ControlState, Settings, current
@@ -28,6 +28,7 @@ def create_app(settings: Settings) -> QuartTrio:
     app.extensions["kakuremichi.control"] = state
     app.register_blueprint(api.blueprint)
     app.register_blueprint(websocket.blueprint)
+    app.register_blueprint(sso.blueprint)
     app.register_blueprint(dist.blueprint)
     app.extensions["kakuremichi.dist"] = dist.Dist(settings.data_dir)
     web.install(app, settings)

@@ -196,19 +196,71 @@ class Certificate(Body):
                                                     "if any")]
 
 
+# -- access control (control/access.py) -------------------------------------------------------------------------
+
+AccessMode = Annotated[Literal["public", "password", "sso"], Meta(description="one of public, password, sso")]
+EmailList = Annotated[list[Annotated[str, Meta(max_length=254)]], Meta(max_length=1000, description="a list of strings")]
+
+
 class AccessRule(Body):
-    """Clients in `cidr` are allowed or denied; the first matching rule decides, and a client none matches is
-    let in only when there is no allow rule."""
-    action: Annotated[Literal["allow", "deny"], Meta(description="allow or deny")]
-    cidr: protocol.IpNetwork
+    """Ranked: the first rule whose CIDR holds the visitor decides. deny answers 403, bypass skips the login, allow
+    goes on to it; with any allow rule, a visitor no rule holds is refused."""
+    action: Annotated[Literal["allow", "deny", "bypass"], Meta(description="one of allow, deny, bypass")]
+    cidr: Annotated[str, Meta(max_length=64, description="a CIDR such as 192.0.2.0/24 or 2001:db8::/32")]
 
 
-class Access(Body):
-    """Who may reach a tcp or udp tunnel's public port."""
-    rules: Annotated[list[AccessRule], Meta(description="a list of {action, cidr} rules")] = []
+class AccessCommon(Body):
+    mode: AccessMode = "public"
+    allowed_emails: EmailList = []
+    allowed_domains: EmailList = []
+    allowed_groups: EmailList = []
+    rules: Annotated[list[AccessRule], Meta(max_length=256, description="a list of {action, cidr}")] = []
+    bypass_paths: Annotated[list[Annotated[str, Meta(pattern="^/", max_length=256)]], Meta(
+        max_length=64, description="a list of path prefixes starting with /")] = []
+    session_hours: Annotated[int, Meta(ge=1, le=8760, description="an integer from 1 to 8760")] = 24
     max_connections_per_source: Annotated[Annotated[int, Meta(ge=1, le=65536)] | None, Meta(
-        description="an integer from 1 to 65536 (TCP connections or UDP flows at once from one client address, "
-                    "on each gateway), or null")] = None
+        description="tcp/udp tunnels: an integer from 1 to 65536 (TCP connections or UDP flows at once from one "
+                    "client address, on each gateway), or null")] = None
+
+
+class Access(AccessCommon):
+    """A tunnel's access policy as written: `password` and `bypassSecret` are write-only (kept as hashes); left
+    out, the stored ones stay; `bypassSecret` null removes it."""
+    password: Annotated[str, Meta(min_length=8, max_length=1024, description="a password of 8 to 1024 "
+                                                                             "characters")] | UnsetType = UNSET
+    bypass_secret: Annotated[str, Meta(min_length=16, max_length=256, description="a secret of 16 to 256 "
+                                       "characters, or null")] | None | UnsetType = UNSET
+
+
+class AccessView(AccessCommon):
+    password_set: bool = False
+    bypass_secret_set: bool = False
+
+
+class SessionRevocation(Body):
+    """Whose sessions end: one SSO user's (by e-mail), or without `email` everyone's."""
+    email: Annotated[str, Meta(min_length=3, max_length=254, description="an e-mail address")] | None = None
+
+
+class ShareLinkCreate(Body):
+    expires_in_hours: Annotated[int, Meta(ge=1, le=8760, description="an integer from 1 to 8760")] = 24
+    note: Description = ""
+
+
+class ShareLink(Body):
+    id: str
+    note: str
+    created_at: Time
+    expires_at: Time
+    revoked: bool
+
+
+class ShareLinkWithUrl(ShareLink):
+    url: Annotated[str, Meta(description="Opens the tunnel without an account until expiresAt; shown only here")]
+
+
+class ShareLinks(Body):
+    items: list[ShareLink]
 
 
 class Tunnel(Body):
@@ -235,9 +287,9 @@ class Tunnel(Body):
     name: str | None
     udp_idle_timeout: float | None
     udp_max_flows: int | None
-    access: Annotated[dict[str, Any] | None, Meta(description="tcp/udp: rules and maxConnectionsPerSource")]
     bind_errors: Annotated[dict[str, str], Meta(
         description="gateway name → why it cannot listen on publicPort (tcp/udp tunnels)")]
+    access: AccessView
 
 
 class TunnelCreate(Body, kw_only=True):
@@ -256,8 +308,7 @@ class TunnelCreate(Body, kw_only=True):
     name: OptionalName = None
     udp_idle_timeout: IdleTimeout = UDP_IDLE_TIMEOUT
     udp_max_flows: MaxFlows = UDP_MAX_FLOWS
-    access: Annotated[Access | None, Meta(description="an object with rules and maxConnectionsPerSource, "
-                                                      "or null")] = None
+    access: Access | None = None  # None: public
 
 
 def _changes(name: str, create: type[Body]) -> type[Body]:

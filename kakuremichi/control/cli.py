@@ -14,6 +14,7 @@ from kakuremichi import command, datadirs, logs
 from kakuremichi.control.allocation import parse_pool
 from kakuremichi.control.datadir import SecretsKeyError
 from kakuremichi.control.models import DatabaseUrlError, SchemaError
+from kakuremichi.control.oidc import ProviderConfigError
 from kakuremichi.control.sealing import UnsealError
 from kakuremichi.control.server import serve
 from kakuremichi.control.state import Settings
@@ -60,6 +61,12 @@ def parser(prog: str | None = None) -> EnvArgumentParser:
     p.add_argument("--public-ports", type=_port_ranges, default=Settings.public_ports, metavar="PORTS",
                    help="ports tcp and udp tunnels get their public port from, like 20000-29999 or "
                         "2222,20000-29999 (a tunnel may ask for one of them)")
+    p.add_argument("--public-url", default="", metavar="URL",
+                   help="control's URL as browsers reach it (https://control.example.com); needed for single "
+                        "sign-on, whose logins return to URL/auth/callback (register that at the provider)")
+    p.add_argument("--oidc-providers-file", default=None, metavar="PATH",
+                   help='JSON list of OpenID Connect providers for tunnels in sso mode: [{"name", "issuer", '
+                        '"clientId", "clientSecretFile" or "clientSecretEnv"}]')
     logs.add_arguments(p)
     return p
 
@@ -83,13 +90,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                         admin_token=args.admin_token, heartbeat_interval=args.heartbeat_interval,
                         subnet_pool=args.subnet_pool, acme_lease=args.acme_lease, secrets_key=args.secrets_key,
                         secrets_key_source=args.secrets_key_source, metrics_token=args.metrics_token,
-                        metrics_public=args.metrics_public, public_ports=args.public_ports)
+                        metrics_public=args.metrics_public, public_ports=args.public_ports,
+                        public_url=args.public_url, oidc_providers_file=args.oidc_providers_file)
     failure: BaseException | None = None
     try:
         host, port = Endpoint.parse(args.listen).address  # before a new admin token is made and shown once
         command.check_can_listen(host, port, "control's HTTP and WebSocket", "--listen")
         trio.run(_run, settings)
-    except* (SchemaError, DatabaseUrlError, DatabaseError, OSError, SecretsKeyError, UnsealError) as group:
+    except* (SchemaError, DatabaseUrlError, DatabaseError, OSError, SecretsKeyError, UnsealError,
+             ProviderConfigError) as group:
         failure = group
         while isinstance(failure, BaseExceptionGroup):  # the nurseries wrap it
             failure = failure.exceptions[0]

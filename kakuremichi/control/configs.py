@@ -12,8 +12,8 @@ import functools
 from pony.orm import Database
 
 from kakuremichi import protocol
-from kakuremichi.control import ports
-from kakuremichi.control.models import get_setting
+from kakuremichi.control import access, ports
+from kakuremichi.control.models import get_setting, utcnow
 from kakuremichi.values import Domain, InvalidValue, Target
 
 
@@ -24,24 +24,28 @@ def current_version(db: Database) -> int:
     return int(get_setting(db, "config_version") or 0)
 
 
-def gateway_config(db: Database, gateway_id: str) -> protocol.GatewayConfig | None:
+def gateway_config(db: Database, gateway_id: str, deployment: access.Deployment | None = None
+                   ) -> protocol.GatewayConfig | None:
     gateway = db.Gateway.get(id=gateway_id)
     if gateway is None:
         return None
     my_ip = {row.tunnel.id: row.ip for row in gateway.tunnel_ips}
     tunnels = sorted(filter(_servable, db.Tunnel.select()), key=lambda t: t.domain)
+    now = utcnow()
     agents = {t.agent for t in tunnels if t.agent.public_key}
     peers = [protocol.AgentPeer(a.public_key, sorted(f"{t.agent_ip}/32" for t in a.tunnels))
              for a in sorted(agents, key=lambda a: a.id)]
     routes = [protocol.RouteConfig(domain=t.domain, agent_ip=t.agent_ip, gateway_ip=my_ip[t.id], tunnel_id=t.id,
                                    enabled=t.enabled, tls_mode=t.tls_mode, force_https=t.force_https,
                                    exit=t.enabled and (t.http_proxy_enabled or t.socks_proxy_enabled),
-                                   agent_stopped=bool((t.agent.metadata or {}).get(STOPPED)))
+                                   agent_stopped=bool((t.agent.metadata or {}).get(STOPPED)),
+                                   access=access.route_config(t, deployment, now))
               for t in tunnels if t.id in my_ip and t.port is None]
     port_routes = [ports.route(t, my_ip[t.id], bool((t.agent.metadata or {}).get(STOPPED)))
                    for t in tunnels if t.id in my_ip and t.port is not None]
     return protocol.GatewayConfig(version=current_version(db), wireguard_port=gateway.wireguard_port,
                                   addresses=sorted(my_ip.values()), peers=peers, routes=routes,
+                                  access_key=access.encoded_key(deployment),
                                   **({"ports": port_routes} if port_routes else {}))
 
 
@@ -92,6 +96,7 @@ def _exit_gateway_ips(tunnel, peered: set[str]) -> list[str]:
     return [row.ip for row in rows]
 
 
-def config_for(db: Database, role: str, client_id: str) -> protocol.Config | None:
+def config_for(db: Database, role: str, client_id: str, deployment: access.Deployment | None = None
+               ) -> protocol.Config | None:
     """The config of a connected client, or None when it has been deleted."""
-    return gateway_config(db, client_id) if role == "gateway" else agent_config(db, client_id)
+    return gateway_config(db, client_id, deployment) if role == "gateway" else agent_config(db, client_id)

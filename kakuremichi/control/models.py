@@ -114,6 +114,8 @@ def define(db: Database) -> None:
         created_at = Required(datetime, default=utcnow)
         gateway_ips = Set("TunnelGatewayIp", cascade_delete=True)
         port = Optional("TunnelPort", cascade_delete=True)  # tcp and udp tunnels only
+        access = Optional("TunnelAccess", cascade_delete=True)  # no column here: new tables only (access.py)
+        share_links = Set("ShareLink", cascade_delete=True)
 
         def before_delete(self) -> None:
             # However it goes (alone, or with its agent), its certificate's key is kept nowhere afterwards.
@@ -130,7 +132,6 @@ def define(db: Database) -> None:
         proxy_protocol = Optional(str, nullable=True)  # "v1", "v2" or None
         udp_idle_timeout = Required(float, default=60.0)
         udp_max_flows = Required(int, default=1024)
-        access = Optional(Json, nullable=True)  # {"rules": [{"action", "cidr"}], "maxConnectionsPerSource": n}
         composite_key(protocol, public_port)
 
     class TunnelGatewayIp(db.Entity):
@@ -195,6 +196,27 @@ def define(db: Database) -> None:
         _table_ = "web_sessions"
         id_hash = PrimaryKey(str)
         expires_at = Required(datetime)
+
+    class TunnelAccess(db.Entity):
+        """A tunnel's access policy (control/access.py): absent means public. A new table, so the schema
+        version stays. The password and the bypass secret are kept only as hashes."""
+        _table_ = "tunnel_access"
+        tunnel = PrimaryKey(Tunnel)
+        settings = Required(Json)  # mode, rules, allowed users, bypass paths, session hours
+        password_hash = Optional(str, nullable=True)
+        bypass_secret_digest = Optional(str, nullable=True)
+        epoch = Required(int, default=0)  # bumped to revoke every session
+        revoked_before = Optional(datetime)  # sessions issued earlier are revoked
+
+    class ShareLink(db.Entity):
+        """A share link of a tunnel: the link itself is a signed token, this row its expiry and revocation."""
+        _table_ = "share_links"
+        id = PrimaryKey(str)
+        tunnel = Required(Tunnel)
+        note = Optional(str, default="")
+        created_at = Required(datetime, default=utcnow)
+        expires_at = Required(datetime)
+        revoked_at = Optional(datetime)
 
     class Setting(db.Entity):
         _table_ = "settings"

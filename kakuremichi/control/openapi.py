@@ -50,7 +50,8 @@ def _document(routes: Iterable[Route]) -> dict:
             operation["requestBody"] = {"required": True, **_json(ref[route.request])}
         item = paths.setdefault(route.path, {})
         if "{id}" in route.path:
-            item["parameters"] = [_ID_PARAMETER]
+            item["parameters"] = [_ID_PARAMETER] + ([{**_ID_PARAMETER, "name": "linkId"}]
+                                                    if "{linkId}" in route.path else [])
         item[route.method.lower()] = operation
     return {
         "openapi": "3.1.0",

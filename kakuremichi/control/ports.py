@@ -1,5 +1,6 @@
-"""tcp and udp tunnels: their public port (requested, or the lowest free one of --public-ports), PROXY protocol,
-udp flow limits and access rules, kept in the tunnel_ports table beside the tunnel (issue 15).
+"""tcp and udp tunnels: their public port (requested, or the lowest free one of --public-ports), PROXY protocol
+and udp flow limits, kept in the tunnel_ports table beside the tunnel (issue 15). Their `access` (address rules,
+maxConnectionsPerSource) is kept as every tunnel's is, by control/access.py.
 
 A tcp/udp tunnel needs no domain. The tunnels table keeps one for every row (its column predates these
 tunnels), so one without a domain stores a name of its own under `.invalid` (RFC 6761: it resolves nowhere,
@@ -10,16 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from pony.orm import Database, select
 
 from kakuremichi import protocol
-from kakuremichi.control import bodies
 from kakuremichi.control.bodies import ApiError
 from kakuremichi.values import PortRanges, Target
 
 NO_DOMAIN = ".port.invalid"  # the stored domain of a tcp/udp tunnel without one ends so
-FIELDS = ("protocol", "public_port", "proxy_protocol", "name", "udp_idle_timeout", "udp_max_flows", "access")
+FIELDS = ("protocol", "public_port", "proxy_protocol", "name", "udp_idle_timeout", "udp_max_flows")
 
 
 def split(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -52,10 +51,16 @@ def check(kind: str, tunnel: dict[str, Any], port: dict[str, Any]) -> None:
     if kind == "http":
         if tunnel.get("domain") is None:
             raise _invalid("domain", "required for an http tunnel")
-        extra = [field for field in ("public_port", "proxy_protocol", "name", "access") if port.get(field) is not None]
+        extra = [field for field in ("public_port", "proxy_protocol", "name") if port.get(field) is not None]
         if extra:
             raise _invalid(extra[0], "only for a tcp or udp tunnel")
+        if getattr(tunnel.get("access"), "max_connections_per_source", None) is not None:
+            raise _invalid("access.maxConnectionsPerSource", "only for a tcp or udp tunnel")
         return
+    access = tunnel.get("access")
+    if access and access.mode != "public":
+        raise _invalid("access.mode", "a tcp or udp tunnel has no login: only public, with rules and "
+                                      "maxConnectionsPerSource")
     if Target.parse(tunnel["target"]).tls and kind == "udp":
         raise _invalid("target", "must be host:port for a udp tunnel (no https://)")
     if kind == "udp" and port.get("proxy_protocol") == "v1":
@@ -81,7 +86,7 @@ def create(db: Database, tunnel, port: dict[str, Any], ranges: PortRanges) -> No
     db.TunnelPort(tunnel=tunnel, protocol=kind, public_port=number, name=port.get("name") or "",
                   proxy_protocol=port.get("proxy_protocol"),
                   udp_idle_timeout=port.get("udp_idle_timeout", protocol.UDP_IDLE_TIMEOUT),
-                  udp_max_flows=port.get("udp_max_flows", protocol.UDP_MAX_FLOWS), access=_access(port.get("access")))
+                  udp_max_flows=port.get("udp_max_flows", protocol.UDP_MAX_FLOWS))
 
 
 def update(db: Database, tunnel, port: dict[str, Any], ranges: PortRanges) -> None:
@@ -94,13 +99,7 @@ def update(db: Database, tunnel, port: dict[str, Any], ranges: PortRanges) -> No
         del changes["public_port"]  # null or the same: it keeps its port
     if "name" in changes:
         changes["name"] = changes["name"] or ""
-    if "access" in changes:
-        changes["access"] = _access(changes["access"])
     row.set(**changes)
-
-
-def _access(access: bodies.Access | None) -> dict | None:
-    return None if access is None else msgspec.to_builtins(access, enc_hook=str)  # its CIDRs are checked strings
 
 
 def _claim(db: Database, kind: str, number: int, ranges: PortRanges, own_id: str | None) -> int:
@@ -128,10 +127,10 @@ def view(tunnel) -> dict[str, Any]:
     row = tunnel.port
     if row is None:
         return {"protocol": "http", "public_port": None, "proxy_protocol": None, "name": None,
-                "udp_idle_timeout": None, "udp_max_flows": None, "access": None, "bind_errors": {}}
+                "udp_idle_timeout": None, "udp_max_flows": None, "bind_errors": {}}
     return {"protocol": row.protocol, "public_port": row.public_port, "proxy_protocol": row.proxy_protocol,
             "name": row.name or None, "udp_idle_timeout": row.udp_idle_timeout if row.protocol == "udp" else None,
-            "udp_max_flows": row.udp_max_flows if row.protocol == "udp" else None, "access": row.access,
+            "udp_max_flows": row.udp_max_flows if row.protocol == "udp" else None,
             "bind_errors": bind_errors(tunnel)}
 
 
@@ -156,10 +155,10 @@ def mapping_fields(tunnel) -> dict[str, Any]:
 def route(tunnel, gateway_ip: str, agent_stopped: bool) -> protocol.PortRoute:
     """What a gateway needs of a tcp/udp tunnel."""
     row = tunnel.port
-    access = row.access or {}
+    access = tunnel.access.settings if tunnel.access is not None else {}
     return protocol.PortRoute(
         tunnel_id=tunnel.id, protocol=row.protocol, public_port=row.public_port, agent_ip=tunnel.agent_ip,
         gateway_ip=gateway_ip, enabled=tunnel.enabled, proxy_protocol=row.proxy_protocol,
         udp_idle_timeout=row.udp_idle_timeout, udp_max_flows=row.udp_max_flows,
         access_rules=[protocol.AccessRule(rule["action"], rule["cidr"]) for rule in access.get("rules", ())],
-        max_connections_per_source=access.get("maxConnectionsPerSource"), agent_stopped=agent_stopped)
+        max_connections_per_source=access.get("max_connections_per_source"), agent_stopped=agent_stopped)

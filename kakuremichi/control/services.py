@@ -17,7 +17,7 @@ from typing import Any
 
 from pony.orm import Database, TransactionIntegrityError, db_session
 
-from kakuremichi.control import allocation, auth, bodies, certificates, models, ports
+from kakuremichi.control import access, allocation, auth, bodies, certificates, models, ports
 from kakuremichi.control.bodies import ApiError
 from kakuremichi.control.models import utcnow
 from kakuremichi.control.state import ControlState
@@ -132,7 +132,7 @@ def tunnel_json(tunnel) -> dict:
         gateway_ips={row.gateway.id: row.ip for row in tunnel.gateway_ips}, tls_mode=tunnel.tls_mode,
         force_https=tunnel.force_https, http_proxy_enabled=tunnel.http_proxy_enabled,
         socks_proxy_enabled=tunnel.socks_proxy_enabled, created_at=_utc(tunnel.created_at),
-        certificate=tunnel_certificate(tunnel), **ports.view(tunnel)))
+        certificate=tunnel_certificate(tunnel), access=access.view(tunnel), **ports.view(tunnel)))
 
 
 def tunnel_certificate(tunnel) -> bodies.Certificate | None:
@@ -152,7 +152,7 @@ def tunnel_certificate(tunnel) -> bodies.Certificate | None:
 
 def _tunnel_columns(db: Database, values: dict, own_id: str | None = None) -> dict:
     """Database columns for the tunnel fields a request sets, checking the agent exists and the domain is free."""
-    columns = {k: val for k, val in values.items() if k != "agent_id"}
+    columns = {k: val for k, val in values.items() if k not in ("agent_id", "access")}
     if "agent_id" in values:
         columns["agent"] = db.Agent.get(id=values["agent_id"])
         if columns["agent"] is None:
@@ -182,6 +182,7 @@ def _create_tunnel(state: ControlState, body: bodies.TunnelCreate) -> dict:
         tunnel = db.Tunnel(subnet=subnet, agent_ip=agent_ip, **columns)
         if port["protocol"] != "http":
             ports.create(db, tunnel, port, state.public_ports)
+        access.store(db, tunnel, body.access)
         allocation.assign_gateway_addresses(db, [tunnel], db.Gateway.select())
         tunnel.flush()
         return tunnel_json(tunnel)
@@ -200,6 +201,34 @@ def _update_tunnel(state: ControlState, item_id: str, body: bodies.TunnelUpdate)
         tunnel.set(**columns)
         if tunnel.port is not None:
             ports.update(db, tunnel, port, state.public_ports)
+        if body.access is not bodies.UNSET:
+            access.store(db, tunnel, body.access)
+        return tunnel_json(tunnel)
+
+    return _write(state, work)
+
+
+# -- share links and sessions of protected tunnels (control/access.py) -----------------------------------------
+
+
+def create_share_link(state: ControlState, tunnel_id: str, body: bodies.ShareLinkCreate) -> dict:
+    return _write(state, lambda db: access.create_link(db, get_row(db, "tunnel", tunnel_id), body, state.access.key),
+                  bump=False)
+
+
+def share_links(state: ControlState, tunnel_id: str) -> dict:
+    with db_session:
+        return access.links(get_row(state.db, "tunnel", tunnel_id))
+
+
+def revoke_share_link(state: ControlState, tunnel_id: str, link_id: str) -> None:
+    _write(state, lambda db: access.revoke_link(db, get_row(db, "tunnel", tunnel_id), link_id))
+
+
+def revoke_sessions(state: ControlState, tunnel_id: str, body: bodies.SessionRevocation) -> dict:
+    def work(db: Database) -> dict:
+        tunnel = get_row(db, "tunnel", tunnel_id)
+        access.revoke_sessions(db, tunnel, body.email)
         return tunnel_json(tunnel)
 
     return _write(state, work)

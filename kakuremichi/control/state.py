@@ -13,7 +13,7 @@ import trio
 from pony.orm import Database, db_session
 from quart import current_app
 
-from kakuremichi.control import auth, configs, datadir, models
+from kakuremichi.control import access, auth, configs, datadir, models, oidc
 from kakuremichi.control.allocation import parse_pool
 from kakuremichi.control.metrics import Metrics
 from kakuremichi.control.models import get_setting, open_database, put_setting
@@ -50,6 +50,8 @@ class Settings:
     metrics_token: str | None = None  # /metrics also accepts it (the admin token always works)
     metrics_public: bool = False  # /metrics without any token
     public_ports: str = "20000-29999"  # what tcp/udp tunnels' public ports are allocated from (values.PortRanges)
+    public_url: str = ""  # control's URL as browsers reach it (SSO logins return to it)
+    oidc_providers_file: str | None = None  # JSON list of OpenID Connect providers for tunnels in sso mode
 
     @property
     def database(self) -> str:
@@ -80,7 +82,15 @@ class ControlState:
         self.pool: ipaddress.IPv4Network = parse_pool(settings.subnet_pool)
         self.public_ports = PortRanges.parse(settings.public_ports)
         data_dir = datadir.prepare(settings.data_dir)
-        self.sealer = Sealer(*datadir.secrets_key(data_dir, settings.secrets_key, settings.secrets_key_source))
+        secrets_key, secrets_source = datadir.secrets_key(data_dir, settings.secrets_key, settings.secrets_key_source)
+        self.sealer = Sealer(secrets_key, secrets_source)
+        self.oidc = oidc.load_providers(settings.oidc_providers_file)
+        if self.oidc and not settings.public_url:
+            raise oidc.ProviderConfigError("--oidc-providers-file needs --public-url (control's URL as browsers "
+                                           "reach it, e.g. https://control.example.com): logins return there")
+        login_url = settings.public_url.rstrip("/") + "/auth/login" if self.oidc else ""
+        # signs visitors' sessions and share links; tells gateways where SSO logins start
+        self.access = access.Deployment(access.derive_key(secrets_key), login_url)
         self.db: Database = open_database(settings.database)
         models.write(self.db, seal_stored_keys, self.sealer)
         self.metrics = Metrics()

@@ -191,7 +191,7 @@ class ClientSession:
             await self.config_dirty.wait()
             self.config_dirty = trio.Event()
             with db_session:
-                config = configs.config_for(self.state.db, self.role, self.client_id)
+                config = configs.config_for(self.state.db, self.role, self.client_id, self.state.access)
                 if config is not None and self.role == "gateway":
                     domains = certificates.served_domains(self.state.db, self.client_id)
                     new_certificates = self._unsent_certificates(domains)

@@ -7,6 +7,7 @@ control connection is down or reconnecting.
 
 from __future__ import annotations
 
+import base64
 import errno
 import logging
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import trio
 
+from kakuremichi.access.policy import AccessPolicy
 from kakuremichi.controlclient import ControlClient
 from kakuremichi.egress.exitserver import ExitServer
 from kakuremichi.egress.policy import DestinationPolicy
@@ -129,10 +131,17 @@ class Gateway:
         """Adopt a pushed config: agents as peers, our tunnel addresses, and the route table."""
         routes = []
         sources = {}
+        try:
+            access_key = base64.urlsafe_b64decode(config.access_key) if config.access_key else b""
+        except ValueError:  # then no session or share link opens a protected tunnel: it stays closed
+            log(logger, logging.ERROR, "config has an unusable accessKey: protected tunnels stay closed")
+            access_key = b""
         for r in config.routes:
             try:
+                access = AccessPolicy.from_config(r.tunnel_id, r.access, access_key) if r.access else None
                 routes.append(Route(r.domain, r.agent_ip, r.port, enabled=r.enabled, force_https=r.force_https,
-                                    tls=r.tls_mode, tunnel_id=r.tunnel_id, agent_stopped=r.agent_stopped))
+                                    tls=r.tls_mode, tunnel_id=r.tunnel_id, agent_stopped=r.agent_stopped,
+                                    access=access))
             except ValueError as exc:
                 log(logger, logging.ERROR, "route skipped", domain=r.domain, error=str(exc))
                 continue

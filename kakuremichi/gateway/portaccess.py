@@ -1,30 +1,25 @@
 """Who may use a tcp or udp tunnel's public port: its CIDR rules and its per-source limit (issue 15).
 
-Rules are read in order and the first whose CIDR holds the client decides; a client no rule matches is
-let in only when the tunnel has no allow rule (a list of denials blocks those, a list of allowances admits
-only those). The limit counts the connections (tcp) or flows (udp) one client address holds at once.
-Importing this module loads no Trio.
+The rules are those of HTTP tunnels (kakuremichi.access.policy: in order, the first whose CIDR holds the
+client decides; with any allow rule, a client no rule holds is refused). The limit counts the connections
+(tcp) or flows (udp) one client address holds at once. Importing this module loads no Trio.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from kakuremichi.access.policy import Rule, decide
 from kakuremichi.protocol import PortRoute
 
 
 def allowed(route: PortRoute, client_ip: str) -> bool:
-    address = ipaddress.ip_address(client_ip)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    for rule in route.access_rules:
-        network = ipaddress.ip_network(rule.cidr)
-        if address.version == network.version and address in network:
-            return rule.action == "allow"
-    return not any(rule.action == "allow" for rule in route.access_rules)
+    """Whether the tunnel's rules let the client in (a `bypass` rule lets in as `allow` does: a raw port has
+    no login to skip)."""
+    rules = tuple(Rule.parse(rule.action, rule.cidr) for rule in route.access_rules)
+    return decide(rules, client_ip) != "deny"
 
 
 class SourceCounts:

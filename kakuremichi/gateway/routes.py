@@ -1,7 +1,8 @@
 """The route table: which agent serves which domain, swapped atomically when control pushes config.
 
 Every exchange in flight holds its route (`RouteTable.hold`); when a new config withdraws a route,
-disables it or points it elsewhere, only the exchanges holding that route are cancelled. Everything
+disables it, points it elsewhere or changes its access policy (a revoked session must not keep its WebSocket),
+only the exchanges holding that route are cancelled. Everything
 else — other domains, and domains whose upstream did not change — keeps running untouched.
 """
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import trio
 
+from kakuremichi.access.policy import AccessPolicy
 from kakuremichi.values import Domain, wildcard_parent
 
 
@@ -37,6 +39,7 @@ class Route:
     tls: TlsMode = TlsMode.ACME
     tunnel_id: str | None = None
     agent_stopped: bool = False  # its agent stopped cleanly (control said so): requests get a 502 at once
+    access: AccessPolicy | None = None  # None: public (kakuremichi.access)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "domain", str(Domain.parse(self.domain)))
@@ -81,7 +84,7 @@ class RouteTable:
 
     def _still_served(self, route: Route) -> bool:
         new = self._routes.get(route.domain)
-        return new is not None and new.enabled and new.upstream == route.upstream
+        return new is not None and new.enabled and new.upstream == route.upstream and new.access == route.access
 
     def hold(self, route: Route, scope: trio.CancelScope) -> _Hold:
         """While in the block, a config change withdrawing `route` cancels `scope` (the exchange's)."""

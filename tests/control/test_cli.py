@@ -52,3 +52,21 @@ def test_a_listen_address_out_of_range_is_refused_before_starting(capsys):
         main(["--listen", "127.0.0.1:99999"])
     assert exited.value.code == 2
     assert "the port '99999' is not a number from 1 to 65535 (like 127.0.0.1:8000)" in capsys.readouterr().err
+
+
+def test_unusable_oidc_providers_are_refused_with_what_to_fix(tmp_path):
+    providers = tmp_path / "oidc.json"
+    cases = [
+        ("[]", [], "must be a JSON list of providers"),
+        ('[{"name": "corp", "issuer": "https://id.example.com", "clientId": "k"}]', ["--public-url", "https://c"],
+         "provider 0: give the client secret as clientSecretFile or clientSecretEnv"),
+        ('[{"name": "corp", "issuer": "https://id.example.com", "clientId": "k", "clientSecretEnv": "NO_SUCH_VAR_X"}]',
+         ["--public-url", "https://c"], "the environment variable NO_SUCH_VAR_X is empty or unset"),
+        ('[{"name": "corp", "issuer": "https://id.example.com", "clientId": "k", "clientSecretFile": "/etc/hostname"}]',
+         [], "--oidc-providers-file needs --public-url"),
+    ]
+    for text, extra, message in cases:
+        providers.write_text(text)
+        result = run_control("--data-dir", str(tmp_path / "data"), "--oidc-providers-file", str(providers), *extra)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert message in result.stderr, result.stderr

@@ -22,8 +22,11 @@ def test_every_api_route_is_documented(settings):
     served = {(rule.rule, method) for rule in app.url_map.iter_rules()
               if rule.rule.startswith("/api/") and rule.rule != "/api/openapi.json"
               for method in rule.methods - _IGNORED_METHODS}
-    documented = {(path.replace("{id}", "<item_id>"), method) for path, method, _ in _operations(DOCUMENT)}
-    assert len(served) == 3 * 5 + 2 + 1  # list, create, get, change, delete of each kind; rotate-key of two; install
+    documented = {(path.replace("{id}", "<item_id>").replace("{linkId}", "<link_id>"), method)
+                  for path, method, _ in _operations(DOCUMENT)}
+    # list, create, get, change, delete of each kind; rotate-key of two; a tunnel's share links (create, list,
+    # revoke) and revoke-sessions; install
+    assert len(served) == 3 * 5 + 2 + 4 + 1
     assert served == documented
 
 
@@ -33,7 +36,7 @@ async def test_each_documented_body_is_the_one_its_view_decodes(control):
     schemas = document["components"]["schemas"]
     checked = set()
     for path, method, operation in _operations(document):
-        url = path.replace("{id}", "nope")  # a body is checked before the id is looked up
+        url = path.replace("{id}", "nope").replace("{linkId}", "nope")  # a body is checked before the id is looked up
         if "requestBody" in operation:
             reference = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
             schema = schemas[reference.rpartition("/")[2]]
@@ -54,4 +57,4 @@ async def test_each_documented_body_is_the_one_its_view_decodes(control):
             wrong = await control.api.request(method, url, params=dict.fromkeys(query, "x"))
             assert wrong.status_code == 400 and set(wrong.json()["details"]) == set(query), (method, path)
             checked.add((method, path))
-    assert len(checked) == 3 * 3  # each kind's list, create and change
+    assert len(checked) == 3 * 3 + 2  # each kind's list, create and change; creating a share link, revoking sessions

@@ -291,3 +291,45 @@ async def test_an_unknown_url_gets_a_page_for_a_browser_and_json_for_the_api(con
         assert api.status_code == 404 and api.json()["code"] == "not_found"
         plain = await client.get("/no/such/page")  # a script that takes anything gets the API's JSON
         assert plain.status_code == 404 and plain.json()["code"] == "not_found"
+
+
+async def test_the_tunnel_form_sets_the_access_policy(control):
+    agent = await control.create("agents", name="home")
+    tunnel = await control.create("tunnels", domain="lock.example.com", agentId=agent["id"], target="127.0.0.1:8080")
+    async with _logged_in(control.url) as browser:
+        page = await browser.get(f"/tunnels/{tunnel['id']}/edit")
+        form = {"csrf_token": _csrf(page), "domain": "lock.example.com", "agentId": agent["id"],
+                "target": "127.0.0.1:8080", "tlsMode": "acme", "enabled": "on", "accessMode": "password",
+                "accessRules": "bypass 192.168.1.0/24\ndeny 10.0.0.0/8", "bypassPaths": "/caldav/"}
+        missing = await browser.post(f"/tunnels/{tunnel['id']}/edit", data=form)
+        assert missing.status_code == 400 and "access.password" in missing.text
+        saved = await browser.post(f"/tunnels/{tunnel['id']}/edit", data={**form, "accessPassword": "long enough"})
+        assert saved.status_code == 302
+        access = (await control.api.get(f"/api/tunnels/{tunnel['id']}")).json()["access"]
+        assert access["mode"] == "password" and access["passwordSet"] and access["bypassPaths"] == ["/caldav/"]
+        assert access["rules"] == [{"action": "bypass", "cidr": "192.168.1.0/24"}, {"action": "deny", "cidr": "10.0.0.0/8"}]
+        page = await browser.get(f"/tunnels/{tunnel['id']}/edit")
+        assert "bypass 192.168.1.0/24" in page.text and "set: leave blank to keep it" in page.text
+        await browser.post(f"/tunnels/{tunnel['id']}/edit", data={**form, "csrf_token": _csrf(page)})  # kept
+        assert (await control.api.get(f"/api/tunnels/{tunnel['id']}")).json()["access"]["passwordSet"]
+
+
+async def test_the_tunnel_page_makes_and_revokes_share_links_and_ends_sessions(control):
+    agent = await control.create("agents", name="home")
+    tunnel = await control.create("tunnels", domain="share.example.com", agentId=agent["id"], target="127.0.0.1:8080",
+                                  access={"mode": "password", "password": "long enough"})
+    async with _logged_in(control.url) as browser:
+        page = await browser.get(f"/tunnels/{tunnel['id']}/edit")
+        made = await browser.post(f"/tunnels/{tunnel['id']}/share-links",
+                                  data={"csrf_token": _csrf(page), "note": "for Bob", "expiresInHours": "2"})
+        assert made.status_code == 200 and "https://share.example.com/.kakuremichi/share/" in made.text
+        link = (await control.api.get(f"/api/tunnels/{tunnel['id']}/share-links")).json()["items"][0]
+        assert link["note"] == "for Bob" and not link["revoked"]
+        revoked = await browser.post(f"/tunnels/{tunnel['id']}/share-links/{link['id']}/revoke",
+                                     data={"csrf_token": _csrf(made)})
+        assert revoked.status_code == 302
+        assert (await control.api.get(f"/api/tunnels/{tunnel['id']}/share-links")).json()["items"][0]["revoked"]
+        page = await browser.get(f"/tunnels/{tunnel['id']}/edit")
+        assert "revoked" in page.text and "/.kakuremichi/share/" not in page.text  # the link is shown only once
+        ended = await browser.post(f"/tunnels/{tunnel['id']}/revoke-sessions", data={"csrf_token": _csrf(page)})
+        assert ended.status_code == 302

@@ -363,7 +363,7 @@ def _tunnel_body(form) -> dict:
             "target": form.get("target", "").strip(), "description": form.get("description", ""),
             "tlsMode": form.get("tlsMode", ""), "enabled": "enabled" in form, "forceHttps": "forceHttps" in form,
             "socksProxyEnabled": "socksProxyEnabled" in form, "httpProxyEnabled": "httpProxyEnabled" in form,
-            **_port_fields(form)}
+            **_port_fields(form), "access": _access_body(form)}
 
 
 _DIGITS = re.compile(r"[0-9]{1,5}\Z")  # ASCII only: int() takes '١'
@@ -385,6 +385,26 @@ def _number(text: str) -> float | int | str:
         return text
 
 
+def _access_body(form) -> dict:
+    """The access section of the tunnel form: lists one item a line (or comma-separated), rules as `action cidr`
+    lines; a blank password or bypass secret keeps the stored one."""
+    def lines(name: str, separators: str = ",") -> list[str]:
+        text = form.get(name, "")
+        for separator in separators:
+            text = text.replace(separator, "\n")
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+    rules = [line.split(None, 1) + [""] for line in lines("accessRules", "")]
+    access = {"mode": form.get("accessMode", "public"), "allowedEmails": lines("allowedEmails"),
+              "allowedDomains": lines("allowedDomains"), "allowedGroups": lines("allowedGroups"),
+              "rules": [{"action": rule[0], "cidr": rule[1].strip()} for rule in rules],
+              "bypassPaths": lines("bypassPaths")}
+    for field, name in (("accessPassword", "password"), ("bypassSecret", "bypassSecret")):
+        if form.get(field):
+            access[name] = form[field]
+    return access
+
+
 def _tunnel(item_id: str) -> dict:
     with db_session:
         tunnel = services.get_row(current().db, "tunnel", item_id)
@@ -392,9 +412,38 @@ def _tunnel(item_id: str) -> dict:
 
 
 async def _tunnel_form(item: dict | None, values: dict, errors: dict, message: str | None,
-                       code: int = 200) -> Response:
+                       code: int = 200, new_link: dict | None = None) -> Response:
+    links = services.share_links(current(), item["id"])["items"] if item else []
     return await _page("tunnel_form.html", code, item=item, values=values, errors=errors,
-                       message=message, agents=services.agent_names(current()))
+                       message=message, agents=services.agent_names(current()), links=links, new_link=new_link)
+
+
+@blueprint.post("/tunnels/<item_id>/share-links")
+async def tunnel_share_link(item_id: str) -> Response:
+    """A new share link, shown once on the tunnel's page."""
+    item = _tunnel(item_id)
+    form = await request.form
+    hours = form.get("expiresInHours", "24")
+    try:
+        body = bodies.decode(bodies.ShareLinkCreate, {"expiresInHours": int(hours) if hours.isdigit() else hours,
+                                                      "note": form.get("note", "")})
+        link = services.create_share_link(current(), item_id, body)
+    except ApiError as error:
+        return await _tunnel_form(item, item, error.details, error.message, error.status)
+    return await _tunnel_form(item, item, {}, None, new_link=link)
+
+
+@blueprint.post("/tunnels/<item_id>/share-links/<link_id>/revoke")
+async def tunnel_revoke_link(item_id: str, link_id: str) -> Response:
+    services.revoke_share_link(current(), item_id, link_id)
+    return redirect(url_for("web.tunnel_edit", item_id=item_id))
+
+
+@blueprint.post("/tunnels/<item_id>/revoke-sessions")
+async def tunnel_revoke_sessions(item_id: str) -> Response:
+    email = (await request.form).get("email", "").strip()
+    services.revoke_sessions(current(), item_id, bodies.SessionRevocation(email=email or None))
+    return redirect(url_for("web.tunnel_edit", item_id=item_id))
 
 
 @blueprint.get("/tunnels")

@@ -10,6 +10,7 @@ import logging
 
 import trio
 
+from kakuremichi.access.gate import SHARE
 from kakuremichi.logs import write
 
 logger = logging.getLogger("kakuremichi.gateway.access")
@@ -34,7 +35,10 @@ class AccessRecord:
         self.tunnel: tuple[str, str] | None = None  # (tunnel id, domain) of the route it took, for the metrics
 
     def set_target(self, target: bytes) -> None:
-        self.path = target.split(b"?", 1)[0].decode("latin-1")[:512]
+        path = target.split(b"?", 1)[0]
+        if path.startswith(SHARE):
+            path = SHARE + b"..."  # the rest is the share link's secret
+        self.path = path.decode("latin-1")[:512]
 
     def emit(self) -> None:
         if not logger.isEnabledFor(logging.INFO):

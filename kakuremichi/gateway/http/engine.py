@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import trio
 
 from kakuremichi import h1parse
+from kakuremichi.access.gate import MAX_FORM, Forward, Gate
 from kakuremichi.faults import Contained
 from kakuremichi.gateway.certs.challenges import ChallengeStore
 from kakuremichi.gateway.http import errorpages
@@ -76,6 +77,9 @@ class ClientSide(Protocol):
         """The client's request body to the agent; a client failure cancels `scope`, and a malformed body
         is also returned as the error to answer (if the response has not begun)."""
 
+    async def read_body(self, limit: int) -> bytes:
+        """The whole (small) request body, for the gateway itself (a login form); GatewayError beyond `limit`."""
+
 
 class Engine:
     """What every client connection shares, and the exchange with the agent that both fronts run:
@@ -90,6 +94,7 @@ class Engine:
         self.watchdog = Watchdog(tick_for(self.settings.client_timeout, self.settings.upstream_timeout))
         self.faults = Contained(logger, "gateway connection")  # what escaped serving one
         self.requests = RequestStats()  # per tunnel, for the metrics
+        self.gate = Gate()  # the access checks of protected tunnels (kakuremichi.access)
 
     def begin(self, record: AccessRecord, request: h1parse.Request, peer_ip: str) -> None:
         """Start `record` for `request`: its clock starts now, not with the keep-alive wait before it."""
@@ -130,6 +135,27 @@ class Engine:
         forward_host = raw_host if raw_host.isascii() else host
         return h1parse.Request(request.method, target,
                            self._upstream_headers(request, forward_host, scheme, peer_ip))
+
+    async def admit(self, side: ClientSide, request: h1parse.Request, route: Route, host: str, scheme: str,
+                    record: AccessRecord) -> h1parse.Request:
+        """`request` as the route's access policy lets it through to the agent (identity headers set from the
+        session, never from the client), or the gate's own answer raised as a GatewayError: the agent then
+        receives nothing."""
+        policy, target = route.access, request.target
+        body = await side.read_body(MAX_FORM) if self.gate.wants_body(policy, request.method, target) else b""
+        if policy is None:
+            authority = host
+        else:  # with its port: an SSO login comes back to the very address the visitor used
+            authority = next((v.decode("latin-1") for n, v in request.headers if n == b"host"), host)
+        outcome = self.gate.check(policy, method=request.method, target=target, headers=request.headers,
+                                  client_ip=record.client, host=authority, scheme=scheme, body=body)
+        if isinstance(outcome, Forward):
+            if outcome.headers is request.headers:
+                return request
+            return h1parse.Request(request.method, target, outcome.headers)
+        if outcome.status >= 400:
+            record.error = outcome.code  # why it was refused (never the secret tried)
+        raise errorpages.access_answer(outcome)
 
     @staticmethod
     def interrupted(guard: Guard, record: AccessRecord) -> GatewayError:

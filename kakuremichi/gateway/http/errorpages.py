@@ -19,9 +19,18 @@ Headers = list[tuple[bytes, bytes]]
 class GatewayError(Exception):
     """An error the gateway answers itself; `code` is a stable machine-readable name."""
 
-    def __init__(self, status: int, code: str, message: str, details: str = "") -> None:
+    def __init__(self, status: int, code: str, message: str, details: str = "", *, page: bytes | None = None,
+                 json_page: bool = False, headers: Headers = ()) -> None:
         super().__init__(status, code, message)
         self.status, self.code, self.message, self.details = status, code, message, details
+        self.page, self.json_page, self.headers = page, json_page, list(headers)  # a page made elsewhere
+
+
+def access_answer(reply) -> GatewayError:
+    """The access gate's answer (a kakuremichi.access.gate.Reply: login page, redirect, 403) as the error the
+    fronts render."""
+    return GatewayError(reply.status, reply.code, HTTPStatus(reply.status).phrase, page=reply.body,
+                        json_page=reply.json, headers=reply.headers)
 
 
 def unknown_host(host: str) -> GatewayError:
@@ -75,7 +84,10 @@ def _prefers_json(accept: bytes) -> bool:
 
 def render(error: GatewayError, accept: bytes = b"") -> tuple[Headers, bytes]:
     """Response headers and body for `error`, as JSON when the client prefers it, else HTML."""
-    if _prefers_json(accept):
+    if error.page is not None:
+        body = error.page
+        ctype = b"application/json" if error.json_page else b"text/html; charset=utf-8"
+    elif _prefers_json(accept):
         body = json.dumps({"error": error.message, "code": error.code, "details": error.details}).encode()
         ctype = b"application/json"
     else:
@@ -91,6 +103,7 @@ def render(error: GatewayError, accept: bytes = b"") -> tuple[Headers, bytes]:
         ctype = b"text/html; charset=utf-8"
     headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode()),
                (b"cache-control", b"no-store")]
+    headers += [(name, value) for name, value in error.headers if name != b"cache-control"]
     return headers, body
 
 

@@ -101,6 +101,7 @@ class Http1Connection:
                 await self._redirect(host, target, record)
                 return None
             upstream_request = engine.upstream_request(request, raw_host, host, target, scheme, self.peer_ip)
+            upstream_request = await engine.admit(self, upstream_request, route, host, scheme, record)
             has_body = _declares_body(upstream_request)
             if not has_body:
                 await self._event()  # the end the parser has ready for body-less requests
@@ -180,6 +181,19 @@ class Http1Connection:
                     return None
             except Abort:
                 return None
+
+    async def read_body(self, limit: int) -> bytes:
+        data = bytearray()
+        while True:
+            try:
+                event = await self._event()
+            except Abort:
+                raise errorpages.bad_request("The request body did not arrive whole.") from None
+            if isinstance(event, h1parse.EndOfMessage):
+                return bytes(data)
+            data += event.data
+            if len(data) > limit:
+                raise errorpages.bad_request(f"The form is larger than {limit} bytes.", 413)
 
     async def _switch_protocols(self, upstream: UpstreamConnection, event: h1parse.InformationalResponse,
                                 record: AccessRecord) -> None:

@@ -328,6 +328,7 @@ class Http2Stream(Waits):
                         route = engine.route_for(host)
                         upstream_request = engine.upstream_request(request, raw_host, host, target, "https",
                                                                   self.conn.peer_ip)
+                        upstream_request = await engine.admit(self, upstream_request, route, host, "https", record)
                         with engine.routes.hold(route, guard.scope):
                             await engine.exchange(self, upstream_request, not self.ended, route, host, record,
                                                   guard)
@@ -392,13 +393,7 @@ class Http2Stream(Waits):
         """Client body → agent; each piece's window goes back to the client once the agent has it."""
         try:
             while True:
-                while not self._body and not self.ended and self._unsent != 0:
-                    self._body_arrived = trio.Event()
-                    self.start_read(self.conn.timeout)
-                    try:
-                        await self._body_arrived.wait()
-                    finally:
-                        self.end_read()
+                await self._body_or_end()
                 if not self._body:
                     # Done: the client ended the stream, or sent all the announced bytes (the agent
                     # may answer before the END_STREAM that follows: no reason to reset the stream then).
@@ -413,6 +408,31 @@ class Http2Stream(Waits):
                 self.conn.wake()
         except Abort:
             self._discard_body()  # the agent stopped reading; it may be answering already
+
+    async def read_body(self, limit: int) -> bytes:
+        data = bytearray()
+        while True:
+            await self._body_or_end()
+            if not self._body:
+                return bytes(data)
+            piece, length = self._body.popleft()
+            if self._unsent is not None:
+                self._unsent -= len(piece)
+            self.conn.acknowledge(length, self.id)
+            self.conn.wake()
+            data += piece
+            if len(data) > limit:
+                raise errorpages.bad_request(f"The form is larger than {limit} bytes.", 413)
+
+    async def _body_or_end(self) -> None:
+        """Wait (under the client timeout) until body bytes are queued or the client has sent them all."""
+        while not self._body and not self.ended and self._unsent != 0:
+            self._body_arrived = trio.Event()
+            self.start_read(self.conn.timeout)
+            try:
+                await self._body_arrived.wait()
+            finally:
+                self.end_read()
 
     async def relay_response(self, upstream: UpstreamConnection, host: str, replayable: bool,
                              record: AccessRecord, hsts: bool) -> None:
