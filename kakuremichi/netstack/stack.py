@@ -11,7 +11,9 @@ looks at a real clock: the caller passes `now` and drains `outgoing` (packets to
 never call back into the stack: after each call it makes into one, the stack `collect`s what the
 connection produced (packets and events); the layer above does the same after a user call.
 Batching falls out of this shape: a whole batch of received packets produces one list of replies, and
-the ACKs owed to a connection leave once per batch (or ride on its data).
+the ACKs owed to a connection leave once per batch (or ride on its data). Within a batch, consecutive
+in-order data segments of one connection are joined into one before the connection sees them (`Run`, as
+Linux's GRO does): the connection checks, acknowledges and buffers a run once instead of per segment.
 """
 
 from __future__ import annotations
@@ -38,6 +40,47 @@ MAX_TIME_WAIT = 4096  # like Linux's tcp_max_tw_buckets: beyond it the oldest TI
 # Events collected as soon as on_segment returns, not with the batch's flush: the next segment of the
 # batch must find a terminated connection gone, and a full accept queue full.
 _COLLECT_AT_ONCE = tcp.ESTABLISHED_PASSIVE | tcp.TERMINATED
+_DATA_FLAGS = (tcp.ACK, tcp.ACK | tcp.PSH)  # a plain data segment; anything else is handled on its own
+
+
+class Run:
+    """Consecutive in-order data segments of one connection held back within a batch, to reach it as one
+    segment: same ACK and window fields, no options, each starting where the one before ended. Only a run
+    starting at the connection's rcv_nxt is formed, so out-of-order data still gets an ACK per segment
+    (the duplicate ACKs a sender without SACK counts on)."""
+
+    __slots__ = ("connection", "first", "payloads", "next_seq", "flags")
+
+    def __init__(self, connection: Connection, segment: tcp.Segment) -> None:
+        self.connection = connection
+        self.first = segment
+        self.payloads = [segment.payload]
+        self.next_seq = (segment.seq + len(segment.payload)) & tcp.MASK
+        self.flags = segment.flags
+
+    def extends(self, connection: Connection, segment: tcp.Segment) -> bool:
+        """Whether `segment` continues the run (and now belongs to it)."""
+        first = self.first
+        if (connection is not self.connection or segment.seq != self.next_seq or segment.ack != first.ack
+                or segment.window != first.window or segment.flags not in _DATA_FLAGS
+                or segment.mss is not None or segment.sack_blocks or not segment.payload):
+            return False
+        self.payloads.append(segment.payload)
+        self.next_seq = (segment.seq + len(segment.payload)) & tcp.MASK
+        self.flags |= segment.flags
+        return True
+
+    def segment(self) -> tcp.Segment:
+        """The run as the one segment it amounts to."""
+        if len(self.payloads) == 1:
+            return self.first
+        return self.first._replace(flags=self.flags, payload=memoryview(b"".join(self.payloads)))
+
+
+def _starts_run(connection: Connection, segment: tcp.Segment) -> bool:
+    return (segment.flags in _DATA_FLAGS and connection.state == tcp.ESTABLISHED and bool(segment.payload)
+            and segment.seq == connection.rcv_nxt & tcp.MASK and segment.mss is None
+            and not segment.sack_blocks and not connection.orphaned)
 
 
 class Listener:
@@ -109,6 +152,7 @@ class Stack:
         self._timers: list = []
         self._timer_order = itertools.count()
         self._time_wait: dict[tuple, Connection] = {}
+        self._run: Run | None = None  # data segments of one connection held back within a batch
         self._random = random.Random(int.from_bytes(os.urandom(8), "big"))
         self._ip_ident = self._random.randrange(0x10000)
 
@@ -157,7 +201,10 @@ class Stack:
                 protocol = datagram.protocol
                 if protocol == ipv4.PROTO_TCP:
                     self._receive_tcp(datagram, now)
-                elif protocol == ipv4.PROTO_UDP:
+                    continue
+                if self._run is not None:
+                    self._end_run(now)
+                if protocol == ipv4.PROTO_UDP:
                     self._receive_udp(datagram, now)
                 elif protocol == ipv4.PROTO_ICMP:
                     self._receive_icmp(datagram, now)
@@ -168,7 +215,20 @@ class Stack:
                 self.drops[exc.args[0]] += 1
             except Exception as exc:  # a handler's bug met a hostile packet: drop that packet, go on
                 self._contain(exc, packet=bytes(packet[:ipv4.HEADER_LEN]).hex())
+        if self._run is not None:
+            self._end_run(now)
         self._flush(now)
+
+    def _end_run(self, now: float) -> None:
+        """Hand the held-back run to its connection (before anything that arrived after it)."""
+        run, self._run = self._run, None
+        connection = run.connection
+        try:
+            connection.on_segment(run.segment(), now)
+            if connection.events & _COLLECT_AT_ONCE:
+                self.collect(connection)
+        except Exception as exc:
+            self._contain(exc, connection=None, run_segments=len(run.payloads))
 
     def _contain(self, exc: Exception, connection: Connection | None = None, **fields: object) -> None:
         """Count and (rate-limited) log an unexpected exception; a connection it happened in is closed,
@@ -186,6 +246,11 @@ class Stack:
         segment = tcp.parse(datagram, self.verify_checksums)
         key = (datagram.source, segment.source_port, datagram.destination, segment.destination_port)
         connection = self.connections.get(key)
+        run = self._run
+        if run is not None:
+            if run.extends(connection, segment):
+                return
+            self._end_run(now)
         if connection is not None:
             state = connection.state
             if state == CLOSED:
@@ -196,6 +261,9 @@ class Stack:
                 self.collect(connection)
             else:
                 self.dirty.add(connection)
+                if _starts_run(connection, segment):
+                    self._run = Run(connection, segment)
+                    return
                 connection.on_segment(segment, now)
                 if connection.events & _COLLECT_AT_ONCE:
                     self.collect(connection)

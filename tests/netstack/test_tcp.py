@@ -78,6 +78,36 @@ def test_delayed_ack_waits_for_a_second_segment_or_the_timer():
     assert len(acks) == 1 and acks[0].time == wire.now  # two full segments: acknowledged at once
 
 
+def test_in_order_segments_of_a_batch_reach_the_connection_as_one(monkeypatch):
+    """GRO-like: a batch's consecutive in-order segments of one connection are checked, acknowledged and
+    buffered once; a segment of another connection between them splits the run, and order is kept."""
+    wire = Wire()
+    client, server = wire.connect(80)
+    other_client, other_server = wire.connect(81)
+    seen = []
+    on_segment = tcp.Connection.on_segment
+
+    def counted(connection, segment, now):
+        seen.append((connection, len(segment.payload)))
+        on_segment(connection, segment, now)
+
+    monkeypatch.setattr(tcp.Connection, "on_segment", counted)
+    mss = client.snd_mss
+    client.send(DATA[:10 * mss])
+    other_client.send(b"between")
+    wire.poll(wire.a)
+    packets = wire.a.take_outgoing()
+    ours = [p for p in packets if tcp.parse(ipv4.parse(p)).source_port == client.local[1]]
+    theirs = [p for p in packets if p not in ours]
+    assert len(ours) == 10 and len(theirs) == 1
+    wire.b.receive(ours[:4] + theirs + ours[4:], wire.now)
+    assert [(c is server, size) for c, size in seen] == [(True, 4 * mss), (False, 7), (True, 6 * mss)]
+    assert server.receive(1 << 20) == DATA[:10 * mss] and other_server.receive(100) == b"between"
+    acks = [tcp.parse(ipv4.parse(p)) for p in wire.b.take_outgoing()]
+    assert [(a.destination_port, a.ack) for a in acks if a.destination_port == client.local[1]] == [
+        (client.local[1], (client.snd_max) & tcp.MASK)]  # one ACK for the whole batch
+
+
 def test_rto_retransmits_with_exponential_backoff_then_gives_up():
     wire = Wire(Config(data_retries=4))
     client, server = wire.connect()
