@@ -46,7 +46,7 @@ class OutOfOrder:
         runs[i:j] = [[start, data]]
         self.last = start
 
-    def drain_into(self, buffer: bytearray, rcv_nxt: int) -> int:
+    def drain_into(self, buffer, rcv_nxt: int) -> int:
         """Append to `buffer` what now follows `rcv_nxt` without a hole; returns the new rcv_nxt."""
         runs = self.runs
         while runs and runs[0][0] <= rcv_nxt:

@@ -1,0 +1,42 @@
+"""The TCP send and receive buffers: bytes in and out in order, however the appends and reads are cut."""
+
+from __future__ import annotations
+
+import os
+
+from kakuremichi.netstack.receivebuffer import ReceiveBuffer
+from kakuremichi.netstack.sendbuffer import COMPACT_MIN, SendBuffer
+
+DATA = os.urandom(5 * COMPACT_MIN)
+
+
+def test_receive_buffer_reads_across_and_inside_payloads_in_order():
+    buffer = ReceiveBuffer()
+    packet = bytes(DATA[:3000])
+    buffer += memoryview(packet)[1000:2500]  # a view into an immutable packet is kept, not copied
+    mutable = bytearray(DATA[3000:3100])
+    buffer += mutable
+    mutable[:] = bytes(100)  # a mutable buffer reused by its owner must not change what was received
+    buffer += b""
+    assert len(buffer) == 1600
+    assert buffer.take(1000) == DATA[1000:2000]
+    assert buffer.take(600) == DATA[2000:2500] + DATA[3000:3100]
+    assert not buffer and buffer.take(10) == b""
+
+
+def test_send_buffer_indexes_by_sequence_number_while_acknowledged_bytes_go():
+    buffer = SendBuffer(1000)
+    for offset in range(0, len(DATA), 7000):
+        buffer.append(DATA[offset:offset + 7000])
+    assert (buffer.start, buffer.end, len(buffer)) == (1000, 1000 + len(DATA), len(DATA))
+    acked = 0
+    for step in (10, 3 * COMPACT_MIN, 5, COMPACT_MIN):  # the second and last compact what is left
+        assert buffer.acknowledge(buffer.start + step) == step
+        acked += step
+        with buffer.view() as view:
+            assert view == DATA[acked:] and buffer.start == 1000 + acked
+    assert buffer.acknowledge(buffer.start) == 0 and buffer.acknowledge(buffer.end + 99) == len(DATA) - acked
+    assert len(buffer) == 0 and buffer.start == buffer.end == 1000 + len(DATA)
+    buffer.append(b"more")
+    with buffer.view() as view:
+        assert view == b"more"
