@@ -765,6 +765,7 @@ class Connection:
                 cwnd += self.dupacks * mss  # limited transmit (RFC 3042): new data keeps the ACK clock going
             window_end = self.snd_una + min(self.snd_wnd, cwnd)
         sent_any = False
+        window = None  # the window field, the same in every segment of this flush
         view = snd_buf.view()
         try:
             while True:
@@ -787,8 +788,10 @@ class Connection:
                     offset = nxt - buf_start
                     last = nxt + size == data_end
                     fin = self.fin_queued and last
+                    if window is None:
+                        window = self._advertise()
                     self._emit(nxt, ACK | (PSH if last else 0) | (FIN if fin else 0),
-                               view[offset:offset + size])
+                               view[offset:offset + size], b"", window)
                     self.snd_nxt = nxt + size + (1 if fin else 0)
                     if self.snd_nxt > self.snd_max:
                         if self.rtt_seq is None:
@@ -855,7 +858,10 @@ class Connection:
         window = max(self.rcv_adv - self.rcv_nxt, 0)
         return min((window + (1 << self.rcv_wscale) - 1) >> self.rcv_wscale, 0xFFFF)
 
-    def _emit(self, seq: int, flags: int, payload: bytes | memoryview = b"", options: bytes = b"") -> None:
+    def _emit(self, seq: int, flags: int, payload: bytes | memoryview = b"", options: bytes = b"",
+              window: int | None = None) -> None:
+        """Queue one segment; `window`: the field as `_advertise` just gave it (a flush's data segments all
+        carry the same one, worked out once)."""
         if flags & ACK:
             ack = self.rcv_nxt & MASK
             self.ack_now = False
@@ -863,7 +869,10 @@ class Connection:
             self.timer_ack = None
         else:
             ack = 0
-        window = min(self.rcv_cap, 0xFFFF) if flags & SYN else self._advertise()
+        if flags & SYN:
+            window = min(self.rcv_cap, 0xFFFF)
+        elif window is None:
+            window = self._advertise()
         seq &= MASK
         header_len = HEADER_LEN + len(options)
         tcp_len = header_len + len(payload)
