@@ -590,7 +590,11 @@ class Connection:
     def _ack_advanced(self, ack: int, now: float) -> None:
         acked = ack - self.snd_una
         if self.snd_buf.acknowledge(ack):
-            self.events |= WAKE
+            queued = len(self.snd_buf)
+            if 2 * (self.config.send_buffer - queued) >= queued:
+                # Writers wake once a third of the buffer is free (Linux's sk_stream_write_space), not for
+                # every ACK: a waiting send_all then queues a large piece per wake-up, not an ACK's worth.
+                self.events |= WAKE
         self.snd_una = ack
         if self.snd_nxt < ack:
             self.snd_nxt = ack

@@ -108,6 +108,24 @@ def test_in_order_segments_of_a_batch_reach_the_connection_as_one(monkeypatch):
         (client.local[1], (client.snd_max) & tcp.MASK)]  # one ACK for the whole batch
 
 
+def test_a_writer_waiting_on_a_full_send_buffer_wakes_once_a_third_is_free():
+    wire = Wire(Config(send_buffer=60 * 1380))
+    client, server = wire.connect()
+    client.user = "a task waiting to write"
+    assert client.send(DATA) == 60 * client.snd_mss
+    wire.poll(wire.a)  # the initial window: 10 segments
+
+    def round_trip() -> bool:
+        wire.b.receive(wire.a.take_outgoing(), wire.now)
+        wire.a.receive(wire.b.take_outgoing(), wire.now)
+        return client in wire.a.take_changed()
+
+    wire.a.take_changed()
+    assert not round_trip()  # 10 of 60 segments acknowledged: not worth waking the writer
+    assert round_trip()  # 30 of 60: room for a large piece
+    assert server.receive(1 << 20) == DATA[:30 * client.snd_mss]
+
+
 def test_rto_retransmits_with_exponential_backoff_then_gives_up():
     wire = Wire(Config(data_retries=4))
     client, server = wire.connect()
