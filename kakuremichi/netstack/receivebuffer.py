@@ -3,12 +3,17 @@
 A bytearray appended at the end and trimmed at the front by each read makes CPython copy what is left each
 time it next grows (a front-trimmed bytearray is moved to a new allocation, not extended), so a full
 window was copied over and over. Here a payload is kept by reference (a view into its decrypted packet,
-or a run the stack joined) and each read copies its bytes out once.
+or a run the stack joined) and each read copies its bytes out once. Only a large payload that is most
+of its packet is kept that way: small ones are copied onto a tail chunk, so a peer sending one-byte
+segments cannot make a window's worth of data hold a packet and a view per byte.
 """
 
 from __future__ import annotations
 
 from collections import deque
+
+BY_REFERENCE = 1024  # payloads at least this long (and most of their packet) are kept without a copy
+_SLACK = 256  # bytes of a packet around its payload that may be kept alive with it
 
 
 class ReceiveBuffer:
@@ -25,11 +30,17 @@ class ReceiveBuffer:
 
     def __iadd__(self, data: bytes | bytearray | memoryview) -> ReceiveBuffer:
         size = len(data)
-        if size:
-            if type(data) is not bytes and not (type(data) is memoryview and type(data.obj) is bytes):
-                data = bytes(data)  # a mutable buffer may change under us once this call returns
-            self._chunks.append(data)
-            self._size += size
+        if not size:
+            return self
+        chunks = self._chunks
+        if size >= BY_REFERENCE and (type(data) is bytes or type(data) is memoryview
+                                     and type(data.obj) is bytes and len(data.obj) <= size + _SLACK):
+            chunks.append(data)  # immutable: safe to keep; a mutable buffer may change once we return
+        elif chunks and type(chunks[-1]) is bytearray:
+            chunks[-1] += data
+        else:
+            chunks.append(bytearray(data))
+        self._size += size
         return self
 
     def take(self, max_bytes: int) -> bytes:

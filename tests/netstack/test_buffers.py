@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tracemalloc
 
 from kakuremichi.netstack.receivebuffer import ReceiveBuffer
 from kakuremichi.netstack.sendbuffer import COMPACT_MIN, SendBuffer
@@ -12,8 +13,8 @@ DATA = os.urandom(5 * COMPACT_MIN)
 
 def test_receive_buffer_reads_across_and_inside_payloads_in_order():
     buffer = ReceiveBuffer()
-    packet = bytes(DATA[:3000])
-    buffer += memoryview(packet)[1000:2500]  # a view into an immutable packet is kept, not copied
+    packet = bytes(DATA[960:2500])
+    buffer += memoryview(packet)[40:]  # a view into an immutable packet is kept, not copied
     mutable = bytearray(DATA[3000:3100])
     buffer += mutable
     mutable[:] = bytes(100)  # a mutable buffer reused by its owner must not change what was received
@@ -22,6 +23,22 @@ def test_receive_buffer_reads_across_and_inside_payloads_in_order():
     assert buffer.take(1000) == DATA[1000:2000]
     assert buffer.take(600) == DATA[2000:2500] + DATA[3000:3100]
     assert not buffer and buffer.take(10) == b""
+
+
+def test_tiny_payloads_cost_the_receive_buffer_their_bytes_not_a_packet_each():
+    packets = [bytes(41) for _ in range(1000)]  # one-byte segments: a 40-byte header each
+    buffer = ReceiveBuffer()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(100):
+            for packet in packets:
+                buffer += memoryview(packet)[40:]
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(buffer) == 100_000 and held < 200_000  # a view per payload would be about 20 MB
+    assert buffer.take(1 << 20) == bytes(100_000)
 
 
 def test_send_buffer_indexes_by_sequence_number_while_acknowledged_bytes_go():
