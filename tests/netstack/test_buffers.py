@@ -52,8 +52,14 @@ def test_send_buffer_indexes_by_sequence_number_while_acknowledged_bytes_go():
         acked += step
         with buffer.view() as view:
             assert view == DATA[acked:] and buffer.start == 1000 + acked
-    assert buffer.acknowledge(buffer.start) == 0 and buffer.acknowledge(buffer.end + 99) == len(DATA) - acked
-    assert len(buffer) == 0 and buffer.start == buffer.end == 1000 + len(DATA)
+    buffer.append(b"tail")  # into the room the compactions left
+    with buffer.view() as view:
+        assert view == DATA[acked:] + b"tail" and buffer.end == 1000 + len(DATA) + 4
+    assert buffer.acknowledge(buffer.end - 4) == len(DATA) - acked
+    with buffer.view() as view:
+        assert view == b"tail"
+    assert buffer.acknowledge(buffer.start) == 0 and buffer.acknowledge(buffer.end + 99) == 4
+    assert len(buffer) == 0 and buffer.start == buffer.end == 1000 + len(DATA) + 4
     buffer.append(b"more")
     with buffer.view() as view:
         assert view == b"more"
