@@ -24,11 +24,13 @@ import itertools
 import logging
 import os
 import random
+import struct
 from collections import Counter, deque
 from typing import Iterable
 
 from kakuremichi.faults import Contained
 from kakuremichi.netstack import icmp, ipv4, tcp, udp
+from kakuremichi.netstack.checksum import verify
 from kakuremichi.netstack.ratelimit import answer_limit
 from kakuremichi.netstack.tcp import ACK, CLOSED, RST, SYN, TIME_WAIT, Config, Connection
 
@@ -41,6 +43,10 @@ MAX_TIME_WAIT = 4096  # like Linux's tcp_max_tw_buckets: beyond it the oldest TI
 # batch must find a terminated connection gone, and a full accept queue full.
 _COLLECT_AT_ONCE = tcp.ESTABLISHED_PASSIVE | tcp.TERMINATED
 _DATA_FLAGS = (tcp.ACK, tcp.ACK | tcp.PSH)  # a plain data segment; anything else is handled on its own
+# A packet's IPv4 + TCP fields that tell whether it continues a run: version/IHL, total length, fragment
+# field, protocol, addresses and ports, sequence and acknowledgment numbers, data offset, flags, window.
+_RUN_FIELDS = struct.Struct("!BxH2xHxB2x12sIIBBH")
+_PLAIN_HEADERS = ipv4.HEADER_LEN + tcp.HEADER_LEN
 
 
 class Run:
@@ -49,14 +55,39 @@ class Run:
     starting at the connection's rcv_nxt is formed, so out-of-order data still gets an ACK per segment
     (the duplicate ACKs a sender without SACK counts on)."""
 
-    __slots__ = ("connection", "first", "payloads", "next_seq", "flags")
+    __slots__ = ("connection", "first", "payloads", "next_seq", "flags", "addresses")
 
-    def __init__(self, connection: Connection, segment: tcp.Segment) -> None:
+    def __init__(self, connection: Connection, segment: tcp.Segment, datagram: ipv4.Datagram) -> None:
         self.connection = connection
         self.first = segment
         self.payloads = [segment.payload]
         self.next_seq = (segment.seq + len(segment.payload)) & tcp.MASK
         self.flags = segment.flags
+        self.addresses = struct.pack("!IIHH", datagram.source, datagram.destination, segment.source_port,
+                                     segment.destination_port)
+
+    def takes(self, packet: bytes | memoryview) -> bool:
+        """Whether raw `packet` continues the run (and now belongs to it), told from its headers without
+        parsing it: headers without options, not a fragment, the run's addresses, ports, ACK and window,
+        the next sequence number, and data. For a link that authenticates its packets (no checksums to
+        verify but the IP header's); anything else is left to the full parse."""
+        size = len(packet)
+        if size <= _PLAIN_HEADERS:
+            return False
+        (vihl, total, fragment, protocol, addresses, seq, ack, offset, flags,
+         window) = _RUN_FIELDS.unpack_from(packet)
+        first = self.first
+        if (vihl != 0x45 or total != size or fragment & 0x3FFF or protocol != ipv4.PROTO_TCP
+                or addresses != self.addresses or seq != self.next_seq or ack != first.ack
+                or offset != tcp.HEADER_LEN << 2 or flags not in _DATA_FLAGS or window != first.window):
+            return False
+        view = memoryview(packet)
+        if not verify(int.from_bytes(view[:ipv4.HEADER_LEN], "big")):
+            return False  # the full parse counts it
+        self.payloads.append(view[_PLAIN_HEADERS:])
+        self.next_seq = (seq + size - _PLAIN_HEADERS) & tcp.MASK
+        self.flags |= flags
+        return True
 
     def extends(self, connection: Connection, segment: tcp.Segment) -> bool:
         """Whether `segment` continues the run (and now belongs to it)."""
@@ -184,7 +215,10 @@ class Stack:
         """Process a batch of IPv4 packets from the link; replies collect in `outgoing`."""
         local = self._address_set
         self._now = now
+        fast = not self.verify_checksums
         for packet in packets:
+            if fast and self._run is not None and self._run.takes(packet):
+                continue
             try:
                 datagram = ipv4.parse(packet)
                 if datagram.destination not in local:
@@ -262,7 +296,7 @@ class Stack:
             else:
                 self.dirty.add(connection)
                 if _starts_run(connection, segment):
-                    self._run = Run(connection, segment)
+                    self._run = Run(connection, segment, datagram)
                     return
                 connection.on_segment(segment, now)
                 if connection.events & _COLLECT_AT_ONCE:
