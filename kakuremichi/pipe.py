@@ -14,7 +14,7 @@ import trio
 
 from kakuremichi.faults import Contained
 
-CHUNK = 65536
+CHUNK = 1 << 18  # per read: a bulk transfer wakes each side a quarter as often as with 64 KiB
 
 
 async def contained(handle: Callable[[], Awaitable[object]], stream: trio.abc.AsyncResource,

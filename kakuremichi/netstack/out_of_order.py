@@ -29,6 +29,15 @@ class OutOfOrder:
         i = 0
         while i < len(runs) and runs[i][0] + len(runs[i][1]) < seq:
             i += 1
+        if i < len(runs) and runs[i][0] <= seq and (i + 1 == len(runs) or runs[i + 1][0] > end):
+            # The usual case behind a hole: the next segment of the run it extends (or a duplicate). Grown in
+            # place: rebuilding a run a window long for each segment cost a copy of the run per segment.
+            run_start, run = runs[i]
+            run_end = run_start + len(run)
+            if end > run_end:
+                run += payload[run_end - seq:]
+            self.last = run_start
+            return
         j = i
         start, data = seq, bytearray(payload)
         while j < len(runs) and runs[j][0] <= end:
@@ -46,7 +55,7 @@ class OutOfOrder:
         runs[i:j] = [[start, data]]
         self.last = start
 
-    def drain_into(self, buffer: bytearray, rcv_nxt: int) -> int:
+    def drain_into(self, buffer, rcv_nxt: int) -> int:
         """Append to `buffer` what now follows `rcv_nxt` without a hole; returns the new rcv_nxt."""
         runs = self.runs
         while runs and runs[0][0] <= rcv_nxt:

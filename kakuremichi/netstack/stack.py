@@ -11,7 +11,9 @@ looks at a real clock: the caller passes `now` and drains `outgoing` (packets to
 never call back into the stack: after each call it makes into one, the stack `collect`s what the
 connection produced (packets and events); the layer above does the same after a user call.
 Batching falls out of this shape: a whole batch of received packets produces one list of replies, and
-the ACKs owed to a connection leave once per batch (or ride on its data).
+the ACKs owed to a connection leave once per batch (or ride on its data). Within a batch, consecutive
+in-order data segments of one connection are joined into one before the connection sees them (`Run`, as
+Linux's GRO does): the connection checks, acknowledges and buffers a run once instead of per segment.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ import itertools
 import logging
 import os
 import random
+import struct
 from collections import Counter, deque
 from typing import Iterable
 
 from kakuremichi.faults import Contained
 from kakuremichi.netstack import icmp, ipv4, tcp, udp
+from kakuremichi.netstack.checksum import verify
 from kakuremichi.netstack.ratelimit import answer_limit
 from kakuremichi.netstack.tcp import ACK, CLOSED, RST, SYN, TIME_WAIT, Config, Connection
 
@@ -38,6 +42,76 @@ MAX_TIME_WAIT = 4096  # like Linux's tcp_max_tw_buckets: beyond it the oldest TI
 # Events collected as soon as on_segment returns, not with the batch's flush: the next segment of the
 # batch must find a terminated connection gone, and a full accept queue full.
 _COLLECT_AT_ONCE = tcp.ESTABLISHED_PASSIVE | tcp.TERMINATED
+_DATA_FLAGS = (tcp.ACK, tcp.ACK | tcp.PSH)  # a plain data segment; anything else is handled on its own
+# A packet's IPv4 + TCP fields that tell whether it continues a run: version/IHL, total length, fragment
+# field, protocol, addresses and ports, sequence and acknowledgment numbers, data offset, flags, window.
+_RUN_FIELDS = struct.Struct("!BxH2xHxB2x12sIIBBH")
+_PLAIN_HEADERS = ipv4.HEADER_LEN + tcp.HEADER_LEN
+
+
+class Run:
+    """Consecutive in-order data segments of one connection held back within a batch, to reach it as one
+    segment: same ACK and window fields, no options, each starting where the one before ended. Only a run
+    starting at the connection's rcv_nxt is formed, so out-of-order data still gets an ACK per segment
+    (the duplicate ACKs a sender without SACK counts on)."""
+
+    __slots__ = ("connection", "first", "payloads", "next_seq", "flags", "addresses")
+
+    def __init__(self, connection: Connection, segment: tcp.Segment, datagram: ipv4.Datagram) -> None:
+        self.connection = connection
+        self.first = segment
+        self.payloads = [segment.payload]
+        self.next_seq = (segment.seq + len(segment.payload)) & tcp.MASK
+        self.flags = segment.flags
+        self.addresses = struct.pack("!IIHH", datagram.source, datagram.destination, segment.source_port,
+                                     segment.destination_port)
+
+    def takes(self, packet: bytes | memoryview) -> bool:
+        """Whether raw `packet` continues the run (and now belongs to it), told from its headers without
+        parsing it: headers without options, not a fragment, the run's addresses, ports, ACK and window,
+        the next sequence number, and data. For a link that authenticates its packets (no checksums to
+        verify but the IP header's); anything else is left to the full parse."""
+        size = len(packet)
+        if size <= _PLAIN_HEADERS:
+            return False
+        (vihl, total, fragment, protocol, addresses, seq, ack, offset, flags,
+         window) = _RUN_FIELDS.unpack_from(packet)
+        first = self.first
+        if (vihl != 0x45 or total != size or fragment & 0x3FFF or protocol != ipv4.PROTO_TCP
+                or addresses != self.addresses or seq != self.next_seq or ack != first.ack
+                or offset != tcp.HEADER_LEN << 2 or flags not in _DATA_FLAGS or window != first.window):
+            return False
+        view = memoryview(packet)
+        if not verify(int.from_bytes(view[:ipv4.HEADER_LEN], "big")):
+            return False  # the full parse counts it
+        self.payloads.append(view[_PLAIN_HEADERS:])
+        self.next_seq = (seq + size - _PLAIN_HEADERS) & tcp.MASK
+        self.flags |= flags
+        return True
+
+    def extends(self, connection: Connection, segment: tcp.Segment) -> bool:
+        """Whether `segment` continues the run (and now belongs to it)."""
+        first = self.first
+        if (connection is not self.connection or segment.seq != self.next_seq or segment.ack != first.ack
+                or segment.window != first.window or segment.flags not in _DATA_FLAGS
+                or segment.mss is not None or segment.sack_blocks or not segment.payload):
+            return False
+        self.payloads.append(segment.payload)
+        self.next_seq = (segment.seq + len(segment.payload)) & tcp.MASK
+        self.flags |= segment.flags
+        return True
+
+    def segment(self) -> tcp.Segment:
+        """The run as the one segment it amounts to."""
+        if len(self.payloads) == 1:
+            return self.first
+        return self.first._replace(flags=self.flags, payload=memoryview(b"".join(self.payloads)))
+
+
+def _starts_run(connection: Connection, segment: tcp.Segment) -> bool:
+    return (segment.flags in _DATA_FLAGS and connection.state == tcp.ESTABLISHED and bool(segment.payload)
+            and segment.seq == connection.rcv_nxt & tcp.MASK and segment.mss is None
+            and not segment.sack_blocks and not connection.orphaned)
 
 
 class Listener:
@@ -109,6 +183,7 @@ class Stack:
         self._timers: list = []
         self._timer_order = itertools.count()
         self._time_wait: dict[tuple, Connection] = {}
+        self._run: Run | None = None  # data segments of one connection held back within a batch
         self._random = random.Random(int.from_bytes(os.urandom(8), "big"))
         self._ip_ident = self._random.randrange(0x10000)
 
@@ -140,7 +215,10 @@ class Stack:
         """Process a batch of IPv4 packets from the link; replies collect in `outgoing`."""
         local = self._address_set
         self._now = now
+        fast = not self.verify_checksums
         for packet in packets:
+            if fast and self._run is not None and self._run.takes(packet):
+                continue
             try:
                 datagram = ipv4.parse(packet)
                 if datagram.destination not in local:
@@ -157,7 +235,10 @@ class Stack:
                 protocol = datagram.protocol
                 if protocol == ipv4.PROTO_TCP:
                     self._receive_tcp(datagram, now)
-                elif protocol == ipv4.PROTO_UDP:
+                    continue
+                if self._run is not None:
+                    self._end_run(now)
+                if protocol == ipv4.PROTO_UDP:
                     self._receive_udp(datagram, now)
                 elif protocol == ipv4.PROTO_ICMP:
                     self._receive_icmp(datagram, now)
@@ -168,7 +249,20 @@ class Stack:
                 self.drops[exc.args[0]] += 1
             except Exception as exc:  # a handler's bug met a hostile packet: drop that packet, go on
                 self._contain(exc, packet=bytes(packet[:ipv4.HEADER_LEN]).hex())
+        if self._run is not None:
+            self._end_run(now)
         self._flush(now)
+
+    def _end_run(self, now: float) -> None:
+        """Hand the held-back run to its connection (before anything that arrived after it)."""
+        run, self._run = self._run, None
+        connection = run.connection
+        try:
+            connection.on_segment(run.segment(), now)
+            if connection.events & _COLLECT_AT_ONCE:
+                self.collect(connection)
+        except Exception as exc:
+            self._contain(exc, connection=None, run_segments=len(run.payloads))
 
     def _contain(self, exc: Exception, connection: Connection | None = None, **fields: object) -> None:
         """Count and (rate-limited) log an unexpected exception; a connection it happened in is closed,
@@ -186,6 +280,11 @@ class Stack:
         segment = tcp.parse(datagram, self.verify_checksums)
         key = (datagram.source, segment.source_port, datagram.destination, segment.destination_port)
         connection = self.connections.get(key)
+        run = self._run
+        if run is not None:
+            if run.extends(connection, segment):
+                return
+            self._end_run(now)
         if connection is not None:
             state = connection.state
             if state == CLOSED:
@@ -196,6 +295,9 @@ class Stack:
                 self.collect(connection)
             else:
                 self.dirty.add(connection)
+                if _starts_run(connection, segment):
+                    self._run = Run(connection, segment, datagram)
+                    return
                 connection.on_segment(segment, now)
                 if connection.events & _COLLECT_AT_ONCE:
                     self.collect(connection)

@@ -38,8 +38,10 @@ from kakuremichi.netstack import ipv4
 from kakuremichi.netstack.checksum import finish, partial, pseudo_header, verify
 from kakuremichi.netstack.congestion import CongestionWindow
 from kakuremichi.netstack.out_of_order import OutOfOrder
+from kakuremichi.netstack.receivebuffer import ReceiveBuffer
 from kakuremichi.netstack.rtt import RttEstimator
 from kakuremichi.netstack.scoreboard import MAX_RANGES, Scoreboard
+from kakuremichi.netstack.sendbuffer import SendBuffer
 
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10  # URG is not used: urgent data is plain data
 MASK = 0xFFFFFFFF
@@ -228,7 +230,7 @@ class Connection:
         "outgoing", "events", "config", "local", "remote", "key", "state", "error", "listener", "orphaned",
         # send side
         "iss", "snd_una", "snd_nxt", "snd_max", "snd_wnd", "snd_wl1", "snd_wl2", "max_snd_wnd", "snd_wscale",
-        "snd_mss", "snd_buf", "buf_start", "fin_queued", "sack_ok", "scoreboard", "nodelay",
+        "snd_mss", "snd_buf", "fin_queued", "sack_ok", "scoreboard", "nodelay",
         # congestion control
         "congestion", "dupacks", "in_recovery", "recover", "rexmit_next", "rexmits",
         # RTT and timers
@@ -260,8 +262,7 @@ class Connection:
         self.snd_wscale = 0
         self.rcv_mss = max(mtu - ipv4.HEADER_LEN - HEADER_LEN, MIN_MSS)
         self.snd_mss = min(DEFAULT_MSS, self.rcv_mss)
-        self.snd_buf = bytearray()
-        self.buf_start = iss + 1
+        self.snd_buf = SendBuffer(iss + 1)
         self.fin_queued = False
         self.sack_ok = False
         self.scoreboard = Scoreboard()
@@ -291,7 +292,7 @@ class Connection:
         if config.window_scaling:
             while self.rcv_wscale < MAX_WSCALE and (0xFFFF << self.rcv_wscale) < self.rcv_cap:
                 self.rcv_wscale += 1
-        self.rcv_buf = bytearray()
+        self.rcv_buf = ReceiveBuffer()
         self.ooo = OutOfOrder()
         self.fin_at: int | None = None  # sequence number of the peer's FIN once seen (in or out of order)
         self.eof_received = False
@@ -365,18 +366,13 @@ class Connection:
         if room <= 0:
             return 0
         chunk = data[:room]
-        self.snd_buf += chunk
+        self.snd_buf.append(chunk)
         self.events |= NEEDS_FLUSH
         return len(chunk)
 
-    def receive(self, max_bytes: int) -> bytearray:
+    def receive(self, max_bytes: int) -> bytes:
         """Take up to `max_bytes` of in-order data (empty at EOF or when nothing waits)."""
-        buf = self.rcv_buf
-        if len(buf) <= max_bytes:
-            data, self.rcv_buf = buf, bytearray()
-        else:
-            data = buf[:max_bytes]
-            del buf[:max_bytes]
+        data = self.rcv_buf.take(max_bytes)
         if data and self.state in _CAN_RECEIVE:
             # Window update when the window we advertised has become small and reading doubled it.
             advertised = self.rcv_adv - self.rcv_nxt
@@ -564,7 +560,7 @@ class Connection:
         if self.scoreboard.ranges:
             self._detect_losses(now)
         state = self.state
-        fin_acked = self.fin_queued and self.snd_una > self.buf_start  # buffer empty and FIN covered
+        fin_acked = self.fin_queued and self.snd_una > self.snd_buf.start  # buffer empty and FIN covered
         if state == FIN_WAIT_1 and fin_acked:
             self.state = FIN_WAIT_2
             if self.orphaned:
@@ -593,11 +589,12 @@ class Connection:
 
     def _ack_advanced(self, ack: int, now: float) -> None:
         acked = ack - self.snd_una
-        removable = min(ack, self.buf_start + len(self.snd_buf)) - self.buf_start
-        if removable > 0:
-            del self.snd_buf[:removable]
-            self.buf_start += removable
-            self.events |= WAKE
+        if self.snd_buf.acknowledge(ack):
+            queued = len(self.snd_buf)
+            if 2 * (self.config.send_buffer - queued) >= queued:
+                # Writers wake once a third of the buffer is free (Linux's sk_stream_write_space), not for
+                # every ACK: a waiting send_all then queues a large piece per wake-up, not an ACK's worth.
+                self.events |= WAKE
         self.snd_una = ack
         if self.snd_nxt < ack:
             self.snd_nxt = ack
@@ -714,7 +711,7 @@ class Connection:
         if state in (SYN_RECEIVED, ESTABLISHED):
             self.state = CLOSE_WAIT
         elif state == FIN_WAIT_1:
-            if self.snd_una > self.buf_start:
+            if self.snd_una > self.snd_buf.start:
                 self._enter_time_wait(now)
             else:
                 self.state = CLOSING
@@ -725,8 +722,8 @@ class Connection:
         self.state = TIME_WAIT
         self.timer_rto = self.timer_ack = None
         self.timer_idle = now + 2 * self.config.msl
-        self.snd_buf = bytearray()
-        self.rcv_buf = bytearray() if self.orphaned else self.rcv_buf
+        self.snd_buf.clear()
+        self.rcv_buf = ReceiveBuffer() if self.orphaned else self.rcv_buf
         self.ooo.clear()
         self.scoreboard.clear()
         self.events |= ENTERED_TIME_WAIT | WAKE
@@ -741,7 +738,7 @@ class Connection:
             self.error = error
         self.timer_rto = self.timer_ack = self.timer_idle = None
         self.deadline = None
-        self.snd_buf = bytearray()
+        self.snd_buf.clear()
         self.ooo.clear()
         self.scoreboard.clear()
         self.events |= TERMINATED | WAKE
@@ -759,8 +756,8 @@ class Connection:
 
     def _send_data(self, now: float) -> None:
         mss = self.snd_mss
-        buf_len = len(self.snd_buf)
-        data_end = self.buf_start + buf_len
+        snd_buf = self.snd_buf
+        buf_start, data_end = snd_buf.start, snd_buf.end
         if self.in_recovery and self.sack_ok:
             budget = self.congestion.cwnd - self.scoreboard.pipe(self.snd_una, self.snd_max, self.rexmits)
             while budget > 0 and self._retransmit_hole(now):
@@ -772,7 +769,8 @@ class Connection:
                 cwnd += self.dupacks * mss  # limited transmit (RFC 3042): new data keeps the ACK clock going
             window_end = self.snd_una + min(self.snd_wnd, cwnd)
         sent_any = False
-        view = memoryview(self.snd_buf)
+        window = None  # the window field, the same in every segment of this flush
+        view = snd_buf.view()
         try:
             while True:
                 nxt = self.snd_nxt
@@ -791,11 +789,13 @@ class Connection:
                             break
                     if size < mss and not self.nodelay and nxt > self.snd_una and self._small_in_flight():
                         break  # Nagle/Minshall: one small segment in flight at a time
-                    offset = nxt - self.buf_start
+                    offset = nxt - buf_start
                     last = nxt + size == data_end
                     fin = self.fin_queued and last
+                    if window is None:
+                        window = self._advertise()
                     self._emit(nxt, ACK | (PSH if last else 0) | (FIN if fin else 0),
-                               view[offset:offset + size])
+                               view[offset:offset + size], b"", window)
                     self.snd_nxt = nxt + size + (1 if fin else 0)
                     if self.snd_nxt > self.snd_max:
                         if self.rtt_seq is None:
@@ -840,11 +840,11 @@ class Connection:
 
     def _send_range(self, start: int, size: int) -> None:
         """Retransmit [start, start+size) of what was sent before (data and/or FIN)."""
-        data_end = self.buf_start + len(self.snd_buf)
-        offset = start - self.buf_start
+        data_end = self.snd_buf.end
+        offset = start - self.snd_buf.start
         payload_size = max(min(size, data_end - start), 0)
         fin = self.fin_queued and start + payload_size == data_end and self.snd_max > data_end
-        with memoryview(self.snd_buf) as view:
+        with self.snd_buf.view() as view:
             self._emit(start, ACK | (FIN if fin else 0) | (PSH if payload_size else 0),
                        view[offset:offset + payload_size])
 
@@ -862,7 +862,10 @@ class Connection:
         window = max(self.rcv_adv - self.rcv_nxt, 0)
         return min((window + (1 << self.rcv_wscale) - 1) >> self.rcv_wscale, 0xFFFF)
 
-    def _emit(self, seq: int, flags: int, payload: bytes | memoryview = b"", options: bytes = b"") -> None:
+    def _emit(self, seq: int, flags: int, payload: bytes | memoryview = b"", options: bytes = b"",
+              window: int | None = None) -> None:
+        """Queue one segment; `window`: the field as `_advertise` just gave it (a flush's data segments all
+        carry the same one, worked out once)."""
         if flags & ACK:
             ack = self.rcv_nxt & MASK
             self.ack_now = False
@@ -870,7 +873,10 @@ class Connection:
             self.timer_ack = None
         else:
             ack = 0
-        window = min(self.rcv_cap, 0xFFFF) if flags & SYN else self._advertise()
+        if flags & SYN:
+            window = min(self.rcv_cap, 0xFFFF)
+        elif window is None:
+            window = self._advertise()
         seq &= MASK
         header_len = HEADER_LEN + len(options)
         tcp_len = header_len + len(payload)
@@ -984,7 +990,7 @@ class Connection:
     def _loss_probe(self, now: float) -> None:
         """Resend the last segment sent; its ACK reveals (via SACK) any hole before it."""
         self.probe_sent = True
-        data_end = min(self.snd_max, self.buf_start + len(self.snd_buf))
+        data_end = min(self.snd_max, self.snd_buf.end)
         start = max(self.snd_una, data_end - self.snd_mss)
         self._send_range(start, self.snd_max - start)
         self._arm_retransmit(now)

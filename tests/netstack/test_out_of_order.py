@@ -57,3 +57,13 @@ def test_the_sack_option_lists_the_latest_run_first_and_at_most_four():
 def test_sack_edges_are_sent_modulo_two_to_the_32():
     queue = _queue(((1 << 32) + 10, b"abc"))
     assert struct.unpack("!2I", queue.sack_option()[4:]) == (10, 13)
+
+
+def test_the_next_segment_behind_a_hole_grows_its_run_in_place():
+    queue = _queue((100, b"abc"), (200, b"xyz"))
+    run = queue.runs[0][1]
+    queue.add(103, memoryview(b"defg"))
+    queue.add(105, memoryview(b"fgh"))  # overlapping the tail: only what is new is added
+    assert queue.runs[0] == [100, b"abcdefgh"] and queue.runs[0][1] is run and queue.last == 100
+    queue.add(108, memoryview(b"!" * 92))  # now touching the next run: the two merge
+    assert [start for start, _ in queue.runs] == [100] and queue.runs[0][1] == b"abcdefgh" + b"!" * 92 + b"xyz"

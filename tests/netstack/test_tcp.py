@@ -78,6 +78,75 @@ def test_delayed_ack_waits_for_a_second_segment_or_the_timer():
     assert len(acks) == 1 and acks[0].time == wire.now  # two full segments: acknowledged at once
 
 
+@pytest.mark.parametrize("authenticated", [False, True], ids=["checksums", "authenticated-link"])
+def test_in_order_segments_of_a_batch_reach_the_connection_as_one(monkeypatch, authenticated):
+    """GRO-like: a batch's consecutive in-order segments of one connection are checked, acknowledged and
+    buffered once; a segment of another connection between them splits the run, and order is kept. On a
+    link that authenticates its packets a run is extended from the raw headers (no parse)."""
+    wire = Wire()
+    wire.a.verify_checksums = wire.b.verify_checksums = not authenticated
+    client, server = wire.connect(80)
+    other_client, other_server = wire.connect(81)
+    seen = []
+    on_segment = tcp.Connection.on_segment
+
+    def counted(connection, segment, now):
+        seen.append((connection, len(segment.payload)))
+        on_segment(connection, segment, now)
+
+    monkeypatch.setattr(tcp.Connection, "on_segment", counted)
+    mss = client.snd_mss
+    client.send(DATA[:10 * mss])
+    other_client.send(b"between")
+    wire.poll(wire.a)
+    packets = wire.a.take_outgoing()
+    ours = [p for p in packets if tcp.parse(ipv4.parse(p)).source_port == client.local[1]]
+    theirs = [p for p in packets if p not in ours]
+    assert len(ours) == 10 and len(theirs) == 1
+    parsed = []
+    parse = ipv4.parse
+    monkeypatch.setattr(ipv4, "parse", lambda packet: parsed.append(packet) or parse(packet))
+    wire.b.receive(ours[:4] + theirs + ours[4:], wire.now)
+    assert len(parsed) == (3 if authenticated else 11)  # the first of each run, and the other one
+    assert [(c is server, size) for c, size in seen] == [(True, 4 * mss), (False, 7), (True, 6 * mss)]
+    assert server.receive(1 << 20) == DATA[:10 * mss] and other_server.receive(100) == b"between"
+    acks = [tcp.parse(ipv4.parse(p)) for p in wire.b.take_outgoing()]
+    assert [(a.destination_port, a.ack) for a in acks if a.destination_port == client.local[1]] == [
+        (client.local[1], (client.snd_max) & tcp.MASK)]  # one ACK for the whole batch
+
+
+def test_a_run_on_an_authenticated_link_still_drops_a_corrupt_ip_header():
+    wire = Wire()
+    wire.a.verify_checksums = wire.b.verify_checksums = False
+    client, server = wire.connect()
+    client.send(DATA[:4 * client.snd_mss])
+    wire.poll(wire.a)
+    packets = wire.a.take_outgoing()
+    corrupt = bytearray(packets[1])
+    corrupt[10] ^= 0xFF  # the IP header checksum
+    wire.b.receive([packets[0], bytes(corrupt), packets[2], packets[3]], wire.now)
+    assert wire.b.drops["bad-checksum"] == 1
+    assert server.receive(1 << 20) == DATA[:client.snd_mss]  # what follows the hole waits for it
+
+
+def test_a_writer_waiting_on_a_full_send_buffer_wakes_once_a_third_is_free():
+    wire = Wire(Config(send_buffer=60 * 1380))
+    client, server = wire.connect()
+    client.user = "a task waiting to write"
+    assert client.send(DATA) == 60 * client.snd_mss
+    wire.poll(wire.a)  # the initial window: 10 segments
+
+    def round_trip() -> bool:
+        wire.b.receive(wire.a.take_outgoing(), wire.now)
+        wire.a.receive(wire.b.take_outgoing(), wire.now)
+        return client in wire.a.take_changed()
+
+    wire.a.take_changed()
+    assert not round_trip()  # 10 of 60 segments acknowledged: not worth waking the writer
+    assert round_trip()  # 30 of 60: room for a large piece
+    assert server.receive(1 << 20) == DATA[:30 * client.snd_mss]
+
+
 def test_rto_retransmits_with_exponential_backoff_then_gives_up():
     wire = Wire(Config(data_retries=4))
     client, server = wire.connect()

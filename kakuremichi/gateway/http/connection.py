@@ -30,7 +30,9 @@ STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 class HttpConnection(Waits):
     """`next_event()`/`send()` over `stream`; `bytes_received` tells whether the peer said anything yet in this
     cycle; `deadline` is when the current read or write times out, whichever is sooner (inf while not waiting);
-    `http` is the protocol state (h1parse.Connection)."""
+    `http` is the protocol state (h1parse.Connection); `chunk` is the most one read takes."""
+
+    chunk = CHUNK
 
     def __init__(self, stream: trio.abc.Stream, server: bool,
                  max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> None:
@@ -50,7 +52,7 @@ class HttpConnection(Waits):
         self.start_read(timeout)  # one deadline for the whole event, however many reads it takes
         try:
             while event is h1parse.NEED_DATA:
-                data = await self.stream.receive_some(CHUNK)
+                data = await self.stream.receive_some(self.chunk)
                 self.bytes_received += len(data)
                 http.receive_data(data)
                 event = http.next_event()
