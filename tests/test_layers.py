@@ -11,7 +11,8 @@ import pytest
 
 CORES = ["kakuremichi.netstack.stack", "kakuremichi.netstack.tcp", "kakuremichi.netstack.ipv4",
          "kakuremichi.wg.device", "kakuremichi.egress.socks5", "kakuremichi.protocol", "kakuremichi.values",
-         "kakuremichi.faults", "kakuremichi.httpheaders", "kakuremichi.buckets", "kakuremichi.h1parse"]
+         "kakuremichi.faults", "kakuremichi.httpheaders", "kakuremichi.buckets", "kakuremichi.h1parse",
+         "kakuremichi.balancing", "kakuremichi.health"]
 FORBIDDEN = ("trio", "kakuremichi.gateway", "kakuremichi.control", "kakuremichi.agent")
 
 

@@ -36,12 +36,21 @@ MESSAGES = [
     p.CertificateUpload("app.example.com", "CHAIN", "KEY", NOT_AFTER),
     p.CertificateInstall("app.example.com", "CHAIN", "KEY", NOT_AFTER),
 ]
+MESSAGES_SINCE_V1 = [
+    p.BackendHealth("b1", "unhealthy", "HTTP status 500"),
+    p.ConfigUpdate(p.GatewayConfig(7, routes=[p.RouteConfig("app.example.com", "10.1.0.2", "10.1.0.254", "t1", backends=[
+        p.RouteBackend("b1", "10.1.0.2", weight=3), p.RouteBackend("b2", "10.1.0.3", priority=1, health="healthy")],
+        affinity=True)])),
+    p.ConfigUpdate(p.AgentConfig(8, ["10.1.0.3"], tunnels=[p.TunnelMapping(
+        "t1", "app.example.com", "10.1.0.3", "localhost:8080", backend_id="b2",
+        health_check=p.HealthCheck("http", "/healthz", expect_status=204))])),
+]
 V1_FRAMES = (pathlib.Path(__file__).parent / "protocol_v1_frames.jsonl").read_text().splitlines()
 
 
 def test_every_message_round_trips():
-    assert {m.type for m in MESSAGES} == set(p._TYPES)
-    for message in MESSAGES:
+    assert {m.type for m in MESSAGES + MESSAGES_SINCE_V1} == set(p._TYPES)
+    for message in MESSAGES + MESSAGES_SINCE_V1:
         assert p.decode(message.to_json()) == message
         assert p.decode(p.decode(message.to_json()).to_json()) == message  # decoded values encode again
 
