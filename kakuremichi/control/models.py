@@ -56,6 +56,7 @@ def define(db: Database) -> None:
         metadata = Optional(Json)
         created_at = Required(datetime, default=utcnow)
         tunnels = Set("Tunnel", cascade_delete=True)
+        backends = Set("Backend", cascade_delete=True)
 
         def before_delete(self) -> None:
             release_public_key(self._database_, "agent", self.id)
@@ -113,10 +114,42 @@ def define(db: Database) -> None:
         socks_proxy_enabled = Required(bool, default=False)
         created_at = Required(datetime, default=utcnow)
         gateway_ips = Set("TunnelGatewayIp", cascade_delete=True)
+        backends = Set("Backend", cascade_delete=True)
+        balancing = Optional("TunnelBalancing", cascade_delete=True)
 
         def before_delete(self) -> None:
             # However it goes (alone, or with its agent), its certificate's key is kept nowhere afterwards.
             certificates.forget(self._database_, self.domain)
+
+    class Backend(db.Entity):
+        """One of a tunnel's backends: an agent, its local target and its own address in the tunnel subnet
+        (.2 upward). The tunnel's agent, target and agent_ip columns repeat its first backend's (position 0), the
+        one-backend shorthand older code and older controls read. A new table only, so the schema version
+        stays; tunnels without rows get theirs at start (`adopt_single_backends`)."""
+        _table_ = "backends"
+        id = PrimaryKey(str, default=new_id)
+        tunnel = Required(Tunnel)
+        agent = Required(Agent)
+        target = Required(str)
+        address = Required(str)
+        position = Required(int)
+        weight = Required(int, default=1)
+        priority = Required(int, default=0)
+        enabled = Required(bool, default=True)
+        draining = Required(bool, default=False)
+        health_check = Optional(Json, nullable=True)  # overrides the tunnel's; None: the tunnel's applies
+        health = Required(str, default="unknown")  # as its agent last reported: healthy, unhealthy, unknown
+        health_error = Optional(str, nullable=True)
+        health_checked_at = Optional(datetime)
+        composite_key(tunnel, address)
+
+    class TunnelBalancing(db.Entity):
+        """A tunnel's health check and session affinity, apart from the tunnels table so no column is added to
+        it (a new table only: the schema version stays). None: no checks, no affinity."""
+        _table_ = "tunnel_balancing"
+        tunnel = PrimaryKey(Tunnel)
+        health_check = Optional(Json, nullable=True)
+        affinity = Required(bool, default=False)
 
     class TunnelGatewayIp(db.Entity):
         _table_ = "tunnel_gateway_ips"
@@ -254,6 +287,14 @@ def _check_schema(db: Database) -> None:
     elif int(row.value) != SCHEMA_VERSION:
         raise SchemaError(f"database schema version {row.value} is not supported by this control "
                           f"(expects {SCHEMA_VERSION}); upgrade kakuremichi or use the matching release")
+    adopt_single_backends(db)
+
+
+def adopt_single_backends(db: Database) -> None:
+    """Each tunnel stored before tunnels had several backends (or by an older control) gets its one backend:
+    its agent and target at its agent address. Inside the caller's db_session."""
+    for tunnel in db.Tunnel.select(lambda t: not t.backends):
+        db.Backend(tunnel=tunnel, agent=tunnel.agent, target=tunnel.target, address=tunnel.agent_ip, position=0)
 
 
 def _claim_reported_keys(db: Database) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from pony.orm import Database, TransactionIntegrityError, db_session
 
-from kakuremichi.control import allocation, auth, bodies, certificates
+from kakuremichi.control import allocation, auth, backends, bodies, certificates
 from kakuremichi.control.bodies import ApiError
 from kakuremichi.control.models import utcnow
 from kakuremichi.control.state import ControlState
@@ -132,7 +132,9 @@ def tunnel_json(tunnel) -> dict:
         gateway_ips={row.gateway.id: row.ip for row in tunnel.gateway_ips}, tls_mode=tunnel.tls_mode,
         force_https=tunnel.force_https, http_proxy_enabled=tunnel.http_proxy_enabled,
         socks_proxy_enabled=tunnel.socks_proxy_enabled, created_at=_utc(tunnel.created_at),
-        certificate=tunnel_certificate(tunnel)))
+        certificate=tunnel_certificate(tunnel),
+        backends=backends.as_bodies(tunnel, backends.active_connections(tunnel._database_)),
+        health_check=backends.tunnel_check(tunnel), affinity=backends.affinity(tunnel)))
 
 
 def tunnel_certificate(tunnel) -> bodies.Certificate | None:
@@ -154,7 +156,7 @@ def _tunnel_columns(db: Database, body: bodies.TunnelCreate | bodies.TunnelUpdat
                     ) -> dict:
     """Database columns for the tunnel fields `body` sets, checking the agent exists and the domain is free."""
     values = bodies.given(body)
-    columns = {k: val for k, val in values.items() if k != "agent_id"}
+    columns = {k: val for k, val in values.items() if k not in BACKEND_FIELDS}
     if "agent_id" in values:
         columns["agent"] = db.Agent.get(id=values["agent_id"])
         if columns["agent"] is None:
@@ -170,13 +172,24 @@ def _tunnel_columns(db: Database, body: bodies.TunnelCreate | bodies.TunnelUpdat
 def _create_tunnel(state: ControlState, body: bodies.TunnelCreate) -> dict:
     """Create a tunnel with its own subnet and an address for every gateway."""
 
+    values = bodies.given(body)  # decoded: agentId and target both, or backends (TunnelCreate.missing)
+    backends.shorthand(values)
+    specs = values.get("backends") or [bodies.BackendSpec(agent_id=values["agent_id"], target=values["target"])]
+
     def work(db: Database) -> dict:
         columns = _tunnel_columns(db, body)
+        columns["agent"] = columns.get("agent") or db.Agent.get(id=specs[0].agent_id)
+        columns["target"] = str(specs[0].target)
         try:
             subnet, agent_ip = allocation.allocate_tunnel(db, state.pool)
         except allocation.AllocationError as exc:
             raise ApiError(409, "pool_exhausted", str(exc)) from None
+        if columns["agent"] is None:
+            raise ApiError(400, "validation_failed", "invalid request: backends",
+                           {"backends": f"no such agent {specs[0].agent_id}"})
         tunnel = db.Tunnel(subnet=subnet, agent_ip=agent_ip, **columns)
+        backends.set_backends(db, tunnel, specs)
+        backends.set_balancing(db, tunnel, values)
         allocation.assign_gateway_addresses(db, [tunnel], db.Gateway.select())
         tunnel.flush()
         return tunnel_json(tunnel)
@@ -187,13 +200,23 @@ def _create_tunnel(state: ControlState, body: bodies.TunnelCreate) -> dict:
 def _update_tunnel(state: ControlState, item_id: str, body: bodies.TunnelUpdate) -> dict:
     def work(db: Database) -> dict:
         tunnel = get_row(db, "tunnel", item_id)
+        values = bodies.given(body)
         columns = _tunnel_columns(db, body, item_id)
         if columns.get("domain", tunnel.domain) != tunnel.domain:
             certificates.forget(db, tunnel.domain)
+        agent, target = columns.pop("agent", None), columns.pop("target", None)
         tunnel.set(**columns)
+        if backends.shorthand(values):
+            backends.set_first(tunnel, agent, target)
+        elif "backends" in values:
+            backends.set_backends(db, tunnel, values["backends"])
+        backends.set_balancing(db, tunnel, values)
         return tunnel_json(tunnel)
 
     return _write(state, work)
+
+
+BACKEND_FIELDS = ("agent_id", "backends", "health_check", "affinity")  # set through kakuremichi.control.backends
 
 
 # -- every kind ------------------------------------------------------------------------------------------------
