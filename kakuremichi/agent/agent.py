@@ -13,6 +13,7 @@ import logging
 import trio
 
 from kakuremichi.agent.configcache import ConfigCache
+from kakuremichi.agent.probes import Probes
 from kakuremichi.agent.targets import connect
 from kakuremichi.controlclient import ControlClient
 from kakuremichi.egress.dialer import ExitDialer
@@ -42,6 +43,7 @@ class Agent:
         self.targets: dict[str, tuple[str, Target]] = {}  # agent address -> (domain, target)
         self.config_version = 0
         self._active: dict[trio.CancelScope, tuple[str, Target]] = {}  # running splice -> (address, target)
+        self.probes = Probes()  # health checks of its backends' targets
 
     @property
     def active_connections(self) -> int:
@@ -49,8 +51,10 @@ class Agent:
 
     def control_client(self, url: str, api_key: str, **options) -> ControlClient:
         """The link to control this agent follows (`options` go to ControlClient)."""
-        return ControlClient(url, api_key, "agent", keys.encode(self.node.public_key), on_config=self.apply,
-                             stats=self.stats, **options)
+        client = ControlClient(url, api_key, "agent", keys.encode(self.node.public_key), on_config=self.apply,
+                               stats=self.stats, **options)
+        self.probes.report, client.on_connected = client.send, self.probes.resend
+        return client
 
     def stats(self) -> dict:
         return {**self.node.stats(), "configVersion": self.config_version, "tunnels": len(self.targets),
@@ -60,6 +64,7 @@ class Agent:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.node.run)
             await nursery.start(self.proxies.run)
+            await nursery.start(self.probes.run)
             await nursery.start(functools.partial(self.node.stack.serve_tcp, self._handle, TUNNEL_PORT,
                                                   backlog=TUNNEL_BACKLOG))
             saved = self.cache.load() if self.cache is not None else None
@@ -83,6 +88,7 @@ class Agent:
                 scope.cancel()  # re-targeted, disabled or deleted: its connections must not linger
         await self.node.apply(config.addresses, peers)
         await self.proxies.update(config.tunnels)
+        self.probes.update(config.tunnels)
         self.config_version = config.version
         if save and self.cache is not None:
             try:
