@@ -1,0 +1,106 @@
+"""The gateway's choice among a route's backends (kakuremichi.balancing), with what it knows of their health
+itself, and the exchanges each backend holds (what a draining backend still has to finish).
+
+A backend is down when its agent reported its target unhealthy (through control), when its agent stopped,
+or, without waiting for control, when its agent's WireGuard session is silent (`Liveness`): an agent that was
+killed or whose machine vanished is out of the pool within LIVENESS_LIMIT, and back as soon as it answers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections import Counter
+from collections.abc import Callable, Collection
+
+import trio
+
+from kakuremichi.balancing import Balancer
+from kakuremichi.gateway.routes import Backend, Route
+from kakuremichi.protocol import RouteConfig
+
+Reachable = Callable[[str], bool]  # agent address → whether its WireGuard session is alive
+
+PING_INTERVAL = 0.5  # seconds between liveness pings of a quiet agent that serves a route with several backends
+LIVENESS_LIMIT = 2.0  # seconds of silence (three pings unanswered) after which such an agent counts as gone
+
+
+def always(_address: str) -> bool:
+    return True
+
+
+class Backends:
+    """Picks each exchange's backend and counts the exchanges in flight per backend."""
+
+    def __init__(self, reachable: Reachable = always) -> None:
+        self.reachable = reachable
+        self.active: Counter[str] = Counter()  # backend id → exchanges in flight
+        self._balancers: dict[str, Balancer] = {}  # per domain
+
+    def healthy(self, backend: Backend) -> bool:
+        return (backend.health != "unhealthy" and not backend.agent_stopped
+                and self.reachable(backend.route.address))
+
+    def choose(self, route: Route, client: str | None, exclude: Collection[str] = ()) -> Backend | None:
+        """The backend for one exchange of `route` (None: none is usable); `client` is the affinity key."""
+        balancer = self._balancers.get(route.domain)
+        if balancer is None:
+            balancer = self._balancers[route.domain] = Balancer()
+        key = _client_key(client) if route.affinity and client else None
+        return balancer.choose(route.backends, self.healthy, key=key, exclude=exclude)
+
+    def forget_others(self, domains: Collection[str]) -> None:
+        """Drop the balancing state of domains no longer served."""
+        self._balancers = {domain: b for domain, b in self._balancers.items() if domain in domains}
+
+    def stats(self) -> dict[str, int]:
+        return {backend_id: count for backend_id, count in self.active.items() if count}
+
+
+def route_of(config: RouteConfig) -> Route:
+    """The gateway's Route for a route control pushed, with its backends (each with the Route of its address)."""
+    route = Route(config.domain, config.agent_ip, config.port, enabled=config.enabled, force_https=config.force_https,
+                  tls=config.tls_mode, tunnel_id=config.tunnel_id, agent_stopped=config.agent_stopped)
+    if not config.backends:
+        return route
+    backends = tuple(Backend(b.id, dataclasses.replace(route, address=b.address, backend_id=b.id,
+                                                       agent_stopped=b.agent_stopped),
+                             b.weight, b.priority, b.enabled, b.draining, b.health, b.agent_stopped)
+                     for b in config.backends)
+    return dataclasses.replace(route, backends=backends, affinity=config.affinity is True)
+
+
+def _client_key(client: str) -> bytes:
+    try:
+        return ipaddress.ip_address(client).packed
+    except ValueError:
+        return client.encode()
+
+
+class Liveness:
+    """`reachable` for a gateway's tunnel node. An agent address of a route with several backends is watched:
+    pinged every PING_INTERVAL when it was not heard from meanwhile (traffic is proof enough: a loaded agent
+    gets no pings), and down once silent for LIVENESS_LIMIT. Any other address is down only when its agent never
+    reached this gateway or has been silent for longer than `silence_limit` (its keepalives' allowance)."""
+
+    def __init__(self, node, silence_limit: float) -> None:
+        self.node = node
+        self.silence_limit = silence_limit
+        self.watched: dict[str, str] = {}  # agent address → our address in its tunnel (the pings' source)
+        self._sequence = 0
+
+    def __call__(self, address: str) -> bool:
+        silent = self.node.silence(address)
+        if silent is None:
+            return False
+        return silent <= (LIVENESS_LIMIT if address in self.watched else self.silence_limit)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await trio.sleep(PING_INTERVAL)
+            self._sequence += 1
+            for address, source in list(self.watched.items()):
+                silent = self.node.silence(address)
+                if silent is not None and silent >= PING_INTERVAL / 2:
+                    self.node.ping(source, address, self._sequence)

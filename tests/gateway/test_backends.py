@@ -1,0 +1,133 @@
+"""Balancing at the gateway over real local apps: weights, priorities, health, reachability, draining, retries."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections import Counter
+
+import httpx
+import trio
+
+from kakuremichi.gateway.backends import LIVENESS_LIMIT, PING_INTERVAL, Liveness
+from kakuremichi.gateway.routes import Backend, Route, RouteTable
+from tests.gateway.app import payload_sha256, start_app
+from tests.gateway.conftest import start_gateway
+from tests.gateway.test_proxy import closed_port
+
+DOMAIN = "app.example.com"
+
+
+def route(*backends: tuple[str, int, dict], affinity: bool = False) -> Route:
+    """A route whose backends are local ports (the gateway's tests dial loopback, not agent addresses)."""
+    base = Route(DOMAIN, "127.0.0.1", backends[0][1], tls="off")
+    return dataclasses.replace(base, affinity=affinity, backends=tuple(
+        Backend(name, dataclasses.replace(base, port=port, backend_id=name), **options)
+        for name, port, options in backends))
+
+
+async def apps_answering(client: httpx.AsyncClient, url: str, count: int, **options) -> Counter:
+    shares = Counter()
+    for _ in range(count):
+        response = await client.get(url + "/headers", headers={"host": DOMAIN}, **options)
+        shares[response.json()["app"] if response.status_code == 200 else response.status_code] += 1
+    return shares
+
+
+async def test_weights_and_priorities(nursery):
+    one, two, spare = [await start_app(nursery, name) for name in ("one", "two", "spare")]
+    table = RouteTable([route(("one", one, {"weight": 3}), ("two", two, {}), ("spare", spare, {"priority": 1}))])
+    gateway = await start_gateway(nursery, table)
+    async with httpx.AsyncClient() as client:
+        assert await apps_answering(client, gateway.url, 40) == {"one": 30, "two": 10}
+        table.replace([route(("one", one, {"health": "unhealthy"}), ("two", two, {"draining": True}),
+                             ("spare", spare, {"priority": 1}))])
+        assert await apps_answering(client, gateway.url, 5) == {"spare": 5}  # the fallback, only now
+        table.replace([route(("one", one, {"enabled": False}), ("spare", spare, {"health": "unhealthy"}))])
+        response = await client.get(gateway.url + "/headers", headers={"host": DOMAIN, "accept": "application/json"})
+        assert response.status_code == 502 and response.json()["code"] == "no_healthy_backend"
+
+
+async def test_an_agent_whose_session_is_silent_is_left_out(nursery):
+    ports = {"10.1.0.2": await start_app(nursery, "one"), "10.1.0.3": await start_app(nursery, "two")}
+
+    async def dial(upstream: Route) -> trio.abc.Stream:  # agent addresses, as the netstack would reach them
+        return await trio.open_tcp_stream("127.0.0.1", ports[upstream.address])
+
+    base = Route(DOMAIN, "10.1.0.2", 80, tls="off")
+    table = RouteTable([dataclasses.replace(base, backends=tuple(
+        Backend(address, dataclasses.replace(base, address=address, backend_id=address)) for address in ports))])
+    gateway = await start_gateway(nursery, table, dial=dial)
+    node = FakeNode({"10.1.0.2": 0.1, "10.1.0.3": 0.1})
+    liveness = Liveness(node, silence_limit=55)
+    liveness.watched = {"10.1.0.2": "10.1.0.254", "10.1.0.3": "10.1.0.254"}
+    gateway.proxy.backends.reachable = liveness
+    async with httpx.AsyncClient() as client:
+        assert await apps_answering(client, gateway.url, 4) == {"one": 2, "two": 2}
+        node.silent["10.1.0.2"] = LIVENESS_LIMIT + 0.5  # killed: its pings go unanswered
+        assert await apps_answering(client, gateway.url, 4) == {"two": 4}
+        node.silent["10.1.0.2"] = 0.0  # heard from again
+        assert await apps_answering(client, gateway.url, 4) == {"one": 2, "two": 2}
+
+
+class FakeNode:
+    """The tunnel node as Liveness reads it: per address, seconds of silence (None: never reached us)."""
+
+    def __init__(self, silent: dict[str, float | None]) -> None:
+        self.silent = silent
+        self.pings: list[tuple[str, str]] = []
+
+    def silence(self, address: str) -> float | None:
+        return self.silent.get(address)
+
+    def ping(self, source: str, address: str, sequence: int) -> None:
+        self.pings.append((source, address))
+
+
+async def test_liveness_pings_only_quiet_watched_agents(autojump_clock, nursery):
+    node = FakeNode({"10.1.0.2": 0.0, "10.1.0.3": 5.0, "10.2.0.2": None, "10.3.0.2": 30.0})
+    liveness = Liveness(node, silence_limit=55)
+    liveness.watched = {"10.1.0.2": "10.1.0.254", "10.1.0.3": "10.1.0.254", "10.2.0.2": "10.2.0.254"}
+    await nursery.start(liveness.run)
+    await trio.sleep(PING_INTERVAL * 1.5)
+    assert node.pings == [("10.1.0.254", "10.1.0.3")]  # the busy one and the unreachable one get none
+    assert [liveness(a) for a in ("10.1.0.2", "10.1.0.3", "10.2.0.2", "10.3.0.2", "10.9.0.2")] == [
+        True, False, False, True, False]  # 10.3.0.2 is not watched: the keepalives' allowance applies
+
+
+async def test_a_request_whose_backend_cannot_be_reached_goes_to_another(nursery):
+    alive = await start_app(nursery, "alive")
+    gateway = await start_gateway(nursery, RouteTable([route(("dead", closed_port(), {}), ("alive", alive, {}))]))
+    async with httpx.AsyncClient() as client:
+        assert await apps_answering(client, gateway.url, 10) == {"alive": 10}
+        posted = await client.post(gateway.url + "/upload", headers={"host": DOMAIN}, content=b"x" * 1000)
+        assert posted.status_code == 200 and posted.json()["length"] == 1000  # never sent: safe to send again
+
+
+async def test_affinity_keeps_a_client_on_one_backend(nursery):
+    ports = [await start_app(nursery, name) for name in ("a", "b", "c")]
+    table = RouteTable([route(*((name, port, {}) for name, port in zip("abc", ports)), affinity=True)])
+    gateway = await start_gateway(nursery, table)
+    async with httpx.AsyncClient() as client:
+        assert len(await apps_answering(client, gateway.url, 9)) == 1
+
+
+async def test_draining_lets_a_running_download_finish_while_new_requests_go_elsewhere(nursery):
+    old, new = await start_app(nursery, "old"), await start_app(nursery, "new")
+    table = RouteTable([route(("old", old, {}), ("new", new, {"priority": 1}))])
+    gateway = await start_gateway(nursery, table)
+    size = 20_000_000
+    async with httpx.AsyncClient(timeout=60) as client:
+        async with client.stream("GET", gateway.url + f"/download?size={size}", headers={"host": DOMAIN}) as download:
+            assert download.status_code == 200
+            chunks = download.aiter_bytes()
+            first = await chunks.__anext__()
+            table.replace([route(("old", old, {"draining": True}), ("new", new, {"priority": 1}))])
+            assert gateway.proxy.backends.stats() == {"old": 1}
+            assert await apps_answering(client, gateway.url, 3) == {"new": 3}
+            digest = hashlib.sha256(first)
+            async for chunk in chunks:
+                digest.update(chunk)
+        assert digest.hexdigest() == payload_sha256(size)
+        table.replace([route(("new", new, {}))])  # removed once drained
+        assert gateway.proxy.backends.stats() == {}
