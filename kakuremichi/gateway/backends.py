@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 
 import trio
 
 from kakuremichi.balancing import Balancer
+from kakuremichi.gateway.http.accesslog import AccessRecord
 from kakuremichi.gateway.routes import Backend, Route
 from kakuremichi.protocol import RouteConfig
 
@@ -36,6 +38,26 @@ class Backends:
         self.reachable = reachable
         self.active: Counter[str] = Counter()  # backend id → exchanges in flight
         self._balancers: dict[str, Balancer] = {}  # per domain
+        self._waiting: dict[str, dict[trio.CancelScope, AccessRecord]] = {}  # address → exchanges not yet answered
+
+    @contextmanager
+    def waiting(self, address: str, scope: trio.CancelScope, record: AccessRecord) -> Iterator[None]:
+        """While in the block, `scope` (an exchange with the agent at `address`) is cancelled if that agent goes
+        silent before the response began (`record.status` still 0): the request may then go elsewhere."""
+        exchanges = self._waiting.setdefault(address, {})
+        exchanges[scope] = record
+        try:
+            yield
+        finally:
+            del exchanges[scope]
+            if not exchanges:
+                del self._waiting[address]
+
+    def went_down(self, address: str) -> None:
+        """The agent at `address` went silent: its exchanges still waiting for a response are cancelled."""
+        for scope, record in list(self._waiting.get(address, {}).items()):
+            if record.status == 0:
+                scope.cancel()
 
     def healthy(self, backend: Backend) -> bool:
         return (backend.health != "unhealthy" and not backend.agent_stopped
@@ -87,6 +109,8 @@ class Liveness:
         self.node = node
         self.silence_limit = silence_limit
         self.watched: dict[str, str] = {}  # agent address → our address in its tunnel (the pings' source)
+        self.on_down: Callable[[str], None] = lambda address: None  # a watched address just went down
+        self._down: set[str] = set()
         self._sequence = 0
 
     def __call__(self, address: str) -> bool:
@@ -100,7 +124,13 @@ class Liveness:
         while True:
             await trio.sleep(PING_INTERVAL)
             self._sequence += 1
+            self._down &= set(self.watched)
             for address, source in list(self.watched.items()):
                 silent = self.node.silence(address)
                 if silent is not None and silent >= PING_INTERVAL / 2:
                     self.node.ping(source, address, self._sequence)
+                if self(address):
+                    self._down.discard(address)
+                elif address not in self._down:
+                    self._down.add(address)
+                    self.on_down(address)

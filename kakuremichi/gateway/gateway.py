@@ -68,6 +68,7 @@ class Gateway:
                                         sorted(Path(state_dir).glob("agent-endpoints*.json")))  # every worker's
         self.liveness = Liveness(node, AGENT_SILENCE_LIMIT)
         self.backends = Backends(self.liveness)  # the choice among a route's backends
+        self.liveness.on_down = self.backends.went_down
         self.config_version = 0
         self.http_ports: list[int] = []
         self.https_ports: list[int] = []

@@ -70,6 +70,40 @@ async def test_an_agent_whose_session_is_silent_is_left_out(nursery):
         assert await apps_answering(client, gateway.url, 4) == {"one": 2, "two": 2}
 
 
+async def test_requests_waiting_on_an_agent_that_goes_silent_are_retried_on_another(nursery):
+    async def mute(stream):  # an agent that was killed: connections accepted (by the kernel), never answered
+        await trio.sleep_forever()
+
+    mute_port = (await nursery.start(trio.serve_tcp, mute, 0))[0].socket.getsockname()[1]
+    ports = {"10.1.0.2": mute_port, "10.1.0.3": await start_app(nursery, "two")}
+
+    async def dial(upstream: Route) -> trio.abc.Stream:
+        return await trio.open_tcp_stream("127.0.0.1", ports[upstream.address])
+
+    base = Route(DOMAIN, "10.1.0.2", 80, tls="off")
+    table = RouteTable([dataclasses.replace(base, backends=tuple(
+        Backend(address, dataclasses.replace(base, address=address, backend_id=address)) for address in ports))])
+    gateway = await start_gateway(nursery, table, dial=dial)
+    node = FakeNode({"10.1.0.2": 0.0, "10.1.0.3": 0.0})
+    liveness = Liveness(node, silence_limit=55)
+    liveness.watched = {"10.1.0.2": "10.1.0.254", "10.1.0.3": "10.1.0.254"}
+    liveness.on_down = gateway.proxy.backends.went_down
+    gateway.proxy.backends.reachable = liveness
+    await nursery.start(liveness.run)
+    answers = []
+
+    async def get(client):
+        answers.append((await client.get(gateway.url + "/headers", headers={"host": DOMAIN})).json()["app"])
+
+    async with httpx.AsyncClient(timeout=30) as client, trio.open_nursery() as requests:
+        for _ in range(4):
+            requests.start_soon(get, client)
+        await trio.sleep(1)
+        assert answers == ["two", "two"]  # the other two wait on the mute agent
+        node.silent["10.1.0.2"] = LIVENESS_LIMIT + 1
+    assert answers == ["two"] * 4  # retried once it was found silent, well before any timeout
+
+
 class FakeNode:
     """The tunnel node as Liveness reads it: per address, seconds of silence (None: never reached us)."""
 

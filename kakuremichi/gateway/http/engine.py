@@ -179,9 +179,16 @@ class Engine:
             tried.append(backend.id)
             self.backends.active[backend.id] += 1
             try:
-                with self.routes.hold(backend.route, guard.scope):
+                with trio.CancelScope() as silenced, self.backends.waiting(backend.route.address, silenced, record), \
+                        self.routes.hold(backend.route, guard.scope):
                     await self._exchange_with(side, request, has_body, backend.route, host, record, guard)
-                return
+                if not silenced.cancelled_caught:
+                    return
+                log(logger, logging.WARNING, "backend's agent went silent before answering", host=host,
+                    backend=backend.id)
+                failure = errorpages.agent_unreachable(host)
+                if has_body or request.method in _NOT_IDEMPOTENT:
+                    raise failure
             except _Unreached as exc:
                 failure = exc.error
             except GatewayError as exc:
