@@ -5,7 +5,6 @@ draining."""
 from __future__ import annotations
 
 import signal
-import textwrap
 import threading
 import time
 from collections import Counter
@@ -14,49 +13,10 @@ import httpx
 import pytest
 
 from tests.deployment import Deployment, wait_for
+from tests.e2e.test_tunnel_end_to_end import APP  # answers its name; /health as last set by /set-health/<status>
 
 DOMAIN = "app.example.test"
 MB = 1024 * 1024
-# A local app: GET /health answers the status last set with GET /set-health/<status>; /bytes/<n> sends n bytes;
-# anything else names the app.
-APP = textwrap.dedent('''
-    import json, sys
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    health = [200]
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        def log_message(self, *args): pass
-        def answer(self, status, body=b""):
-            self.send_response(status)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        def do_GET(self):
-            if self.path.startswith("/set-health/"):
-                health[0] = int(self.path.rsplit("/", 1)[1])
-                return self.answer(204)
-            if self.path == "/health":
-                return self.answer(health[0])
-            if self.path.startswith("/bytes/"):
-                size = int(self.path.split("/")[2])
-                self.send_response(200)
-                self.send_header("content-length", str(size))
-                self.end_headers()
-                block = bytes(range(256)) * 256
-                while size:
-                    chunk = block[:min(size, len(block))]
-                    self.wfile.write(chunk)
-                    size -= len(chunk)
-                return
-            self.answer(200, json.dumps({"app": sys.argv[2]}).encode())
-
-    server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
-    server.daemon_threads = True
-    print("ready", flush=True)
-    server.serve_forever()
-''')
 FAST_CHECK = {"type": "http", "path": "/health", "intervalSeconds": 0.2, "timeoutSeconds": 1,
               "healthyThreshold": 2, "unhealthyThreshold": 2}
 

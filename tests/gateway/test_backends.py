@@ -49,19 +49,8 @@ async def test_weights_and_priorities(nursery):
 
 
 async def test_an_agent_whose_session_is_silent_is_left_out(nursery):
-    ports = {"10.1.0.2": await start_app(nursery, "one"), "10.1.0.3": await start_app(nursery, "two")}
-
-    async def dial(upstream: Route) -> trio.abc.Stream:  # agent addresses, as the netstack would reach them
-        return await trio.open_tcp_stream("127.0.0.1", ports[upstream.address])
-
-    base = Route(DOMAIN, "10.1.0.2", 80, tls="off")
-    table = RouteTable([dataclasses.replace(base, backends=tuple(
-        Backend(address, dataclasses.replace(base, address=address, backend_id=address)) for address in ports))])
-    gateway = await start_gateway(nursery, table, dial=dial)
-    node = FakeNode({"10.1.0.2": 0.1, "10.1.0.3": 0.1})
-    liveness = Liveness(node, silence_limit=55)
-    liveness.watched = {"10.1.0.2": "10.1.0.254", "10.1.0.3": "10.1.0.254"}
-    gateway.proxy.backends.reachable = liveness
+    gateway, node, liveness = await agents_at(nursery, {"10.1.0.2": await start_app(nursery, "one"),
+                                                        "10.1.0.3": await start_app(nursery, "two")})
     async with httpx.AsyncClient() as client:
         assert await apps_answering(client, gateway.url, 4) == {"one": 2, "two": 2}
         node.silent["10.1.0.2"] = LIVENESS_LIMIT + 0.5  # killed: its pings go unanswered
@@ -75,20 +64,9 @@ async def test_requests_waiting_on_an_agent_that_goes_silent_are_retried_on_anot
         await trio.sleep_forever()
 
     mute_port = (await nursery.start(trio.serve_tcp, mute, 0))[0].socket.getsockname()[1]
-    ports = {"10.1.0.2": mute_port, "10.1.0.3": await start_app(nursery, "two")}
-
-    async def dial(upstream: Route) -> trio.abc.Stream:
-        return await trio.open_tcp_stream("127.0.0.1", ports[upstream.address])
-
-    base = Route(DOMAIN, "10.1.0.2", 80, tls="off")
-    table = RouteTable([dataclasses.replace(base, backends=tuple(
-        Backend(address, dataclasses.replace(base, address=address, backend_id=address)) for address in ports))])
-    gateway = await start_gateway(nursery, table, dial=dial)
-    node = FakeNode({"10.1.0.2": 0.0, "10.1.0.3": 0.0})
-    liveness = Liveness(node, silence_limit=55)
-    liveness.watched = {"10.1.0.2": "10.1.0.254", "10.1.0.3": "10.1.0.254"}
+    gateway, node, liveness = await agents_at(nursery, {"10.1.0.2": mute_port,
+                                                        "10.1.0.3": await start_app(nursery, "two")})
     liveness.on_down = gateway.proxy.backends.went_down
-    gateway.proxy.backends.reachable = liveness
     await nursery.start(liveness.run)
     answers = []
 
@@ -102,6 +80,23 @@ async def test_requests_waiting_on_an_agent_that_goes_silent_are_retried_on_anot
         assert answers == ["two", "two"]  # the other two wait on the mute agent
         node.silent["10.1.0.2"] = LIVENESS_LIMIT + 1
     assert answers == ["two"] * 4  # retried once it was found silent, well before any timeout
+
+
+async def agents_at(nursery, ports: dict[str, int]):
+    """A gateway whose route's backends are agent addresses (`ports`: the local app each stands for), with their
+    liveness read off a FakeNode: the gateway, the node and the liveness."""
+    async def dial(upstream: Route) -> trio.abc.Stream:  # as the netstack would reach the agents
+        return await trio.open_tcp_stream("127.0.0.1", ports[upstream.address])
+
+    base = Route(DOMAIN, next(iter(ports)), 80, tls="off")
+    table = RouteTable([dataclasses.replace(base, backends=tuple(
+        Backend(address, dataclasses.replace(base, address=address, backend_id=address)) for address in ports))])
+    gateway = await start_gateway(nursery, table, dial=dial)
+    node = FakeNode(dict.fromkeys(ports, 0.0))
+    liveness = Liveness(node, silence_limit=55)
+    liveness.watched = dict.fromkeys(ports, "10.1.0.254")
+    gateway.proxy.backends.reachable = liveness
+    return gateway, node, liveness
 
 
 class FakeNode:
