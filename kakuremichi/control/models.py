@@ -58,6 +58,10 @@ def define(db: Database) -> None:
         tunnels = Set("Tunnel", cascade_delete=True)
         backends = Set("Backend", cascade_delete=True)
 
+        def delete(self) -> None:
+            hand_over_tunnels(self)  # before the cascade: it takes only the tunnels left in `tunnels`
+            super().delete()
+
         def before_delete(self) -> None:
             release_public_key(self._database_, "agent", self.id)
 
@@ -288,6 +292,15 @@ def _check_schema(db: Database) -> None:
         raise SchemaError(f"database schema version {row.value} is not supported by this control "
                           f"(expects {SCHEMA_VERSION}); upgrade kakuremichi or use the matching release")
     adopt_single_backends(db)
+
+
+def hand_over_tunnels(agent) -> None:
+    """Before `agent` is deleted: a tunnel it serves first but other agents serve too passes to the next of them
+    (its shorthand columns follow that backend), so only the tunnels it alone serves go with it."""
+    for tunnel in list(agent.tunnels):
+        others = sorted((b for b in tunnel.backends if b.agent.id != agent.id), key=lambda b: (b.position, b.id))
+        if others:
+            tunnel.set(agent=others[0].agent, target=others[0].target, agent_ip=others[0].address)
 
 
 def adopt_single_backends(db: Database) -> None:

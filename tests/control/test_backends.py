@@ -116,3 +116,15 @@ async def test_tunnels_stored_before_backends_get_their_one_backend(control):
     db.disconnect()
     shown = body(await control.api.get(f"/api/tunnels/{tunnel['id']}"))["backends"]
     assert [(b["agentId"], b["target"], b["address"]) for b in shown] == [(agent["id"], "localhost:1", "10.1.0.2")]
+
+
+async def test_deleting_an_agent_leaves_the_tunnels_other_agents_serve_too(control):
+    one, two = await _two_agents(control)
+    shared = await control.create("tunnels", domain="shared.example.com", backends=[
+        {"agentId": one["id"], "target": "localhost:1"}, {"agentId": two["id"], "target": "localhost:2"}])
+    alone = await control.create("tunnels", domain="alone.example.com", agentId=one["id"], target="localhost:3")
+    assert (await control.api.delete(f"/api/agents/{one['id']}")).status_code == 204
+    kept = body(await control.api.get(f"/api/tunnels/{shared['id']}"))
+    assert (kept["agentId"], kept["target"], kept["agentIp"]) == (two["id"], "localhost:2", "10.1.0.3")
+    assert [b["agentId"] for b in kept["backends"]] == [two["id"]]
+    assert (await control.api.get(f"/api/tunnels/{alone['id']}")).status_code == 404
