@@ -75,8 +75,14 @@ class Backends:
         """Drop the balancing state of domains no longer served."""
         self._balancers = {domain: b for domain, b in self._balancers.items() if domain in domains}
 
+    def finished(self, backend: Backend) -> None:
+        """One exchange of `backend` ended."""
+        self.active[backend.id] -= 1
+        if not self.active[backend.id]:
+            del self.active[backend.id]
+
     def stats(self) -> dict[str, int]:
-        return {backend_id: count for backend_id, count in self.active.items() if count}
+        return dict(self.active)
 
 
 def route_of(config: RouteConfig) -> Route:
@@ -102,7 +108,7 @@ def _client_key(client: str) -> bytes:
 class Liveness:
     """`reachable` for a gateway's tunnel node. An agent address of a route with several backends is watched:
     pinged every PING_INTERVAL when it was not heard from meanwhile (traffic is proof enough: a loaded agent
-    gets no pings), and down once silent for LIVENESS_LIMIT. Any other address is down only when its agent never
+    gets no pings), and down until it was first heard from and once silent for LIVENESS_LIMIT. Any other address is down only when its agent never
     reached this gateway or has been silent for longer than `silence_limit` (its keepalives' allowance)."""
 
     def __init__(self, node, silence_limit: float) -> None:
@@ -117,7 +123,9 @@ class Liveness:
         silent = self.node.silence(address)
         if silent is None:
             return False
-        return silent <= (LIVENESS_LIMIT if address in self.watched else self.silence_limit)
+        if address in self.watched:  # one never heard from (a remembered endpoint, say) is not counted on yet
+            return self.node.peer_alive(address) and silent <= LIVENESS_LIMIT
+        return silent <= self.silence_limit
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -127,8 +135,8 @@ class Liveness:
             self._down &= set(self.watched)
             for address, source in list(self.watched.items()):
                 silent = self.node.silence(address)
-                if silent is not None and silent >= PING_INTERVAL / 2:
-                    self.node.ping(source, address, self._sequence)
+                if silent is not None and (silent >= PING_INTERVAL / 2 or not self.node.peer_alive(address)):
+                    self.node.ping(source, address, self._sequence)  # without a session: a handshake first
                 if self(address):
                     self._down.discard(address)
                 elif address not in self._down:

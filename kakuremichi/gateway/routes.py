@@ -104,8 +104,9 @@ class RouteTable:
         new = self._routes.get(route.domain)
         if new is None or not new.enabled:
             return False
-        if route.backend_id is not None:
-            return any(b.enabled and b.route.upstream == route.upstream for b in new.backends)
+        if route.backend_id is not None:  # a route left with one plain backend has none listed: its address
+            upstreams = [b.route.upstream for b in new.backends if b.enabled] if new.backends else [new.upstream]
+            return route.upstream in upstreams
         return bool(new.backends) or new.upstream == route.upstream
 
     def hold(self, route: Route, scope: trio.CancelScope) -> _Hold:

@@ -104,24 +104,31 @@ class FakeNode:
 
     def __init__(self, silent: dict[str, float | None]) -> None:
         self.silent = silent
+        self.never_heard: set[str] = set()  # a peer with an endpoint but no session yet
         self.pings: list[tuple[str, str]] = []
 
     def silence(self, address: str) -> float | None:
         return self.silent.get(address)
+
+    def peer_alive(self, address: str) -> bool:
+        return address not in self.never_heard and self.silent.get(address) is not None
 
     def ping(self, source: str, address: str, sequence: int) -> None:
         self.pings.append((source, address))
 
 
 async def test_liveness_pings_only_quiet_watched_agents(autojump_clock, nursery):
-    node = FakeNode({"10.1.0.2": 0.0, "10.1.0.3": 5.0, "10.2.0.2": None, "10.3.0.2": 30.0})
+    node = FakeNode({"10.1.0.2": 0.0, "10.1.0.3": 5.0, "10.2.0.2": None, "10.3.0.2": 30.0, "10.4.0.2": 0.0})
+    node.never_heard.add("10.4.0.2")
     liveness = Liveness(node, silence_limit=55)
-    liveness.watched = {"10.1.0.2": "10.1.0.254", "10.1.0.3": "10.1.0.254", "10.2.0.2": "10.2.0.254"}
+    liveness.watched = {"10.1.0.2": "10.1.0.254", "10.1.0.3": "10.1.0.254", "10.2.0.2": "10.2.0.254",
+                        "10.4.0.2": "10.4.0.254"}
     await nursery.start(liveness.run)
     await trio.sleep(PING_INTERVAL * 1.5)
-    assert node.pings == [("10.1.0.254", "10.1.0.3")]  # the busy one and the unreachable one get none
-    assert [liveness(a) for a in ("10.1.0.2", "10.1.0.3", "10.2.0.2", "10.3.0.2", "10.9.0.2")] == [
-        True, False, False, True, False]  # 10.3.0.2 is not watched: the keepalives' allowance applies
+    # the busy one and the unreachable one get none; the quiet one and the one without a session do
+    assert node.pings == [("10.1.0.254", "10.1.0.3"), ("10.4.0.254", "10.4.0.2")]
+    assert [liveness(a) for a in ("10.1.0.2", "10.1.0.3", "10.2.0.2", "10.3.0.2", "10.4.0.2", "10.9.0.2")] == [
+        True, False, False, True, False, False]  # 10.3.0.2 is not watched: the keepalives' allowance applies
 
 
 async def test_a_request_whose_backend_cannot_be_reached_goes_to_another(nursery):
@@ -160,3 +167,19 @@ async def test_draining_lets_a_running_download_finish_while_new_requests_go_els
         assert digest.hexdigest() == payload_sha256(size)
         table.replace([route(("new", new, {}))])  # removed once drained
         assert gateway.proxy.backends.stats() == {}
+
+
+async def test_removing_a_backend_leaves_the_exchanges_of_the_one_that_stays(nursery):
+    stays, goes = await start_app(nursery, "stays"), await start_app(nursery, "goes")
+    table = RouteTable([route(("stays", stays, {}), ("goes", goes, {"priority": 1}))])
+    gateway = await start_gateway(nursery, table)
+    async with httpx.AsyncClient(timeout=30) as client, trio.open_nursery() as requests:
+        answers = []
+
+        async def slow() -> None:
+            answers.append((await client.get(gateway.url + "/slow?delay=1", headers={"host": DOMAIN})).json())
+
+        requests.start_soon(slow)
+        await trio.sleep(0.3)
+        table.replace([Route(DOMAIN, "127.0.0.1", stays, tls="off")])  # its one plain backend: no list
+    assert answers == [{"app": "stays", "slow": True}]

@@ -196,7 +196,7 @@ class Engine:
                     raise
                 failure = exc
             finally:
-                self.backends.active[backend.id] -= 1
+                self.backends.finished(backend)
             if len(tried) > 1:
                 raise failure
             log(logger, logging.WARNING, "backend failed, trying another", host=host, backend=backend.id,
