@@ -40,16 +40,20 @@ def set_backends(db: Database, tunnel, specs: list[bodies.BackendSpec]) -> None:
     """Make the tunnel's backends `specs`, in order: those naming an existing backend's id keep its address
     (and its health, unless their agent or target changes), the others get new addresses, the rest go."""
     current = {b.id: b for b in tunnel.backends}
-    unknown = [spec.id for spec in specs if spec.id is not msgspec.UNSET and spec.id not in current]
+    ids = [spec.id for spec in specs if spec.id is not msgspec.UNSET]
+    unknown = [backend_id for backend_id in ids if backend_id not in current]
     if unknown:
         raise ApiError(400, "validation_failed", "invalid request: backends",
                        {"backends": f"no backend {unknown[0]} in this tunnel (leave id out for a new one)"})
+    if len(set(ids)) != len(ids):
+        raise ApiError(400, "validation_failed", "invalid request: backends",
+                       {"backends": "each backend id may appear once"})
     agents = {spec.agent_id: db.Agent.get(id=spec.agent_id) for spec in specs}
     missing = sorted(agent_id for agent_id, agent in agents.items() if agent is None)
     if missing:
         raise ApiError(400, "validation_failed", "invalid request: backends",
                        {"backends": f"no such agent {missing[0]}"})
-    kept = {spec.id for spec in specs if spec.id is not msgspec.UNSET}
+    kept = set(ids)
     for backend_id, row in current.items():
         if backend_id not in kept:
             row.delete()

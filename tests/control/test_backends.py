@@ -90,6 +90,13 @@ async def test_the_shorthand_is_the_first_backend_and_refused_beside_backends(co
     assert both.status_code == 400 and "backends" in both.json()["details"]
     half = await control.api.post("/api/tunnels", json={"domain": "c.example.com", "agentId": one["id"]})
     assert half.status_code == 400 and half.json()["details"] == {"target": "required"}
+    twice = await control.api.patch(f"/api/tunnels/{tunnel['id']}", json={"backends": [
+        {"id": moved["backends"][0]["id"], "agentId": one["id"], "target": "x:1"},
+        {"id": moved["backends"][0]["id"], "agentId": two["id"], "target": "x:2"}]})
+    assert twice.status_code == 400 and "once" in twice.json()["details"]["backends"]
+    foreign = await control.api.patch(f"/api/tunnels/{tunnel['id']}", json={"backends": [
+        {"id": "b" * 32, "agentId": one["id"], "target": "x:1"}]})
+    assert foreign.status_code == 400 and "no backend" in foreign.json()["details"]["backends"]
     nobody = await control.api.post("/api/tunnels", json={"domain": "d.example.com",
                                                           "backends": [{"agentId": "nope", "target": "x:1"}]})
     assert nobody.status_code == 400 and "no such agent" in nobody.json()["details"]["backends"]
