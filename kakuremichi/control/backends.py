@@ -118,6 +118,11 @@ def effective_check(backend) -> bodies.HealthCheck:
     return msgspec.convert(own, bodies.HealthCheck) if own else tunnel_check(backend.tunnel)
 
 
+def health(backend) -> str:
+    """Its health as last reported, while it is checked: once its check is `none`, nobody reports it any more."""
+    return backend.health if effective_check(backend).type != "none" else "unknown"
+
+
 def _utc(value: datetime.datetime | None) -> datetime.datetime | None:
     return None if value is None else value.replace(tzinfo=datetime.timezone.utc)
 
@@ -127,7 +132,7 @@ def as_bodies(tunnel, connections: dict[str, int]) -> list[bodies.Backend]:
         id=b.id, agent_id=b.agent.id, target=b.target, address=b.address, weight=b.weight, priority=b.priority,
         enabled=b.enabled, draining=b.draining,
         health_check=None if not b.health_check else msgspec.convert(b.health_check, bodies.HealthCheck),
-        health=bodies.BackendHealth(status=b.health, last_check=_utc(b.health_checked_at), error=b.health_error),
+        health=bodies.BackendHealth(status=health(b), last_check=_utc(b.health_checked_at), error=b.health_error),
         active_connections=connections.get(b.id, 0)) for b in ordered(tunnel)]
 
 
@@ -164,7 +169,7 @@ def route_fields(tunnel, stopped: Callable[[Any], bool]) -> dict[str, Any]:
     if len(rows) == 1 and _plain(rows[0]) and not affinity(tunnel):
         return {}
     return {"affinity": affinity(tunnel), "backends": [protocol.RouteBackend(
-        b.id, b.address, b.weight, b.priority, b.enabled, b.draining, b.health,
+        b.id, b.address, b.weight, b.priority, b.enabled, b.draining, health(b),
         agent_stopped=stopped(b.agent)) for b in rows]}
 
 

@@ -10,6 +10,8 @@ _HELP = {
     "kakuremichi_control_config_acks_total": ("counter", "Configs acknowledged by clients, by role."),
     "kakuremichi_control_auth_failures_total": ("counter", "Rejected WebSocket authentications, by reason."),
     "kakuremichi_control_config_version": ("gauge", "Current global config version."),
+    "kakuremichi_control_backend_health_transitions_total": (
+        "counter", "Health changes agents reported, by tunnel backend and the status it changed to."),
 }
 
 

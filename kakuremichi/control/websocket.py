@@ -129,6 +129,8 @@ class ClientSession:
 
         if self.state.write(change):
             self.state.changed()
+            self.state.metrics.inc("kakuremichi_control_backend_health_transitions_total",
+                                   backend=report.backend_id, status=report.status)
         else:
             self.state.status_changed()
         log(logger, logging.INFO, "backend health reported", name=self.name, backend=report.backend_id,

@@ -49,6 +49,9 @@ async def test_backends_get_their_own_addresses_and_each_agent_only_its_own(cont
         await agent_two.send(protocol.BackendHealth(second, "unhealthy", "HTTP status 500"))
         route = (await gateway.config()).routes[0]
         assert [b.health for b in route.backends] == ["unknown", "unhealthy", "unknown"]
+        metrics = (await control.api.get("/metrics")).text
+        assert (f'kakuremichi_control_backend_health_transitions_total{{backend="{second}",status="unhealthy"}} 1'
+                in metrics)
         shown = body(await control.api.get(f"/api/tunnels/{tunnel['id']}"))["backends"][1]["health"]
         assert shown["status"] == "unhealthy" and shown["error"] == "HTTP status 500" and shown["lastCheck"]
         await agent_one.send(protocol.BackendHealth(second, "healthy"))  # not its backend: ignored
@@ -70,6 +73,9 @@ async def test_backends_get_their_own_addresses_and_each_agent_only_its_own(cont
         route = (await gateway.config()).routes[0]
         assert [(b.address, b.draining) for b in route.backends] == [("10.1.0.2", False), ("10.1.0.3", True)]
         assert [m.agent_ip for m in (await agent_one.config()).tunnels] == ["10.1.0.2"]
+        unchecked = body(await control.api.patch(f"/api/tunnels/{tunnel['id']}", json={"healthCheck": {}}))
+        assert [b["health"]["status"] for b in unchecked["backends"]] == ["unknown", "unknown"]  # nobody checks
+        assert [b.health for b in (await gateway.config()).routes[0].backends] == ["unknown", "unknown"]
         renewed = body(await control.api.patch(f"/api/tunnels/{tunnel['id']}", json={"backends": [
             {"agentId": two["id"], "target": "localhost:6060"}, {"agentId": one["id"], "target": "localhost:8080"}]}))
         assert [(b["address"], b["health"]["status"]) for b in renewed["backends"]] == [("10.1.0.2", "unknown"),
