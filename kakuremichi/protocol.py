@@ -282,7 +282,7 @@ class RouteConfig(_Body, frozen=True):
     force_https: bool = False
     exit: bool = False  # the agent may send traffic out through this gateway (its HTTP or SOCKS5 proxy is on)
     agent_stopped: bool = False  # the agent said it was stopping (and has not connected since): 502 at once
-    # several backends (unset: the one at agent_ip); affinity: a client keeps its backend (by address hash).
+    # several backends (unset: the one at agent_ip); affinity: an HTTP client keeps its backend (by a cookie).
     # Unset fields are not sent, so a one-backend route's frame stays what version 1 peers send.
     backends: list[RouteBackend] | msgspec.UnsetType = msgspec.UNSET
     affinity: bool | msgspec.UnsetType = msgspec.UNSET

@@ -299,7 +299,8 @@ class TunnelCreate(Body):
         min_length=1, max_length=MAX_BACKENDS,
         description=f"a list of 1-{MAX_BACKENDS} backends (instead of agentId and target)")] | UnsetType = UNSET
     health_check: HealthCheck = msgspec.field(default_factory=HealthCheck)
-    affinity: Annotated[bool, Meta(description="true or false (true: a client address keeps its backend)")] = False
+    affinity: Annotated[bool, Meta(description="true or false (true: an HTTP client keeps its backend, by a "
+                                                "cookie)")] = False
     alternatives: ClassVar[tuple[tuple[str, ...], ...]] = (("agentId", "target"), ("backends",))
 
 

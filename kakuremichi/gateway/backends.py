@@ -1,6 +1,7 @@
 """The gateway's choice among a route's backends (kakuremichi.balancing), with what it knows of their health
 itself, and the exchanges each backend holds (what a draining backend still has to finish).
 
+With affinity, an HTTP client keeps its backend through a cookie (AFFINITY_COOKIE) while that backend is usable.
 A backend is down when its agent reported its target unhealthy (through control), when its agent stopped,
 or, without waiting for control, when its agent's WireGuard session is silent (`Liveness`): an agent that was
 killed or whose machine vanished is out of the pool within LIVENESS_LIMIT, and back as soon as it answers.
@@ -9,20 +10,22 @@ killed or whose machine vanished is out of the pool within LIVENESS_LIMIT, and b
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
+import re
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 
 import trio
 
-from kakuremichi.balancing import Balancer
+from kakuremichi.balancing import Balancer, usable
 from kakuremichi.gateway.http.accesslog import AccessRecord
 from kakuremichi.gateway.routes import Backend, Route
 from kakuremichi.protocol import RouteConfig
 
 Reachable = Callable[[str], bool]  # agent address → whether its WireGuard session is alive
 
+AFFINITY_COOKIE = b"kakuremichi-backend"  # an HTTP client's backend, on a tunnel with affinity
+_BACKEND_ID = re.compile(rb"[A-Za-z0-9_-]{1,64}")
 PING_INTERVAL = 0.5  # seconds between liveness pings of a quiet agent that serves a route with several backends
 LIVENESS_LIMIT = 2.0  # seconds of silence (three pings unanswered) after which such an agent counts as gone
 
@@ -63,13 +66,17 @@ class Backends:
         return (backend.health != "unhealthy" and not backend.agent_stopped
                 and self.reachable(backend.route.address))
 
-    def choose(self, route: Route, client: str | None, exclude: Collection[str] = ()) -> Backend | None:
-        """The backend for one exchange of `route` (None: none is usable); `client` is the affinity key."""
+    def choose(self, route: Route, pinned: str | None = None, exclude: Collection[str] = ()) -> Backend | None:
+        """The backend for one exchange of `route` (None: none is usable): `pinned` (the id of the client's
+        affinity cookie) while it is usable, else the balancer's pick."""
+        if pinned is not None:
+            for backend in usable(route.backends, self.healthy, exclude):
+                if backend.id == pinned:
+                    return backend
         balancer = self._balancers.get(route.domain)
         if balancer is None:
             balancer = self._balancers[route.domain] = Balancer()
-        key = _client_key(client) if route.affinity and client else None
-        return balancer.choose(route.backends, self.healthy, key=key, exclude=exclude)
+        return balancer.choose(route.backends, self.healthy, exclude=exclude)
 
     def forget_others(self, domains: Collection[str]) -> None:
         """Drop the balancing state of domains no longer served."""
@@ -98,11 +105,21 @@ def route_of(config: RouteConfig) -> Route:
     return dataclasses.replace(route, backends=backends, affinity=config.affinity is True)
 
 
-def _client_key(client: str) -> bytes:
-    try:
-        return ipaddress.ip_address(client).packed
-    except ValueError:
-        return client.encode()
+def pinned_backend(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The backend id the client's affinity cookie names, if it sent one."""
+    for name, value in headers:
+        if name == b"cookie":
+            for pair in value.split(b";"):
+                key, _, chosen = pair.strip().partition(b"=")
+                if key == AFFINITY_COOKIE and _BACKEND_ID.fullmatch(chosen):
+                    return chosen.decode()
+    return None
+
+
+def affinity_header(backend_id: str, secure: bool) -> tuple[bytes, bytes]:
+    """The Set-Cookie that keeps the client on `backend_id` (for the browser session)."""
+    return (b"set-cookie", AFFINITY_COOKIE + b"=" + backend_id.encode() + b"; Path=/; HttpOnly; SameSite=Lax"
+            + (b"; Secure" if secure else b""))
 
 
 class Liveness:

@@ -140,12 +140,26 @@ async def test_a_request_whose_backend_cannot_be_reached_goes_to_another(nursery
         assert posted.status_code == 200 and posted.json()["length"] == 1000  # never sent: safe to send again
 
 
-async def test_affinity_keeps_a_client_on_one_backend(nursery):
+async def test_affinity_keeps_a_client_on_its_backend_by_a_cookie_while_it_is_up(nursery):
     ports = [await start_app(nursery, name) for name in ("a", "b", "c")]
     table = RouteTable([route(*((name, port, {}) for name, port in zip("abc", ports)), affinity=True)])
     gateway = await start_gateway(nursery, table)
-    async with httpx.AsyncClient() as client:
-        assert len(await apps_answering(client, gateway.url, 9)) == 1
+    async with httpx.AsyncClient() as browser, httpx.AsyncClient() as other:
+        shares = await apps_answering(browser, gateway.url, 9)
+        assert len(shares) == 1  # the cookie from its first answer keeps it there
+        (pinned,) = shares
+        assert browser.cookies["kakuremichi-backend"] == pinned
+        first = await other.get(gateway.url + "/headers", headers={"host": DOMAIN})
+        assert "HttpOnly" in first.headers["set-cookie"]
+        again = await other.get(gateway.url + "/headers", headers={"host": DOMAIN})
+        assert "set-cookie" not in again.headers  # pinned already
+        table.replace([route(*((name, port, {"health": "unhealthy"} if name == pinned else {})
+                               for name, port in zip("abc", ports)), affinity=True)])
+        moved = await apps_answering(browser, gateway.url, 6)
+        assert len(moved) == 1 and pinned not in moved and browser.cookies["kakuremichi-backend"] in moved
+    async with httpx.AsyncClient() as client:  # without affinity: no cookie
+        table.replace([route(*((name, port, {}) for name, port in zip("abc", ports)))])
+        assert "set-cookie" not in (await client.get(gateway.url + "/headers", headers={"host": DOMAIN})).headers
 
 
 async def test_draining_lets_a_running_download_finish_while_new_requests_go_elsewhere(nursery):

@@ -21,7 +21,7 @@ import trio
 
 from kakuremichi import h1parse
 from kakuremichi.faults import Contained
-from kakuremichi.gateway.backends import Backends
+from kakuremichi.gateway.backends import Backends, affinity_header, pinned_backend
 from kakuremichi.gateway.certs.challenges import ChallengeStore
 from kakuremichi.gateway.http import errorpages
 from kakuremichi.gateway.http.accesslog import AccessRecord
@@ -169,8 +169,9 @@ class Engine:
                 raise exc.error from None
             return
         tried: list[str] = []
+        pinned = pinned_backend(request.headers) if route.affinity else None
         while True:
-            backend = self.backends.choose(route, record.client, tried)
+            backend = self.backends.choose(route, pinned, tried)
             if backend is None:
                 if any(b.agent_stopped for b in route.backends) and all(
                         b.agent_stopped or not b.enabled for b in route.backends):
@@ -181,7 +182,8 @@ class Engine:
             try:
                 with trio.CancelScope() as silenced, self.backends.waiting(backend.route.address, silenced, record), \
                         self.routes.hold(backend.route, guard.scope):
-                    await self._exchange_with(side, request, has_body, backend.route, host, record, guard)
+                    await self._exchange_with(side, request, has_body, backend.route, host, record, guard,
+                                              pin=backend.id if route.affinity and backend.id != pinned else None)
                 if not silenced.cancelled_caught:
                     return
                 log(logger, logging.WARNING, "backend's agent went silent before answering", host=host,
@@ -203,10 +205,11 @@ class Engine:
                 error=failure.code)
 
     async def _exchange_with(self, side: ClientSide, request: h1parse.Request, has_body: bool, route: Route,
-                             host: str, record: AccessRecord, guard: Guard) -> None:
+                             host: str, record: AccessRecord, guard: Guard, pin: str | None = None) -> None:
         """The exchange with one agent address (its waits under `guard`); a pooled connection found dead before
         answering a body-less idempotent request is replaced once by a fresh one (RFC 9110 §9.2.2: a POST or
-        PATCH may have taken effect, so it is never repeated)."""
+        PATCH may have taken effect, so it is never repeated). `pin`: the backend id the response's affinity
+        cookie is to name."""
         if route.agent_stopped:
             raise errorpages.agent_offline(host)
         replayable = not has_body and request.method not in _NOT_IDEMPOTENT
@@ -214,6 +217,7 @@ class Engine:
         record.upstream = f"{route.address}:{route.port}"
         for attempt in (0, 1):
             upstream = await self._acquire(route, host, fresh=attempt > 0)
+            upstream.extra_headers = [affinity_header(pin, record.scheme == "https")] if pin else []
             guard.waiters.append(upstream)
             record.reused = upstream.reused
             try:
@@ -266,7 +270,10 @@ class Engine:
         that dies before saying anything raises Stale if the request may be replayed, any other failure
         is the agent unreachable."""
         try:
-            return await upstream.next_event(self.settings.upstream_timeout)
+            event = await upstream.next_event(self.settings.upstream_timeout)
+            if upstream.extra_headers and type(event) is h1parse.Response:
+                event.headers = [*event.headers, *upstream.extra_headers]
+            return event
         except (h1parse.Malformed, *STREAM_ERRORS) as exc:
             if upstream.reused and upstream.bytes_received == 0 and replayable:
                 raise Stale() from None
