@@ -41,6 +41,10 @@ VALID = [
     protocol.LeaseRequest("a.example"), protocol.Lease("a.example", True, "gw1", 600.0),
     protocol.CertificateUpload("a.example", "-----BEGIN CERTIFICATE-----", "-----BEGIN PRIVATE KEY-----", NOW),
     protocol.CertificateInstall("a.example", "chain", "key", NOW),
+    protocol.BackendHealth("b1", "unhealthy", "HTTP status 500"),
+    protocol.ConfigUpdate(protocol.GatewayConfig(6, routes=[protocol.RouteConfig(
+        "a.example", "10.1.0.2", "10.1.0.254", "t1", backends=[protocol.RouteBackend("b1", "10.1.0.3", weight=3)],
+        affinity=True)])),
 ]
 assert {m.type for m in VALID} == set(TYPES)
 assert all(protocol.decode(m.to_json()) == m for m in VALID)
