@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -17,7 +18,7 @@ from pony.orm import Database
 from kakuremichi import protocol
 from kakuremichi.control import allocation, bodies
 from kakuremichi.control.bodies import ApiError
-from kakuremichi.control.models import utcnow
+from kakuremichi.control.models import adopt_single_backends, utcnow
 
 NO_CHECK = bodies.HealthCheck()
 _SPEC_FIELDS = ("weight", "priority", "enabled", "draining")
@@ -25,6 +26,32 @@ _SPEC_FIELDS = ("weight", "priority", "enabled", "draining")
 
 def ordered(tunnel) -> list:
     return sorted(tunnel.backends, key=lambda b: (b.position, b.id))
+
+
+@dataclass(frozen=True)
+class _Implicit:
+    """The one backend of a tunnel that has no backend rows yet (an older control stored it since this one
+    started): its agent and target at its agent address, until the next start adopts it as a row."""
+
+    tunnel: Any
+    weight: int = 1
+    priority: int = 0
+    enabled: bool = True
+    draining: bool = False
+    health: str = "unknown"
+    health_error: None = None
+    health_checked_at: None = None
+    health_check: None = None
+
+    id = property(lambda self: self.tunnel.id)
+    agent = property(lambda self: self.tunnel.agent)
+    target = property(lambda self: self.tunnel.target)
+    address = property(lambda self: self.tunnel.agent_ip)
+
+
+def serving(tunnel) -> list:
+    """The tunnel's backends in order, or its implicit one while it has no rows."""
+    return ordered(tunnel) or [_Implicit(tunnel)]
 
 
 def shorthand(values: dict) -> bool:
@@ -81,6 +108,7 @@ def set_backends(db: Database, tunnel, specs: list[bodies.BackendSpec]) -> None:
 
 def set_first(tunnel, agent, target: str | None) -> None:
     """The shorthand: the first backend gets this agent and/or target."""
+    adopt_single_backends(tunnel._database_)
     first = ordered(tunnel)[0]
     changes = {name: value for name, value in (("agent", agent), ("target", target)) if value is not None}
     if any(getattr(first, name) != value for name, value in changes.items()):
@@ -133,7 +161,7 @@ def as_bodies(tunnel, connections: dict[str, int]) -> list[bodies.Backend]:
         enabled=b.enabled, draining=b.draining,
         health_check=None if not b.health_check else msgspec.convert(b.health_check, bodies.HealthCheck),
         health=bodies.BackendHealth(status=health(b), last_check=_utc(b.health_checked_at), error=b.health_error),
-        active_connections=connections.get(b.id, 0)) for b in ordered(tunnel)]
+        active_connections=connections.get(b.id, 0)) for b in serving(tunnel)]
 
 
 def active_connections(db: Database) -> dict[str, int]:
@@ -165,7 +193,7 @@ def report_health(db: Database, agent_id: str, report: protocol.BackendHealth) -
 def route_fields(tunnel, stopped: Callable[[Any], bool]) -> dict[str, Any]:
     """RouteConfig's backend fields (`stopped(agent)`: it said it was stopping); none for a tunnel with its one
     backend as before (the v1 frame)."""
-    rows = ordered(tunnel)
+    rows = serving(tunnel)
     if len(rows) == 1 and _plain(rows[0]) and not affinity(tunnel):
         return {}
     return {"affinity": affinity(tunnel), "backends": [protocol.RouteBackend(
@@ -180,7 +208,7 @@ def _plain(backend) -> bool:
 
 def agent_mappings(tunnel, agent) -> list[tuple[Any, dict[str, Any]]]:
     """The backends of `tunnel` that `agent` serves, each with its TunnelMapping fields beyond the tunnel's."""
-    mine = [b for b in ordered(tunnel) if b.agent.id == agent.id]
+    mine = [b for b in serving(tunnel) if b.agent.id == agent.id]
     result = []
     for backend in mine:
         check = effective_check(backend)

@@ -33,7 +33,7 @@ def gateway_config(db: Database, gateway_id: str) -> protocol.GatewayConfig | No
     tunnels = sorted(filter(_servable, db.Tunnel.select()), key=lambda t: t.domain)
     served: dict[Any, set[str]] = {}  # agent → the addresses of its backends, in every servable tunnel
     for tunnel in tunnels:
-        for backend in tunnel.backends:
+        for backend in backends.serving(tunnel):
             if backend.agent.public_key:
                 served.setdefault(backend.agent, set()).add(f"{backend.address}/32")
     peers = [protocol.AgentPeer(a.public_key, sorted(addresses))
