@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
-from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec
@@ -28,30 +28,13 @@ def ordered(tunnel) -> list:
     return sorted(tunnel.backends, key=lambda b: (b.position, b.id))
 
 
-@dataclass(frozen=True)
-class _Implicit:
-    """The one backend of a tunnel that has no backend rows yet (an older control stored it since this one
-    started): its agent and target at its agent address, until the next start adopts it as a row."""
-
-    tunnel: Any
-    weight: int = 1
-    priority: int = 0
-    enabled: bool = True
-    draining: bool = False
-    health: str = "unknown"
-    health_error: None = None
-    health_checked_at: None = None
-    health_check: None = None
-
-    id = property(lambda self: self.tunnel.id)
-    agent = property(lambda self: self.tunnel.agent)
-    target = property(lambda self: self.tunnel.target)
-    address = property(lambda self: self.tunnel.agent_ip)
-
-
 def serving(tunnel) -> list:
-    """The tunnel's backends in order, or its implicit one while it has no rows."""
-    return ordered(tunnel) or [_Implicit(tunnel)]
+    """The tunnel's backends in order; a tunnel without rows (an older control stored it since this one started)
+    has its agent and target at its agent address as its one backend, until the next start adopts it as a row."""
+    return ordered(tunnel) or [SimpleNamespace(
+        id=tunnel.id, tunnel=tunnel, agent=tunnel.agent, target=tunnel.target, address=tunnel.agent_ip, weight=1,
+        priority=0, enabled=True, draining=False, health="unknown", health_error=None, health_checked_at=None,
+        health_check=None)]
 
 
 def shorthand(values: dict) -> bool:
