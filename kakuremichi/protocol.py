@@ -270,6 +270,39 @@ class AccessConfig(_Body, frozen=True):
     login_url: str = ""  # control's SSO login (sso mode)
 
 
+# -- several backends per tunnel (balancing.py, health.py) -------------------------------------------------
+
+HealthType = Literal["http", "tcp", "none"]
+HEALTH_TYPES = get_args(HealthType)
+HealthStatus = Literal["healthy", "unhealthy", "unknown"]
+
+
+class HealthCheck(_Body, frozen=True):
+    """How an agent probes a backend's local target: `http` (GET `path`, healthy when the status is
+    `expect_status`, or any 2xx/3xx when None), `tcp` (a connect), or `none` (never probed: counts as up)."""
+
+    type: HealthType = "none"
+    path: str = "/"
+    expect_status: Annotated[int, msgspec.Meta(ge=100, le=599)] | None = None
+    interval_seconds: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 10.0
+    timeout_seconds: Annotated[float, msgspec.Meta(ge=0.05, le=600)] = 2.0
+    healthy_threshold: Annotated[int, msgspec.Meta(ge=1, le=100)] = 2
+    unhealthy_threshold: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
+
+
+class RouteBackend(_Body, frozen=True):
+    """One backend of a route: its agent's address in the tunnel subnet, how it shares the load, its health."""
+
+    id: str
+    address: IpAddress
+    weight: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 1
+    priority: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 0
+    enabled: bool = True
+    draining: bool = False
+    health: HealthStatus = "unknown"  # as its agent last reported it; "unknown" counts as up
+    agent_stopped: bool = False
+
+
 class RouteConfig(_Body, frozen=True):
     """A public domain a gateway serves, and the agent tunnel address behind it."""
 
@@ -284,6 +317,10 @@ class RouteConfig(_Body, frozen=True):
     exit: bool = False  # the agent may send traffic out through this gateway (its HTTP or SOCKS5 proxy is on)
     agent_stopped: bool = False  # the agent said it was stopping (and has not connected since): 502 at once
     access: AccessConfig | msgspec.UnsetType = msgspec.UNSET  # left out (falsy): public, no rules
+    # several backends (unset: the one at agent_ip); affinity: an HTTP client keeps its backend (by a cookie).
+    # Unset fields are not sent, so a one-backend route's frame stays what version 1 peers send.
+    backends: list[RouteBackend] | msgspec.UnsetType = msgspec.UNSET
+    affinity: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 # -- tcp and udp tunnels on public ports (issue 15) --
@@ -369,6 +406,10 @@ class TunnelMapping(_Body, frozen=True):
     # udp: datagrams to agent_ip:TUNNEL_PORT go to the target too; unset for http (as version 1 peers send it)
     protocol: TunnelProtocol | msgspec.UnsetType = msgspec.UNSET
     udp_idle_timeout: Annotated[float, msgspec.Meta(gt=0)] | msgspec.UnsetType = msgspec.UNSET  # udp: a flow's
+    # the tunnel's backend this mapping serves, and how to probe it (the agent reports its health); unset: no
+    # checks, and the frame stays what version 1 peers send
+    backend_id: str | msgspec.UnsetType = msgspec.UNSET
+    health_check: HealthCheck | msgspec.UnsetType = msgspec.UNSET
 
 
 class AgentConfig(_Config, frozen=True):
@@ -482,6 +523,14 @@ class _ConfigFrame(_Message, frozen=True, tag="config_update"):
         except msgspec.ValidationError as exc:
             raise _named(exc, "config") from None
         return ConfigUpdate(msgspec.structs.replace(body, version=self.version))
+
+
+class BackendHealth(_Message, frozen=True, tag="backend_health"):
+    """Agent → control, at once on each transition: a backend's local target became healthy or unhealthy."""
+
+    backend_id: str
+    status: HealthStatus
+    error: Annotated[str, msgspec.Meta(max_length=500)] | None = None
 
 
 class ConfigAck(_Message, frozen=True, tag="config_ack"):
@@ -610,7 +659,7 @@ class DeclarationRefused(_Message, frozen=True, tag="tunnels_declared_refused"):
 
 Message = Union[Auth, AuthSuccess, AuthError, Ping, Pong, Stopping, StatusUpdate, ConfigUpdate, ConfigAck, ChallengePublished,
                 ChallengeWithdrawn, ChallengeReady, Challenges, ChallengesAck, LeaseRequest, Lease, CertificateUpload,
-                CertificateInstall, TunnelsDeclared, DeclarationRefused]
+                CertificateInstall, TunnelsDeclared, DeclarationRefused, BackendHealth]
 _TYPES: dict[str, type] = {cls.type: cls for cls in Message.__args__}
 _FRAMES = {ConfigUpdate: _ConfigFrame, ChallengePublished: _PublishedFrame}
 _ENCODER = msgspec.json.Encoder(enc_hook=_encode_hook)

@@ -17,6 +17,7 @@ from typing import Iterable
 import trio
 
 from kakuremichi.logs import log
+from kakuremichi.netstack import icmp
 from kakuremichi.netstack.trio_stack import NetStack
 from kakuremichi.wg import keys
 from kakuremichi.wg.constants import REJECT_AFTER_TIME
@@ -25,6 +26,7 @@ from kakuremichi.wg.peer import Peer
 from kakuremichi.wg.driver import WireGuardInterface, resolve_endpoint
 
 logger = logging.getLogger("kakuremichi.tunnel")
+PING_IDENTIFIER = 0x6B6D  # of the liveness pings a gateway sends its agents ("km")
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,12 @@ class TunnelNode:
             return None
         heard = peer.stats.last_received
         return 0.0 if heard is None else self.now() - heard
+
+    def ping(self, source: str, address: str, sequence: int = 0) -> None:
+        """Send one ICMP echo request from our `source` to `address`: its peer's stack answers at once, so its
+        reply (any packet, really) tells that the peer is alive."""
+        self.interface.send_packets([icmp.echo_request(ipaddress.IPv4Address(source), ipaddress.IPv4Address(address),
+                                                       PING_IDENTIFIER, sequence & 0xFFFF, b"")])
 
     def peer_alive(self, address: str) -> bool:
         """A session with the peer that `address` is routed to, which has been heard from within its lifetime."""

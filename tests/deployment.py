@@ -89,7 +89,8 @@ class Process:
 
 
 class Deployment:
-    """control + gateways + (optionally) one agent + local apps, started from the command lines users run.
+    """control + gateways + (optionally) one agent (more with add_agent) + local apps, started from the command
+    lines users run.
 
     `apps` maps a name to the Python arguments that run it (`("-c", script)` or `(path,)`); each gets a free
     port and its name as its two arguments, and must print "ready" once listening. With `https`, each gateway
@@ -130,6 +131,15 @@ class Deployment:
             self.agent = self.spawn("kakuremichi.agent", "--control-url", f"http://127.0.0.1:{self.control_port}",
                                     "--api-key", self.agent_key, "--data-dir", str(tmp / "agent"),
                                     "--heartbeat-interval", self.heartbeat, *agent_args)
+
+    def add_agent(self, name: str, *args: str) -> tuple[str, Process]:
+        """Create another agent in control and start it (its data in `name`, its log agent<name>.log): its id and
+        process."""
+        created = self.create("agents", name)
+        process = self.spawn("kakuremichi.agent", "--control-url", f"http://127.0.0.1:{self.control_port}",
+                             "--api-key", created["apiKey"], "--data-dir", str(self.tmp / name),
+                             "--heartbeat-interval", self.heartbeat, *args)
+        return created["id"], process
 
     def add_gateway(self, name: str, http_port: int | None = None) -> Process:
         """Create a gateway in control and start it (on `http_port`, or a free port)."""

@@ -12,7 +12,7 @@ import pytest
 CORES = ["kakuremichi.netstack.stack", "kakuremichi.netstack.tcp", "kakuremichi.netstack.ipv4",
          "kakuremichi.wg.device", "kakuremichi.egress.socks5", "kakuremichi.protocol", "kakuremichi.values",
          "kakuremichi.faults", "kakuremichi.httpheaders", "kakuremichi.buckets", "kakuremichi.h1parse",
-         "kakuremichi.proxyprotocol", "kakuremichi.access.gate"]
+         "kakuremichi.proxyprotocol", "kakuremichi.access.gate", "kakuremichi.balancing", "kakuremichi.health"]
 FORBIDDEN = ("trio", "kakuremichi.gateway", "kakuremichi.control", "kakuremichi.agent")
 
 

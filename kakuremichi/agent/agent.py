@@ -14,6 +14,7 @@ import trio
 
 from kakuremichi.agent.configcache import ConfigCache
 from kakuremichi.agent.metrics import TunnelCounts
+from kakuremichi.agent.probes import Probes
 from kakuremichi.agent.targets import connect
 from kakuremichi.agent.udpflows import UdpForwarder
 from kakuremichi.controlclient import ControlClient
@@ -46,6 +47,7 @@ class Agent:
         self._active: dict[trio.CancelScope, tuple[str, Target]] = {}  # running splice -> (address, target)
         self.counts = TunnelCounts()  # per tunnel, for the metrics
         self.udp = UdpForwarder(node.stack)  # udp tunnels
+        self.probes = Probes()  # health checks of its backends' targets
 
     @property
     def active_connections(self) -> int:
@@ -53,8 +55,10 @@ class Agent:
 
     def control_client(self, url: str, api_key: str, **options) -> ControlClient:
         """The link to control this agent follows (`options` go to ControlClient)."""
-        return ControlClient(url, api_key, "agent", keys.encode(self.node.public_key), on_config=self.apply,
-                             stats=self.stats, **options)
+        client = ControlClient(url, api_key, "agent", keys.encode(self.node.public_key), on_config=self.apply,
+                               stats=self.stats, **options)
+        self.probes.report, client.on_connected = client.send, self.probes.resend
+        return client
 
     def stats(self) -> dict:
         return {**self.node.stats(), "configVersion": self.config_version, "tunnels": len(self.targets),
@@ -66,6 +70,7 @@ class Agent:
             await nursery.start(self.node.run)
             await nursery.start(self.proxies.run)
             await nursery.start(self.udp.run)
+            await nursery.start(self.probes.run)
             await nursery.start(functools.partial(self.node.stack.serve_tcp, self._handle, TUNNEL_PORT,
                                                   backlog=TUNNEL_BACKLOG))
             saved = self.cache.load() if self.cache is not None else None
@@ -90,6 +95,7 @@ class Agent:
         await self.node.apply(config.addresses, peers)
         await self.proxies.update(config.tunnels)
         await self.udp.update(config.tunnels)
+        self.probes.update(config.tunnels)
         self.config_version = config.version
         if save and self.cache is not None:
             try:

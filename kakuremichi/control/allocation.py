@@ -1,7 +1,7 @@
 """Tunnel subnets and the addresses inside them.
 
-Each tunnel gets one /24 from the pool; its agent is .2 and every gateway gets its own address counting
-down from .254, so all gateways can serve every tunnel at once and each knows its source address. Subnets
+Each tunnel gets one /24 from the pool; its backends count up from .2 (the first, the tunnel's agent address,
+is .2) and every gateway gets its own address counting down from .254, so all gateways can serve every tunnel at once and each knows its source address. Subnets
 are handed out so consecutive tunnels differ in the second octet (10.1.0.0/24, 10.2.0.0/24, …) as the
 original did; the pool's first and last /24 are skipped so its network and broadcast addresses never
 appear. The lowest free subnet/address is always taken, so deleted ones are reused.
@@ -69,6 +69,21 @@ def gateway_address(subnet: str, used: Collection[str]) -> str:
     raise AllocationError(f"tunnel subnet {subnet} has no free gateway address")
 
 
+def backend_address(subnet: str, used: Collection[str]) -> str:
+    """The lowest free backend address in `subnet`, counting up from .2 (gateways count down from .254)."""
+    base = ipaddress.IPv4Network(subnet).network_address
+    for host in range(AGENT_HOST, FIRST_GATEWAY_HOST + 1):
+        address = str(base + host)
+        if address not in used:
+            return address
+    raise AllocationError(f"tunnel subnet {subnet} has no free backend address")
+
+
+def taken_addresses(tunnel) -> set[str]:
+    """Every address of `tunnel`'s subnet in use: its backends' and its gateways'."""
+    return {row.address for row in tunnel.backends} | {row.ip for row in tunnel.gateway_ips} | {tunnel.agent_ip}
+
+
 def allocate_tunnel(db: Database, pool: ipaddress.IPv4Network) -> tuple[str, str]:
     """A free subnet and the agent's address in it (inside the caller's db_session)."""
     subnet = next_subnet(pool, set(select(t.subnet for t in db.Tunnel)))
@@ -80,7 +95,8 @@ def assign_gateway_addresses(db: Database, tunnels: Iterable, gateways: Iterable
     gateways = list(gateways)
     for tunnel in tunnels:
         taken = {row.gateway.id: row.ip for row in tunnel.gateway_ips}
+        backends = {row.address for row in tunnel.backends} | {tunnel.agent_ip}
         for gateway in gateways:
             if gateway.id not in taken:
-                taken[gateway.id] = gateway_address(tunnel.subnet, set(taken.values()))
+                taken[gateway.id] = gateway_address(tunnel.subnet, set(taken.values()) | backends)
                 db.TunnelGatewayIp(tunnel=tunnel, gateway=gateway, ip=taken[gateway.id])

@@ -98,8 +98,8 @@ def _routes(kind: str) -> list[Route]:
               kind, post, 201, created, (400, 401, 403, 409), request=create),
         Route("GET", item, f"Get {a} {kind}", kind, get, 200, view, (401, 403, 404)),
         Route("PATCH", item, f"Change {a} {kind}", kind, patch, 200, view, (400, 401, 403, 404, 409), request=update),
-        Route("DELETE", item, f"Delete {a} {kind}" + (" and its tunnels" if kind == "agent" else ""), kind, delete,
-              204, None, (401, 403, 404)),
+        Route("DELETE", item, f"Delete {a} {kind}" + (" and the tunnels only it serves" if kind == "agent" else ""),
+              kind, delete, 204, None, (401, 403, 404)),
     ]
     if kind != "tunnel":
         routes.append(Route("POST", item + "/rotate-key",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime
 import re
 import typing
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
@@ -92,6 +92,19 @@ def schema_hook(kind: type) -> dict:
 
 class Body(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
     """A JSON object of the API."""
+
+    # Sets of fields one of which a body must give in full (beyond the fields always required); the first set is
+    # what a body giving none is told it lacks. The OpenAPI document has them as anyOf.
+    alternatives: ClassVar[tuple[tuple[str, ...], ...]] = ()
+
+    @classmethod
+    def missing(cls, body: dict) -> dict[str, str]:
+        """The fields of `alternatives` a body lacks (wire name → "required"), when it gives no set in full."""
+        if not cls.alternatives or any(all(name in body for name in names) for names in cls.alternatives):
+            return {}
+        given = next((names for names in cls.alternatives if any(name in body for name in names)),
+                     cls.alternatives[0])
+        return {name: "required" for name in given if name not in body}
 
 
 class Error(Body):
@@ -263,6 +276,69 @@ class ShareLinks(Body):
     items: list[ShareLink]
 
 
+# -- several backends per tunnel (issue 17) ---------------------------------------------------------------------
+
+HealthPath = Annotated[str, Meta(pattern=r"^/[!-~]{0,1023}(?![\s\S])",
+                                 description="a path starting with '/', printable ASCII without spaces")]
+
+
+class HealthCheck(Body):
+    """How the agents probe a backend's target: `http` (GET `path`; healthy when the status is `expectStatus`,
+    or any 2xx/3xx when null), `tcp` (a connect) or `none` (never probed: counts as up). Unhealthy after
+    `unhealthyThreshold` failures in a row, healthy again after `healthyThreshold` successes."""
+
+    type: Annotated[protocol.HealthType, Meta(description="one of " + ", ".join(protocol.HEALTH_TYPES))] = "none"
+    path: HealthPath = "/"
+    expect_status: Annotated[Annotated[int, Meta(ge=100, le=599)] | None,
+                             Meta(description="an HTTP status 100-599, or null")] = None
+    interval_seconds: Annotated[float, Meta(ge=0.1, le=3600, description="seconds from 0.1 to 3600")] = 10.0
+    timeout_seconds: Annotated[float, Meta(ge=0.05, le=600, description="seconds from 0.05 to 600")] = 2.0
+    healthy_threshold: Annotated[int, Meta(ge=1, le=100, description="an integer from 1 to 100")] = 2
+    unhealthy_threshold: Annotated[int, Meta(ge=1, le=100, description="an integer from 1 to 100")] = 3
+
+
+Weight = Annotated[int, Meta(ge=0, le=1000, description="an integer from 0 to 1000")]
+Priority = Annotated[int, Meta(ge=0, le=1000, description="an integer from 0 to 1000 (lower is preferred)")]
+MAX_BACKENDS = 64
+
+
+class BackendSpec(Body):
+    """A backend as a tunnel's create or change gives it; with the `id` of an existing backend, that one is
+    changed (it keeps its address and health), else a new one is made."""
+
+    agent_id: Identifier
+    target: TargetText
+    id: Identifier | UnsetType = UNSET
+    weight: Weight = 1
+    priority: Priority = 0
+    enabled: Flag = True
+    draining: Annotated[bool, Meta(description="true or false (true: no new connections; running ones finish)")] \
+        = False
+    health_check: Annotated[HealthCheck | None, Meta(description="the tunnel's health check for this backend "
+                                                                 "alone, or null")] = None
+
+
+class BackendHealth(Body):
+    status: protocol.HealthStatus
+    last_check: Time | None
+    error: str | None
+
+
+class Backend(Body):
+    id: str
+    agent_id: str
+    target: str
+    address: Annotated[str, Meta(description="Its own address in the tunnel's subnet (.2 upward)")]
+    weight: int
+    priority: int
+    enabled: bool
+    draining: bool
+    health_check: HealthCheck | None
+    health: BackendHealth
+    active_connections: Annotated[int, Meta(description="Connections the online gateways hold to it (what a "
+                                                        "draining backend still has to finish)")]
+
+
 class Tunnel(Body):
     id: str
     domain: Annotated[str | None, Meta(description="null for a tcp or udp tunnel without one")]
@@ -291,11 +367,15 @@ class Tunnel(Body):
         description="gateway name → why it cannot listen on publicPort (tcp/udp tunnels)")]
     access: AccessView
 
+    backends: Annotated[list[Backend], Meta(description="agentId, target and agentIp are the first one's")]
+    health_check: HealthCheck
+    affinity: bool
+
 
 class TunnelCreate(Body, kw_only=True):
     domain: DomainName | None = None  # required for an http tunnel (control/ports.py says so)
-    agent_id: Identifier
-    target: TargetText
+    agent_id: Identifier | UnsetType = UNSET  # the one backend's (or give backends)
+    target: TargetText | UnsetType = UNSET
     enabled: Flag = True
     description: Description = ""
     tls_mode: TlsMode = "acme"
@@ -309,6 +389,13 @@ class TunnelCreate(Body, kw_only=True):
     udp_idle_timeout: IdleTimeout = UDP_IDLE_TIMEOUT
     udp_max_flows: MaxFlows = UDP_MAX_FLOWS
     access: Access | None = None  # None: public
+    backends: Annotated[list[BackendSpec], Meta(
+        min_length=1, max_length=MAX_BACKENDS,
+        description=f"a list of 1-{MAX_BACKENDS} backends (instead of agentId and target)")] | UnsetType = UNSET
+    health_check: HealthCheck = msgspec.field(default_factory=HealthCheck)
+    affinity: Annotated[bool, Meta(description="true or false (true: an HTTP client keeps its backend, by a "
+                                                "cookie)")] = False
+    alternatives: ClassVar[tuple[tuple[str, ...], ...]] = (("agentId", "target"), ("backends",))
 
 
 def _changes(name: str, create: type[Body]) -> type[Body]:
@@ -342,13 +429,16 @@ def decode(model: type[Body], body: Any, what: str = "request") -> Body:
     """`body` (parsed JSON, or a form's values) as `model`; else an ApiError naming every field at fault."""
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "the request body must be a JSON object")
+    errors = model.missing(body)
     try:
-        return msgspec.convert(body, model, dec_hook=_decode_hook)
+        decoded = msgspec.convert(body, model, dec_hook=_decode_hook)
+        if not errors:
+            return decoded
     except msgspec.ValidationError:
         pass  # msgspec stops at the first problem: look at each field for all of them
     fields = msgspec.structs.fields(model)
     known = {field.encode_name for field in fields}
-    errors = {name: "unknown field" for name in body if name not in known}
+    errors.update({name: "unknown field" for name in body if name not in known})
     for field in fields:
         if field.encode_name not in body:
             if field.required:

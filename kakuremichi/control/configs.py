@@ -8,11 +8,12 @@ and is not pushed again.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 from pony.orm import Database
 
 from kakuremichi import protocol
-from kakuremichi.control import access, ports
+from kakuremichi.control import access, backends, ports
 from kakuremichi.control.models import get_setting, utcnow
 from kakuremichi.values import Domain, InvalidValue, Target
 
@@ -32,16 +33,20 @@ def gateway_config(db: Database, gateway_id: str, deployment: access.Deployment 
     my_ip = {row.tunnel.id: row.ip for row in gateway.tunnel_ips}
     tunnels = sorted(filter(_servable, db.Tunnel.select()), key=lambda t: t.domain)
     now = utcnow()
-    agents = {t.agent for t in tunnels if t.agent.public_key}
-    peers = [protocol.AgentPeer(a.public_key, sorted(f"{t.agent_ip}/32" for t in a.tunnels))
-             for a in sorted(agents, key=lambda a: a.id)]
+    served: dict[Any, set[str]] = {}  # agent → the addresses of its backends, in every servable tunnel
+    for tunnel in tunnels:
+        for backend in backends.serving(tunnel):
+            if backend.agent.public_key:
+                served.setdefault(backend.agent, set()).add(f"{backend.address}/32")
+    peers = [protocol.AgentPeer(a.public_key, sorted(addresses))
+             for a, addresses in sorted(served.items(), key=lambda item: item[0].id)]
     routes = [protocol.RouteConfig(domain=t.domain, agent_ip=t.agent_ip, gateway_ip=my_ip[t.id], tunnel_id=t.id,
                                    enabled=t.enabled, tls_mode=t.tls_mode, force_https=t.force_https,
                                    exit=t.enabled and (t.http_proxy_enabled or t.socks_proxy_enabled),
-                                   agent_stopped=bool((t.agent.metadata or {}).get(STOPPED)),
-                                   access=access.route_config(t, deployment, now))
+                                   agent_stopped=_stopped(t.agent), access=access.route_config(t, deployment, now),
+                                   **backends.route_fields(t, _stopped))
               for t in tunnels if t.id in my_ip and t.port is None]
-    port_routes = [ports.route(t, my_ip[t.id], bool((t.agent.metadata or {}).get(STOPPED)))
+    port_routes = [ports.route(t, my_ip[t.id], _stopped(t.agent))
                    for t in tunnels if t.id in my_ip and t.port is not None]
     return protocol.GatewayConfig(version=current_version(db), wireguard_port=gateway.wireguard_port,
                                   addresses=sorted(my_ip.values()), peers=peers, routes=routes,
@@ -53,7 +58,7 @@ def agent_config(db: Database, agent_id: str) -> protocol.AgentConfig | None:
     agent = db.Agent.get(id=agent_id)
     if agent is None:
         return None
-    tunnels = sorted(filter(_servable, agent.tunnels), key=lambda t: t.domain)
+    tunnels = sorted(filter(_servable, {b.tunnel for b in agent.backends} | set(agent.tunnels)), key=lambda t: t.domain)
     allowed_by_gateway: dict[str, list[str]] = {}  # from this agent's tunnels only: the cost grows with them
     for tunnel in tunnels:
         for row in tunnel.gateway_ips:
@@ -65,19 +70,24 @@ def agent_config(db: Database, agent_id: str) -> protocol.AgentConfig | None:
         if allowed:
             gateways.append(protocol.GatewayPeer(gateway.public_key, gateway.public_endpoint, allowed))
             peered.add(gateway.id)
-    mappings = [protocol.TunnelMapping(t.id, t.domain, t.agent_ip, t.target, t.enabled,
-                                       http_proxy=t.http_proxy_enabled, socks_proxy=t.socks_proxy_enabled,
-                                       gateway_ips=_exit_gateway_ips(t, peered),
+    mappings = [protocol.TunnelMapping(t.id, t.domain, b.address, b.target, t.enabled and b.enabled,
+                                       http_proxy=t.http_proxy_enabled and b.address == t.agent_ip,
+                                       socks_proxy=t.socks_proxy_enabled and b.address == t.agent_ip,
+                                       gateway_ips=_exit_gateway_ips(t, peered), **extra,
                                        **ports.mapping_fields(t))
-                for t in tunnels]
-    return protocol.AgentConfig(version=current_version(db), addresses=sorted(t.agent_ip for t in tunnels),
+                for t in tunnels for b, extra in backends.agent_mappings(t, agent)]
+    return protocol.AgentConfig(version=current_version(db), addresses=sorted(m.agent_ip for m in mappings),
                                 gateways=gateways, tunnels=mappings)
+
+
+def _stopped(agent) -> bool:
+    return bool((agent.metadata or {}).get(STOPPED))
 
 
 def _servable(tunnel) -> bool:
     """A tunnel stored before control checked domains and targets as kakuremichi.values does (`*.com`,
     `tcp://…`) is left out: every gateway's or agent's decoder would refuse the whole config for it."""
-    return _parses(tunnel.domain, tunnel.target)
+    return _parses(tunnel.domain, tunnel.target) and all(_parses(tunnel.domain, b.target) for b in tunnel.backends)
 
 
 @functools.lru_cache(maxsize=65536)  # asked for every tunnel of every config built

@@ -15,6 +15,8 @@ _HELP = {
     "kakuremichi_control_config_version": ("gauge", "Current global config version."),
     "kakuremichi_control_clients": ("gauge", "Agents and gateways (workers apart) by role and status (online, "
                                              "offline, stopped), as every control sharing the database sees them."),
+    "kakuremichi_control_backend_health_transitions_total": (
+        "counter", "Health changes agents reported, by tunnel backend and the status it changed to."),
 }
 
 

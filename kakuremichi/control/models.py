@@ -56,6 +56,11 @@ def define(db: Database) -> None:
         metadata = Optional(Json)
         created_at = Required(datetime, default=utcnow)
         tunnels = Set("Tunnel", cascade_delete=True)
+        backends = Set("Backend", cascade_delete=True)
+
+        def delete(self) -> None:
+            hand_over_tunnels(self)  # before the cascade: it takes only the tunnels left in `tunnels`
+            super().delete()
 
         def before_delete(self) -> None:
             release_public_key(self._database_, "agent", self.id)
@@ -116,6 +121,8 @@ def define(db: Database) -> None:
         port = Optional("TunnelPort", cascade_delete=True)  # tcp and udp tunnels only
         access = Optional("TunnelAccess", cascade_delete=True)  # no column here: new tables only (access.py)
         share_links = Set("ShareLink", cascade_delete=True)
+        backends = Set("Backend", cascade_delete=True)
+        balancing = Optional("TunnelBalancing", cascade_delete=True)
 
         def before_delete(self) -> None:
             # However it goes (alone, or with its agent), its certificate's key is kept nowhere afterwards.
@@ -133,6 +140,35 @@ def define(db: Database) -> None:
         udp_idle_timeout = Required(float, default=60.0)
         udp_max_flows = Required(int, default=1024)
         composite_key(protocol, public_port)
+    class Backend(db.Entity):
+        """One of a tunnel's backends: an agent, its local target and its own address in the tunnel subnet
+        (.2 upward). The tunnel's agent, target and agent_ip columns repeat its first backend's (position 0), the
+        one-backend shorthand older code and older controls read. A new table only, so the schema version
+        stays; tunnels without rows get theirs at start (`adopt_single_backends`)."""
+        _table_ = "backends"
+        id = PrimaryKey(str, default=new_id)
+        tunnel = Required(Tunnel)
+        agent = Required(Agent)
+        target = Required(str)
+        address = Required(str)
+        position = Required(int)
+        weight = Required(int, default=1)
+        priority = Required(int, default=0)
+        enabled = Required(bool, default=True)
+        draining = Required(bool, default=False)
+        health_check = Optional(Json, nullable=True)  # overrides the tunnel's; None: the tunnel's applies
+        health = Required(str, default="unknown")  # as its agent last reported: healthy, unhealthy, unknown
+        health_error = Optional(str, nullable=True)
+        health_checked_at = Optional(datetime)
+        composite_key(tunnel, address)
+
+    class TunnelBalancing(db.Entity):
+        """A tunnel's health check and session affinity, apart from the tunnels table so no column is added to
+        it (a new table only: the schema version stays). None: no checks, no affinity."""
+        _table_ = "tunnel_balancing"
+        tunnel = PrimaryKey(Tunnel)
+        health_check = Optional(Json, nullable=True)
+        affinity = Required(bool, default=False)
 
     class TunnelGatewayIp(db.Entity):
         _table_ = "tunnel_gateway_ips"
@@ -291,6 +327,23 @@ def _check_schema(db: Database) -> None:
     elif int(row.value) != SCHEMA_VERSION:
         raise SchemaError(f"database schema version {row.value} is not supported by this control "
                           f"(expects {SCHEMA_VERSION}); upgrade kakuremichi or use the matching release")
+    adopt_single_backends(db)
+
+
+def hand_over_tunnels(agent) -> None:
+    """Before `agent` is deleted: a tunnel it serves first but other agents serve too passes to the next of them
+    (its shorthand columns follow that backend), so only the tunnels it alone serves go with it."""
+    for tunnel in list(agent.tunnels):
+        others = sorted((b for b in tunnel.backends if b.agent.id != agent.id), key=lambda b: (b.position, b.id))
+        if others:
+            tunnel.set(agent=others[0].agent, target=others[0].target, agent_ip=others[0].address)
+
+
+def adopt_single_backends(db: Database) -> None:
+    """Each tunnel stored before tunnels had several backends (or by an older control) gets its one backend:
+    its agent and target at its agent address. Inside the caller's db_session."""
+    for tunnel in db.Tunnel.select(lambda t: not t.backends):
+        db.Backend(tunnel=tunnel, agent=tunnel.agent, target=tunnel.target, address=tunnel.agent_ip, position=0)
 
 
 def _claim_reported_keys(db: Database) -> None:

@@ -30,6 +30,9 @@ def _document(routes: Iterable[Route]) -> dict:
                                           if model is not None)]
     refs, schemas = msgspec.json.schema_components(models, schema_hook=bodies.schema_hook, ref_template=_REF)
     ref = dict(zip(models, refs))
+    for model in models:
+        if model.alternatives:
+            schemas[model.__name__]["anyOf"] = [{"required": list(names)} for names in model.alternatives]
     queries = list(dict.fromkeys(route.query for route in routes if route.query is not None))
     query_refs, query_schemas = msgspec.json.schema_components(queries, ref_template="{name}")
     parameters = {query: [{"name": name, "in": "query", "schema": schema}

@@ -17,7 +17,7 @@ from typing import Any
 
 from pony.orm import Database, TransactionIntegrityError, db_session
 
-from kakuremichi.control import access, allocation, auth, bodies, certificates, models, ports
+from kakuremichi.control import access, allocation, auth, backends, bodies, certificates, models, ports
 from kakuremichi.control.bodies import ApiError
 from kakuremichi.control.models import utcnow
 from kakuremichi.control.state import ControlState
@@ -132,7 +132,9 @@ def tunnel_json(tunnel) -> dict:
         gateway_ips={row.gateway.id: row.ip for row in tunnel.gateway_ips}, tls_mode=tunnel.tls_mode,
         force_https=tunnel.force_https, http_proxy_enabled=tunnel.http_proxy_enabled,
         socks_proxy_enabled=tunnel.socks_proxy_enabled, created_at=_utc(tunnel.created_at),
-        certificate=tunnel_certificate(tunnel), access=access.view(tunnel), **ports.view(tunnel)))
+        certificate=tunnel_certificate(tunnel), access=access.view(tunnel), **ports.view(tunnel),
+        backends=backends.as_bodies(tunnel, backends.active_connections(tunnel._database_)),
+        health_check=backends.tunnel_check(tunnel), affinity=backends.affinity(tunnel)))
 
 
 def tunnel_certificate(tunnel) -> bodies.Certificate | None:
@@ -151,8 +153,9 @@ def tunnel_certificate(tunnel) -> bodies.Certificate | None:
 
 
 def _tunnel_columns(db: Database, values: dict, own_id: str | None = None) -> dict:
-    """Database columns for the tunnel fields a request sets, checking the agent exists and the domain is free."""
-    columns = {k: val for k, val in values.items() if k not in ("agent_id", "access")}
+    """Database columns for the tunnel fields a request sets (its port's apart), checking the agent exists and
+    the domain is free."""
+    columns = {k: val for k, val in values.items() if k not in NOT_COLUMNS}
     if "agent_id" in values:
         columns["agent"] = db.Agent.get(id=values["agent_id"])
         if columns["agent"] is None:
@@ -168,18 +171,29 @@ def _tunnel_columns(db: Database, values: dict, own_id: str | None = None) -> di
 def _create_tunnel(state: ControlState, body: bodies.TunnelCreate) -> dict:
     """Create a tunnel with its own subnet and an address for every gateway."""
 
+    given = bodies.given(body)  # decoded: agentId and target both, or backends (TunnelCreate.missing)
+    backends.shorthand(given)
+    specs = given.get("backends") or [bodies.BackendSpec(agent_id=given["agent_id"], target=given["target"])]
+
     def work(db: Database) -> dict:
-        values, port = ports.split(bodies.given(body))
-        ports.check(port["protocol"], values, port)
+        values, port = ports.split(given)
+        ports.check(port["protocol"], {**values, "target": str(specs[0].target)}, port)
         columns = _tunnel_columns(db, values)
+        columns["agent"] = columns.get("agent") or db.Agent.get(id=specs[0].agent_id)
+        columns["target"] = str(specs[0].target)
         try:
             subnet, agent_ip = allocation.allocate_tunnel(db, state.pool)
         except allocation.AllocationError as exc:
             raise ApiError(409, "pool_exhausted", str(exc)) from None
+        if columns["agent"] is None:
+            raise ApiError(400, "validation_failed", "invalid request: backends",
+                           {"backends": f"no such agent {specs[0].agent_id}"})
         if columns["domain"] is None:  # a tcp/udp tunnel without one
             columns["id"] = models.new_id()
             columns["domain"] = ports.placeholder_domain(columns["id"])
         tunnel = db.Tunnel(subnet=subnet, agent_ip=agent_ip, **columns)
+        backends.set_backends(db, tunnel, specs)
+        backends.set_balancing(db, tunnel, values)
         if port["protocol"] != "http":
             ports.create(db, tunnel, port, state.public_ports)
         access.store(db, tunnel, body.access)
@@ -198,7 +212,13 @@ def _update_tunnel(state: ControlState, item_id: str, body: bodies.TunnelUpdate)
         columns = _tunnel_columns(db, values, item_id)
         if columns.get("domain", tunnel.domain) != tunnel.domain:
             certificates.forget(db, tunnel.domain)
+        agent, target = columns.pop("agent", None), columns.pop("target", None)
         tunnel.set(**columns)
+        if backends.shorthand(values):
+            backends.set_first(tunnel, agent, target)
+        elif "backends" in values:
+            backends.set_backends(db, tunnel, values["backends"])
+        backends.set_balancing(db, tunnel, values)
         if tunnel.port is not None:
             ports.update(db, tunnel, port, state.public_ports)
         if body.access is not bodies.UNSET:
@@ -232,6 +252,10 @@ def revoke_sessions(state: ControlState, tunnel_id: str, body: bodies.SessionRev
         return tunnel_json(tunnel)
 
     return _write(state, work)
+
+
+BACKEND_FIELDS = ("agent_id", "backends", "health_check", "affinity")  # set through kakuremichi.control.backends
+NOT_COLUMNS = (*BACKEND_FIELDS, "access")  # access: kept by kakuremichi.control.access
 
 
 # -- every kind ------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from quart import Blueprint, websocket
 
 from kakuremichi import protocol
 from kakuremichi.certpair import CertificateError
-from kakuremichi.control import auth, certificates, configs, declarations, presence
+from kakuremichi.control import auth, backends, certificates, configs, declarations, presence
 from kakuremichi.control.models import (WRITE_RETRIES, bump_config_version, claim_public_key, public_key_holder, utcnow,
                                        worker_row)
 from kakuremichi.control.sealing import UnsealError
@@ -118,6 +118,26 @@ class ClientSession:
         elif isinstance(message, protocol.TunnelsDeclared) and self.role == "agent":
             refused = declarations.reconcile(self.state, self.client_id, message.tunnels)
             await websocket.send(protocol.DeclarationRefused(refused).to_json())
+        elif isinstance(message, protocol.BackendHealth) and self.role == "agent":
+            self._backend_health(message)
+
+    def _backend_health(self, report: protocol.BackendHealth) -> None:
+        """An agent's health transition: stored, and pushed to the gateways at once when the status changed."""
+
+        def change(db) -> bool:
+            changed = backends.report_health(db, self.client_id, report)
+            if changed:
+                bump_config_version(db)
+            return changed
+
+        if self.state.write(change):
+            self.state.changed()
+            self.state.metrics.inc("kakuremichi_control_backend_health_transitions_total",
+                                   backend=report.backend_id, status=report.status)
+        else:
+            self.state.status_changed()
+        log(logger, logging.INFO, "backend health reported", name=self.name, backend=report.backend_id,
+            status=report.status, error=report.error or "-")
 
     async def _acme(self, message, nursery: trio.Nursery) -> None:
         """One gateway's part in ordering certificates together (see certificates.py)."""

@@ -29,6 +29,7 @@ from kakuremichi.gateway.http.proxy import ProxySettings, open_proxy
 from kakuremichi.gateway.http.upstream import EXCHANGE_KEEPALIVE, PoolLimits
 from kakuremichi.gateway.listeners import serve_http, serve_https
 from kakuremichi.gateway.ports import PortListeners
+from kakuremichi.gateway.backends import Backends, Liveness, route_of
 from kakuremichi.gateway.routes import Route, RouteTable
 from kakuremichi.gateway.workers import per_worker
 from kakuremichi.logs import log
@@ -68,6 +69,9 @@ class Gateway:
         endpoints = Path(state_dir) / "agent-endpoints.json"
         self.endpoints = EndpointMemory(per_worker(endpoints, worker),
                                         sorted(Path(state_dir).glob("agent-endpoints*.json")))  # every worker's
+        self.liveness = Liveness(node, AGENT_SILENCE_LIMIT)
+        self.backends = Backends(self.liveness)  # the choice among a route's backends
+        self.liveness.on_down = self.backends.went_down
         self.config_version = 0
         self.http_ports: list[int] = []
         self.https_ports: list[int] = []
@@ -101,7 +105,7 @@ class Gateway:
 
     def stats(self) -> dict:
         return {**self.node.stats(), "configVersion": self.config_version, "routes": len(self._sources),
-                "exitConnections": self.exit.active_connections,
+                "exitConnections": self.exit.active_connections, "backendConnections": self.backends.stats(),
                 PORT_ERRORS: dict(self.ports.errors), "portConnections": self.ports.active}
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -111,9 +115,11 @@ class Gateway:
             await nursery.start(self.exit.run)
             await nursery.start(self.ports.run)
             nursery.start_soon(self.endpoints.keep_saving, self.node)
+            await nursery.start(self.liveness.run)
             if listen.https_port is not None:
                 listen.proxy.https_port = listen.https_port
-            async with open_proxy(self.routes, self._dial, listen.proxy, listen.pool, self.challenges) as proxy:
+            async with open_proxy(self.routes, self._dial, listen.proxy, listen.pool, self.challenges,
+                                  self.backends) as proxy:
                 self.proxy = proxy
                 http = await nursery.start(serve_http, proxy, listen.http_port, listen.host, listen.shared)
                 self.http_ports = [l.socket.getsockname()[1] for l in http]
@@ -139,13 +145,12 @@ class Gateway:
         for r in config.routes:
             try:
                 access = AccessPolicy.from_config(r.tunnel_id, r.access, access_key) if r.access else None
-                routes.append(Route(r.domain, r.agent_ip, r.port, enabled=r.enabled, force_https=r.force_https,
-                                    tls=r.tls_mode, tunnel_id=r.tunnel_id, agent_stopped=r.agent_stopped,
-                                    access=access))
+                routes.append(route_of(r, access))
             except ValueError as exc:
                 log(logger, logging.ERROR, "route skipped", domain=r.domain, error=str(exc))
                 continue
-            sources[r.agent_ip] = r.gateway_ip
+            for address in {r.agent_ip, *(b.address for b in r.backends or ())}:
+                sources[address] = r.gateway_ip
         port_routes = list(config.ports or ())
         sources.update({r.agent_ip: r.gateway_ip for r in port_routes})
         peers = [PeerSpec(keys.decode(p.public_key), tuple(p.allowed_ips)) for p in config.peers]
@@ -153,6 +158,9 @@ class Gateway:
         for peer in peers:  # one not heard from since we started: try where the agent last was
             self.node.hint_endpoint(peer.public_key, self.endpoints.recall(peer.public_key))
         self._sources = sources
+        self.liveness.watched = {b.route.address: sources[b.route.address] for route in routes
+                                 if len(route.backends) > 1 for b in route.backends}
+        self.backends.forget_others({route.domain for route in routes})
         self.exit.update(config.routes)
         self.routes.replace(routes)
         await self.ports.update(port_routes)

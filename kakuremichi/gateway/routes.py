@@ -40,6 +40,10 @@ class Route:
     tunnel_id: str | None = None
     agent_stopped: bool = False  # its agent stopped cleanly (control said so): requests get a 502 at once
     access: AccessPolicy | None = None  # None: public (kakuremichi.access)
+    # several backends (kakuremichi.gateway.backends picks one per exchange); empty: `address` is the only one
+    backends: tuple[Backend, ...] = ()
+    affinity: bool = False  # a client address keeps its backend
+    backend_id: str | None = None  # this route is one backend's upstream, inside the route of its domain
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "domain", str(Domain.parse(self.domain)))
@@ -51,6 +55,21 @@ class Route:
     def upstream(self) -> tuple[str, int]:
         """Where requests go; routes sharing it share pooled upstream connections."""
         return self.address, self.port
+
+
+@dataclass(frozen=True, eq=False)
+class Backend:
+    """One backend of a route as the balancer sees it (kakuremichi.balancing.Backend), with `route`, the upstream
+    its exchanges use (its address; what pooled connections and cancellations are keyed on)."""
+
+    id: str
+    route: Route
+    weight: int = 1
+    priority: int = 0
+    enabled: bool = True
+    draining: bool = False
+    health: str = "unknown"
+    agent_stopped: bool = False
 
 
 class RouteTable:
@@ -83,8 +102,15 @@ class RouteTable:
                     scope.cancel()
 
     def _still_served(self, route: Route) -> bool:
+        """A domain's route holds while it is served by some upstream; a backend's while its domain still has it
+        enabled (draining included: its exchanges finish)."""
         new = self._routes.get(route.domain)
-        return new is not None and new.enabled and new.upstream == route.upstream and new.access == route.access
+        if new is None or not new.enabled or new.access != route.access:  # a new policy: exchanges start over
+            return False
+        if route.backend_id is not None:  # a route left with one plain backend has none listed: its address
+            upstreams = [b.route.upstream for b in new.backends if b.enabled] if new.backends else [new.upstream]
+            return route.upstream in upstreams
+        return bool(new.backends) or new.upstream == route.upstream
 
     def hold(self, route: Route, scope: trio.CancelScope) -> _Hold:
         """While in the block, a config change withdrawing `route` cancels `scope` (the exchange's)."""

@@ -36,10 +36,20 @@ MESSAGES = [
     p.CertificateUpload("app.example.com", "CHAIN", "KEY", NOT_AFTER),
     p.CertificateInstall("app.example.com", "CHAIN", "KEY", NOT_AFTER),
 ]
+# Messages and fields added since version 1 (optional for a peer: an old control ignores them, an old agent never
+# sends them)
+SINCE_V1 = [
+    p.TunnelsDeclared([p.DeclaredTunnel("app.example.com", "localhost:8080", "off", True)]),
+    p.DeclarationRefused({"app.example.com": "not delegated"}),
+    p.BackendHealth("b1", "unhealthy", "HTTP status 500"),
+    p.ConfigUpdate(p.GatewayConfig(7, routes=[p.RouteConfig("app.example.com", "10.1.0.2", "10.1.0.254", "t1", backends=[
+        p.RouteBackend("b1", "10.1.0.2", weight=3), p.RouteBackend("b2", "10.1.0.3", priority=1, health="healthy")],
+        affinity=True)])),
+    p.ConfigUpdate(p.AgentConfig(8, ["10.1.0.3"], tunnels=[p.TunnelMapping(
+        "t1", "app.example.com", "10.1.0.3", "localhost:8080", backend_id="b2",
+        health_check=p.HealthCheck("http", "/healthz", expect_status=204))])),
+]
 V1_FRAMES = (pathlib.Path(__file__).parent / "protocol_v1_frames.jsonl").read_text().splitlines()
-# Messages added since version 1 (optional for a peer: an old control ignores them, an old agent never sends them)
-SINCE_V1 = [p.TunnelsDeclared([p.DeclaredTunnel("app.example.com", "localhost:8080", "off", True)]),
-            p.DeclarationRefused({"app.example.com": "not delegated"})]
 
 
 def test_every_message_round_trips():

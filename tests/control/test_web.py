@@ -333,3 +333,34 @@ async def test_the_tunnel_page_makes_and_revokes_share_links_and_ends_sessions(c
         assert "revoked" in page.text and "/.kakuremichi/share/" not in page.text  # the link is shown only once
         ended = await browser.post(f"/tunnels/{tunnel['id']}/revoke-sessions", data={"csrf_token": _csrf(page)})
         assert ended.status_code == 302
+
+
+async def test_the_tunnel_page_adds_edits_drains_and_removes_backends(control):
+    home, away = await control.create("agents", name="home"), await control.create("agents", name="away")
+    tunnel = await control.create("tunnels", domain="lb.example.com", agentId=home["id"], target="127.0.0.1:8080")
+    url = f"/tunnels/{tunnel['id']}/backends"
+
+    async def stored() -> list[dict]:
+        return (await control.api.get(f"/api/tunnels/{tunnel['id']}")).json()["backends"]
+
+    async with _logged_in(control.url) as browser:
+        page = await browser.get(f"/tunnels/{tunnel['id']}/edit")
+        assert "Backends" in page.text and "10.1.0.2" in page.text and "unknown" in page.text
+        added = await browser.post(url, data={"csrf_token": _csrf(page), "action": "add", "agentId": away["id"],
+                                              "target": "127.0.0.1:9090", "weight": "3", "priority": "1"})
+        assert added.status_code == 302
+        first, second = await stored()
+        assert (second["agentId"], second["address"], second["weight"], second["priority"]) == (away["id"],
+                                                                                              "10.1.0.3", 3, 1)
+        page = await browser.get(f"/tunnels/{tunnel['id']}/edit")
+        await browser.post(url, data={"csrf_token": _csrf(page), "action": "drain", "backend": second["id"]})
+        await browser.post(url, data={"csrf_token": _csrf(page), "action": "save", "backend": first["id"],
+                                      "weight": "5", "priority": "0"})
+        assert [(b["weight"], b["draining"]) for b in await stored()] == [(5, False), (3, True)]
+        page = await browser.get(f"/tunnels/{tunnel['id']}/edit")
+        assert "draining" in page.text and "Undrain" in page.text
+        bad = await browser.post(url, data={"csrf_token": _csrf(page), "action": "save", "backend": first["id"],
+                                            "weight": "lots"})
+        assert bad.status_code == 400 and "backends" in bad.text
+        await browser.post(url, data={"csrf_token": _csrf(page), "action": "remove", "backend": first["id"]})
+        assert [b["id"] for b in await stored()] == [second["id"]]

@@ -21,10 +21,19 @@ APP = textwrap.dedent('''
     import hashlib, json, sys
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+    health = [200]  # what GET /health answers; GET /set-health/<status> changes it
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         def log_message(self, *args): pass
         def do_GET(self):
+            if self.path.startswith("/set-health/") or self.path == "/health":
+                if self.path != "/health":
+                    health[0] = int(self.path.rsplit("/", 1)[1])
+                self.send_response(health[0] if self.path == "/health" else 204)
+                self.send_header("content-length", "0")
+                self.end_headers()
+                return
             if self.path.startswith("/bytes/"):
                 size = int(self.path.split("/")[2])
                 self.send_response(200)

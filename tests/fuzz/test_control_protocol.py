@@ -43,6 +43,10 @@ VALID = [
     protocol.CertificateInstall("a.example", "chain", "key", NOW),
     protocol.TunnelsDeclared([protocol.DeclaredTunnel("a.example", "localhost:80", "off")]),
     protocol.DeclarationRefused({"a.example": "not delegated"}),
+    protocol.BackendHealth("b1", "unhealthy", "HTTP status 500"),
+    protocol.ConfigUpdate(protocol.GatewayConfig(6, routes=[protocol.RouteConfig(
+        "a.example", "10.1.0.2", "10.1.0.254", "t1", backends=[protocol.RouteBackend("b1", "10.1.0.3", weight=3)],
+        affinity=True)])),
 ]
 assert {m.type for m in VALID} == set(TYPES)
 assert all(protocol.decode(m.to_json()) == m for m in VALID)

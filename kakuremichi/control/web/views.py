@@ -481,6 +481,41 @@ async def tunnel_edit(item_id: str) -> Response:
     return await _tunnel_form(item, item, {}, None)
 
 
+BACKEND_ACTIONS = {"drain": {"draining": True}, "undrain": {"draining": False}, "disable": {"enabled": False},
+                   "enable": {"enabled": True}}
+
+
+@blueprint.post("/tunnels/<item_id>/backends")
+async def tunnel_backends(item_id: str) -> Response:
+    """Add a backend, or change (weight, priority, drain, disable) or remove one: the tunnel's list, changed."""
+    item = _tunnel(item_id)
+    form = await request.form
+    specs = [{name: backend[name] for name in ("id", "agentId", "target", "weight", "priority", "enabled",
+                                               "draining", "healthCheck")} for backend in item["backends"]]
+    chosen = next((spec for spec in specs if spec["id"] == form.get("backend")), None)
+    action = form.get("action", "")
+    if action == "add":
+        specs.append({"agentId": form.get("agentId", ""), "target": form.get("target", "").strip(),
+                      **_numbers(form)})
+    elif chosen is not None and action == "remove":
+        specs.remove(chosen)
+    elif chosen is not None and action == "save":
+        chosen.update(_numbers(form))
+    elif chosen is not None and action in BACKEND_ACTIONS:
+        chosen.update(BACKEND_ACTIONS[action])
+    try:
+        services.update(current(), "tunnel", item_id, bodies.decode(bodies.TunnelUpdate, {"backends": specs}))
+    except ApiError as error:
+        return await _tunnel_form(item, item, error.details, error.message, error.status)
+    return redirect(url_for("web.tunnel_edit", item_id=item_id))
+
+
+def _numbers(form) -> dict:
+    """A backend form's weight and priority, as numbers when they are (else as given, for the API to refuse)."""
+    return {name: int(form[name]) if form.get(name, "").strip().isascii() and form[name].strip().isdigit()
+            else form.get(name, "") for name in ("weight", "priority") if name in form}
+
+
 @blueprint.route("/tunnels/<item_id>/delete", methods=["GET", "POST"])
 async def tunnel_delete(item_id: str) -> Response:
     item = _tunnel(item_id)

@@ -22,6 +22,7 @@ import trio
 from kakuremichi import h1parse
 from kakuremichi.access.gate import MAX_FORM, Forward, Gate
 from kakuremichi.faults import Contained
+from kakuremichi.gateway.backends import Backends, affinity_header, pinned_backend
 from kakuremichi.gateway.certs.challenges import ChallengeStore
 from kakuremichi.gateway.http import errorpages
 from kakuremichi.gateway.http.accesslog import AccessRecord
@@ -63,6 +64,14 @@ class Stale(Exception):
     """A pooled upstream connection turned out dead before answering; the request may be replayed."""
 
 
+class _Unreached(Exception):
+    """No connection to the agent could be made: nothing was sent, so any request may go to another backend."""
+
+    def __init__(self, error: GatewayError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 class ClientSide(Protocol):
     """The client's half of one exchange, what a front implements: an HTTP/1.1 connection (http1.py), or
     one HTTP/2 stream (http2.py)."""
@@ -86,9 +95,10 @@ class Engine:
     routes, upstream pool, challenges, settings, the timeout watchdog."""
 
     def __init__(self, routes: RouteTable, pool: UpstreamPool, settings: ProxySettings | None = None,
-                 challenges: ChallengeStore | None = None) -> None:
+                 challenges: ChallengeStore | None = None, backends: Backends | None = None) -> None:
         self.routes = routes
         self.pool = pool
+        self.backends = backends or Backends()
         self.settings = settings or ProxySettings()
         self.challenges = challenges
         self.watchdog = Watchdog(tick_for(self.settings.client_timeout, self.settings.upstream_timeout))
@@ -183,10 +193,58 @@ class Engine:
 
     async def exchange(self, side: ClientSide, request: h1parse.Request, has_body: bool, route: Route, host: str,
                        record: AccessRecord, guard: Guard) -> None:
-        """Send the request to the route's agent (its waits under `guard`) and relay its answer to `side`; a
-        pooled connection found dead before answering a body-less idempotent request is replaced once by a
-        fresh one (RFC 9110 §9.2.2: a POST or PATCH may have taken effect, so it is never repeated)."""
+        """Send the request to the route's agent, or to one of its backends (kakuremichi.gateway.backends), and
+        relay the answer to `side`. A request whose backend could not be reached, or (body-less and idempotent)
+        failed before any response byte, is tried once more on another backend."""
         record.tunnel = (route.tunnel_id or "", route.domain)
+        if not route.backends:
+            try:
+                await self._exchange_with(side, request, has_body, route, host, record, guard)
+            except _Unreached as exc:
+                raise exc.error from None
+            return
+        tried: list[str] = []
+        pinned = pinned_backend(request.headers) if route.affinity else None
+        while True:
+            backend = self.backends.choose(route, pinned, tried)
+            if backend is None:
+                if any(b.agent_stopped for b in route.backends) and all(
+                        b.agent_stopped or not b.enabled for b in route.backends):
+                    raise errorpages.agent_offline(host)
+                raise errorpages.no_backend(host)
+            tried.append(backend.id)
+            self.backends.active[backend.id] += 1
+            try:
+                with trio.CancelScope() as silenced, self.backends.waiting(backend.route.address, silenced, record), \
+                        self.routes.hold(backend.route, guard.scope):
+                    await self._exchange_with(side, request, has_body, backend.route, host, record, guard,
+                                              pin=backend.id if route.affinity and backend.id != pinned else None)
+                if not silenced.cancelled_caught:
+                    return
+                log(logger, logging.WARNING, "backend's agent went silent before answering", host=host,
+                    backend=backend.id)
+                failure = errorpages.agent_unreachable(host)
+                if has_body or request.method in _NOT_IDEMPOTENT:
+                    raise failure
+            except _Unreached as exc:
+                failure = exc.error
+            except GatewayError as exc:
+                if exc.code != "agent_unreachable" or has_body or request.method in _NOT_IDEMPOTENT:
+                    raise
+                failure = exc
+            finally:
+                self.backends.finished(backend)
+            if len(tried) > 1:
+                raise failure
+            log(logger, logging.WARNING, "backend failed, trying another", host=host, backend=backend.id,
+                error=failure.code)
+
+    async def _exchange_with(self, side: ClientSide, request: h1parse.Request, has_body: bool, route: Route,
+                             host: str, record: AccessRecord, guard: Guard, pin: str | None = None) -> None:
+        """The exchange with one agent address (its waits under `guard`); a pooled connection found dead before
+        answering a body-less idempotent request is replaced once by a fresh one (RFC 9110 §9.2.2: a POST or
+        PATCH may have taken effect, so it is never repeated). `pin`: the backend id the response's affinity
+        cookie is to name."""
         if route.agent_stopped:
             raise errorpages.agent_offline(host)
         replayable = not has_body and request.method not in _NOT_IDEMPOTENT
@@ -194,6 +252,7 @@ class Engine:
         record.upstream = f"{route.address}:{route.port}"
         for attempt in (0, 1):
             upstream = await self._acquire(route, host, fresh=attempt > 0)
+            upstream.extra_headers = [affinity_header(pin, record.scheme == "https")] if pin else []
             guard.waiters.append(upstream)
             record.reused = upstream.reused
             try:
@@ -210,10 +269,10 @@ class Engine:
             return await self.pool.acquire(route, fresh=fresh)
         except DialTimeout as exc:
             log(logger, logging.WARNING, "agent connect timed out", host=host, error=str(exc))
-            raise errorpages.upstream_timeout(host) from None
+            raise _Unreached(errorpages.upstream_timeout(host)) from None
         except DialFailed as exc:
             log(logger, logging.WARNING, "agent unreachable", host=host, error=str(exc))
-            raise errorpages.agent_unreachable(host) from None
+            raise _Unreached(errorpages.agent_unreachable(host)) from None
 
     async def _relay(self, side: ClientSide, upstream: UpstreamConnection, request: h1parse.Request,
                      has_body: bool, replayable: bool, host: str, record: AccessRecord, hsts: bool) -> None:
@@ -246,7 +305,10 @@ class Engine:
         that dies before saying anything raises Stale if the request may be replayed, any other failure
         is the agent unreachable."""
         try:
-            return await upstream.next_event(self.settings.upstream_timeout)
+            event = await upstream.next_event(self.settings.upstream_timeout)
+            if upstream.extra_headers and type(event) is h1parse.Response:
+                event.headers = [*event.headers, *upstream.extra_headers]
+            return event
         except (h1parse.Malformed, *STREAM_ERRORS) as exc:
             if upstream.reused and upstream.bytes_received == 0 and replayable:
                 raise Stale() from None

@@ -53,6 +53,12 @@ def agent_offline(host: str) -> GatewayError:
                         f"The agent serving {host} has been stopped. The site is back once its agent runs again.")
 
 
+def no_backend(host: str) -> GatewayError:
+    return GatewayError(502, "no_healthy_backend", "None of the tunnel's backends is up",
+                        f"Every backend serving {host} is down, draining or disabled: their agents are unreachable "
+                        "or their health checks fail. The site is back once one of them recovers.")
+
+
 def upstream_timeout(host: str) -> GatewayError:
     return GatewayError(504, "upstream_timeout", "The tunnel's agent did not answer in time",
                         f"The service behind {host} took too long to respond.")

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from kakuremichi.gateway.backends import Backends
 from kakuremichi.gateway.certs.challenges import ChallengeStore
 from kakuremichi.gateway.http.engine import Engine, ProxySettings
 from kakuremichi.gateway.http.http1 import serve_http1
@@ -26,10 +27,11 @@ class Proxy(Engine):
 @asynccontextmanager
 async def open_proxy(routes: RouteTable, dial: Dial, settings: ProxySettings | None = None,
                      limits: PoolLimits | None = None,
-                     challenges: ChallengeStore | None = None) -> AsyncIterator[Proxy]:
+                     challenges: ChallengeStore | None = None, backends: Backends | None = None
+                     ) -> AsyncIterator[Proxy]:
     """A proxy whose upstream pool and timeout watchdog run for the `async with` block."""
     async with open_upstream_pool(dial, limits) as pool, trio.open_nursery() as nursery:
-        proxy = Proxy(routes, pool, settings, challenges)
+        proxy = Proxy(routes, pool, settings, challenges, backends)
         nursery.start_soon(proxy.watchdog.run)
         yield proxy
         nursery.cancel_scope.cancel()

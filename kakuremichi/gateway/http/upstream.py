@@ -80,6 +80,7 @@ class UpstreamConnection(HttpConnection):
         self.retired = False  # closed by the idle watcher (agent closed it, sent junk, or idle too long)
         self.quiet = False  # probed at QUIET_KEEPALIVE (idle a while), else at EXCHANGE_KEEPALIVE (as dialled)
         self.idle_since: float | None = None  # when it went back to the pool; None while in use
+        self.extra_headers: list[tuple[bytes, bytes]] = []  # added to the current exchange's response head
         self._watch: trio.CancelScope | None = None
         self._watch_done = trio.Event()
 
