@@ -157,8 +157,8 @@ def test_the_metrics_token_is_required_when_set(deployment):
                 probe.shutdown(socket.SHUT_WR)
                 while probe.recv(65536):
                     pass
-            except (ConnectionResetError, BrokenPipeError):
-                pass  # closed before all was sent: what it should do
+            except OSError:
+                pass  # closed before all was sent (reset, broken pipe, not connected any more): what it should do
     samples = scrape(deployment.agent_metrics)
     assert ("kakuremichi_control_connected", frozenset({("role", "agent")})) in samples
 
