@@ -116,6 +116,7 @@ def define(db: Database) -> None:
         port = Optional("TunnelPort", cascade_delete=True)  # tcp and udp tunnels only
         access = Optional("TunnelAccess", cascade_delete=True)  # no column here: new tables only (access.py)
         share_links = Set("ShareLink", cascade_delete=True)
+        access_grants = Set("AccessGrant", cascade_delete=True)  # tcp/udp tunnels with a login tunnel
 
         def before_delete(self) -> None:
             # However it goes (alone, or with its agent), its certificate's key is kept nowhere afterwards.
@@ -217,6 +218,14 @@ def define(db: Database) -> None:
         created_at = Required(datetime, default=utcnow)
         expires_at = Required(datetime)
         revoked_at = Optional(datetime)
+
+    class AccessGrant(db.Entity):
+        """A client address a login opened a tcp/udp tunnel to, until expires_at (control/grants.py)."""
+        _table_ = "access_grants"
+        tunnel = Required(Tunnel)
+        address = Required(str)
+        expires_at = Required(datetime)
+        composite_key(tunnel, address)
 
     class Setting(db.Entity):
         _table_ = "settings"

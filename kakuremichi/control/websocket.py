@@ -16,7 +16,7 @@ from quart import Blueprint, websocket
 
 from kakuremichi import protocol
 from kakuremichi.certpair import CertificateError
-from kakuremichi.control import auth, certificates, configs, declarations, presence
+from kakuremichi.control import auth, certificates, configs, declarations, grants, presence
 from kakuremichi.control.models import (WRITE_RETRIES, bump_config_version, claim_public_key, public_key_holder, utcnow,
                                        worker_row)
 from kakuremichi.control.sealing import UnsealError
@@ -118,6 +118,12 @@ class ClientSession:
         elif isinstance(message, protocol.TunnelsDeclared) and self.role == "agent":
             refused = declarations.reconcile(self.state, self.client_id, message.tunnels)
             await websocket.send(protocol.DeclarationRefused(refused).to_json())
+        elif isinstance(message, protocol.AccessGranted) and self.role == "gateway":
+            opened = self.state.write(grants.record, message.tunnel_id, str(message.address), utcnow())
+            if opened:
+                self.state.changed()
+            log(logger, logging.INFO, "login grant", name=self.name, tunnel=message.tunnel_id,
+                client=str(message.address), tunnels_opened=opened)
 
     async def _acme(self, message, nursery: trio.Nursery) -> None:
         """One gateway's part in ordering certificates together (see certificates.py)."""
