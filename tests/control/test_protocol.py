@@ -39,7 +39,8 @@ MESSAGES = [
 V1_FRAMES = (pathlib.Path(__file__).parent / "protocol_v1_frames.jsonl").read_text().splitlines()
 # Messages added since version 1 (optional for a peer: an old control ignores them, an old agent never sends them)
 SINCE_V1 = [p.TunnelsDeclared([p.DeclaredTunnel("app.example.com", "localhost:8080", "off", True)]),
-            p.DeclarationRefused({"app.example.com": "not delegated"})]
+            p.DeclarationRefused({"app.example.com": "not delegated"}),
+            p.AccessGranted("t1", "198.51.100.7")]
 
 
 def test_every_message_round_trips():
