@@ -30,11 +30,24 @@ def errors(db: Database, tunnel, access: bodies.Access) -> dict[str, str]:
     login = db.Tunnel.get(id=access.login_tunnel_id) if bodies.is_identifier(access.login_tunnel_id) else None
     if login is None or login.port is not None:
         return {"access.loginTunnelId": f"{access.login_tunnel_id!r} is not the id of an http tunnel"}
-    mode = login.access.settings.get("mode", "public") if login.access is not None else "public"
-    if mode not in LOGIN_MODES:
-        return {"access.loginTunnelId": f"tunnel {login.id} has access mode {mode}: give it mode password or sso, "
-                                        f"so that visitors log in there"}
+    if not _has_login(login):
+        return {"access.loginTunnelId": f"tunnel {login.id} has access mode {_mode(login)}: give it mode password "
+                                        f"or sso, so that visitors log in there"}
     return {}
+
+
+def _mode(tunnel) -> str:
+    return tunnel.access.settings.get("mode", "public") if tunnel.access is not None else "public"
+
+
+def _has_login(tunnel) -> bool:
+    return tunnel.port is None and _mode(tunnel) in LOGIN_MODES
+
+
+def login_tunnels(db: Database) -> list[dict[str, str]]:
+    """The http tunnels of mode password or sso: {id, domain}, by domain."""
+    return [{"id": t.id, "domain": t.domain} for t in db.Tunnel.select().order_by(lambda t: t.domain)
+            if _has_login(t)]
 
 
 def record(db: Database, login_tunnel_id: str, address: str, now: datetime.datetime) -> int:
