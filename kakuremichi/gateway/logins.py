@@ -12,6 +12,7 @@ import logging
 import trio
 
 from kakuremichi.controlclient import ControlClient, NotConnected
+from kakuremichi.gateway.portaccess import grant_key
 from kakuremichi.logs import log
 from kakuremichi.protocol import AccessGranted
 
@@ -26,8 +27,11 @@ class LoginReports:
 
     def logged_in(self, tunnel_id: str, address: str) -> None:
         """A visitor at `address` logged in on the http tunnel `tunnel_id` (called from the HTTP path)."""
+        key = grant_key(address)
+        if key is None:
+            return
         try:
-            self._send.send_nowait((tunnel_id, address))
+            self._send.send_nowait((tunnel_id, key))
         except trio.WouldBlock:
             log(logger, logging.WARNING, "login not reported to control: too many waiting", tunnel=tunnel_id)
 

@@ -32,13 +32,20 @@ def rule_refusal(route: PortRoute, client_ip: str, now: float) -> str | None:
 
 def granted(route: PortRoute, client_ip: str, now: float) -> bool:
     """Whether a login grant holds the client's address at Unix time `now`."""
+    address = grant_key(client_ip)
+    return address is not None and route.granted.get(address, 0.0) > now
+
+
+def grant_key(client_ip: str) -> str | None:
+    """How grants name an address: canonical, an IPv4-mapped IPv6 one as IPv4 (a dual-stack listener's
+    client); None for what is no address."""
     try:
         address = ipaddress.ip_address(client_ip)
     except ValueError:
-        return False
+        return None
     if address.version == 6 and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    return route.granted.get(str(address), 0.0) > now
+    return str(address)
 
 
 class SourceCounts:
