@@ -4,7 +4,7 @@ after a login from it on that http tunnel, at any gateway (which reports it: pro
 
 Grants are rows of access_grants, one per (tcp/udp tunnel, address), pushed to every gateway with the port
 routes, only unexpired ones; expired rows are purged at each new grant. Revoking every session of the http
-tunnel drops the grants it gave.
+tunnel drops the grants it gave. A tunnel pushes at most MAX_PUSHED grants, those that end last.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from kakuremichi.control import bodies
 from kakuremichi.control.models import bump_config_version, utcnow
 
 LOGIN_MODES = ("password", "sso")
+MAX_PUSHED = 4096  # grants of one tunnel in a gateway's config at most: the latest to end, to keep frames small
 
 
 def errors(db: Database, tunnel, access: bodies.Access) -> dict[str, str]:
@@ -92,8 +93,8 @@ def pushed(tunnel, now: datetime.datetime) -> dict[str, float]:
     """What its gateways get: address → Unix time the grant ends (none without a login tunnel)."""
     if tunnel.access is None or not tunnel.access.settings.get("login_tunnel_id"):
         return {}
-    return {g.address: g.expires_at.replace(tzinfo=datetime.timezone.utc).timestamp()
-            for g in current(tunnel, now)}
+    latest = sorted(current(tunnel, now), key=lambda g: g.expires_at, reverse=True)[:MAX_PUSHED]
+    return {g.address: g.expires_at.replace(tzinfo=datetime.timezone.utc).timestamp() for g in latest}
 
 
 def listed(tunnel) -> list[bodies.AccessGrant]:
