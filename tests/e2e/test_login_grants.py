@@ -1,7 +1,8 @@
 """A browser login opening a tcp tunnel's raw port (issue 16, "beyond the peers"), every part a separate process:
 control, two gateways, an agent and an echo server. Before the login the port resets the client; after a password
 login on the http tunnel the tcp tunnel names (loginTunnelId), the same client address is carried on both gateways;
-revoking the http tunnel's sessions closes the port again."""
+revoking the http tunnel's sessions closes the port again. A udp tunnel drops the datagrams of a client without a
+login, and carries them after one."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import httpx
 import pytest
 
 from tests.deployment import Deployment, wait_for
-from tests.e2e.test_port_tunnels import ECHO, echoes, port_tunnel
+from tests.e2e.test_port_tunnels import ECHO, UDP_ECHO, echoes, port_tunnel
 
 PASSWORD = "correct horse battery"
 HOSTS = ("127.0.0.1", "127.0.0.2")  # gw1's and gw2's listen address: the client is 127.0.0.1 to both
@@ -19,7 +20,7 @@ HOSTS = ("127.0.0.1", "127.0.0.2")  # gw1's and gw2's listen address: the client
 
 @pytest.fixture
 def deployment(tmp_path):
-    d = Deployment(tmp_path, {"echo": ("-c", ECHO)}, gateways=("gw1",))
+    d = Deployment(tmp_path, {"echo": ("-c", ECHO), "udp_echo": ("-c", UDP_ECHO)}, gateways=("gw1",))
     d.gateway_args = ("--listen-host", "127.0.0.2")
     d.add_gateway("gw2")
     yield d
@@ -67,3 +68,29 @@ def test_a_password_login_opens_the_tcp_port_on_both_gateways_until_sessions_are
     assert revoked.status_code == 200, revoked.text
     wait_for(lambda: all(reset(host, d.port) for host in HOSTS), 30, "the port closed again on both gateways")
     assert d.api.get(f"/api/tunnels/{tcp['id']}").json()["access"]["grants"] == []
+
+
+def udp_answered(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(1)
+        client.sendto(b"hello", ("127.0.0.1", port))
+        try:
+            return client.recv(100) == b"hello"
+        except OSError:
+            return False
+
+
+def test_a_udp_port_drops_datagrams_until_a_login(deployment):
+    d = deployment
+    web = d.tunnel("web.localhost", "echo", access={"mode": "password", "password": PASSWORD})
+    bypass = {"loginTunnelId": web["id"], "rules": [{"action": "bypass", "cidr": "127.0.0.0/8"}]}
+    udp = port_tunnel(d, "udp", d.apps["udp_echo"], access=bypass)
+    wait_for(lambda: udp_answered(udp["publicPort"]), 60, "the udp tunnel to carry a client its rule lets in")
+    patched = d.api.patch(f"/api/tunnels/{udp['id']}", json={"access": {"loginTunnelId": web["id"]}})
+    assert patched.status_code == 200, patched.text
+    wait_for(lambda: not udp_answered(udp["publicPort"]), 30, "the port to drop a client without a login")
+    assert not udp_answered(udp["publicPort"])
+    login = httpx.post(d.url("gw1", "/.kakuremichi/login"), headers={"host": "web.localhost"},
+                       data={"password": PASSWORD}, timeout=10)
+    assert login.status_code == 303
+    wait_for(lambda: udp_answered(udp["publicPort"]), 30, "the udp port to carry the logged-in client")
