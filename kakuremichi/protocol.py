@@ -350,6 +350,9 @@ class PortRoute(_Body, frozen=True):
     access_rules: list[AccessRule] = msgspec.field(default_factory=list)  # none: everyone may connect
     max_connections_per_source: Annotated[int, msgspec.Meta(ge=1)] | None = None
     agent_stopped: bool = False
+    # login grants (issue 16): with login_tunnel_id, a client no allow/bypass rule holds needs a grant
+    login_tunnel_id: str | None = None  # the http tunnel whose logins open this port
+    granted: dict[str, float] = msgspec.field(default_factory=dict)  # client address → Unix time its grant ends
 
 
 class _Config(_Body, frozen=True):
@@ -657,9 +660,17 @@ class DeclarationRefused(_Message, frozen=True, tag="tunnels_declared_refused"):
     refused: dict[str, str]
 
 
+class AccessGranted(_Message, frozen=True, tag="access_granted"):
+    """Gateway → control: a visitor logged in (password, SSO or share link) on the http tunnel `tunnel_id`
+    from `address`; control opens the tcp/udp tunnels that name it (loginTunnelId) to that address."""
+
+    tunnel_id: str
+    address: IpAddress
+
+
 Message = Union[Auth, AuthSuccess, AuthError, Ping, Pong, Stopping, StatusUpdate, ConfigUpdate, ConfigAck, ChallengePublished,
                 ChallengeWithdrawn, ChallengeReady, Challenges, ChallengesAck, LeaseRequest, Lease, CertificateUpload,
-                CertificateInstall, TunnelsDeclared, DeclarationRefused, BackendHealth]
+                CertificateInstall, TunnelsDeclared, DeclarationRefused, BackendHealth, AccessGranted]
 _TYPES: dict[str, type] = {cls.type: cls for cls in Message.__args__}
 _FRAMES = {ConfigUpdate: _ConfigFrame, ChallengePublished: _PublishedFrame}
 _ENCODER = msgspec.json.Encoder(enc_hook=_encode_hook)

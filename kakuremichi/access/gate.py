@@ -30,6 +30,7 @@ LOGIN, SHARE, SSO, LOGOUT = PREFIX + b"login", PREFIX + b"share/", PREFIX + b"ss
 IDENTITY = (b"x-kakuremichi-user", b"x-kakuremichi-email", b"x-kakuremichi-groups")
 BYPASS_HEADER = b"x-kakuremichi-bypass"
 MAX_FORM = 8192  # bytes of a login form's body the gate reads
+LOGGED_IN = frozenset({"access_password_ok", "access_share_ok", "access_sso_ok"})  # a session was issued
 
 
 @dataclass(frozen=True)

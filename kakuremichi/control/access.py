@@ -23,12 +23,12 @@ from kakuremichi.access import tokens
 from kakuremichi.access.passwords import hash_password
 from kakuremichi.access.policy import secret_digest
 from kakuremichi.access.tokens import Claims
-from kakuremichi.control import bodies
+from kakuremichi.control import bodies, grants
 from kakuremichi.control.bodies import ApiError
 from kakuremichi.control.models import new_id, utcnow
 
 _SETTINGS = ("mode", "allowed_emails", "allowed_domains", "allowed_groups", "rules", "bypass_paths",
-             "session_hours", "max_connections_per_source")
+             "session_hours", "max_connections_per_source", "login_tunnel_id", "login_grant_minutes")
 
 
 @dataclass(frozen=True)
@@ -58,13 +58,14 @@ def view(tunnel) -> bodies.AccessView:
     settings = {name: row.settings[name] for name in _SETTINGS if name in row.settings}
     settings["rules"] = [bodies.AccessRule(**rule) for rule in settings.get("rules", [])]
     return bodies.AccessView(**settings, password_set=bool(row.password_hash),
-                             bypass_secret_set=bool(row.bypass_secret_digest))
+                             bypass_secret_set=bool(row.bypass_secret_digest), grants=grants.listed(tunnel))
 
 
 def store(db: Database, tunnel, access: bodies.Access | None) -> None:
     """Replace the tunnel's policy with `access` (None: public); a password or secret left out is kept."""
     row = tunnel.access
     if access is None:
+        grants.drop(tunnel)
         if row is not None:
             row.delete()
         return
@@ -79,6 +80,7 @@ def store(db: Database, tunnel, access: bodies.Access | None) -> None:
         password_hash = hash_password(access.password)
     if access.mode == "password" and not password_hash:
         errors["access.password"] = "required for mode password (8 to 1024 characters)"
+    errors.update(grants.errors(db, tunnel, access))
     if errors:
         raise ApiError(400, "validation_failed", "invalid request: " + ", ".join(sorted(errors)), errors)
     digest = row.bypass_secret_digest if row is not None else None
@@ -89,6 +91,8 @@ def store(db: Database, tunnel, access: bodies.Access | None) -> None:
                          for rule in access.rules]
     for name in ("allowed_emails", "allowed_domains"):
         settings[name] = sorted({item.strip().lower() for item in settings[name] if item.strip()})
+    if row is None or row.settings.get("login_tunnel_id") != access.login_tunnel_id:
+        grants.drop(tunnel)
     if row is None:
         db.TunnelAccess(tunnel=tunnel, settings=settings, password_hash=password_hash, bypass_secret_digest=digest)
     else:
@@ -131,6 +135,7 @@ def revoke_sessions(db: Database, tunnel, email: str | None = None) -> None:
     if email is None:
         row.epoch += 1
         row.revoked_before = utcnow()
+        grants.drop_given_by(db, tunnel)
         return
     revoked = dict(row.settings.get("revoked_users", {}))
     revoked[email.strip().lower()] = _epoch_seconds(utcnow())

@@ -234,6 +234,10 @@ class AccessCommon(Body):
     max_connections_per_source: Annotated[Annotated[int, Meta(ge=1, le=65536)] | None, Meta(
         description="tcp/udp tunnels: an integer from 1 to 65536 (TCP connections or UDP flows at once from one "
                     "client address, on each gateway), or null")] = None
+    login_tunnel_id: Annotated[str | None, Meta(
+        description="tcp/udp tunnels: the id of an http tunnel of mode password or sso; the port then admits only "
+                    "addresses that logged in there within loginGrantMinutes (besides allow and bypass rules)")] = None
+    login_grant_minutes: Annotated[int, Meta(ge=1, le=10080, description="an integer from 1 to 10080")] = 60
 
 
 class Access(AccessCommon):
@@ -245,9 +249,16 @@ class Access(AccessCommon):
                                        "characters, or null")] | None | UnsetType = UNSET
 
 
+class AccessGrant(Body):
+    address: str
+    expires_at: Time
+
+
 class AccessView(AccessCommon):
     password_set: bool = False
     bypass_secret_set: bool = False
+    grants: Annotated[list[AccessGrant], Meta(description="tcp/udp tunnels with a loginTunnelId: the client "
+                                                          "addresses a login opened the port to, until expiresAt")] = []
 
 
 class SessionRevocation(Body):

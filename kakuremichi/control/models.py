@@ -123,6 +123,7 @@ def define(db: Database) -> None:
         share_links = Set("ShareLink", cascade_delete=True)
         backends = Set("Backend", cascade_delete=True)
         balancing = Optional("TunnelBalancing", cascade_delete=True)
+        access_grants = Set("AccessGrant", cascade_delete=True)  # tcp/udp tunnels with a login tunnel
 
         def before_delete(self) -> None:
             # However it goes (alone, or with its agent), its certificate's key is kept nowhere afterwards.
@@ -253,6 +254,14 @@ def define(db: Database) -> None:
         created_at = Required(datetime, default=utcnow)
         expires_at = Required(datetime)
         revoked_at = Optional(datetime)
+
+    class AccessGrant(db.Entity):
+        """A client address a login opened a tcp/udp tunnel to, until expires_at (control/grants.py)."""
+        _table_ = "access_grants"
+        tunnel = Required(Tunnel)
+        address = Required(str)
+        expires_at = Required(datetime)
+        composite_key(tunnel, address)
 
     class Setting(db.Entity):
         _table_ = "settings"

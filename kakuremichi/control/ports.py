@@ -14,7 +14,9 @@ from typing import Any
 from pony.orm import Database, select
 
 from kakuremichi import protocol
+from kakuremichi.control import grants
 from kakuremichi.control.bodies import ApiError
+from kakuremichi.control.models import utcnow
 from kakuremichi.values import PortRanges, Target
 
 NO_DOMAIN = ".port.invalid"  # the stored domain of a tcp/udp tunnel without one ends so
@@ -161,4 +163,5 @@ def route(tunnel, gateway_ip: str, agent_stopped: bool) -> protocol.PortRoute:
         gateway_ip=gateway_ip, enabled=tunnel.enabled, proxy_protocol=row.proxy_protocol,
         udp_idle_timeout=row.udp_idle_timeout, udp_max_flows=row.udp_max_flows,
         access_rules=[protocol.AccessRule(rule["action"], rule["cidr"]) for rule in access.get("rules", ())],
-        max_connections_per_source=access.get("max_connections_per_source"), agent_stopped=agent_stopped)
+        max_connections_per_source=access.get("max_connections_per_source"), agent_stopped=agent_stopped,
+        login_tunnel_id=access.get("login_tunnel_id"), granted=grants.pushed(tunnel, utcnow()))

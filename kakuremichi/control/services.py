@@ -17,7 +17,7 @@ from typing import Any
 
 from pony.orm import Database, TransactionIntegrityError, db_session
 
-from kakuremichi.control import access, allocation, auth, backends, bodies, certificates, models, ports
+from kakuremichi.control import access, allocation, auth, backends, bodies, certificates, grants, models, ports
 from kakuremichi.control.bodies import ApiError
 from kakuremichi.control.models import utcnow
 from kakuremichi.control.state import ControlState
@@ -252,6 +252,12 @@ def revoke_sessions(state: ControlState, tunnel_id: str, body: bodies.SessionRev
         return tunnel_json(tunnel)
 
     return _write(state, work)
+
+
+def login_tunnels(state: ControlState) -> list[dict]:
+    """The http tunnels a tcp/udp tunnel's logins may happen on (web form), by domain."""
+    with db_session:
+        return grants.login_tunnels(state.db)
 
 
 BACKEND_FIELDS = ("agent_id", "backends", "health_check", "affinity")  # set through kakuremichi.control.backends

@@ -16,7 +16,7 @@ from quart import Blueprint, websocket
 
 from kakuremichi import protocol
 from kakuremichi.certpair import CertificateError
-from kakuremichi.control import auth, backends, certificates, configs, declarations, presence
+from kakuremichi.control import auth, backends, certificates, configs, declarations, grants, presence
 from kakuremichi.control.models import (WRITE_RETRIES, bump_config_version, claim_public_key, public_key_holder, utcnow,
                                        worker_row)
 from kakuremichi.control.sealing import UnsealError
@@ -120,6 +120,12 @@ class ClientSession:
             await websocket.send(protocol.DeclarationRefused(refused).to_json())
         elif isinstance(message, protocol.BackendHealth) and self.role == "agent":
             self._backend_health(message)
+        elif isinstance(message, protocol.AccessGranted) and self.role == "gateway":
+            opened = self.state.write(grants.record, message.tunnel_id, str(message.address), utcnow())
+            if opened:
+                self.state.changed()
+            log(logger, logging.INFO, "login grant", name=self.name, tunnel=message.tunnel_id,
+                client=str(message.address), tunnels_opened=opened)
 
     def _backend_health(self, report: protocol.BackendHealth) -> None:
         """An agent's health transition: stored, and pushed to the gateways at once when the status changed."""

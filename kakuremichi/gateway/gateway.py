@@ -28,6 +28,7 @@ from kakuremichi.gateway.endpoints import EndpointMemory
 from kakuremichi.gateway.http.proxy import ProxySettings, open_proxy
 from kakuremichi.gateway.http.upstream import EXCHANGE_KEEPALIVE, PoolLimits
 from kakuremichi.gateway.listeners import serve_http, serve_https
+from kakuremichi.gateway.logins import LoginReports
 from kakuremichi.gateway.ports import PortListeners
 from kakuremichi.gateway.backends import Backends, Liveness, route_of
 from kakuremichi.gateway.routes import Route, RouteTable
@@ -77,6 +78,7 @@ class Gateway:
         self.https_ports: list[int] = []
         self.proxy = None  # while serving: its requests and routes held are in the metrics
         self.ports = PortListeners(listen.host, listen.shared, self.dial_agent, node.stack)  # tcp/udp tunnels
+        self.logins = LoginReports()  # told to control: they open tcp/udp ports (loginTunnelId)
 
     def control_client(self, url: str, api_key: str, public_endpoint: str, **options) -> ControlClient:
         """The link to control this gateway follows: its configs, and certificates ordered together with the
@@ -86,6 +88,7 @@ class Gateway:
         sync = CertificateSync(self.certs, self.challenges, client)
         client.on_message, client.on_connected = sync.receive, sync.connected
         self.certs.coordinator = sync
+        self.logins.control = client
         return client
 
     async def _dial(self, route: Route) -> trio.abc.Stream:
@@ -114,6 +117,7 @@ class Gateway:
             await nursery.start(self.node.run)
             await nursery.start(self.exit.run)
             await nursery.start(self.ports.run)
+            await nursery.start(self.logins.run)
             nursery.start_soon(self.endpoints.keep_saving, self.node)
             await nursery.start(self.liveness.run)
             if listen.https_port is not None:
@@ -121,6 +125,7 @@ class Gateway:
             async with open_proxy(self.routes, self._dial, listen.proxy, listen.pool, self.challenges,
                                   self.backends) as proxy:
                 self.proxy = proxy
+                proxy.on_login = self.logins.logged_in
                 http = await nursery.start(serve_http, proxy, listen.http_port, listen.host, listen.shared)
                 self.http_ports = [l.socket.getsockname()[1] for l in http]
                 if listen.https_port is not None:

@@ -14,6 +14,7 @@ import errno
 import logging
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -102,7 +103,7 @@ class PortListeners:
         except OSError:
             peer = local = None
         refusal = ("the port is closing" if route is None else "the agent stopped" if route.agent_stopped
-                   else peer and self._sources.refusal(route, peer[0]))
+                   else peer and self._sources.refusal(route, peer[0], time.time()))
         if route is None or peer is None or refusal:
             if route is not None and peer is not None:
                 log(logger, logging.INFO, "tcp connection refused", tunnel=route.tunnel_id,
@@ -194,7 +195,7 @@ class UdpPort:
         if route is None:
             return
         if flow is None:
-            refusal = self.ports._sources.refusal(route, client[0])
+            refusal = self.ports._sources.refusal(route, client[0], time.time())
             if refusal is None and len(self.flows) >= route.udp_max_flows:
                 refusal = f"the tunnel already has {route.udp_max_flows} flows (udpMaxFlows)"
             if refusal is not None:

@@ -5,7 +5,7 @@ import base64
 import pytest
 
 from kakuremichi.access import tokens
-from kakuremichi.access.gate import COOKIE, Forward, Gate, Reply
+from kakuremichi.access.gate import COOKIE, LOGGED_IN, Forward, Gate, Reply
 from kakuremichi.access.passwords import hash_password, verify_password
 from kakuremichi.access.policy import AccessPolicy, Rule, secret_digest
 from kakuremichi.access.throttle import Limits, Throttle
@@ -225,3 +225,16 @@ def test_api_clients_get_json_and_next_never_leaves_the_site():
         reply = check(gate, policy(), b"/.kakuremichi/login", b"POST",
                       body=f"password=hunter2&next={evil}".encode())
         assert dict(reply.headers)[b"location"] == b"/"
+
+
+def test_exactly_the_issued_sessions_count_as_logins_that_open_raw_ports():
+    clock = Clock()
+    gate = Gate(clock=clock)
+    sso = policy(mode="sso", allowed_emails=frozenset({"ann@example.com"}))
+    issued = [login(gate, policy()), check(gate, policy(), b"/.kakuremichi/share/" + share_link(clock)),
+              check(gate, sso, b"/.kakuremichi/sso?code=" + sso_code(clock))]
+    assert all(reply.code in LOGGED_IN for reply in issued)
+    refused = [login(gate, policy(), "guess"), check(gate, policy()),
+               check(gate, sso, b"/.kakuremichi/sso?code=" + sso_code(clock, "bob@example.com", code_id="C2")),
+               check(gate, policy(), b"/.kakuremichi/logout")]
+    assert not any(reply.code in LOGGED_IN for reply in refused)

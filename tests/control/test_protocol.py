@@ -41,6 +41,7 @@ MESSAGES = [
 SINCE_V1 = [
     p.TunnelsDeclared([p.DeclaredTunnel("app.example.com", "localhost:8080", "off", True)]),
     p.DeclarationRefused({"app.example.com": "not delegated"}),
+    p.AccessGranted("t1", "198.51.100.7"),
     p.BackendHealth("b1", "unhealthy", "HTTP status 500"),
     p.ConfigUpdate(p.GatewayConfig(7, routes=[p.RouteConfig("app.example.com", "10.1.0.2", "10.1.0.254", "t1", backends=[
         p.RouteBackend("b1", "10.1.0.2", weight=3), p.RouteBackend("b2", "10.1.0.3", priority=1, health="healthy")],

@@ -14,6 +14,7 @@ import httpx
 import pytest
 import trio
 
+from kakuremichi import protocol
 from kakuremichi.control.web import session, status
 from tests.control.conftest import ADMIN, connect, start_control
 
@@ -364,3 +365,27 @@ async def test_the_tunnel_page_adds_edits_drains_and_removes_backends(control):
         assert bad.status_code == 400 and "backends" in bad.text
         await browser.post(url, data={"csrf_token": _csrf(page), "action": "remove", "backend": first["id"]})
         assert [b["id"] for b in await stored()] == [second["id"]]
+
+
+async def test_the_tunnel_form_opens_a_tcp_port_after_logins_and_lists_the_grants(control):
+    agent = await control.create("agents", name="home")
+    web = await control.create("tunnels", domain="lock.example.com", agentId=agent["id"], target="127.0.0.1:8080",
+                               access={"mode": "password", "password": "long enough"})
+    await control.create("tunnels", domain="open.example.com", agentId=agent["id"], target="127.0.0.1:8081")
+    ssh = await control.create("tunnels", protocol="tcp", agentId=agent["id"], target="127.0.0.1:22")
+    async with _logged_in(control.url) as browser:
+        page = await browser.get(f"/tunnels/{ssh['id']}/edit")
+        assert f'<option value="{web["id"]}">lock.example.com</option>' in page.text
+        assert "open.example.com</option>" not in page.text  # a public site has no login to open the port
+        form = {"csrf_token": _csrf(page), "protocol": "tcp", "agentId": agent["id"], "target": "127.0.0.1:22",
+                "tlsMode": "acme", "enabled": "on", "accessMode": "public", "loginTunnelId": web["id"], "loginGrantMinutes": "15"}
+        saved = await browser.post(f"/tunnels/{ssh['id']}/edit", data=form)
+        assert saved.status_code == 302, saved.text
+        access = (await control.api.get(f"/api/tunnels/{ssh['id']}")).json()["access"]
+        assert access["loginTunnelId"] == web["id"] and access["loginGrantMinutes"] == 15
+        gw = await control.create("gateways", name="gw1")
+        async with connect(control, gw["apiKey"], "gateway", endpoint="203.0.113.1:51820") as gateway:
+            await gateway.send(protocol.AccessGranted(web["id"], "198.51.100.7"))
+            await gateway.config()
+        page = await browser.get(f"/tunnels/{ssh['id']}/edit")
+        assert '<span class="code-inline">198.51.100.7</span> until' in page.text

@@ -399,6 +399,9 @@ def _access_body(form) -> dict:
               "allowedDomains": lines("allowedDomains"), "allowedGroups": lines("allowedGroups"),
               "rules": [{"action": rule[0], "cidr": rule[1].strip()} for rule in rules],
               "bypassPaths": lines("bypassPaths")}
+    access["loginTunnelId"] = form.get("loginTunnelId") or None
+    if form.get("loginGrantMinutes", "").strip():
+        access["loginGrantMinutes"] = _number(form["loginGrantMinutes"].strip())
     for field, name in (("accessPassword", "password"), ("bypassSecret", "bypassSecret")):
         if form.get(field):
             access[name] = form[field]
@@ -415,7 +418,8 @@ async def _tunnel_form(item: dict | None, values: dict, errors: dict, message: s
                        code: int = 200, new_link: dict | None = None) -> Response:
     links = services.share_links(current(), item["id"])["items"] if item else []
     return await _page("tunnel_form.html", code, item=item, values=values, errors=errors,
-                       message=message, agents=services.agent_names(current()), links=links, new_link=new_link)
+                       message=message, agents=services.agent_names(current()), links=links, new_link=new_link,
+                       login_tunnels=services.login_tunnels(current()))
 
 
 @blueprint.post("/tunnels/<item_id>/share-links")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -20,7 +21,7 @@ from urllib.parse import urlsplit
 import trio
 
 from kakuremichi import h1parse
-from kakuremichi.access.gate import MAX_FORM, Forward, Gate
+from kakuremichi.access.gate import LOGGED_IN, MAX_FORM, Forward, Gate
 from kakuremichi.faults import Contained
 from kakuremichi.gateway.backends import Backends, affinity_header, pinned_backend
 from kakuremichi.gateway.certs.challenges import ChallengeStore
@@ -105,6 +106,7 @@ class Engine:
         self.faults = Contained(logger, "gateway connection")  # what escaped serving one
         self.requests = RequestStats()  # per tunnel, for the metrics
         self.gate = Gate()  # the access checks of protected tunnels (kakuremichi.access)
+        self.on_login: Callable[[str, str], None] | None = None  # (tunnel id, client address) of each login
 
     def begin(self, record: AccessRecord, request: h1parse.Request, peer_ip: str) -> None:
         """Start `record` for `request`: its clock starts now, not with the keep-alive wait before it."""
@@ -165,6 +167,8 @@ class Engine:
             return h1parse.Request(request.method, target, outcome.headers)
         if outcome.status >= 400:
             record.error = outcome.code  # why it was refused (never the secret tried)
+        elif outcome.code in LOGGED_IN and self.on_login is not None:
+            self.on_login(policy.tunnel_id, record.client)
         raise errorpages.access_answer(outcome)
 
     @staticmethod
