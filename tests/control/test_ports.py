@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import msgspec
 import pytest
 
 from kakuremichi import protocol
@@ -98,6 +99,24 @@ async def test_patch_moves_the_port_and_the_push_follows(control):
 
         changed = await control.api.patch(f"/api/tunnels/{tunnel['id']}", json={"protocol": "tcp"})
         assert changed.status_code == 400 and "cannot change" in changed.json()["details"]["protocol"]
+
+
+async def test_an_http_tunnel_takes_a_proxy_protocol_and_its_route_carries_it(control):
+    agent = await control.create("agents", name="laptop")
+    gw = await control.create("gateways", name="gw1")
+    async with connect(control, gw["apiKey"], "gateway", public_key(), "203.0.113.1:51820") as gateway:
+        tunnel = await control.create("tunnels", domain="web.example.com", agentId=agent["id"],
+                                      target="localhost:80", proxyProtocol="v1")
+        assert (tunnel["protocol"], tunnel["proxyProtocol"], tunnel["publicPort"]) == ("http", "v1", None)
+        assert [r.proxy_protocol for r in (await gateway.config()).routes] == ["v1"]
+        patched = await control.api.patch(f"/api/tunnels/{tunnel['id']}", json={"proxyProtocol": "v2"})
+        assert patched.status_code == 200 and patched.json()["proxyProtocol"] == "v2"
+        assert [r.proxy_protocol for r in (await gateway.config()).routes] == ["v2"]
+        patched = await control.api.patch(f"/api/tunnels/{tunnel['id']}", json={"proxyProtocol": None})
+        assert patched.status_code == 200 and patched.json()["proxyProtocol"] is None
+        route = (await gateway.config()).routes[0]
+        assert route.proxy_protocol is msgspec.UNSET  # left out of the frame, as version 1 sent it
+        assert (await control.api.get(f"/api/tunnels/{tunnel['id']}")).json()["proxyProtocol"] is None
 
 
 async def test_a_gateway_that_cannot_bind_is_shown_on_the_tunnel(control):
