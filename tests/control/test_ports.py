@@ -175,3 +175,12 @@ async def test_the_web_ui_adds_a_tcp_tunnel_and_shows_its_port_and_bind_failure(
         assert (await browser.post("/tunnels/new", data={**udp, "udpIdleTimeout": "2.5"})).status_code == 302
         made = [t for t in (await control.api.get("/api/tunnels")).json()["items"] if t["protocol"] == "udp"]
         assert (made[0]["udpIdleTimeout"], made[0]["udpMaxFlows"]) == (2.5, 8)
+
+        web = {**form, "csrf_token": _csrf(edit), "protocol": "http", "domain": "web.example.com", "name": "",
+               "target": "127.0.0.1:8080", "proxyProtocol": "v2"}
+        before = (await browser.get("/tunnels")).text.count("PROXY v2")  # the udp tunnel's
+        assert (await browser.post("/tunnels/new", data=web)).status_code == 302
+        made = [t for t in (await control.api.get("/api/tunnels")).json()["items"] if t["protocol"] == "http"]
+        assert made[0]["proxyProtocol"] == "v2" and made[0]["publicPort"] is None
+        assert (await browser.get("/tunnels")).text.count("PROXY v2") == before + 1
+        assert "TCP, UDP and HTTP" in (await browser.get(f"/tunnels/{made[0]['id']}/edit")).text
