@@ -56,6 +56,9 @@ def check(kind: str, tunnel: dict[str, Any], port: dict[str, Any]) -> None:
             raise _invalid(extra[0], "only for a tcp or udp tunnel")
         if getattr(tunnel.get("access"), "max_connections_per_source", None) is not None:
             raise _invalid("access.maxConnectionsPerSource", "only for a tcp or udp tunnel")
+        if port.get("proxy_protocol") and tunnel.get("target") and Target.parse(tunnel["target"]).tls:
+            raise _invalid("proxy_protocol", "the header goes before TLS, which the agent speaks to an https:// "
+                                             "target: use a host:port target, or no proxyProtocol")
         return
     access = tunnel.get("access")
     if access and access.mode != "public":

@@ -60,6 +60,8 @@ async def test_bad_input_gets_clear_errors(control):
         ({"protocol": "udp", "udpIdleTimeout": 0}, "udpIdleTimeout", "above 0"),
         ({}, "domain", "required for an http tunnel"),
         ({"domain": "a.example.com", "publicPort": 20000}, "publicPort", "only for a tcp or udp tunnel"),
+        ({"domain": "a.example.com", "target": "https://localhost:8443", "proxyProtocol": "v1"}, "proxyProtocol",
+         "the header goes before TLS"),
         ({"protocol": "tcp", "access": {"rules": [{"action": "allow", "cidr": "10.0.0.0/33"}]}},
          "access.rules[0].cidr", "is not a CIDR"),
         ({"protocol": "tcp", "access": {"mode": "password", "password": "long enough"}}, "access.mode", "has no login"),
