@@ -155,6 +155,9 @@ class UpstreamPool:
         except STREAM_ERRORS as exc:
             await _close(stream)
             raise DialFailed(f"connect to {route.address}:{route.port} failed: {exc}") from exc
+        except BaseException:  # cancelled while sending the header: the dialled stream is nobody's
+            await _close(stream)
+            raise
         return UpstreamConnection(stream, key, self.limits.max_header_bytes, origin)
 
     async def release(self, conn: UpstreamConnection) -> None:
