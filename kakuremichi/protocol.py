@@ -321,6 +321,8 @@ class RouteConfig(_Body, frozen=True):
     # Unset fields are not sent, so a one-backend route's frame stays what version 1 peers send.
     backends: list[RouteBackend] | msgspec.UnsetType = msgspec.UNSET
     affinity: bool | msgspec.UnsetType = msgspec.UNSET
+    # each upstream connection begins with a PROXY protocol header naming its client connection (issue 15)
+    proxy_protocol: ProxyProtocol | msgspec.UnsetType = msgspec.UNSET
 
 
 # -- tcp and udp tunnels on public ports (issue 15) --

@@ -44,7 +44,7 @@ def gateway_config(db: Database, gateway_id: str, deployment: access.Deployment 
                                    enabled=t.enabled, tls_mode=t.tls_mode, force_https=t.force_https,
                                    exit=t.enabled and (t.http_proxy_enabled or t.socks_proxy_enabled),
                                    agent_stopped=_stopped(t.agent), access=access.route_config(t, deployment, now),
-                                   **backends.route_fields(t, _stopped))
+                                   **backends.route_fields(t, _stopped), **ports.http_route_fields(t))
               for t in tunnels if t.id in my_ip and t.port is None]
     port_routes = [ports.route(t, my_ip[t.id], _stopped(t.agent))
                    for t in tunnels if t.id in my_ip and t.port is not None]

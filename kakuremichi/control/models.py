@@ -124,6 +124,7 @@ def define(db: Database) -> None:
         backends = Set("Backend", cascade_delete=True)
         balancing = Optional("TunnelBalancing", cascade_delete=True)
         access_grants = Set("AccessGrant", cascade_delete=True)  # tcp/udp tunnels with a login tunnel
+        proxy_header = Optional("TunnelProxyHeader", cascade_delete=True)  # http tunnels only (ports.py)
 
         def before_delete(self) -> None:
             # However it goes (alone, or with its agent), its certificate's key is kept nowhere afterwards.
@@ -141,6 +142,12 @@ def define(db: Database) -> None:
         udp_idle_timeout = Required(float, default=60.0)
         udp_max_flows = Required(int, default=1024)
         composite_key(protocol, public_port)
+    class TunnelProxyHeader(db.Entity):
+        """The PROXY protocol version an http tunnel's upstream connections begin with (control/ports.py; tcp
+        and udp tunnels keep theirs on their TunnelPort). A new table only, so the schema version stays."""
+        _table_ = "tunnel_proxy_headers"
+        tunnel = PrimaryKey(Tunnel)
+        version = Required(str)  # "v1" or "v2"
     class Backend(db.Entity):
         """One of a tunnel's backends: an agent, its local target and its own address in the tunnel subnet
         (.2 upward). The tunnel's agent, target and agent_ip columns repeat its first backend's (position 0), the

@@ -53,11 +53,14 @@ def check(kind: str, tunnel: dict[str, Any], port: dict[str, Any]) -> None:
     if kind == "http":
         if tunnel.get("domain") is None:
             raise _invalid("domain", "required for an http tunnel")
-        extra = [field for field in ("public_port", "proxy_protocol", "name") if port.get(field) is not None]
+        extra = [field for field in ("public_port", "name") if port.get(field) is not None]
         if extra:
             raise _invalid(extra[0], "only for a tcp or udp tunnel")
         if getattr(tunnel.get("access"), "max_connections_per_source", None) is not None:
             raise _invalid("access.maxConnectionsPerSource", "only for a tcp or udp tunnel")
+        if port.get("proxy_protocol") and tunnel.get("target") and Target.parse(tunnel["target"]).tls:
+            raise _invalid("proxy_protocol", "the header goes before TLS, which the agent speaks to an https:// "
+                                             "target: use a host:port target, or no proxyProtocol")
         return
     access = tunnel.get("access")
     if access and access.mode != "public":
@@ -75,14 +78,18 @@ def check_update(tunnel, values: dict[str, Any], port: dict[str, Any]) -> None:
     if port.get("protocol", kind) != kind:
         raise _invalid("protocol", "cannot change: create a new tunnel with the other protocol")
     check(kind, {"domain": shown_domain(tunnel.domain), "target": tunnel.target, **values},
-          {"proxy_protocol": tunnel.port and tunnel.port.proxy_protocol, **port})
+          {"proxy_protocol": proxy_protocol(tunnel), **port})
     if "domain" in values and values["domain"] is None:
         values["domain"] = placeholder_domain(tunnel.id)
 
 
 def create(db: Database, tunnel, port: dict[str, Any], ranges: PortRanges) -> None:
-    """The port row of a new tcp/udp tunnel (inside the caller's transaction)."""
+    """The port row of a new tcp/udp tunnel, or an http tunnel's PROXY protocol (inside the caller's
+    transaction)."""
     kind = port["protocol"]
+    if kind == "http":
+        _set_proxy_header(db, tunnel, port.get("proxy_protocol"))
+        return
     number = port.get("public_port")
     number = _allocate(db, kind, ranges) if number is None else _claim(db, kind, number, ranges, None)
     db.TunnelPort(tunnel=tunnel, protocol=kind, public_port=number, name=port.get("name") or "",
@@ -92,8 +99,12 @@ def create(db: Database, tunnel, port: dict[str, Any], ranges: PortRanges) -> No
 
 
 def update(db: Database, tunnel, port: dict[str, Any], ranges: PortRanges) -> None:
-    """Apply a PATCH's port fields to a tcp/udp tunnel's row."""
+    """Apply a PATCH's port fields to a tcp/udp tunnel's row (an http tunnel's: its PROXY protocol)."""
     row = tunnel.port
+    if row is None:
+        if "proxy_protocol" in port:
+            _set_proxy_header(db, tunnel, port["proxy_protocol"])
+        return
     changes = {k: v for k, v in port.items() if k != "protocol"}
     if changes.get("public_port") is not None and changes["public_port"] != row.public_port:
         changes["public_port"] = _claim(db, row.protocol, changes["public_port"], ranges, tunnel.id)
@@ -102,6 +113,31 @@ def update(db: Database, tunnel, port: dict[str, Any], ranges: PortRanges) -> No
     if "name" in changes:
         changes["name"] = changes["name"] or ""
     row.set(**changes)
+
+
+def _set_proxy_header(db: Database, tunnel, version: str | None) -> None:
+    row = tunnel.proxy_header
+    if version is None:
+        if row is not None:
+            row.delete()
+    elif row is None:
+        db.TunnelProxyHeader(tunnel=tunnel, version=version)
+    else:
+        row.version = version
+
+
+def proxy_protocol(tunnel) -> str | None:
+    """The PROXY protocol version the tunnel's connections to its target begin with, if any."""
+    if tunnel.port is not None:
+        return tunnel.port.proxy_protocol
+    return tunnel.proxy_header.version if tunnel.proxy_header is not None else None
+
+
+def http_route_fields(tunnel) -> dict[str, Any]:
+    """What a gateway's RouteConfig carries of an http tunnel's PROXY protocol (nothing when off, as version 1
+    sent it)."""
+    version = proxy_protocol(tunnel)
+    return {"proxy_protocol": version} if version else {}
 
 
 def _claim(db: Database, kind: str, number: int, ranges: PortRanges, own_id: str | None) -> int:
@@ -128,7 +164,7 @@ def view(tunnel) -> dict[str, Any]:
     """The tunnel body's port fields (inside a db_session)."""
     row = tunnel.port
     if row is None:
-        return {"protocol": "http", "public_port": None, "proxy_protocol": None, "name": None,
+        return {"protocol": "http", "public_port": None, "proxy_protocol": proxy_protocol(tunnel), "name": None,
                 "udp_idle_timeout": None, "udp_max_flows": None, "bind_errors": {}}
     return {"protocol": row.protocol, "public_port": row.public_port, "proxy_protocol": row.proxy_protocol,
             "name": row.name or None, "udp_idle_timeout": row.udp_idle_timeout if row.protocol == "udp" else None,

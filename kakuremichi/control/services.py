@@ -194,8 +194,7 @@ def _create_tunnel(state: ControlState, body: bodies.TunnelCreate) -> dict:
         tunnel = db.Tunnel(subnet=subnet, agent_ip=agent_ip, **columns)
         backends.set_backends(db, tunnel, specs)
         backends.set_balancing(db, tunnel, values)
-        if port["protocol"] != "http":
-            ports.create(db, tunnel, port, state.public_ports)
+        ports.create(db, tunnel, port, state.public_ports)
         access.store(db, tunnel, body.access)
         allocation.assign_gateway_addresses(db, [tunnel], db.Gateway.select())
         tunnel.flush()
@@ -219,8 +218,7 @@ def _update_tunnel(state: ControlState, item_id: str, body: bodies.TunnelUpdate)
         elif "backends" in values:
             backends.set_backends(db, tunnel, values["backends"])
         backends.set_balancing(db, tunnel, values)
-        if tunnel.port is not None:
-            ports.update(db, tunnel, port, state.public_ports)
+        ports.update(db, tunnel, port, state.public_ports)
         if body.access is not bodies.UNSET:
             access.store(db, tunnel, body.access)
         return tunnel_json(tunnel)

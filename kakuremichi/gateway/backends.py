@@ -97,7 +97,8 @@ def route_of(config: RouteConfig, access: AccessPolicy | None = None) -> Route:
     """The gateway's Route for a route control pushed, with its backends (each with the Route of its address,
     under the same access policy)."""
     route = Route(config.domain, config.agent_ip, config.port, enabled=config.enabled, force_https=config.force_https,
-                  tls=config.tls_mode, tunnel_id=config.tunnel_id, agent_stopped=config.agent_stopped, access=access)
+                  tls=config.tls_mode, tunnel_id=config.tunnel_id, agent_stopped=config.agent_stopped, access=access,
+                  proxy_protocol=config.proxy_protocol or None)
     if not config.backends:
         return route
     backends = tuple(Backend(b.id, dataclasses.replace(route, address=b.address, backend_id=b.id,

@@ -44,6 +44,7 @@ class Route:
     backends: tuple[Backend, ...] = ()
     affinity: bool = False  # a client address keeps its backend
     backend_id: str | None = None  # this route is one backend's upstream, inside the route of its domain
+    proxy_protocol: str | None = None  # "v1"/"v2": upstream connections begin with the client's PROXY header
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "domain", str(Domain.parse(self.domain)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import msgspec
 import pytest
 
 from kakuremichi import protocol
@@ -59,6 +60,8 @@ async def test_bad_input_gets_clear_errors(control):
         ({"protocol": "udp", "udpIdleTimeout": 0}, "udpIdleTimeout", "above 0"),
         ({}, "domain", "required for an http tunnel"),
         ({"domain": "a.example.com", "publicPort": 20000}, "publicPort", "only for a tcp or udp tunnel"),
+        ({"domain": "a.example.com", "target": "https://localhost:8443", "proxyProtocol": "v1"}, "proxyProtocol",
+         "the header goes before TLS"),
         ({"protocol": "tcp", "access": {"rules": [{"action": "allow", "cidr": "10.0.0.0/33"}]}},
          "access.rules[0].cidr", "is not a CIDR"),
         ({"protocol": "tcp", "access": {"mode": "password", "password": "long enough"}}, "access.mode", "has no login"),
@@ -98,6 +101,24 @@ async def test_patch_moves_the_port_and_the_push_follows(control):
 
         changed = await control.api.patch(f"/api/tunnels/{tunnel['id']}", json={"protocol": "tcp"})
         assert changed.status_code == 400 and "cannot change" in changed.json()["details"]["protocol"]
+
+
+async def test_an_http_tunnel_takes_a_proxy_protocol_and_its_route_carries_it(control):
+    agent = await control.create("agents", name="laptop")
+    gw = await control.create("gateways", name="gw1")
+    async with connect(control, gw["apiKey"], "gateway", public_key(), "203.0.113.1:51820") as gateway:
+        tunnel = await control.create("tunnels", domain="web.example.com", agentId=agent["id"],
+                                      target="localhost:80", proxyProtocol="v1")
+        assert (tunnel["protocol"], tunnel["proxyProtocol"], tunnel["publicPort"]) == ("http", "v1", None)
+        assert [r.proxy_protocol for r in (await gateway.config()).routes] == ["v1"]
+        patched = await control.api.patch(f"/api/tunnels/{tunnel['id']}", json={"proxyProtocol": "v2"})
+        assert patched.status_code == 200 and patched.json()["proxyProtocol"] == "v2"
+        assert [r.proxy_protocol for r in (await gateway.config()).routes] == ["v2"]
+        patched = await control.api.patch(f"/api/tunnels/{tunnel['id']}", json={"proxyProtocol": None})
+        assert patched.status_code == 200 and patched.json()["proxyProtocol"] is None
+        route = (await gateway.config()).routes[0]
+        assert route.proxy_protocol is msgspec.UNSET  # left out of the frame, as version 1 sent it
+        assert (await control.api.get(f"/api/tunnels/{tunnel['id']}")).json()["proxyProtocol"] is None
 
 
 async def test_a_gateway_that_cannot_bind_is_shown_on_the_tunnel(control):
@@ -156,3 +177,12 @@ async def test_the_web_ui_adds_a_tcp_tunnel_and_shows_its_port_and_bind_failure(
         assert (await browser.post("/tunnels/new", data={**udp, "udpIdleTimeout": "2.5"})).status_code == 302
         made = [t for t in (await control.api.get("/api/tunnels")).json()["items"] if t["protocol"] == "udp"]
         assert (made[0]["udpIdleTimeout"], made[0]["udpMaxFlows"]) == (2.5, 8)
+
+        web = {**form, "csrf_token": _csrf(edit), "protocol": "http", "domain": "web.example.com", "name": "",
+               "target": "127.0.0.1:8080", "proxyProtocol": "v2"}
+        before = (await browser.get("/tunnels")).text.count("PROXY v2")  # the udp tunnel's
+        assert (await browser.post("/tunnels/new", data=web)).status_code == 302
+        made = [t for t in (await control.api.get("/api/tunnels")).json()["items"] if t["protocol"] == "http"]
+        assert made[0]["proxyProtocol"] == "v2" and made[0]["publicPort"] is None
+        assert (await browser.get("/tunnels")).text.count("PROXY v2") == before + 1
+        assert "TCP, UDP and HTTP" in (await browser.get(f"/tunnels/{made[0]['id']}/edit")).text

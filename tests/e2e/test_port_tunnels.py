@@ -17,6 +17,7 @@ import pytest
 
 from kakuremichi import proxyprotocol
 from tests.deployment import Deployment, free_port, wait_for
+from tests.nginx import proxy_protocol_nginx
 from tests.sshd import throwaway_sshd
 
 ECHO = textwrap.dedent('''
@@ -147,39 +148,19 @@ def test_two_gateways_serve_the_port_and_one_survives_the_other(deployment):
 
 def test_nginx_sees_the_client_address_through_proxy_protocol(deployment, tmp_path):
     need("nginx", package="nginx")
-    nginx_port = free_port()
-    root = tmp_path / "nginx"
-    root.mkdir()
-    (root / "nginx.conf").write_text(textwrap.dedent(f'''
-        daemon off; pid {root}/nginx.pid; error_log {root}/error.log; worker_processes 1;
-        events {{ worker_connections 64; }}
-        http {{
-            client_body_temp_path {root}; proxy_temp_path {root}; fastcgi_temp_path {root};
-            uwsgi_temp_path {root}; scgi_temp_path {root};
-            log_format proxied '$proxy_protocol_addr:$proxy_protocol_port $remote_addr';
-            access_log {root}/access.log proxied;
-            server {{
-                listen 127.0.0.1:{nginx_port} proxy_protocol;
-                location / {{ return 200 "client=$proxy_protocol_addr\\n"; }}
-            }}
-        }}'''))
-    nginx = subprocess.Popen(["nginx", "-c", str(root / "nginx.conf"), "-p", str(root)])
-    try:
-        wait_for(lambda: _listening(nginx_port), 10, "nginx")
+    with proxy_protocol_nginx(tmp_path / "nginx", "$proxy_protocol_addr:$proxy_protocol_port $remote_addr",
+                              "client=$proxy_protocol_addr\\n", _listening) as (nginx_port, log):
         tunnel = port_tunnel(deployment, "tcp", nginx_port, proxyProtocol="v1")
         url = f"http://127.0.0.1:{tunnel['publicPort']}/"
         served(lambda: _curl(url) == "client=127.0.0.1\n", "nginx through the tunnel with PROXY v1")
-        access = (root / "access.log").read_text()
+        access = log.read_text()
         assert access.startswith("127.0.0.1:") and " 127.0.0.1" in access  # the client's address and port
         changed = deployment.api.patch(f"/api/tunnels/{tunnel['id']}", json={"proxyProtocol": "v2"})
         assert changed.status_code == 200 and changed.json()["proxyProtocol"] == "v2"
         served(lambda: _curl(url) == "client=127.0.0.1\n" and
-               len((root / "access.log").read_text().splitlines()) > len(access.splitlines()), "PROXY v2")
+               len(log.read_text().splitlines()) > len(access.splitlines()), "PROXY v2")
         deployment.api.patch(f"/api/tunnels/{tunnel['id']}", json={"proxyProtocol": None})
         served(lambda: _curl(url) is None, "nginx refusing a connection without the header")  # it must be on
-    finally:
-        nginx.terminate()
-        nginx.wait(10)
 
 
 def test_a_refused_target_resets_the_client(deployment):

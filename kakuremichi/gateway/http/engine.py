@@ -30,6 +30,7 @@ from kakuremichi.gateway.http.accesslog import AccessRecord
 from kakuremichi.gateway.http.connection import DEFAULT_MAX_HEADER_BYTES, STREAM_ERRORS
 from kakuremichi.gateway.http.errorpages import GatewayError
 from kakuremichi.gateway.http.forwarding import ForwardingPolicy, client_ip, forwarded_headers
+from kakuremichi.gateway.http.origin import ClientOrigin
 from kakuremichi.gateway.http.requeststats import RequestStats
 from kakuremichi.gateway.http.timeouts import Guard, Watchdog, tick_for
 from kakuremichi.gateway.http.upstream import DialFailed, DialTimeout, UpstreamConnection, UpstreamPool
@@ -76,6 +77,8 @@ class _Unreached(Exception):
 class ClientSide(Protocol):
     """The client's half of one exchange, what a front implements: an HTTP/1.1 connection (http1.py), or
     one HTTP/2 stream (http2.py)."""
+
+    origin: ClientOrigin  # the client connection, which a route sending PROXY headers keys its upstreams by
 
     async def relay_response(self, upstream: UpstreamConnection, host: str, replayable: bool,
                              record: AccessRecord, hsts: bool) -> None:
@@ -255,7 +258,7 @@ class Engine:
         hsts = route.force_https and record.scheme == "https"
         record.upstream = f"{route.address}:{route.port}"
         for attempt in (0, 1):
-            upstream = await self._acquire(route, host, fresh=attempt > 0)
+            upstream = await self._acquire(route, host, side.origin, fresh=attempt > 0)
             upstream.extra_headers = [affinity_header(pin, record.scheme == "https")] if pin else []
             guard.waiters.append(upstream)
             record.reused = upstream.reused
@@ -268,9 +271,9 @@ class Engine:
                 await self.pool.release(upstream)
         raise errorpages.agent_unreachable(host)
 
-    async def _acquire(self, route: Route, host: str, *, fresh: bool) -> UpstreamConnection:
+    async def _acquire(self, route: Route, host: str, origin: ClientOrigin, *, fresh: bool) -> UpstreamConnection:
         try:
-            return await self.pool.acquire(route, fresh=fresh)
+            return await self.pool.acquire(route, fresh=fresh, origin=origin)
         except DialTimeout as exc:
             log(logger, logging.WARNING, "agent connect timed out", host=host, error=str(exc))
             raise _Unreached(errorpages.upstream_timeout(host)) from None

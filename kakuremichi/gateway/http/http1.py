@@ -17,6 +17,7 @@ from kakuremichi.gateway.http.connection import CHUNK, STREAM_ERRORS, HttpConnec
 from kakuremichi.gateway.http.engine import END, Abort, Engine
 from kakuremichi.gateway.http.errorpages import GatewayError
 from kakuremichi.gateway.http.forwarding import response_headers
+from kakuremichi.gateway.http.origin import ClientOrigin
 from kakuremichi.gateway.http.timeouts import Guard
 from kakuremichi.gateway.http.upstream import QUIET_KEEPALIVE, UpstreamConnection, keepalive
 from kakuremichi.gateway.routes import TlsMode
@@ -34,7 +35,7 @@ async def serve_http1(engine: Engine, stream: trio.abc.Stream, *, scheme: str, p
 class Http1Connection:
     """One client connection: its request cycles, and the ClientSide of each exchange (engine.py)."""
 
-    __slots__ = ("engine", "client", "scheme", "peer_ip", "client_timeout", "upstream_timeout")
+    __slots__ = ("engine", "client", "scheme", "peer_ip", "client_timeout", "upstream_timeout", "origin")
 
     def __init__(self, engine: Engine, stream: trio.abc.Stream, scheme: str, peer_ip: str) -> None:
         self.engine = engine
@@ -42,6 +43,7 @@ class Http1Connection:
         self.scheme, self.peer_ip = scheme, peer_ip
         self.client_timeout = engine.settings.client_timeout
         self.upstream_timeout = engine.settings.upstream_timeout
+        self.origin = ClientOrigin(stream)
 
     async def serve(self) -> None:
         """Each request cycle runs under one guard: the client's and the agent's waits time out through it,
@@ -83,6 +85,7 @@ class Http1Connection:
         except STREAM_ERRORS:
             pass  # vanished client: just close
         finally:
+            await self.engine.pool.retire(self.origin)
             await client.aclose()
 
     async def _handle(self, request: h1parse.Request, record: AccessRecord, guard: Guard) -> GatewayError | None:

@@ -35,6 +35,7 @@ from kakuremichi.gateway.http.connection import CHUNK, STREAM_ERRORS
 from kakuremichi.gateway.http.engine import END, Abort, Engine
 from kakuremichi.gateway.http.errorpages import GatewayError
 from kakuremichi.gateway.http.forwarding import response_headers
+from kakuremichi.gateway.http.origin import ClientOrigin
 from kakuremichi.gateway.http.timeouts import Waits
 from kakuremichi.gateway.http.upstream import UpstreamConnection
 from kakuremichi.logs import log
@@ -82,6 +83,7 @@ class Http2Connection(Waits):
         self.engine = engine
         self.stream = stream
         self.peer_ip = peer_ip
+        self.origin = ClientOrigin(stream)  # every stream's: they share the connection's address
         self.timeout = engine.settings.client_timeout
         # Request headers are validated here, stream by stream: h2 would make a malformed request a
         # connection error, where RFC 9113 §8.1.1 wants a stream error.
@@ -128,6 +130,7 @@ class Http2Connection(Waits):
             except* STREAM_ERRORS:
                 pass  # the client vanished: its streams were cancelled with the nursery
             finally:
+                await self.engine.pool.retire(self.origin)
                 with trio.CancelScope(shield=True, deadline=trio.current_time() + _GOODBYE_TIMEOUT):
                     await self._last_words()
 
@@ -290,6 +293,10 @@ class Http2Stream(Waits):
         self._discarding = False  # nobody will forward more of the body: acknowledge it as it comes
         self._reset = False
         self._scope = trio.CancelScope()
+
+    @property
+    def origin(self) -> ClientOrigin:
+        return self.conn.origin
 
     # Called by the connection's reader.
 

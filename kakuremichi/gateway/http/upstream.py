@@ -11,18 +11,22 @@ within milliseconds, and a watcher task per request (started, then cancelled) co
 its time; so a connection is watched only once it has been idle for WATCH_AFTER. A close in that first
 moment is still caught: a body-less request that finds its pooled connection dead is replayed on a new
 one (see the proxy).
+
+A route with a PROXY protocol version (an http tunnel with proxyProtocol) keys its connections by client
+connection as well (kakuremichi.gateway.http.origin): each begins with the header naming that client.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import trio
 
 from kakuremichi.gateway.http.connection import DEFAULT_MAX_HEADER_BYTES, STREAM_ERRORS, HttpConnection
+from kakuremichi.gateway.http.origin import ClientOrigin
 from kakuremichi.gateway.routes import Route
 from kakuremichi.protocol import EXIT_KEEPALIVE
 
@@ -73,9 +77,11 @@ class UpstreamConnection(HttpConnection):
 
     chunk = UPSTREAM_CHUNK
 
-    def __init__(self, stream: trio.abc.Stream, key: tuple[str, int], max_header_bytes: int) -> None:
+    def __init__(self, stream: trio.abc.Stream, key: Hashable, max_header_bytes: int,
+                 origin: ClientOrigin | None = None) -> None:
         super().__init__(stream, server=False, max_header_bytes=max_header_bytes)
         self.key = key
+        self.origin = origin  # the only client connection it may serve (its PROXY header names it), if any
         self.reused = False
         self.retired = False  # closed by the idle watcher (agent closed it, sent junk, or idle too long)
         self.quiet = False  # probed at QUIET_KEEPALIVE (idle a while), else at EXCHANGE_KEEPALIVE (as dialled)
@@ -92,21 +98,32 @@ class UpstreamPool:
         self._dial = dial
         self._nursery = nursery
         self.limits = limits
-        self._idle: dict[tuple[str, int], list[UpstreamConnection]] = {}
+        self._idle: dict[Hashable, list[UpstreamConnection]] = {}
         self._closed = False
         self._unwatched: deque[tuple[float, UpstreamConnection]] = deque()  # releases, oldest first
         self._released = trio.Event()
 
-    def idle_count(self, key: tuple[str, int]) -> int:
+    def idle_count(self, key: Hashable) -> int:
         return len(self._idle.get(key, ()))
 
-    async def acquire(self, route: Route, *, fresh: bool = False) -> UpstreamConnection:
-        """A connection to `route.upstream`: an idle pooled one unless `fresh`, else a new dial."""
-        idle = self._idle.get(route.upstream)
+    @staticmethod
+    def key(route: Route, origin: ClientOrigin | None) -> Hashable:
+        """What `route`'s connections are pooled under: its upstream, and for a route sending a PROXY header
+        the client connection it names (and the version, so a changed one never reuses the old headers)."""
+        return (route.upstream, route.proxy_protocol, origin) if route.proxy_protocol else route.upstream
+
+    async def acquire(self, route: Route, *, fresh: bool = False,
+                      origin: ClientOrigin | None = None) -> UpstreamConnection:
+        """A connection to `route.upstream`: an idle pooled one unless `fresh`, else a new dial (beginning with
+        the PROXY header naming `origin`, the client connection, when the route sends one)."""
+        if not route.proxy_protocol:
+            origin = None
+        key = self.key(route, origin)
+        idle = self._idle.get(key)
         while idle and not fresh:
             conn = idle.pop()
             if not idle:
-                del self._idle[route.upstream]
+                del self._idle[key]
             since, conn.idle_since = conn.idle_since, None
             watch, conn._watch = conn._watch, None
             if watch is not None:
@@ -125,22 +142,32 @@ class UpstreamPool:
                 return conn
             if not conn.retired:
                 await conn.aclose()
-            idle = self._idle.get(route.upstream)
+            idle = self._idle.get(key)
+        stream = None
         try:
             with trio.fail_after(self.limits.connect_timeout):
                 stream = await self._dial(route)
+                if origin is not None:
+                    await stream.send_all(origin.header(route.proxy_protocol))
         except trio.TooSlowError:
+            await _close(stream)
             raise DialTimeout(f"connect to {route.address}:{route.port} timed out") from None
         except STREAM_ERRORS as exc:
+            await _close(stream)
             raise DialFailed(f"connect to {route.address}:{route.port} failed: {exc}") from exc
-        return UpstreamConnection(stream, route.upstream, self.limits.max_header_bytes)
+        except BaseException:  # cancelled while sending the header: the dialled stream is nobody's
+            await _close(stream)
+            raise
+        return UpstreamConnection(stream, key, self.limits.max_header_bytes, origin)
 
     async def release(self, conn: UpstreamConnection) -> None:
         """Return a connection after an exchange: pooled when it can carry another request, else closed."""
-        if (self._closed or not conn.reusable
+        if (self._closed or not conn.reusable or (conn.origin is not None and conn.origin.closed)
                 or self.idle_count(conn.key) >= self.limits.max_idle_per_upstream):
             await conn.aclose()
             return
+        if conn.origin is not None:
+            conn.origin.keys.add(conn.key)
         conn.start_next_cycle()
         conn.idle_since = since = trio.current_time()
         self._idle.setdefault(conn.key, []).append(conn)
@@ -201,12 +228,32 @@ class UpstreamPool:
         finally:
             conn._watch_done.set()
 
+    async def retire(self, origin: ClientOrigin) -> None:
+        """`origin`'s client connection has ended: close the idle connections that only it could use."""
+        origin.closed = True
+        with trio.CancelScope(shield=True):  # the client's task may be cancelled: these are closed all the same
+            for key in origin.keys:
+                for conn in self._idle.pop(key, ()):
+                    conn.idle_since = None
+                    watch, conn._watch = conn._watch, None
+                    if watch is not None:  # taken from its watcher as acquire() takes it
+                        watch.cancel()
+                        await conn._watch_done.wait()
+                    if not conn.retired:
+                        await conn.aclose()
+        origin.keys.clear()
+
     async def _close_idle(self) -> None:
         self._closed = True
         for conns in list(self._idle.values()):
             for conn in conns:
                 await conn.aclose()
         self._idle.clear()
+
+
+async def _close(stream: trio.abc.Stream | None) -> None:
+    if stream is not None:
+        await trio.aclose_forcefully(stream)
 
 
 @asynccontextmanager
