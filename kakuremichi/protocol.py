@@ -350,6 +350,9 @@ class PortRoute(_Body, frozen=True):
     access_rules: list[AccessRule] = msgspec.field(default_factory=list)  # none: everyone may connect
     max_connections_per_source: Annotated[int, msgspec.Meta(ge=1)] | None = None
     agent_stopped: bool = False
+    # several backends, as RouteConfig's (unset: the one at agent_ip); affinity: by the client's address
+    backends: list[RouteBackend] | msgspec.UnsetType = msgspec.UNSET
+    affinity: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 class _Config(_Body, frozen=True):

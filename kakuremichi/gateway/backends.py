@@ -12,16 +12,16 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import trio
 
 from kakuremichi.access.policy import AccessPolicy
-from kakuremichi.balancing import Balancer, usable
+from kakuremichi.balancing import B, Balancer, usable
 from kakuremichi.gateway.http.accesslog import AccessRecord
 from kakuremichi.gateway.routes import Backend, Route
-from kakuremichi.protocol import RouteConfig
+from kakuremichi.protocol import RouteBackend, RouteConfig
 
 Reachable = Callable[[str], bool]  # agent address → whether its WireGuard session is alive
 
@@ -63,9 +63,9 @@ class Backends:
             if record.status == 0:
                 scope.cancel()
 
-    def healthy(self, backend: Backend) -> bool:
+    def healthy(self, backend: Backend | RouteBackend) -> bool:
         return (backend.health != "unhealthy" and not backend.agent_stopped
-                and self.reachable(backend.route.address))
+                and self.reachable(backend.address))
 
     def choose(self, route: Route, pinned: str | None = None, exclude: Collection[str] = ()) -> Backend | None:
         """The backend for one exchange of `route` (None: none is usable): `pinned` (the id of the client's
@@ -74,14 +74,19 @@ class Backends:
             for backend in usable(route.backends, self.healthy, exclude):
                 if backend.id == pinned:
                     return backend
-        balancer = self._balancers.get(route.domain)
-        if balancer is None:
-            balancer = self._balancers[route.domain] = Balancer()
-        return balancer.choose(route.backends, self.healthy, exclude=exclude)
+        return self.pick(route.domain, route.backends, exclude=exclude)
 
-    def forget_others(self, domains: Collection[str]) -> None:
-        """Drop the balancing state of domains no longer served."""
-        self._balancers = {domain: b for domain, b in self._balancers.items() if domain in domains}
+    def pick(self, name: str, backends: Sequence[B], key: bytes | None = None,
+             exclude: Collection[str] = ()) -> B | None:
+        """The balancer's pick among `backends` of the route `name` (a domain, or a tcp/udp tunnel's port)."""
+        balancer = self._balancers.get(name)
+        if balancer is None:
+            balancer = self._balancers[name] = Balancer()
+        return balancer.choose(backends, self.healthy, key=key, exclude=exclude)
+
+    def forget_others(self, names: Collection[str]) -> None:
+        """Drop the balancing state of routes no longer served."""
+        self._balancers = {name: b for name, b in self._balancers.items() if name in names}
 
     def finished(self, backend: Backend) -> None:
         """One exchange of `backend` ended."""
