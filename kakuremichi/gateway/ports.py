@@ -27,6 +27,7 @@ from kakuremichi.gateway.backends import Backends
 from kakuremichi.faults import Contained
 from kakuremichi.gateway.listeners import PORT_SHARING, open_listeners
 from kakuremichi.gateway.portaccess import SourceCounts
+from kakuremichi.gateway.portopening import Opening
 from kakuremichi.logs import log
 from kakuremichi.netstack.streams import UdpSocket
 from kakuremichi.pipe import contained, splice
@@ -125,44 +126,60 @@ class PortListeners:
 
     async def _carry_tcp(self, route: PortRoute, client: trio.SocketStream, peer, local) -> None:
         started = trio.current_time()
-        upstream, tried, error = None, [], "no backend is usable"
-        while upstream is None and len(tried) < 2:  # a dial that fails tries the next backend once
+        opening = Opening(client) if route.backends else None  # with several backends, a refusal may go elsewhere
+        upstream, first, tried = None, b"", []
+        while upstream is None and len(tried) < 2:  # a dial that fails, or a reset first, tries the next one once
             backend = portbackends.choose(self.backends, route, peer[0], tried)
             if backend is None:
+                if not tried:
+                    log(logger, logging.WARNING, "tcp connection refused", tunnel=route.tunnel_id,
+                        client=_text(peer), reason="no backend is usable")
                 break
             tried.append(backend.id)
-            try:
-                with trio.fail_after(DIAL_TIMEOUT):
-                    upstream = await self._dial(backend.address, TUNNEL_PORT, f"tunnel {route.tunnel_id}")
-            except trio.TooSlowError:
-                error = f"the agent did not answer within {DIAL_TIMEOUT:g} s"
-            except OSError as exc:
-                error = exc.strerror or str(exc)
-            if upstream is None:
-                log(logger, logging.WARNING, "tcp connection: agent unreachable", tunnel=route.tunnel_id,
-                    client=_text(peer), backend=backend.id, error=error)
+            upstream = await self._dial_backend(route, backend, peer, local)
+            if upstream is not None and opening is not None:
+                first = await opening.run(upstream)
+                if first is None:
+                    await trio.aclose_forcefully(upstream)
+                    upstream = None
+                    if opening.client_gone or not opening.replayable:
+                        break
+                    log(logger, logging.WARNING, "tcp connection: reset before its target answered",
+                        tunnel=route.tunnel_id, client=_text(peer), backend=backend.id)
         if upstream is None:
-            if not tried:
-                log(logger, logging.WARNING, "tcp connection refused", tunnel=route.tunnel_id, client=_text(peer),
-                    reason=error)
             reset(client)
             await trio.aclose_forcefully(client)
             return
         with portbackends.holding(self.backends, route, backend):
-            await self._splice_tcp(route, client, upstream, peer, local, backend, started)
+            upstream = ResetFollows(upstream, client)
+            try:
+                await client.send_all(first)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the splice below finds it broken too
+            sent, received = await splice(client, upstream)
+        if opening is not None:
+            sent, received = sent + opening.forwarded, received + len(first)
+        log(logger, logging.INFO, "tcp connection", tunnel=route.tunnel_id, client=_text(peer), backend=backend.id,
+            bytes_in=sent, bytes_out=received, duration=f"{trio.current_time() - started:.3f}",
+            reset=upstream.was_reset)
 
-    async def _splice_tcp(self, route: PortRoute, client: trio.SocketStream, upstream: trio.abc.Stream, peer, local,
-                          backend: RouteBackend, started: float) -> None:
+    async def _dial_backend(self, route: PortRoute, backend: RouteBackend, peer, local) -> trio.abc.Stream | None:
+        """A connection to the backend's agent, the PROXY header sent (None: the agent did not answer)."""
+        try:
+            with trio.fail_after(DIAL_TIMEOUT):
+                upstream = await self._dial(backend.address, TUNNEL_PORT, f"tunnel {route.tunnel_id}")
+        except (trio.TooSlowError, OSError) as exc:
+            error = (f"the agent did not answer within {DIAL_TIMEOUT:g} s" if isinstance(exc, trio.TooSlowError)
+                     else exc.strerror or str(exc))
+            log(logger, logging.WARNING, "tcp connection: agent unreachable", tunnel=route.tunnel_id,
+                client=_text(peer), backend=backend.id, error=error)
+            return None
         try:
             if route.proxy_protocol:
                 await upstream.send_all(proxyprotocol.encode(route.proxy_protocol, "tcp", peer, local))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the splice below finds it broken and resets the client
-        upstream = ResetFollows(upstream, client)
-        sent, received = await splice(client, upstream)
-        log(logger, logging.INFO, "tcp connection", tunnel=route.tunnel_id, client=_text(peer), backend=backend.id,
-            bytes_in=sent, bytes_out=received, duration=f"{trio.current_time() - started:.3f}",
-            reset=upstream.was_reset)
+            pass  # what follows finds it broken and resets the client
+        return upstream
 
     # -- udp ----------------------------------------------------------------------------------------------
 

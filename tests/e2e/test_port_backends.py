@@ -130,6 +130,20 @@ def test_a_refusing_target_leaves_the_pool_by_its_tcp_check(tunnels):
     tunnels.wait_for_tcp({"one", "two"}, "the backend to rejoin once its target listens")
 
 
+def test_a_reset_before_the_target_answers_goes_to_the_other_backend(tunnels):
+    tunnels.set(tunnels.tcp, {}, {"port": free_port()}, healthCheck={"type": "none"})  # two refuses, unchecked
+    tunnels.wait_for_tcp({"one"}, "the tcp tunnel to serve")
+    for _ in range(50):  # each client speaks first: what it sent goes again to the other backend
+        with socket.create_connection(("127.0.0.1", tunnels.tcp["publicPort"]), timeout=5) as conn:
+            conn.sendall(b"hello")
+            received = b""
+            while len(received) < len(b"one\nhello"):
+                chunk = conn.recv(64)
+                assert chunk, received
+                received += chunk
+            assert received == b"one\nhello"
+
+
 def test_a_draining_backend_keeps_its_open_connection(tunnels):
     tunnels.set(tunnels.tcp, {}, {}, healthCheck={"type": "none"})
     tunnels.wait_for_tcp({"one", "two"}, "both agents to serve the tcp tunnel")
