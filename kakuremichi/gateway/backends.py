@@ -42,12 +42,13 @@ class Backends:
         self.reachable = reachable
         self.active: Counter[str] = Counter()  # backend id → exchanges in flight
         self._balancers: dict[str, Balancer] = {}  # per domain
-        self._waiting: dict[str, dict[trio.CancelScope, AccessRecord]] = {}  # address → exchanges not yet answered
+        self._waiting: dict[str, dict[trio.CancelScope, AccessRecord | None]] = {}  # address → exchanges not yet answered
 
     @contextmanager
-    def waiting(self, address: str, scope: trio.CancelScope, record: AccessRecord) -> Iterator[None]:
+    def waiting(self, address: str, scope: trio.CancelScope, record: AccessRecord | None) -> Iterator[None]:
         """While in the block, `scope` (an exchange with the agent at `address`) is cancelled if that agent goes
-        silent before the response began (`record.status` still 0): the request may then go elsewhere."""
+        silent before the response began (`record.status` still 0; no record: a tcp tunnel's dial): the request
+        may then go elsewhere."""
         exchanges = self._waiting.setdefault(address, {})
         exchanges[scope] = record
         try:
@@ -60,7 +61,7 @@ class Backends:
     def went_down(self, address: str) -> None:
         """The agent at `address` went silent: its exchanges still waiting for a response are cancelled."""
         for scope, record in list(self._waiting.get(address, {}).items()):
-            if record.status == 0:
+            if record is None or record.status == 0:
                 scope.cancel()
 
     def healthy(self, backend: Backend | RouteBackend) -> bool:

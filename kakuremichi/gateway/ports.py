@@ -164,13 +164,18 @@ class PortListeners:
             reset=upstream.was_reset)
 
     async def _dial_backend(self, route: PortRoute, backend: RouteBackend, peer, local) -> trio.abc.Stream | None:
-        """A connection to the backend's agent, the PROXY header sent (None: the agent did not answer)."""
+        """A connection to the backend's agent, the PROXY header sent (None: the agent did not answer, or went
+        silent meanwhile)."""
+        upstream = None
         try:
-            with trio.fail_after(DIAL_TIMEOUT):
+            with trio.fail_after(DIAL_TIMEOUT), trio.CancelScope() as silenced, \
+                    self.backends.waiting(backend.address, silenced, None):
                 upstream = await self._dial(backend.address, TUNNEL_PORT, f"tunnel {route.tunnel_id}")
+            error = "the agent went silent"
         except (trio.TooSlowError, OSError) as exc:
             error = (f"the agent did not answer within {DIAL_TIMEOUT:g} s" if isinstance(exc, trio.TooSlowError)
                      else exc.strerror or str(exc))
+        if upstream is None:
             log(logger, logging.WARNING, "tcp connection: agent unreachable", tunnel=route.tunnel_id,
                 client=_text(peer), backend=backend.id, error=error)
             return None

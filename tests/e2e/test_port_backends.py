@@ -4,8 +4,11 @@ tcp health check, draining that keeps an open connection, and affinity by the cl
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import textwrap
+import threading
 from collections import Counter
 
 import pytest
@@ -144,6 +147,22 @@ def test_a_reset_before_the_target_answers_goes_to_the_other_backend(tunnels):
             assert received == b"one\nhello"
 
 
+def test_megabytes_sent_before_the_target_answers_pass_whole(tunnels):
+    tunnels.set(tunnels.tcp, {}, {})
+    tunnels.wait_for_tcp({"one", "two"}, "both agents to serve the tcp tunnel")
+    payload = os.urandom(3 * 1024 * 1024)  # far past what is kept for a replay
+    with socket.create_connection(("127.0.0.1", tunnels.tcp["publicPort"]), timeout=10) as conn:
+        sender = threading.Thread(target=conn.sendall, args=(payload,))
+        sender.start()
+        received = bytearray()
+        while len(received) < len(payload) + 4:
+            chunk = conn.recv(1 << 20)
+            assert chunk, len(received)
+            received += chunk
+        sender.join()
+    assert bytes(received[4:]) == payload and received[:4] in (b"one\n", b"two\n")
+
+
 def test_a_draining_backend_keeps_its_open_connection(tunnels):
     tunnels.set(tunnels.tcp, {}, {}, healthCheck={"type": "none"})
     tunnels.wait_for_tcp({"one", "two"}, "both agents to serve the tcp tunnel")
@@ -176,3 +195,30 @@ def test_udp_flows_are_shared_between_the_backends(tunnels):
     shares = tunnels.udp_shares(40)
     print(f"\nudp weights 1:1 over 40 flows: {dict(shares)}")
     assert abs(shares["udp_one"] - 20) <= 4 and abs(shares["udp_two"] - 20) <= 4
+
+
+def test_connections_to_a_killed_agent_go_to_the_other_backend(tmp_path):
+    t = PortTunnels(tmp_path)
+    try:
+        t.set(t.tcp, {}, {})
+        t.wait_for_tcp({"one", "two"}, "both agents to serve the tcp tunnel")
+        t.away.popen.send_signal(signal.SIGKILL)
+        names: list[str | None] = []
+
+        def one_connection() -> None:  # before the gateway sees the agent silent: some dial it, and fail
+            try:
+                conn, name = t.connect()
+                conn.close()
+            except OSError:
+                name = None
+            names.append(name)
+
+        threads = [threading.Thread(target=one_connection) for _ in range(10)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert names == ["one"] * 10
+        assert t.tcp_shares(20) == {"one": 20}
+    finally:
+        t.d.close()
