@@ -1,5 +1,6 @@
 """The gateway's choice among a route's backends (kakuremichi.balancing), with what it knows of their health
-itself, and the exchanges each backend holds (what a draining backend still has to finish).
+itself, and the exchanges each backend holds (what a draining backend still has to finish). HTTP routes and
+tcp/udp tunnels (gateway/portbackends.py) share it.
 
 With affinity, an HTTP client keeps its backend through a cookie (AFFINITY_COOKIE) while that backend is usable.
 A backend is down when its agent reported its target unhealthy (through control), when its agent stopped,
