@@ -123,28 +123,28 @@ def test_tcp_connections_are_shared_three_to_one(tunnels):
 
 def test_a_refusing_target_leaves_the_pool_by_its_tcp_check(tunnels):
     refusing = free_port()  # nothing listens there: the agent's connects are refused
-    tunnels.set(tunnels.tcp, {}, {"port": refusing}, healthCheck=TCP_CHECK)
+    tunnels.set(tunnels.tcp, {"port": refusing}, {}, healthCheck=TCP_CHECK)  # the first backend refuses
     wait_for(lambda: next(b for b in tunnels.d.api.get(f"/api/tunnels/{tunnels.tcp['id']}").json()["backends"]
-                          if b["agentId"] == tunnels.away_id)["health"]["status"] == "unhealthy", 30,
+                          if b["agentId"] == tunnels.d.agent_id)["health"]["status"] == "unhealthy", 30,
              "the refusing backend to be reported unhealthy")
-    tunnels.wait_for_tcp({"one"}, "the refusing backend to leave the pool")
-    assert tunnels.tcp_shares(100) == {"one": 100}
+    tunnels.wait_for_tcp({"two"}, "the refusing backend to leave the pool")
+    assert tunnels.tcp_shares(100) == {"two": 100}
     tunnels.set(tunnels.tcp, {}, {}, healthCheck=TCP_CHECK)
     tunnels.wait_for_tcp({"one", "two"}, "the backend to rejoin once its target listens")
 
 
 def test_a_reset_before_the_target_answers_goes_to_the_other_backend(tunnels):
-    tunnels.set(tunnels.tcp, {}, {"port": free_port()}, healthCheck={"type": "none"})  # two refuses, unchecked
-    tunnels.wait_for_tcp({"one"}, "the tcp tunnel to serve")
+    tunnels.set(tunnels.tcp, {"port": free_port()}, {}, healthCheck={"type": "none"})  # one refuses, unchecked
+    tunnels.wait_for_tcp({"two"}, "the tcp tunnel to serve")
     for _ in range(50):  # each client speaks first: what it sent goes again to the other backend
         with socket.create_connection(("127.0.0.1", tunnels.tcp["publicPort"]), timeout=5) as conn:
             conn.sendall(b"hello")
             received = b""
-            while len(received) < len(b"one\nhello"):
+            while len(received) < len(b"two\nhello"):
                 chunk = conn.recv(64)
                 assert chunk, received
                 received += chunk
-            assert received == b"one\nhello"
+            assert received == b"two\nhello"
 
 
 def test_megabytes_sent_before_the_target_answers_pass_whole(tunnels):
