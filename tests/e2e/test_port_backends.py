@@ -136,15 +136,19 @@ def test_a_refusing_target_leaves_the_pool_by_its_tcp_check(tunnels):
 def test_a_reset_before_the_target_answers_goes_to_the_other_backend(tunnels):
     tunnels.set(tunnels.tcp, {"port": free_port()}, {}, healthCheck={"type": "none"})  # one refuses, unchecked
     tunnels.wait_for_tcp({"two"}, "the tcp tunnel to serve")
-    for _ in range(50):  # each client speaks first: what it sent goes again to the other backend
+    for attempt in range(50):  # each client speaks first: what it sent goes again to the other backend
         with socket.create_connection(("127.0.0.1", tunnels.tcp["publicPort"]), timeout=5) as conn:
             conn.sendall(b"hello")
+            if attempt % 2:
+                conn.shutdown(socket.SHUT_WR)  # and its end of sending, too: the server closes after echoing
             received = b""
             while len(received) < len(b"two\nhello"):
                 chunk = conn.recv(64)
                 assert chunk, received
                 received += chunk
             assert received == b"two\nhello"
+            if attempt % 2:
+                assert conn.recv(64) == b""
 
 
 def test_megabytes_sent_before_the_target_answers_pass_whole(tunnels):
