@@ -355,6 +355,9 @@ class PortRoute(_Body, frozen=True):
     # login grants (issue 16): with login_tunnel_id, a client no allow/bypass rule holds needs a grant
     login_tunnel_id: str | None = None  # the http tunnel whose logins open this port
     granted: dict[str, float] = msgspec.field(default_factory=dict)  # client address → Unix time its grant ends
+    # several backends, as RouteConfig's (unset: the one at agent_ip); affinity: by the client's address
+    backends: list[RouteBackend] | msgspec.UnsetType = msgspec.UNSET
+    affinity: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 class _Config(_Body, frozen=True):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import msgspec
 from pony.orm import Database
 
 from kakuremichi import protocol
@@ -46,7 +47,8 @@ def gateway_config(db: Database, gateway_id: str, deployment: access.Deployment 
                                    agent_stopped=_stopped(t.agent), access=access.route_config(t, deployment, now),
                                    **backends.route_fields(t, _stopped), **ports.http_route_fields(t))
               for t in tunnels if t.id in my_ip and t.port is None]
-    port_routes = [ports.route(t, my_ip[t.id], _stopped(t.agent))
+    port_routes = [msgspec.structs.replace(ports.route(t, my_ip[t.id], _stopped(t.agent)),
+                                           **backends.route_fields(t, _stopped))
                    for t in tunnels if t.id in my_ip and t.port is not None]
     return protocol.GatewayConfig(version=current_version(db), wireguard_port=gateway.wireguard_port,
                                   addresses=sorted(my_ip.values()), peers=peers, routes=routes,

@@ -1,5 +1,6 @@
 """The gateway's choice among a route's backends (kakuremichi.balancing), with what it knows of their health
-itself, and the exchanges each backend holds (what a draining backend still has to finish).
+itself, and the exchanges each backend holds (what a draining backend still has to finish). HTTP routes and
+tcp/udp tunnels (gateway/portbackends.py) share it.
 
 With affinity, an HTTP client keeps its backend through a cookie (AFFINITY_COOKIE) while that backend is usable.
 A backend is down when its agent reported its target unhealthy (through control), when its agent stopped,
@@ -12,16 +13,16 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import trio
 
 from kakuremichi.access.policy import AccessPolicy
-from kakuremichi.balancing import Balancer, usable
+from kakuremichi.balancing import B, Balancer, usable
 from kakuremichi.gateway.http.accesslog import AccessRecord
 from kakuremichi.gateway.routes import Backend, Route
-from kakuremichi.protocol import RouteConfig
+from kakuremichi.protocol import RouteBackend, RouteConfig
 
 Reachable = Callable[[str], bool]  # agent address → whether its WireGuard session is alive
 
@@ -42,12 +43,13 @@ class Backends:
         self.reachable = reachable
         self.active: Counter[str] = Counter()  # backend id → exchanges in flight
         self._balancers: dict[str, Balancer] = {}  # per domain
-        self._waiting: dict[str, dict[trio.CancelScope, AccessRecord]] = {}  # address → exchanges not yet answered
+        self._waiting: dict[str, dict[trio.CancelScope, AccessRecord | None]] = {}  # address → exchanges not yet answered
 
     @contextmanager
-    def waiting(self, address: str, scope: trio.CancelScope, record: AccessRecord) -> Iterator[None]:
+    def waiting(self, address: str, scope: trio.CancelScope, record: AccessRecord | None) -> Iterator[None]:
         """While in the block, `scope` (an exchange with the agent at `address`) is cancelled if that agent goes
-        silent before the response began (`record.status` still 0): the request may then go elsewhere."""
+        silent before the response began (`record.status` still 0; no record: a tcp tunnel's dial): the request
+        may then go elsewhere."""
         exchanges = self._waiting.setdefault(address, {})
         exchanges[scope] = record
         try:
@@ -60,12 +62,12 @@ class Backends:
     def went_down(self, address: str) -> None:
         """The agent at `address` went silent: its exchanges still waiting for a response are cancelled."""
         for scope, record in list(self._waiting.get(address, {}).items()):
-            if record.status == 0:
+            if record is None or record.status == 0:
                 scope.cancel()
 
-    def healthy(self, backend: Backend) -> bool:
+    def healthy(self, backend: Backend | RouteBackend) -> bool:
         return (backend.health != "unhealthy" and not backend.agent_stopped
-                and self.reachable(backend.route.address))
+                and self.reachable(backend.address))
 
     def choose(self, route: Route, pinned: str | None = None, exclude: Collection[str] = ()) -> Backend | None:
         """The backend for one exchange of `route` (None: none is usable): `pinned` (the id of the client's
@@ -74,14 +76,19 @@ class Backends:
             for backend in usable(route.backends, self.healthy, exclude):
                 if backend.id == pinned:
                     return backend
-        balancer = self._balancers.get(route.domain)
-        if balancer is None:
-            balancer = self._balancers[route.domain] = Balancer()
-        return balancer.choose(route.backends, self.healthy, exclude=exclude)
+        return self.pick(route.domain, route.backends, exclude=exclude)
 
-    def forget_others(self, domains: Collection[str]) -> None:
-        """Drop the balancing state of domains no longer served."""
-        self._balancers = {domain: b for domain, b in self._balancers.items() if domain in domains}
+    def pick(self, name: str, backends: Sequence[B], key: bytes | None = None,
+             exclude: Collection[str] = ()) -> B | None:
+        """The balancer's pick among `backends` of the route `name` (a domain, or a tcp/udp tunnel's port)."""
+        balancer = self._balancers.get(name)
+        if balancer is None:
+            balancer = self._balancers[name] = Balancer()
+        return balancer.choose(backends, self.healthy, key=key, exclude=exclude)
+
+    def forget_others(self, names: Collection[str]) -> None:
+        """Drop the balancing state of routes no longer served."""
+        self._balancers = {name: b for name, b in self._balancers.items() if name in names}
 
     def finished(self, backend: Backend) -> None:
         """One exchange of `backend` ended."""

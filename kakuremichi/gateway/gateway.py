@@ -30,6 +30,7 @@ from kakuremichi.gateway.http.upstream import EXCHANGE_KEEPALIVE, PoolLimits
 from kakuremichi.gateway.listeners import serve_http, serve_https
 from kakuremichi.gateway.logins import LoginReports
 from kakuremichi.gateway.ports import PortListeners
+from kakuremichi.gateway.portbackends import balancer_name, port_addresses
 from kakuremichi.gateway.backends import Backends, Liveness, route_of
 from kakuremichi.gateway.routes import Route, RouteTable
 from kakuremichi.gateway.workers import per_worker
@@ -77,7 +78,8 @@ class Gateway:
         self.http_ports: list[int] = []
         self.https_ports: list[int] = []
         self.proxy = None  # while serving: its requests and routes held are in the metrics
-        self.ports = PortListeners(listen.host, listen.shared, self.dial_agent, node.stack)  # tcp/udp tunnels
+        self.ports = PortListeners(listen.host, listen.shared, self.dial_agent, node.stack,  # tcp/udp tunnels
+                                   self.backends)
         self.logins = LoginReports()  # told to control: they open tcp/udp ports (loginTunnelId)
 
     def control_client(self, url: str, api_key: str, public_endpoint: str, **options) -> ControlClient:
@@ -157,7 +159,7 @@ class Gateway:
             for address in {r.agent_ip, *(b.address for b in r.backends or ())}:
                 sources[address] = r.gateway_ip
         port_routes = list(config.ports or ())
-        sources.update({r.agent_ip: r.gateway_ip for r in port_routes})
+        sources.update({a: r.gateway_ip for r in port_routes for a in (r.agent_ip, *port_addresses(r))})
         peers = [PeerSpec(keys.decode(p.public_key), tuple(p.allowed_ips)) for p in config.peers]
         await self.node.apply(config.addresses, peers)
         for peer in peers:  # one not heard from since we started: try where the agent last was
@@ -165,7 +167,9 @@ class Gateway:
         self._sources = sources
         self.liveness.watched = {b.route.address: sources[b.route.address] for route in routes
                                  if len(route.backends) > 1 for b in route.backends}
-        self.backends.forget_others({route.domain for route in routes})
+        self.liveness.watched.update({a: r.gateway_ip for r in port_routes if len(r.backends or ()) > 1
+                                      for a in port_addresses(r)})
+        self.backends.forget_others({route.domain for route in routes} | {balancer_name(r) for r in port_routes})
         self.exit.update(config.routes)
         self.routes.replace(routes)
         await self.ports.update(port_routes)

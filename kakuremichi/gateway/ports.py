@@ -1,6 +1,8 @@
 """The gateway's public tcp and udp ports: one TCP listener or UDP socket per tcp/udp tunnel, opened and
 closed as configs are pushed, each connection or flow carried to the tunnel's agent through WireGuard
 (agent_ip:TUNNEL_PORT, from this gateway's address in the tunnel: the agent knows the tunnel by the address).
+With several backends, each new connection or flow picks one (gateway/portbackends.py); a connection whose
+agent cannot be reached tries the next backend once. A draining backend keeps what it already carries.
 
 A port that moves or goes away closes its listener only: the connections accepted on it carry on (the agent
 ends those of a tunnel disabled, deleted or re-targeted). A port this gateway cannot bind is kept in `errors`
@@ -21,13 +23,16 @@ from typing import Any
 import trio
 
 from kakuremichi import proxyprotocol
+from kakuremichi.gateway import portbackends
+from kakuremichi.gateway.backends import Backends
 from kakuremichi.faults import Contained
 from kakuremichi.gateway.listeners import PORT_SHARING, open_listeners
 from kakuremichi.gateway.portaccess import SourceCounts
+from kakuremichi.gateway.portopening import Opening
 from kakuremichi.logs import log
 from kakuremichi.netstack.streams import UdpSocket
 from kakuremichi.pipe import contained, splice
-from kakuremichi.protocol import TUNNEL_PORT, PortRoute
+from kakuremichi.protocol import TUNNEL_PORT, PortRoute, RouteBackend
 
 logger = logging.getLogger("kakuremichi.gateway.ports")
 Key = tuple[str, int]  # (protocol, public port)
@@ -40,8 +45,9 @@ UDP_MAX_DATAGRAM = 65535
 class PortListeners:
     """Every tcp/udp tunnel's public port on `host`; `shared`: with the gateway's other workers (SO_REUSEPORT)."""
 
-    def __init__(self, host: str | None, shared: bool, dial: Dial, stack: Any) -> None:
+    def __init__(self, host: str | None, shared: bool, dial: Dial, stack: Any, backends: Backends) -> None:
         self.host, self.shared, self._dial, self._stack = host, shared, dial, stack
+        self.backends = backends  # the gateway's balancing and liveness, shared with its HTTP routes
         self.routes: dict[Key, PortRoute] = {}  # the current route of each open port, read at each accept
         self.errors: dict[str, str] = {}  # tunnel id → why its port cannot be bound here
         self._open: dict[Key, trio.CancelScope] = {}
@@ -102,7 +108,8 @@ class PortListeners:
             peer, local = client.socket.getpeername()[:2], client.socket.getsockname()[:2]
         except OSError:
             peer = local = None
-        refusal = ("the port is closing" if route is None else "the agent stopped" if route.agent_stopped
+        refusal = ("the port is closing" if route is None
+                   else "the agent stopped" if route.agent_stopped and not route.backends
                    else peer and self._sources.refusal(route, peer[0], time.time()))
         if route is None or peer is None or refusal:
             if route is not None and peer is not None:
@@ -120,31 +127,65 @@ class PortListeners:
 
     async def _carry_tcp(self, route: PortRoute, client: trio.SocketStream, peer, local) -> None:
         started = trio.current_time()
-        try:
-            with trio.fail_after(DIAL_TIMEOUT):
-                upstream = await self._dial(route.agent_ip, TUNNEL_PORT, f"tunnel {route.tunnel_id}")
-        except trio.TooSlowError:
-            upstream = None
-            error = f"the agent did not answer within {DIAL_TIMEOUT:g} s"
-        except OSError as exc:
-            upstream = None
-            error = exc.strerror or str(exc)
+        opening = Opening(client) if route.backends else None  # with several backends, a refusal may go elsewhere
+        upstream, first, tried = None, b"", []
+        while upstream is None and len(tried) < 2:  # a dial that fails, or a reset first, tries the next one once
+            backend = portbackends.choose(self.backends, route, peer[0], tried)
+            if backend is None:
+                if not tried:
+                    log(logger, logging.WARNING, "tcp connection refused", tunnel=route.tunnel_id,
+                        client=_text(peer), reason="no backend is usable")
+                break
+            tried.append(backend.id)
+            upstream = await self._dial_backend(route, backend, peer, local)
+            if upstream is not None and opening is not None:
+                first = await opening.run(upstream)
+                if first is None:
+                    await trio.aclose_forcefully(upstream)
+                    upstream = None
+                    if opening.client_gone or not opening.replayable:
+                        break
+                    log(logger, logging.WARNING, "tcp connection: reset before its target answered",
+                        tunnel=route.tunnel_id, client=_text(peer), backend=backend.id)
         if upstream is None:
-            log(logger, logging.WARNING, "tcp connection: agent unreachable", tunnel=route.tunnel_id,
-                client=_text(peer), error=error)
             reset(client)
             await trio.aclose_forcefully(client)
             return
+        with portbackends.holding(self.backends, route, backend):
+            upstream = ResetFollows(upstream, client)
+            try:
+                await client.send_all(first)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the splice below finds it broken too
+            sent, received = await splice(client, upstream)
+        if opening is not None:
+            sent, received = sent + opening.forwarded, received + len(first)
+        log(logger, logging.INFO, "tcp connection", tunnel=route.tunnel_id, client=_text(peer), backend=backend.id,
+            bytes_in=sent, bytes_out=received, duration=f"{trio.current_time() - started:.3f}",
+            reset=upstream.was_reset)
+
+    async def _dial_backend(self, route: PortRoute, backend: RouteBackend, peer, local) -> trio.abc.Stream | None:
+        """A connection to the backend's agent, the PROXY header sent (None: the agent did not answer, or went
+        silent meanwhile)."""
+        upstream = None
+        try:
+            with trio.fail_after(DIAL_TIMEOUT), trio.CancelScope() as silenced, \
+                    self.backends.waiting(backend.address, silenced, None):
+                upstream = await self._dial(backend.address, TUNNEL_PORT, f"tunnel {route.tunnel_id}")
+            error = "the agent went silent"
+        except (trio.TooSlowError, OSError) as exc:
+            error = (f"the agent did not answer within {DIAL_TIMEOUT:g} s" if isinstance(exc, trio.TooSlowError)
+                     else exc.strerror or str(exc))
+        if upstream is None:
+            log(logger, logging.WARNING, "tcp connection: agent unreachable", tunnel=route.tunnel_id,
+                client=_text(peer), backend=backend.id, error=error)
+            return None
         try:
             if route.proxy_protocol:
                 await upstream.send_all(proxyprotocol.encode(route.proxy_protocol, "tcp", peer, local))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the splice below finds it broken and resets the client
-        upstream = ResetFollows(upstream, client)
-        sent, received = await splice(client, upstream)
-        log(logger, logging.INFO, "tcp connection", tunnel=route.tunnel_id, client=_text(peer),
-            bytes_in=sent, bytes_out=received, duration=f"{trio.current_time() - started:.3f}",
-            reset=upstream.was_reset)
+            pass  # what follows finds it broken and resets the client
+        return upstream
 
     # -- udp ----------------------------------------------------------------------------------------------
 
@@ -198,19 +239,22 @@ class UdpPort:
             refusal = self.ports._sources.refusal(route, client[0], time.time())
             if refusal is None and len(self.flows) >= route.udp_max_flows:
                 refusal = f"the tunnel already has {route.udp_max_flows} flows (udpMaxFlows)"
+            backend = None if refusal else portbackends.choose(self.ports.backends, route, client[0])
+            if refusal is None and backend is None:
+                refusal = "no backend is usable"
             if refusal is not None:
                 log(logger, logging.DEBUG, "udp datagram dropped", tunnel=route.tunnel_id, client=_text(client),
                     reason=refusal)
                 return
-            flow = self.flows[client] = UdpFlow(self, route, client)
+            flow = self.flows[client] = UdpFlow(self, route, client, backend)
             nursery.start_soon(flow.run)
         flow.send(route, data)
 
 
 class UdpFlow:
-    def __init__(self, port: UdpPort, route: PortRoute, client: tuple) -> None:
-        self.port, self.client = port, client
-        self.agent = (route.agent_ip, TUNNEL_PORT)
+    def __init__(self, port: UdpPort, route: PortRoute, client: tuple, backend: RouteBackend) -> None:
+        self.port, self.client, self.backend = port, client, backend
+        self.agent = (backend.address, TUNNEL_PORT)
         self.inner: UdpSocket = port.ports._stack.udp_socket(0, address=route.gateway_ip)
         self.scope = trio.CancelScope(deadline=trio.current_time() + route.udp_idle_timeout)
         self.local = port.sock.getsockname()[:2]  # the wildcard address when bound to every interface
@@ -232,7 +276,8 @@ class UdpFlow:
         started = trio.current_time()
         ports.active += 1
         try:
-            with ports._sources.holding(route, self.client[0]), self.inner, self.scope:
+            with ports._sources.holding(route, self.client[0]), \
+                    portbackends.holding(ports.backends, route, self.backend), self.inner, self.scope:
                 await self._answer(route)
         except trio.ClosedResourceError:
             pass  # our address in the tunnel went away: the tunnel was deleted
@@ -242,6 +287,7 @@ class UdpFlow:
             ports.active -= 1
             del self.port.flows[self.client]
             log(logger, logging.INFO, "udp flow", tunnel=route.tunnel_id, client=_text(self.client),
+                backend=self.backend.id,
                 datagrams_in=self.datagrams[0], datagrams_out=self.datagrams[1], bytes_in=self.bytes[0],
                 bytes_out=self.bytes[1], duration=f"{trio.current_time() - started:.3f}")
 

@@ -72,6 +72,11 @@ class Backend:
     health: str = "unknown"
     agent_stopped: bool = False
 
+    @property
+    def address(self) -> str:
+        """Its agent's address in the tunnel (as protocol.RouteBackend has it)."""
+        return self.route.address
+
 
 class RouteTable:
     """Domain → Route, replaced as a whole; lookups see either the old or the new table, never a mix."""

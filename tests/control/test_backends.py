@@ -141,3 +141,25 @@ async def test_deleting_an_agent_leaves_the_tunnels_other_agents_serve_too(contr
     assert (kept["agentId"], kept["target"], kept["agentIp"]) == (two["id"], "localhost:2", "10.1.0.3")
     assert [b["agentId"] for b in kept["backends"]] == [two["id"]]
     assert (await control.api.get(f"/api/tunnels/{alone['id']}")).status_code == 404
+
+
+async def test_a_tcp_tunnel_pushes_its_backends_on_its_port_route(control):
+    one, two = await _two_agents(control)
+    gw = await control.create("gateways", name="gw1")
+    async with connect(control, gw["apiKey"], "gateway", public_key(), "203.0.113.1:51820") as gateway, \
+            connect(control, two["apiKey"], "agent", public_key()) as agent_two:
+        tunnel = await control.create("tunnels", protocol="tcp", affinity=True, healthCheck={"type": "tcp"},
+                                      backends=[{"agentId": one["id"], "target": "localhost:22", "weight": 3},
+                                                {"agentId": two["id"], "target": "localhost:2222",
+                                                 "draining": True}])
+        route = (await gateway.config()).ports[0]
+        assert route.affinity is True and route.agent_ip == "10.1.0.2"
+        assert [(b.id, b.address, b.weight, b.draining) for b in route.backends] == [
+            (tunnel["backends"][0]["id"], "10.1.0.2", 3, False), (tunnel["backends"][1]["id"], "10.1.0.3", 1, True)]
+        mapping = (await agent_two.config()).tunnels[0]
+        assert (mapping.agent_ip, mapping.protocol, mapping.target, mapping.health_check.type) == (
+            "10.1.0.3", "tcp", "localhost:2222", "tcp")
+        await control.api.patch(f"/api/tunnels/{tunnel['id']}", json={
+            "backends": [{"agentId": one["id"], "target": "localhost:22"}], "healthCheck": {"type": "none"},
+            "affinity": False})
+        assert "backends" not in (await gateway.config()).ports[0].to_json()  # one plain backend: as version 1
