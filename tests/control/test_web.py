@@ -389,3 +389,29 @@ async def test_the_tunnel_form_opens_a_tcp_port_after_logins_and_lists_the_grant
             await gateway.config()
         page = await browser.get(f"/tunnels/{ssh['id']}/edit")
         assert '<span class="code-inline">198.51.100.7</span> until' in page.text
+
+
+async def test_the_tunnel_form_shows_and_keeps_the_per_source_connection_limit(control):
+    agent = await control.create("agents", name="home")
+    ssh = await control.create("tunnels", protocol="tcp", agentId=agent["id"], target="127.0.0.1:22",
+                               access={"maxConnectionsPerSource": 4})
+    form = {"protocol": "tcp", "agentId": agent["id"], "target": "127.0.0.1:22", "tlsMode": "acme", "enabled": "on",
+            "accessMode": "public"}
+    async with _logged_in(control.url) as browser:
+        url = f"/tunnels/{ssh['id']}/edit"
+        page = await browser.get(url)
+        assert 'name="maxConnectionsPerSource" inputmode="numeric" value="4"' in page.text
+        stored = lambda: control.api.get(f"/api/tunnels/{ssh['id']}")  # noqa: E731
+        saved = await browser.post(url, data={**form, "csrf_token": _csrf(page), "maxConnectionsPerSource": "4",
+                                              "description": "saved as shown"})
+        assert saved.status_code == 302, saved.text
+        assert (await stored()).json()["access"]["maxConnectionsPerSource"] == 4
+        page = await browser.get(url)
+        await browser.post(url, data={**form, "csrf_token": _csrf(page), "maxConnectionsPerSource": "9"})
+        assert (await stored()).json()["access"]["maxConnectionsPerSource"] == 9
+        page = await browser.get(url)
+        bad = await browser.post(url, data={**form, "csrf_token": _csrf(page), "maxConnectionsPerSource": "0"})
+        assert bad.status_code == 400 and "maxConnectionsPerSource" in bad.text
+        page = await browser.get(url)
+        await browser.post(url, data={**form, "csrf_token": _csrf(page), "maxConnectionsPerSource": ""})
+        assert (await stored()).json()["access"]["maxConnectionsPerSource"] is None

@@ -47,6 +47,11 @@ VALID = [
     protocol.ConfigUpdate(protocol.GatewayConfig(6, routes=[protocol.RouteConfig(
         "a.example", "10.1.0.2", "10.1.0.254", "t1", backends=[protocol.RouteBackend("b1", "10.1.0.3", weight=3)],
         affinity=True)])),
+    protocol.ConfigUpdate(protocol.GatewayConfig(7, ports=[protocol.PortRoute(
+        "t2", "tcp", 2222, "10.1.0.2", "10.1.0.254", proxy_protocol="v2", max_connections_per_source=4,
+        login_tunnel_id="t1", granted={"198.51.100.7": 1.9e9},
+        backends=[protocol.RouteBackend("b2", "10.1.0.3", weight=3)], affinity=True)])),
+    protocol.AccessGranted("t1", "198.51.100.7"),
 ]
 assert {m.type for m in VALID} == set(TYPES)
 assert all(protocol.decode(m.to_json()) == m for m in VALID)

@@ -402,6 +402,8 @@ def _access_body(form) -> dict:
     access["loginTunnelId"] = form.get("loginTunnelId") or None
     if form.get("loginGrantMinutes", "").strip():
         access["loginGrantMinutes"] = _number(form["loginGrantMinutes"].strip())
+    limit = form.get("maxConnectionsPerSource", "").strip()
+    access["maxConnectionsPerSource"] = _number(limit) if limit else None
     for field, name in (("accessPassword", "password"), ("bypassSecret", "bypassSecret")):
         if form.get(field):
             access[name] = form[field]
