@@ -247,9 +247,15 @@ def test_each_gateway_worker_has_its_own_metrics_port_and_status_socket(tmp_path
     try:
         d.tunnel(DOMAIN, "app")
         serving(d)
+        def connected(index: int) -> bool:
+            try:
+                samples = scrape(f"http://127.0.0.1:{first + index}", token)
+            except httpx.ConnectError:  # serving(d) saw one worker: the other may still be starting
+                return False
+            return value(samples, "kakuremichi_control_connected", role="gateway") == 1
+
         for index in (0, 1):
-            wait_for(lambda: value(scrape(f"http://127.0.0.1:{first + index}", token),
-                                   "kakuremichi_control_connected", role="gateway") == 1, 20, f"worker {index} connected")
+            wait_for(lambda: connected(index), 20, f"worker {index} connected")
             assert httpx.get(f"http://127.0.0.1:{first + index}/metrics", timeout=5).status_code == 401
         for pid in d.worker_pids("gw1").values():
             assert token.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
