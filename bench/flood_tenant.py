@@ -5,6 +5,9 @@ Run as `python bench/flood_tenant.py CONTROL_URL API_KEY`; prints "ready" once i
 gateway, then reads lines `KIND SECONDS` from stdin and answers each with one JSON line of figures. KIND:
 
 - transport: valid transport packets (small UDP packets to a closed port of the gateway's tunnel address);
+- sink: the same packets, encrypted and sent just as fast, but to a UDP socket of the flooder's own that
+  nobody reads: the gateway sees none, so what it costs the legitimate tenant is the flooder's share of this
+  machine (its CPU, the kernel's loopback work), which a remote attacker would not take;
 - handshake: one authentic handshake initiation sent again and again (each costs the gateway its mac1 and
   Curve25519 work before the replay is seen; once the gateway is under load, a mac1 and the per-source
   rate limit, or a cookie reply);
@@ -69,7 +72,7 @@ async def _connections(node: TunnelNode, gateway_ip: str, seconds: float, echo_p
     return done
 
 
-async def _flood(node: TunnelNode, kind: str, seconds: float, echo_port: int) -> dict:
+async def _flood(node: TunnelNode, kind: str, seconds: float, echo_port: int, sink) -> dict:
     (gateway_key, spec), = node._applied.items()
     gateway_ip = spec.allowed_ips[0].split("/")[0]
     if kind in ("connect", "exit"):
@@ -84,9 +87,12 @@ async def _flood(node: TunnelNode, kind: str, seconds: float, echo_port: int) ->
         peer.last_initiation_sent = float("-inf")
         node.device._initiate_handshake(peer, retry=False)
         initiation = next(bytes(d) for d, _ in node.device.outgoing if d[0] == messages.MESSAGE_INITIATION)
+    endpoint = peer.endpoint
+    if kind == "sink":
+        peer.endpoint = sink.getsockname()
     sent, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        if kind == "transport":
+        if kind in ("transport", "sink"):
             node.interface.send_packets([ipv4.build(me, gateway, ipv4.PROTO_UDP, bytes(72))] * BURST)
         elif kind == "syn":
             node.interface.send_packets([
@@ -100,6 +106,7 @@ async def _flood(node: TunnelNode, kind: str, seconds: float, echo_port: int) ->
                     break
         sent += BURST
         await trio.lowlevel.checkpoint()
+    peer.endpoint = endpoint
     return {"kind": kind, "sent": sent, "per_s": sent / (time.perf_counter() - start)}
 
 
@@ -109,6 +116,8 @@ async def main(control_url: str, api_key: str) -> None:
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(functools.partial(trio.serve_tcp, _echo, 0, host="127.0.0.1"))
         echo_port = listeners[0].socket.getsockname()[1]
+        sink = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        await sink.bind(("127.0.0.1", 0))
         await nursery.start(agent.run)
         await nursery.start(agent.control_client(control_url, api_key).run)
         with trio.fail_after(60):  # control's config, then the session its persistent keepalive starts
@@ -118,7 +127,7 @@ async def main(control_url: str, api_key: str) -> None:
         stdin = trio.wrap_file(sys.stdin)
         async for line in stdin:
             kind, seconds = line.split()
-            print(json.dumps(await _flood(node, kind, float(seconds), echo_port)), flush=True)
+            print(json.dumps(await _flood(node, kind, float(seconds), echo_port, sink)), flush=True)
         nursery.cancel_scope.cancel()
 
 

@@ -33,6 +33,10 @@ CONNECT_TIMEOUT = 10.0
 # open exit connections one tunnel may hold: each costs the gateway a socket, and its file descriptors are
 # shared with every other tenant and with the public listeners
 MAX_CONNECTIONS_PER_TUNNEL = 1024
+# new exit connections one agent address may open a second (bursts of twice that): plenty for a browser or a
+# crawler behind the exit, while a tenant opening them back to back cannot spend the gateway's thread, which
+# every other tenant's requests share, on handshakes and dials (issue 13's fairness)
+OPENS_PER_SECOND = 50
 
 
 def reply_code(exc: BaseException) -> int:
@@ -75,11 +79,13 @@ class ExitServer:
     def __init__(self, stack, policy: DestinationPolicy | None = None, *,
                  connect_timeout: float = CONNECT_TIMEOUT,
                  max_connections_per_tunnel: int = MAX_CONNECTIONS_PER_TUNNEL,
+                 opens_per_second: float = OPENS_PER_SECOND,
                  keepalive: tuple[float, float, int] = EXIT_KEEPALIVE) -> None:
         self.stack = stack
         self.policy = policy or DestinationPolicy()
         self.connect_timeout = connect_timeout
         self.max_connections_per_tunnel = max_connections_per_tunnel
+        self.opens_per_second = opens_per_second
         self.keepalive = keepalive
         self._tunnels: dict[tuple[str, str], str] = {}  # (our address, agent address) -> domain, exit tunnels only
         self._open: collections.Counter[tuple[str, str]] = collections.Counter()  # pair -> connections handled
@@ -98,7 +104,8 @@ class ExitServer:
                 stream.abort()  # the splice ends as if the agent had reset it, and still counts its bytes
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        await self.stack.serve_tcp(self._guarded, EXIT_PORT, task_status=task_status)
+        await self.stack.serve_tcp(self._guarded, EXIT_PORT, opens_per_second=self.opens_per_second,
+                                   task_status=task_status)
 
     async def _guarded(self, stream) -> None:
         """Agents are other tenants: one may hold only so many connections, and whatever escapes one

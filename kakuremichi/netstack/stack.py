@@ -28,6 +28,7 @@ import struct
 from collections import Counter, deque
 from typing import Iterable
 
+from kakuremichi.buckets import TokenBuckets
 from kakuremichi.faults import Contained
 from kakuremichi.netstack import icmp, ipv4, tcp, udp
 from kakuremichi.netstack.checksum import verify
@@ -117,11 +118,13 @@ def _starts_run(connection: Connection, segment: tcp.Segment) -> bool:
 class Listener:
     """A listening port: handshakes finish in the SYN queue, then wait in the accept queue for the user."""
 
-    def __init__(self, address: int, port: int, backlog: int) -> None:
+    def __init__(self, address: int, port: int, backlog: int, opens_per_second: float | None = None) -> None:
         self.address = address  # 0: every local address
         self.port = port
         self.backlog = backlog
         self.syn_backlog = max(2 * backlog, 64)
+        # new connections one source may open a second (bursts of as many); None: as many as it likes
+        self.opens = None if opens_per_second is None else TokenBuckets(opens_per_second, opens_per_second)
         self.queue: deque[Connection] = deque()
         self.half_open: dict[tuple, Connection] = {}  # oldest first
         self.half_open_by_source: dict[int, dict[tuple, Connection]] = {}  # the same, by remote address
@@ -313,6 +316,11 @@ class Stack:
                 self.outgoing.append(tcp.build_reset(datagram.destination, datagram.source, segment))
 
     def _passive_open(self, listener: Listener, key: tuple, segment: tcp.Segment, now: float) -> None:
+        if listener.opens is not None and not listener.opens.allow(key[0], now):
+            # Past its rate a source's SYN is dropped, as a full SYN queue's is: its stack retries after its
+            # RTO, so a source opening connections back to back costs little more than one that keeps to it.
+            self.drops["syn-rate-limited"] += 1
+            return
         if len(listener.half_open) >= listener.syn_backlog:
             # A SYN flood: the source holding the most half-open connections loses its oldest. One source
             # may use the whole queue while nobody else needs it (an agent's connections all come from its
@@ -406,7 +414,8 @@ class Stack:
                 return port
         raise OSError(errno.EADDRNOTAVAIL, "no free local port for this destination")
 
-    def listen(self, port: int, *, address=None, backlog: int = DEFAULT_BACKLOG) -> Listener:
+    def listen(self, port: int, *, address=None, backlog: int = DEFAULT_BACKLOG,
+               opens_per_second: float | None = None) -> Listener:
         local = ipv4.address(address) if address is not None else 0
         if local and local not in self._address_set:
             raise OSError(errno.EADDRNOTAVAIL, f"{tcp.ipv4_str(local)} is not one of this stack's addresses")
@@ -414,7 +423,7 @@ class Stack:
             raise ValueError(f"port must be 1-65535, not {port}")
         if (local, port) in self.listeners or (0, port) in self.listeners:
             raise OSError(errno.EADDRINUSE, f"TCP port {port} is already listening")
-        listener = self.listeners[(local, port)] = Listener(local, port, max(backlog, 1))
+        listener = self.listeners[(local, port)] = Listener(local, port, max(backlog, 1), opens_per_second)
         return listener
 
     def close_listener(self, listener: Listener) -> None:

@@ -165,20 +165,24 @@ class NetStack:
         await trio.lowlevel.checkpoint()
         return stream
 
-    def listen(self, port: int, *, address=None, backlog: int = DEFAULT_BACKLOG) -> TcpListener:
-        """A listener for `port` on `address` (default: every address of the stack)."""
+    def listen(self, port: int, *, address=None, backlog: int = DEFAULT_BACKLOG,
+               opens_per_second: float | None = None) -> TcpListener:
+        """A listener for `port` on `address` (default: every address of the stack); with
+        `opens_per_second`, each source's SYNs past that rate are dropped."""
         self._require_running()
-        return TcpListener(self, self.core.listen(port, address=address, backlog=backlog))
+        return TcpListener(self, self.core.listen(port, address=address, backlog=backlog,
+                                                  opens_per_second=opens_per_second))
 
     def close_listener(self, listener: Listener) -> None:
         self.core.close_listener(listener)
         self._deliver()
 
     async def serve_tcp(self, handler: Callable[[TcpStream], Awaitable[object]], port: int, *, address=None,
-                        backlog: int = DEFAULT_BACKLOG, handler_nursery: trio.Nursery | None = None,
+                        backlog: int = DEFAULT_BACKLOG, opens_per_second: float | None = None,
+                        handler_nursery: trio.Nursery | None = None,
                         task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Like trio.serve_tcp: run `handler(stream)` for every connection to `port`, forever."""
-        listener = self.listen(port, address=address, backlog=backlog)
+        listener = self.listen(port, address=address, backlog=backlog, opens_per_second=opens_per_second)
         await trio.serve_listeners(handler, [listener], handler_nursery=handler_nursery,
                                    task_status=task_status)
 

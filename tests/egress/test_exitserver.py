@@ -181,6 +181,22 @@ async def test_a_tunnel_holds_only_so_many_exit_connections():
             await connected()  # a slot again
 
 
+async def test_an_agent_opening_exit_connections_back_to_back_gets_them_at_the_exits_rate():
+    """Past the rate the agent's SYNs are dropped, not refused: its connection still opens, once its stack
+    retries after the bucket has refilled."""
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    async with listener, exit_pair(opens_per_second=4) as (_server, agent, gateway):
+        with trio.fail_after(10):
+            for _ in range(4):  # the burst
+                event, _ = await ask_exit(agent, port)
+                assert isinstance(event, socks5.Connected)
+            assert gateway.stack.core.drops["syn-rate-limited"] == 0
+            event, _ = await ask_exit(agent, port)
+            assert isinstance(event, socks5.Connected)
+            assert gateway.stack.core.drops["syn-rate-limited"] >= 1
+
+
 async def test_the_connections_of_an_agent_that_vanished_are_reclaimed():
     listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
     port = listener.socket.getsockname()[1]

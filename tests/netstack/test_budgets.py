@@ -1,6 +1,7 @@
 """Per-source budgets: what one source address (one WireGuard peer) can make the stack hold or send.
 
-A SYN flood from one source keeps to its share of a listener's SYN queue; the RSTs, ICMP errors and echo
+A SYN flood from one source keeps to its share of a listener's SYN queue, and to a rate where the listener
+has one; the RSTs, ICMP errors and echo
 replies the stack makes up are token-bucketed per source and in total, on the caller's (fake) clock.
 """
 
@@ -10,6 +11,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 
 from kakuremichi.buckets import TokenBuckets
 from kakuremichi.netstack import ipv4, ratelimit
+from kakuremichi.netstack.stack import Stack
 from kakuremichi.netstack.tcp import State
 from tests.netstack.test_hostile import NOW, OURS, THEM, feed, handshake, new_stack, replies
 
@@ -34,6 +36,22 @@ def test_a_syn_flood_from_one_source_cannot_push_out_another_sources_handshake()
     feed(stack, ack)  # the other source's handshake, begun before the flood, completes after it
     assert listener.accept().state == State.ESTABLISHED
     handshake(stack, sport=40001)  # and a new one is not refused
+
+
+def test_a_listener_with_a_rate_takes_each_sources_new_connections_at_that_rate():
+    """The gateway's exit listens so: a tenant opening connections back to back gets its rate, and its
+    SYNs past it are dropped (its stack retries them), while another source still gets in at once."""
+    stack = Stack([OURS], 1420)
+    stack.listen(1080, opens_per_second=10)
+    burst = from_attacker(40, lambda i: TCP(sport=2000 + i, dport=1080, flags="S"))
+    answered = [p for p in replies(feed(stack, *burst)) if p[TCP].flags == "SA"]
+    assert len(answered) == 10 and stack.drops["syn-rate-limited"] == 30
+    (other,) = replies(feed(stack, IP(src=THEM, dst=OURS) / TCP(sport=40000, dport=1080, flags="S")))
+    assert other[TCP].flags == "SA"
+    later = from_attacker(40, lambda i: TCP(sport=3000 + i, dport=1080, flags="S"))
+    assert len([p for p in replies(feed(stack, *later, now=NOW + 0.5)) if p[TCP].flags == "SA"]) == 5
+    plain = new_stack()  # without a rate, as the agent's listeners (all of whose connections come from its gateways)
+    assert len(replies(feed(plain, *from_attacker(40, lambda i: TCP(sport=2000 + i, dport=80, flags="S"))))) == 40
 
 
 def test_resets_to_closed_ports_are_limited_per_source_and_refill_with_time():
