@@ -98,5 +98,8 @@ def test_flood_of_another_tenant(deployment, record):
         figures[f"{kind}_flood_sent_per_s"] = statistics.mean(sent[kind])
         for stat in ("p50_ms", "p99_ms"):
             figures[f"{kind}_flood_{stat.split('_')[0]}_ratio"] = flooded[stat] / baseline[stat]
+    reference = _summary(times[REFERENCE])["p99_ms"]
+    for kind in KINDS:  # what the gateway adds to the tail beyond the machine's share
+        figures[f"{kind}_flood_p99_over_{REFERENCE}"] = figures[f"{kind}_flood_p99_ms"] / reference
     record("fairness", **figures)
     assert serves_http_app(d, "gw", DOMAIN)
