@@ -15,7 +15,7 @@ from pony.orm import Database
 
 from kakuremichi import protocol
 from kakuremichi.control import access, backends, ports
-from kakuremichi.control.models import get_setting, utcnow
+from kakuremichi.control.models import get_setting, preload_optional, utcnow
 from kakuremichi.values import Domain, InvalidValue, Target
 
 
@@ -33,6 +33,7 @@ def gateway_config(db: Database, gateway_id: str, deployment: access.Deployment 
         return None
     my_ip = {row.tunnel.id: row.ip for row in gateway.tunnel_ips}
     tunnels = sorted(filter(_servable, db.Tunnel.select()), key=lambda t: t.domain)
+    preload_optional(tunnels, db.Tunnel.port, db.Tunnel.access, db.Tunnel.balancing, db.Tunnel.proxy_header)
     now = utcnow()
     served: dict[Any, set[str]] = {}  # agent → the addresses of its backends, in every servable tunnel
     for tunnel in tunnels:

@@ -346,6 +346,17 @@ def _check_schema(db: Database) -> None:
     adopt_single_backends(db)
 
 
+def preload_optional(tunnels: list, *attributes) -> None:
+    """Load what the tunnels' reverse one-to-one `attributes` (Tunnel.port, Tunnel.access, ...) point to in one
+    query each, instead of one query per tunnel at first access: a config reads them for every tunnel. Loading
+    the rows sets them on their tunnels; the tunnels without one get None, as Pony's own lazy load records a
+    missing row (orm.core.Attribute.load), so reading them asks the database nothing more."""
+    for attribute in attributes:
+        attribute.reverse.entity.select()[:]
+        for tunnel in tunnels:
+            tunnel._vals_.setdefault(attribute, None)
+
+
 def hand_over_tunnels(agent) -> None:
     """Before `agent` is deleted: a tunnel it serves first but other agents serve too passes to the next of them
     (its shorthand columns follow that backend), so only the tunnels it alone serves go with it."""
