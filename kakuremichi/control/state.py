@@ -107,10 +107,14 @@ class ControlState:
             self.changed()
         return result
 
-    def changed(self) -> None:
-        """Something in the database changed: every connected client rebuilds and, if different, gets its config."""
-        for client in self.clients.values():
-            client.config_dirty.set()
+    def changed(self, role: str | None = None) -> None:
+        """Something in the database changed: every connected client (or only those of `role`, when the change
+        can alter no other's config) rebuilds and, if different, gets its config. Rebuilding costs each client
+        in proportion to its tunnels, so a hundred agents connecting must not rebuild every agent's config a
+        hundred times."""
+        for (client_role, _), client in self.clients.items():
+            if role is None or client_role == role:
+                client.config_dirty.set()
         self.status_changed()
 
     def status_changed(self) -> None:

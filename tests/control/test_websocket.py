@@ -230,3 +230,37 @@ async def test_an_agent_that_says_it_stops_is_marked_stopped_in_gateway_configs_
             assert (await gateway.config()).routes[0].agent_stopped is True
         async with connect(control, agent["apiKey"], "agent", agent_key):
             assert (await gateway.config()).routes[0].agent_stopped is False
+
+
+async def test_an_agent_connecting_rebuilds_the_gateways_configs_not_the_other_agents(control, monkeypatch):
+    """Each rebuild costs a client in proportion to its tunnels: with a hundred agents connecting, waking
+    every agent for each one made the hundredth wait for ten thousand rebuilds."""
+    from kakuremichi.control import configs
+
+    builds: list[str] = []
+    real = configs.config_for
+
+    def counted(db, role, client_id, *rest):
+        builds.append(role)
+        return real(db, role, client_id, *rest)
+
+    monkeypatch.setattr(configs, "config_for", counted)
+    first, second = [await control.create("agents", name=name) for name in ("one", "two")]
+    gw = await control.create("gateways", name="gw1")
+    for agent in (first, second):
+        await control.create("tunnels", domain=f"{agent['name']}.example.com", agentId=agent["id"],
+                             target="localhost:8080", tlsMode="off")
+    async with connect(control, gw["apiKey"], "gateway", endpoint="203.0.113.1:51820") as gateway, \
+            connect(control, first["apiKey"], "agent"):
+        config = gateway.first_config
+        while not config.peers:  # the first agent has reached the gateway
+            config = await gateway.config()
+        await trio.sleep(0.2)
+        builds.clear()
+        second_key = public_key()
+        async with connect(control, second["apiKey"], "agent", second_key):
+            while second_key not in {peer.public_key for peer in (await gateway.config()).peers}:
+                pass
+            await trio.sleep(0.2)  # anything else woken has rebuilt by now
+    assert builds.count("agent") == 1  # the new agent's own first config; the first agent was left alone
+    assert builds.count("gateway") >= 1
