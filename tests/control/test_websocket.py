@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import trio
 from trio_websocket import open_websocket_url
 
 from kakuremichi import protocol
+from kakuremichi.control import configs
 from tests.control.conftest import WsClient, closed_with, connect, public_key
 
 pytestmark = pytest.mark.both_databases
@@ -235,8 +238,6 @@ async def test_an_agent_that_says_it_stops_is_marked_stopped_in_gateway_configs_
 async def test_an_agent_connecting_rebuilds_the_gateways_configs_not_the_other_agents(control, monkeypatch):
     """Each rebuild costs a client in proportion to its tunnels: with a hundred agents connecting, waking
     every agent for each one made the hundredth wait for ten thousand rebuilds."""
-    from kakuremichi.control import configs
-
     builds: list[str] = []
     real = configs.config_for
 
@@ -264,3 +265,31 @@ async def test_an_agent_connecting_rebuilds_the_gateways_configs_not_the_other_a
             await trio.sleep(0.2)  # anything else woken has rebuilt by now
     assert builds.count("agent") == 1  # the new agent's own first config; the first agent was left alone
     assert builds.count("gateway") >= 1
+
+
+async def test_a_burst_of_changes_is_folded_into_fewer_rebuilds_of_a_costly_config(control, monkeypatch):
+    """A gateway's config costs in proportion to all the tunnels (here 50 ms, as at a few hundred): after
+    each rebuild the pusher waits twice as long before the next, so twenty edits back to back cost a few
+    rebuilds, not twenty, and the last edit still arrives."""
+    builds: list[str] = []
+    real = configs.config_for
+
+    def costly(db, role, client_id, *rest):
+        if role == "gateway":
+            builds.append(role)
+            time.sleep(0.05)
+        return real(db, role, client_id, *rest)
+
+    agent = await control.create("agents", name="a")
+    gw = await control.create("gateways", name="gw1")
+    tunnel = await control.create("tunnels", domain="burst.example.com", agentId=agent["id"],
+                                  target="localhost:8080", tlsMode="off")
+    async with connect(control, gw["apiKey"], "gateway", endpoint="203.0.113.1:51820") as gateway:
+        monkeypatch.setattr(configs, "config_for", costly)
+        for i in range(20):
+            response = await control.api.patch(f"/api/tunnels/{tunnel['id']}", json={"domain": f"b{i}.example.com"})
+            assert response.status_code == 200
+        with trio.fail_after(5):
+            while (await gateway.config()).routes[0].domain != "b19.example.com":  # the last edit arrives
+                pass
+    assert len(builds) < 12, builds
