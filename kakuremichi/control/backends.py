@@ -37,6 +37,11 @@ def serving(tunnel) -> list:
         health_check=None)]
 
 
+def agent_ids(tunnel) -> set[str]:
+    """The agents serving `tunnel` (none if it is gone): those whose configs a change of it alters."""
+    return set() if tunnel is None else {tunnel.agent.id} | {backend.agent.id for backend in serving(tunnel)}
+
+
 def shorthand(values: dict) -> bool:
     """Whether a tunnel body gives the one-backend shorthand (agentId, target); refuses it beside `backends`."""
     given = [name for name in ("agent_id", "target") if name in values]

@@ -28,13 +28,27 @@ def _utc(value: datetime.datetime | None) -> datetime.datetime | None:
     return None if value is None else value.replace(tzinfo=datetime.timezone.utc)
 
 
-def _write(state: ControlState, work: Callable[[Database], Any], bump: bool = True) -> Any:
+def _write(state: ControlState, work: Callable[[Database], Any], bump: bool = True, agents_of=None) -> Any:
     """Run `work` as a write (`ControlState.write`), config-changing unless told; a conflict it could not
     replay is a 409."""
     try:
-        return state.write(work, bump=bump)
+        return state.write(work, bump=bump, agents_of=agents_of)
     except TransactionIntegrityError:
         raise ApiError(409, "conflict", "a concurrent change conflicted with this one; retry") from None
+
+
+def _write_tunnel(state: ControlState, tunnel_id: str | None, work: Callable[[Database], Any]) -> Any:
+    """`_write` of a change to one tunnel (`tunnel_id`, or the one `work` creates and returns): it wakes every
+    gateway, and of the agents only those serving the tunnel before or after the change."""
+    def serving(db: Database, item_id: str | None) -> set[str]:
+        return backends.agent_ids(db.Tunnel.get(id=item_id)) if item_id and bodies.is_identifier(item_id) else set()
+
+    def scoped(db: Database) -> tuple[Any, set[str]]:
+        before = serving(db, tunnel_id)
+        result = work(db)  # raises the 404 of an unknown id
+        return result, before | serving(db, tunnel_id or result["id"])
+
+    return _write(state, scoped, agents_of=lambda written: written[1])[0]
 
 
 def get_row(db: Database, kind: str, item_id: str) -> Any:
@@ -200,7 +214,7 @@ def _create_tunnel(state: ControlState, body: bodies.TunnelCreate) -> dict:
         tunnel.flush()
         return tunnel_json(tunnel)
 
-    return _write(state, work)
+    return _write_tunnel(state, None, work)
 
 
 def _update_tunnel(state: ControlState, item_id: str, body: bodies.TunnelUpdate) -> dict:
@@ -223,7 +237,7 @@ def _update_tunnel(state: ControlState, item_id: str, body: bodies.TunnelUpdate)
             access.store(db, tunnel, body.access)
         return tunnel_json(tunnel)
 
-    return _write(state, work)
+    return _write_tunnel(state, item_id, work)
 
 
 # -- share links and sessions of protected tunnels (control/access.py) -----------------------------------------
@@ -303,7 +317,10 @@ def update(state: ControlState, kind: str, item_id: str, body: bodies.Body) -> d
 
 def delete(state: ControlState, kind: str, item_id: str) -> None:
     """Delete it; an agent's tunnels go with it, and a tunnel's certificate with the tunnel (models.py)."""
-    _write(state, lambda db: get_row(db, kind, item_id).delete())
+    if kind == "tunnel":
+        _write_tunnel(state, item_id, lambda db: get_row(db, kind, item_id).delete())
+    else:
+        _write(state, lambda db: get_row(db, kind, item_id).delete())
 
 
 def agent_names(state: ControlState) -> list[dict]:

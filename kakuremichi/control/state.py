@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -100,20 +100,27 @@ class ControlState:
         self.admin_token_hash, self.new_admin_token = _admin_token(self.db, settings.admin_token)
         self.metrics_token_hash = auth.key_hash(settings.metrics_token) if settings.metrics_token else None
 
-    def write(self, change: Callable[..., Any], *args: Any, bump: bool = False) -> Any:
-        """`models.write` on this control's database; `bump`: the change alters configs — wake every client too."""
+    def write(self, change: Callable[..., Any], *args: Any, bump: bool = False,
+              agents_of: Callable[[Any], Collection[str]] | None = None) -> Any:
+        """`models.write` on this control's database; `bump`: the change alters configs — wake every client too,
+        or, with `agents_of`, every gateway and the agents `agents_of(result)` names."""
         result = models.write(self.db, change, *args, bump=bump)
         if bump:
-            self.changed()
+            self.changed(agents=None if agents_of is None else agents_of(result))
         return result
 
-    def changed(self, role: str | None = None) -> None:
-        """Something in the database changed: every connected client (or only those of `role`, when the change
-        can alter no other's config) rebuilds and, if different, gets its config. Rebuilding costs each client
-        in proportion to its tunnels, so a hundred agents connecting must not rebuild every agent's config a
-        hundred times."""
-        for (client_role, _), client in self.clients.items():
-            if role is None or client_role == role:
+    def changed(self, role: str | None = None, agents: Collection[str] | None = None) -> None:
+        """Something in the database changed: every connected client rebuilds and, if different, gets its
+        config; or, when the change can alter no other's config, only the clients of `role`, or every gateway
+        and the `agents` given (a tunnel's change: the agents serving it). Rebuilding costs each client in
+        proportion to its tunnels, so a hundred agents connecting, or a tunnel edited, must not rebuild every
+        agent's config."""
+        for (client_role, client_id), client in self.clients.items():
+            if agents is not None:
+                wake = client_role == "gateway" or client_id in agents
+            else:
+                wake = role is None or client_role == role
+            if wake:
                 client.config_dirty.set()
         self.status_changed()
 

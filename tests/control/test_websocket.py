@@ -293,3 +293,34 @@ async def test_a_burst_of_changes_is_folded_into_fewer_rebuilds_of_a_costly_conf
             while (await gateway.config()).routes[0].domain != "b19.example.com":  # the last edit arrives
                 pass
     assert len(builds) < 12, builds
+
+
+async def test_a_tunnel_edit_rebuilds_the_configs_of_its_own_agents_and_the_gateways_only(control, monkeypatch):
+    """... and moving a tunnel to another agent reaches both: the one that loses it and the one that gains it."""
+    builds: list[tuple[str, str]] = []
+    real = configs.config_for
+
+    def counted(db, role, client_id, *rest):
+        builds.append((role, client_id))
+        return real(db, role, client_id, *rest)
+
+    one, two, three = [await control.create("agents", name=name) for name in ("one", "two", "three")]
+    gw = await control.create("gateways", name="gw1")
+    tunnel = await control.create("tunnels", domain="moved.example.com", agentId=one["id"], target="localhost:8080",
+                                  tlsMode="off")
+    async with connect(control, gw["apiKey"], "gateway", endpoint="203.0.113.1:51820") as gateway, \
+            connect(control, one["apiKey"], "agent") as first, connect(control, two["apiKey"], "agent") as second, \
+            connect(control, three["apiKey"], "agent"):
+        await trio.sleep(0.3)  # every first config is out, and whatever the connections woke has rebuilt
+        monkeypatch.setattr(configs, "config_for", counted)
+        await control.api.patch(f"/api/tunnels/{tunnel['id']}", json={"target": "localhost:9"})
+        assert (await first.config()).tunnels[0].target == "localhost:9"
+        await control.api.patch(f"/api/tunnels/{tunnel['id']}", json={"agentId": two["id"]})
+        assert (await first.config()).tunnels == []
+        assert [t.domain for t in (await second.config()).tunnels] == ["moved.example.com"]
+        await control.api.delete(f"/api/tunnels/{tunnel['id']}")
+        assert (await second.config()).tunnels == []
+        while (await gateway.config()).routes:
+            pass
+        await trio.sleep(0.3)
+    assert {client for role, client in builds if role == "agent"} == {one["id"], two["id"]}  # never three
