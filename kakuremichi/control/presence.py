@@ -46,7 +46,7 @@ def went_offline(state: ControlState, role: str, client_id: str, stopping: bool)
     whose requests for it then get a 502 at once (one that just lost control keeps being served: the data
     plane does not depend on control)."""
     if state.write(_mark_offline, role, client_id, stopping and role == "agent"):
-        state.changed("gateway")  # a stopped agent is marked so in the gateways' configs only
+        state.changed(agents=())  # a stopped agent is marked so in the gateways' configs only
 
 
 def _mark_offline(db: Database, role: str, client_id: str, stopped: bool) -> bool:

@@ -40,13 +40,13 @@ def _write(state: ControlState, work: Callable[[Database], Any], bump: bool = Tr
 def _write_tunnel(state: ControlState, tunnel_id: str | None, work: Callable[[Database], Any]) -> Any:
     """`_write` of a change to one tunnel (`tunnel_id`, or the one `work` creates and returns): it wakes every
     gateway, and of the agents only those serving the tunnel before or after the change."""
-    def serving(db: Database, item_id: str | None) -> set[str]:
+    def agents_serving(db: Database, item_id: str | None) -> set[str]:
         return backends.agent_ids(db.Tunnel.get(id=item_id)) if item_id and bodies.is_identifier(item_id) else set()
 
     def scoped(db: Database) -> tuple[Any, set[str]]:
-        before = serving(db, tunnel_id)
+        before = agents_serving(db, tunnel_id)
         result = work(db)  # raises the 404 of an unknown id
-        return result, before | serving(db, tunnel_id or result["id"])
+        return result, before | agents_serving(db, tunnel_id or result["id"])
 
     return _write(state, scoped, agents_of=lambda written: written[1])[0]
 

@@ -109,18 +109,13 @@ class ControlState:
             self.changed(agents=None if agents_of is None else agents_of(result))
         return result
 
-    def changed(self, role: str | None = None, agents: Collection[str] | None = None) -> None:
-        """Something in the database changed: every connected client rebuilds and, if different, gets its
-        config; or, when the change can alter no other's config, only the clients of `role`, or every gateway
-        and the `agents` given (a tunnel's change: the agents serving it). Rebuilding costs each client in
-        proportion to its tunnels, so a hundred agents connecting, or a tunnel edited, must not rebuild every
-        agent's config."""
-        for (client_role, client_id), client in self.clients.items():
-            if agents is not None:
-                wake = client_role == "gateway" or client_id in agents
-            else:
-                wake = role is None or client_role == role
-            if wake:
+    def changed(self, *, gateways: bool = True, agents: Collection[str] | None = None) -> None:
+        """Something in the database changed: the connected clients whose configs it may alter rebuild theirs
+        and, if different, get it: the gateways unless `gateways` is false, and the `agents` given (None: every
+        agent). Rebuilding costs each client in proportion to its tunnels, so a hundred agents connecting, or
+        a tunnel edited, must not rebuild every agent's config."""
+        for (role, client_id), client in self.clients.items():
+            if gateways if role == "gateway" else agents is None or client_id in agents:
                 client.config_dirty.set()
         self.status_changed()
 

@@ -128,7 +128,7 @@ class ClientSession:
         elif isinstance(message, protocol.AccessGranted) and self.role == "gateway":
             opened = self.state.write(grants.record, message.tunnel_id, str(message.address), utcnow())
             if opened:
-                self.state.changed("gateway")  # grants are in the gateways' port routes only
+                self.state.changed(agents=())  # grants are in the gateways' port routes only
             log(logger, logging.INFO, "login grant", name=self.name, tunnel=message.tunnel_id,
                 client=str(message.address), tunnels_opened=opened)
 
@@ -142,7 +142,7 @@ class ClientSession:
             return changed
 
         if self.state.write(change):
-            self.state.changed("gateway")  # health is in the gateways' routes only
+            self.state.changed(agents=())  # health is in the gateways' routes only
             self.state.metrics.inc("kakuremichi_control_backend_health_transitions_total",
                                    backend=report.backend_id, status=report.status)
         else:
@@ -341,8 +341,11 @@ def _register(state: ControlState, message: protocol.Auth) -> ClientSession:
         (client_id, name), configs_changed = state.write(_registered, message)
     except (IntegrityError, TransactionIntegrityError):  # another control gave the key to another client between check and commit
         raise _key_in_use() from None
-    if configs_changed:  # the clients of the other role peer with this one: their configs change too
-        state.changed("gateway" if message.role == "agent" else "agent")
+    # the clients of the other role peer with this one: their configs change too
+    if configs_changed and message.role == "agent":
+        state.changed(agents=())
+    elif configs_changed:
+        state.changed(gateways=False)
     return ClientSession(state, message.role, client_id, name)
 
 

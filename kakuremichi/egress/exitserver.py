@@ -33,7 +33,7 @@ CONNECT_TIMEOUT = 10.0
 # open exit connections one tunnel may hold: each costs the gateway a socket, and its file descriptors are
 # shared with every other tenant and with the public listeners
 MAX_CONNECTIONS_PER_TUNNEL = 1024
-# new exit connections one agent address may open a second (bursts of twice that): plenty for a browser or a
+# new exit connections one agent address may open a second (bursts of as many): plenty for a browser or a
 # crawler behind the exit, while a tenant opening them back to back cannot spend the gateway's thread, which
 # every other tenant's requests share, on handshakes and dials (issue 13's fairness)
 OPENS_PER_SECOND = 50
