@@ -102,8 +102,10 @@ def direct(d: Deployment, app: str) -> System:
 
 
 def kakuremichi(d: Deployment, gateway: str) -> System:
+    """Its CPU is that of control, the gateway's supervisor and every worker it runs, and the agent."""
     processes = (d.control, d.gateways[gateway][0], d.agent)
-    return System("kakuremichi", "127.0.0.1", d.gateways[gateway][1], pids=lambda: [p.popen.pid for p in processes])
+    return System("kakuremichi", "127.0.0.1", d.gateways[gateway][1],
+                  pids=lambda: [pid for p in processes for pid in process_tree(p.popen.pid)])
 
 
 def nginx_wireguard_go(tmp: Path, host: str) -> System:
