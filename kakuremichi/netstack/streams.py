@@ -158,16 +158,18 @@ class TcpStream(trio.abc.HalfCloseableStream):
                 if self._closed:
                     raise trio.ClosedResourceError("stream was closed")
                 data = connection.receive(max_bytes)
-                if data or connection.eof_received:
-                    if data:
-                        self._netstack.kick(connection)
-                    if not parked:
-                        await trio.lowlevel.cancel_shielded_checkpoint()
-                    return data or b""
+                if data:
+                    self._netstack.kick(connection)
+                    break
+                if connection.eof_received:
+                    break
                 if connection.error is not None or connection.state == State.CLOSED:
                     raise self._broken() from connection.error
                 await self._waiters.read.park()
                 parked = True
+            if not parked:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
         finally:
             self._receiving = False
 

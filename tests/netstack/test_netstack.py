@@ -231,3 +231,41 @@ async def test_quiet_and_open_tells_at_once_whether_a_kept_alive_connection_is_f
         with trio.fail_after(2):
             while client.quiet_and_open:
                 await trio.sleep(0.01)
+
+
+class _Steps(trio.abc.Instrument):
+    """Counts the scheduler steps each task runs: every yield to the scheduler costs one more."""
+
+    def __init__(self) -> None:
+        self.steps: dict[trio.lowlevel.Task, int] = {}
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps[task] = self.steps.get(task, 0) + 1
+
+
+async def test_a_read_that_waits_yields_to_the_scheduler_once_by_its_park():
+    """An awaited answer (every request's) costs the reading task one wait, not a checkpoint and a wait; a
+    read that finds data still yields once, so it stays a checkpoint."""
+    async with stack_pair() as (a, b, _):
+        client, server = await connected(a, b)
+        steps, got, tasks = _Steps(), [], []
+
+        async def read() -> None:
+            tasks.append(trio.lowlevel.current_task())
+            got.append(await server.receive_some())
+
+        trio.lowlevel.add_instrument(steps)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                await trio.testing.wait_all_tasks_blocked()
+                await client.send_all(b"answer")
+            await client.send_all(b"ready")
+            await trio.testing.wait_all_tasks_blocked()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+        assert got == [b"answer", b"ready"]
+        assert steps.steps[tasks[0]] == 2  # its start, parked at once; its wake with the data
+        assert steps.steps[tasks[1]] == 2  # its start; after the checkpoint that follows taking the data
