@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("selenium", reason="selenium is in the test extra: pip install -e '.[test]'")
 
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions  # noqa: E402
 
 from tests.deployment import Deployment, free_port, wait_for  # noqa: E402
 from tests.e2e.test_access import COUNTING_APP, count  # noqa: E402
@@ -66,7 +67,9 @@ def log_in_at_provider(browser, email: str) -> None:
     """oidc-provider's development login form, then its consent form."""
     visible(browser, "input[name=login]", 20)
     fill(browser, {"login": email, "password": "anything"})
-    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    login = browser.find_element(By.CSS_SELECTOR, "button[type=submit]")
+    login.click()
+    wait(browser, expected_conditions.staleness_of(login), 20)  # else the consent wait may find this button
     visible(browser, "button[type=submit]", 20).click()  # consent
 
 
