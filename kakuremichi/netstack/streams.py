@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import operator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import trio
@@ -36,15 +37,19 @@ class Driver(Protocol):
 
 
 class Waiters:
-    """The tasks waiting on one core object; the NetStack wakes them all when the core reports a change."""
+    """The tasks waiting on one core object; the NetStack wakes them all when the core reports a change.
+    `on_change`, if set, runs first: a bridge moves the data itself rather than wake a task for it."""
 
-    __slots__ = ("read", "write")
+    __slots__ = ("read", "write", "on_change")
 
     def __init__(self) -> None:
         self.read = trio.lowlevel.ParkingLot()
         self.write = trio.lowlevel.ParkingLot()
+        self.on_change: Callable[[], None] | None = None
 
     def wake(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
         self.read.unpark_all()
         self.write.unpark_all()
 
@@ -91,6 +96,10 @@ class TcpStream(trio.abc.HalfCloseableStream):
     def set_keepalive(self, idle: float | None, interval: float = 75.0, count: int = 9) -> None:
         """Probe an idle peer after `idle` seconds and reset the connection after `count` silent probes."""
         self.connection.set_keepalive(idle, interval, count)
+        self._netstack.kick(self.connection)
+
+    def kick(self) -> None:
+        """Have the stack flush what this connection's last call queued (data, a FIN, a window update)."""
         self._netstack.kick(self.connection)
 
     def _broken(self) -> trio.BrokenResourceError:

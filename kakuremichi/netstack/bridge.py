@@ -1,0 +1,151 @@
+"""`bridge`: a userspace TCP connection joined with an OS socket, with no task hop per chunk.
+
+A splice of two streams copies each direction in a task of its own, so every chunk costs a park, a
+wake-up and a checkpoint on each side: five scheduler steps for each request an agent forwards. Here the
+data the stack receives goes into the socket from the stack's own delivery, synchronously, for as long
+as the socket takes it all; the socket's direction is one task that waits only when the socket has
+nothing to read or the connection's send buffer is full. A task is woken only for what needs waiting:
+a full socket, the peer's FIN, a failure.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+import trio
+
+from kakuremichi.netstack.streams import TcpStream
+from kakuremichi.netstack.tcp import State
+
+RUN = 16  # chunks a direction moves without waiting before it lets the other tasks run
+
+
+class _Bridge:
+    """One connection ⇄ socket pair; `to_socket`/`to_connection` count the bytes moved."""
+
+    def __init__(self, stream: TcpStream, sock: socket.socket, chunk: int) -> None:
+        self.stream = stream
+        self.connection = stream.connection
+        self.sock = sock
+        self.chunk = chunk
+        self.pending: memoryview | None = None  # taken from the connection, not yet taken by the socket
+        self.pumping = False
+        self.failure: OSError | None = None
+        self.needed = trio.lowlevel.ParkingLot()  # the outbound task, until the fast path cannot go on alone
+        self.to_socket = 0
+        self.to_connection = 0
+
+    def on_change(self) -> None:
+        """Called by the stack's delivery whenever the connection changed."""
+        if self.pump():
+            self.needed.unpark_all()
+
+    def pump(self) -> bool:
+        """Move what the connection received into the socket while it takes all of it; True when the
+        outbound task has work: a full socket, the peer's FIN or a failure."""
+        connection = self.connection
+        if not self.pumping:  # a flush inside the loop may call back: the loop below picks up its data
+            self.pumping = True
+            try:
+                while self.pending is None and self.failure is None:
+                    data = connection.receive(self.chunk)
+                    if not data:
+                        break
+                    self.stream.kick()  # the window update, if reading opened it
+                    self.pending = memoryview(data)
+                    self.send_pending()
+            finally:
+                self.pumping = False
+        return (self.pending is not None or self.failure is not None or connection.eof_received
+                or connection.error is not None or connection.state == State.CLOSED)
+
+    def send_pending(self) -> None:
+        pending = self.pending
+        try:
+            sent = self.sock.send(pending)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.failure = exc
+            return
+        self.to_socket += sent
+        self.pending = None if sent == len(pending) else pending[sent:]
+
+    async def outbound(self) -> None:
+        """Connection → socket, where the fast path stops: a full socket, then the FIN or the failure."""
+        connection = self.connection
+        while True:
+            if self.failure is not None:
+                raise self.failure
+            if self.pending is not None:
+                await trio.lowlevel.wait_writable(self.sock)
+                self.send_pending()
+                continue
+            if not self.pump():
+                await self.needed.park()
+                continue
+            if self.pending is not None or self.failure is not None:
+                continue
+            if connection.eof_received:
+                self.sock.shutdown(socket.SHUT_WR)
+                return
+            raise connection.error or OSError(errno.ENOTCONN, "connection closed")
+
+    async def inbound(self) -> None:
+        """Socket → connection: reads while the socket has data, waits when it has none."""
+        connection, sock = self.connection, self.sock
+        full = connection.user.write
+        run = 0
+        while True:
+            try:
+                data = sock.recv(self.chunk)
+            except (BlockingIOError, InterruptedError):
+                await trio.lowlevel.wait_readable(sock)
+                run = 0
+                continue
+            if not data:
+                connection.shutdown()
+                self.stream.kick()
+                return
+            view = memoryview(data)
+            while view:
+                if connection.error is not None or connection.state == State.CLOSED:
+                    raise connection.error or OSError(errno.ENOTCONN, "connection closed")
+                taken = connection.send(view)  # raises once the connection cannot send any more
+                if taken:
+                    self.to_connection += taken
+                    view = view[taken:]
+                    self.stream.kick()
+                else:
+                    await full.park()
+                    run = 0
+            run += 1
+            if run >= RUN:
+                run = 0
+                await trio.lowlevel.checkpoint()
+
+
+async def bridge(stream: TcpStream, other: trio.SocketStream, chunk: int) -> tuple[int, int]:
+    """Copy stream→other and other→stream until both directions finish, then close both (as
+    `pipe.splice` does); returns (bytes stream→other, bytes other→stream)."""
+    # A second socket object on the same descriptor, for plain non-blocking calls: Trio's own would
+    # checkpoint on every one of them. It is detached, never closed: `other` still owns the descriptor.
+    sock = socket.socket(fileno=other.socket.fileno())
+    sock.setblocking(False)
+    joined = _Bridge(stream, sock, chunk)
+    waiters = stream.connection.user
+    waiters.on_change = joined.on_change
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(joined.outbound)
+            nursery.start_soon(joined.inbound)
+    except* OSError:
+        pass  # one side reset or vanished: both get closed below
+    finally:
+        waiters.on_change = None
+        sock.detach()
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(stream)
+            await trio.aclose_forcefully(other)
+    return joined.to_socket, joined.to_connection

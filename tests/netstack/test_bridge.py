@@ -1,0 +1,117 @@
+"""netstack.bridge: a userspace TCP connection joined with an OS socket (what `pipe.splice` uses for the
+agent's targets and the gateway's TCP ports), on a real loopback socket."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import trio
+import trio.testing
+
+from kakuremichi.pipe import splice
+from tests.netstack.test_netstack import _Steps, connected, stack_pair
+
+
+async def _bridged(a, b, nursery, handler):
+    """A client stream on `a` whose server side on `b` is spliced to a loopback OS server run by
+    `handler(server_stream)`; returns the client and a dict that gets the splice's counts."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    nursery.start_soon(trio.serve_listeners, handler, listeners)
+    client, far = await connected(a, b)
+    result = {}
+
+    async def run() -> None:
+        result["counts"] = await splice(far, await trio.open_tcp_stream("127.0.0.1", port))
+
+    nursery.start_soon(run)
+    return client, result
+
+
+async def _receive_all(stream) -> bytes:
+    data = b""
+    while chunk := await stream.receive_some():
+        data += chunk
+    return data
+
+
+async def test_a_bridge_carries_both_ways_half_closes_and_counts():
+    async with stack_pair() as (a, b, nursery):
+        async def server(stream) -> None:
+            request = await _receive_all(stream)  # up to the client's half-close
+            await stream.send_all(request[::-1] * 3)
+            await stream.aclose()
+
+        client, result = await _bridged(a, b, nursery, server)
+        payload = bytes(range(256)) * 4096  # 1 MiB: the socket fills, the pending rest waits for it
+        await client.send_all(payload)
+        await client.send_eof()
+        with trio.fail_after(10):
+            answer = await _receive_all(client)
+            while "counts" not in result:
+                await trio.sleep(0.01)
+        assert answer == payload[::-1] * 3
+        assert result["counts"] == (len(payload), len(answer))
+
+
+async def test_data_the_socket_takes_at_once_wakes_no_task_of_the_bridge():
+    """The stack's delivery writes a request straight into the socket; the only task step per exchange is
+    the socket side's wake-up for the answer (a splice of two streams takes five)."""
+    async with stack_pair() as (a, b, nursery):
+        async def echo(stream) -> None:
+            while data := await stream.receive_some():
+                await stream.send_all(data)
+
+        client, _ = await _bridged(a, b, nursery, echo)
+        await client.send_all(b"warm")
+        assert await client.receive_some() == b"warm"
+        await trio.testing.wait_all_tasks_blocked()
+        steps = _Steps()
+        trio.lowlevel.add_instrument(steps)
+        try:
+            for n in range(10):
+                await client.send_all(b"request %d" % n)
+                assert await client.receive_some() == b"request %d" % n
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+        by_name = {task.name.rsplit(".", 1)[-1]: count for task, count in steps.steps.items()}
+        assert by_name.get("outbound", 0) == 0
+        assert by_name["inbound"] <= 10
+
+
+async def test_a_socket_reset_while_it_holds_back_data_ends_the_bridge():
+    """The target stops reading, so the bridge holds data the socket did not take; then it resets. The
+    bridge must end (it once spun on the failure without yielding, freezing the whole process)."""
+    async with stack_pair() as (a, b, nursery):
+        stalled = trio.Event()
+        release = trio.Event()
+
+        async def server(stream) -> None:
+            await stream.receive_some(1)
+            stalled.set()
+            await release.wait()
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await stream.aclose()  # RST: the bridge's next send fails
+
+        client, result = await _bridged(a, b, nursery, server)
+        async with trio.open_nursery() as sending:
+            async def flood() -> None:
+                try:
+                    while True:
+                        await client.send_all(b"x" * 65536)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+            sending.start_soon(flood)
+            await stalled.wait()
+            with trio.fail_after(10):
+                while b.core.connections and not any(
+                        c.rcv_buf for c in b.core.connections.values()):  # the bridge is backed up
+                    await trio.sleep(0.05)
+                await trio.sleep(0.2)
+                release.set()
+                while "counts" not in result:
+                    await trio.sleep(0.01)
+            sending.cancel_scope.cancel()
+        assert result["counts"][0] > 0
