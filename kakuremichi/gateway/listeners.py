@@ -16,6 +16,7 @@ import trio
 from kakuremichi.gateway.http.connection import STREAM_ERRORS
 from kakuremichi.gateway.http.http2 import serve_http2
 from kakuremichi.gateway.http.proxy import Proxy
+from kakuremichi.leansocket import LeanSocketListener, LeanSocketStream
 from kakuremichi.logs import log
 from kakuremichi.pipe import contained
 
@@ -28,7 +29,7 @@ PORT_SHARING = getattr(socket, "SO_REUSEPORT_LB", None) or (
     socket.SO_REUSEPORT if sys.platform.startswith("linux") else None)
 
 
-def _peer_ip(stream: trio.SocketStream) -> str:
+def _peer_ip(stream: LeanSocketStream) -> str:
     try:
         return stream.socket.getpeername()[0]
     except OSError:
@@ -41,11 +42,12 @@ async def _guarded(proxy: Proxy, stream: trio.abc.Stream, scheme: str, peer_ip: 
     await contained(handle, stream, proxy.faults, client=peer_ip, scheme=scheme)
 
 
-async def open_listeners(port: int, host: str | None, shared: bool) -> list[trio.SocketListener]:
-    """TCP listeners on `host:port` as trio opens them; `shared`: with PORT_SHARING too, so that each of the
+async def open_listeners(port: int, host: str | None, shared: bool) -> list[LeanSocketListener]:
+    """TCP listeners on `host:port` as trio opens them, whose connections are lean (kakuremichi.leansocket: a
+    client is read and written once per request); `shared`: with PORT_SHARING too, so that each of the
     gateway's worker processes listens on the port and the kernel spreads the connections among them."""
     if not shared:
-        return await trio.open_tcp_listeners(port, host=host)
+        return [LeanSocketListener(listener) for listener in await trio.open_tcp_listeners(port, host=host)]
     sockets = []
     try:
         for family, kind, proto, _, address in await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
@@ -62,15 +64,15 @@ async def open_listeners(port: int, host: str | None, shared: bool) -> list[trio
         for sock in sockets:
             sock.close()
         raise
-    return [trio.SocketListener(sock) for sock in sockets]
+    return [LeanSocketListener(trio.SocketListener(sock)) for sock in sockets]
 
 
 async def serve_http(proxy: Proxy, port: int, host: str | None = None, shared: bool = False, *,
-                     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED) -> None:
+                     task_status: trio.TaskStatus[list[LeanSocketListener]] = trio.TASK_STATUS_IGNORED) -> None:
     """Plain HTTP on `host:port` (all interfaces when host is None); started() gets the listeners."""
     listeners = await open_listeners(port, host, shared)
 
-    async def handle(stream: trio.SocketStream) -> None:
+    async def handle(stream: LeanSocketStream) -> None:
         await _guarded(proxy, stream, "http", _peer_ip(stream))
 
     task_status.started(listeners)
@@ -79,12 +81,12 @@ async def serve_http(proxy: Proxy, port: int, host: str | None = None, shared: b
 
 async def serve_https(proxy: Proxy, context: ssl.SSLContext, port: int, host: str | None = None,
                       shared: bool = False, *, handshake_timeout: float = 10.0,
-                      task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED) -> None:
+                      task_status: trio.TaskStatus[list[LeanSocketListener]] = trio.TASK_STATUS_IGNORED) -> None:
     """HTTPS on `host:port`; `context` picks each connection's certificate by SNI (see certs/tls.py). Clients
     that negotiate "h2" by ALPN get HTTP/2 (http/http2.py), the others HTTP/1.1."""
     listeners = await open_listeners(port, host, shared)
 
-    async def handle(stream: trio.SocketStream) -> None:
+    async def handle(stream: LeanSocketStream) -> None:
         peer_ip = _peer_ip(stream)
         tls_stream = trio.SSLStream(stream, context, server_side=True, https_compatible=True)
         try:

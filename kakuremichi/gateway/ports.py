@@ -29,6 +29,7 @@ from kakuremichi.faults import Contained
 from kakuremichi.gateway.listeners import PORT_SHARING, open_listeners
 from kakuremichi.gateway.portaccess import SourceCounts
 from kakuremichi.gateway.portopening import Opening
+from kakuremichi.leansocket import LeanSocketStream
 from kakuremichi.logs import log
 from kakuremichi.netstack.streams import UdpSocket
 from kakuremichi.pipe import contained, splice
@@ -102,7 +103,7 @@ class PortListeners:
 
     # -- tcp ----------------------------------------------------------------------------------------------
 
-    async def _tcp(self, key: Key, client: trio.SocketStream) -> None:
+    async def _tcp(self, key: Key, client: LeanSocketStream) -> None:
         route = self.routes.get(key)
         try:
             peer, local = client.socket.getpeername()[:2], client.socket.getsockname()[:2]
@@ -125,7 +126,7 @@ class PortListeners:
             finally:
                 self.active -= 1
 
-    async def _carry_tcp(self, route: PortRoute, client: trio.SocketStream, peer, local) -> None:
+    async def _carry_tcp(self, route: PortRoute, client: LeanSocketStream, peer, local) -> None:
         started = trio.current_time()
         opening = Opening(client) if route.backends else None  # with several backends, a refusal may go elsewhere
         upstream, first, tried = None, b"", []
@@ -326,7 +327,7 @@ class ResetFollows(trio.abc.HalfCloseableStream):
     """The agent's stream; when it is reset (the target refused the agent, or the agent went away), the client's
     connection is reset too instead of closed, so the client knows the exchange failed."""
 
-    def __init__(self, inner: trio.abc.HalfCloseableStream, client: trio.SocketStream) -> None:
+    def __init__(self, inner: trio.abc.HalfCloseableStream, client: LeanSocketStream) -> None:
         self.inner, self.client, self.was_reset = inner, client, False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
@@ -355,7 +356,7 @@ class ResetFollows(trio.abc.HalfCloseableStream):
         await self.inner.aclose()
 
 
-def reset(client: trio.SocketStream) -> None:
+def reset(client: LeanSocketStream) -> None:
     """Make the close of `client` a TCP reset (SO_LINGER 0)."""
     try:
         client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -126,12 +126,14 @@ class _Bridge:
                 await trio.lowlevel.checkpoint()
 
 
-async def bridge(stream: TcpStream, other: trio.SocketStream, chunk: int) -> tuple[int, int]:
+async def bridge(stream: TcpStream, other: trio.abc.HalfCloseableStream, chunk: int) -> tuple[int, int]:
     """Copy stream→other and other→stream until both directions finish, then close both (as
-    `pipe.splice` does); returns (bytes stream→other, bytes other→stream)."""
+    `pipe.splice` does); returns (bytes stream→other, bytes other→stream). `other` is a plain socket
+    stream: its `socket` is a connected Trio socket (trio.SocketStream, leansocket.LeanSocketStream)."""
     # A second socket object on the same descriptor, for plain non-blocking calls: Trio's own would
     # checkpoint on every one of them. It is detached, never closed: `other` still owns the descriptor.
-    sock = socket.socket(fileno=other.socket.fileno())
+    tsock = other.socket
+    sock = socket.socket(tsock.family, tsock.type, tsock.proto, tsock.fileno())
     sock.setblocking(False)
     joined = _Bridge(stream, sock, chunk)
     waiters = stream.connection.user
