@@ -11,12 +11,12 @@ checkpoint after a call that did not wait, so every call still is a checkpoint, 
 from __future__ import annotations
 
 import errno
-import operator
 import socket
 
 import trio
 
-DEFAULT_RECEIVE_SIZE = 65536
+from kakuremichi.netstack.streams import OneAtATime, receive_size
+
 _CLOSED_ERRNOS = {errno.EBADF, errno.ENOTSOCK}  # what a call on a closed descriptor fails with
 
 
@@ -37,7 +37,8 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
         # A second socket object on the same descriptor, for bare calls; detached, never closed, at aclose.
         self._bare = socket.socket(tsock.family, tsock.type, tsock.proto, tsock.fileno())
         self._bare.setblocking(False)
-        self._sending = self._receiving = False
+        self._sending = OneAtATime("sending")
+        self._receiving = OneAtATime("receiving")
         self._closed = False
 
     def setsockopt(self, level: int, option: int, value: int | bytes) -> None:
@@ -46,76 +47,57 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
     def getsockopt(self, level: int, option: int, buffersize: int = 0) -> int | bytes:
         return self.socket.getsockopt(level, option, buffersize)
 
+    async def _attempt(self, call, wait, argument):
+        """`call(argument)` on the bare socket, waiting by `wait` while it would block; returns its result
+        and whether it waited."""
+        waited = False
+        while True:
+            if self._closed:
+                raise trio.ClosedResourceError("this socket was already closed")
+            try:
+                return call(argument), waited
+            except (BlockingIOError, InterruptedError):
+                await wait(self._bare)
+                waited = True
+            except OSError as exc:
+                raise _stream_error(exc) from exc
+
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        max_bytes = DEFAULT_RECEIVE_SIZE if max_bytes is None else operator.index(max_bytes)
-        if max_bytes < 1:
-            raise ValueError("max_bytes must be >= 1")
-        if self._receiving:
-            raise trio.BusyResourceError("another task is receiving on this stream")
-        self._receiving = True
-        try:
+        max_bytes = receive_size(max_bytes)
+        with self._receiving:
             await trio.lowlevel.checkpoint_if_cancelled()
-            waited = False
-            while True:
-                if self._closed:
-                    raise trio.ClosedResourceError("this socket was already closed")
-                try:
-                    data = self._bare.recv(max_bytes)
-                    break
-                except (BlockingIOError, InterruptedError):
-                    await trio.lowlevel.wait_readable(self._bare)
-                    waited = True
-                except OSError as exc:
-                    raise _stream_error(exc) from exc
+            data, waited = await self._attempt(self._bare.recv, trio.lowlevel.wait_readable, max_bytes)
             if not waited:
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return data
-        finally:
-            self._receiving = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is sending on this stream")
-        self._sending = True
-        try:
+        with self._sending:
             await trio.lowlevel.checkpoint_if_cancelled()
+            if self._closed:
+                raise trio.ClosedResourceError("this socket was already closed")
             if self.socket.did_shutdown_SHUT_WR:
                 raise trio.ClosedResourceError("can't send data after sending EOF")
             waited = False
             with memoryview(data) as view:
                 sent, total = 0, len(view)
-                while True:
-                    if self._closed:
-                        raise trio.ClosedResourceError("this socket was already closed")
-                    if sent >= total:
-                        break
-                    try:
-                        sent += self._bare.send(view[sent:])
-                    except (BlockingIOError, InterruptedError):
-                        await trio.lowlevel.wait_writable(self._bare)
-                        waited = True
-                    except OSError as exc:
-                        raise _stream_error(exc) from exc
+                while sent < total:
+                    count, waited_now = await self._attempt(self._bare.send, trio.lowlevel.wait_writable,
+                                                            view[sent:])
+                    sent += count
+                    waited = waited or waited_now
             if not waited:
                 await trio.lowlevel.cancel_shielded_checkpoint()
-        finally:
-            self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is sending on this stream")
-        self._sending = True
-        try:
+        with self._sending:
             if self._closed:
                 raise trio.ClosedResourceError("this socket was already closed")
             await trio.lowlevel.wait_writable(self._bare)
-        finally:
-            self._sending = False
 
     async def send_eof(self) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is sending on this stream")
-        await self._stream.send_eof()
+        with self._sending:
+            await self._stream.send_eof()
 
     async def aclose(self) -> None:
         if not self._closed:

@@ -54,6 +54,32 @@ class Waiters:
         self.write.unpark_all()
 
 
+class OneAtATime:
+    """Trio's rule for a stream: one task at a time sends (or receives); another gets BusyResourceError."""
+
+    __slots__ = ("busy", "_message")
+
+    def __init__(self, doing: str) -> None:
+        self.busy = False
+        self._message = f"another task is {doing} on this stream"
+
+    def __enter__(self) -> None:
+        if self.busy:
+            raise trio.BusyResourceError(self._message)
+        self.busy = True
+
+    def __exit__(self, *exc: object) -> None:
+        self.busy = False
+
+
+def receive_size(max_bytes: int | None) -> int:
+    """`receive_some`'s argument, checked as Trio's streams check it (None: DEFAULT_RECEIVE_SIZE)."""
+    max_bytes = DEFAULT_RECEIVE_SIZE if max_bytes is None else operator.index(max_bytes)
+    if max_bytes < 1:
+        raise ValueError("max_bytes must be >= 1")
+    return max_bytes
+
+
 class TcpStream(trio.abc.HalfCloseableStream):
     """A TCP connection of the userspace stack, usable wherever Trio expects a stream."""
 
@@ -65,8 +91,8 @@ class TcpStream(trio.abc.HalfCloseableStream):
         self._waiters: Waiters = connection.user
         self._closed = False
         self._eof_sent = False
-        self._sending = False
-        self._receiving = False
+        self._sending = OneAtATime("sending")
+        self._receiving = OneAtATime("receiving")
 
     @property
     def local_address(self) -> tuple[str, int]:
@@ -107,10 +133,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
         return trio.BrokenResourceError(f"TCP connection broken: {error}")
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is sending on this stream")
-        self._sending = True
-        try:
+        with self._sending:
             await trio.lowlevel.checkpoint()
             view = memoryview(data).cast("B")
             sent, total = 0, len(view)
@@ -131,14 +154,9 @@ class TcpStream(trio.abc.HalfCloseableStream):
                     self._netstack.kick(connection)
                 else:
                     await self._waiters.write.park()
-        finally:
-            self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is sending on this stream")
-        self._sending = True
-        try:
+        with self._sending:
             await trio.lowlevel.checkpoint()
             connection = self.connection
             while True:
@@ -147,17 +165,10 @@ class TcpStream(trio.abc.HalfCloseableStream):
                 if connection.send_space > 0 or connection.error is not None or connection.state == State.CLOSED:
                     return
                 await self._waiters.write.park()
-        finally:
-            self._sending = False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        max_bytes = DEFAULT_RECEIVE_SIZE if max_bytes is None else operator.index(max_bytes)
-        if max_bytes < 1:
-            raise ValueError("max_bytes must be >= 1")
-        if self._receiving:
-            raise trio.BusyResourceError("another task is receiving on this stream")
-        self._receiving = True
-        try:
+        max_bytes = receive_size(max_bytes)
+        with self._receiving:
             # One checkpoint per call, as Trio's own streams: the park when nothing has arrived (a request's
             # answer, every time), else one after taking the data, shielded so a cancel cannot lose it.
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -179,18 +190,15 @@ class TcpStream(trio.abc.HalfCloseableStream):
             if not parked:
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return data
-        finally:
-            self._receiving = False
 
     async def send_eof(self) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is sending on this stream")
-        await trio.lowlevel.checkpoint()
-        if self._closed:
-            raise trio.ClosedResourceError("stream was closed")
-        self._eof_sent = True
-        self.connection.shutdown()
-        self._netstack.kick(self.connection)
+        with self._sending:
+            await trio.lowlevel.checkpoint()
+            if self._closed:
+                raise trio.ClosedResourceError("stream was closed")
+            self._eof_sent = True
+            self.connection.shutdown()
+            self._netstack.kick(self.connection)
 
     async def aclose(self) -> None:
         """Close both directions: FIN after queued data, or RST if received data was left unread."""
