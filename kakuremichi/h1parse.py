@@ -162,6 +162,11 @@ class Connection:
             self._eof = True
 
     @property
+    def buffered(self) -> int:
+        """Bytes received and not yet read as events."""
+        return len(self._buffer)
+
+    @property
     def trailing_data(self) -> bytes:
         """What the peer sent after the message that ended the HTTP part (an upgrade's first bytes)."""
         return bytes(self._buffer)

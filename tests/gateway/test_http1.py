@@ -16,6 +16,14 @@ SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: app.test\r\n\r\n"
 POST = b"POST /upload HTTP/1.1\r\nHost: app.test\r\n"
 
 
+async def _request_head(stream) -> bytes:
+    """What a fake agent reads before it answers."""
+    request = b""
+    while b"\r\n\r\n" not in request:
+        request += await stream.receive_some()
+    return request
+
+
 @pytest.mark.parametrize("request_bytes, status", [
     (POST + b"Content-Length: 48\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + SMUGGLED, 400),
     (POST + b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n" + SMUGGLED, 400),
@@ -47,9 +55,7 @@ async def test_requests_readable_two_ways_are_refused(gateway, request_bytes, st
 ])
 async def test_agent_responses_readable_two_ways_are_502(nursery, response):
     async def agent(stream):
-        request = b""
-        while b"\r\n\r\n" not in request:
-            request += await stream.receive_some()
+        await _request_head(stream)
         await stream.send_all(response)
         await stream.aclose()
 
@@ -64,9 +70,7 @@ async def test_an_agent_chunk_size_past_63_bits_ends_the_response(nursery):
     """Read as a wrapped size, "rest" would be body; refused, the client connection closes without the body's
     end (its head and first chunk were queued with the refusal, so nothing of the response may arrive at all)."""
     async def agent(stream):
-        request = b""
-        while b"\r\n\r\n" not in request:
-            request += await stream.receive_some()
+        await _request_head(stream)
         await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n"
                               b"8000000000000000\r\nrest\r\n0\r\n\r\n")
         await trio.sleep_forever()
@@ -98,9 +102,7 @@ async def test_a_head_response_has_no_body_and_connection_close_ends_the_connect
 async def test_an_agent_connection_the_agent_asked_to_close_is_not_pooled(nursery):
     """A body-less answer saying Connection: close, on a connection the agent leaves open a moment."""
     async def agent(stream):
-        request = b""
-        while b"\r\n\r\n" not in request:
-            request += await stream.receive_some()
+        await _request_head(stream)
         await stream.send_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
         await trio.sleep(5)
 
@@ -109,4 +111,22 @@ async def test_an_agent_connection_the_agent_asked_to_close_is_not_pooled(nurser
     gw = await start_gateway(nursery, RouteTable([route]))
     answer = await raw_exchange(gw.port, b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 204 ")
+    assert gw.proxy.pool.idle_count(route.upstream) == 0
+
+
+async def test_an_agent_connection_with_bytes_past_its_answer_is_not_pooled(nursery):
+    """An answer followed, in the same write, by a response nobody asked for: the client gets the first, and
+    the connection is closed rather than pooled, so the next request's answer is never read from a
+    hostile agent's stock."""
+    async def agent(stream):
+        await _request_head(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                              b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nstock!")
+        await trio.sleep(5)
+
+    listeners = await nursery.start(partial(trio.serve_tcp, agent, 0, host="127.0.0.1"))
+    route = Route("app.test", "127.0.0.1", listeners[0].socket.getsockname()[1])
+    gw = await start_gateway(nursery, RouteTable([route]))
+    answer = await raw_exchange(gw.port, b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\nok")
     assert gw.proxy.pool.idle_count(route.upstream) == 0

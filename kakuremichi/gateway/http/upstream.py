@@ -161,8 +161,11 @@ class UpstreamPool:
         return UpstreamConnection(stream, key, self.limits.max_header_bytes, origin)
 
     async def release(self, conn: UpstreamConnection) -> None:
-        """Return a connection after an exchange: pooled when it can carry another request, else closed."""
-        if (self._closed or not conn.reusable or (conn.origin is not None and conn.origin.closed)
+        """Return a connection after an exchange: pooled when it can carry another request, else closed. One
+        whose agent sent more than its answer is closed too: no request asked for those bytes, and they must
+        not be taken for the answer to the next one."""
+        if (self._closed or not conn.reusable or conn.http.buffered
+                or (conn.origin is not None and conn.origin.closed)
                 or self.idle_count(conn.key) >= self.limits.max_idle_per_upstream):
             await conn.aclose()
             return
