@@ -1,11 +1,11 @@
 """`bridge`: a userspace TCP connection joined with an OS socket, with no task hop per chunk.
 
-A splice of two streams copies each direction in a task of its own, so every chunk costs a park, a
-wake-up and a checkpoint on each side: five scheduler steps for each request an agent forwards. Here the
-data the stack receives goes into the socket from the stack's own delivery, synchronously, for as long
-as the socket takes it all; the socket's direction is one task that waits only when the socket has
-nothing to read or the connection's send buffer is full. A task is woken only for what needs waiting:
-a full socket, the peer's FIN, a failure.
+A splice of two streams copies each direction in a task of its own, so every chunk costs a wake-up and a
+checkpoint on each side: four scheduler steps for each request an agent forwards. Here the data the
+stack receives goes into the socket from the stack's own delivery, synchronously, for as long as the
+socket takes it all; the socket's direction is one task that waits only when the socket has nothing to
+read or the connection's send buffer is full. A task is woken only for what needs waiting: a full
+socket, the peer's FIN, a failure.
 """
 
 from __future__ import annotations

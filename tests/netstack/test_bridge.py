@@ -57,7 +57,7 @@ async def test_a_bridge_carries_both_ways_half_closes_and_counts():
 
 async def test_data_the_socket_takes_at_once_wakes_no_task_of_the_bridge():
     """The stack's delivery writes a request straight into the socket; the only task step per exchange is
-    the socket side's wake-up for the answer (a splice of two streams takes five)."""
+    the socket side's wake-up for the answer (a splice of two streams takes four)."""
     async with stack_pair() as (a, b, nursery):
         async def echo(stream) -> None:
             while data := await stream.receive_some():
