@@ -1,5 +1,5 @@
 """netstack.bridge: a userspace TCP connection joined with an OS socket (what `pipe.splice` uses for the
-agent's targets and the gateway's TCP ports), on a real loopback socket."""
+agent's targets, the exit node and `wg forward`/`expose`), on a real loopback socket."""
 
 from __future__ import annotations
 
