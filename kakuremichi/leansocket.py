@@ -34,9 +34,10 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
     def __init__(self, stream: trio.SocketStream) -> None:
         self._stream = stream
         self.socket = tsock = stream.socket
-        # A second socket object on the same descriptor, for bare calls; detached, never closed, at aclose.
-        self._bare = socket.socket(tsock.family, tsock.type, tsock.proto, tsock.fileno())
-        self._bare.setblocking(False)
+        # A second socket object on the same descriptor, for bare non-blocking calls (the bridge makes its
+        # own through it too); detached, never closed, at aclose: `stream` owns the descriptor.
+        self.bare = socket.socket(tsock.family, tsock.type, tsock.proto, tsock.fileno())
+        self.bare.setblocking(False)
         self._sending = OneAtATime("sending")
         self._receiving = OneAtATime("receiving")
         self._closed = False
@@ -57,7 +58,7 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
             try:
                 return call(argument), waited
             except (BlockingIOError, InterruptedError):
-                await wait(self._bare)
+                await wait(self.bare)
                 waited = True
             except OSError as exc:
                 raise _stream_error(exc) from exc
@@ -66,7 +67,7 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
         max_bytes = receive_size(max_bytes)
         with self._receiving:
             await trio.lowlevel.checkpoint_if_cancelled()
-            data, waited = await self._attempt(self._bare.recv, trio.lowlevel.wait_readable, max_bytes)
+            data, waited = await self._attempt(self.bare.recv, trio.lowlevel.wait_readable, max_bytes)
             if not waited:
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return data
@@ -82,7 +83,7 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
             with memoryview(data) as view:
                 sent, total = 0, len(view)
                 while sent < total:
-                    count, waited_now = await self._attempt(self._bare.send, trio.lowlevel.wait_writable,
+                    count, waited_now = await self._attempt(self.bare.send, trio.lowlevel.wait_writable,
                                                             view[sent:])
                     sent += count
                     waited = waited or waited_now
@@ -93,7 +94,7 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
         with self._sending:
             if self._closed:
                 raise trio.ClosedResourceError("this socket was already closed")
-            await trio.lowlevel.wait_writable(self._bare)
+            await trio.lowlevel.wait_writable(self.bare)
 
     async def send_eof(self) -> None:
         with self._sending:
@@ -102,8 +103,8 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
-            trio.lowlevel.notify_closing(self._bare)  # a task waiting on the descriptor gets ClosedResourceError
-            self._bare.detach()
+            trio.lowlevel.notify_closing(self.bare)  # a task waiting on the descriptor gets ClosedResourceError
+            self.bare.detach()
         await self._stream.aclose()
 
 

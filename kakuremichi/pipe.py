@@ -12,12 +12,11 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from kakuremichi.bridge import bridge
 from kakuremichi.faults import Contained
 from kakuremichi.leansocket import LeanSocketStream
-from kakuremichi.netstack.bridge import bridge
 from kakuremichi.netstack.streams import TcpStream
 
-_PLAIN_SOCKETS = (trio.SocketStream, LeanSocketStream)  # a descriptor the bridge can call directly
 CHUNK = 1 << 18  # per read: a bulk transfer wakes each side a quarter as often as with 64 KiB
 
 
@@ -34,13 +33,20 @@ async def contained(handle: Callable[[], Awaitable[object]], stream: trio.abc.As
         await trio.aclose_forcefully(stream)
 
 
+_PLAIN_SOCKETS = (trio.SocketStream, LeanSocketStream)
+
+
+def _lean(stream: trio.SocketStream | LeanSocketStream) -> LeanSocketStream:
+    return stream if isinstance(stream, LeanSocketStream) else LeanSocketStream(stream)
+
+
 async def splice(a: trio.abc.Stream, b: trio.abc.Stream, chunk: int = CHUNK) -> tuple[int, int]:
     """Copy a→b and b→a until both directions finish; returns (bytes a→b, bytes b→a). A userspace TCP
-    connection and a plain OS socket are bridged without a task per direction (netstack.bridge)."""
+    connection and a plain OS socket are bridged without a task per direction (kakuremichi.bridge)."""
     if isinstance(a, TcpStream) and isinstance(b, _PLAIN_SOCKETS):
-        return await bridge(a, b, chunk)
+        return await bridge(a, _lean(b), chunk)
     if isinstance(b, TcpStream) and isinstance(a, _PLAIN_SOCKETS):
-        b_to_a, a_to_b = await bridge(b, a, chunk)
+        b_to_a, a_to_b = await bridge(b, _lean(a), chunk)
         return a_to_b, b_to_a
     counts = [0, 0]
 

@@ -25,7 +25,7 @@ async def test_lean_streams_pass_trios_half_closeable_stream_conformance_suite()
         for stream in (client, server):  # both ways full, so the suite can wait on either
             try:
                 while True:
-                    stream._bare.send(b"x" * 65536)
+                    stream.bare.send(b"x" * 65536)
             except BlockingIOError:
                 pass
         return client, server

@@ -43,9 +43,9 @@ async def _guarded(proxy: Proxy, stream: trio.abc.Stream, scheme: str, peer_ip: 
 
 
 async def open_listeners(port: int, host: str | None, shared: bool) -> list[LeanSocketListener]:
-    """TCP listeners on `host:port` as trio opens them, whose connections are lean (kakuremichi.leansocket: a
-    client is read and written once per request); `shared`: with PORT_SHARING too, so that each of the
-    gateway's worker processes listens on the port and the kernel spreads the connections among them."""
+    """TCP listeners on `host:port` as trio opens them, whose connections are LeanSocketStreams (every
+    client is read and written at least once a request); `shared`: with PORT_SHARING too, so that each of
+    the gateway's worker processes listens on the port and the kernel spreads the connections among them."""
     if not shared:
         return [LeanSocketListener(listener) for listener in await trio.open_tcp_listeners(port, host=host)]
     sockets = []

@@ -1,4 +1,4 @@
-"""netstack.bridge: a userspace TCP connection joined with an OS socket (what `pipe.splice` uses for the
+"""kakuremichi.bridge: a userspace TCP connection joined with an OS socket (what `pipe.splice` uses for the
 agent's targets, the exit node and `wg forward`/`expose`), on a real loopback socket."""
 
 from __future__ import annotations

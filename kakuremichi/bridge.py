@@ -15,10 +15,15 @@ import socket
 
 import trio
 
+from kakuremichi.leansocket import LeanSocketStream
 from kakuremichi.netstack.streams import TcpStream
-from kakuremichi.netstack.tcp import State
+from kakuremichi.netstack.tcp import Connection, State
 
 RUN = 16  # chunks a direction moves without waiting before it lets the other tasks run
+
+
+def _failure(connection: Connection) -> OSError:
+    return connection.error or OSError(errno.ENOTCONN, "connection closed")
 
 
 class _Bridge:
@@ -90,7 +95,7 @@ class _Bridge:
             if connection.eof_received:
                 self.sock.shutdown(socket.SHUT_WR)
                 return
-            raise connection.error or OSError(errno.ENOTCONN, "connection closed")
+            raise _failure(connection)
 
     async def inbound(self) -> None:
         """Socket → connection: reads while the socket has data, waits when it has none."""
@@ -111,7 +116,7 @@ class _Bridge:
             view = memoryview(data)
             while view:
                 if connection.error is not None or connection.state == State.CLOSED:
-                    raise connection.error or OSError(errno.ENOTCONN, "connection closed")
+                    raise _failure(connection)
                 taken = connection.send(view)  # raises once the connection cannot send any more
                 if taken:
                     self.to_connection += taken
@@ -126,16 +131,11 @@ class _Bridge:
                 await trio.lowlevel.checkpoint()
 
 
-async def bridge(stream: TcpStream, other: trio.abc.HalfCloseableStream, chunk: int) -> tuple[int, int]:
+async def bridge(stream: TcpStream, other: LeanSocketStream, chunk: int) -> tuple[int, int]:
     """Copy stream→other and other→stream until both directions finish, then close both (as
-    `pipe.splice` does); returns (bytes stream→other, bytes other→stream). `other` is a plain socket
-    stream: its `socket` is a connected Trio socket (trio.SocketStream, leansocket.LeanSocketStream)."""
-    # A second socket object on the same descriptor, for plain non-blocking calls: Trio's own would
-    # checkpoint on every one of them. It is detached, never closed: `other` still owns the descriptor.
-    tsock = other.socket
-    sock = socket.socket(tsock.family, tsock.type, tsock.proto, tsock.fileno())
-    sock.setblocking(False)
-    joined = _Bridge(stream, sock, chunk)
+    `pipe.splice` does); returns (bytes stream→other, bytes other→stream). The calls on `other` go
+    through its bare socket: Trio's would checkpoint on every one of them."""
+    joined = _Bridge(stream, other.bare, chunk)
     waiters = stream.connection.user
     waiters.on_change = joined.on_change
     try:
@@ -146,7 +146,6 @@ async def bridge(stream: TcpStream, other: trio.abc.HalfCloseableStream, chunk: 
         pass  # one side reset or vanished: both get closed below
     finally:
         waiters.on_change = None
-        sock.detach()
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(stream)
             await trio.aclose_forcefully(other)
