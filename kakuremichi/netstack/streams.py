@@ -233,6 +233,8 @@ class TcpListener(trio.abc.Listener[TcpStream]):
         await trio.lowlevel.checkpoint()
         while True:
             if self.listener.closed:
+                # a stopping stack closes it as the nursery around both is cancelled: that is a cancel
+                await trio.lowlevel.checkpoint_if_cancelled()
                 raise trio.ClosedResourceError("listener was closed")
             connection = self.listener.accept()
             if connection is not None:
@@ -269,6 +271,7 @@ class UdpSocket:
         await trio.lowlevel.checkpoint()
         while True:
             if self.endpoint.closed:
+                await trio.lowlevel.checkpoint_if_cancelled()  # as in TcpListener.accept
                 raise trio.ClosedResourceError("UDP socket was closed")
             item = self.endpoint.pop()
             if item is not None:

@@ -269,3 +269,26 @@ async def test_a_read_that_waits_yields_to_the_scheduler_once_by_its_park():
         assert got == [b"answer", b"ready"]
         assert steps.steps[tasks[0]] == 2  # its start, parked at once; its wake with the data
         assert steps.steps[tasks[1]] == 2  # its start; after the checkpoint that follows taking the data
+
+
+async def test_a_stack_stopping_with_its_nursery_cancels_a_waiting_accept_and_recvfrom_rather_than_fail_them():
+    """The agent's stop cancels the stack and its servers together; the stack closes its listeners and
+    sockets on the way out, which may wake their tasks before the cancel reaches them."""
+    async with stack_pair() as (a, b, _):
+        listener, socket = b.listen(80), b.udp_socket(53)
+        failures = []
+
+        async def waits(call) -> None:
+            try:
+                await call()
+            except trio.ClosedResourceError as exc:
+                failures.append(exc)
+
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(waits, listener.accept)
+                nursery.start_soon(waits, socket.recvfrom)
+                await trio.testing.wait_all_tasks_blocked()
+                b._shut_down()  # wakes both waiting tasks ...
+                scope.cancel()  # ... in the same turn as the cancel
+        assert failures == []

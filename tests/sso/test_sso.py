@@ -14,11 +14,10 @@ import pytest
 pytest.importorskip("selenium", reason="selenium is in the test extra: pip install -e '.[test]'")
 
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support import expected_conditions  # noqa: E402
 
 from tests.deployment import Deployment, free_port, wait_for  # noqa: E402
 from tests.e2e.test_access import COUNTING_APP, count  # noqa: E402
-from tests.webui.harness import browser_missing, fill, start_browser, visible, wait  # noqa: E402
+from tests.webui.harness import browser_missing, fill, gone, start_browser, visible, wait  # noqa: E402
 
 pytestmark = pytest.mark.skipif(browser_missing() is not None, reason=browser_missing() or "")
 CLIENT_ID, CLIENT_SECRET = "kakuremichi", "client-secret-for-the-tests-0123456789"
@@ -69,7 +68,7 @@ def log_in_at_provider(browser, email: str) -> None:
     fill(browser, {"login": email, "password": "anything"})
     login = browser.find_element(By.CSS_SELECTOR, "button[type=submit]")
     login.click()
-    wait(browser, expected_conditions.staleness_of(login), 20)  # else the consent wait may find this button
+    wait(browser, gone(login), 20)  # else the consent wait may find this button
     visible(browser, "button[type=submit]", 20).click()  # consent
 
 

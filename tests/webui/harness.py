@@ -137,6 +137,18 @@ def wait(browser: webdriver.Chrome, condition, timeout: float = 10):
     return WebDriverWait(browser, timeout, poll_frequency=0.05).until(condition)
 
 
+def gone(element):
+    """A wait condition: `element` left the page. Selenium's staleness_of knows only StaleElementReference;
+    mid-navigation Chromium answers "node does not belong to the document" instead, as another error."""
+    def left(_) -> bool:
+        try:
+            element.is_enabled()
+        except WebDriverException:
+            return True
+        return False
+    return left
+
+
 def visible(browser: webdriver.Chrome, css: str, timeout: float = 10):
     return wait(browser, expected_conditions.visibility_of_element_located((By.CSS_SELECTOR, css)), timeout)
 
