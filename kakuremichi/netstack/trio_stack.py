@@ -55,27 +55,38 @@ class NetStack:
         if self._running:
             raise RuntimeError("NetStack.run() is already running")
         self._running = True
-        core = self.core
+        core, me = self.core, trio.lowlevel.current_task()
         try:
             task_status.started()
             while True:
-                if not self._kicked:
-                    deadline = core.next_deadline()
-                    with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
-                        self._wakeup = scope
-                        self._sleeper = trio.lowlevel.current_task()
-                        await trio.lowlevel.wait_task_rescheduled(self._abort_sleep)
-                    self._wakeup = None
-                else:
-                    await trio.lowlevel.checkpoint()
-                self._kicked = False
-                self._kicks = 0
-                core.poll(trio.current_time())
-                self._deliver()
+                # One scope for every sleep until a timer fires, its deadline moved to the next timer: a
+                # scope per sleep cost more than the sleep (the agent sleeps about twice per request).
+                with trio.CancelScope() as scope:
+                    self._wakeup = scope
+                    while True:
+                        if self._kicked:
+                            await trio.lowlevel.checkpoint()
+                        else:
+                            deadline = core.next_deadline()
+                            if deadline is None:
+                                deadline = math.inf
+                            if deadline != scope.deadline:
+                                scope.deadline = deadline
+                            self._sleeper = me
+                            await trio.lowlevel.wait_task_rescheduled(self._abort_sleep)
+                        self._turn()
+                self._wakeup = None
+                self._turn()  # the timer that fired
         finally:
             self._running = False
             self._wakeup = self._sleeper = None
             self._shut_down()
+
+    def _turn(self) -> None:
+        self._kicked = False
+        self._kicks = 0
+        self.core.poll(trio.current_time())
+        self._deliver()
 
     def _shut_down(self) -> None:
         """Reset every connection so peers and waiting tasks learn at once that the stack is gone."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from contextlib import asynccontextmanager
 
@@ -292,3 +293,20 @@ async def test_a_stack_stopping_with_its_nursery_cancels_a_waiting_accept_and_re
                 b._shut_down()  # wakes both waiting tasks ...
                 scope.cancel()  # ... in the same turn as the cancel
         assert failures == []
+
+
+async def test_the_timer_task_sleeps_in_one_cancel_scope_until_a_timer_fires(mock_clock):
+    """A cancel scope per sleep cost more than the sleep: the scope lives until its deadline, the next timer,
+    passes, and only moves with it."""
+    async with stack_pair() as (a, b, _):
+        client, server = await connected(a, b)
+        scope = b._wakeup
+        for _ in range(5):  # the fake clock stands still: no timer can fire, however many turns this takes
+            await client.send_all(b"ping")
+            assert await server.receive_some() == b"ping"
+            await server.send_all(b"pong")
+            assert await client.receive_some() == b"pong"
+        assert b._wakeup is scope and scope.deadline < math.inf  # one scope, set to the next timer
+        mock_clock.jump(10)  # past every timer
+        await trio.testing.wait_all_tasks_blocked()
+        assert b._wakeup is not scope
