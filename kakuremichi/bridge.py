@@ -5,7 +5,8 @@ checkpoint on each side: four scheduler steps for each request an agent forwards
 stack receives goes into the socket from the stack's own delivery, synchronously, for as long as the
 socket takes it all; the socket's direction is one task that waits only when the socket has nothing to
 read or the connection's send buffer is full. A task is woken only for what needs waiting: a full
-socket, the peer's FIN, a failure.
+socket, the peer's FIN, a failure. With `reset_follows`, a connection that fails (reset, or its peer gone)
+resets the socket too, so the client of a tcp tunnel learns the exchange failed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def _failure(connection: Connection) -> OSError:
 
 
 class _Bridge:
-    """One connection ⇄ socket pair; `to_socket`/`to_connection` count the bytes moved."""
+    """One connection ⇄ socket pair; `to_socket`/`to_connection` count the bytes moved, `connection_failed`
+    tells whether it ended by the connection's failure."""
 
     def __init__(self, stream: TcpStream, sock: socket.socket, chunk: int) -> None:
         self.stream = stream
@@ -40,6 +42,11 @@ class _Bridge:
         self.needed = trio.lowlevel.ParkingLot()  # the outbound task, until the fast path cannot go on alone
         self.to_socket = 0
         self.to_connection = 0
+        self.connection_failed = False
+
+    def _connection_failure(self) -> OSError:
+        self.connection_failed = True
+        return _failure(self.connection)
 
     def on_change(self) -> None:
         """Called by the stack's delivery whenever the connection changed."""
@@ -95,7 +102,7 @@ class _Bridge:
             if connection.eof_received:
                 self.sock.shutdown(socket.SHUT_WR)
                 return
-            raise _failure(connection)
+            raise self._connection_failure()
 
     async def inbound(self) -> None:
         """Socket → connection: reads while the socket has data, waits when it has none."""
@@ -116,8 +123,12 @@ class _Bridge:
             view = memoryview(data)
             while view:
                 if connection.error is not None or connection.state == State.CLOSED:
-                    raise _failure(connection)
-                taken = connection.send(view)  # raises once the connection cannot send any more
+                    raise self._connection_failure()
+                try:
+                    taken = connection.send(view)
+                except OSError:  # it cannot send any more
+                    self.connection_failed = True
+                    raise
                 if taken:
                     self.to_connection += taken
                     view = view[taken:]
@@ -131,10 +142,11 @@ class _Bridge:
                 await trio.lowlevel.checkpoint()
 
 
-async def bridge(stream: TcpStream, other: LeanSocketStream, chunk: int) -> tuple[int, int]:
+async def bridge(stream: TcpStream, other: LeanSocketStream, chunk: int, *,
+                 reset_follows: bool = False) -> tuple[int, int, bool]:
     """Copy stream→other and other→stream until both directions finish, then close both (as
-    `pipe.splice` does); returns (bytes stream→other, bytes other→stream). The calls on `other` go
-    through its bare socket: Trio's would checkpoint on every one of them."""
+    `pipe.splice` does); returns (bytes stream→other, bytes other→stream, whether the connection failed).
+    The calls on `other` go through its bare socket: Trio's would checkpoint on every one of them."""
     joined = _Bridge(stream, other.bare, chunk)
     waiters = stream.connection.user
     waiters.on_change = joined.on_change
@@ -146,7 +158,9 @@ async def bridge(stream: TcpStream, other: LeanSocketStream, chunk: int) -> tupl
         pass  # one side reset or vanished: both get closed below
     finally:
         waiters.on_change = None
+        if reset_follows and joined.connection_failed:
+            other.reset_on_close()
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(stream)
             await trio.aclose_forcefully(other)
-    return joined.to_socket, joined.to_connection
+    return joined.to_socket, joined.to_connection, joined.connection_failed

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import struct
 
 import trio
 
@@ -47,6 +48,13 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
 
     def getsockopt(self, level: int, option: int, buffersize: int = 0) -> int | bytes:
         return self.socket.getsockopt(level, option, buffersize)
+
+    def reset_on_close(self) -> None:
+        """Make the close a TCP reset (SO_LINGER 0), so the peer knows the exchange failed."""
+        try:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass  # already gone
 
     async def _attempt(self, call, wait, argument):
         """`call(argument)` on the bare socket, waiting by `wait` while it would block; returns its result

@@ -44,9 +44,10 @@ async def splice(a: trio.abc.Stream, b: trio.abc.Stream, chunk: int = CHUNK) -> 
     """Copy a→b and b→a until both directions finish; returns (bytes a→b, bytes b→a). A userspace TCP
     connection and a plain OS socket are bridged without a task per direction (kakuremichi.bridge)."""
     if isinstance(a, TcpStream) and isinstance(b, _PLAIN_SOCKETS):
-        return await bridge(a, _lean(b), chunk)
+        a_to_b, b_to_a, _ = await bridge(a, _lean(b), chunk)
+        return a_to_b, b_to_a
     if isinstance(b, TcpStream) and isinstance(a, _PLAIN_SOCKETS):
-        b_to_a, a_to_b = await bridge(b, _lean(a), chunk)
+        b_to_a, a_to_b, _ = await bridge(b, _lean(a), chunk)
         return a_to_b, b_to_a
     counts = [0, 0]
 

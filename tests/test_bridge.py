@@ -9,6 +9,8 @@ import struct
 import trio
 import trio.testing
 
+from kakuremichi.bridge import bridge
+from kakuremichi.leansocket import LeanSocketStream
 from kakuremichi.pipe import splice
 from tests.netstack.test_netstack import _Steps, connected, stack_pair
 
@@ -115,3 +117,39 @@ async def test_a_socket_reset_while_it_holds_back_data_ends_the_bridge():
                     await trio.sleep(0.01)
             sending.cancel_scope.cancel()
         assert result["counts"][0] > 0
+
+
+async def _reset_seen_by_the_socket_peer(reset_follows: bool) -> tuple[bool, tuple]:
+    """A plain client socket bridged to a stack connection whose far end resets: does that client see a
+    reset (or only an end of stream)? Also returns the bridge's result."""
+    async with stack_pair() as (a, b, nursery):
+        listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+        user = trio.socket.socket()
+        await user.connect(listener.socket.getsockname())
+        accepted = LeanSocketStream(await listener.accept())
+        far, near = await connected(a, b)  # far: the agent's end; near: the gateway's
+        result = {}
+
+        async def run() -> None:
+            result["bridged"] = await bridge(near, accepted, 65536, reset_follows=reset_follows)
+
+        nursery.start_soon(run)
+        await trio.testing.wait_all_tasks_blocked()
+        far.abort()
+        with trio.fail_after(10):
+            try:
+                reset = await user.recv(100) != b""
+            except ConnectionResetError:
+                reset = True
+            while "bridged" not in result:
+                await trio.sleep(0.01)
+        user.close()
+        await listener.aclose()
+        return reset, result["bridged"]
+
+
+async def test_with_reset_follows_a_reset_connection_resets_the_socket_and_says_so():
+    """The gateway's tcp ports: a client whose tunnel connection was reset must not take the close for a
+    clean end of the exchange."""
+    assert await _reset_seen_by_the_socket_peer(True) == (True, (0, 0, True))
+    assert await _reset_seen_by_the_socket_peer(False) == (False, (0, 0, True))  # the agent's targets: a close

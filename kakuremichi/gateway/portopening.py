@@ -71,5 +71,5 @@ class Opening:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return  # reset: the receive sees it too
             if past_limit:
-                opening.cancel()  # past replaying: the splice carries the connection from here
+                opening.cancel()  # past replaying: the bridge carries the connection from here
                 return

@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -31,13 +30,14 @@ from kakuremichi.gateway.portaccess import SourceCounts
 from kakuremichi.gateway.portopening import Opening
 from kakuremichi.leansocket import LeanSocketStream
 from kakuremichi.logs import log
-from kakuremichi.netstack.streams import UdpSocket
-from kakuremichi.pipe import contained, splice
+from kakuremichi.netstack.streams import TcpStream, UdpSocket
+from kakuremichi.bridge import bridge
+from kakuremichi.pipe import CHUNK, contained
 from kakuremichi.protocol import TUNNEL_PORT, PortRoute, RouteBackend
 
 logger = logging.getLogger("kakuremichi.gateway.ports")
 Key = tuple[str, int]  # (protocol, public port)
-Dial = Callable[[str, int, str], Awaitable[trio.abc.Stream]]  # (agent address, port, what) → stream
+Dial = Callable[[str, int, str], Awaitable[TcpStream]]  # (agent address, port, what) → stream
 DIAL_TIMEOUT = 10.0  # seconds for the agent to answer a connection (its tunnel address may not be up yet)
 UDP_BATCH = 64  # datagrams read from a socket before the others get a turn
 UDP_MAX_DATAGRAM = 65535
@@ -116,7 +116,7 @@ class PortListeners:
             if route is not None and peer is not None:
                 log(logger, logging.INFO, "tcp connection refused", tunnel=route.tunnel_id,
                     client=_text(peer), reason=refusal)
-            reset(client)
+            client.reset_on_close()
             await trio.aclose_forcefully(client)
             return
         with self._sources.holding(route, peer[0]):
@@ -149,23 +149,24 @@ class PortListeners:
                     log(logger, logging.WARNING, "tcp connection: reset before its target answered",
                         tunnel=route.tunnel_id, client=_text(peer), backend=backend.id)
         if upstream is None:
-            reset(client)
+            client.reset_on_close()
             await trio.aclose_forcefully(client)
             return
         with portbackends.holding(self.backends, route, backend):
-            upstream = ResetFollows(upstream, client)
             try:
                 await client.send_all(first)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the splice below finds it broken too
-            sent, received = await splice(client, upstream)
+                pass  # the bridge below finds it broken too
+            # an agent's connection that is reset (its target refused it, or the agent went away) resets the
+            # client's too, instead of closing it: the client must know the exchange failed
+            received, sent, was_reset = await bridge(upstream, client, CHUNK, reset_follows=True)
         if opening is not None:
             sent, received = sent + opening.forwarded, received + len(first)
         log(logger, logging.INFO, "tcp connection", tunnel=route.tunnel_id, client=_text(peer), backend=backend.id,
             bytes_in=sent, bytes_out=received, duration=f"{trio.current_time() - started:.3f}",
-            reset=upstream.was_reset)
+            reset=was_reset)
 
-    async def _dial_backend(self, route: PortRoute, backend: RouteBackend, peer, local) -> trio.abc.Stream | None:
+    async def _dial_backend(self, route: PortRoute, backend: RouteBackend, peer, local) -> TcpStream | None:
         """A connection to the backend's agent, the PROXY header sent (None: the agent did not answer, or went
         silent meanwhile)."""
         upstream = None
@@ -321,47 +322,6 @@ async def receive_batch(sock: trio.socket.SocketType, limit: int = UDP_BATCH) ->
                 continue  # an ICMP error for an earlier send
             raise
     return batch
-
-
-class ResetFollows(trio.abc.HalfCloseableStream):
-    """The agent's stream; when it is reset (the target refused the agent, or the agent went away), the client's
-    connection is reset too instead of closed, so the client knows the exchange failed."""
-
-    def __init__(self, inner: trio.abc.HalfCloseableStream, client: LeanSocketStream) -> None:
-        self.inner, self.client, self.was_reset = inner, client, False
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        try:
-            return await self.inner.receive_some(max_bytes)
-        except trio.BrokenResourceError:
-            self.was_reset = True
-            reset(self.client)
-            raise
-
-    async def send_all(self, data) -> None:
-        try:
-            await self.inner.send_all(data)
-        except trio.BrokenResourceError:
-            self.was_reset = True
-            reset(self.client)
-            raise
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        await self.inner.send_eof()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-def reset(client: LeanSocketStream) -> None:
-    """Make the close of `client` a TCP reset (SO_LINGER 0)."""
-    try:
-        client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
 
 
 def _text(address: tuple) -> str:
