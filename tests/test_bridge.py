@@ -153,3 +153,4 @@ async def test_with_reset_follows_a_reset_connection_resets_the_socket_and_says_
     clean end of the exchange."""
     assert await _reset_seen_by_the_socket_peer(True) == (True, (0, 0, True))
     assert await _reset_seen_by_the_socket_peer(False) == (False, (0, 0, True))  # the agent's targets: a close
+

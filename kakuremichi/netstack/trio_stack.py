@@ -108,6 +108,10 @@ class NetStack:
         """Inbound packets from the link (synchronous: called by the link driver in the Trio thread)."""
         self.core.receive(packets, trio.current_time())
         self._deliver()
+        self._follow_next_timer()
+
+    def _follow_next_timer(self) -> None:
+        """Bring the timer task's wake-up forward if a timer now falls due sooner."""
         scope = self._wakeup
         if scope is not None:
             deadline = self.core.next_deadline()
@@ -116,9 +120,14 @@ class NetStack:
 
     def kick(self, connection: Connection | None = None) -> None:
         """Ask the timer task to flush queued work at the end of this scheduler turn (at once, every
-        EAGER_FLUSH kicks); `connection` is the one a user call just changed."""
+        EAGER_FLUSH kicks); `connection` is the one a user call just changed. A call that queued nothing
+        (most reads: no window update is due) wakes no one."""
+        core = self.core
         if connection is not None:
-            self.core.collect(connection)
+            core.collect(connection)
+            if self._running and not (core.dirty or core.outgoing or core.changed):
+                self._follow_next_timer()
+                return
         if not self._running:
             return
         self._kicks += 1

@@ -310,3 +310,25 @@ async def test_the_timer_task_sleeps_in_one_cancel_scope_until_a_timer_fires(moc
         mock_clock.jump(10)  # past every timer
         await trio.testing.wait_all_tasks_blocked()
         assert b._wakeup is not scope
+
+
+async def test_a_read_that_queues_nothing_for_the_peer_wakes_no_timer_task(mock_clock):
+    """A request's read leaves the window wide open: there is no update to send, so the stack's timer task
+    (which flushes what user calls queue) sleeps on. Without the check it took a step per read."""
+    async with stack_pair() as (a, b, _):
+        client, server = await connected(a, b)
+        await server.send_all(b"hello")  # carries the server's full window: the SYN's could not (unscaled)
+        assert await client.receive_some() == b"hello"
+        await client.send_all(b"request")
+        await trio.testing.wait_all_tasks_blocked()
+        timer_task, steps = b._sleeper, _Steps()
+        assert timer_task is not None  # asleep until the next timer
+        trio.lowlevel.add_instrument(steps)
+        try:
+            assert await server.receive_some() == b"request"
+            await trio.testing.wait_all_tasks_blocked()
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+        assert steps.steps.get(timer_task, 0) == 0
+        await server.send_all(b"answer")  # a call that does queue a segment still gets it flushed
+        assert await client.receive_some() == b"answer"
