@@ -22,6 +22,7 @@ from typing import Any
 import trio
 
 from kakuremichi import proxyprotocol
+from kakuremichi.bridge import bridge
 from kakuremichi.gateway import portbackends
 from kakuremichi.gateway.backends import Backends
 from kakuremichi.faults import Contained
@@ -31,7 +32,6 @@ from kakuremichi.gateway.portopening import Opening
 from kakuremichi.leansocket import LeanSocketStream
 from kakuremichi.logs import log
 from kakuremichi.netstack.streams import TcpStream, UdpSocket
-from kakuremichi.bridge import bridge
 from kakuremichi.pipe import CHUNK, contained
 from kakuremichi.protocol import TUNNEL_PORT, PortRoute, RouteBackend
 

@@ -60,7 +60,7 @@ class NetStack:
             task_status.started()
             while True:
                 # One scope for every sleep until a timer fires, its deadline moved to the next timer: a
-                # scope per sleep cost more than the sleep (the agent sleeps about twice per request).
+                # scope per sleep cost more than the sleep itself.
                 with trio.CancelScope() as scope:
                     self._wakeup = scope
                     while True:
