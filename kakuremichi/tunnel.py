@@ -37,6 +37,7 @@ class PeerSpec:
     allowed_ips: tuple[str, ...]
     endpoint: tuple[str, int] | None = None
     persistent_keepalive: int = 0
+    needs_checksums: bool = True  # False: its stack skips them (protocol.AgentPeer.skips_checksums)
 
 
 class TunnelNode:
@@ -44,7 +45,7 @@ class TunnelNode:
                  clock: Callable[[], float] | None = None) -> None:
         self.device = Device(private_key) if clock is None else Device(private_key, clock=clock)
         self.interface = WireGuardInterface(self.device, listen_host=listen_host, listen_port=listen_port)
-        self.stack = NetStack(self.interface, [])
+        self.stack = NetStack(self.interface, [], peer_needs_checksums=self._needs_checksums)
         self.interface.attach(self.stack.receive_packets)
         self._applied: dict[bytes, PeerSpec] = {}
 
@@ -62,6 +63,12 @@ class TunnelNode:
 
     def _peer_routing(self, address: str) -> Peer | None:
         return self.device.allowed_ips.lookup(ipaddress.ip_address(address).packed)
+
+    def _needs_checksums(self, address: int) -> bool:
+        """Whether the peer that IPv4 `address` is routed to checks TCP checksums (unknown: it may)."""
+        peer = self.device.allowed_ips.lookup(address.to_bytes(4, "big"))
+        spec = None if peer is None else self._applied.get(peer.public_key)
+        return spec is None or spec.needs_checksums
 
     def silence(self, address: str) -> float | None:
         """Seconds since the peer that `address` is routed to was last heard from (0 before it first was);

@@ -96,3 +96,33 @@ async def test_a_restarted_node_handshakes_at_once_where_it_recalls_a_peer():
             stream = await agent.stack.open_tcp_stream("10.1.0.254", 1080)
             assert await _roundtrip(stream, b"after") == b"after"
         nursery.cancel_scope.cancel()
+
+
+async def test_connections_to_a_peer_that_skips_checksums_send_none_and_others_do():
+    """Control marks its own nodes as peers that skip TCP checksums; any other peer (a standard WireGuard
+    with a kernel behind it) gets them."""
+    gateway = TunnelNode(keys.generate_private(), listen_host="127.0.0.1")
+    agent = TunnelNode(keys.generate_private(), listen_host="127.0.0.1")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.run)
+        await nursery.start(agent.run)
+        await agent.apply(["10.1.0.2"], [PeerSpec(gateway.public_key, ("10.1.0.254/32",),
+                                                  ("localhost", gateway.listen_port), needs_checksums=False)])
+        await gateway.apply(["10.1.0.254"], [PeerSpec(agent.public_key, ("10.1.0.2/32",))])
+        sums = []
+        gateway_receive = gateway.stack.core.receive
+
+        def receive(packets, now):
+            sums.extend(int.from_bytes(bytes(p[36:38]), "big") for p in packets if len(p) >= 40 and p[9] == 6)
+            gateway_receive(packets, now)
+
+        gateway.stack.core.receive = receive
+        await nursery.start(gateway.stack.serve_tcp, _echo, 80)
+        with trio.fail_after(10):
+            stream = await agent.stack.open_tcp_stream("10.1.0.254", 80)
+            assert await _roundtrip(stream, b"ping" * 100) == b"ping" * 100
+        assert sums and set(sums) == {0}  # the agent → gateway segments: none summed
+        assert agent._needs_checksums(int.from_bytes(bytes([10, 1, 0, 254]), "big")) is False
+        assert gateway._needs_checksums(int.from_bytes(bytes([10, 1, 0, 2]), "big")) is True
+        assert agent._needs_checksums(int.from_bytes(bytes([192, 0, 2, 1]), "big")) is True  # no peer: it may check
+        nursery.cancel_scope.cancel()

@@ -85,7 +85,8 @@ class Agent:
         targets = {tunnel.agent_ip: (tunnel.domain, Target.parse(tunnel.target))
                    for tunnel in config.tunnels if tunnel.enabled and tunnel.protocol != "udp"}
         peers = [PeerSpec(keys.decode(gateway.public_key), tuple(gateway.allowed_ips),
-                          Endpoint.parse(gateway.endpoint).address, gateway.persistent_keepalive)
+                          Endpoint.parse(gateway.endpoint).address, gateway.persistent_keepalive,
+                          not gateway.skips_checksums)
                  for gateway in config.gateways]
         self.targets = targets
         for scope, (address, target) in list(self._active.items()):

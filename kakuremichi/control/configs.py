@@ -40,7 +40,7 @@ def gateway_config(db: Database, gateway_id: str, deployment: access.Deployment 
         for backend in backends.serving(tunnel):
             if backend.agent.public_key:
                 served.setdefault(backend.agent, set()).add(f"{backend.address}/32")
-    peers = [protocol.AgentPeer(a.public_key, sorted(addresses))
+    peers = [protocol.AgentPeer(a.public_key, sorted(addresses), skips_checksums=True)
              for a, addresses in sorted(served.items(), key=lambda item: item[0].id)]
     routes = [protocol.RouteConfig(domain=t.domain, agent_ip=t.agent_ip, gateway_ip=my_ip[t.id], tunnel_id=t.id,
                                    enabled=t.enabled, tls_mode=t.tls_mode, force_https=t.force_https,
@@ -71,7 +71,8 @@ def agent_config(db: Database, agent_id: str) -> protocol.AgentConfig | None:
     for gateway in sorted(db.Gateway.select(lambda g: g.public_key and g.public_endpoint), key=lambda g: g.id):
         allowed = sorted(allowed_by_gateway.get(gateway.id, ()))
         if allowed:
-            gateways.append(protocol.GatewayPeer(gateway.public_key, gateway.public_endpoint, allowed))
+            gateways.append(protocol.GatewayPeer(gateway.public_key, gateway.public_endpoint, allowed,
+                                                 skips_checksums=True))
             peered.add(gateway.id)
     mappings = [protocol.TunnelMapping(t.id, t.domain, b.address, b.target, t.enabled and b.enabled,
                                        http_proxy=t.http_proxy_enabled and b.address == t.agent_ip,

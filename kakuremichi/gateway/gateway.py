@@ -160,7 +160,8 @@ class Gateway:
                 sources[address] = r.gateway_ip
         port_routes = list(config.ports or ())
         sources.update({a: r.gateway_ip for r in port_routes for a in (r.agent_ip, *port_addresses(r))})
-        peers = [PeerSpec(keys.decode(p.public_key), tuple(p.allowed_ips)) for p in config.peers]
+        peers = [PeerSpec(keys.decode(p.public_key), tuple(p.allowed_ips), needs_checksums=not p.skips_checksums)
+                 for p in config.peers]
         await self.node.apply(config.addresses, peers)
         for peer in peers:  # one not heard from since we started: try where the agent last was
             self.node.hint_endpoint(peer.public_key, self.endpoints.recall(peer.public_key))

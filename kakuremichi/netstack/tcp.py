@@ -230,7 +230,7 @@ class Connection:
         "outgoing", "events", "config", "local", "remote", "key", "state", "error", "listener", "orphaned",
         # send side
         "iss", "snd_una", "snd_nxt", "snd_max", "snd_wnd", "snd_wl1", "snd_wl2", "max_snd_wnd", "snd_wscale",
-        "snd_mss", "snd_buf", "fin_queued", "sack_ok", "scoreboard", "nodelay",
+        "snd_mss", "snd_buf", "fin_queued", "sack_ok", "scoreboard", "nodelay", "checksums",
         # congestion control
         "congestion", "dupacks", "in_recovery", "recover", "rexmit_next", "rexmits",
         # RTT and timers
@@ -267,6 +267,7 @@ class Connection:
         self.sack_ok = False
         self.scoreboard = Scoreboard()
         self.nodelay = config.nodelay
+        self.checksums = True  # False: the peer's stack does not check them (Stack.peer_needs_checksums)
         self.congestion = CongestionWindow(config.send_buffer)
         self.dupacks = 0
         self.in_recovery = False
@@ -885,7 +886,8 @@ class Connection:
         src, sport = self.local
         dst, dport = self.remote
         check = finish(pseudo_header(src, dst, ipv4.PROTO_TCP, tcp_len) + sport + dport + seq + ack + offflags
-                       + window + (partial(options) if options else 0) + (partial(payload) if payload else 0))
+                       + window + (partial(options) if options else 0) + (partial(payload) if payload else 0)
+                       ) if self.checksums else 0
         header = _HEADERS.pack(0x4500, total, 0, 0x4000, ipv4.DEFAULT_TTL << 8 | ipv4.PROTO_TCP,
                                finish(_IP_CONSTANT + total + (src >> 16) + (src & 0xFFFF) + (dst >> 16)
                                       + (dst & 0xFFFF)), src, dst, sport, dport, seq, ack, offflags, window,

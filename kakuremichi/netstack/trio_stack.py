@@ -40,9 +40,11 @@ EAGER_FLUSH = 16
 class NetStack:
     """A userspace IPv4 host on `link` answering for `addresses` (several, changeable at runtime)."""
 
-    def __init__(self, link, addresses: Iterable, *, config: Config | None = None) -> None:
+    def __init__(self, link, addresses: Iterable, *, config: Config | None = None,
+                 peer_needs_checksums: Callable[[int], bool] | None = None) -> None:
         self.link = link
-        self.core = Stack(addresses, link.mtu, config, link_authenticated=getattr(link, "authenticated", False))
+        self.core = Stack(addresses, link.mtu, config, link_authenticated=getattr(link, "authenticated", False),
+                          peer_needs_checksums=peer_needs_checksums)
         self._wakeup: trio.CancelScope | None = None  # the sleep's deadline: the next timer
         self._sleeper: trio.lowlevel.Task | None = None
         self._kicked = False

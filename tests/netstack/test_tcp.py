@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 
 import pytest
 
@@ -589,3 +590,25 @@ def test_reordering_window_declares_a_lone_hole_lost():
     wire.b.receive(held, wire.now)
     wire.advance(0.05)
     assert server.receive(1 << 30) == payload
+
+
+def test_segments_to_a_peer_that_skips_checksums_go_without_and_still_arrive():
+    """A stack asks, per connection, whether the peer checks TCP checksums; one that skips them (a stack
+    behind an authenticating link, ours across WireGuard) gets segments with the field left zero."""
+    wire = Wire()
+    wire.a.peer_needs_checksums = lambda address: False
+    wire.b.verify_checksums = False  # what such a peer does
+    client, server = wire.connect()
+    wire.b.peer_needs_checksums = lambda address: True  # the server side went on checking: a fresh decision
+    other_client, other_server = wire.connect(81)
+    client.send(DATA[:3 * client.snd_mss])
+    wire.poll(wire.a)
+    packets = wire.a.take_outgoing()
+    assert packets and all(tcp.parse(ipv4.parse(p), verify_checksum=False).flags & ACK for p in packets)
+    assert all(struct.unpack_from("!H", p, 20 + 16)[0] == 0 for p in packets)  # the TCP checksum field
+    wire.b.receive(packets, wire.now)
+    assert server.receive(1 << 20) == DATA[:3 * client.snd_mss]
+    other_server.send(b"checked")  # b's connections made after the change carry valid sums
+    wire.poll(wire.b)
+    answer = wire.b.take_outgoing()
+    assert answer and all(tcp.parse(ipv4.parse(p)) for p in answer)  # parse verifies the checksum
