@@ -236,7 +236,7 @@ class AgentPeer(_Body, frozen=True):
     allowed_ips: list[IpInterface]
     # the peer is a kakuremichi node, whose netstack skips the TCP checksums of packets WireGuard
     # authenticated: segments to it go without (summing them was a quarter of a download's CPU); unset: a
-    # peer that checks them (another WireGuard, or a version before this field)
+    # peer that may check them (another WireGuard, a kernel behind it), which gets them
     skips_checksums: bool | msgspec.UnsetType = msgspec.UNSET
 
 
@@ -402,10 +402,7 @@ class GatewayPeer(_Body, frozen=True):
     endpoint: EndpointText
     allowed_ips: list[IpInterface]
     persistent_keepalive: Annotated[int, msgspec.Meta(ge=0, le=65535)] = AGENT_KEEPALIVE
-    # the peer is a kakuremichi gateway, whose netstack skips the TCP checksums of packets WireGuard
-    # authenticated: segments to it go without (summing them was a quarter of a download's CPU); unset: a
-    # peer that checks them (another WireGuard, or a version before this field)
-    skips_checksums: bool | msgspec.UnsetType = msgspec.UNSET
+    skips_checksums: bool | msgspec.UnsetType = msgspec.UNSET  # as AgentPeer's
 
 
 class TunnelMapping(_Body, frozen=True):
