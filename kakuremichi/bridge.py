@@ -11,20 +11,15 @@ resets the socket too, so the client of a tcp tunnel learns the exchange failed.
 
 from __future__ import annotations
 
-import errno
 import socket
 
 import trio
 
 from kakuremichi.leansocket import LeanSocketStream
-from kakuremichi.netstack.streams import TcpStream
-from kakuremichi.netstack.tcp import Connection, State
+from kakuremichi.netstack.streams import TcpStream, failure
+from kakuremichi.netstack.tcp import State
 
 RUN = 16  # chunks a direction moves without waiting before it lets the other tasks run
-
-
-def _failure(connection: Connection) -> OSError:
-    return connection.error or OSError(errno.ENOTCONN, "connection closed")
 
 
 class _Bridge:
@@ -46,7 +41,7 @@ class _Bridge:
 
     def _connection_failure(self) -> OSError:
         self.connection_failed = True
-        return _failure(self.connection)
+        return failure(self.connection)
 
     def on_change(self) -> None:
         """Called by the stack's delivery whenever the connection changed."""

@@ -35,8 +35,8 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
     def __init__(self, stream: trio.SocketStream) -> None:
         self._stream = stream
         self.socket = tsock = stream.socket
-        # A second socket object on the same descriptor, for bare non-blocking calls (the bridge makes its
-        # own through it too); detached, never closed, at aclose: `stream` owns the descriptor.
+        # A second socket object on the same descriptor, for bare non-blocking calls (the bridge's too);
+        # detached, never closed, at aclose: `stream` owns the descriptor.
         self.bare = socket.socket(tsock.family, tsock.type, tsock.proto, tsock.fileno())
         self.bare.setblocking(False)
         self._sending = OneAtATime("sending")

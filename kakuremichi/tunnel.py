@@ -61,12 +61,12 @@ class TunnelNode:
         """The clock every peer's timestamps are on."""
         return self.device.clock()
 
-    def _peer_routing(self, address: str) -> Peer | None:
+    def _peer_routing(self, address: str | int) -> Peer | None:
         return self.device.allowed_ips.lookup(ipaddress.ip_address(address).packed)
 
     def _needs_checksums(self, address: int) -> bool:
         """Whether the peer that IPv4 `address` is routed to checks TCP checksums (unknown: it may)."""
-        peer = self.device.allowed_ips.lookup(address.to_bytes(4, "big"))
+        peer = self._peer_routing(address)
         spec = None if peer is None else self._applied.get(peer.public_key)
         return spec is None or spec.needs_checksums
 

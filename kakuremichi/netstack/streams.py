@@ -54,6 +54,11 @@ class Waiters:
         self.write.unpark_all()
 
 
+def failure(connection: Connection) -> OSError:
+    """Why `connection` can carry no more: its error, or ENOTCONN for one that closed without any."""
+    return connection.error or OSError(errno.ENOTCONN, "connection closed")
+
+
 class OneAtATime:
     """Trio's rule for a stream: one task at a time sends (or receives); another gets BusyResourceError."""
 
@@ -129,8 +134,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
         self._netstack.kick(self.connection)
 
     def _broken(self) -> trio.BrokenResourceError:
-        error = self.connection.error or OSError(errno.ENOTCONN, "connection closed")
-        return trio.BrokenResourceError(f"TCP connection broken: {error}")
+        return trio.BrokenResourceError(f"TCP connection broken: {failure(self.connection)}")
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         with self._sending:

@@ -127,10 +127,10 @@ class NetStack:
         core = self.core
         if connection is not None:
             core.collect(connection)
-            if self._running and not (core.dirty or core.outgoing or core.changed):
-                self._follow_next_timer()
-                return
         if not self._running:
+            return
+        if connection is not None and not (core.dirty or core.outgoing or core.changed):
+            self._follow_next_timer()  # it queued nothing: at most one of its timers moved
             return
         self._kicks += 1
         if self._kicks >= EAGER_FLUSH:
