@@ -100,17 +100,23 @@ class _Bridge:
             raise self._connection_failure()
 
     async def inbound(self) -> None:
-        """Socket → connection: reads while the socket has data, waits when it has none."""
-        connection, sock = self.connection, self.sock
+        """Socket → connection: reads while the socket has data, waits when it has none. A read shorter
+        than the chunk emptied the socket, so the next one waits first: an answer to a request is such a
+        read, and the read after it would only fail with EAGAIN (a system call and an exception)."""
+        connection, sock, chunk = self.connection, self.sock, self.chunk
         full = connection.user.write
         run = 0
+        drained = False
         while True:
-            try:
-                data = sock.recv(self.chunk)
-            except (BlockingIOError, InterruptedError):
+            if drained:
                 await trio.lowlevel.wait_readable(sock)
                 run = 0
+            try:
+                data = sock.recv(chunk)
+            except (BlockingIOError, InterruptedError):
+                drained = True
                 continue
+            drained = len(data) < chunk
             if not data:
                 connection.shutdown()
                 self.stream.kick()

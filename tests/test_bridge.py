@@ -154,3 +154,41 @@ async def test_with_reset_follows_a_reset_connection_resets_the_socket_and_says_
     assert await _reset_seen_by_the_socket_peer(True) == (True, (0, 0, True))
     assert await _reset_seen_by_the_socket_peer(False) == (False, (0, 0, True))  # the agent's targets: a close
 
+
+
+class _CountingSocket(socket.socket):
+    """A socket that counts its `recv` calls and how many found nothing to read."""
+
+    calls = would_block = 0
+
+    def recv(self, size: int) -> bytes:
+        self.calls += 1
+        try:
+            return super().recv(size)
+        except BlockingIOError:
+            self.would_block += 1
+            raise
+
+
+async def test_after_a_read_that_emptied_the_socket_the_bridge_waits_before_it_reads_again():
+    """An agent reads each answer from its target; trying the read after it would fail with EAGAIN every
+    time: one system call and one exception per request that nothing needs."""
+    async with stack_pair() as (a, b, nursery):
+        listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+        target = trio.socket.socket()
+        await target.connect(listener.socket.getsockname())
+        accepted = LeanSocketStream(await listener.accept())
+        fd = accepted.bare.detach()
+        accepted.bare = counting = _CountingSocket(fileno=fd)
+        counting.setblocking(False)
+        client, far = await connected(a, b)
+        nursery.start_soon(bridge, far, accepted, 65536)
+        for n in range(20):
+            await client.send_all(b"request %d" % n)
+            assert await target.recv(100) == b"request %d" % n
+            await target.send(b"answer %d" % n)
+            assert await client.receive_some() == b"answer %d" % n
+        assert counting.would_block <= 1
+        assert counting.calls <= 21
+        target.close()
+        await listener.aclose()
