@@ -63,16 +63,6 @@ class AllowedIPs(Generic[T]):
         return None
 
 
-def packet_source(packet: bytes | memoryview) -> bytes | memoryview | None:
-    """The source address of an IPv4/IPv6 packet, or None if it is too short to be one."""
-    version = packet[0] >> 4
-    if version == 4 and len(packet) >= 20:
-        return packet[12:16]
-    if version == 6 and len(packet) >= 40:
-        return packet[8:24]
-    return None
-
-
 def packet_destination(packet: bytes | memoryview) -> bytes | memoryview | None:
     version = packet[0] >> 4
     if version == 4 and len(packet) >= 20:
@@ -82,11 +72,13 @@ def packet_destination(packet: bytes | memoryview) -> bytes | memoryview | None:
     return None
 
 
-def packet_length(packet: bytes | memoryview) -> int:
-    """Length the IP header claims (so transport padding can be stripped); 0 if not an IP packet."""
+def inner_length_and_source(packet: bytes | memoryview) -> tuple[int, bytes | memoryview | None]:
+    """The length a decrypted IP packet's header claims (so transport padding can be stripped) and its source
+    address, read in one step on the receive path; (0, None) unless it holds a whole IPv4/IPv6 header."""
     version = packet[0] >> 4
     if version == 4 and len(packet) >= 20:
-        return int.from_bytes(packet[2:4], "big")
+        length = int.from_bytes(packet[2:4], "big")
+        return (length, packet[12:16]) if length >= 20 else (0, None)
     if version == 6 and len(packet) >= 40:
-        return 40 + int.from_bytes(packet[4:6], "big")
-    return 0
+        return 40 + int.from_bytes(packet[4:6], "big"), packet[8:24]
+    return 0, None

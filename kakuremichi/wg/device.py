@@ -24,7 +24,7 @@ from collections import Counter, OrderedDict
 from typing import Callable, Iterable
 
 from kakuremichi.wg import messages, noise
-from kakuremichi.wg.allowedips import AllowedIPs, packet_destination, packet_length, packet_source
+from kakuremichi.wg.allowedips import AllowedIPs, inner_length_and_source, packet_destination
 from kakuremichi.wg.constants import (
     DEFAULT_MTU,
     HANDSHAKE_INITIATION_RATE,
@@ -184,7 +184,9 @@ class Device:
 
     def _encrypt_and_send(self, peer: Peer, session: Session, packet: bytes | memoryview, now: float) -> None:
         length = len(packet)
-        padded = _padded_length(length, self.mtu)
+        mtu = self.mtu
+        # A full packet, or one already a multiple of 16 (most of what TCP sends), needs no padding.
+        padded = length if length == mtu or (length < mtu and not length & 15) else _padded_length(length, mtu)
         if padded != length:
             packet = bytes(packet) + bytes(padded - length)
         counter = session.send_counter
@@ -459,23 +461,22 @@ class Device:
         peer.stats.rx_bytes += len(data)
         peer.stats.last_received = now
         self._authenticated_packet_traversal(peer, now)
-        peer.deadlines[NEW_HANDSHAKE] = None
+        deadlines = peer.deadlines
+        deadlines[NEW_HANDSHAKE] = None
         if not plaintext:
             return  # keepalive
-        if not peer.pending(SEND_KEEPALIVE):
+        if deadlines[SEND_KEEPALIVE] is None:
             self._set_timer(peer, SEND_KEEPALIVE, now + KEEPALIVE_TIMEOUT)
         else:
             peer.need_another_keepalive = True
-        length = packet_length(plaintext)
+        length, src = inner_length_and_source(plaintext)
         if not 0 < length <= len(plaintext):
             self.dropped["malformed_inner"] += 1
             return
-        packet = memoryview(plaintext)[:length] if length != len(plaintext) else plaintext
-        src = packet_source(packet)
-        if src is None or self.allowed_ips.lookup(src) is not peer:
+        if self.allowed_ips.lookup(src) is not peer:
             self.dropped["source_not_allowed"] += 1
             return
-        self.incoming.append(packet)
+        self.incoming.append(memoryview(plaintext)[:length] if length != len(plaintext) else plaintext)
 
     # ----------------------------------------------------------------- timers
 

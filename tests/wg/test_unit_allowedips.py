@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from kakuremichi.wg.allowedips import AllowedIPs, packet_destination, packet_length, packet_source
+from kakuremichi.wg.allowedips import AllowedIPs, inner_length_and_source, packet_destination
 from tests.wg.sansio_helpers import ipv4, ipv6
 
 
@@ -120,8 +120,13 @@ def test_matches_a_brute_force_reference():
 def test_packet_header_helpers():
     v4 = ipv4("10.0.0.1", "10.0.0.2", b"abc")
     v6 = ipv6("fd00::1", "fd00::2", b"abcd")
-    assert bytes(packet_source(v4)) == ip("10.0.0.1") and bytes(packet_destination(v4)) == ip("10.0.0.2")
-    assert bytes(packet_source(v6)) == ip("fd00::1") and bytes(packet_destination(v6)) == ip("fd00::2")
-    assert packet_length(v4 + b"pad") == 23 and packet_length(v6 + b"pad") == 44
+    assert bytes(packet_destination(v4)) == ip("10.0.0.2") and bytes(packet_destination(v6)) == ip("fd00::2")
+    length, source = inner_length_and_source(v4 + b"pad")
+    assert length == 23 and bytes(source) == ip("10.0.0.1")
+    length, source = inner_length_and_source(v6 + b"pad")
+    assert length == 44 and bytes(source) == ip("fd00::1")
     for bad in (b"\x45" + bytes(18), b"\x60" + bytes(38), b"\x50" + bytes(60)):
-        assert packet_source(bad) is None and packet_destination(bad) is None and packet_length(bad) == 0
+        assert packet_destination(bad) is None and inner_length_and_source(bad) == (0, None)
+    claims_less_than_its_header = bytearray(v4)
+    claims_less_than_its_header[2:4] = (19).to_bytes(2, "big")
+    assert inner_length_and_source(bytes(claims_less_than_its_header)) == (0, None)
