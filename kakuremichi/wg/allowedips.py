@@ -1,7 +1,9 @@
 """Cryptokey routing: the AllowedIPs table mapping IP prefixes to peers (whitepaper §2).
 
 One dict per (family, prefix length) keyed by the address's top bits: a lookup is a handful of C-level
-dict probes, longest prefix first, instead of a Python-level trie walk.
+dict probes, longest prefix first, instead of a Python-level trie walk. Every packet is looked up (its
+destination on the way out, its source on the way in), and a node talks with few addresses, so the answers
+for addresses given as bytes are kept until the table changes: one dict probe.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import ipaddress
 from typing import Generic, Iterable, TypeVar
 
 T = TypeVar("T")
+ANSWERS_KEPT = 4096  # distinct addresses; more (a peer sending from many inner sources) start the memory anew
+_UNKNOWN = object()
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -18,6 +22,7 @@ class AllowedIPs(Generic[T]):
         # family bits (32/128) -> prefix length -> top bits -> owner
         self._tables: dict[int, dict[int, dict[int, T]]] = {32: {}, 128: {}}
         self._lengths: dict[int, list[int]] = {32: [], 128: []}
+        self._answers: dict[bytes, T | None] = {}
 
     def insert(self, network: Network | str, owner: T) -> None:
         """Route `network` to `owner`; an identical prefix owned by someone else moves over, as in `wg set`."""
@@ -27,6 +32,7 @@ class AllowedIPs(Generic[T]):
         table = by_len.setdefault(net.prefixlen, {})
         table[int(net.network_address) >> (bits - net.prefixlen)] = owner
         self._lengths[bits] = sorted(by_len, reverse=True)
+        self._answers.clear()
 
     def remove_owner(self, owner: T) -> None:
         for bits, by_len in self._tables.items():
@@ -37,6 +43,7 @@ class AllowedIPs(Generic[T]):
                 if not table:
                     del by_len[plen]
             self._lengths[bits] = sorted(by_len, reverse=True)
+        self._answers.clear()
 
     def replace(self, owner: T, networks: Iterable[Network | str]) -> None:
         self.remove_owner(owner)
@@ -53,14 +60,25 @@ class AllowedIPs(Generic[T]):
 
     def lookup(self, address: bytes | memoryview) -> T | None:
         """The owner of the longest prefix containing `address` (4 or 16 raw bytes)."""
+        kept = type(address) is bytes
+        if kept:
+            owner = self._answers.get(address, _UNKNOWN)
+            if owner is not _UNKNOWN:
+                return owner
         bits = 32 if len(address) == 4 else 128
         value = int.from_bytes(address, "big")
         by_len = self._tables[bits]
+        owner = None
         for plen in self._lengths[bits]:
             owner = by_len[plen].get(value >> (bits - plen))
             if owner is not None:
-                return owner
-        return None
+                break
+        if kept:
+            answers = self._answers
+            if len(answers) >= ANSWERS_KEPT:
+                answers.clear()
+            answers[address] = owner
+        return owner
 
 
 def packet_destination(packet: bytes | memoryview) -> bytes | memoryview | None:

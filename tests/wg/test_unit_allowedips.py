@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from kakuremichi.wg.allowedips import AllowedIPs, inner_length_and_source, packet_destination
+from kakuremichi.wg.allowedips import ANSWERS_KEPT, AllowedIPs, inner_length_and_source, packet_destination
 from tests.wg.sansio_helpers import ipv4, ipv6
 
 
@@ -130,3 +130,24 @@ def test_packet_header_helpers():
     claims_less_than_its_header = bytearray(v4)
     claims_less_than_its_header[2:4] = (19).to_bytes(2, "big")
     assert inner_length_and_source(bytes(claims_less_than_its_header)) == (0, None)
+
+
+def test_kept_answers_follow_every_change_of_the_table_and_stay_bounded():
+    """Answers are kept per address until the table changes: a lookup after an insert, a move or a removal
+    must see the table as it is now, and a flood of distinct addresses must not grow the memory."""
+    t: AllowedIPs[str] = AllowedIPs()
+    t.insert("10.0.0.0/8", "wide")
+    address = ip("10.1.2.3")
+    assert t.lookup(address) == "wide" and t.lookup(address) == "wide"
+    t.insert("10.1.0.0/16", "narrow")
+    assert t.lookup(address) == "narrow"
+    t.insert("10.1.0.0/16", "moved")  # the same prefix, another owner
+    assert t.lookup(address) == "moved"
+    t.remove_owner("moved")
+    assert t.lookup(address) == "wide"
+    t.replace("wide", ["192.168.0.0/16"])
+    assert t.lookup(address) is None
+    assert t.lookup(memoryview(ip("192.168.1.1"))) == "wide"  # views are looked up, not kept
+    for n in range(3 * ANSWERS_KEPT):
+        t.lookup(n.to_bytes(4, "big"))
+    assert len(t._answers) <= ANSWERS_KEPT
