@@ -32,7 +32,6 @@ from typing import Iterable
 from kakuremichi.buckets import TokenBuckets
 from kakuremichi.faults import Contained
 from kakuremichi.netstack import icmp, ipv4, tcp, udp
-from kakuremichi.netstack.checksum import verify
 from kakuremichi.netstack.ratelimit import answer_limit
 from kakuremichi.netstack.tcp import ACK, CLOSED, RST, SYN, TIME_WAIT, Config, Connection
 
@@ -84,7 +83,7 @@ class Run:
                 or offset != tcp.HEADER_LEN << 2 or flags not in _DATA_FLAGS or window != first.window):
             return False
         view = memoryview(packet)
-        if not verify(int.from_bytes(view[:ipv4.HEADER_LEN], "big")):
+        if int.from_bytes(view[:ipv4.HEADER_LEN], "big") % 0xFFFF:  # checksum.verify, for a 20-byte sum
             return False  # the full parse counts it
         self.payloads.append(view[_PLAIN_HEADERS:])
         self.next_seq = (seq + size - _PLAIN_HEADERS) & tcp.MASK
