@@ -185,7 +185,7 @@ class Device:
     def _encrypt_and_send(self, peer: Peer, session: Session, packet: bytes | memoryview, now: float) -> None:
         length = len(packet)
         mtu = self.mtu
-        # A full packet, or one already a multiple of 16 (most of what TCP sends), needs no padding.
+        # A full packet (every segment of a bulk transfer) or one already a multiple of 16 needs no padding.
         padded = length if length == mtu or (length < mtu and not length & 15) else _padded_length(length, mtu)
         if padded != length:
             packet = bytes(packet) + bytes(padded - length)
