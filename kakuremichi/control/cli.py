@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     try:
         host, port = Endpoint.parse(args.listen).address  # before a new admin token is made and shown once
         command.check_can_listen(host, port, "control's HTTP and WebSocket", "--listen")
+        command.freeze_imports()
         trio.run(_run, settings)
     except* (SchemaError, DatabaseUrlError, DatabaseError, OSError, SecretsKeyError, UnsealError,
              ProviderConfigError) as group:

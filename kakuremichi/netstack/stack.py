@@ -32,6 +32,7 @@ from typing import Iterable
 from kakuremichi.buckets import TokenBuckets
 from kakuremichi.faults import Contained
 from kakuremichi.netstack import icmp, ipv4, tcp, udp
+from kakuremichi.netstack.checksum import FOLD
 from kakuremichi.netstack.ratelimit import answer_limit
 from kakuremichi.netstack.tcp import ACK, CLOSED, RST, SYN, TIME_WAIT, Config, Connection
 
@@ -83,7 +84,7 @@ class Run:
                 or offset != tcp.HEADER_LEN << 2 or flags not in _DATA_FLAGS or window != first.window):
             return False
         view = memoryview(packet)
-        if int.from_bytes(view[:ipv4.HEADER_LEN], "big") % 0xFFFF:  # checksum.verify, for a 20-byte sum
+        if int.from_bytes(view[:ipv4.HEADER_LEN], "big") % FOLD:
             return False  # the full parse counts it
         self.payloads.append(view[_PLAIN_HEADERS:])
         self.next_seq = (seq + size - _PLAIN_HEADERS) & tcp.MASK

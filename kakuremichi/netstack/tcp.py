@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from kakuremichi.netstack import ipv4
-from kakuremichi.netstack.checksum import finish, partial, pseudo_header, verify
+from kakuremichi.netstack.checksum import FOLD, finish, partial, pseudo_header, verify
 from kakuremichi.netstack.congestion import CongestionWindow
 from kakuremichi.netstack.out_of_order import OutOfOrder
 from kakuremichi.netstack.receivebuffer import ReceiveBuffer
@@ -893,7 +893,7 @@ class Connection:
                        + window + (partial(options) if options else 0) + (partial(payload) if payload else 0)
                        ) if self.checksums else 0
         header = _HEADERS.pack(0x4500, total, 0, 0x4000, ipv4.DEFAULT_TTL << 8 | ipv4.PROTO_TCP,
-                               0xFFFF - (self.ip_words + total) % 0xFFFF,  # checksum.finish, for a small sum
+                               FOLD - (self.ip_words + total) % FOLD,
                                src, dst, sport, dport, seq, ack, offflags, window, check, 0)
         self.outgoing.append(b"".join((header, options, payload)))
 

@@ -461,11 +461,10 @@ class Device:
         peer.stats.rx_bytes += len(data)
         peer.stats.last_received = now
         self._authenticated_packet_traversal(peer, now)
-        deadlines = peer.deadlines
-        deadlines[NEW_HANDSHAKE] = None
+        peer.deadlines[NEW_HANDSHAKE] = None
         if not plaintext:
             return  # keepalive
-        if deadlines[SEND_KEEPALIVE] is None:
+        if not peer.pending(SEND_KEEPALIVE):
             self._set_timer(peer, SEND_KEEPALIVE, now + KEEPALIVE_TIMEOUT)
         else:
             peer.need_another_keepalive = True

@@ -8,13 +8,15 @@ makes the device send or hand up.
 
 from __future__ import annotations
 
+import ipaddress
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kakuremichi.wg import messages
 from kakuremichi.wg.device import MAX_EARLY_INITIATIONS, Device
 from kakuremichi.wg.peer import Peer
-from tests.wg.sansio_helpers import A_ADDR, make_pair
+from tests.wg.sansio_helpers import A_ADDR, A_IP, A_IP6, B_IP, B_IP6, ipv4, ipv6, make_pair
 
 SOURCES = [A_ADDR, ("203.0.113.7", 40000), ("203.0.113.7", 40001), ("2001:db8::9", 51820)]
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -121,3 +123,42 @@ def test_a_device_without_peers_keeps_strangers_bounded(data):
     assert not stranger.incoming and not stranger._index
     assert len(stranger._early_initiations) <= 1  # only A's, the one key that can mac and sign for B
     assert len(stranger.outgoing) <= len(inputs)
+
+
+@st.composite
+def inner_packets(draw) -> bytes:
+    """What an authenticated peer may put inside its transport messages: random bytes, or IPv4/IPv6
+    headers from its own, an allowed or a foreign source whose length fields may lie."""
+    kind = draw(st.sampled_from(["bytes", "v4", "v6"]))
+    if kind == "bytes":
+        return draw(st.binary(min_size=1, max_size=80))
+    payload = draw(st.binary(max_size=60))
+    if kind == "v4":
+        source = draw(st.sampled_from([A_IP, B_IP, "10.0.0.9", "0.0.0.0"]))
+        return ipv4(source, B_IP, payload, total_length=draw(st.one_of(st.none(), st.integers(0, 0xFFFF))))
+    source = draw(st.sampled_from([A_IP6, B_IP6, "fd00::9"]))
+    return ipv6(source, B_IP6, payload, payload_length=draw(st.one_of(st.none(), st.integers(0, 0xFFFF))))
+
+
+@FUZZ
+@given(st.lists(inner_packets(), min_size=1, max_size=30))
+def test_authentic_transport_messages_hand_up_only_whole_packets_from_the_peers_own_addresses(packets):
+    """Past decryption the inner packet is the peer's to shape: B reads its length and source (and keeps
+    routing answers per address) without raising, and hands up only packets whose header fits them and whose
+    source A may use, cut to the length the header claims."""
+    pair = make_pair()
+    pair.establish()
+    for packet in packets:
+        pair.a.send_to_peer(pair.a_peer, packet)
+        for datagram, _ in pair.a.datagrams_to_send():
+            pair.b.receive_datagram(datagram, A_ADDR)
+        for received in pair.b.packets_received():
+            received = bytes(received)
+            assert packet.startswith(received)
+            version = received[0] >> 4
+            if version == 4:
+                assert received[12:16] == ipaddress.ip_address(A_IP).packed
+                assert int.from_bytes(received[2:4], "big") == len(received) >= 20
+            else:
+                assert version == 6 and received[8:24] == ipaddress.ip_address(A_IP6).packed
+                assert 40 + int.from_bytes(received[4:6], "big") == len(received)
