@@ -12,7 +12,7 @@ import trio.testing
 from kakuremichi.bridge import bridge
 from kakuremichi.leansocket import LeanSocketStream
 from kakuremichi.pipe import splice
-from tests.netstack.test_netstack import _Steps, connected, stack_pair
+from tests.netstack.pair import Steps, connected, stack_pair
 
 
 async def _bridged(a, b, nursery, handler):
@@ -69,7 +69,7 @@ async def test_data_the_socket_takes_at_once_wakes_no_task_of_the_bridge():
         await client.send_all(b"warm")
         assert await client.receive_some() == b"warm"
         await trio.testing.wait_all_tasks_blocked()
-        steps = _Steps()
+        steps = Steps()
         trio.lowlevel.add_instrument(steps)
         try:
             for n in range(10):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -12,31 +11,9 @@ import trio.testing
 
 from kakuremichi.netstack import icmp, ipv4
 from kakuremichi.netstack.tcp import Config
-from kakuremichi.netstack.trio_stack import NetStack
-from kakuremichi.netstack.trio_stack import EAGER_FLUSH
+from kakuremichi.netstack.trio_stack import EAGER_FLUSH, NetStack
 from tests.netstack.links import MemoryLink
-
-A, B = "10.60.0.1", "10.60.0.2"
-
-
-@asynccontextmanager
-async def stack_pair(config: Config | None = None, *, b_addresses=(B,)):
-    link_a, link_b = MemoryLink(), MemoryLink()
-    a = NetStack(link_a, [A], config=config)
-    b = NetStack(link_b, list(b_addresses), config=config)
-    link_a.receiver, link_b.receiver = b.receive_packets, a.receive_packets
-    async with trio.open_nursery() as nursery:
-        await nursery.start(a.run)
-        await nursery.start(b.run)
-        yield a, b, nursery
-        nursery.cancel_scope.cancel()
-
-
-async def connected(a: NetStack, b: NetStack, port: int = 80, address: str = B):
-    listener = b.listen(port)
-    client = await a.open_tcp_stream(address, port)
-    server = await listener.accept()
-    return client, server
+from tests.netstack.pair import A, B, Steps, connected, stack_pair
 
 
 async def test_streams_pass_trios_half_closeable_stream_conformance_suite():
@@ -234,22 +211,12 @@ async def test_quiet_and_open_tells_at_once_whether_a_kept_alive_connection_is_f
                 await trio.sleep(0.01)
 
 
-class _Steps(trio.abc.Instrument):
-    """Counts the scheduler steps each task runs: every yield to the scheduler costs one more."""
-
-    def __init__(self) -> None:
-        self.steps: dict[trio.lowlevel.Task, int] = {}
-
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        self.steps[task] = self.steps.get(task, 0) + 1
-
-
 async def test_a_read_that_waits_yields_to_the_scheduler_once_by_its_park():
     """An awaited answer (every request's) costs the reading task one wait, not a checkpoint and a wait; a
     read that finds data still yields once, so it stays a checkpoint."""
     async with stack_pair() as (a, b, _):
         client, server = await connected(a, b)
-        steps, got, tasks = _Steps(), [], []
+        steps, got, tasks = Steps(), [], []
 
         async def read() -> None:
             tasks.append(trio.lowlevel.current_task())
@@ -321,7 +288,7 @@ async def test_a_read_that_queues_nothing_for_the_peer_wakes_no_timer_task(mock_
         assert await client.receive_some() == b"hello"
         await client.send_all(b"request")
         await trio.testing.wait_all_tasks_blocked()
-        timer_task, steps = b._sleeper, _Steps()
+        timer_task, steps = b._sleeper, Steps()
         assert timer_task is not None  # asleep until the next timer
         trio.lowlevel.add_instrument(steps)
         try:
